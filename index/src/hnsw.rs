@@ -1,0 +1,569 @@
+//! Hierarchical navigable small-world graphs (Malkov & Yashunin, "Efficient and
+//! robust approximate nearest neighbor search using Hierarchical Navigable Small
+//! World graphs", IEEE TPAMI 2018).
+//!
+//! The graph is built in memory with one lock per node (insertions run in
+//! parallel on a rayon pool, as hnswlib does), then flattened into one `u32`
+//! array that is written in the envelope format and searched straight from a
+//! memory map:
+//!
+//! ```text
+//! level0   n × (m0 + 1)   per node: neighbour count, then m0 slots
+//! levels   n              top level of each node
+//! upper    n              offset of the node's upper-level block, u32::MAX if level 0 only
+//! blocks   Σ level·(m+1)  per upper level: neighbour count, then m slots
+//! ```
+//!
+//! Neighbours are chosen with the paper's heuristic (algorithm 4) without
+//! keeping pruned connections, which keeps the graph navigable on clustered data.
+
+use std::cell::RefCell;
+use std::cmp::{Ordering, Reverse};
+use std::collections::BinaryHeap;
+use std::path::Path;
+
+use parking_lot::{Mutex, RwLock};
+use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::distance::Metric;
+use crate::error::{IndexError, Result};
+use crate::format::{section, CheckedFile, FileWriter, Kind};
+
+/// Build parameters.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
+pub struct HnswParams {
+    /// Links per node on upper levels; level 0 keeps `2·m`. Default 16.
+    pub m: usize,
+    /// Candidate list size while building. Default 200.
+    pub ef_construction: usize,
+    /// Seed of the level assignment.
+    pub seed: u64,
+}
+
+impl Default for HnswParams {
+    fn default() -> Self {
+        Self {
+            m: 16,
+            ef_construction: 200,
+            seed: 0x5eed,
+        }
+    }
+}
+
+impl HnswParams {
+    fn validate(&self) -> Result<()> {
+        if !(2..=256).contains(&self.m) {
+            return Err(IndexError::InvalidParameter {
+                name: "m",
+                reason: format!("must be in 2..=256, got {}", self.m),
+            });
+        }
+        if self.ef_construction < 1 || self.ef_construction > 10_000 {
+            return Err(IndexError::InvalidParameter {
+                name: "ef_construction",
+                reason: format!("must be in 1..=10000, got {}", self.ef_construction),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A neighbour found by a search: internal id and distance (smaller is closer).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Neighbor {
+    /// Internal id (row in the vector store).
+    pub id: u32,
+    /// Distance under the index metric.
+    pub distance: f32,
+}
+
+/// (distance, id) ordered by distance then id, so ties break towards the lower id.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Cand(f32, u32);
+impl Eq for Cand {}
+impl PartialOrd for Cand {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Cand {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.total_cmp(&other.0).then(self.1.cmp(&other.1))
+    }
+}
+
+/// Epoch-stamped visited set, reused across searches on the same thread.
+struct Visited {
+    marks: Vec<u32>,
+    epoch: u32,
+}
+
+impl Visited {
+    fn reset(&mut self, n: usize) {
+        if self.marks.len() < n {
+            self.marks = vec![0; n];
+            self.epoch = 0;
+        }
+        self.epoch = self.epoch.wrapping_add(1);
+        if self.epoch == 0 {
+            self.marks.iter_mut().for_each(|m| *m = 0);
+            self.epoch = 1;
+        }
+    }
+    /// Marks `i`; returns true if it was not yet visited.
+    #[inline]
+    fn insert(&mut self, i: u32) -> bool {
+        let m = &mut self.marks[i as usize];
+        if *m == self.epoch {
+            false
+        } else {
+            *m = self.epoch;
+            true
+        }
+    }
+}
+
+thread_local! {
+    static VISITED: RefCell<Visited> = const { RefCell::new(Visited { marks: Vec::new(), epoch: 0 }) };
+}
+
+/// The beam search of one layer (algorithm 2). `accept` filters which nodes
+/// may enter the result set; rejected nodes are still traversed.
+#[allow(clippy::too_many_arguments)]
+fn search_layer(
+    dist: &dyn Fn(u32) -> f32,
+    neighbors: &mut dyn FnMut(u32, &mut Vec<u32>),
+    entry: &[Cand],
+    ef: usize,
+    visited: &mut Visited,
+    accept: Option<&dyn Fn(u32) -> bool>,
+    scratch: &mut Vec<u32>,
+) -> Vec<Cand> {
+    let mut candidates: BinaryHeap<Reverse<Cand>> = BinaryHeap::with_capacity(ef * 2);
+    let mut results: BinaryHeap<Cand> = BinaryHeap::with_capacity(ef + 1);
+    for &c in entry {
+        if visited.insert(c.1) {
+            candidates.push(Reverse(c));
+            if accept.is_none_or(|f| f(c.1)) {
+                results.push(c);
+            }
+        }
+    }
+    while results.len() > ef {
+        results.pop();
+    }
+    while let Some(Reverse(c)) = candidates.pop() {
+        if results.len() >= ef && c.0 > results.peek().map_or(f32::INFINITY, |w| w.0) {
+            break;
+        }
+        scratch.clear();
+        neighbors(c.1, scratch);
+        for &nb in scratch.iter() {
+            if !visited.insert(nb) {
+                continue;
+            }
+            let d = dist(nb);
+            let worst = results.peek().map_or(f32::INFINITY, |w| w.0);
+            if results.len() < ef || d < worst {
+                candidates.push(Reverse(Cand(d, nb)));
+                if accept.is_none_or(|f| f(nb)) {
+                    results.push(Cand(d, nb));
+                    if results.len() > ef {
+                        results.pop();
+                    }
+                }
+            }
+        }
+    }
+    let mut v = results.into_vec();
+    v.sort_unstable();
+    v
+}
+
+/// The neighbour-selection heuristic (algorithm 4): keep a candidate only if it
+/// is closer to the base than to every neighbour already kept.
+fn select_heuristic(sorted: &[Cand], m: usize, pair: &dyn Fn(u32, u32) -> f32) -> Vec<u32> {
+    let mut kept: Vec<Cand> = Vec::with_capacity(m);
+    for &c in sorted {
+        if kept.len() >= m {
+            break;
+        }
+        if kept.iter().all(|k| pair(c.1, k.1) > c.0) {
+            kept.push(c);
+        }
+    }
+    kept.into_iter().map(|c| c.1).collect()
+}
+
+/// Draws each node's top level with the paper's exponential law, mL = 1/ln(m).
+fn assign_levels(n: usize, m: usize, seed: u64) -> Vec<usize> {
+    let ml = 1.0 / (m as f64).ln();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| {
+            let u: f64 = rng.gen_range(f64::MIN_POSITIVE..1.0);
+            ((-u.ln() * ml).floor() as usize).min(30)
+        })
+        .collect()
+}
+
+/// Builds the graph over `n = vectors.len() / dim` rows and writes it to `path`.
+/// `progress` is called with the number of inserted nodes from time to time.
+pub fn build(
+    vectors: &[f32],
+    dim: usize,
+    metric: Metric,
+    params: &HnswParams,
+    path: &Path,
+    progress: &(dyn Fn(usize) + Sync),
+) -> Result<()> {
+    params.validate()?;
+    let graph = BuildGraph::build(vectors, dim, metric, params, progress);
+    graph.write(path)
+}
+
+struct BuildGraph {
+    m: usize,
+    m0: usize,
+    levels: Vec<usize>,
+    /// links[node][level]
+    links: Vec<Vec<Mutex<Vec<u32>>>>,
+    entry: RwLock<(u32, usize)>,
+}
+
+impl BuildGraph {
+    fn build(
+        vectors: &[f32],
+        dim: usize,
+        metric: Metric,
+        params: &HnswParams,
+        progress: &(dyn Fn(usize) + Sync),
+    ) -> Self {
+        let n = if dim == 0 { 0 } else { vectors.len() / dim };
+        let m = params.m;
+        let m0 = 2 * m;
+        let levels = assign_levels(n, m, params.seed);
+        let links = levels
+            .iter()
+            .map(|&l| {
+                (0..=l)
+                    .map(|lv| Mutex::new(Vec::with_capacity(if lv == 0 { m0 } else { m })))
+                    .collect()
+            })
+            .collect();
+        let g = BuildGraph {
+            m,
+            m0,
+            entry: RwLock::new((0, levels.first().copied().unwrap_or(0))),
+            levels,
+            links,
+        };
+        if n <= 1 {
+            return g;
+        }
+        let row = |i: u32| &vectors[i as usize * dim..(i as usize + 1) * dim];
+        let done = std::sync::atomic::AtomicUsize::new(1);
+        (1..n as u32).into_par_iter().for_each(|q| {
+            g.insert(q, &row, metric, params.ef_construction);
+            let d = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            if d % 1024 == 0 || d == n {
+                progress(d);
+            }
+        });
+        g
+    }
+
+    fn insert<'v>(&self, q: u32, row: &dyn Fn(u32) -> &'v [f32], metric: Metric, ef_c: usize) {
+        let qv = row(q);
+        let dist = |i: u32| metric.distance(qv, row(i));
+        let pair = |a: u32, b: u32| metric.distance(row(a), row(b));
+        let level = self.levels[q as usize];
+        let (ep, top) = *self.entry.read();
+        let mut cur = Cand(dist(ep), ep);
+        let mut scratch = Vec::new();
+        for l in (level + 1..=top).rev() {
+            loop {
+                let mut changed = false;
+                scratch.clear();
+                scratch.extend_from_slice(&self.links[cur.1 as usize][l].lock());
+                for &nb in &scratch {
+                    let d = dist(nb);
+                    if d < cur.0 {
+                        cur = Cand(d, nb);
+                        changed = true;
+                    }
+                }
+                if !changed {
+                    break;
+                }
+            }
+        }
+        let mut eps = vec![cur];
+        VISITED.with(|v| {
+            let mut visited = v.borrow_mut();
+            for l in (0..=level.min(top)).rev() {
+                visited.reset(self.levels.len());
+                let mut nbrs = |i: u32, out: &mut Vec<u32>| {
+                    if let Some(lk) = self.links[i as usize].get(l) {
+                        out.extend_from_slice(&lk.lock());
+                    }
+                };
+                let mut sc = Vec::new();
+                let w = search_layer(&dist, &mut nbrs, &eps, ef_c, &mut visited, None, &mut sc);
+                let max_links = if l == 0 { self.m0 } else { self.m };
+                let selected = select_heuristic(&w, self.m, &pair);
+                *self.links[q as usize][l].lock() = selected.clone();
+                for &s in &selected {
+                    let mut lk = self.links[s as usize][l].lock();
+                    if lk.contains(&q) {
+                        continue;
+                    }
+                    if lk.len() < max_links {
+                        lk.push(q);
+                    } else {
+                        let sv = row(s);
+                        let mut cands: Vec<Cand> = lk
+                            .iter()
+                            .chain(std::iter::once(&q))
+                            .map(|&x| Cand(metric.distance(sv, row(x)), x))
+                            .collect();
+                        cands.sort_unstable();
+                        *lk = select_heuristic(&cands, max_links, &pair);
+                    }
+                }
+                eps = w;
+            }
+        });
+        if level > top {
+            let mut e = self.entry.write();
+            if level > e.1 {
+                *e = (q, level);
+            }
+        }
+    }
+
+    fn write(&self, path: &Path) -> Result<()> {
+        let n = self.levels.len();
+        let (ep, max_level) = *self.entry.read();
+        let mut level0 = vec![0u32; n * (self.m0 + 1)];
+        let mut upper_off = vec![u32::MAX; n];
+        let mut blocks: Vec<u32> = Vec::new();
+        for i in 0..n {
+            let l0 = self.links[i][0].lock();
+            let slot = &mut level0[i * (self.m0 + 1)..(i + 1) * (self.m0 + 1)];
+            slot[0] = l0.len() as u32;
+            slot[1..=l0.len()].copy_from_slice(&l0);
+            if self.levels[i] > 0 {
+                upper_off[i] = blocks.len() as u32;
+                for l in 1..=self.levels[i] {
+                    let lk = self.links[i][l].lock();
+                    blocks.push(lk.len() as u32);
+                    blocks.extend_from_slice(&lk);
+                    blocks.extend(std::iter::repeat_n(0, self.m - lk.len()));
+                }
+            }
+        }
+        let levels: Vec<u32> = self.levels.iter().map(|&l| l as u32).collect();
+        let fields = [
+            n as u64,
+            self.m as u64,
+            max_level as u64,
+            ep as u64,
+            blocks.len() as u64,
+        ];
+        let mut w = FileWriter::create(path, Kind::HNSW, fields)?;
+        w.write_pod(&level0)?;
+        w.write_pod(&levels)?;
+        w.write_pod(&upper_off)?;
+        w.write_pod(&blocks)?;
+        w.finish()
+    }
+}
+
+/// A graph opened from disk, searched in place through the memory map.
+#[derive(Debug)]
+pub struct Hnsw {
+    file: CheckedFile,
+    n: usize,
+    m: usize,
+    m0: usize,
+    max_level: usize,
+    entry: u32,
+    blocks_len: usize,
+}
+
+impl Hnsw {
+    /// Opens and validates a graph for `expected_n` vectors.
+    pub fn open(path: &Path, expected_n: usize, verify: bool) -> Result<Self> {
+        let file = CheckedFile::open(path, Kind::HNSW, verify)?;
+        let [n, m, max_level, entry, blocks_len] = file.fields();
+        let (n, m, max_level, blocks_len) = (n as usize, m as usize, max_level as usize, blocks_len as usize);
+        if n != expected_n {
+            return Err(file.corrupt(format!("graph has {n} nodes, the store {expected_n} vectors")));
+        }
+        if !(2..=256).contains(&m) || max_level > 30 || (n > 0 && entry as usize >= n) {
+            return Err(file.corrupt(format!("bad header: m={m} max_level={max_level} entry={entry}")));
+        }
+        let m0 = 2 * m;
+        let words = n * (m0 + 1) + 2 * n + blocks_len;
+        if file.payload().len() != words * 4 {
+            return Err(file.corrupt(format!(
+                "payload is {} bytes, header implies {}",
+                file.payload().len(),
+                words * 4
+            )));
+        }
+        file.advise_random();
+        let g = Hnsw {
+            file,
+            n,
+            m,
+            m0,
+            max_level,
+            entry: entry as u32,
+            blocks_len,
+        };
+        g.validate()?;
+        Ok(g)
+    }
+
+    fn level0(&self) -> &[u32] {
+        section(&self.file, 0, self.n * (self.m0 + 1), "level0").unwrap_or(&[])
+    }
+    fn levels(&self) -> &[u32] {
+        section(&self.file, self.n * (self.m0 + 1) * 4, self.n, "levels").unwrap_or(&[])
+    }
+    fn upper_off(&self) -> &[u32] {
+        section(&self.file, (self.n * (self.m0 + 1) + self.n) * 4, self.n, "upper").unwrap_or(&[])
+    }
+    fn blocks(&self) -> &[u32] {
+        section(&self.file, (self.n * (self.m0 + 2) + self.n) * 4, self.blocks_len, "blocks").unwrap_or(&[])
+    }
+
+    /// Checks every count, id and offset once, so searches can index without fear.
+    fn validate(&self) -> Result<()> {
+        let (l0, levels, upper, blocks) = (self.level0(), self.levels(), self.upper_off(), self.blocks());
+        let n = self.n as u32;
+        for i in 0..self.n {
+            let slot = &l0[i * (self.m0 + 1)..(i + 1) * (self.m0 + 1)];
+            let c = slot[0] as usize;
+            if c > self.m0 || slot[1..=c].iter().any(|&x| x >= n) {
+                return Err(self.file.corrupt(format!("node {i}: bad level-0 links")));
+            }
+            let lv = levels[i] as usize;
+            if lv > self.max_level {
+                return Err(self.file.corrupt(format!("node {i}: level {lv} above max {}", self.max_level)));
+            }
+            if lv > 0 {
+                let off = upper[i] as usize;
+                let end = off + lv * (self.m + 1);
+                if upper[i] == u32::MAX || end > blocks.len() {
+                    return Err(self.file.corrupt(format!("node {i}: upper block out of range")));
+                }
+                for l in 0..lv {
+                    let b = &blocks[off + l * (self.m + 1)..off + (l + 1) * (self.m + 1)];
+                    let c = b[0] as usize;
+                    if c > self.m || b[1..=c].iter().any(|&x| x >= n || levels[x as usize] as usize <= l) {
+                        return Err(self.file.corrupt(format!("node {i}: bad level-{} links", l + 1)));
+                    }
+                }
+            }
+        }
+        if self.n > 0 && levels[self.entry as usize] as usize != self.max_level {
+            return Err(self.file.corrupt("entry point is not on the top level"));
+        }
+        Ok(())
+    }
+
+    fn neighbors(&self, i: u32, level: usize) -> &[u32] {
+        if level == 0 {
+            let s = &self.level0()[i as usize * (self.m0 + 1)..];
+            &s[1..=s[0] as usize]
+        } else {
+            let off = self.upper_off()[i as usize] as usize + (level - 1) * (self.m + 1);
+            let b = &self.blocks()[off..];
+            &b[1..=b[0] as usize]
+        }
+    }
+
+    /// Number of nodes.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    /// Whether the graph is empty.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// Bytes of the graph file's payload.
+    pub fn bytes(&self) -> usize {
+        self.file.payload().len()
+    }
+
+    /// The `k` nearest accepted nodes to `query` (algorithm 5), searching with a
+    /// candidate list of `max(ef, k)`; `dist(i)` is the distance from the query to row `i`.
+    pub fn search(
+        &self,
+        dist: &dyn Fn(u32) -> f32,
+        k: usize,
+        ef: usize,
+        accept: Option<&dyn Fn(u32) -> bool>,
+    ) -> Vec<Neighbor> {
+        if self.n == 0 || k == 0 {
+            return Vec::new();
+        }
+        let mut cur = Cand(dist(self.entry), self.entry);
+        for l in (1..=self.max_level).rev() {
+            loop {
+                let mut changed = false;
+                for &nb in self.neighbors(cur.1, l) {
+                    let d = dist(nb);
+                    if d < cur.0 {
+                        cur = Cand(d, nb);
+                        changed = true;
+                    }
+                }
+                if !changed {
+                    break;
+                }
+            }
+        }
+        VISITED.with(|v| {
+            let mut visited = v.borrow_mut();
+            visited.reset(self.n);
+            let mut nbrs = |i: u32, out: &mut Vec<u32>| out.extend_from_slice(self.neighbors(i, 0));
+            let mut scratch = Vec::with_capacity(self.m0);
+            let found = search_layer(dist, &mut nbrs, &[cur], ef.max(k), &mut visited, accept, &mut scratch);
+            found
+                .into_iter()
+                .take(k)
+                .map(|c| Neighbor { id: c.1, distance: c.0 })
+                .collect()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_follow_the_exponential_law() {
+        let l = assign_levels(100_000, 16, 1);
+        let above0 = l.iter().filter(|&&x| x > 0).count() as f64 / 1e5;
+        // P(level > 0) = 1/m = 0.0625.
+        assert!((above0 - 0.0625).abs() < 0.005, "{above0}");
+    }
+
+    #[test]
+    fn heuristic_prefers_diverse_neighbours() {
+        // Base at 0; candidates at 1, 1.1 (same side) and -2 (other side).
+        let pos = [0.0f32, 1.0, 1.1, -2.0];
+        let pair = |a: u32, b: u32| (pos[a as usize] - pos[b as usize]).abs();
+        let sorted = vec![Cand(1.0, 1), Cand(1.1, 2), Cand(2.0, 3)];
+        assert_eq!(select_heuristic(&sorted, 3, &pair), vec![1, 3]);
+    }
+}

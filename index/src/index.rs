@@ -1,0 +1,209 @@
+//! One opened generation: the store, its HNSW graph and the search planner.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::distance::{normalize, Metric};
+use crate::error::{IndexError, Result};
+use crate::format::{read_json, write_json, FORMAT_VERSION};
+use crate::generation::current_generation;
+use crate::hnsw::{self, Hnsw, HnswParams, Neighbor};
+use crate::store::{StoreBuilder, VectorStore};
+use crate::exact;
+
+/// File name of the generation manifest.
+pub const MANIFEST_FILE: &str = "manifest.bin";
+/// File name of the HNSW graph.
+pub const HNSW_FILE: &str = "hnsw.bin";
+
+/// What a generation holds, written last by a build.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    /// Envelope format version of the files.
+    pub format_version: u32,
+    /// Seconds since the Unix epoch when the build finished.
+    pub created_unix: u64,
+    /// Vector dimension.
+    pub dim: usize,
+    /// Number of items.
+    pub count: usize,
+    /// Metric.
+    pub metric: Metric,
+    /// HNSW build parameters.
+    pub hnsw: HnswParams,
+    /// Seconds the graph build took.
+    pub hnsw_build_seconds: f64,
+    /// Free-form facts from the layer above (encoder model, user counts, ...).
+    #[serde(default)]
+    pub extra: serde_json::Value,
+}
+
+/// How to search.
+#[derive(Clone, Copy, Debug)]
+pub struct SearchParams {
+    /// Number of results.
+    pub k: usize,
+    /// HNSW candidate list size (raised to `k` when smaller).
+    pub ef: usize,
+    /// Force exact search.
+    pub exact: bool,
+}
+
+impl Default for SearchParams {
+    fn default() -> Self {
+        Self { k: 10, ef: 64, exact: false }
+    }
+}
+
+/// How a filtered search was carried out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// Graph search, filtering while traversing.
+    Hnsw,
+    /// Brute force over the rows that pass the filter.
+    Exact,
+}
+
+/// Writes store, graph and manifest of a new generation into `dir`.
+pub fn write_index(
+    dir: &Path,
+    store: &StoreBuilder,
+    params: &HnswParams,
+    extra: serde_json::Value,
+    progress: &(dyn Fn(usize) + Sync),
+) -> Result<Manifest> {
+    store.write(dir)?;
+    let t = std::time::Instant::now();
+    hnsw::build(store.vectors(), store.dim(), store.metric(), params, &dir.join(HNSW_FILE), progress)?;
+    let manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        created_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        dim: store.dim(),
+        count: store.len(),
+        metric: store.metric(),
+        hnsw: *params,
+        hnsw_build_seconds: t.elapsed().as_secs_f64(),
+        extra,
+    };
+    write_json(&dir.join(MANIFEST_FILE), &manifest)?;
+    Ok(manifest)
+}
+
+/// An opened, read-only generation.
+#[derive(Debug)]
+pub struct Index {
+    dir: PathBuf,
+    manifest: Manifest,
+    store: VectorStore,
+    hnsw: Hnsw,
+}
+
+impl Index {
+    /// Opens the live generation of an index root.
+    pub fn open_current(root: &Path) -> Result<Self> {
+        Self::open(&current_generation(root)?)
+    }
+
+    /// Opens a generation directory, checking every file's envelope and checksum.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let manifest: Manifest = read_json(&dir.join(MANIFEST_FILE))?;
+        let store = VectorStore::open(dir, true)?;
+        if store.dim() != manifest.dim || store.len() != manifest.count || store.metric() != manifest.metric {
+            return Err(IndexError::Corrupt {
+                path: dir.to_owned(),
+                reason: format!(
+                    "manifest says {} × {} ({:?}), store holds {} × {} ({:?})",
+                    manifest.count,
+                    manifest.dim,
+                    manifest.metric,
+                    store.len(),
+                    store.dim(),
+                    store.metric()
+                ),
+            });
+        }
+        let hnsw = Hnsw::open(&dir.join(HNSW_FILE), store.len(), true)?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            manifest,
+            store,
+            hnsw,
+        })
+    }
+
+    /// The generation directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The vector store.
+    pub fn store(&self) -> &VectorStore {
+        &self.store
+    }
+
+    /// The graph.
+    pub fn hnsw(&self) -> &Hnsw {
+        &self.hnsw
+    }
+
+    /// Checks a query's dimension and values; normalises it under the cosine metric.
+    pub fn prepare_query(&self, query: &[f32]) -> Result<Vec<f32>> {
+        if query.len() != self.store.dim() {
+            return Err(IndexError::DimensionMismatch {
+                expected: self.store.dim(),
+                got: query.len(),
+            });
+        }
+        let mut q = query.to_vec();
+        if q.iter().any(|x| !x.is_finite()) {
+            return Err(IndexError::InvalidVector {
+                id: "query".into(),
+                reason: "contains NaN or infinity",
+            });
+        }
+        if self.store.metric() == Metric::Cosine && !normalize(&mut q) {
+            return Err(IndexError::InvalidVector {
+                id: "query".into(),
+                reason: "zero vector cannot be normalised for the cosine metric",
+            });
+        }
+        Ok(q)
+    }
+
+    /// The `k` nearest items that `accept` allows. With a filter, the planner
+    /// counts the rows that pass and searches them exactly when they are few
+    /// (at most 5% of the index, or fewer than `4·ef`): graph search wastes its
+    /// effort on rejected nodes there and can miss results.
+    pub fn search(
+        &self,
+        query: &[f32],
+        params: &SearchParams,
+        accept: Option<&dyn Fn(u32) -> bool>,
+    ) -> Result<(Vec<Neighbor>, Plan)> {
+        let q = self.prepare_query(query)?;
+        let (vectors, dim, metric) = (self.store.vectors(), self.store.dim(), self.store.metric());
+        let n = self.store.len();
+        let exact_plan = params.exact
+            || match accept {
+                None => false,
+                Some(f) => {
+                    let passing = (0..n as u32).filter(|&i| f(i)).count();
+                    passing <= (n / 20).max(4 * params.ef.max(params.k))
+                }
+            };
+        if exact_plan {
+            return Ok((exact::search(vectors, dim, metric, &q, params.k, accept), Plan::Exact));
+        }
+        let dist = |i: u32| metric.distance(&q, &vectors[i as usize * dim..(i as usize + 1) * dim]);
+        Ok((self.hnsw.search(&dist, params.k, params.ef, accept), Plan::Hnsw))
+    }
+}

@@ -1,0 +1,27 @@
+//! vecrec-index: the on-disk vector store and the ANN indexes of vecrec.
+//!
+//! It knows nothing about gRPC, ONNX or configuration files. Every file it
+//! writes uses the envelope of [`format`] (magic, version, header fields,
+//! CRC-32 footer); a build writes a new [`generation`] directory and switches a
+//! pointer atomically; an opened [`Index`] searches its memory-mapped vectors
+//! and graph in place. `unsafe` lives only in the private `mmap` module.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+pub mod distance;
+pub mod error;
+pub mod exact;
+pub mod format;
+pub mod generation;
+pub mod hnsw;
+pub mod index;
+mod mmap;
+pub mod store;
+pub mod texmex;
+
+pub use distance::Metric;
+pub use error::{IndexError, Result};
+pub use hnsw::{HnswParams, Neighbor};
+pub use index::{write_index, Index, Manifest, Plan, SearchParams};
+pub use store::{ItemMeta, StoreBuilder, VectorStore};
