@@ -338,6 +338,80 @@ impl StringTable {
     }
 }
 
+/// A table of `u32` lists: `count + 1` u64 offsets, then the values.
+#[derive(Debug)]
+pub struct ListTable {
+    file: CheckedFile,
+    count: usize,
+    total: usize,
+}
+
+impl ListTable {
+    /// Writes `lists` as a list table.
+    pub fn write<L: AsRef<[u32]>>(path: &Path, lists: &[L]) -> Result<()> {
+        let total: u64 = lists.iter().map(|l| l.as_ref().len() as u64).sum();
+        let mut w = FileWriter::create(path, Kind::LISTS, [lists.len() as u64, total, 0, 0, 0])?;
+        let mut off = 0u64;
+        let mut offsets = Vec::with_capacity(lists.len() + 1);
+        offsets.push(0u64);
+        for l in lists {
+            off += l.as_ref().len() as u64;
+            offsets.push(off);
+        }
+        w.write_pod(&offsets)?;
+        for l in lists {
+            w.write_pod(l.as_ref())?;
+        }
+        w.finish()
+    }
+
+    /// Opens and checks a list table; every value must be below `bound`.
+    pub fn open(path: &Path, verify: bool, bound: u32) -> Result<Self> {
+        let file = CheckedFile::open(path, Kind::LISTS, verify)?;
+        let [count, total, ..] = file.fields();
+        let need = (count as u128 + 1) * 8 + total as u128 * 4;
+        if need != file.payload().len() as u128 {
+            return Err(file.corrupt(format!(
+                "{count} lists of {total} values need {need} payload bytes, found {}",
+                file.payload().len()
+            )));
+        }
+        let t = Self { file, count: count as usize, total: total as usize };
+        let offs = t.offsets();
+        if offs[0] != 0 || offs[t.count] != total || offs.windows(2).any(|w| w[0] > w[1]) {
+            return Err(t.file.corrupt("list offsets are not increasing"));
+        }
+        if let Some(bad) = t.values().iter().find(|&&v| v >= bound) {
+            return Err(t.file.corrupt(format!("value {bad} out of range (bound {bound})")));
+        }
+        Ok(t)
+    }
+
+    fn offsets(&self) -> &[u64] {
+        bytemuck::cast_slice(&self.file.payload()[..(self.count + 1) * 8])
+    }
+
+    fn values(&self) -> &[u32] {
+        bytemuck::cast_slice(&self.file.payload()[(self.count + 1) * 8..(self.count + 1) * 8 + self.total * 4])
+    }
+
+    /// Number of lists.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether there are no lists.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// List `i`; panics if `i >= len()`.
+    pub fn get(&self, i: usize) -> &[u32] {
+        let o = self.offsets();
+        &self.values()[o[i] as usize..o[i + 1] as usize]
+    }
+}
+
 /// Writes a JSON document in the envelope.
 pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
     let bytes = serde_json::to_vec_pretty(value).map_err(|e| IndexError::Corrupt {

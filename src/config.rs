@@ -1,0 +1,281 @@
+//! Configuration: a TOML file, overridden by environment variables, overridden
+//! by command-line flags.
+//!
+//! Every key can be set from the environment as `VECREC_<SECTION>__<KEY>`
+//! (double underscore between section and key), e.g.
+//! `VECREC_SERVER__ADDR=0.0.0.0:50051` or `VECREC_SEARCH__EF=128`; the value is
+//! read as a TOML literal when it parses as one, else as a string. The encoder
+//! file paths also honour the variables written by `scripts/setup.sh`
+//! (`VECREC_MODEL`, `VECREC_TOKENIZER`, `VECREC_ORT_DYLIB`).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The whole configuration.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Network settings.
+    pub server: ServerConfig,
+    /// Encoder files and threads.
+    pub encoder: EncoderConfig,
+    /// Search settings.
+    pub search: SearchConfig,
+    /// How user vectors are made from histories.
+    pub users: UserConfig,
+    /// Request limits.
+    pub limits: Limits,
+}
+
+/// Network settings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on. Default `127.0.0.1:50051`.
+    pub addr: String,
+    /// Per-request timeout in milliseconds when the client sets no deadline. Default 10000.
+    pub request_timeout_ms: u64,
+    /// Requests served at once; more wait in line. Default 64.
+    pub max_concurrent_requests: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            addr: "127.0.0.1:50051".into(),
+            request_timeout_ms: 10_000,
+            max_concurrent_requests: 64,
+        }
+    }
+}
+
+/// Encoder files and threads.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EncoderConfig {
+    /// The sentence-encoder ONNX model. Default: `$VECREC_MODEL`, else `.cache/models/minilm/model.onnx`.
+    pub model: Option<PathBuf>,
+    /// Its `tokenizer.json`. Default: `$VECREC_TOKENIZER`, else next to the model.
+    pub tokenizer: Option<PathBuf>,
+    /// `libonnxruntime.so`. Default: `$VECREC_ORT_DYLIB` / `$ORT_DYLIB_PATH`, else `.cache/onnxruntime/libonnxruntime.so`.
+    pub ort_dylib: Option<PathBuf>,
+    /// Intra-op threads of ONNX Runtime; 0 means all cores. Default 0.
+    pub threads: usize,
+    /// Texts per forward pass. Default 32.
+    pub batch_size: usize,
+    /// Tokens read per text (longer texts are truncated). Default 256.
+    pub max_tokens: usize,
+    /// `cpu` or `cuda` (needs the `cuda` cargo feature; falls back to CPU with a log line). Default `cpu`.
+    pub device: String,
+}
+
+impl Default for EncoderConfig {
+    fn default() -> Self {
+        Self {
+            model: None,
+            tokenizer: None,
+            ort_dylib: None,
+            threads: 0,
+            batch_size: 32,
+            max_tokens: 256,
+            device: "cpu".into(),
+        }
+    }
+}
+
+/// Search settings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SearchConfig {
+    /// HNSW candidate list size at query time. Default 64.
+    pub ef: usize,
+    /// Score every item exactly instead of searching the graph. Default false.
+    pub exact: bool,
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        Self { ef: 64, exact: false }
+    }
+}
+
+/// How a user vector is made from a history: the weighted mean of the last
+/// `max_items` item vectors, the item `a` steps before the newest weighing
+/// `decay^a` times its interaction weight.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct UserConfig {
+    /// Recency decay per step back in the history, in (0, 1]; 1 is a plain mean. Default 0.7.
+    pub decay: f32,
+    /// Newest items used; older ones are ignored. Default 20.
+    pub max_items: usize,
+}
+
+impl Default for UserConfig {
+    fn default() -> Self {
+        Self { decay: 0.7, max_items: 20 }
+    }
+}
+
+/// Request limits; a breach answers `INVALID_ARGUMENT`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest `k`. Default 1000.
+    pub max_k: usize,
+    /// Most texts per `Embed`. Default 256.
+    pub max_batch: usize,
+    /// Longest text or query in bytes. Default 8192.
+    pub max_text_bytes: usize,
+    /// Longest explicit history. Default 1000.
+    pub max_history: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_k: 1000,
+            max_batch: 256,
+            max_text_bytes: 8192,
+            max_history: 1000,
+        }
+    }
+}
+
+impl Config {
+    /// Loads `file` (if given), then applies `VECREC_*` environment overrides.
+    pub fn load(file: Option<&Path>) -> Result<Self> {
+        Self::load_with_env(file, std::env::vars())
+    }
+
+    /// [`Config::load`] with an explicit environment, for tests.
+    pub fn load_with_env(file: Option<&Path>, env: impl Iterator<Item = (String, String)>) -> Result<Self> {
+        let mut value = match file {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| Error::Config(format!("{}: {e}", p.display())))?
+            }
+            None => toml::Table::new(),
+        };
+        for (k, v) in env {
+            let Some(rest) = k.strip_prefix("VECREC_") else { continue };
+            let Some((section, key)) = rest.split_once("__") else { continue };
+            let (section, key) = (section.to_lowercase(), key.to_lowercase());
+            let parsed = format!("v = {v}")
+                .parse::<toml::Table>()
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or(toml::Value::String(v.clone()));
+            let table = value
+                .entry(section.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match table {
+                toml::Value::Table(t) => {
+                    t.insert(key, parsed);
+                }
+                _ => return Err(Error::Config(format!("{k}: [{section}] is not a table"))),
+            }
+        }
+        let cfg: Config = toml::Value::Table(value)
+            .try_into()
+            .map_err(|e| Error::Config(format!("{e}")))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks ranges.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if !(self.users.decay > 0.0 && self.users.decay <= 1.0) {
+            return bad(format!("users.decay must be in (0, 1], got {}", self.users.decay));
+        }
+        if self.users.max_items == 0 {
+            return bad("users.max_items must be at least 1".into());
+        }
+        if self.search.ef == 0 || self.search.ef > 10_000 {
+            return bad(format!("search.ef must be in 1..=10000, got {}", self.search.ef));
+        }
+        if self.encoder.batch_size == 0 || self.encoder.max_tokens == 0 || self.encoder.max_tokens > 512 {
+            return bad("encoder.batch_size must be ≥ 1 and encoder.max_tokens in 1..=512".into());
+        }
+        if !matches!(self.encoder.device.as_str(), "cpu" | "cuda") {
+            return bad(format!("encoder.device must be cpu or cuda, got {:?}", self.encoder.device));
+        }
+        if self.limits.max_k == 0 || self.limits.max_batch == 0 || self.limits.max_text_bytes == 0 {
+            return bad("limits must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// Finds a cached file: `explicit`, else the first set variable of `vars`, else
+/// `rel` under `.cache/` in the working directory or any ancestor of it or of the
+/// running executable. The error names every place looked at and the fix.
+pub fn locate(explicit: Option<&Path>, vars: &[&str], rel: &str, what: &str) -> Result<PathBuf> {
+    let mut looked = Vec::new();
+    let fix = "run `make setup` (or scripts/setup.sh) to download it";
+    if let Some(p) = explicit {
+        if p.is_file() {
+            return Ok(p.to_owned());
+        }
+        return Err(Error::Config(format!("{what} not found at {} (set in config); {fix}", p.display())));
+    }
+    for v in vars {
+        if let Some(p) = std::env::var_os(v).filter(|s| !s.is_empty()) {
+            let p = PathBuf::from(p);
+            if p.is_file() {
+                return Ok(p);
+            }
+            looked.push(format!("${v}={}", p.display()));
+        }
+    }
+    let mut roots: Vec<PathBuf> = Vec::new();
+    if let Ok(cwd) = std::env::current_dir() {
+        roots.extend(cwd.ancestors().map(Path::to_owned));
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        roots.extend(exe.ancestors().skip(1).map(Path::to_owned));
+    }
+    for r in roots {
+        let p = r.join(".cache").join(rel);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    looked.push(format!(".cache/{rel} in the working directory, the executable's directory and their parents"));
+    Err(Error::Config(format!("{what} not found (looked at {}); {fix}", looked.join(", "))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_overrides_file_and_is_typed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[search]\nef = 32\n[server]\naddr = \"1.2.3.4:5\"\n").unwrap();
+        let env = vec![
+            ("VECREC_SEARCH__EF".to_string(), "128".to_string()),
+            ("VECREC_USERS__DECAY".to_string(), "0.5".to_string()),
+            ("VECREC_MODEL".to_string(), "ignored-here".to_string()),
+        ];
+        let c = Config::load_with_env(Some(&p), env.into_iter()).unwrap();
+        assert_eq!(c.search.ef, 128);
+        assert_eq!(c.users.decay, 0.5);
+        assert_eq!(c.server.addr, "1.2.3.4:5");
+    }
+
+    #[test]
+    fn bad_values_and_unknown_keys_are_refused() {
+        let env = vec![("VECREC_USERS__DECAY".to_string(), "1.5".to_string())];
+        assert!(Config::load_with_env(None, env.into_iter()).is_err());
+        let env = vec![("VECREC_SEARCH__EFF".to_string(), "1".to_string())];
+        let err = Config::load_with_env(None, env.into_iter()).unwrap_err().to_string();
+        assert!(err.contains("eff"), "{err}");
+    }
+}

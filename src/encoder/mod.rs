@@ -1,0 +1,303 @@
+//! The sentence encoder: HF `tokenizers` + ONNX Runtime (through `ort`) running
+//! a BERT model such as all-MiniLM-L6-v2 (Reimers & Gurevych, "Sentence-BERT",
+//! EMNLP 2019), mean-pooled over the attention mask and L2-normalised.
+//!
+//! Texts are tokenised once, sorted by token count and cut into batches, so each
+//! batch pads only to its own longest text (the shipped `tokenizer.json` pads
+//! every text to 128, which wastes most of the work on short texts). ONNX
+//! Runtime uses all cores inside each forward pass; sessions sit in a small pool
+//! because `Session::run` needs exclusive access.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::Session;
+use ort::value::Tensor;
+use parking_lot::Mutex;
+use tokenizers::{Tokenizer, TruncationParams};
+
+use crate::config::{locate, EncoderConfig};
+use crate::error::{Error, Result};
+
+/// Resolved files of an encoder.
+#[derive(Clone, Debug)]
+pub struct EncoderFiles {
+    /// The ONNX model.
+    pub model: PathBuf,
+    /// Its tokenizer.json.
+    pub tokenizer: PathBuf,
+    /// libonnxruntime.so.
+    pub ort_dylib: PathBuf,
+}
+
+impl EncoderFiles {
+    /// Finds the files from config, environment and the `.cache/` written by `make setup`.
+    pub fn locate(cfg: &EncoderConfig) -> Result<Self> {
+        let model = locate(
+            cfg.model.as_deref(),
+            &["VECREC_MODEL"],
+            "models/minilm/model.onnx",
+            "the sentence-encoder ONNX model",
+        )?;
+        let tokenizer = match &cfg.tokenizer {
+            Some(p) => locate(Some(p), &[], "", "tokenizer.json")?,
+            None if std::env::var_os("VECREC_TOKENIZER").is_none() && model.with_file_name("tokenizer.json").is_file() => {
+                model.with_file_name("tokenizer.json")
+            }
+            None => locate(None, &["VECREC_TOKENIZER"], "models/minilm/tokenizer.json", "tokenizer.json")?,
+        };
+        let ort_dylib = locate(
+            cfg.ort_dylib.as_deref(),
+            &["VECREC_ORT_DYLIB", "ORT_DYLIB_PATH"],
+            "onnxruntime/libonnxruntime.so",
+            "the ONNX Runtime library (libonnxruntime.so)",
+        )?;
+        Ok(Self {
+            model,
+            tokenizer,
+            ort_dylib,
+        })
+    }
+}
+
+static ENVIRONMENT: OnceLock<std::result::Result<(PathBuf, ort::environment::Environment), String>> = OnceLock::new();
+
+/// The process-wide ONNX Runtime environment, loaded once from `dylib`.
+pub fn ort_environment(dylib: &Path) -> Result<ort::environment::Environment> {
+    let got = ENVIRONMENT.get_or_init(|| {
+        let builder = ort::init_from(dylib).map_err(|e| format!("cannot load {}: {e}", dylib.display()))?;
+        let env = builder
+            .with_name("vecrec")
+            .build()
+            .map_err(|e| format!("cannot create the ONNX Runtime environment: {e}"))?;
+        Ok((dylib.to_owned(), env))
+    });
+    match got {
+        Ok((loaded, env)) => {
+            if loaded != dylib {
+                tracing::warn!(loaded = %loaded.display(), asked = %dylib.display(), "ONNX Runtime is already loaded from another file; keeping it");
+            }
+            Ok(env.clone())
+        }
+        Err(e) => Err(Error::Encoder(e.clone())),
+    }
+}
+
+/// Builds an ONNX Runtime session for `model` with `threads` intra-op threads
+/// (0 = all cores) on `device` (`cpu` or `cuda`).
+pub fn build_session(env: &ort::environment::Environment, model: &Path, threads: usize, device: &str) -> Result<Session> {
+    let threads = if threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        threads
+    };
+    let fail = |e: ort::Error| Error::Encoder(format!("{}: {e}", model.display()));
+    let mut builder = Session::builder(env)
+        .map_err(fail)?
+        .with_optimization_level(GraphOptimizationLevel::Level3)
+        .map_err(|e| fail(ort::Error::<()>::from(e)))?
+        .with_intra_threads(threads)
+        .map_err(|e| fail(ort::Error::<()>::from(e)))?;
+    if device == "cuda" {
+        builder = with_cuda(builder);
+    }
+    builder.commit_from_file(model).map_err(fail)
+}
+
+#[cfg(feature = "cuda")]
+fn with_cuda(builder: ort::session::builder::SessionBuilder) -> ort::session::builder::SessionBuilder {
+    let ep = ort::ep::CUDA::default().build().error_on_failure();
+    match builder.with_execution_providers([ep]) {
+        Ok(b) => {
+            tracing::info!("ONNX Runtime: CUDA execution provider registered");
+            b
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "CUDA execution provider unavailable; falling back to CPU");
+            e.recover()
+        }
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn with_cuda(builder: ort::session::builder::SessionBuilder) -> ort::session::builder::SessionBuilder {
+    tracing::warn!("encoder.device = cuda, but this binary was built without the `cuda` feature; using CPU");
+    builder
+}
+
+/// A loaded sentence encoder.
+pub struct Encoder {
+    tokenizer: Tokenizer,
+    sessions: Vec<Mutex<Session>>,
+    has_token_type_ids: bool,
+    dim: usize,
+    batch_size: usize,
+    files: EncoderFiles,
+}
+
+impl std::fmt::Debug for Encoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Encoder")
+            .field("files", &self.files)
+            .field("dim", &self.dim)
+            .finish()
+    }
+}
+
+impl Encoder {
+    /// Loads tokenizer and model as `cfg` says, with `pool` sessions.
+    pub fn load(cfg: &EncoderConfig, pool: usize) -> Result<Self> {
+        let files = EncoderFiles::locate(cfg)?;
+        let mut tokenizer = Tokenizer::from_file(&files.tokenizer)
+            .map_err(|e| Error::Encoder(format!("{}: {e}", files.tokenizer.display())))?;
+        tokenizer.with_padding(None);
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: cfg.max_tokens,
+                ..Default::default()
+            }))
+            .map_err(|e| Error::Encoder(format!("truncation: {e}")))?;
+        let env = ort_environment(&files.ort_dylib)?;
+        let sessions = (0..pool.max(1))
+            .map(|_| build_session(&env, &files.model, cfg.threads, &cfg.device).map(Mutex::new))
+            .collect::<Result<Vec<_>>>()?;
+        let (has_token_type_ids, names) = {
+            let s = sessions[0].lock();
+            let names: Vec<String> = s.inputs().iter().map(|i| i.name().to_owned()).collect();
+            (names.iter().any(|n| n == "token_type_ids"), names)
+        };
+        for need in ["input_ids", "attention_mask"] {
+            if !names.iter().any(|n| n == need) {
+                return Err(Error::Encoder(format!(
+                    "{}: model has no input {need:?} (inputs: {names:?})",
+                    files.model.display()
+                )));
+            }
+        }
+        let mut enc = Self {
+            tokenizer,
+            sessions,
+            has_token_type_ids,
+            dim: 0,
+            batch_size: cfg.batch_size,
+            files,
+        };
+        enc.dim = enc.encode(&["dimension probe"])?[0].len();
+        tracing::info!(model = %enc.files.model.display(), dim = enc.dim, "encoder loaded");
+        Ok(enc)
+    }
+
+    /// Dimension of the embeddings.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// The files in use.
+    pub fn files(&self) -> &EncoderFiles {
+        &self.files
+    }
+
+    /// Embeds `texts`; returns one unit-length vector per text, in order.
+    pub fn encode<S: AsRef<str> + Sync>(&self, texts: &[S]) -> Result<Vec<Vec<f32>>> {
+        self.encode_with_progress(texts, &|_| {})
+    }
+
+    /// [`Encoder::encode`], calling `progress(done)` after each batch.
+    pub fn encode_with_progress<S: AsRef<str> + Sync>(
+        &self,
+        texts: &[S],
+        progress: &dyn Fn(usize),
+    ) -> Result<Vec<Vec<f32>>> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let inputs: Vec<&str> = texts.iter().map(|t| t.as_ref()).collect();
+        let encodings = self
+            .tokenizer
+            .encode_batch(inputs, true)
+            .map_err(|e| Error::Encoder(format!("tokenizer: {e}")))?;
+        let mut order: Vec<usize> = (0..encodings.len()).collect();
+        order.sort_by_key(|&i| encodings[i].get_ids().len());
+        let mut out: Vec<Vec<f32>> = vec![Vec::new(); texts.len()];
+        let mut done = 0;
+        for chunk in order.chunks(self.batch_size) {
+            let batch: Vec<&tokenizers::Encoding> = chunk.iter().map(|&i| &encodings[i]).collect();
+            let vectors = self.forward(&batch)?;
+            for (&i, v) in chunk.iter().zip(vectors) {
+                out[i] = v;
+            }
+            done += chunk.len();
+            progress(done);
+        }
+        Ok(out)
+    }
+
+    fn forward(&self, batch: &[&tokenizers::Encoding]) -> Result<Vec<Vec<f32>>> {
+        let b = batch.len();
+        let s = batch.iter().map(|e| e.get_ids().len()).max().unwrap_or(0).max(1);
+        let mut ids = vec![0i64; b * s];
+        let mut mask = vec![0i64; b * s];
+        let mut types = vec![0i64; b * s];
+        for (r, e) in batch.iter().enumerate() {
+            for (c, ((&id, &m), &t)) in e.get_ids().iter().zip(e.get_attention_mask()).zip(e.get_type_ids()).enumerate() {
+                ids[r * s + c] = id as i64;
+                mask[r * s + c] = m as i64;
+                types[r * s + c] = t as i64;
+            }
+        }
+        let err = |e: ort::Error| Error::Encoder(format!("inference: {e}"));
+        let t_ids = Tensor::from_array(([b, s], ids)).map_err(err)?;
+        let t_mask = Tensor::from_array(([b, s], mask.clone())).map_err(err)?;
+        let mut session = self.acquire();
+        let outputs = if self.has_token_type_ids {
+            let t_types = Tensor::from_array(([b, s], types)).map_err(err)?;
+            session.run(ort::inputs! {"input_ids" => t_ids, "attention_mask" => t_mask, "token_type_ids" => t_types})
+        } else {
+            session.run(ort::inputs! {"input_ids" => t_ids, "attention_mask" => t_mask})
+        }
+        .map_err(err)?;
+        let hidden = outputs
+            .get("last_hidden_state")
+            .unwrap_or(&outputs[0])
+            .try_extract_array::<f32>()
+            .map_err(err)?;
+        let shape = hidden.shape().to_vec();
+        if shape.len() != 3 || shape[0] != b || shape[1] != s {
+            return Err(Error::Encoder(format!("unexpected output shape {shape:?} for batch [{b}, {s}]")));
+        }
+        let h = shape[2];
+        let mut result = Vec::with_capacity(b);
+        for r in 0..b {
+            let mut v = vec![0f32; h];
+            let mut count = 0f32;
+            for c in 0..s {
+                if mask[r * s + c] == 0 {
+                    continue;
+                }
+                count += 1.0;
+                for (k, x) in v.iter_mut().enumerate() {
+                    *x += hidden[[r, c, k]];
+                }
+            }
+            let count = count.max(1.0);
+            v.iter_mut().for_each(|x| *x /= count);
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+            v.iter_mut().for_each(|x| *x /= norm);
+            result.push(v);
+        }
+        Ok(result)
+    }
+
+    fn acquire(&self) -> parking_lot::MutexGuard<'_, Session> {
+        for s in &self.sessions {
+            if let Some(g) = s.try_lock() {
+                return g;
+            }
+        }
+        // All busy: wait for one, spreading waiters over the pool.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let i = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.sessions.len();
+        self.sessions[i].lock()
+    }
+}

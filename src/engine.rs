@@ -1,0 +1,271 @@
+//! The engine: one opened index generation, its user profiles and the encoder,
+//! answering the queries the gRPC service and the evaluation both run.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use vecrec_index::{Index, ItemMeta, SearchParams};
+
+use crate::config::Config;
+use crate::encoder::Encoder;
+use crate::error::{Error, Result};
+use crate::filter::Filter;
+use crate::users::{profile, UserProfiles};
+
+/// One ranked item.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scored {
+    /// Internal id.
+    pub internal: u32,
+    /// External id.
+    pub id: String,
+    /// Similarity, larger is better (cosine for the content pipeline).
+    pub score: f32,
+}
+
+/// Whom to recommend for.
+#[derive(Clone, Copy, Debug)]
+pub enum UserRef<'a> {
+    /// A user known to the index.
+    Id(&'a str),
+    /// An explicit history of item ids, oldest first.
+    History(&'a [String]),
+}
+
+/// Options of a recommendation.
+#[derive(Clone, Debug, Default)]
+pub struct RecommendOptions {
+    /// Number of items.
+    pub k: usize,
+    /// Keep items of the history in the answer.
+    pub include_seen: bool,
+    /// Attribute filter.
+    pub filter: Option<Filter>,
+}
+
+/// The engine over one generation.
+#[derive(Debug)]
+pub struct Engine {
+    index: Index,
+    users: UserProfiles,
+    encoder: Option<Arc<Encoder>>,
+    cfg: Config,
+    use_precomputed: bool,
+}
+
+impl Engine {
+    /// Opens the live generation under `root`.
+    pub fn open(root: &Path, cfg: Config, encoder: Option<Arc<Encoder>>) -> Result<Self> {
+        let index = Index::open_current(root)?;
+        let store = index.store();
+        let users = UserProfiles::open(index.dir(), store.len(), store.dim())?;
+        if let Some(enc) = &encoder {
+            if enc.dim() != store.dim() {
+                return Err(Error::Config(format!(
+                    "the encoder makes {}-dimensional vectors but the index holds {}-dimensional ones; rebuild the index with this model",
+                    enc.dim(),
+                    store.dim()
+                )));
+            }
+        }
+        let built_with: Option<crate::config::UserConfig> = index
+            .manifest()
+            .extra
+            .get("users")
+            .and_then(|v| serde_json::from_value(v.clone()).ok());
+        let use_precomputed = built_with.as_ref() == Some(&cfg.users);
+        if !use_precomputed {
+            tracing::info!("user settings differ from the build's; user vectors are computed per request");
+        }
+        tracing::info!(
+            generation = %index.dir().display(),
+            items = store.len(),
+            users = users.len(),
+            dim = store.dim(),
+            "index opened"
+        );
+        Ok(Self {
+            index,
+            users,
+            encoder,
+            cfg,
+            use_precomputed,
+        })
+    }
+
+    /// The opened index.
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    /// The user profiles.
+    pub fn users(&self) -> &UserProfiles {
+        &self.users
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Changes how user vectors are made; precomputed profiles are used only
+    /// when the settings equal the build's.
+    pub fn set_users(&mut self, users: crate::config::UserConfig) {
+        let built_with: Option<crate::config::UserConfig> = self
+            .index
+            .manifest()
+            .extra
+            .get("users")
+            .and_then(|v| serde_json::from_value(v.clone()).ok());
+        self.use_precomputed = built_with.as_ref() == Some(&users);
+        self.cfg.users = users;
+    }
+
+    /// Switches between exact and graph search.
+    pub fn set_exact(&mut self, exact: bool) {
+        self.cfg.search.exact = exact;
+    }
+
+    /// The encoder, or an error if this engine was opened without one.
+    pub fn encoder(&self) -> Result<&Encoder> {
+        self.encoder
+            .as_deref()
+            .ok_or_else(|| Error::Config("this engine was opened without an encoder".into()))
+    }
+
+    fn check_k(&self, k: usize) -> Result<usize> {
+        let k = if k == 0 { 10 } else { k };
+        if k > self.cfg.limits.max_k {
+            return Err(Error::invalid(format!("k = {k} is over the limit of {}", self.cfg.limits.max_k)));
+        }
+        Ok(k)
+    }
+
+    /// Checks a text against the length limit.
+    pub fn check_text(&self, what: &str, text: &str) -> Result<()> {
+        if text.trim().is_empty() {
+            return Err(Error::invalid(format!("{what} must not be empty")));
+        }
+        if text.len() > self.cfg.limits.max_text_bytes {
+            return Err(Error::invalid(format!(
+                "{what} is {} bytes, over the limit of {}",
+                text.len(),
+                self.cfg.limits.max_text_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// Internal id of an item, or `NotFound`.
+    pub fn item(&self, id: &str) -> Result<u32> {
+        self.index.store().internal_id(id).ok_or_else(|| Error::NotFound {
+            kind: "item",
+            id: id.to_owned(),
+        })
+    }
+
+    /// Attributes of an item.
+    pub fn item_meta(&self, id: &str) -> Result<&ItemMeta> {
+        Ok(self.index.store().meta(self.item(id)?))
+    }
+
+    fn search(&self, query: &[f32], k: usize, exclude: &HashSet<u32>, filter: Option<&Filter>) -> Result<Vec<Scored>> {
+        let store = self.index.store();
+        let filter = filter.filter(|f| !f.is_empty());
+        let accept = |i: u32| !exclude.contains(&i) && filter.is_none_or(|f| f.matches(store.meta(i)));
+        let need_filter = !exclude.is_empty() || filter.is_some();
+        let params = SearchParams {
+            k,
+            ef: self.cfg.search.ef.max(k),
+            exact: self.cfg.search.exact,
+        };
+        let (found, _plan) = self
+            .index
+            .search(query, &params, if need_filter { Some(&accept) } else { None })?;
+        let metric = store.metric();
+        Ok(found
+            .into_iter()
+            .map(|n| Scored {
+                internal: n.id,
+                id: store.external_id(n.id).to_owned(),
+                score: metric.score(n.distance),
+            })
+            .collect())
+    }
+
+    /// Items for a user known by id or by an explicit history.
+    pub fn recommend(&self, who: UserRef<'_>, opts: &RecommendOptions) -> Result<Vec<Scored>> {
+        let k = self.check_k(opts.k)?;
+        let store = self.index.store();
+        let (history, precomputed) = match who {
+            UserRef::Id(user) => {
+                let u = self.users.lookup(user).ok_or_else(|| Error::NotFound {
+                    kind: "user",
+                    id: user.to_owned(),
+                })?;
+                let pre = if self.use_precomputed { self.users.vector(u) } else { None };
+                (self.users.history(u), pre)
+            }
+            UserRef::History(items) => {
+                if items.is_empty() {
+                    return Err(Error::invalid("give a user_id or a non-empty history"));
+                }
+                if items.len() > self.cfg.limits.max_history {
+                    return Err(Error::invalid(format!(
+                        "history has {} items, over the limit of {}",
+                        items.len(),
+                        self.cfg.limits.max_history
+                    )));
+                }
+                let h = items.iter().map(|id| self.item(id).map(|i| (i, 1.0))).collect::<Result<Vec<_>>>()?;
+                (h, None)
+            }
+        };
+        let vector = match precomputed {
+            Some(v) => v.to_vec(),
+            None => profile(store, &history, &self.cfg.users)
+                .ok_or_else(|| Error::invalid("the history carries no positive weight"))?,
+        };
+        let exclude: HashSet<u32> = if opts.include_seen {
+            HashSet::new()
+        } else {
+            history.iter().map(|h| h.0).collect()
+        };
+        self.search(&vector, k, &exclude, opts.filter.as_ref())
+    }
+
+    /// Items nearest to a catalogue item (never the item itself).
+    pub fn similar_items(&self, item: &str, k: usize, filter: Option<&Filter>) -> Result<Vec<Scored>> {
+        let k = self.check_k(k)?;
+        let i = self.item(item)?;
+        let v = self.index.store().vector(i).to_vec();
+        self.search(&v, k, &HashSet::from([i]), filter)
+    }
+
+    /// Items nearest to a text query.
+    pub fn search_text(&self, query: &str, k: usize, filter: Option<&Filter>) -> Result<Vec<Scored>> {
+        let k = self.check_k(k)?;
+        self.check_text("query", query)?;
+        let v = self.encoder()?.encode(&[query])?.pop().unwrap_or_default();
+        self.search(&v, k, &HashSet::new(), filter)
+    }
+
+    /// Embeddings of texts.
+    pub fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+        if texts.is_empty() {
+            return Err(Error::invalid("texts must not be empty"));
+        }
+        if texts.len() > self.cfg.limits.max_batch {
+            return Err(Error::invalid(format!(
+                "{} texts, over the limit of {} per request",
+                texts.len(),
+                self.cfg.limits.max_batch
+            )));
+        }
+        for (i, t) in texts.iter().enumerate() {
+            self.check_text(&format!("texts[{i}]"), t)?;
+        }
+        self.encoder()?.encode(texts)
+    }
+}

@@ -1,0 +1,84 @@
+//! The service layer's error type. `grpc::status` is the one place that maps it
+//! to a gRPC status code.
+
+use std::path::PathBuf;
+
+use vecrec_index::IndexError;
+
+/// Everything the engine, the readers and the encoder can report.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The request or an argument is malformed or over a limit.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// An id the engine does not know.
+    #[error("unknown {kind} {id:?}")]
+    NotFound {
+        /// "item" or "user".
+        kind: &'static str,
+        /// The id as given.
+        id: String,
+    },
+    /// A row of an input file is malformed.
+    #[error("{path}:{line}: field {field:?}: {reason}")]
+    BadRow {
+        /// The input file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: u64,
+        /// The offending field.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The index layer failed (I/O, damage, bad vectors).
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    /// The encoder (tokenizer or ONNX Runtime) failed.
+    #[error("encoder: {0}")]
+    Encoder(String),
+    /// Configuration is invalid or a required file is missing.
+    #[error("config: {0}")]
+    Config(String),
+    /// An I/O error on a named file.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The server is over capacity.
+    #[error("overloaded: {0}")]
+    Overloaded(String),
+}
+
+impl Error {
+    /// An `Io` error for `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// A `BadRow` error.
+    pub fn bad_row(path: &std::path::Path, line: u64, field: &str, reason: impl Into<String>) -> Self {
+        Error::BadRow {
+            path: path.to_owned(),
+            line,
+            field: field.to_owned(),
+            reason: reason.into(),
+        }
+    }
+
+    /// An `InvalidArgument` error.
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        Error::InvalidArgument(msg.into())
+    }
+}
+
+/// Result alias of the service crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

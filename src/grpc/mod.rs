@@ -1,0 +1,204 @@
+//! The tonic gRPC service `vecrec.v1.Recommender`, with the standard health
+//! service and server reflection.
+//!
+//! Handlers check their arguments, then run the engine on the blocking thread
+//! pool (encoding and search are CPU work) and map errors through
+//! [`status`](self::status), the one place that chooses status codes.
+
+mod status;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status};
+
+use crate::engine::{Engine, RecommendOptions, Scored, UserRef};
+use crate::error::Error;
+use crate::filter::{Filter, Range};
+
+/// Generated protobuf types and service stubs.
+#[allow(missing_docs, clippy::all)]
+pub mod pb {
+    tonic::include_proto!("vecrec.v1");
+    /// The encoded file descriptor set, for reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("vecrec_descriptor");
+}
+
+use pb::recommender_server::{Recommender, RecommenderServer};
+
+/// The service over a shared engine.
+#[derive(Clone, Debug)]
+pub struct Service {
+    engine: Arc<Engine>,
+}
+
+impl Service {
+    /// A service answering from `engine`.
+    pub fn new(engine: Arc<Engine>) -> Self {
+        Self { engine }
+    }
+
+    async fn run<T, F>(&self, f: F) -> Result<T, Status>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Engine) -> crate::error::Result<T> + Send + 'static,
+    {
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || f(&engine))
+            .await
+            .map_err(|e| Status::internal(format!("worker failed: {e}")))?
+            .map_err(Status::from)
+    }
+}
+
+fn to_filter(f: Option<pb::AttributeFilter>) -> Result<Option<Filter>, Error> {
+    let Some(f) = f else { return Ok(None) };
+    let ranges = f
+        .ranges
+        .into_iter()
+        .map(|r| {
+            if r.field.is_empty() {
+                return Err(Error::invalid("filter.ranges[].field must not be empty"));
+            }
+            if let (Some(lo), Some(hi)) = (r.min, r.max) {
+                if lo > hi {
+                    return Err(Error::invalid(format!("filter range on {:?}: min {lo} > max {hi}", r.field)));
+                }
+            }
+            Ok(Range {
+                field: r.field,
+                min: r.min,
+                max: r.max,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(Filter {
+        categories_any: f.categories_any,
+        tags_all: f.tags_all,
+        ranges,
+    }))
+}
+
+fn scored(engine: &Engine, items: Vec<Scored>) -> Vec<pb::ScoredItem> {
+    let store = engine.index().store();
+    items
+        .into_iter()
+        .map(|s| pb::ScoredItem {
+            title: store.meta(s.internal).title.clone(),
+            item_id: s.id,
+            score: s.score,
+        })
+        .collect()
+}
+
+#[tonic::async_trait]
+impl Recommender for Service {
+    async fn recommend(&self, req: Request<pb::RecommendRequest>) -> Result<Response<pb::RecommendResponse>, Status> {
+        let r = req.into_inner();
+        let filter = to_filter(r.filter)?;
+        let items = self
+            .run(move |e| {
+                let opts = RecommendOptions {
+                    k: r.k as usize,
+                    include_seen: r.include_seen,
+                    filter,
+                };
+                let who = if !r.history.is_empty() {
+                    UserRef::History(&r.history)
+                } else if !r.user_id.is_empty() {
+                    UserRef::Id(&r.user_id)
+                } else {
+                    return Err(Error::invalid("give a user_id or a non-empty history"));
+                };
+                Ok(scored(e, e.recommend(who, &opts)?))
+            })
+            .await?;
+        Ok(Response::new(pb::RecommendResponse { items }))
+    }
+
+    async fn similar_items(
+        &self,
+        req: Request<pb::SimilarItemsRequest>,
+    ) -> Result<Response<pb::SimilarItemsResponse>, Status> {
+        let r = req.into_inner();
+        let filter = to_filter(r.filter)?;
+        let items = self
+            .run(move |e| Ok(scored(e, e.similar_items(&r.item_id, r.k as usize, filter.as_ref())?)))
+            .await?;
+        Ok(Response::new(pb::SimilarItemsResponse { items }))
+    }
+
+    async fn search_text(&self, req: Request<pb::SearchTextRequest>) -> Result<Response<pb::SearchTextResponse>, Status> {
+        let r = req.into_inner();
+        let filter = to_filter(r.filter)?;
+        let items = self
+            .run(move |e| Ok(scored(e, e.search_text(&r.query, r.k as usize, filter.as_ref())?)))
+            .await?;
+        Ok(Response::new(pb::SearchTextResponse { items }))
+    }
+
+    async fn embed(&self, req: Request<pb::EmbedRequest>) -> Result<Response<pb::EmbedResponse>, Status> {
+        let r = req.into_inner();
+        let vectors = self.run(move |e| e.embed(&r.texts)).await?;
+        let dim = vectors.first().map_or(0, Vec::len) as u32;
+        Ok(Response::new(pb::EmbedResponse {
+            embeddings: vectors.into_iter().map(|values| pb::Embedding { values }).collect(),
+            dim,
+        }))
+    }
+
+    async fn get_item(&self, req: Request<pb::GetItemRequest>) -> Result<Response<pb::GetItemResponse>, Status> {
+        let id = req.into_inner().id;
+        let meta = self.engine.item_meta(&id).map_err(Status::from)?.clone();
+        Ok(Response::new(pb::GetItemResponse {
+            id,
+            title: meta.title,
+            text: meta.text,
+            categories: meta.categories,
+            tags: meta.tags,
+            numeric: meta.numeric.into_iter().collect(),
+        }))
+    }
+}
+
+/// Serves `engine` on `listener` until `shutdown` resolves, with health and reflection.
+pub async fn serve(
+    engine: Arc<Engine>,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let cfg = engine.config().server.clone();
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<RecommenderServer<Service>>().await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    tonic::transport::Server::builder()
+        .timeout(Duration::from_millis(cfg.request_timeout_ms))
+        .concurrency_limit_per_connection(cfg.max_concurrent_requests)
+        .trace_fn(|req| tracing::info_span!("grpc", path = %req.uri().path()))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(RecommenderServer::new(Service::new(engine)))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}
+
+/// Binds `addr` (port 0 picks a free port) and returns the listener and its address.
+pub async fn bind(addr: &str) -> anyhow::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
+}

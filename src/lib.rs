@@ -1,0 +1,34 @@
+//! vecrec: an approximate-nearest-neighbour vector recommendation engine.
+//!
+//! Items and queries are embedded by a BERT sentence encoder ([`encoder`]),
+//! stored in a memory-mapped HNSW index (the `vecrec-index` crate), and served
+//! over gRPC ([`grpc`]) by an [`engine::Engine`] that the offline evaluation
+//! ([`eval`]) drives through the very same code.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod catalog;
+pub mod config;
+pub mod encoder;
+pub mod engine;
+pub mod error;
+pub mod eval;
+pub mod filter;
+pub mod grpc;
+pub mod movielens;
+pub mod pipeline;
+pub mod sample;
+pub mod users;
+
+pub use error::{Error, Result};
+
+/// Sets up `tracing` logs on stderr; `RUST_LOG` overrides the default `info`.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,ort=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

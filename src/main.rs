@@ -1,0 +1,103 @@
+//! `vecrec`: the server binary. Loads config, opens the index and the encoder, serves gRPC.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use vecrec::config::Config;
+use vecrec::encoder::Encoder;
+use vecrec::engine::Engine;
+
+/// vecrec — vector recommendation engine (gRPC server).
+///
+/// Serves `vecrec.v1.Recommender` (Recommend, SimilarItems, SearchText, Embed,
+/// GetItem), `grpc.health.v1.Health` and server reflection over an index built
+/// by `vecrec-build`.
+#[derive(Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve an index over gRPC until Ctrl-C or SIGTERM.
+    ///
+    /// Settings come from --config (TOML), then VECREC_<SECTION>__<KEY>
+    /// environment variables, then these flags. The encoder model and the ONNX
+    /// Runtime library are found in .cache/ (written by `make setup`) unless
+    /// configured. The line `listening on ADDR` on stdout tells the bound
+    /// address (useful with port 0).
+    Serve {
+        /// Index root directory written by `vecrec-build --out`.
+        #[arg(long)]
+        index: PathBuf,
+        /// Address to listen on, e.g. 127.0.0.1:50051 (port 0 picks a free port).
+        #[arg(long)]
+        addr: Option<String>,
+        /// TOML configuration file (see README, "Configuration").
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Encoder sessions, each using all cores for one batch at a time.
+        #[arg(long, default_value_t = 1)]
+        encoder_sessions: usize,
+    },
+}
+
+fn main() {
+    vecrec::init_logging();
+    if let Err(e) = run() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let Command::Serve {
+        index,
+        addr,
+        config,
+        encoder_sessions,
+    } = Cli::parse().command;
+    let mut cfg = Config::load(config.as_deref())?;
+    if let Some(a) = addr {
+        cfg.server.addr = a;
+    }
+    let encoder = Arc::new(Encoder::load(&cfg.encoder, encoder_sessions).context("loading the encoder")?);
+    let engine = Arc::new(
+        Engine::open(&index, cfg.clone(), Some(encoder)).with_context(|| format!("opening index {}", index.display()))?,
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let (listener, local) = vecrec::grpc::bind(&cfg.server.addr).await?;
+        println!("listening on {local}");
+        tracing::info!(%local, "serving vecrec.v1.Recommender");
+        vecrec::grpc::serve(engine, listener, shutdown_signal()).await?;
+        tracing::info!("shut down cleanly");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown signal received; finishing in-flight requests");
+}

@@ -1,0 +1,163 @@
+//! User vectors: the recency-weighted mean of the user's history item vectors.
+//!
+//! With histories oldest first, the item `a` steps before the newest weighs
+//! `decay^a · w`, where `w` is the interaction's own weight; only the newest
+//! `max_items` count. Profiles are precomputed at build time (stored with the
+//! generation) and computed the same way on the fly for a history given in a
+//! request.
+//!
+//! Files in a generation: `users.bin` (user ids), `user_history.bin` (item
+//! internal ids, oldest first), `user_weights.bin` (the interactions' weights as
+//! f32 bit patterns, parallel to the history) and `user_vectors.bin` (one
+//! unit-length row per user).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use vecrec_index::format::{CheckedFile, FileWriter, Kind, ListTable, StringTable};
+use vecrec_index::{IndexError, Metric, VectorStore};
+
+use crate::config::UserConfig;
+use crate::error::Result;
+
+const IDS: &str = "users.bin";
+const HISTORY: &str = "user_history.bin";
+const WEIGHTS: &str = "user_weights.bin";
+const VECTORS: &str = "user_vectors.bin";
+/// Largest f32 bit pattern of a finite, non-negative weight, plus one.
+const WEIGHT_BOUND: u32 = 0x7F80_0000;
+
+/// The weighted-mean profile of `history` (internal ids with weights, oldest
+/// first), or `None` when no weight is positive. Not normalised.
+pub fn profile(store: &VectorStore, history: &[(u32, f32)], cfg: &UserConfig) -> Option<Vec<f32>> {
+    let mut v = vec![0f32; store.dim()];
+    let mut total = 0f32;
+    let mut w = 1f32;
+    for &(item, weight) in history.iter().rev().take(cfg.max_items) {
+        let ww = w * weight;
+        if ww > 0.0 {
+            for (a, b) in v.iter_mut().zip(store.vector(item)) {
+                *a += ww * b;
+            }
+            total += ww;
+        }
+        w *= cfg.decay;
+    }
+    if total <= 0.0 {
+        return None;
+    }
+    v.iter_mut().for_each(|x| *x /= total);
+    Some(v)
+}
+
+/// Histories to store with a generation: user id → (item internal id, weight), oldest first.
+pub fn write_profiles(
+    dir: &Path,
+    store: &VectorStore,
+    users: &[(String, Vec<(u32, f32)>)],
+    cfg: &UserConfig,
+) -> Result<usize> {
+    let ids: Vec<&str> = users.iter().map(|u| u.0.as_str()).collect();
+    StringTable::write(&dir.join(IDS), &ids)?;
+    let hist: Vec<Vec<u32>> = users.iter().map(|u| u.1.iter().map(|x| x.0).collect()).collect();
+    ListTable::write(&dir.join(HISTORY), &hist)?;
+    let weights: Vec<Vec<u32>> = users.iter().map(|u| u.1.iter().map(|x| x.1.to_bits()).collect()).collect();
+    ListTable::write(&dir.join(WEIGHTS), &weights)?;
+    let mut w = FileWriter::create(
+        &dir.join(VECTORS),
+        Kind::VECTORS,
+        [store.dim() as u64, users.len() as u64, Metric::Cosine.code(), 0, 0],
+    )?;
+    let mut with_profile = 0;
+    for (_, h) in users {
+        let mut v = profile(store, h, cfg).unwrap_or_else(|| vec![0.0; store.dim()]);
+        if vecrec_index::distance::normalize(&mut v) {
+            with_profile += 1;
+        }
+        w.write_pod(&v)?;
+    }
+    w.finish()?;
+    Ok(with_profile)
+}
+
+/// Profiles of one generation.
+#[derive(Debug)]
+pub struct UserProfiles {
+    ids: StringTable,
+    index: HashMap<String, u32>,
+    history: ListTable,
+    weights: ListTable,
+    vectors: CheckedFile,
+    dim: usize,
+}
+
+impl UserProfiles {
+    /// Opens the user files of a generation whose store has `items` items of `dim` dimensions.
+    pub fn open(dir: &Path, items: usize, dim: usize) -> Result<Self> {
+        let ids = StringTable::open(&dir.join(IDS), true)?;
+        let history = ListTable::open(&dir.join(HISTORY), true, items as u32)?;
+        let weights = ListTable::open(&dir.join(WEIGHTS), true, WEIGHT_BOUND)?;
+        let vectors = CheckedFile::open(&dir.join(VECTORS), Kind::VECTORS, true)?;
+        let [vdim, count, ..] = vectors.fields();
+        let n = ids.len();
+        let consistent = history.len() == n
+            && weights.len() == n
+            && (0..n).all(|i| history.get(i).len() == weights.get(i).len())
+            && vdim as usize == dim
+            && count as usize == n
+            && vectors.payload().len() == n * dim * 4;
+        if !consistent {
+            return Err(IndexError::Corrupt {
+                path: dir.to_owned(),
+                reason: format!("user files disagree ({n} users, {} histories, vectors {count} × {vdim})", history.len()),
+            }
+            .into());
+        }
+        let index = ids.iter().enumerate().map(|(i, s)| (s.to_owned(), i as u32)).collect();
+        Ok(Self {
+            ids,
+            index,
+            history,
+            weights,
+            vectors,
+            dim,
+        })
+    }
+
+    /// Number of users.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether there are no users.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// Internal number of a user id.
+    pub fn lookup(&self, user: &str) -> Option<u32> {
+        self.index.get(user).copied()
+    }
+
+    /// The user's id.
+    pub fn id(&self, u: u32) -> &str {
+        self.ids.get(u as usize)
+    }
+
+    /// History with weights, oldest first.
+    pub fn history(&self, u: u32) -> Vec<(u32, f32)> {
+        self.history
+            .get(u as usize)
+            .iter()
+            .zip(self.weights.get(u as usize))
+            .map(|(&i, &w)| (i, f32::from_bits(w)))
+            .collect()
+    }
+
+    /// The precomputed unit vector, or `None` if the user had no usable history.
+    pub fn vector(&self, u: u32) -> Option<&[f32]> {
+        let all: &[f32] = self.vectors.payload_as().ok()?;
+        let v = &all[u as usize * self.dim..(u as usize + 1) * self.dim];
+        v.iter().any(|x| *x != 0.0).then_some(v)
+    }
+}

@@ -1,0 +1,114 @@
+//! `vecrec-build`: bulk (re)build of an index generation. All logic lives in
+//! `vecrec::pipeline`; this file parses arguments and reports.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use vecrec::catalog::{read_catalog, read_interactions};
+use vecrec::config::Config;
+use vecrec::encoder::Encoder;
+use vecrec::movielens::MovieLens;
+use vecrec::pipeline::{build, BuildOptions};
+use vecrec_index::HnswParams;
+
+/// Build a new vecrec index generation from a catalogue and an interaction log.
+///
+/// Embeds every item's text with the sentence encoder, writes vectors, ids and
+/// attributes into a memory-mapped store, builds the HNSW graph, precomputes a
+/// profile for every user, and switches the index root's CURRENT pointer to the
+/// new generation atomically (a running server keeps serving the old one until
+/// it reopens). A failed build leaves nothing behind. The newest --keep
+/// generations are kept.
+///
+/// Inputs (see README, "Data formats"): --catalog FILE (.jsonl or .csv) and
+/// --interactions FILE (.csv: user,item,timestamp[,event][,weight]); or
+/// --movielens DIR (ml-latest-small layout: every rated movie, ratings ≥ 4 as
+/// interactions, text "title | genres | tags").
+#[derive(Parser)]
+#[command(name = "vecrec-build", version, about, long_about)]
+struct Args {
+    /// Item catalogue (.jsonl or .csv).
+    #[arg(long, requires = "interactions", conflicts_with = "movielens")]
+    catalog: Option<PathBuf>,
+    /// Interaction log (.csv).
+    #[arg(long, requires = "catalog")]
+    interactions: Option<PathBuf>,
+    /// A MovieLens ml-latest-small directory instead of --catalog/--interactions.
+    #[arg(long)]
+    movielens: Option<PathBuf>,
+    /// Index root directory (created if missing).
+    #[arg(long)]
+    out: PathBuf,
+    /// TOML configuration (encoder files, [users] profile settings).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// HNSW links per node (level 0 keeps twice as many).
+    #[arg(long, default_value_t = 16)]
+    m: usize,
+    /// HNSW build candidate list size.
+    #[arg(long, default_value_t = 200)]
+    ef_construction: usize,
+    /// Generations to keep, the new one included.
+    #[arg(long, default_value_t = 3)]
+    keep: usize,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn main() {
+    vecrec::init_logging();
+    if let Err(e) = run() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let a = Args::parse();
+    let start = Instant::now();
+    let cfg = Config::load(a.config.as_deref())?;
+    let (items, interactions) = match (&a.catalog, &a.interactions, &a.movielens) {
+        (Some(c), Some(i), None) => (
+            read_catalog(c).context("reading the catalogue")?,
+            read_interactions(i).context("reading the interactions")?,
+        ),
+        (None, None, Some(dir)) => {
+            let ml = MovieLens::load(dir).with_context(|| format!("reading MovieLens from {}", dir.display()))?;
+            let inter = MovieLens::interactions(&ml.positives);
+            (ml.items, inter)
+        }
+        _ => bail!("give either --catalog FILE --interactions FILE, or --movielens DIR"),
+    };
+    let encoder = Encoder::load(&cfg.encoder, 1).context("loading the encoder")?;
+    let opts = BuildOptions {
+        hnsw: HnswParams {
+            m: a.m,
+            ef_construction: a.ef_construction,
+            ..Default::default()
+        },
+        users: cfg.users.clone(),
+        keep_generations: a.keep,
+        progress: !a.quiet,
+    };
+    let report = build(&a.out, &encoder, &items, &interactions, &opts).context("building the index")?;
+    println!(
+        "built {} ({} items, {} users, {} interactions{}) in {:.1}s: embedding {:.1}s ({:.0} texts/s), hnsw {:.1}s",
+        report.generation.display(),
+        report.items,
+        report.users,
+        report.interactions,
+        if report.skipped_unknown_items > 0 {
+            format!(", {} skipped for unknown items", report.skipped_unknown_items)
+        } else {
+            String::new()
+        },
+        start.elapsed().as_secs_f64(),
+        report.embed_seconds,
+        report.texts_per_second,
+        report.hnsw_seconds
+    );
+    Ok(())
+}

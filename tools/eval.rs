@@ -1,0 +1,68 @@
+//! `vecrec-eval`: offline evaluation under shared/EVAL.md. All logic lives in
+//! `vecrec::eval`; this file parses arguments and reports.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use vecrec::config::Config;
+use vecrec::eval::{run, table, EvalOptions};
+
+/// Evaluate vecrec's recommendations on MovieLens under shared/EVAL.md.
+///
+/// Reproduces the protocol's temporal split (bit-identical to
+/// split/*.csv), embeds every item, chooses the user-profile settings on the
+/// validation split (val_train → val), refits on TRAIN and scores TEST with
+/// full ranking through the same engine code the server runs (exact ranking as
+/// the protocol asks, and the served HNSW search beside it). Prints a table
+/// next to the peers' figures and optionally writes JSON.
+#[derive(Parser)]
+#[command(name = "vecrec-eval", version, about, long_about)]
+struct Args {
+    /// The ml-latest-small directory (ratings.csv, movies.csv, tags.csv).
+    #[arg(long)]
+    movielens: PathBuf,
+    /// Write all figures as a JSON object to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write train.csv, test.csv, val_train.csv, val.csv, items.csv and item_text.csv here.
+    #[arg(long)]
+    write_split: Option<PathBuf>,
+    /// Build the evaluation index here instead of a temporary directory.
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// TOML configuration (encoder files, search ef).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn main() {
+    vecrec::init_logging();
+    if let Err(e) = main_inner() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn main_inner() -> anyhow::Result<()> {
+    let a = Args::parse();
+    let opts = EvalOptions {
+        movielens: a.movielens,
+        write_split: a.write_split,
+        work_dir: a.work_dir,
+        config: Config::load(a.config.as_deref())?,
+        progress: !a.quiet,
+    };
+    let report = run(&opts).context("evaluation failed")?;
+    print!("{}", table(&report));
+    println!("embedding: {:.0} texts/s; total {:.1}s", report.embed_texts_per_second, report.seconds);
+    if let Some(p) = a.json {
+        let body = serde_json::to_string_pretty(&report)?;
+        std::fs::write(&p, body + "\n").with_context(|| format!("writing {}", p.display()))?;
+        println!("wrote {}", p.display());
+    }
+    Ok(())
+}
