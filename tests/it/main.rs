@@ -1,1 +1,10 @@
+//! vecrec's integration tests: one binary, one module per area (as ripgrep and
+//! Qdrant do). They use the real encoder from `.cache/` (`make setup`).
 
+mod cli;
+mod common;
+mod encoder;
+mod grpc;
+mod movielens;
+mod pipeline;
+mod python_client;

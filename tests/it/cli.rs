@@ -1,0 +1,83 @@
+//! The binaries: help texts, clear errors, nothing half-built left behind.
+
+use std::process::Command;
+
+use crate::common::sample_index;
+
+fn bin(name: &str) -> Command {
+    Command::new(match name {
+        "vecrec" => env!("CARGO_BIN_EXE_vecrec"),
+        "vecrec-build" => env!("CARGO_BIN_EXE_vecrec-build"),
+        "vecrec-eval" => env!("CARGO_BIN_EXE_vecrec-eval"),
+        _ => env!("CARGO_BIN_EXE_vecrec-sample"),
+    })
+}
+
+#[test]
+fn every_binary_explains_itself() {
+    for (name, args, want) in [
+        ("vecrec", vec!["serve", "--help"], "--index"),
+        ("vecrec-build", vec!["--help"], "--movielens"),
+        ("vecrec-eval", vec!["--help"], "--write-split"),
+        ("vecrec-sample", vec!["--help"], "--seed"),
+    ] {
+        let out = bin(name).args(&args).output().unwrap();
+        assert!(out.status.success(), "{name} --help failed");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(want), "{name} --help lacks {want}: {text}");
+    }
+}
+
+#[test]
+fn a_malformed_catalogue_names_the_row_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cat = dir.path().join("c.jsonl");
+    std::fs::write(&cat, "{\"id\":\"a\",\"title\":\"A\"}\n{\"id\":\"b\",\"title\":\"B\",\"price\":\"cheap\"}\n").unwrap();
+    let inter = dir.path().join("i.csv");
+    std::fs::write(&inter, "user,item,timestamp\nu,a,1\n").unwrap();
+    let out_dir = dir.path().join("index");
+    let out = bin("vecrec-build")
+        .args(["--quiet", "--catalog"])
+        .arg(&cat)
+        .arg("--interactions")
+        .arg(&inter)
+        .arg("--out")
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("c.jsonl:2: field \"price\""), "{err}");
+    assert!(!out_dir.join("CURRENT").exists(), "a failed build must not publish a generation");
+}
+
+#[test]
+fn serving_a_damaged_index_fails_clearly() {
+    let s = sample_index();
+    let copy = tempfile::tempdir().unwrap();
+    let gen = vecrec_index::generation::current_generation(&s.root).unwrap();
+    let name = gen.file_name().unwrap();
+    std::fs::create_dir(copy.path().join(name)).unwrap();
+    for f in std::fs::read_dir(&gen).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), copy.path().join(name).join(f.file_name())).unwrap();
+    }
+    std::fs::copy(s.root.join("CURRENT"), copy.path().join("CURRENT")).unwrap();
+    let victim = copy.path().join(name).join("hnsw.bin");
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&victim, &bytes).unwrap();
+    let out = bin("vecrec")
+        .args(["serve", "--addr", "127.0.0.1:0", "--index"])
+        .arg(copy.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("hnsw.bin") && err.contains("checksum mismatch"), "{err}");
+
+    let out = bin("vecrec").args(["serve", "--index", "/nonexistent/index", "--addr", "127.0.0.1:0"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("vecrec-build"));
+}

@@ -1,0 +1,77 @@
+//! Shared fixtures: the encoder and a small sample index, each built once per test run.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use vecrec::catalog::{read_catalog, read_interactions};
+use vecrec::config::Config;
+use vecrec::encoder::Encoder;
+use vecrec::engine::Engine;
+use vecrec::pipeline::{build, BuildOptions};
+use vecrec::sample::{generate, write_sample, SampleConfig};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn shared() -> PathBuf {
+    std::env::var_os("VECREC_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("../shared"))
+}
+
+pub fn encoder() -> Arc<Encoder> {
+    static E: OnceLock<Arc<Encoder>> = OnceLock::new();
+    E.get_or_init(|| {
+        Arc::new(Encoder::load(&Config::default().encoder, 2).expect("encoder files missing: run `make setup` first"))
+    })
+    .clone()
+}
+
+pub struct SampleIndex {
+    /// Keeps the temporary directory alive for the whole run.
+    pub _dir: tempfile::TempDir,
+    pub data: PathBuf,
+    pub root: PathBuf,
+}
+
+/// A sample of 600 items and 60 users, built once.
+pub fn sample_index() -> &'static SampleIndex {
+    static S: OnceLock<SampleIndex> = OnceLock::new();
+    S.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("sample");
+        let cfg = SampleConfig {
+            seed: 7,
+            items: 600,
+            users: 60,
+            min_history: 10,
+            max_history: 30,
+        };
+        write_sample(&generate(&cfg).unwrap(), &data).unwrap();
+        let root = dir.path().join("index");
+        let items = read_catalog(&data.join("catalog.jsonl")).unwrap();
+        let inter = read_interactions(&data.join("interactions.csv")).unwrap();
+        let opts = BuildOptions {
+            progress: false,
+            ..Default::default()
+        };
+        build(&root, &encoder(), &items, &inter, &opts).unwrap();
+        SampleIndex { _dir: dir, data, root }
+    })
+}
+
+pub fn engine(root: &Path) -> Arc<Engine> {
+    Arc::new(Engine::open(root, Config::default(), Some(encoder())).unwrap())
+}
+
+/// Planted favourite categories per user, from the sample's users.csv.
+pub fn favourites(data: &Path) -> Vec<(String, Vec<String>)> {
+    let mut r = csv::Reader::from_path(data.join("users.csv")).unwrap();
+    r.records()
+        .map(|rec| {
+            let rec = rec.unwrap();
+            (rec[0].to_owned(), rec[1].split('|').map(str::to_owned).collect())
+        })
+        .collect()
+}
