@@ -14,7 +14,7 @@ ADDR ?= 127.0.0.1:50051
 MOVIELENS ?= ../shared/datasets/ml-latest-small
 ENV_SH = . "$(VECREC_CACHE)/env.sh"
 
-.PHONY: help setup build run test fixtures eval lint
+.PHONY: help setup build run test fixtures eval lint bench-encoder
 
 help:
 	@echo "make setup     fetch the ONNX Runtime library, the MiniLM model and the Python venv into $(VECREC_CACHE)"
@@ -23,6 +23,7 @@ help:
 	@echo "make test      cargo test --workspace with the model available"
 	@echo "make fixtures  regenerate tests/fixtures/encoder_fixture.json with the Python reference encoder"
 	@echo "make eval      evaluate on MovieLens ($(MOVIELENS)) into out/eval.json"
+	@echo "make bench-encoder  embedding throughput: Rust encoder vs Python onnxruntime on the same texts"
 	@echo "make lint      cargo fmt --check and clippy with warnings denied"
 
 setup:
@@ -48,8 +49,14 @@ run: build
 	  trap 'kill $$query 2>/dev/null || true' EXIT; \
 	  target/release/vecrec serve --index data/index --addr "$(ADDR)"
 
+# The cuda feature is compile-checked here (CI has no GPU); the tests run on CPU.
 test: setup
 	$(ENV_SH); $(CARGO) test --workspace
+	$(ENV_SH); $(CARGO) check --features cuda --bins
+
+bench-encoder: setup
+	$(ENV_SH); $(CARGO) bench --bench encoder
+	$(ENV_SH); "$$VECREC_PYTHON" benches/encoder_peer.py
 
 fixtures: setup
 	$(ENV_SH); "$$VECREC_PYTHON" scripts/make_encoder_fixture.py

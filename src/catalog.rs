@@ -62,7 +62,11 @@ pub struct Interaction {
 
 /// Reads a catalogue, choosing the format by extension.
 pub fn read_catalog(path: &Path) -> Result<Vec<CatalogItem>> {
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
     let items = match ext.as_str() {
         "jsonl" | "ndjson" => read_catalog_jsonl(path)?,
         "csv" => read_catalog_csv(path)?,
@@ -74,20 +78,38 @@ pub fn read_catalog(path: &Path) -> Result<Vec<CatalogItem>> {
         }
     };
     if items.is_empty() {
-        return Err(Error::invalid(format!("{}: the catalogue has no items", path.display())));
+        return Err(Error::invalid(format!(
+            "{}: the catalogue has no items",
+            path.display()
+        )));
     }
     Ok(items)
 }
 
-fn check_item(path: &Path, line: u64, item: &CatalogItem, seen: &mut HashSet<String>) -> Result<()> {
+fn check_item(
+    path: &Path,
+    line: u64,
+    item: &CatalogItem,
+    seen: &mut HashSet<String>,
+) -> Result<()> {
     if item.id.trim().is_empty() {
         return Err(Error::bad_row(path, line, "id", "must not be empty"));
     }
     if item.meta.title.trim().is_empty() && item.meta.text.trim().is_empty() {
-        return Err(Error::bad_row(path, line, "text", "an item needs a title or a text"));
+        return Err(Error::bad_row(
+            path,
+            line,
+            "text",
+            "an item needs a title or a text",
+        ));
     }
     if !seen.insert(item.id.clone()) {
-        return Err(Error::bad_row(path, line, "id", format!("duplicate id {:?}", item.id)));
+        return Err(Error::bad_row(
+            path,
+            line,
+            "id",
+            format!("duplicate id {:?}", item.id),
+        ));
     }
     Ok(())
 }
@@ -102,8 +124,9 @@ fn read_catalog_jsonl(path: &Path) -> Result<Vec<CatalogItem>> {
         if line.trim().is_empty() {
             continue;
         }
-        let obj: serde_json::Map<String, Value> = serde_json::from_str(&line)
-            .map_err(|e| Error::bad_row(path, line_no, "(line)", format!("not a JSON object: {e}")))?;
+        let obj: serde_json::Map<String, Value> = serde_json::from_str(&line).map_err(|e| {
+            Error::bad_row(path, line_no, "(line)", format!("not a JSON object: {e}"))
+        })?;
         let mut item = CatalogItem {
             id: String::new(),
             meta: ItemMeta::default(),
@@ -119,7 +142,10 @@ fn read_catalog_jsonl(path: &Path) -> Result<Vec<CatalogItem>> {
                     }
                 }
                 "title" | "text" => {
-                    let s = v.as_str().ok_or_else(|| bad("expected a string"))?.to_owned();
+                    let s = v
+                        .as_str()
+                        .ok_or_else(|| bad("expected a string"))?
+                        .to_owned();
                     if k == "title" {
                         item.meta.title = s;
                     } else {
@@ -127,7 +153,9 @@ fn read_catalog_jsonl(path: &Path) -> Result<Vec<CatalogItem>> {
                     }
                 }
                 "categories" | "tags" => {
-                    let arr = v.as_array().ok_or_else(|| bad("expected an array of strings"))?;
+                    let arr = v
+                        .as_array()
+                        .ok_or_else(|| bad("expected an array of strings"))?;
                     let list = arr
                         .iter()
                         .map(|x| x.as_str().map(str::to_owned))
@@ -140,10 +168,9 @@ fn read_catalog_jsonl(path: &Path) -> Result<Vec<CatalogItem>> {
                     }
                 }
                 _ => {
-                    let x = v
-                        .as_f64()
-                        .filter(|x| x.is_finite())
-                        .ok_or_else(|| bad("unknown keys are numeric attributes and must hold a finite number"))?;
+                    let x = v.as_f64().filter(|x| x.is_finite()).ok_or_else(|| {
+                        bad("unknown keys are numeric attributes and must hold a finite number")
+                    })?;
                     item.meta.numeric.insert(k.clone(), x);
                 }
             }
@@ -168,7 +195,11 @@ fn csv_err(path: &Path, e: csv::Error) -> Error {
 }
 
 fn split_list(s: &str) -> Vec<String> {
-    s.split('|').map(str::trim).filter(|x| !x.is_empty()).map(str::to_owned).collect()
+    s.split('|')
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 fn read_catalog_csv(path: &Path) -> Result<Vec<CatalogItem>> {
@@ -201,7 +232,9 @@ fn read_catalog_csv(path: &Path) -> Result<Vec<CatalogItem>> {
                         .parse()
                         .ok()
                         .filter(|x: &f64| x.is_finite())
-                        .ok_or_else(|| Error::bad_row(path, line, h, format!("expected a number, got {v:?}")))?;
+                        .ok_or_else(|| {
+                            Error::bad_row(path, line, h, format!("expected a number, got {v:?}"))
+                        })?;
                     numeric.insert(h.to_owned(), x);
                 }
             }
@@ -223,7 +256,10 @@ pub fn read_interactions(path: &Path) -> Result<Vec<Interaction>> {
             path,
             1,
             "(header)",
-            format!("expected columns user,item,timestamp[,event][,weight], got {:?}", headers.iter().collect::<Vec<_>>()),
+            format!(
+                "expected columns user,item,timestamp[,event][,weight], got {:?}",
+                headers.iter().collect::<Vec<_>>()
+            ),
         ));
     };
     let (ce, cw) = (col("event"), col("weight"));
@@ -242,9 +278,14 @@ pub fn read_interactions(path: &Path) -> Result<Vec<Interaction>> {
         };
         let user = nonempty(cu, "user")?;
         let item = nonempty(ci, "item")?;
-        let timestamp = get(ct)
-            .parse::<i64>()
-            .map_err(|_| Error::bad_row(path, line, "timestamp", format!("expected integer seconds, got {:?}", get(ct))))?;
+        let timestamp = get(ct).parse::<i64>().map_err(|_| {
+            Error::bad_row(
+                path,
+                line,
+                "timestamp",
+                format!("expected integer seconds, got {:?}", get(ct)),
+            )
+        })?;
         let event = ce.map(get).filter(|s| !s.is_empty()).map(str::to_owned);
         let weight = match cw.map(get).filter(|s| !s.is_empty()) {
             None => 1.0,
@@ -252,7 +293,14 @@ pub fn read_interactions(path: &Path) -> Result<Vec<Interaction>> {
                 .parse::<f32>()
                 .ok()
                 .filter(|x| x.is_finite() && *x >= 0.0)
-                .ok_or_else(|| Error::bad_row(path, line, "weight", format!("expected a finite number ≥ 0, got {w:?}")))?,
+                .ok_or_else(|| {
+                    Error::bad_row(
+                        path,
+                        line,
+                        "weight",
+                        format!("expected a finite number ≥ 0, got {w:?}"),
+                    )
+                })?,
         };
         out.push(Interaction {
             user,
@@ -283,7 +331,11 @@ mod tests {
             "c.jsonl",
             "{\"id\": 1, \"title\": \"A\", \"text\": \"x\", \"categories\": [\"c1\"], \"tags\": [\"t\"], \"year\": 1999}\n\n",
         );
-        let c = write(&d, "c.csv", "id,title,text,categories,tags,year\n1,A,x,c1,t,1999\n");
+        let c = write(
+            &d,
+            "c.csv",
+            "id,title,text,categories,tags,year\n1,A,x,c1,t,1999\n",
+        );
         let a = read_catalog(&j).unwrap();
         let b = read_catalog(&c).unwrap();
         assert_eq!(a, b);
@@ -295,12 +347,32 @@ mod tests {
     fn malformed_rows_name_file_line_and_field() {
         let d = tempfile::tempdir().unwrap();
         let cases = [
-            ("a.jsonl", "{\"id\":\"1\",\"title\":\"t\"}\n{\"id\":\"2\",\"title\":\"t\",\"year\":\"old\"}\n", ":2: field \"year\""),
-            ("b.jsonl", "{\"id\":\"1\",\"title\":\"t\"}\n{\"id\":\"1\",\"title\":\"u\"}\n", ":2: field \"id\": duplicate"),
+            (
+                "a.jsonl",
+                "{\"id\":\"1\",\"title\":\"t\"}\n{\"id\":\"2\",\"title\":\"t\",\"year\":\"old\"}\n",
+                ":2: field \"year\"",
+            ),
+            (
+                "b.jsonl",
+                "{\"id\":\"1\",\"title\":\"t\"}\n{\"id\":\"1\",\"title\":\"u\"}\n",
+                ":2: field \"id\": duplicate",
+            ),
             ("c.jsonl", "not json\n", ":1: field \"(line)\""),
-            ("d.jsonl", "{\"title\":\"t\"}\n", ":1: field \"id\": missing"),
-            ("e.csv", "id,title,price\n1,a,2\n2,b,cheap\n", ":3: field \"price\""),
-            ("f.jsonl", "{\"id\":\"1\",\"tags\":[1]}\n", ":1: field \"tags\""),
+            (
+                "d.jsonl",
+                "{\"title\":\"t\"}\n",
+                ":1: field \"id\": missing",
+            ),
+            (
+                "e.csv",
+                "id,title,price\n1,a,2\n2,b,cheap\n",
+                ":3: field \"price\"",
+            ),
+            (
+                "f.jsonl",
+                "{\"id\":\"1\",\"tags\":[1]}\n",
+                ":1: field \"tags\"",
+            ),
         ];
         for (name, body, want) in cases {
             let p = write(&d, name, body);
@@ -312,14 +384,24 @@ mod tests {
     #[test]
     fn interactions_are_validated() {
         let d = tempfile::tempdir().unwrap();
-        let ok = write(&d, "i.csv", "user,item,timestamp,event,weight\nu,i,5,click,2\nu,j,6,,\n");
+        let ok = write(
+            &d,
+            "i.csv",
+            "user,item,timestamp,event,weight\nu,i,5,click,2\nu,j,6,,\n",
+        );
         let v = read_interactions(&ok).unwrap();
         assert_eq!(v[0].weight, 2.0);
         assert_eq!(v[1].event, None);
         assert_eq!(v[1].weight, 1.0);
         for (body, want) in [
-            ("user,item,timestamp\nu,i,yesterday\n", ":2: field \"timestamp\""),
-            ("user,item,timestamp,weight\nu,i,1,-3\n", ":2: field \"weight\""),
+            (
+                "user,item,timestamp\nu,i,yesterday\n",
+                ":2: field \"timestamp\"",
+            ),
+            (
+                "user,item,timestamp,weight\nu,i,1,-3\n",
+                ":2: field \"weight\"",
+            ),
             ("user,item,timestamp\n,i,1\n", ":2: field \"user\""),
             ("u,i,t\n", "field \"(header)\""),
             ("user,item,timestamp\nu,i\n", "(row)"),

@@ -98,7 +98,10 @@ pub struct SearchConfig {
 
 impl Default for SearchConfig {
     fn default() -> Self {
-        Self { ef: 64, exact: false }
+        Self {
+            ef: 64,
+            exact: false,
+        }
     }
 }
 
@@ -116,7 +119,10 @@ pub struct UserConfig {
 
 impl Default for UserConfig {
     fn default() -> Self {
-        Self { decay: 0.7, max_items: 20 }
+        Self {
+            decay: 0.7,
+            max_items: 20,
+        }
     }
 }
 
@@ -152,7 +158,10 @@ impl Config {
     }
 
     /// [`Config::load`] with an explicit environment, for tests.
-    pub fn load_with_env(file: Option<&Path>, env: impl Iterator<Item = (String, String)>) -> Result<Self> {
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: impl Iterator<Item = (String, String)>,
+    ) -> Result<Self> {
         let mut value = match file {
             Some(p) => {
                 let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
@@ -162,8 +171,12 @@ impl Config {
             None => toml::Table::new(),
         };
         for (k, v) in env {
-            let Some(rest) = k.strip_prefix("VECREC_") else { continue };
-            let Some((section, key)) = rest.split_once("__") else { continue };
+            let Some(rest) = k.strip_prefix("VECREC_") else {
+                continue;
+            };
+            let Some((section, key)) = rest.split_once("__") else {
+                continue;
+            };
             let (section, key) = (section.to_lowercase(), key.to_lowercase());
             let parsed = format!("v = {v}")
                 .parse::<toml::Table>()
@@ -191,19 +204,31 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
         if !(self.users.decay > 0.0 && self.users.decay <= 1.0) {
-            return bad(format!("users.decay must be in (0, 1], got {}", self.users.decay));
+            return bad(format!(
+                "users.decay must be in (0, 1], got {}",
+                self.users.decay
+            ));
         }
         if self.users.max_items == 0 {
             return bad("users.max_items must be at least 1".into());
         }
         if self.search.ef == 0 || self.search.ef > 10_000 {
-            return bad(format!("search.ef must be in 1..=10000, got {}", self.search.ef));
+            return bad(format!(
+                "search.ef must be in 1..=10000, got {}",
+                self.search.ef
+            ));
         }
-        if self.encoder.batch_size == 0 || self.encoder.max_tokens == 0 || self.encoder.max_tokens > 512 {
+        if self.encoder.batch_size == 0
+            || self.encoder.max_tokens == 0
+            || self.encoder.max_tokens > 512
+        {
             return bad("encoder.batch_size must be ≥ 1 and encoder.max_tokens in 1..=512".into());
         }
         if !matches!(self.encoder.device.as_str(), "cpu" | "cuda") {
-            return bad(format!("encoder.device must be cpu or cuda, got {:?}", self.encoder.device));
+            return bad(format!(
+                "encoder.device must be cpu or cuda, got {:?}",
+                self.encoder.device
+            ));
         }
         if self.limits.max_k == 0 || self.limits.max_batch == 0 || self.limits.max_text_bytes == 0 {
             return bad("limits must be at least 1".into());
@@ -222,7 +247,10 @@ pub fn locate(explicit: Option<&Path>, vars: &[&str], rel: &str, what: &str) -> 
         if p.is_file() {
             return Ok(p.to_owned());
         }
-        return Err(Error::Config(format!("{what} not found at {} (set in config); {fix}", p.display())));
+        return Err(Error::Config(format!(
+            "{what} not found at {} (set in config); {fix}",
+            p.display()
+        )));
     }
     for v in vars {
         if let Some(p) = std::env::var_os(v).filter(|s| !s.is_empty()) {
@@ -246,8 +274,13 @@ pub fn locate(explicit: Option<&Path>, vars: &[&str], rel: &str, what: &str) -> 
             return Ok(p);
         }
     }
-    looked.push(format!(".cache/{rel} in the working directory, the executable's directory and their parents"));
-    Err(Error::Config(format!("{what} not found (looked at {}); {fix}", looked.join(", "))))
+    looked.push(format!(
+        ".cache/{rel} in the working directory, the executable's directory and their parents"
+    ));
+    Err(Error::Config(format!(
+        "{what} not found (looked at {}); {fix}",
+        looked.join(", ")
+    )))
 }
 
 #[cfg(test)]
@@ -275,7 +308,9 @@ mod tests {
         let env = vec![("VECREC_USERS__DECAY".to_string(), "1.5".to_string())];
         assert!(Config::load_with_env(None, env.into_iter()).is_err());
         let env = vec![("VECREC_SEARCH__EFF".to_string(), "1".to_string())];
-        let err = Config::load_with_env(None, env.into_iter()).unwrap_err().to_string();
+        let err = Config::load_with_env(None, env.into_iter())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("eff"), "{err}");
     }
 }

@@ -76,7 +76,9 @@ impl Engine {
             .and_then(|v| serde_json::from_value(v.clone()).ok());
         let use_precomputed = built_with.as_ref() == Some(&cfg.users);
         if !use_precomputed {
-            tracing::info!("user settings differ from the build's; user vectors are computed per request");
+            tracing::info!(
+                "user settings differ from the build's; user vectors are computed per request"
+            );
         }
         tracing::info!(
             generation = %index.dir().display(),
@@ -137,7 +139,10 @@ impl Engine {
     fn check_k(&self, k: usize) -> Result<usize> {
         let k = if k == 0 { 10 } else { k };
         if k > self.cfg.limits.max_k {
-            return Err(Error::invalid(format!("k = {k} is over the limit of {}", self.cfg.limits.max_k)));
+            return Err(Error::invalid(format!(
+                "k = {k} is over the limit of {}",
+                self.cfg.limits.max_k
+            )));
         }
         Ok(k)
     }
@@ -159,10 +164,13 @@ impl Engine {
 
     /// Internal id of an item, or `NotFound`.
     pub fn item(&self, id: &str) -> Result<u32> {
-        self.index.store().internal_id(id).ok_or_else(|| Error::NotFound {
-            kind: "item",
-            id: id.to_owned(),
-        })
+        self.index
+            .store()
+            .internal_id(id)
+            .ok_or_else(|| Error::NotFound {
+                kind: "item",
+                id: id.to_owned(),
+            })
     }
 
     /// Attributes of an item.
@@ -170,19 +178,28 @@ impl Engine {
         Ok(self.index.store().meta(self.item(id)?))
     }
 
-    fn search(&self, query: &[f32], k: usize, exclude: &HashSet<u32>, filter: Option<&Filter>) -> Result<Vec<Scored>> {
+    fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        exclude: &HashSet<u32>,
+        filter: Option<&Filter>,
+    ) -> Result<Vec<Scored>> {
         let store = self.index.store();
         let filter = filter.filter(|f| !f.is_empty());
-        let accept = |i: u32| !exclude.contains(&i) && filter.is_none_or(|f| f.matches(store.meta(i)));
+        let accept =
+            |i: u32| !exclude.contains(&i) && filter.is_none_or(|f| f.matches(store.meta(i)));
         let need_filter = !exclude.is_empty() || filter.is_some();
         let params = SearchParams {
             k,
             ef: self.cfg.search.ef.max(k),
             exact: self.cfg.search.exact,
         };
-        let (found, _plan) = self
-            .index
-            .search(query, &params, if need_filter { Some(&accept) } else { None })?;
+        let (found, _plan) = self.index.search(
+            query,
+            &params,
+            if need_filter { Some(&accept) } else { None },
+        )?;
         let metric = store.metric();
         Ok(found
             .into_iter()
@@ -204,7 +221,11 @@ impl Engine {
                     kind: "user",
                     id: user.to_owned(),
                 })?;
-                let pre = if self.use_precomputed { self.users.vector(u) } else { None };
+                let pre = if self.use_precomputed {
+                    self.users.vector(u)
+                } else {
+                    None
+                };
                 (self.users.history(u), pre)
             }
             UserRef::History(items) => {
@@ -218,7 +239,10 @@ impl Engine {
                         self.cfg.limits.max_history
                     )));
                 }
-                let h = items.iter().map(|id| self.item(id).map(|i| (i, 1.0))).collect::<Result<Vec<_>>>()?;
+                let h = items
+                    .iter()
+                    .map(|id| self.item(id).map(|i| (i, 1.0)))
+                    .collect::<Result<Vec<_>>>()?;
                 (h, None)
             }
         };
@@ -236,7 +260,12 @@ impl Engine {
     }
 
     /// Items nearest to a catalogue item (never the item itself).
-    pub fn similar_items(&self, item: &str, k: usize, filter: Option<&Filter>) -> Result<Vec<Scored>> {
+    pub fn similar_items(
+        &self,
+        item: &str,
+        k: usize,
+        filter: Option<&Filter>,
+    ) -> Result<Vec<Scored>> {
         let k = self.check_k(k)?;
         let i = self.item(item)?;
         let v = self.index.store().vector(i).to_vec();
@@ -244,7 +273,12 @@ impl Engine {
     }
 
     /// Items nearest to a text query.
-    pub fn search_text(&self, query: &str, k: usize, filter: Option<&Filter>) -> Result<Vec<Scored>> {
+    pub fn search_text(
+        &self,
+        query: &str,
+        k: usize,
+        filter: Option<&Filter>,
+    ) -> Result<Vec<Scored>> {
         let k = self.check_k(k)?;
         self.check_text("query", query)?;
         let v = self.encoder()?.encode(&[query])?.pop().unwrap_or_default();

@@ -65,7 +65,12 @@ impl Error {
     }
 
     /// A `BadRow` error.
-    pub fn bad_row(path: &std::path::Path, line: u64, field: &str, reason: impl Into<String>) -> Self {
+    pub fn bad_row(
+        path: &std::path::Path,
+        line: u64,
+        field: &str,
+        reason: impl Into<String>,
+    ) -> Self {
         Error::BadRow {
             path: path.to_owned(),
             line,

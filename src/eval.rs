@@ -117,8 +117,17 @@ fn mean(v: impl Iterator<Item = f64>) -> (f64, f64, usize) {
 pub fn summarise(per_user: &[UserMetrics], top10: &[Vec<u32>], catalogue: usize) -> Summary {
     let f = |g: &dyn Fn(&UserMetrics) -> f64| mean(per_user.iter().map(g));
     let (ndcg10, ci, users) = f(&|m| m.ndcg[0]);
-    let f1 = |p: f64, r: f64| if p + r > 0.0 { 2.0 * p * r / (p + r) } else { 0.0 };
-    let covered: HashSet<u32> = top10.iter().flat_map(|t| t.iter().take(10).copied()).collect();
+    let f1 = |p: f64, r: f64| {
+        if p + r > 0.0 {
+            2.0 * p * r / (p + r)
+        } else {
+            0.0
+        }
+    };
+    let covered: HashSet<u32> = top10
+        .iter()
+        .flat_map(|t| t.iter().take(10).copied())
+        .collect();
     let p10 = f(&|m| m.precision[0]).0;
     let p20 = f(&|m| m.precision[1]).0;
     let r10 = f(&|m| m.recall[0]).0;
@@ -155,10 +164,12 @@ fn score(engine: &Engine, held_out: &[Triple], who: &Who) -> Result<Summary> {
     let mut truth: HashMap<u32, HashSet<u32>> = HashMap::new();
     let store = engine.index().store();
     for &(u, i, _) in held_out {
-        let internal = store.internal_id(&i.to_string()).ok_or_else(|| Error::NotFound {
-            kind: "item",
-            id: i.to_string(),
-        })?;
+        let internal = store
+            .internal_id(&i.to_string())
+            .ok_or_else(|| Error::NotFound {
+                kind: "item",
+                id: i.to_string(),
+            })?;
         truth.entry(u).or_default().insert(internal);
     }
     let mut users: Vec<u32> = truth.keys().copied().collect();
@@ -269,7 +280,14 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
             progress: opts.progress,
             ..Default::default()
         };
-        build_generation(root, &ml.items, &vectors, &MovieLens::interactions(interactions), &bo, serde_json::json!({}))?;
+        build_generation(
+            root,
+            &ml.items,
+            &vectors,
+            &MovieLens::interactions(interactions),
+            &bo,
+            serde_json::json!({}),
+        )?;
         Ok(())
     };
 
@@ -360,7 +378,15 @@ pub fn table(r: &EvalReport) -> String {
     ] {
         s.push_str(&format!(
             "| {name} | {:.4} ± {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.3} | {:.4} | {:.3} |\n",
-            x.ndcg10, x.ndcg10_ci95, x.ndcg20, x.recall10, x.recall20, x.precision10, x.hit10, x.map10, x.coverage10
+            x.ndcg10,
+            x.ndcg10_ci95,
+            x.ndcg20,
+            x.recall10,
+            x.recall20,
+            x.precision10,
+            x.hit10,
+            x.map10,
+            x.coverage10
         ));
     }
     s.push_str("\nPeers (EVAL.md, same protocol): Popularity 0.0680 · ItemKNN 0.0929 · EASE 0.1047 ± 0.0117 · ALS 0.1064 ± 0.0119 · MiniLM content (last 2 items) 0.0181 · EASE+MiniLM 0.1069 ± 0.0124 (NDCG@10)\n");

@@ -32,7 +32,11 @@ impl Filter {
 
     /// Whether `meta` passes.
     pub fn matches(&self, meta: &ItemMeta) -> bool {
-        (self.categories_any.is_empty() || self.categories_any.iter().any(|c| meta.categories.contains(c)))
+        (self.categories_any.is_empty()
+            || self
+                .categories_any
+                .iter()
+                .any(|c| meta.categories.contains(c)))
             && self.tags_all.iter().all(|t| meta.tags.contains(t))
             && self.ranges.iter().all(|r| {
                 meta.numeric.get(&r.field).is_some_and(|&x| {
@@ -59,7 +63,11 @@ mod tests {
             categories_any: c.iter().map(|s| s.to_string()).collect(),
             tags_all: t.iter().map(|s| s.to_string()).collect(),
             ranges: r
-                .map(|(lo, hi)| Range { field: "year".into(), min: Some(lo), max: Some(hi) })
+                .map(|(lo, hi)| Range {
+                    field: "year".into(),
+                    min: Some(lo),
+                    max: Some(hi),
+                })
                 .into_iter()
                 .collect(),
         };
@@ -70,7 +78,11 @@ mod tests {
         assert!(f(&[], &[], Some((2000.0, 2000.0))).matches(&m));
         assert!(!f(&[], &[], Some((2001.0, 3000.0))).matches(&m));
         let missing = Filter {
-            ranges: vec![Range { field: "price".into(), min: None, max: None }],
+            ranges: vec![Range {
+                field: "price".into(),
+                min: None,
+                max: None,
+            }],
             ..Default::default()
         };
         assert!(!missing.matches(&m));

@@ -65,11 +65,15 @@ fn run() -> anyhow::Result<()> {
     if let Some(a) = addr {
         cfg.server.addr = a;
     }
-    let encoder = Arc::new(Encoder::load(&cfg.encoder, encoder_sessions).context("loading the encoder")?);
+    let encoder =
+        Arc::new(Encoder::load(&cfg.encoder, encoder_sessions).context("loading the encoder")?);
     let engine = Arc::new(
-        Engine::open(&index, cfg.clone(), Some(encoder)).with_context(|| format!("opening index {}", index.display()))?,
+        Engine::open(&index, cfg.clone(), Some(encoder))
+            .with_context(|| format!("opening index {}", index.display()))?,
     );
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let (listener, local) = vecrec::grpc::bind(&cfg.server.addr).await?;
         println!("listening on {local}");

@@ -46,9 +46,16 @@ fn open_csv(path: &Path) -> Result<csv::Reader<std::fs::File>> {
     Ok(csv::Reader::from_reader(f))
 }
 
-fn field<T: std::str::FromStr>(path: &Path, rec: &csv::StringRecord, i: usize, name: &str) -> Result<T> {
+fn field<T: std::str::FromStr>(
+    path: &Path,
+    rec: &csv::StringRecord,
+    i: usize,
+    name: &str,
+) -> Result<T> {
     let line = rec.position().map_or(0, |p| p.line());
-    let raw = rec.get(i).ok_or_else(|| Error::bad_row(path, line, name, "missing"))?;
+    let raw = rec
+        .get(i)
+        .ok_or_else(|| Error::bad_row(path, line, name, "missing"))?;
     raw.trim()
         .parse()
         .map_err(|_| Error::bad_row(path, line, name, format!("cannot parse {raw:?}")))
@@ -57,7 +64,14 @@ fn field<T: std::str::FromStr>(path: &Path, rec: &csv::StringRecord, i: usize, n
 impl MovieLens {
     /// Loads `ratings.csv`, `movies.csv` and `tags.csv` from `dir`.
     pub fn load(dir: &Path) -> Result<Self> {
-        let csv_err = |p: &Path, e: csv::Error| Error::bad_row(p, e.position().map_or(0, |x| x.line()), "(row)", e.to_string());
+        let csv_err = |p: &Path, e: csv::Error| {
+            Error::bad_row(
+                p,
+                e.position().map_or(0, |x| x.line()),
+                "(row)",
+                e.to_string(),
+            )
+        };
         let rp = dir.join("ratings.csv");
         let mut rated = BTreeSet::new();
         let mut positives = Vec::new();
@@ -77,7 +91,13 @@ impl MovieLens {
         for rec in open_csv(&mp)?.records() {
             let rec = rec.map_err(|e| csv_err(&mp, e))?;
             let id: u32 = field(&mp, &rec, 0, "movieId")?;
-            movies.insert(id, (rec.get(1).unwrap_or("").to_owned(), rec.get(2).unwrap_or("").to_owned()));
+            movies.insert(
+                id,
+                (
+                    rec.get(1).unwrap_or("").to_owned(),
+                    rec.get(2).unwrap_or("").to_owned(),
+                ),
+            );
         }
         let tp = dir.join("tags.csv");
         let mut tags: HashMap<u32, BTreeSet<String>> = HashMap::new();
@@ -85,14 +105,19 @@ impl MovieLens {
             for rec in open_csv(&tp)?.records() {
                 let rec = rec.map_err(|e| csv_err(&tp, e))?;
                 let id: u32 = field(&tp, &rec, 1, "movieId")?;
-                tags.entry(id).or_default().insert(rec.get(2).unwrap_or("").to_owned());
+                tags.entry(id)
+                    .or_default()
+                    .insert(rec.get(2).unwrap_or("").to_owned());
             }
         }
         let items = rated
             .into_iter()
             .map(|id| {
                 let (title, genres) = movies.get(&id).cloned().unwrap_or_default();
-                let tag_list: Vec<String> = tags.get(&id).map(|t| t.iter().cloned().collect()).unwrap_or_default();
+                let tag_list: Vec<String> = tags
+                    .get(&id)
+                    .map(|t| t.iter().cloned().collect())
+                    .unwrap_or_default();
                 let mut text = format!("{title} | {genres}");
                 if !tag_list.is_empty() {
                     text.push_str(" | ");
@@ -141,7 +166,8 @@ fn year_of(title: &str) -> Option<f64> {
     let t = title.trim_end();
     let inner = t.strip_suffix(')')?;
     let y = &inner[inner.len().checked_sub(4)?..];
-    (inner[..inner.len() - 4].ends_with('(') && y.chars().all(|c| c.is_ascii_digit())).then(|| y.parse().ok())?
+    (inner[..inner.len() - 4].ends_with('(') && y.chars().all(|c| c.is_ascii_digit()))
+        .then(|| y.parse().ok())?
 }
 
 /// Splits per user by time: the last ceil(n/5) of each user with n ≥ 2 are held out.
@@ -167,7 +193,12 @@ pub fn temporal_split(triples: &[Triple]) -> (Vec<Triple>, Vec<Triple>) {
 pub fn split(positives: &[Triple]) -> Split {
     let (train, test) = temporal_split(positives);
     let (val_train, val) = temporal_split(&train);
-    Split { train, test, val_train, val }
+    Split {
+        train,
+        test,
+        val_train,
+        val,
+    }
 }
 
 fn write_triples(path: &Path, rows: &[Triple]) -> Result<()> {
@@ -197,7 +228,8 @@ pub fn write_split(dir: &Path, split: &Split, items: &[CatalogItem]) -> Result<(
     let mut rows = vec![["item".to_owned(), "text".to_owned()]];
     rows.extend(items.iter().map(|it| [it.id.clone(), it.meta.text.clone()]));
     for r in rows {
-        w.write_record(&r).map_err(|e| Error::io(&p, std::io::Error::other(e)))?;
+        w.write_record(&r)
+            .map_err(|e| Error::io(&p, std::io::Error::other(e)))?;
     }
     w.flush().map_err(|e| Error::io(&p, e))
 }
@@ -209,10 +241,21 @@ mod tests {
     #[test]
     fn split_rule() {
         // User 1: 6 items -> ceil(6/5) = 2 held out; user 2: 1 item stays; ties by item id.
-        let t = vec![(1, 5, 10), (1, 3, 10), (1, 9, 1), (1, 8, 2), (1, 7, 30), (1, 6, 20), (2, 1, 5)];
+        let t = vec![
+            (1, 5, 10),
+            (1, 3, 10),
+            (1, 9, 1),
+            (1, 8, 2),
+            (1, 7, 30),
+            (1, 6, 20),
+            (2, 1, 5),
+        ];
         let (keep, held) = temporal_split(&t);
         assert_eq!(held, vec![(1, 6, 20), (1, 7, 30)]);
-        assert_eq!(keep, vec![(1, 9, 1), (1, 8, 2), (1, 3, 10), (1, 5, 10), (2, 1, 5)]);
+        assert_eq!(
+            keep,
+            vec![(1, 9, 1), (1, 8, 2), (1, 3, 10), (1, 5, 10), (2, 1, 5)]
+        );
     }
 
     #[test]

@@ -78,7 +78,11 @@ fn bar(len: usize, msg: &'static str, on: bool) -> ProgressBar {
 }
 
 /// Embeds the catalogue's texts with a progress bar.
-pub fn embed_catalog(encoder: &Encoder, items: &[CatalogItem], progress: bool) -> Result<Vec<Vec<f32>>> {
+pub fn embed_catalog(
+    encoder: &Encoder,
+    items: &[CatalogItem],
+    progress: bool,
+) -> Result<Vec<Vec<f32>>> {
     let texts: Vec<String> = items.iter().map(CatalogItem::embedding_text).collect();
     let pb = bar(texts.len(), "embedding", progress);
     let v = encoder.encode_with_progress(&texts, &|d| pb.set_position(d as u64))?;
@@ -107,10 +111,17 @@ pub fn build_generation(
         serde_json::Value::Object(m) => m,
         _ => serde_json::Map::new(),
     };
-    extra.insert("users".into(), serde_json::to_value(&opts.users).unwrap_or_default());
-    let manifest = write_index(writer.dir(), &sb, &opts.hnsw, serde_json::Value::Object(extra), &|d| {
-        pb.set_position(d as u64)
-    })?;
+    extra.insert(
+        "users".into(),
+        serde_json::to_value(&opts.users).unwrap_or_default(),
+    );
+    let manifest = write_index(
+        writer.dir(),
+        &sb,
+        &opts.hnsw,
+        serde_json::Value::Object(extra),
+        &|d| pb.set_position(d as u64),
+    )?;
     pb.finish_and_clear();
 
     // Histories: per user, oldest first, ties by item id, unknown items skipped.
@@ -119,18 +130,27 @@ pub fn build_generation(
     let mut skipped = 0;
     for it in interactions {
         match store.internal_id(&it.item) {
-            Some(i) => by_user.entry(&it.user).or_default().push((it.timestamp, i, it.weight)),
+            Some(i) => by_user
+                .entry(&it.user)
+                .or_default()
+                .push((it.timestamp, i, it.weight)),
             None => skipped += 1,
         }
     }
     if skipped > 0 {
-        tracing::warn!(skipped, "interactions name items that are not in the catalogue; skipped");
+        tracing::warn!(
+            skipped,
+            "interactions name items that are not in the catalogue; skipped"
+        );
     }
     let mut users: Vec<(String, Vec<(u32, f32)>)> = by_user
         .into_iter()
         .map(|(u, mut h)| {
             h.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
-            (u.to_owned(), h.into_iter().map(|(_, i, w)| (i, w)).collect())
+            (
+                u.to_owned(),
+                h.into_iter().map(|(_, i, w)| (i, w)).collect(),
+            )
         })
         .collect();
     users.sort_by(|a, b| a.0.cmp(&b.0));

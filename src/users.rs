@@ -59,14 +59,26 @@ pub fn write_profiles(
 ) -> Result<usize> {
     let ids: Vec<&str> = users.iter().map(|u| u.0.as_str()).collect();
     StringTable::write(&dir.join(IDS), &ids)?;
-    let hist: Vec<Vec<u32>> = users.iter().map(|u| u.1.iter().map(|x| x.0).collect()).collect();
+    let hist: Vec<Vec<u32>> = users
+        .iter()
+        .map(|u| u.1.iter().map(|x| x.0).collect())
+        .collect();
     ListTable::write(&dir.join(HISTORY), &hist)?;
-    let weights: Vec<Vec<u32>> = users.iter().map(|u| u.1.iter().map(|x| x.1.to_bits()).collect()).collect();
+    let weights: Vec<Vec<u32>> = users
+        .iter()
+        .map(|u| u.1.iter().map(|x| x.1.to_bits()).collect())
+        .collect();
     ListTable::write(&dir.join(WEIGHTS), &weights)?;
     let mut w = FileWriter::create(
         &dir.join(VECTORS),
         Kind::VECTORS,
-        [store.dim() as u64, users.len() as u64, Metric::Cosine.code(), 0, 0],
+        [
+            store.dim() as u64,
+            users.len() as u64,
+            Metric::Cosine.code(),
+            0,
+            0,
+        ],
     )?;
     let mut with_profile = 0;
     for (_, h) in users {
@@ -109,11 +121,18 @@ impl UserProfiles {
         if !consistent {
             return Err(IndexError::Corrupt {
                 path: dir.to_owned(),
-                reason: format!("user files disagree ({n} users, {} histories, vectors {count} × {vdim})", history.len()),
+                reason: format!(
+                    "user files disagree ({n} users, {} histories, vectors {count} × {vdim})",
+                    history.len()
+                ),
             }
             .into());
         }
-        let index = ids.iter().enumerate().map(|(i, s)| (s.to_owned(), i as u32)).collect();
+        let index = ids
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.to_owned(), i as u32))
+            .collect();
         Ok(Self {
             ids,
             index,

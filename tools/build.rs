@@ -76,7 +76,8 @@ fn run() -> anyhow::Result<()> {
             read_interactions(i).context("reading the interactions")?,
         ),
         (None, None, Some(dir)) => {
-            let ml = MovieLens::load(dir).with_context(|| format!("reading MovieLens from {}", dir.display()))?;
+            let ml = MovieLens::load(dir)
+                .with_context(|| format!("reading MovieLens from {}", dir.display()))?;
             let inter = MovieLens::interactions(&ml.positives);
             (ml.items, inter)
         }
@@ -93,7 +94,8 @@ fn run() -> anyhow::Result<()> {
         keep_generations: a.keep,
         progress: !a.quiet,
     };
-    let report = build(&a.out, &encoder, &items, &interactions, &opts).context("building the index")?;
+    let report =
+        build(&a.out, &encoder, &items, &interactions, &opts).context("building the index")?;
     println!(
         "built {} ({} items, {} users, {} interactions{}) in {:.1}s: embedding {:.1}s ({:.0} texts/s), hnsw {:.1}s",
         report.generation.display(),

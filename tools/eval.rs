@@ -58,7 +58,10 @@ fn main_inner() -> anyhow::Result<()> {
     };
     let report = run(&opts).context("evaluation failed")?;
     print!("{}", table(&report));
-    println!("embedding: {:.0} texts/s; total {:.1}s", report.embed_texts_per_second, report.seconds);
+    println!(
+        "embedding: {:.0} texts/s; total {:.1}s",
+        report.embed_texts_per_second, report.seconds
+    );
     if let Some(p) = a.json {
         let body = serde_json::to_string_pretty(&report)?;
         std::fs::write(&p, body + "\n").with_context(|| format!("writing {}", p.display()))?;

@@ -24,7 +24,9 @@ pub enum IndexError {
         expected: &'static str,
     },
     /// A file was written by a format version this build cannot read.
-    #[error("{path}: format version {found} is not supported (this build reads version {supported})")]
+    #[error(
+        "{path}: format version {found} is not supported (this build reads version {supported})"
+    )]
     UnsupportedVersion {
         /// The file.
         path: PathBuf,

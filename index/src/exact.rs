@@ -47,7 +47,10 @@ pub fn search_ids(
     }
     heap.into_sorted_vec()
         .into_iter()
-        .map(|e| Neighbor { id: e.1, distance: e.0 })
+        .map(|e| Neighbor {
+            id: e.1,
+            distance: e.0,
+        })
         .collect()
 }
 

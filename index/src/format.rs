@@ -88,7 +88,8 @@ impl FileWriter {
         let mut crc = crc32fast::Hasher::new();
         crc.update(&header);
         let mut out = BufWriter::with_capacity(1 << 20, file);
-        out.write_all(&header).map_err(|e| IndexError::io(path, e))?;
+        out.write_all(&header)
+            .map_err(|e| IndexError::io(path, e))?;
         Ok(Self {
             path: path.to_owned(),
             out,
@@ -184,7 +185,9 @@ impl CheckedFile {
         }
         let footer = &bytes[bytes.len() - FOOTER_LEN..];
         if footer[12..16] != FOOTER_MAGIC {
-            return Err(corrupt("footer magic missing (truncated or overwritten)".into()));
+            return Err(corrupt(
+                "footer magic missing (truncated or overwritten)".into(),
+            ));
         }
         let payload_len = u64::from_le_bytes(footer[0..8].try_into().expect("8 bytes"));
         let actual = (bytes.len() - HEADER_LEN - FOOTER_LEN) as u64;
@@ -233,7 +236,8 @@ impl CheckedFile {
 
     /// The payload viewed as a slice of `T`; errors if its length is not a multiple.
     pub fn payload_as<T: bytemuck::Pod>(&self) -> Result<&[T]> {
-        bytemuck::try_cast_slice(self.payload()).map_err(|e| self.corrupt(format!("payload: {e:?}")))
+        bytemuck::try_cast_slice(self.payload())
+            .map_err(|e| self.corrupt(format!("payload: {e:?}")))
     }
 
     /// An error saying the file is corrupt.
@@ -376,13 +380,19 @@ impl ListTable {
                 file.payload().len()
             )));
         }
-        let t = Self { file, count: count as usize, total: total as usize };
+        let t = Self {
+            file,
+            count: count as usize,
+            total: total as usize,
+        };
         let offs = t.offsets();
         if offs[0] != 0 || offs[t.count] != total || offs.windows(2).any(|w| w[0] > w[1]) {
             return Err(t.file.corrupt("list offsets are not increasing"));
         }
         if let Some(bad) = t.values().iter().find(|&&v| v >= bound) {
-            return Err(t.file.corrupt(format!("value {bad} out of range (bound {bound})")));
+            return Err(t
+                .file
+                .corrupt(format!("value {bad} out of range (bound {bound})")));
         }
         Ok(t)
     }
@@ -392,7 +402,9 @@ impl ListTable {
     }
 
     fn values(&self) -> &[u32] {
-        bytemuck::cast_slice(&self.file.payload()[(self.count + 1) * 8..(self.count + 1) * 8 + self.total * 4])
+        bytemuck::cast_slice(
+            &self.file.payload()[(self.count + 1) * 8..(self.count + 1) * 8 + self.total * 4],
+        )
     }
 
     /// Number of lists.
@@ -468,12 +480,18 @@ mod tests {
             let mut bad = good.clone();
             bad[i] ^= 0x40;
             std::fs::write(&p, &bad).unwrap();
-            assert!(StringTable::open(&p, true).is_err(), "flip at byte {i} not detected");
+            assert!(
+                StringTable::open(&p, true).is_err(),
+                "flip at byte {i} not detected"
+            );
         }
         // Every truncation is caught.
         for len in 0..good.len() {
             std::fs::write(&p, &good[..len]).unwrap();
-            assert!(StringTable::open(&p, true).is_err(), "truncation to {len} not detected");
+            assert!(
+                StringTable::open(&p, true).is_err(),
+                "truncation to {len} not detected"
+            );
         }
     }
 

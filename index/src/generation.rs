@@ -65,7 +65,9 @@ pub fn current_generation(root: &Path) -> Result<PathBuf> {
     let name = match fs::read_to_string(&p) {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(IndexError::NoGeneration { path: root.to_owned() })
+            return Err(IndexError::NoGeneration {
+                path: root.to_owned(),
+            })
         }
         Err(e) => return Err(IndexError::io(&p, e)),
     };
@@ -124,7 +126,9 @@ impl GenerationWriter {
             f.sync_all().map_err(|e| IndexError::io(&path, e))?;
         }
         sync_dir(&self.tmp)?;
-        let next = list_generations(&self.root)?.last().map_or(1, |(n, _)| n + 1);
+        let next = list_generations(&self.root)?
+            .last()
+            .map_or(1, |(n, _)| n + 1);
         let name = format!("{PREFIX}{next:06}");
         let dest = self.root.join(&name);
         fs::rename(&self.tmp, &dest).map_err(|e| IndexError::io(&dest, e))?;
@@ -165,7 +169,10 @@ mod tests {
     #[test]
     fn commit_switches_and_drop_discards() {
         let root = tempfile::tempdir().unwrap();
-        assert!(matches!(current_generation(root.path()), Err(IndexError::NoGeneration { .. })));
+        assert!(matches!(
+            current_generation(root.path()),
+            Err(IndexError::NoGeneration { .. })
+        ));
         let w = GenerationWriter::begin(root.path()).unwrap();
         fs::write(w.dir().join("a"), b"1").unwrap();
         let g1 = w.commit().unwrap();
@@ -178,8 +185,14 @@ mod tests {
         assert!(!tmp.exists(), "uncommitted generation left behind");
         assert_eq!(current_generation(root.path()).unwrap(), g1);
 
-        let g2 = GenerationWriter::begin(root.path()).unwrap().commit().unwrap();
-        let g3 = GenerationWriter::begin(root.path()).unwrap().commit().unwrap();
+        let g2 = GenerationWriter::begin(root.path())
+            .unwrap()
+            .commit()
+            .unwrap();
+        let g3 = GenerationWriter::begin(root.path())
+            .unwrap()
+            .commit()
+            .unwrap();
         assert!(g1 < g2 && g2 < g3);
         assert_eq!(prune(root.path(), 2).unwrap(), vec![g1]);
         assert_eq!(current_generation(root.path()).unwrap(), g3);
@@ -189,6 +202,9 @@ mod tests {
     fn garbage_pointer_is_an_error() {
         let root = tempfile::tempdir().unwrap();
         fs::write(root.path().join(CURRENT), "../../etc").unwrap();
-        assert!(matches!(current_generation(root.path()), Err(IndexError::Corrupt { .. })));
+        assert!(matches!(
+            current_generation(root.path()),
+            Err(IndexError::Corrupt { .. })
+        ));
     }
 }

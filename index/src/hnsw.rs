@@ -241,7 +241,7 @@ impl BuildGraph {
         params: &HnswParams,
         progress: &(dyn Fn(usize) + Sync),
     ) -> Self {
-        let n = if dim == 0 { 0 } else { vectors.len() / dim };
+        let n = vectors.len().checked_div(dim).unwrap_or(0);
         let m = params.m;
         let m0 = 2 * m;
         let levels = assign_levels(n, m, params.seed);
@@ -268,7 +268,7 @@ impl BuildGraph {
         (1..n as u32).into_par_iter().for_each(|q| {
             g.insert(q, &row, metric, params.ef_construction);
             let d = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-            if d % 1024 == 0 || d == n {
+            if d.is_multiple_of(1024) || d == n {
                 progress(d);
             }
         });
@@ -399,12 +399,21 @@ impl Hnsw {
     pub fn open(path: &Path, expected_n: usize, verify: bool) -> Result<Self> {
         let file = CheckedFile::open(path, Kind::HNSW, verify)?;
         let [n, m, max_level, entry, blocks_len] = file.fields();
-        let (n, m, max_level, blocks_len) = (n as usize, m as usize, max_level as usize, blocks_len as usize);
+        let (n, m, max_level, blocks_len) = (
+            n as usize,
+            m as usize,
+            max_level as usize,
+            blocks_len as usize,
+        );
         if n != expected_n {
-            return Err(file.corrupt(format!("graph has {n} nodes, the store {expected_n} vectors")));
+            return Err(file.corrupt(format!(
+                "graph has {n} nodes, the store {expected_n} vectors"
+            )));
         }
         if !(2..=256).contains(&m) || max_level > 30 || (n > 0 && entry as usize >= n) {
-            return Err(file.corrupt(format!("bad header: m={m} max_level={max_level} entry={entry}")));
+            return Err(file.corrupt(format!(
+                "bad header: m={m} max_level={max_level} entry={entry}"
+            )));
         }
         let m0 = 2 * m;
         let words = n * (m0 + 1) + 2 * n + blocks_len;
@@ -436,15 +445,32 @@ impl Hnsw {
         section(&self.file, self.n * (self.m0 + 1) * 4, self.n, "levels").unwrap_or(&[])
     }
     fn upper_off(&self) -> &[u32] {
-        section(&self.file, (self.n * (self.m0 + 1) + self.n) * 4, self.n, "upper").unwrap_or(&[])
+        section(
+            &self.file,
+            (self.n * (self.m0 + 1) + self.n) * 4,
+            self.n,
+            "upper",
+        )
+        .unwrap_or(&[])
     }
     fn blocks(&self) -> &[u32] {
-        section(&self.file, (self.n * (self.m0 + 2) + self.n) * 4, self.blocks_len, "blocks").unwrap_or(&[])
+        section(
+            &self.file,
+            (self.n * (self.m0 + 2) + self.n) * 4,
+            self.blocks_len,
+            "blocks",
+        )
+        .unwrap_or(&[])
     }
 
     /// Checks every count, id and offset once, so searches can index without fear.
     fn validate(&self) -> Result<()> {
-        let (l0, levels, upper, blocks) = (self.level0(), self.levels(), self.upper_off(), self.blocks());
+        let (l0, levels, upper, blocks) = (
+            self.level0(),
+            self.levels(),
+            self.upper_off(),
+            self.blocks(),
+        );
         let n = self.n as u32;
         for i in 0..self.n {
             let slot = &l0[i * (self.m0 + 1)..(i + 1) * (self.m0 + 1)];
@@ -454,19 +480,29 @@ impl Hnsw {
             }
             let lv = levels[i] as usize;
             if lv > self.max_level {
-                return Err(self.file.corrupt(format!("node {i}: level {lv} above max {}", self.max_level)));
+                return Err(self
+                    .file
+                    .corrupt(format!("node {i}: level {lv} above max {}", self.max_level)));
             }
             if lv > 0 {
                 let off = upper[i] as usize;
                 let end = off + lv * (self.m + 1);
                 if upper[i] == u32::MAX || end > blocks.len() {
-                    return Err(self.file.corrupt(format!("node {i}: upper block out of range")));
+                    return Err(self
+                        .file
+                        .corrupt(format!("node {i}: upper block out of range")));
                 }
                 for l in 0..lv {
                     let b = &blocks[off + l * (self.m + 1)..off + (l + 1) * (self.m + 1)];
                     let c = b[0] as usize;
-                    if c > self.m || b[1..=c].iter().any(|&x| x >= n || levels[x as usize] as usize <= l) {
-                        return Err(self.file.corrupt(format!("node {i}: bad level-{} links", l + 1)));
+                    if c > self.m
+                        || b[1..=c]
+                            .iter()
+                            .any(|&x| x >= n || levels[x as usize] as usize <= l)
+                    {
+                        return Err(self
+                            .file
+                            .corrupt(format!("node {i}: bad level-{} links", l + 1)));
                     }
                 }
             }
@@ -536,11 +572,22 @@ impl Hnsw {
             visited.reset(self.n);
             let mut nbrs = |i: u32, out: &mut Vec<u32>| out.extend_from_slice(self.neighbors(i, 0));
             let mut scratch = Vec::with_capacity(self.m0);
-            let found = search_layer(dist, &mut nbrs, &[cur], ef.max(k), &mut visited, accept, &mut scratch);
+            let found = search_layer(
+                dist,
+                &mut nbrs,
+                &[cur],
+                ef.max(k),
+                &mut visited,
+                accept,
+                &mut scratch,
+            );
             found
                 .into_iter()
                 .take(k)
-                .map(|c| Neighbor { id: c.1, distance: c.0 })
+                .map(|c| Neighbor {
+                    id: c.1,
+                    distance: c.0,
+                })
                 .collect()
         })
     }

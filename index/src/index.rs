@@ -6,11 +6,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::distance::{normalize, Metric};
 use crate::error::{IndexError, Result};
+use crate::exact;
 use crate::format::{read_json, write_json, FORMAT_VERSION};
 use crate::generation::current_generation;
 use crate::hnsw::{self, Hnsw, HnswParams, Neighbor};
 use crate::store::{StoreBuilder, VectorStore};
-use crate::exact;
 
 /// File name of the generation manifest.
 pub const MANIFEST_FILE: &str = "manifest.bin";
@@ -52,7 +52,11 @@ pub struct SearchParams {
 
 impl Default for SearchParams {
     fn default() -> Self {
-        Self { k: 10, ef: 64, exact: false }
+        Self {
+            k: 10,
+            ef: 64,
+            exact: false,
+        }
     }
 }
 
@@ -75,7 +79,14 @@ pub fn write_index(
 ) -> Result<Manifest> {
     store.write(dir)?;
     let t = std::time::Instant::now();
-    hnsw::build(store.vectors(), store.dim(), store.metric(), params, &dir.join(HNSW_FILE), progress)?;
+    hnsw::build(
+        store.vectors(),
+        store.dim(),
+        store.metric(),
+        params,
+        &dir.join(HNSW_FILE),
+        progress,
+    )?;
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
         created_unix: std::time::SystemTime::now()
@@ -112,7 +123,10 @@ impl Index {
     pub fn open(dir: &Path) -> Result<Self> {
         let manifest: Manifest = read_json(&dir.join(MANIFEST_FILE))?;
         let store = VectorStore::open(dir, true)?;
-        if store.dim() != manifest.dim || store.len() != manifest.count || store.metric() != manifest.metric {
+        if store.dim() != manifest.dim
+            || store.len() != manifest.count
+            || store.metric() != manifest.metric
+        {
             return Err(IndexError::Corrupt {
                 path: dir.to_owned(),
                 reason: format!(
@@ -201,9 +215,15 @@ impl Index {
                 }
             };
         if exact_plan {
-            return Ok((exact::search(vectors, dim, metric, &q, params.k, accept), Plan::Exact));
+            return Ok((
+                exact::search(vectors, dim, metric, &q, params.k, accept),
+                Plan::Exact,
+            ));
         }
         let dist = |i: u32| metric.distance(&q, &vectors[i as usize * dim..(i as usize + 1) * dim]);
-        Ok((self.hnsw.search(&dist, params.k, params.ef, accept), Plan::Hnsw))
+        Ok((
+            self.hnsw.search(&dist, params.k, params.ef, accept),
+            Plan::Hnsw,
+        ))
     }
 }

@@ -176,8 +176,8 @@ impl VectorStore {
     pub fn open(dir: &Path, verify: bool) -> Result<Self> {
         let vectors = CheckedFile::open(&dir.join(VECTORS_FILE), Kind::VECTORS, verify)?;
         let [dim, count, metric, ..] = vectors.fields();
-        let metric =
-            Metric::from_code(metric).ok_or_else(|| vectors.corrupt(format!("unknown metric code {metric}")))?;
+        let metric = Metric::from_code(metric)
+            .ok_or_else(|| vectors.corrupt(format!("unknown metric code {metric}")))?;
         let (dim, count) = (dim as usize, count as usize);
         if dim == 0 || (dim as u128) * (count as u128) * 4 != vectors.payload().len() as u128 {
             return Err(vectors.corrupt(format!(

@@ -6,9 +6,16 @@ use std::path::Path;
 
 use crate::error::{IndexError, Result};
 
-fn read_generic<T: Copy>(path: &Path, elem: usize, conv: impl Fn(&[u8]) -> T) -> Result<(Vec<T>, usize)> {
+fn read_generic<T: Copy>(
+    path: &Path,
+    elem: usize,
+    conv: impl Fn(&[u8]) -> T,
+) -> Result<(Vec<T>, usize)> {
     let bytes = std::fs::read(path).map_err(|e| IndexError::io(path, e))?;
-    let corrupt = |reason: String| IndexError::Corrupt { path: path.to_owned(), reason };
+    let corrupt = |reason: String| IndexError::Corrupt {
+        path: path.to_owned(),
+        reason,
+    };
     let mut out = Vec::new();
     let mut dim = None;
     let mut off = 0;
@@ -22,7 +29,10 @@ fn read_generic<T: Copy>(path: &Path, elem: usize, conv: impl Fn(&[u8]) -> T) ->
         }
         let d = d as usize;
         if *dim.get_or_insert(d) != d {
-            return Err(corrupt(format!("dimension changes from {} to {d} at byte {off}", dim.unwrap_or(0))));
+            return Err(corrupt(format!(
+                "dimension changes from {} to {d} at byte {off}",
+                dim.unwrap_or(0)
+            )));
         }
         off += 4;
         let end = off + d * elem;
@@ -39,15 +49,22 @@ fn read_generic<T: Copy>(path: &Path, elem: usize, conv: impl Fn(&[u8]) -> T) ->
 pub fn read_vectors(path: &Path) -> Result<(Vec<f32>, usize)> {
     match path.extension().and_then(|e| e.to_str()) {
         Some("bvecs") => read_generic(path, 1, |b| b[0] as f32),
-        Some("fvecs") => read_generic(path, 4, |b| f32::from_le_bytes(b.try_into().expect("4 bytes"))),
+        Some("fvecs") => read_generic(path, 4, |b| {
+            f32::from_le_bytes(b.try_into().expect("4 bytes"))
+        }),
         other => Err(IndexError::InvalidParameter {
             name: "path",
-            reason: format!("{}: expected .fvecs or .bvecs, got {other:?}", path.display()),
+            reason: format!(
+                "{}: expected .fvecs or .bvecs, got {other:?}",
+                path.display()
+            ),
         }),
     }
 }
 
 /// Reads `.ivecs`; returns (row-major data, dim).
 pub fn read_ivecs(path: &Path) -> Result<(Vec<i32>, usize)> {
-    read_generic(path, 4, |b| i32::from_le_bytes(b.try_into().expect("4 bytes")))
+    read_generic(path, 4, |b| {
+        i32::from_le_bytes(b.try_into().expect("4 bytes"))
+    })
 }

@@ -3,7 +3,10 @@
 use std::path::PathBuf;
 
 use vecrec_index::generation::GenerationWriter;
-use vecrec_index::{exact, texmex, HnswParams, Index, IndexError, ItemMeta, Metric, Plan, SearchParams, StoreBuilder};
+use vecrec_index::{
+    exact, texmex, HnswParams, Index, IndexError, ItemMeta, Metric, Plan, SearchParams,
+    StoreBuilder,
+};
 
 fn shared() -> PathBuf {
     std::env::var_os("VECREC_SHARED")
@@ -11,14 +14,26 @@ fn shared() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared"))
 }
 
-fn build(vectors: &[f32], dim: usize, metric: Metric, metas: impl Fn(usize) -> ItemMeta) -> (tempfile::TempDir, Index) {
+fn build(
+    vectors: &[f32],
+    dim: usize,
+    metric: Metric,
+    metas: impl Fn(usize) -> ItemMeta,
+) -> (tempfile::TempDir, Index) {
     let mut sb = StoreBuilder::new(dim, metric).unwrap();
     for (i, v) in vectors.chunks_exact(dim).enumerate() {
         sb.add(&format!("id{i}"), v, metas(i)).unwrap();
     }
     let root = tempfile::tempdir().unwrap();
     let w = GenerationWriter::begin(root.path()).unwrap();
-    vecrec_index::write_index(w.dir(), &sb, &HnswParams::default(), serde_json::Value::Null, &|_| {}).unwrap();
+    vecrec_index::write_index(
+        w.dir(),
+        &sb,
+        &HnswParams::default(),
+        serde_json::Value::Null,
+        &|_| {},
+    )
+    .unwrap();
     w.commit().unwrap();
     let idx = Index::open_current(root.path()).unwrap();
     (root, idx)
@@ -47,7 +62,10 @@ fn default_hnsw_recall_on_bigann10k() {
         let (res, plan) = idx.search(q, &params, None).unwrap();
         assert_eq!(plan, Plan::Hnsw);
         let truth = &gt[qi * gdim..qi * gdim + 10];
-        hits += res.iter().filter(|n| truth.contains(&(n.id as i32))).count();
+        hits += res
+            .iter()
+            .filter(|n| truth.contains(&(n.id as i32)))
+            .count();
     }
     let recall = hits as f64 / (nq * 10) as f64;
     eprintln!("bigann10k recall@10 (M=16, ef_c=200, ef=64): {recall:.4}");
@@ -62,13 +80,29 @@ fn hnsw_matches_exact_on_random_cosine() {
     let data = random_vectors(3000, dim, 7);
     let (_root, idx) = build(&data, dim, Metric::Cosine, |_| ItemMeta::default());
     let queries = random_vectors(100, dim, 8);
-    let params = SearchParams { k: 10, ef: 128, exact: false };
+    let params = SearchParams {
+        k: 10,
+        ef: 128,
+        exact: false,
+    };
     let mut hits = 0;
     for q in queries.chunks_exact(dim) {
         let (got, _) = idx.search(q, &params, None).unwrap();
-        let (want, plan) = idx.search(q, &SearchParams { exact: true, ..params }, None).unwrap();
+        let (want, plan) = idx
+            .search(
+                q,
+                &SearchParams {
+                    exact: true,
+                    ..params
+                },
+                None,
+            )
+            .unwrap();
         assert_eq!(plan, Plan::Exact);
-        hits += got.iter().filter(|g| want.iter().any(|w| w.id == g.id)).count();
+        hits += got
+            .iter()
+            .filter(|g| want.iter().any(|w| w.id == g.id))
+            .count();
         // Scores are ordered and consistent with the metric.
         assert!(got.windows(2).all(|w| w[0].distance <= w[1].distance));
     }
@@ -80,7 +114,15 @@ fn hnsw_matches_exact_on_random_cosine() {
 fn filters_are_honoured_by_both_plans() {
     let dim = 16;
     let data = random_vectors(2000, dim, 9);
-    let cat = |i: usize| if i % 10 == 0 { "rare" } else if i % 2 == 0 { "even" } else { "odd" };
+    let cat = |i: usize| {
+        if i.is_multiple_of(10) {
+            "rare"
+        } else if i.is_multiple_of(2) {
+            "even"
+        } else {
+            "odd"
+        }
+    };
     let (_root, idx) = build(&data, dim, Metric::Cosine, |i| ItemMeta {
         categories: vec![cat(i).to_owned()],
         ..Default::default()
@@ -89,13 +131,39 @@ fn filters_are_honoured_by_both_plans() {
     let q = &data[..dim];
     for (wanted, want_plan) in [("rare", Plan::Exact), ("odd", Plan::Hnsw)] {
         let accept = |i: u32| store.meta(i).categories[0] == wanted;
-        let (res, plan) = idx.search(q, &SearchParams { k: 20, ef: 64, exact: false }, Some(&accept)).unwrap();
+        let (res, plan) = idx
+            .search(
+                q,
+                &SearchParams {
+                    k: 20,
+                    ef: 64,
+                    exact: false,
+                },
+                Some(&accept),
+            )
+            .unwrap();
         assert_eq!(plan, want_plan, "{wanted}");
         assert_eq!(res.len(), 20);
-        assert!(res.iter().all(|n| accept(n.id)), "{wanted}: filter violated");
-        let oracle = exact::search(store.vectors(), dim, Metric::Cosine, &idx.prepare_query(q).unwrap(), 20, Some(&accept));
-        let overlap = res.iter().filter(|r| oracle.iter().any(|o| o.id == r.id)).count();
-        assert!(overlap >= 18, "{wanted}: overlap {overlap}/20 with the exact filtered answer");
+        assert!(
+            res.iter().all(|n| accept(n.id)),
+            "{wanted}: filter violated"
+        );
+        let oracle = exact::search(
+            store.vectors(),
+            dim,
+            Metric::Cosine,
+            &idx.prepare_query(q).unwrap(),
+            20,
+            Some(&accept),
+        );
+        let overlap = res
+            .iter()
+            .filter(|r| oracle.iter().any(|o| o.id == r.id))
+            .count();
+        assert!(
+            overlap >= 18,
+            "{wanted}: overlap {overlap}/20 with the exact filtered answer"
+        );
     }
 }
 
@@ -103,11 +171,18 @@ fn filters_are_honoured_by_both_plans() {
 fn reload_gives_identical_answers_and_ids() {
     let dim = 8;
     let data = random_vectors(500, dim, 3);
-    let (root, idx) = build(&data, dim, Metric::L2, |i| ItemMeta { title: format!("t{i}"), ..Default::default() });
-    let (a, _) = idx.search(&data[..dim], &SearchParams::default(), None).unwrap();
+    let (root, idx) = build(&data, dim, Metric::L2, |i| ItemMeta {
+        title: format!("t{i}"),
+        ..Default::default()
+    });
+    let (a, _) = idx
+        .search(&data[..dim], &SearchParams::default(), None)
+        .unwrap();
     drop(idx);
     let idx = Index::open_current(root.path()).unwrap();
-    let (b, _) = idx.search(&data[..dim], &SearchParams::default(), None).unwrap();
+    let (b, _) = idx
+        .search(&data[..dim], &SearchParams::default(), None)
+        .unwrap();
     assert_eq!(a, b);
     assert_eq!(a[0].id, 0);
     assert_eq!(idx.store().external_id(7), "id7");
@@ -115,7 +190,10 @@ fn reload_gives_identical_answers_and_ids() {
     assert_eq!(idx.store().meta(7).title, "t7");
     assert!(matches!(
         idx.search(&[0.0; 3], &SearchParams::default(), None),
-        Err(IndexError::DimensionMismatch { expected: 8, got: 3 })
+        Err(IndexError::DimensionMismatch {
+            expected: 8,
+            got: 3
+        })
     ));
 }
 
@@ -128,7 +206,13 @@ fn damaged_files_are_refused() {
     let (root, idx) = build(&data, dim, Metric::Cosine, |_| ItemMeta::default());
     let gen = idx.dir().to_owned();
     drop(idx);
-    for name in ["vectors.bin", "ids.bin", "items.bin", "hnsw.bin", "manifest.bin"] {
+    for name in [
+        "vectors.bin",
+        "ids.bin",
+        "items.bin",
+        "hnsw.bin",
+        "manifest.bin",
+    ] {
         let p = gen.join(name);
         let good = std::fs::read(&p).unwrap();
         let step = (good.len() / 97).max(1);
@@ -152,11 +236,24 @@ fn damaged_files_are_refused() {
 #[test]
 fn bad_input_is_refused_at_build() {
     let mut sb = StoreBuilder::new(4, Metric::Cosine).unwrap();
-    sb.add("a", &[1.0, 0.0, 0.0, 0.0], ItemMeta::default()).unwrap();
-    assert!(matches!(sb.add("a", &[1.0, 0.0, 0.0, 0.0], ItemMeta::default()), Err(IndexError::DuplicateId(_))));
-    assert!(matches!(sb.add("b", &[1.0; 3], ItemMeta::default()), Err(IndexError::DimensionMismatch { .. })));
-    assert!(matches!(sb.add("c", &[0.0; 4], ItemMeta::default()), Err(IndexError::InvalidVector { .. })));
-    assert!(matches!(sb.add("d", &[f32::NAN, 0.0, 0.0, 0.0], ItemMeta::default()), Err(IndexError::InvalidVector { .. })));
+    sb.add("a", &[1.0, 0.0, 0.0, 0.0], ItemMeta::default())
+        .unwrap();
+    assert!(matches!(
+        sb.add("a", &[1.0, 0.0, 0.0, 0.0], ItemMeta::default()),
+        Err(IndexError::DuplicateId(_))
+    ));
+    assert!(matches!(
+        sb.add("b", &[1.0; 3], ItemMeta::default()),
+        Err(IndexError::DimensionMismatch { .. })
+    ));
+    assert!(matches!(
+        sb.add("c", &[0.0; 4], ItemMeta::default()),
+        Err(IndexError::InvalidVector { .. })
+    ));
+    assert!(matches!(
+        sb.add("d", &[f32::NAN, 0.0, 0.0, 0.0], ItemMeta::default()),
+        Err(IndexError::InvalidVector { .. })
+    ));
     assert_eq!(sb.len(), 1);
     assert!(StoreBuilder::new(0, Metric::L2).is_err());
 }

@@ -42,10 +42,17 @@ impl EncoderFiles {
         )?;
         let tokenizer = match &cfg.tokenizer {
             Some(p) => locate(Some(p), &[], "", "tokenizer.json")?,
-            None if std::env::var_os("VECREC_TOKENIZER").is_none() && model.with_file_name("tokenizer.json").is_file() => {
+            None if std::env::var_os("VECREC_TOKENIZER").is_none()
+                && model.with_file_name("tokenizer.json").is_file() =>
+            {
                 model.with_file_name("tokenizer.json")
             }
-            None => locate(None, &["VECREC_TOKENIZER"], "models/minilm/tokenizer.json", "tokenizer.json")?,
+            None => locate(
+                None,
+                &["VECREC_TOKENIZER"],
+                "models/minilm/tokenizer.json",
+                "tokenizer.json",
+            )?,
         };
         let ort_dylib = locate(
             cfg.ort_dylib.as_deref(),
@@ -61,12 +68,15 @@ impl EncoderFiles {
     }
 }
 
-static ENVIRONMENT: OnceLock<std::result::Result<(PathBuf, ort::environment::Environment), String>> = OnceLock::new();
+static ENVIRONMENT: OnceLock<
+    std::result::Result<(PathBuf, ort::environment::Environment), String>,
+> = OnceLock::new();
 
 /// The process-wide ONNX Runtime environment, loaded once from `dylib`.
 pub fn ort_environment(dylib: &Path) -> Result<ort::environment::Environment> {
     let got = ENVIRONMENT.get_or_init(|| {
-        let builder = ort::init_from(dylib).map_err(|e| format!("cannot load {}: {e}", dylib.display()))?;
+        let builder =
+            ort::init_from(dylib).map_err(|e| format!("cannot load {}: {e}", dylib.display()))?;
         let env = builder
             .with_name("vecrec")
             .build()
@@ -86,7 +96,12 @@ pub fn ort_environment(dylib: &Path) -> Result<ort::environment::Environment> {
 
 /// Builds an ONNX Runtime session for `model` with `threads` intra-op threads
 /// (0 = all cores) on `device` (`cpu` or `cuda`).
-pub fn build_session(env: &ort::environment::Environment, model: &Path, threads: usize, device: &str) -> Result<Session> {
+pub fn build_session(
+    env: &ort::environment::Environment,
+    model: &Path,
+    threads: usize,
+    device: &str,
+) -> Result<Session> {
     let threads = if threads == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     } else {
@@ -106,7 +121,9 @@ pub fn build_session(env: &ort::environment::Environment, model: &Path, threads:
 }
 
 #[cfg(feature = "cuda")]
-fn with_cuda(builder: ort::session::builder::SessionBuilder) -> ort::session::builder::SessionBuilder {
+fn with_cuda(
+    builder: ort::session::builder::SessionBuilder,
+) -> ort::session::builder::SessionBuilder {
     let ep = ort::ep::CUDA::default().build().error_on_failure();
     match builder.with_execution_providers([ep]) {
         Ok(b) => {
@@ -121,8 +138,12 @@ fn with_cuda(builder: ort::session::builder::SessionBuilder) -> ort::session::bu
 }
 
 #[cfg(not(feature = "cuda"))]
-fn with_cuda(builder: ort::session::builder::SessionBuilder) -> ort::session::builder::SessionBuilder {
-    tracing::warn!("encoder.device = cuda, but this binary was built without the `cuda` feature; using CPU");
+fn with_cuda(
+    builder: ort::session::builder::SessionBuilder,
+) -> ort::session::builder::SessionBuilder {
+    tracing::warn!(
+        "encoder.device = cuda, but this binary was built without the `cuda` feature; using CPU"
+    );
     builder
 }
 
@@ -235,12 +256,23 @@ impl Encoder {
 
     fn forward(&self, batch: &[&tokenizers::Encoding]) -> Result<Vec<Vec<f32>>> {
         let b = batch.len();
-        let s = batch.iter().map(|e| e.get_ids().len()).max().unwrap_or(0).max(1);
+        let s = batch
+            .iter()
+            .map(|e| e.get_ids().len())
+            .max()
+            .unwrap_or(0)
+            .max(1);
         let mut ids = vec![0i64; b * s];
         let mut mask = vec![0i64; b * s];
         let mut types = vec![0i64; b * s];
         for (r, e) in batch.iter().enumerate() {
-            for (c, ((&id, &m), &t)) in e.get_ids().iter().zip(e.get_attention_mask()).zip(e.get_type_ids()).enumerate() {
+            for (c, ((&id, &m), &t)) in e
+                .get_ids()
+                .iter()
+                .zip(e.get_attention_mask())
+                .zip(e.get_type_ids())
+                .enumerate()
+            {
                 ids[r * s + c] = id as i64;
                 mask[r * s + c] = m as i64;
                 types[r * s + c] = t as i64;
@@ -264,7 +296,9 @@ impl Encoder {
             .map_err(err)?;
         let shape = hidden.shape().to_vec();
         if shape.len() != 3 || shape[0] != b || shape[1] != s {
-            return Err(Error::Encoder(format!("unexpected output shape {shape:?} for batch [{b}, {s}]")));
+            return Err(Error::Encoder(format!(
+                "unexpected output shape {shape:?} for batch [{b}, {s}]"
+            )));
         }
         let h = shape[2];
         let mut result = Vec::with_capacity(b);

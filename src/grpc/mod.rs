@@ -65,7 +65,10 @@ fn to_filter(f: Option<pb::AttributeFilter>) -> Result<Option<Filter>, Error> {
             }
             if let (Some(lo), Some(hi)) = (r.min, r.max) {
                 if lo > hi {
-                    return Err(Error::invalid(format!("filter range on {:?}: min {lo} > max {hi}", r.field)));
+                    return Err(Error::invalid(format!(
+                        "filter range on {:?}: min {lo} > max {hi}",
+                        r.field
+                    )));
                 }
             }
             Ok(Range {
@@ -96,7 +99,10 @@ fn scored(engine: &Engine, items: Vec<Scored>) -> Vec<pb::ScoredItem> {
 
 #[tonic::async_trait]
 impl Recommender for Service {
-    async fn recommend(&self, req: Request<pb::RecommendRequest>) -> Result<Response<pb::RecommendResponse>, Status> {
+    async fn recommend(
+        &self,
+        req: Request<pb::RecommendRequest>,
+    ) -> Result<Response<pb::RecommendResponse>, Status> {
         let r = req.into_inner();
         let filter = to_filter(r.filter)?;
         let items = self
@@ -126,31 +132,53 @@ impl Recommender for Service {
         let r = req.into_inner();
         let filter = to_filter(r.filter)?;
         let items = self
-            .run(move |e| Ok(scored(e, e.similar_items(&r.item_id, r.k as usize, filter.as_ref())?)))
+            .run(move |e| {
+                Ok(scored(
+                    e,
+                    e.similar_items(&r.item_id, r.k as usize, filter.as_ref())?,
+                ))
+            })
             .await?;
         Ok(Response::new(pb::SimilarItemsResponse { items }))
     }
 
-    async fn search_text(&self, req: Request<pb::SearchTextRequest>) -> Result<Response<pb::SearchTextResponse>, Status> {
+    async fn search_text(
+        &self,
+        req: Request<pb::SearchTextRequest>,
+    ) -> Result<Response<pb::SearchTextResponse>, Status> {
         let r = req.into_inner();
         let filter = to_filter(r.filter)?;
         let items = self
-            .run(move |e| Ok(scored(e, e.search_text(&r.query, r.k as usize, filter.as_ref())?)))
+            .run(move |e| {
+                Ok(scored(
+                    e,
+                    e.search_text(&r.query, r.k as usize, filter.as_ref())?,
+                ))
+            })
             .await?;
         Ok(Response::new(pb::SearchTextResponse { items }))
     }
 
-    async fn embed(&self, req: Request<pb::EmbedRequest>) -> Result<Response<pb::EmbedResponse>, Status> {
+    async fn embed(
+        &self,
+        req: Request<pb::EmbedRequest>,
+    ) -> Result<Response<pb::EmbedResponse>, Status> {
         let r = req.into_inner();
         let vectors = self.run(move |e| e.embed(&r.texts)).await?;
         let dim = vectors.first().map_or(0, Vec::len) as u32;
         Ok(Response::new(pb::EmbedResponse {
-            embeddings: vectors.into_iter().map(|values| pb::Embedding { values }).collect(),
+            embeddings: vectors
+                .into_iter()
+                .map(|values| pb::Embedding { values })
+                .collect(),
             dim,
         }))
     }
 
-    async fn get_item(&self, req: Request<pb::GetItemRequest>) -> Result<Response<pb::GetItemResponse>, Status> {
+    async fn get_item(
+        &self,
+        req: Request<pb::GetItemRequest>,
+    ) -> Result<Response<pb::GetItemResponse>, Status> {
         let id = req.into_inner().id;
         let meta = self.engine.item_meta(&id).map_err(Status::from)?.clone();
         Ok(Response::new(pb::GetItemResponse {
@@ -172,7 +200,9 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let cfg = engine.config().server.clone();
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<RecommenderServer<Service>>().await;
+    health_reporter
+        .set_serving::<RecommenderServer<Service>>()
+        .await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

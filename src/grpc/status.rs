@@ -43,7 +43,11 @@ mod tests {
         let s: Status = Error::invalid("k too big").into();
         assert_eq!(s.code(), Code::InvalidArgument);
         assert_eq!(s.message(), "k too big");
-        let s: Status = Error::NotFound { kind: "item", id: "x".into() }.into();
+        let s: Status = Error::NotFound {
+            kind: "item",
+            id: "x".into(),
+        }
+        .into();
         assert_eq!(s.code(), Code::NotFound);
         let s: Status = Error::Index(IndexError::ChecksumMismatch {
             path: "f".into(),

@@ -32,7 +32,11 @@ fn every_binary_explains_itself() {
 fn a_malformed_catalogue_names_the_row_and_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let cat = dir.path().join("c.jsonl");
-    std::fs::write(&cat, "{\"id\":\"a\",\"title\":\"A\"}\n{\"id\":\"b\",\"title\":\"B\",\"price\":\"cheap\"}\n").unwrap();
+    std::fs::write(
+        &cat,
+        "{\"id\":\"a\",\"title\":\"A\"}\n{\"id\":\"b\",\"title\":\"B\",\"price\":\"cheap\"}\n",
+    )
+    .unwrap();
     let inter = dir.path().join("i.csv");
     std::fs::write(&inter, "user,item,timestamp\nu,a,1\n").unwrap();
     let out_dir = dir.path().join("index");
@@ -48,7 +52,10 @@ fn a_malformed_catalogue_names_the_row_and_leaves_nothing() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("c.jsonl:2: field \"price\""), "{err}");
-    assert!(!out_dir.join("CURRENT").exists(), "a failed build must not publish a generation");
+    assert!(
+        !out_dir.join("CURRENT").exists(),
+        "a failed build must not publish a generation"
+    );
 }
 
 #[test]
@@ -75,9 +82,21 @@ fn serving_a_damaged_index_fails_clearly() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("hnsw.bin") && err.contains("checksum mismatch"), "{err}");
+    assert!(
+        err.contains("hnsw.bin") && err.contains("checksum mismatch"),
+        "{err}"
+    );
 
-    let out = bin("vecrec").args(["serve", "--index", "/nonexistent/index", "--addr", "127.0.0.1:0"]).output().unwrap();
+    let out = bin("vecrec")
+        .args([
+            "serve",
+            "--index",
+            "/nonexistent/index",
+            "--addr",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("vecrec-build"));
 }

@@ -23,7 +23,10 @@ pub fn shared() -> PathBuf {
 pub fn encoder() -> Arc<Encoder> {
     static E: OnceLock<Arc<Encoder>> = OnceLock::new();
     E.get_or_init(|| {
-        Arc::new(Encoder::load(&Config::default().encoder, 2).expect("encoder files missing: run `make setup` first"))
+        Arc::new(
+            Encoder::load(&Config::default().encoder, 2)
+                .expect("encoder files missing: run `make setup` first"),
+        )
     })
     .clone()
 }
@@ -57,7 +60,11 @@ pub fn sample_index() -> &'static SampleIndex {
             ..Default::default()
         };
         build(&root, &encoder(), &items, &inter, &opts).unwrap();
-        SampleIndex { _dir: dir, data, root }
+        SampleIndex {
+            _dir: dir,
+            data,
+            root,
+        }
     })
 }
 
@@ -71,7 +78,10 @@ pub fn favourites(data: &Path) -> Vec<(String, Vec<String>)> {
     r.records()
         .map(|rec| {
             let rec = rec.unwrap();
-            (rec[0].to_owned(), rec[1].split('|').map(str::to_owned).collect())
+            (
+                rec[0].to_owned(),
+                rec[1].split('|').map(str::to_owned).collect(),
+            )
         })
         .collect()
 }

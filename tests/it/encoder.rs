@@ -28,11 +28,18 @@ fn vectors_match_the_python_reference() {
 #[test]
 fn a_vector_does_not_depend_on_its_batch() {
     let enc = encoder();
-    let texts = ["short", "a much longer sentence about gardening, roses and compost heaps in spring"];
+    let texts = [
+        "short",
+        "a much longer sentence about gardening, roses and compost heaps in spring",
+    ];
     let both = enc.encode(&texts).unwrap();
     for (i, t) in texts.iter().enumerate() {
         let alone = enc.encode(&[t]).unwrap();
-        let d = alone[0].iter().zip(&both[i]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let d = alone[0]
+            .iter()
+            .zip(&both[i])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
         assert!(d < 1e-5, "{t}: {d}");
     }
     assert!(enc.encode::<&str>(&[]).unwrap().is_empty());
@@ -42,7 +49,11 @@ fn a_vector_does_not_depend_on_its_batch() {
 fn related_texts_are_closer_than_unrelated_ones() {
     let enc = encoder();
     let v = enc
-        .encode(&["a saxophone solo in a smoky jazz club", "live bebop trumpet and double bass", "how to repot a tomato seedling"])
+        .encode(&[
+            "a saxophone solo in a smoky jazz club",
+            "live bebop trumpet and double bass",
+            "how to repot a tomato seedling",
+        ])
         .unwrap();
     let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
     assert!(dot(&v[0], &v[1]) > dot(&v[0], &v[2]) + 0.1);

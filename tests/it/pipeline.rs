@@ -16,21 +16,44 @@ fn recommendations_follow_planted_tastes() {
     let s = sample_index();
     let e = engine(&s.root);
     let items = read_catalog(&s.data.join("catalog.jsonl")).unwrap();
-    let cats: HashMap<String, Vec<String>> = items.into_iter().map(|i| (i.id, i.meta.categories)).collect();
-    let opts = RecommendOptions { k: 10, ..Default::default() };
+    let cats: HashMap<String, Vec<String>> = items
+        .into_iter()
+        .map(|i| (i.id, i.meta.categories))
+        .collect();
+    let opts = RecommendOptions {
+        k: 10,
+        ..Default::default()
+    };
     let (mut hits, mut total) = (0, 0);
     for (user, fav) in favourites(&s.data) {
         let recs = e.recommend(UserRef::Id(&user), &opts).unwrap();
         assert_eq!(recs.len(), 10);
-        assert!(recs.windows(2).all(|w| w[0].score >= w[1].score), "scores not ordered");
-        let seen: Vec<u32> = e.users().history(e.users().lookup(&user).unwrap()).iter().map(|h| h.0).collect();
-        assert!(recs.iter().all(|r| !seen.contains(&r.internal)), "seen item recommended to {user}");
-        hits += recs.iter().filter(|r| cats[&r.id].iter().any(|c| fav.contains(c))).count();
+        assert!(
+            recs.windows(2).all(|w| w[0].score >= w[1].score),
+            "scores not ordered"
+        );
+        let seen: Vec<u32> = e
+            .users()
+            .history(e.users().lookup(&user).unwrap())
+            .iter()
+            .map(|h| h.0)
+            .collect();
+        assert!(
+            recs.iter().all(|r| !seen.contains(&r.internal)),
+            "seen item recommended to {user}"
+        );
+        hits += recs
+            .iter()
+            .filter(|r| cats[&r.id].iter().any(|c| fav.contains(c)))
+            .count();
         total += recs.len();
     }
     let share = hits as f64 / total as f64;
     eprintln!("share of top-10 in planted favourite categories: {share:.3}");
-    assert!(share >= 0.7, "only {share:.3} of recommendations match planted tastes");
+    assert!(
+        share >= 0.7,
+        "only {share:.3} of recommendations match planted tastes"
+    );
 }
 
 #[test]
@@ -39,19 +62,47 @@ fn explicit_history_and_options() {
     let e = engine(&s.root);
     let first = e.index().store().external_id(0).to_owned();
     let hist = vec![first.clone()];
-    let recs = e.recommend(UserRef::History(&hist), &RecommendOptions { k: 5, ..Default::default() }).unwrap();
+    let recs = e
+        .recommend(
+            UserRef::History(&hist),
+            &RecommendOptions {
+                k: 5,
+                ..Default::default()
+            },
+        )
+        .unwrap();
     assert_eq!(recs.len(), 5);
     assert!(recs.iter().all(|r| r.id != first));
     let with_seen = e
-        .recommend(UserRef::History(&hist), &RecommendOptions { k: 5, include_seen: true, ..Default::default() })
+        .recommend(
+            UserRef::History(&hist),
+            &RecommendOptions {
+                k: 5,
+                include_seen: true,
+                ..Default::default()
+            },
+        )
         .unwrap();
-    assert_eq!(with_seen[0].id, first, "the only history item is its own nearest neighbour");
+    assert_eq!(
+        with_seen[0].id, first,
+        "the only history item is its own nearest neighbour"
+    );
 
     let cat = e.index().store().meta(0).categories[0].clone();
-    let filter = Filter { categories_any: vec![cat.clone()], ..Default::default() };
+    let filter = Filter {
+        categories_any: vec![cat.clone()],
+        ..Default::default()
+    };
     let user = e.users().id(0).to_owned();
     let recs = e
-        .recommend(UserRef::Id(&user), &RecommendOptions { k: 10, filter: Some(filter), ..Default::default() })
+        .recommend(
+            UserRef::Id(&user),
+            &RecommendOptions {
+                k: 10,
+                filter: Some(filter),
+                ..Default::default()
+            },
+        )
         .unwrap();
     assert_eq!(recs.len(), 10);
     for r in &recs {
@@ -59,24 +110,50 @@ fn explicit_history_and_options() {
     }
 
     let bad = vec!["no-such-item".to_owned()];
-    assert!(matches!(e.recommend(UserRef::History(&bad), &RecommendOptions::default()), Err(Error::NotFound { .. })));
-    assert!(matches!(e.recommend(UserRef::Id("nobody"), &RecommendOptions::default()), Err(Error::NotFound { .. })));
     assert!(matches!(
-        e.recommend(UserRef::Id(&user), &RecommendOptions { k: 5000, ..Default::default() }),
+        e.recommend(UserRef::History(&bad), &RecommendOptions::default()),
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        e.recommend(UserRef::Id("nobody"), &RecommendOptions::default()),
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        e.recommend(
+            UserRef::Id(&user),
+            &RecommendOptions {
+                k: 5000,
+                ..Default::default()
+            }
+        ),
         Err(Error::InvalidArgument(_))
     ));
-    assert!(matches!(e.search_text(&"x".repeat(9000), 5, None), Err(Error::InvalidArgument(_))));
-    assert!(matches!(e.embed(&vec!["a".to_owned(); 300]), Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        e.search_text(&"x".repeat(9000), 5, None),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        e.embed(&vec!["a".to_owned(); 300]),
+        Err(Error::InvalidArgument(_))
+    ));
 }
 
 #[test]
 fn text_search_finds_the_right_category() {
     let s = sample_index();
     let e = engine(&s.root);
-    let recs = e.search_text("a starship crew exploring a distant nebula", 10, None).unwrap();
+    let recs = e
+        .search_text("a starship crew exploring a distant nebula", 10, None)
+        .unwrap();
     let space = recs
         .iter()
-        .filter(|r| e.item_meta(&r.id).unwrap().categories.iter().any(|c| c.to_lowercase().contains("space")))
+        .filter(|r| {
+            e.item_meta(&r.id)
+                .unwrap()
+                .categories
+                .iter()
+                .any(|c| c.to_lowercase().contains("space"))
+        })
         .count();
     assert!(space >= 8, "only {space}/10 space items for a space query");
 }
@@ -101,11 +178,25 @@ fn precomputed_and_on_the_fly_profiles_agree() {
     let cfg = e.config().users.clone();
     let fly = vecrec::users::profile(e.index().store(), &e.users().history(u), &cfg).unwrap();
     let n: f32 = fly.iter().map(|x| x * x).sum::<f32>().sqrt();
-    let d = pre.iter().zip(&fly).map(|(a, b)| (a - b / n).abs()).fold(0f32, f32::max);
-    assert!(d < 1e-5, "precomputed and on-the-fly profiles differ by {d}");
+    let d = pre
+        .iter()
+        .zip(&fly)
+        .map(|(a, b)| (a - b / n).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        d < 1e-5,
+        "precomputed and on-the-fly profiles differ by {d}"
+    );
     if weights.iter().all(|w| *w == weights[0]) {
-        let a = e.recommend(UserRef::Id(&user), &RecommendOptions::default()).unwrap();
-        let b = e.recommend(UserRef::History(&hist), &RecommendOptions::default()).unwrap();
-        assert_eq!(a.iter().map(|x| &x.id).collect::<Vec<_>>(), b.iter().map(|x| &x.id).collect::<Vec<_>>());
+        let a = e
+            .recommend(UserRef::Id(&user), &RecommendOptions::default())
+            .unwrap();
+        let b = e
+            .recommend(UserRef::History(&hist), &RecommendOptions::default())
+            .unwrap();
+        assert_eq!(
+            a.iter().map(|x| &x.id).collect::<Vec<_>>(),
+            b.iter().map(|x| &x.id).collect::<Vec<_>>()
+        );
     }
 }

@@ -38,8 +38,14 @@ fn python_grpcio_client_passes_against_the_server_binary() {
     let mut lines = BufReader::new(stdout).lines();
     let start = Instant::now();
     let addr = loop {
-        assert!(start.elapsed() < Duration::from_secs(120), "server did not start");
-        let line = lines.next().expect("server exited before listening").unwrap();
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "server did not start"
+        );
+        let line = lines
+            .next()
+            .expect("server exited before listening")
+            .unwrap();
         if let Some(a) = line.strip_prefix("listening on ") {
             break a.trim().to_owned();
         }
@@ -49,7 +55,11 @@ fn python_grpcio_client_passes_against_the_server_binary() {
         .arg(&addr)
         .output()
         .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     eprintln!("{text}");
     assert!(out.status.success(), "python client failed:\n{text}");
     assert!(text.contains(" passed, 0 failed"), "{text}");
@@ -63,7 +73,10 @@ fn python_grpcio_client_passes_against_the_server_binary() {
             assert!(status.success(), "server exited with {status}");
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(10), "server ignored SIGTERM");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "server ignored SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
