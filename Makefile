@@ -49,10 +49,10 @@ run: build
 	  trap 'kill $$query 2>/dev/null || true' EXIT; \
 	  target/release/vecrec serve --index data/index --addr "$(ADDR)"
 
-# The cuda feature is compile-checked here (CI has no GPU); the tests run on CPU.
+# scripts/test.sh compile-checks the cuda feature (CI has no GPU), runs every
+# test on CPU and ends with one "tests: N passed, M failed" line.
 test: setup
-	$(ENV_SH); $(CARGO) test --workspace
-	$(ENV_SH); $(CARGO) check --features cuda --bins
+	$(ENV_SH); scripts/test.sh
 
 bench-encoder: setup
 	$(ENV_SH); $(CARGO) bench --bench encoder
