@@ -28,6 +28,54 @@ pub struct Config {
     pub users: UserConfig,
     /// Request limits.
     pub limits: Limits,
+    /// The multi-source pipeline of `Recommend`.
+    pub hybrid: HybridConfig,
+    /// Training of the interaction-based sources (used by `vecrec-build`).
+    pub train: crate::retrieve::TrainOptions,
+}
+
+/// The multi-source `Recommend` pipeline: candidates from every source with a
+/// positive weight, fused. Used when the generation holds the trained sources.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HybridConfig {
+    /// Use the multi-source pipeline when the generation has trained sources. Default true.
+    pub enabled: bool,
+    /// Candidates taken from each source. Default 200.
+    pub candidates: usize,
+    /// How the sources are fused. Default `weighted_minmax`.
+    pub fusion: crate::fusion::FusionMethod,
+    /// The `k` of reciprocal-rank fusion. Default 60.
+    pub rrf_k: f32,
+    /// Weight of the EASE source. Default 1.
+    pub ease_weight: f32,
+    /// Weight of the transitions source. Default 0.25.
+    pub transitions_weight: f32,
+    /// Weight of the content (BERT vector) source. Default 0.
+    pub content_weight: f32,
+    /// Weight of the popularity source. Default 0.
+    pub popularity_weight: f32,
+    /// Recency decay of the history for EASE, in (0, 1]. Default 0.8.
+    pub ease_decay: f32,
+    /// Recency decay of the history for transitions, in (0, 1]. Default 0.5.
+    pub transitions_decay: f32,
+}
+
+impl Default for HybridConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            candidates: 200,
+            fusion: crate::fusion::FusionMethod::WeightedMinmax,
+            rrf_k: 60.0,
+            ease_weight: 1.0,
+            transitions_weight: 0.25,
+            content_weight: 0.0,
+            popularity_weight: 0.0,
+            ease_decay: 0.8,
+            transitions_decay: 0.5,
+        }
+    }
 }
 
 /// Network settings.
@@ -229,6 +277,30 @@ impl Config {
                 "encoder.device must be cpu or cuda, got {:?}",
                 self.encoder.device
             ));
+        }
+        let h = &self.hybrid;
+        if h.candidates == 0 || !(h.rrf_k > 0.0) {
+            return bad("hybrid.candidates and hybrid.rrf_k must be positive".into());
+        }
+        for (name, w) in [
+            ("ease_weight", h.ease_weight),
+            ("transitions_weight", h.transitions_weight),
+            ("content_weight", h.content_weight),
+            ("popularity_weight", h.popularity_weight),
+        ] {
+            if !(w >= 0.0 && w.is_finite()) {
+                return bad(format!(
+                    "hybrid.{name} must be a finite number ≥ 0, got {w}"
+                ));
+            }
+        }
+        for (name, d) in [
+            ("ease_decay", h.ease_decay),
+            ("transitions_decay", h.transitions_decay),
+        ] {
+            if !(d > 0.0 && d <= 1.0) {
+                return bad(format!("hybrid.{name} must be in (0, 1], got {d}"));
+            }
         }
         if self.limits.max_k == 0 || self.limits.max_batch == 0 || self.limits.max_text_bytes == 0 {
             return bad("limits must be at least 1".into());

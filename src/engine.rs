@@ -11,7 +11,51 @@ use crate::config::Config;
 use crate::encoder::Encoder;
 use crate::error::{Error, Result};
 use crate::filter::Filter;
+use crate::fusion::{fuse, FusionMethod, SourceList};
+use crate::retrieve::sparse::SparseRows;
+use crate::retrieve::{popularity, recency_weights, top_n};
 use crate::users::{profile, UserProfiles};
+
+/// The candidate sources of the hybrid pipeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// EASE item-item weights.
+    Ease,
+    /// Time-ordered co-occurrence.
+    Transitions,
+    /// BERT-vector nearest neighbours of the user profile.
+    Content,
+    /// Interaction counts.
+    Popularity,
+}
+
+impl Source {
+    /// All sources.
+    pub const ALL: [Source; 4] = [
+        Source::Ease,
+        Source::Transitions,
+        Source::Content,
+        Source::Popularity,
+    ];
+
+    /// Stable name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Ease => "ease",
+            Source::Transitions => "transitions",
+            Source::Content => "content",
+            Source::Popularity => "popularity",
+        }
+    }
+}
+
+/// Trained interaction-based sources of a generation.
+#[derive(Debug)]
+struct Trained {
+    ease: SparseRows,
+    transitions: SparseRows,
+    popularity: Vec<f32>,
+}
 
 /// One ranked item.
 #[derive(Clone, Debug, PartialEq)]
@@ -36,6 +80,8 @@ pub enum UserRef<'a> {
 /// Options of a recommendation.
 #[derive(Clone, Debug, Default)]
 pub struct RecommendOptions {
+    /// Fusion method for this request; `None` takes the config's.
+    pub fusion: Option<FusionMethod>,
     /// Number of items.
     pub k: usize,
     /// Keep items of the history in the answer.
@@ -52,6 +98,7 @@ pub struct Engine {
     encoder: Option<Arc<Encoder>>,
     cfg: Config,
     use_precomputed: bool,
+    trained: Option<Trained>,
 }
 
 impl Engine {
@@ -80,7 +127,21 @@ impl Engine {
                 "user settings differ from the build's; user vectors are computed per request"
             );
         }
+        let trained = if SparseRows::exists(index.dir(), "ease") {
+            let n = store.len();
+            let histories: Vec<Vec<u32>> = (0..users.len() as u32)
+                .map(|u| users.history(u).iter().map(|h| h.0).collect())
+                .collect();
+            Some(Trained {
+                ease: SparseRows::open(index.dir(), "ease", n)?,
+                transitions: SparseRows::open(index.dir(), "transitions", n)?,
+                popularity: popularity(&histories, n),
+            })
+        } else {
+            None
+        };
         tracing::info!(
+            hybrid = trained.is_some(),
             generation = %index.dir().display(),
             items = store.len(),
             users = users.len(),
@@ -93,6 +154,7 @@ impl Engine {
             encoder,
             cfg,
             use_precomputed,
+            trained,
         })
     }
 
@@ -211,6 +273,95 @@ impl Engine {
             .collect())
     }
 
+    /// Whether `Recommend` runs the multi-source pipeline.
+    pub fn is_hybrid(&self) -> bool {
+        self.cfg.hybrid.enabled && self.trained.is_some()
+    }
+
+    /// Changes the hybrid pipeline's settings (validation sweeps use this).
+    pub fn set_hybrid(&mut self, hybrid: crate::config::HybridConfig) {
+        self.cfg.hybrid = hybrid;
+    }
+
+    fn weight(&self, s: Source) -> f32 {
+        let h = &self.cfg.hybrid;
+        match s {
+            Source::Ease => h.ease_weight,
+            Source::Transitions => h.transitions_weight,
+            Source::Content => h.content_weight,
+            Source::Popularity => h.popularity_weight,
+        }
+    }
+
+    /// The candidates of each source in `which` for a history (internal ids with
+    /// weights, oldest first), computed in parallel; `accept` filters items.
+    pub fn source_lists(
+        &self,
+        history: &[(u32, f32)],
+        precomputed: Option<&[f32]>,
+        which: &[Source],
+        accept: &(dyn Fn(u32) -> bool + Sync),
+    ) -> Result<Vec<SourceList>> {
+        use rayon::prelude::*;
+        let trained = self.trained.as_ref().ok_or_else(|| {
+            Error::Config(
+                "this generation has no trained sources; rebuild it with vecrec-build".into(),
+            )
+        })?;
+        let h = &self.cfg.hybrid;
+        let n = h.candidates;
+        let ids: Vec<u32> = history.iter().map(|e| e.0).collect();
+        let items = self.index.store().len();
+        let dense = |rows: &SparseRows, decay: f32| {
+            let mut acc = vec![0f32; items];
+            for (i, w) in recency_weights(&ids, decay) {
+                rows.axpy(i, w, &mut acc);
+            }
+            top_n(&acc, n, accept)
+        };
+        which
+            .par_iter()
+            .map(|&s| {
+                let list = match s {
+                    Source::Ease => dense(&trained.ease, h.ease_decay),
+                    Source::Transitions => dense(&trained.transitions, h.transitions_decay),
+                    Source::Popularity => top_n(&trained.popularity, n, accept),
+                    Source::Content => {
+                        let v = match precomputed {
+                            Some(v) => v.to_vec(),
+                            None => match profile(self.index.store(), history, &self.cfg.users) {
+                                Some(v) => v,
+                                None => {
+                                    return Ok(SourceList {
+                                        name: s.name(),
+                                        weight: self.weight(s),
+                                        items: Vec::new(),
+                                    })
+                                }
+                            },
+                        };
+                        let params = SearchParams {
+                            k: n,
+                            ef: self.cfg.search.ef.max(n),
+                            exact: self.cfg.search.exact,
+                        };
+                        let (found, _) = self.index.search(&v, &params, Some(accept))?;
+                        let metric = self.index.store().metric();
+                        found
+                            .into_iter()
+                            .map(|f| (f.id, metric.score(f.distance)))
+                            .collect()
+                    }
+                };
+                Ok(SourceList {
+                    name: s.name(),
+                    weight: self.weight(s),
+                    items: list,
+                })
+            })
+            .collect()
+    }
+
     /// Items for a user known by id or by an explicit history.
     pub fn recommend(&self, who: UserRef<'_>, opts: &RecommendOptions) -> Result<Vec<Scored>> {
         let k = self.check_k(opts.k)?;
@@ -246,6 +397,31 @@ impl Engine {
                 (h, None)
             }
         };
+        if self.is_hybrid() {
+            let exclude: HashSet<u32> = if opts.include_seen {
+                HashSet::new()
+            } else {
+                history.iter().map(|h| h.0).collect()
+            };
+            let filter = opts.filter.as_ref().filter(|f| !f.is_empty());
+            let accept =
+                |i: u32| !exclude.contains(&i) && filter.is_none_or(|f| f.matches(store.meta(i)));
+            let which: Vec<Source> = Source::ALL
+                .into_iter()
+                .filter(|s| self.weight(*s) > 0.0)
+                .collect();
+            let lists = self.source_lists(&history, precomputed, &which, &accept)?;
+            let method = opts.fusion.unwrap_or(self.cfg.hybrid.fusion);
+            return Ok(fuse(method, &lists, self.cfg.hybrid.rrf_k)
+                .into_iter()
+                .take(k)
+                .map(|(i, score)| Scored {
+                    internal: i,
+                    id: store.external_id(i).to_owned(),
+                    score,
+                })
+                .collect());
+        }
         let vector = match precomputed {
             Some(v) => v.to_vec(),
             None => profile(store, &history, &self.cfg.users)

@@ -159,8 +159,8 @@ enum Who {
     History(HashMap<u32, Vec<String>>),
 }
 
-/// Scores every user that has held-out items through `engine.recommend`.
-fn score(engine: &Engine, held_out: &[Triple], who: &Who) -> Result<Summary> {
+/// Held-out items per user, as internal ids, users sorted.
+fn truth_sets(engine: &Engine, held_out: &[Triple]) -> Result<Vec<(u32, HashSet<u32>)>> {
     let mut truth: HashMap<u32, HashSet<u32>> = HashMap::new();
     let store = engine.index().store();
     for &(u, i, _) in held_out {
@@ -172,27 +172,41 @@ fn score(engine: &Engine, held_out: &[Triple], who: &Who) -> Result<Summary> {
             })?;
         truth.entry(u).or_default().insert(internal);
     }
-    let mut users: Vec<u32> = truth.keys().copied().collect();
-    users.sort_unstable();
+    let mut v: Vec<(u32, HashSet<u32>)> = truth.into_iter().collect();
+    v.sort_unstable_by_key(|e| e.0);
+    Ok(v)
+}
+
+/// A scored run: the summary and the per-user NDCG@10 (users sorted), for paired tests.
+struct Scoring {
+    summary: Summary,
+    per_user_ndcg10: Vec<f64>,
+}
+
+/// Scores every user that has held-out items through `engine.recommend`.
+fn score(engine: &Engine, held_out: &[Triple], who: &Who) -> Result<Scoring> {
+    let truth = truth_sets(engine, held_out)?;
     let opts = RecommendOptions {
         k: KS[1],
-        include_seen: false,
-        filter: None,
+        ..Default::default()
     };
-    let results: Vec<(UserMetrics, Vec<u32>)> = users
+    let results: Vec<(UserMetrics, Vec<u32>)> = truth
         .par_iter()
-        .map(|u| {
+        .map(|(u, t)| {
             let uid = u.to_string();
             let recs = match who {
                 Who::Stored => engine.recommend(UserRef::Id(&uid), &opts)?,
                 Who::History(h) => engine.recommend(UserRef::History(&h[u]), &opts)?,
             };
             let ranked: Vec<u32> = recs.iter().map(|s| s.internal).collect();
-            Ok((user_metrics(&ranked, &truth[u]), ranked))
+            Ok((user_metrics(&ranked, t), ranked))
         })
         .collect::<Result<_>>()?;
     let (per_user, tops): (Vec<_>, Vec<_>) = results.into_iter().unzip();
-    Ok(summarise(&per_user, &tops, store.len()))
+    Ok(Scoring {
+        summary: summarise(&per_user, &tops, engine.index().store().len()),
+        per_user_ndcg10: per_user.iter().map(|m| m.ndcg[0]).collect(),
+    })
 }
 
 /// Options of an evaluation run.
@@ -210,7 +224,7 @@ pub struct EvalOptions {
     pub progress: bool,
 }
 
-/// One validated setting.
+/// One validated setting of the content profile.
 #[derive(Clone, Debug, Serialize)]
 pub struct GridPoint {
     /// Recency decay.
@@ -222,35 +236,118 @@ pub struct GridPoint {
     pub val_ndcg10: f64,
 }
 
+/// One validated setting of a source or of the fusion, described in words.
+#[derive(Clone, Debug, Serialize)]
+pub struct Trial {
+    /// Tuning stage.
+    pub stage: &'static str,
+    /// The setting.
+    pub setting: String,
+    /// Validation NDCG@10.
+    #[serde(rename = "val_ndcg@10")]
+    pub val_ndcg10: f64,
+}
+
+/// One row of the TEST ablation.
+#[derive(Clone, Debug, Serialize)]
+pub struct AblationRow {
+    /// What ran.
+    pub model: String,
+    /// Its TEST metrics.
+    #[serde(flatten)]
+    pub metrics: Summary,
+}
+
+/// Paired per-user difference of NDCG@10 between two models on TEST.
+#[derive(Clone, Debug, Serialize)]
+pub struct PairedDiff {
+    /// The baseline.
+    pub baseline: String,
+    /// Mean per-user difference (model − baseline).
+    pub mean: f64,
+    /// 95% confidence half-width (1.96·sd/√n).
+    pub ci95: f64,
+    /// Users.
+    pub users: usize,
+}
+
 /// Everything an evaluation measured.
 #[derive(Clone, Debug, Serialize)]
 pub struct EvalReport {
-    /// TEST metrics under the protocol (exact full ranking), flattened to the top level.
+    /// TEST metrics of the full pipeline under the protocol (exact content search), flattened to the top level.
     #[serde(flatten)]
     pub test: Summary,
-    /// TEST metrics through the served HNSW search (same engine, graph search).
+    /// TEST metrics of the full pipeline with the served HNSW content search.
     pub test_hnsw: Summary,
     /// HNSW `ef` used for `test_hnsw`.
     pub hnsw_ef: usize,
-    /// The chosen user-profile setting and how it was chosen.
+    /// Each source alone and the fusion, on TEST.
+    pub ablation: Vec<AblationRow>,
+    /// Full pipeline minus vecrec's own EASE (λ chosen on validation, no recency), per user.
+    pub paired_vs_ease: PairedDiff,
+    /// The chosen content-profile setting.
     pub chosen: GridPoint,
-    /// Every validated setting.
+    /// Every validated content-profile setting.
     pub validation_grid: Vec<GridPoint>,
+    /// The chosen hybrid settings (weights, decays, fusion method).
+    pub chosen_hybrid: crate::config::HybridConfig,
+    /// The chosen EASE λ.
+    pub chosen_ease_lambda: f32,
+    /// Every validated source and fusion setting, in order.
+    pub trials: Vec<Trial>,
     /// Item texts embedded per second.
     pub embed_texts_per_second: f64,
+    /// Seconds spent training sources on TRAIN (EASE + transitions), once.
+    pub train_seconds: f64,
     /// Seconds of the whole run.
     pub seconds: f64,
     /// The pipeline evaluated.
     pub pipeline: &'static str,
 }
 
-/// Decays and history lengths tried on validation.
+/// Decays and history lengths of the content profile tried on validation.
 pub const DECAYS: [f32; 5] = [1.0, 0.7, 0.5, 0.3, 0.1];
 /// History lengths tried on validation.
 pub const MAX_ITEMS: [usize; 7] = [1, 2, 3, 5, 10, 20, 50];
+/// EASE λ tried on validation.
+pub const LAMBDAS: [f32; 3] = [100.0, 200.0, 400.0];
+/// History recency decays of EASE and transitions tried on validation.
+pub const SOURCE_DECAYS: [f32; 5] = [1.0, 0.9, 0.8, 0.7, 0.5];
+/// Fusion weights of transitions, content and popularity tried (EASE weighs 1).
+pub const FUSION_WEIGHTS: ([f32; 4], [f32; 4], [f32; 3]) = (
+    [0.0, 0.1, 0.25, 0.5],
+    [0.0, 0.05, 0.1, 0.2],
+    [0.0, 0.05, 0.1],
+);
+
+fn only(
+    source: crate::engine::Source,
+    base: &crate::config::HybridConfig,
+) -> crate::config::HybridConfig {
+    use crate::engine::Source;
+    crate::config::HybridConfig {
+        ease_weight: (source == Source::Ease) as u8 as f32,
+        transitions_weight: (source == Source::Transitions) as u8 as f32,
+        content_weight: (source == Source::Content) as u8 as f32,
+        popularity_weight: (source == Source::Popularity) as u8 as f32,
+        ..base.clone()
+    }
+}
+
+fn argmax<T: Clone>(v: &[(T, f64)]) -> Result<(T, f64)> {
+    v.iter()
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .cloned()
+        .ok_or_else(|| Error::invalid("empty validation grid"))
+}
 
 /// Runs the whole evaluation.
 pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
+    use crate::config::HybridConfig;
+    use crate::engine::Source;
+    use crate::fusion::{fuse, FusionMethod};
+    use crate::retrieve::TrainOptions;
+
     let start = Instant::now();
     let ml = MovieLens::load(&opts.movielens)?;
     let sp = split(&ml.positives);
@@ -274,13 +371,17 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
             &tmp.0
         }
     };
-    let build = |interactions: &[Triple], users: &UserConfig| -> Result<()> {
+    let build = |interactions: &[Triple], users: &UserConfig, lambda: f32| -> Result<f64> {
         let bo = BuildOptions {
             users: users.clone(),
             progress: opts.progress,
+            train: Some(TrainOptions {
+                ease_lambda: lambda,
+                ..cfg.train.clone()
+            }),
             ..Default::default()
         };
-        build_generation(
+        let r = build_generation(
             root,
             &ml.items,
             &vectors,
@@ -288,13 +389,8 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
             &bo,
             serde_json::json!({}),
         )?;
-        Ok(())
+        Ok(r.train_seconds)
     };
-
-    // Validation: explicit val_train histories, exact ranking, every grid point.
-    build(&sp.val_train, &UserConfig::default())?;
-    let mut engine = Engine::open(root, cfg.clone(), None)?;
-    engine.set_exact(true);
     let mut histories: HashMap<u32, Vec<(i64, u32)>> = HashMap::new();
     for &(u, i, t) in &sp.val_train {
         histories.entry(u).or_default().push((t, i));
@@ -306,47 +402,258 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
             (u, h.into_iter().map(|(_, i)| i.to_string()).collect())
         })
         .collect();
-    let who = Who::History(histories);
+    let val = Who::History(histories.clone());
+    let mut trials = Vec::new();
+
+    // 1. Content profile: exact ranking, every (decay, max_items).
+    build(&sp.val_train, &UserConfig::default(), LAMBDAS[1])?;
+    let mut engine = Engine::open(root, cfg.clone(), None)?;
+    engine.set_exact(true);
+    engine.set_hybrid(HybridConfig {
+        enabled: false,
+        ..cfg.hybrid.clone()
+    });
     let mut grid = Vec::new();
     for &decay in &DECAYS {
         for &max_items in &MAX_ITEMS {
             engine.set_users(UserConfig { decay, max_items });
-            let s = score(&engine, &sp.val, &who)?;
+            let s = score(&engine, &sp.val, &val)?;
             grid.push(GridPoint {
                 decay,
                 max_items,
-                val_ndcg10: s.ndcg10,
+                val_ndcg10: s.summary.ndcg10,
             });
         }
     }
-    let chosen = grid
-        .iter()
-        .max_by(|a, b| a.val_ndcg10.total_cmp(&b.val_ndcg10))
-        .cloned()
-        .ok_or_else(|| Error::invalid("empty validation grid"))?;
-    drop(engine);
-
-    // Refit on TRAIN with the chosen setting and score TEST once, exact then HNSW.
+    let chosen = argmax(
+        &grid
+            .iter()
+            .map(|g| (g.clone(), g.val_ndcg10))
+            .collect::<Vec<_>>(),
+    )?
+    .0;
     let users = UserConfig {
         decay: chosen.decay,
         max_items: chosen.max_items,
     };
-    build(&sp.train, &users)?;
+    drop(engine);
+
+    // 2. EASE: λ × history decay, EASE alone.
+    let mut ease_trials = Vec::new();
+    let mut plain_ease = Vec::new();
+    for &lambda in &LAMBDAS {
+        build(&sp.val_train, &users, lambda)?;
+        let mut engine = Engine::open(
+            root,
+            Config {
+                users: users.clone(),
+                ..cfg.clone()
+            },
+            None,
+        )?;
+        engine.set_exact(true);
+        for &decay in &SOURCE_DECAYS {
+            engine.set_hybrid(only(
+                Source::Ease,
+                &HybridConfig {
+                    ease_decay: decay,
+                    ..cfg.hybrid.clone()
+                },
+            ));
+            let v = score(&engine, &sp.val, &val)?.summary.ndcg10;
+            trials.push(Trial {
+                stage: "ease",
+                setting: format!("lambda={lambda} decay={decay}"),
+                val_ndcg10: v,
+            });
+            ease_trials.push(((lambda, decay), v));
+            if decay == 1.0 {
+                plain_ease.push((lambda, v));
+            }
+        }
+    }
+    let ((lambda, ease_decay), _) = argmax(&ease_trials)?;
+    let (plain_lambda, _) = argmax(&plain_ease)?;
+
+    // 3. Transitions decay, transitions alone; then the fusion sweep on cached source lists.
+    build(&sp.val_train, &users, lambda)?;
+    let mut engine = Engine::open(
+        root,
+        Config {
+            users: users.clone(),
+            ..cfg.clone()
+        },
+        None,
+    )?;
+    engine.set_exact(true);
+    let mut tr_trials = Vec::new();
+    for &decay in &SOURCE_DECAYS {
+        engine.set_hybrid(only(
+            Source::Transitions,
+            &HybridConfig {
+                transitions_decay: decay,
+                ..cfg.hybrid.clone()
+            },
+        ));
+        let v = score(&engine, &sp.val, &val)?.summary.ndcg10;
+        trials.push(Trial {
+            stage: "transitions",
+            setting: format!("decay={decay}"),
+            val_ndcg10: v,
+        });
+        tr_trials.push((decay, v));
+    }
+    let (transitions_decay, _) = argmax(&tr_trials)?;
+    let tuned = HybridConfig {
+        ease_decay,
+        transitions_decay,
+        enabled: true,
+        ..cfg.hybrid.clone()
+    };
+    engine.set_hybrid(tuned.clone());
+    let truth = truth_sets(&engine, &sp.val)?;
+    let store = engine.index().store();
+    let cached: Vec<(Vec<crate::fusion::SourceList>, &HashSet<u32>)> = truth
+        .par_iter()
+        .map(|(u, t)| {
+            let hist: Vec<(u32, f32)> = histories[u]
+                .iter()
+                .map(|id| (store.internal_id(id).unwrap_or(0), 1.0))
+                .collect();
+            let seen: HashSet<u32> = hist.iter().map(|h| h.0).collect();
+            let lists = engine.source_lists(&hist, None, &Source::ALL, &|i| !seen.contains(&i))?;
+            Ok((lists, t))
+        })
+        .collect::<Result<_>>()?;
+    let mut fusion_trials = Vec::new();
+    let (wt, wc, wp) = FUSION_WEIGHTS;
+    for method in FusionMethod::ALL {
+        for &t_w in &wt {
+            for &c_w in &wc {
+                for &p_w in &wp {
+                    let weights = [1.0, t_w, c_w, p_w];
+                    let ndcg: f64 = cached
+                        .par_iter()
+                        .map(|(lists, truth)| {
+                            let mut l = lists.clone();
+                            for (x, w) in l.iter_mut().zip(weights) {
+                                x.weight = w;
+                            }
+                            let ranked: Vec<u32> = fuse(method, &l, tuned.rrf_k)
+                                .into_iter()
+                                .take(KS[1])
+                                .map(|e| e.0)
+                                .collect();
+                            user_metrics(&ranked, truth).ndcg[0]
+                        })
+                        .sum::<f64>()
+                        / cached.len().max(1) as f64;
+                    trials.push(Trial {
+                        stage: "fusion",
+                        setting: format!(
+                            "{} ease=1 transitions={t_w} content={c_w} popularity={p_w}",
+                            method.name()
+                        ),
+                        val_ndcg10: ndcg,
+                    });
+                    fusion_trials.push(((method, t_w, c_w, p_w), ndcg));
+                }
+            }
+        }
+    }
+    let ((fusion, t_w, c_w, p_w), _) = argmax(&fusion_trials)?;
+    let chosen_hybrid = HybridConfig {
+        fusion,
+        ease_weight: 1.0,
+        transitions_weight: t_w,
+        content_weight: c_w,
+        popularity_weight: p_w,
+        ..tuned
+    };
+    drop(cached);
+    drop(engine);
+
+    // 4. Refit on TRAIN with the chosen settings; score TEST once per row.
+    let train_seconds = build(&sp.train, &users, lambda)?;
     cfg.users = users;
+    cfg.hybrid = chosen_hybrid.clone();
     let mut engine = Engine::open(root, cfg.clone(), None)?;
     engine.set_exact(true);
-    let test = score(&engine, &sp.test, &Who::Stored)?;
+    let full = score(&engine, &sp.test, &Who::Stored)?;
     engine.set_exact(false);
-    let test_hnsw = score(&engine, &sp.test, &Who::Stored)?;
+    let full_hnsw = score(&engine, &sp.test, &Who::Stored)?;
+    engine.set_exact(true);
+    let mut ablation = Vec::new();
+    for s in Source::ALL {
+        engine.set_hybrid(only(s, &chosen_hybrid));
+        let r = score(&engine, &sp.test, &Who::Stored)?;
+        ablation.push(AblationRow {
+            model: format!("{} alone", s.name()),
+            metrics: r.summary,
+        });
+    }
+    engine.set_hybrid(HybridConfig {
+        enabled: false,
+        ..chosen_hybrid.clone()
+    });
+    let content_only = score(&engine, &sp.test, &Who::Stored)?;
+    ablation.push(AblationRow {
+        model: "content-only pipeline (issue 2)".into(),
+        metrics: content_only.summary,
+    });
+    ablation.push(AblationRow {
+        model: "fusion of all sources".into(),
+        metrics: full.summary.clone(),
+    });
+    drop(engine);
+
+    // vecrec's own EASE baseline: plain binary history, λ chosen on validation.
+    build(&sp.train, &cfg.users, plain_lambda)?;
+    let mut engine = Engine::open(root, cfg.clone(), None)?;
+    engine.set_exact(true);
+    engine.set_hybrid(only(
+        Source::Ease,
+        &HybridConfig {
+            ease_decay: 1.0,
+            ..chosen_hybrid.clone()
+        },
+    ));
+    let ease = score(&engine, &sp.test, &Who::Stored)?;
+    let diffs: Vec<f64> = full
+        .per_user_ndcg10
+        .iter()
+        .zip(&ease.per_user_ndcg10)
+        .map(|(a, b)| a - b)
+        .collect();
+    let (mean_diff, ci, n) = mean(diffs.into_iter());
+    ablation.insert(
+        0,
+        AblationRow {
+            model: format!("EASE (vecrec's own, λ={plain_lambda}, binary history)"),
+            metrics: ease.summary,
+        },
+    );
     Ok(EvalReport {
-        test,
-        test_hnsw,
+        test: full.summary,
+        test_hnsw: full_hnsw.summary,
         hnsw_ef: cfg.search.ef,
+        ablation,
+        paired_vs_ease: PairedDiff {
+            baseline: format!("EASE λ={plain_lambda}"),
+            mean: mean_diff,
+            ci95: ci,
+            users: n,
+        },
         chosen,
         validation_grid: grid,
+        chosen_hybrid,
+        chosen_ease_lambda: lambda,
+        trials,
         embed_texts_per_second: tps,
+        train_seconds,
         seconds: start.elapsed().as_secs_f64(),
-        pipeline: "content only: MiniLM item vectors, recency-weighted user profile, cosine nearest neighbours",
+        pipeline:
+            "hybrid: EASE + transitions + content + popularity candidates, fused (no reranker yet)",
     })
 }
 
@@ -367,36 +674,44 @@ fn tempfile_dir() -> Result<TempDir> {
 
 /// The table printed by `vecrec-eval`, with the peers' figures from EVAL.md.
 pub fn table(r: &EvalReport) -> String {
-    let t = &r.test;
-    let h = &r.test_hnsw;
     let mut s = String::new();
-    s.push_str("| model | NDCG@10 | NDCG@20 | Recall@10 | Recall@20 | P@10 | HR@10 | MAP@10 | Coverage@10 |\n");
-    s.push_str("|---|---|---|---|---|---|---|---|---|\n");
-    for (name, x) in [
-        ("vecrec content, exact ranking (protocol)", t),
-        ("vecrec content, served HNSW", h),
-    ] {
+    s.push_str("| model (TEST) | NDCG@10 | NDCG@20 | Recall@10 | Recall@20 | P@10 | F1@10 | HR@10 | MAP@10 | Coverage@10 |\n");
+    s.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
+    let mut rows: Vec<(String, &Summary)> = r
+        .ablation
+        .iter()
+        .map(|a| (a.model.clone(), &a.metrics))
+        .collect();
+    rows.push((
+        "full pipeline, served HNSW content search".into(),
+        &r.test_hnsw,
+    ));
+    for (name, x) in rows {
         s.push_str(&format!(
-            "| {name} | {:.4} ± {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.3} | {:.4} | {:.3} |\n",
-            x.ndcg10,
-            x.ndcg10_ci95,
-            x.ndcg20,
-            x.recall10,
-            x.recall20,
-            x.precision10,
-            x.hit10,
-            x.map10,
-            x.coverage10
+            "| {name} | {:.4} ± {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.3} | {:.4} | {:.3} |\n",
+            x.ndcg10, x.ndcg10_ci95, x.ndcg20, x.recall10, x.recall20, x.precision10, x.f1_10, x.hit10, x.map10, x.coverage10
         ));
     }
-    s.push_str("\nPeers (EVAL.md, same protocol): Popularity 0.0680 · ItemKNN 0.0929 · EASE 0.1047 ± 0.0117 · ALS 0.1064 ± 0.0119 · MiniLM content (last 2 items) 0.0181 · EASE+MiniLM 0.1069 ± 0.0124 (NDCG@10)\n");
+    s.push_str("\nPeers (EVAL.md, same protocol, NDCG@10): Popularity 0.0680 · ItemKNN 0.0929 · EASE 0.1047 ± 0.0117 · ALS 0.1064 ± 0.0119 · MiniLM content 0.0181 · EASE+MiniLM 0.1069 ± 0.0124\n");
+    let p = &r.paired_vs_ease;
     s.push_str(&format!(
-        "users evaluated: {}; chosen on validation: decay = {}, max_items = {} (val NDCG@10 {:.4}, {} settings tried)\n",
-        t.users,
+        "paired NDCG@10 difference, full pipeline − {}: {:+.4} ± {:.4} (95%, {} users)\n",
+        p.baseline, p.mean, p.ci95, p.users
+    ));
+    let h = &r.chosen_hybrid;
+    s.push_str(&format!(
+        "chosen on validation ({} settings): content profile decay={} max_items={}; EASE λ={} decay={}; transitions decay={}; fusion {} with weights ease={} transitions={} content={} popularity={}\n",
+        r.validation_grid.len() + r.trials.len(),
         r.chosen.decay,
         r.chosen.max_items,
-        r.chosen.val_ndcg10,
-        r.validation_grid.len()
+        r.chosen_ease_lambda,
+        h.ease_decay,
+        h.transitions_decay,
+        h.fusion.name(),
+        h.ease_weight,
+        h.transitions_weight,
+        h.content_weight,
+        h.popularity_weight
     ));
     s
 }

@@ -15,9 +15,11 @@ pub mod engine;
 pub mod error;
 pub mod eval;
 pub mod filter;
+pub mod fusion;
 pub mod grpc;
 pub mod movielens;
 pub mod pipeline;
+pub mod retrieve;
 pub mod sample;
 pub mod users;
 

@@ -14,6 +14,7 @@ use crate::catalog::{CatalogItem, Interaction};
 use crate::config::UserConfig;
 use crate::encoder::Encoder;
 use crate::error::Result;
+use crate::retrieve::sparse::SparseRows;
 use crate::users::write_profiles;
 
 /// Options of a build.
@@ -27,6 +28,8 @@ pub struct BuildOptions {
     pub keep_generations: usize,
     /// Draw progress bars on stderr.
     pub progress: bool,
+    /// Training of the interaction-based sources; `None` skips them (content only).
+    pub train: Option<crate::retrieve::TrainOptions>,
 }
 
 impl Default for BuildOptions {
@@ -36,6 +39,7 @@ impl Default for BuildOptions {
             users: UserConfig::default(),
             keep_generations: 3,
             progress: true,
+            train: Some(crate::retrieve::TrainOptions::default()),
         }
     }
 }
@@ -59,6 +63,8 @@ pub struct BuildReport {
     pub texts_per_second: f64,
     /// Seconds spent building the graph.
     pub hnsw_seconds: f64,
+    /// Seconds spent training EASE and transitions.
+    pub train_seconds: f64,
     /// Seconds for the whole build.
     pub total_seconds: f64,
 }
@@ -155,6 +161,18 @@ pub fn build_generation(
         .collect();
     users.sort_by(|a, b| a.0.cmp(&b.0));
     let with_profile = write_profiles(writer.dir(), &store, &users, &opts.users)?;
+    let t_train = Instant::now();
+    if let Some(train) = &opts.train {
+        let histories: Vec<Vec<u32>> = users
+            .iter()
+            .map(|u| u.1.iter().map(|x| x.0).collect())
+            .collect();
+        let ease = crate::retrieve::train_ease(&histories, store.len(), train)?;
+        SparseRows::write(writer.dir(), "ease", &ease)?;
+        let transitions = crate::retrieve::train_transitions(&histories, store.len(), train);
+        SparseRows::write(writer.dir(), "transitions", &transitions)?;
+    }
+    let train_seconds = t_train.elapsed().as_secs_f64();
     drop(store);
     let generation = writer.commit()?;
     prune(root, opts.keep_generations)?;
@@ -167,6 +185,7 @@ pub fn build_generation(
         embed_seconds: 0.0,
         texts_per_second: 0.0,
         hnsw_seconds: manifest.hnsw_build_seconds,
+        train_seconds,
         total_seconds: start.elapsed().as_secs_f64(),
     })
 }

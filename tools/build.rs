@@ -53,6 +53,9 @@ struct Args {
     /// Generations to keep, the new one included.
     #[arg(long, default_value_t = 3)]
     keep: usize,
+    /// Skip training the interaction-based sources (EASE, transitions): content only.
+    #[arg(long)]
+    content_only: bool,
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
@@ -93,11 +96,12 @@ fn run() -> anyhow::Result<()> {
         users: cfg.users.clone(),
         keep_generations: a.keep,
         progress: !a.quiet,
+        train: (!a.content_only).then(|| cfg.train.clone()),
     };
     let report =
         build(&a.out, &encoder, &items, &interactions, &opts).context("building the index")?;
     println!(
-        "built {} ({} items, {} users, {} interactions{}) in {:.1}s: embedding {:.1}s ({:.0} texts/s), hnsw {:.1}s",
+        "built {} ({} items, {} users, {} interactions{}) in {:.1}s: embedding {:.1}s ({:.0} texts/s), hnsw {:.1}s, sources {:.1}s",
         report.generation.display(),
         report.items,
         report.users,
@@ -110,7 +114,8 @@ fn run() -> anyhow::Result<()> {
         start.elapsed().as_secs_f64(),
         report.embed_seconds,
         report.texts_per_second,
-        report.hnsw_seconds
+        report.hnsw_seconds,
+        report.train_seconds
     );
     Ok(())
 }

@@ -85,6 +85,19 @@ fn to_filter(f: Option<pb::AttributeFilter>) -> Result<Option<Filter>, Error> {
     }))
 }
 
+fn fusion_method(code: i32) -> Result<Option<crate::fusion::FusionMethod>, Error> {
+    use crate::fusion::FusionMethod as F;
+    Ok(match pb::Fusion::try_from(code) {
+        Ok(pb::Fusion::Default) => None,
+        Ok(pb::Fusion::WeightedMinmax) => Some(F::WeightedMinmax),
+        Ok(pb::Fusion::WeightedZscore) => Some(F::WeightedZscore),
+        Ok(pb::Fusion::Geometric) => Some(F::Geometric),
+        Ok(pb::Fusion::Rrf) => Some(F::Rrf),
+        Ok(pb::Fusion::Borda) => Some(F::Borda),
+        Err(_) => return Err(Error::invalid(format!("unknown fusion method {code}"))),
+    })
+}
+
 fn scored(engine: &Engine, items: Vec<Scored>) -> Vec<pb::ScoredItem> {
     let store = engine.index().store();
     items
@@ -108,6 +121,7 @@ impl Recommender for Service {
         let items = self
             .run(move |e| {
                 let opts = RecommendOptions {
+                    fusion: fusion_method(r.fusion)?,
                     k: r.k as usize,
                     include_seen: r.include_seen,
                     filter,

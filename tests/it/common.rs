@@ -68,8 +68,16 @@ pub fn sample_index() -> &'static SampleIndex {
     })
 }
 
+/// The engine as configured by default (hybrid pipeline when the index has trained sources).
 pub fn engine(root: &Path) -> Arc<Engine> {
     Arc::new(Engine::open(root, Config::default(), Some(encoder())).unwrap())
+}
+
+/// The engine with the hybrid pipeline switched off: content vectors only.
+pub fn content_engine(root: &Path) -> Arc<Engine> {
+    let mut cfg = Config::default();
+    cfg.hybrid.enabled = false;
+    Arc::new(Engine::open(root, cfg, Some(encoder())).unwrap())
 }
 
 /// Planted favourite categories per user, from the sample's users.csv.

@@ -7,14 +7,24 @@ use vecrec::engine::{RecommendOptions, UserRef};
 use vecrec::filter::Filter;
 use vecrec::Error;
 
-use crate::common::{engine, favourites, sample_index};
+use crate::common::{content_engine, engine, favourites, sample_index};
 
 /// Recommendations recover the planted tastes: on average at least 70% of a
-/// user's top 10 lie in their favourite categories (chance is about 12%).
+/// user's top 10 lie in their favourite categories (chance is about 12%), for
+/// the content-only pipeline and for the hybrid one.
 #[test]
 fn recommendations_follow_planted_tastes() {
     let s = sample_index();
-    let e = engine(&s.root);
+    let content = content_engine(&s.root);
+    let hybrid = engine(&s.root);
+    assert!(!content.is_hybrid() && hybrid.is_hybrid());
+    for e in [content, hybrid] {
+        planted_taste_share(&e);
+    }
+}
+
+fn planted_taste_share(e: &vecrec::engine::Engine) {
+    let s = sample_index();
     let items = read_catalog(&s.data.join("catalog.jsonl")).unwrap();
     let cats: HashMap<String, Vec<String>> = items
         .into_iter()
@@ -49,7 +59,10 @@ fn recommendations_follow_planted_tastes() {
         total += recs.len();
     }
     let share = hits as f64 / total as f64;
-    eprintln!("share of top-10 in planted favourite categories: {share:.3}");
+    eprintln!(
+        "share of top-10 in planted favourite categories (hybrid: {}): {share:.3}",
+        e.is_hybrid()
+    );
     assert!(
         share >= 0.7,
         "only {share:.3} of recommendations match planted tastes"
@@ -59,7 +72,7 @@ fn recommendations_follow_planted_tastes() {
 #[test]
 fn explicit_history_and_options() {
     let s = sample_index();
-    let e = engine(&s.root);
+    let e = content_engine(&s.root);
     let first = e.index().store().external_id(0).to_owned();
     let hist = vec![first.clone()];
     let recs = e
@@ -199,4 +212,78 @@ fn precomputed_and_on_the_fly_profiles_agree() {
             b.iter().map(|x| &x.id).collect::<Vec<_>>()
         );
     }
+}
+
+/// Every fusion method answers k unseen items; the sources run over the same
+/// history; a filter holds on the hybrid path too.
+#[test]
+fn hybrid_pipeline_fuses_every_source() {
+    use vecrec::engine::Source;
+    use vecrec::fusion::FusionMethod;
+    let s = sample_index();
+    let e = engine(&s.root);
+    let user = e.users().id(1).to_owned();
+    let u = e.users().lookup(&user).unwrap();
+    let seen: Vec<u32> = e.users().history(u).iter().map(|h| h.0).collect();
+    let lists = e
+        .source_lists(&e.users().history(u), None, &Source::ALL, &|i| {
+            !seen.contains(&i)
+        })
+        .unwrap();
+    assert_eq!(lists.len(), 4);
+    for l in &lists {
+        assert!(!l.items.is_empty(), "{} gave no candidates", l.name);
+        assert!(
+            l.items.iter().all(|c| !seen.contains(&c.0)),
+            "{} returned a seen item",
+            l.name
+        );
+        assert!(
+            l.items.windows(2).all(|w| w[0].1 >= w[1].1),
+            "{} not sorted",
+            l.name
+        );
+    }
+    for m in FusionMethod::ALL {
+        let recs = e
+            .recommend(
+                UserRef::Id(&user),
+                &RecommendOptions {
+                    k: 10,
+                    fusion: Some(m),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(recs.len(), 10, "{}", m.name());
+        assert!(
+            recs.iter().all(|r| !seen.contains(&r.internal)),
+            "{}",
+            m.name()
+        );
+        assert!(
+            recs.windows(2).all(|w| w[0].score >= w[1].score),
+            "{}",
+            m.name()
+        );
+    }
+    let cat = e.index().store().meta(0).categories[0].clone();
+    let filter = Filter {
+        categories_any: vec![cat.clone()],
+        ..Default::default()
+    };
+    let recs = e
+        .recommend(
+            UserRef::Id(&user),
+            &RecommendOptions {
+                k: 10,
+                filter: Some(filter),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert!(!recs.is_empty());
+    assert!(recs
+        .iter()
+        .all(|r| e.item_meta(&r.id).unwrap().categories.contains(&cat)));
 }

@@ -1,0 +1,290 @@
+//! Candidate sources trained from interactions and stored in the generation:
+//!
+//! - **EASE** (Steck, "Embarrassingly Shallow Autoencoders for Sparse Data",
+//!   WWW 2019): the closed form `B = I − P·diag(1/diag P)`, `P = (XᵀX + λI)⁻¹`,
+//!   solved by a Cholesky factorisation (faer). It needs an items × items
+//!   dense matrix, so it is limited to [`TrainOptions::ease_max_items`] items
+//!   (20,000 by default, ~3.2 GB in f64 while training); larger catalogues
+//!   fall back to their most popular items, and the other sources cover the
+//!   rest. Each row of `B` is pruned to its `ease_keep` largest weights.
+//! - **Transitions**: item-to-item co-occurrence in time order: item `b`
+//!   following item `a` within `window` steps of a user's history adds `1/gap`
+//!   (time decay by position), rows normalised by `sum + 1`.
+//! - **Popularity**: interaction counts.
+//! - **Content**: the HNSW search of the user vector (in the engine).
+//!
+//! At query time a user's history is turned into a recency-weighted indicator
+//! `x_j = decay^a` (`a` = steps back from the newest interaction with `j`) and a
+//! source scores `Σ_j x_j · row_j`.
+
+pub mod sparse;
+
+use std::collections::HashMap;
+
+use faer::linalg::solvers::DenseSolveCore;
+use faer::{Mat, Side};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use sparse::prune_row;
+
+/// Training options of the interaction-based sources.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainOptions {
+    /// EASE L2 regularisation λ. Default 200.
+    pub ease_lambda: f32,
+    /// Weights kept per EASE row. Default 500.
+    pub ease_keep: usize,
+    /// Largest catalogue EASE is solved for; beyond it, the most popular items. Default 20000.
+    pub ease_max_items: usize,
+    /// Steps after an item that count as its transitions. Default 5.
+    pub transitions_window: usize,
+    /// Weights kept per transitions row. Default 200.
+    pub transitions_keep: usize,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        Self {
+            ease_lambda: 200.0,
+            ease_keep: 500,
+            ease_max_items: 20_000,
+            transitions_window: 5,
+            transitions_keep: 200,
+        }
+    }
+}
+
+/// Interaction counts per item.
+pub fn popularity(histories: &[Vec<u32>], n: usize) -> Vec<f32> {
+    let mut c = vec![0f32; n];
+    for h in histories {
+        for &i in h {
+            c[i as usize] += 1.0;
+        }
+    }
+    c
+}
+
+/// EASE rows (pruned), one per item of the catalogue of `n` items.
+pub fn train_ease(
+    histories: &[Vec<u32>],
+    n: usize,
+    opts: &TrainOptions,
+) -> Result<Vec<Vec<(u32, f32)>>> {
+    if !(opts.ease_lambda > 0.0) {
+        return Err(Error::invalid(format!(
+            "ease_lambda must be > 0, got {}",
+            opts.ease_lambda
+        )));
+    }
+    // The items EASE covers: all, or the most popular ones.
+    let pop = popularity(histories, n);
+    let mut items: Vec<u32> = (0..n as u32).filter(|&i| pop[i as usize] > 0.0).collect();
+    if items.len() > opts.ease_max_items {
+        items.sort_by(|a, b| pop[*b as usize].total_cmp(&pop[*a as usize]).then(a.cmp(b)));
+        items.truncate(opts.ease_max_items);
+        items.sort_unstable();
+        tracing::warn!(
+            kept = items.len(),
+            n,
+            "EASE limited to the most popular items"
+        );
+    }
+    let m = items.len();
+    let local: HashMap<u32, usize> = items.iter().enumerate().map(|(k, &i)| (i, k)).collect();
+    let mut g = Mat::<f64>::zeros(m, m);
+    for h in histories {
+        let mut l: Vec<usize> = h.iter().filter_map(|i| local.get(i).copied()).collect();
+        l.sort_unstable();
+        l.dedup();
+        for &a in &l {
+            for &b in &l {
+                g[(a, b)] += 1.0;
+            }
+        }
+    }
+    for d in 0..m {
+        g[(d, d)] += opts.ease_lambda as f64;
+    }
+    let p = g
+        .llt(Side::Lower)
+        .map_err(|e| Error::invalid(format!("EASE: Gram matrix is not positive definite: {e:?}")))?
+        .inverse();
+    drop(g);
+    let diag: Vec<f64> = (0..m).map(|j| p[(j, j)]).collect();
+    let local_rows: Vec<Vec<(u32, f32)>> = (0..m)
+        .into_par_iter()
+        .map(|a| {
+            let row: Vec<f32> = (0..m)
+                .map(|b| {
+                    if a == b {
+                        0.0
+                    } else {
+                        (-p[(a, b)] / diag[b]) as f32
+                    }
+                })
+                .collect();
+            prune_row(&row, opts.ease_keep)
+                .into_iter()
+                .map(|(b, w)| (items[b as usize], w))
+                .collect()
+        })
+        .collect();
+    let mut rows = vec![Vec::new(); n];
+    for (k, r) in local_rows.into_iter().enumerate() {
+        rows[items[k] as usize] = r;
+    }
+    Ok(rows)
+}
+
+/// Time-ordered co-occurrence rows.
+pub fn train_transitions(
+    histories: &[Vec<u32>],
+    n: usize,
+    opts: &TrainOptions,
+) -> Vec<Vec<(u32, f32)>> {
+    let mut rows: Vec<HashMap<u32, f32>> = vec![HashMap::new(); n];
+    for h in histories {
+        for (a, &i) in h.iter().enumerate() {
+            for gap in 1..=opts.transitions_window {
+                let Some(&j) = h.get(a + gap) else { break };
+                if j != i {
+                    *rows[i as usize].entry(j).or_default() += 1.0 / gap as f32;
+                }
+            }
+        }
+    }
+    rows.into_par_iter()
+        .map(|r| {
+            let total: f32 = r.values().sum();
+            let mut dense: Vec<(u32, f32)> =
+                r.into_iter().map(|(j, w)| (j, w / (total + 1.0))).collect();
+            if dense.len() > opts.transitions_keep {
+                dense.select_nth_unstable_by(opts.transitions_keep, |a, b| b.1.total_cmp(&a.1));
+                dense.truncate(opts.transitions_keep);
+            }
+            dense.sort_unstable_by_key(|e| e.0);
+            dense
+        })
+        .collect()
+}
+
+/// The recency-weighted indicator of a history (oldest first): item → decay^steps-back,
+/// the most recent occurrence counting.
+pub fn recency_weights(history: &[u32], decay: f32) -> Vec<(u32, f32)> {
+    let mut seen: HashMap<u32, f32> = HashMap::new();
+    let mut w = 1f32;
+    for &i in history.iter().rev() {
+        seen.entry(i).or_insert(w);
+        w *= decay;
+    }
+    let mut v: Vec<(u32, f32)> = seen.into_iter().collect();
+    v.sort_unstable_by_key(|e| e.0);
+    v
+}
+
+/// The `n` best entries of a dense score vector that `accept` allows, best
+/// first, ties towards the lower id; entries that are not finite or are zero
+/// are not candidates.
+pub fn top_n(scores: &[f32], n: usize, accept: &dyn Fn(u32) -> bool) -> Vec<(u32, f32)> {
+    let mut v: Vec<(u32, f32)> = scores
+        .iter()
+        .enumerate()
+        .filter(|(i, s)| s.is_finite() && **s != 0.0 && accept(*i as u32))
+        .map(|(i, s)| (i as u32, *s))
+        .collect();
+    let cmp = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    if v.len() > n {
+        v.select_nth_unstable_by(n, cmp);
+        v.truncate(n);
+    }
+    v.sort_unstable_by(cmp);
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// EASE against a naive dense solve on a tiny catalogue: B = I − P/diag(P).
+    #[test]
+    fn ease_matches_the_closed_form() {
+        let h = vec![vec![0, 1, 2], vec![0, 1], vec![1, 2, 3], vec![3, 0]];
+        let opts = TrainOptions {
+            ease_lambda: 1.0,
+            ease_keep: 10,
+            ..Default::default()
+        };
+        let rows = train_ease(&h, 4, &opts).unwrap();
+        // Naive: G + λI, Gauss-Jordan inverse.
+        let n = 4;
+        let mut a = vec![vec![0f64; 2 * n]; n];
+        for u in &h {
+            for &i in u {
+                for &j in u {
+                    a[i as usize][j as usize] += 1.0;
+                }
+            }
+        }
+        for i in 0..n {
+            a[i][i] += 1.0;
+            a[i][n + i] = 1.0;
+        }
+        for c in 0..n {
+            let piv = a[c][c];
+            for x in a[c].iter_mut() {
+                *x /= piv;
+            }
+            for r in 0..n {
+                if r != c {
+                    let f = a[r][c];
+                    let pivot_row = a[c].clone();
+                    for (x, y) in a[r].iter_mut().zip(pivot_row) {
+                        *x -= f * y;
+                    }
+                }
+            }
+        }
+        for i in 0..n {
+            for j in 0..n {
+                let want = if i == j {
+                    0.0
+                } else {
+                    -a[i][n + j] / a[j][n + j]
+                };
+                let got = rows[i]
+                    .iter()
+                    .find(|e| e.0 == j as u32)
+                    .map_or(0.0, |e| e.1 as f64);
+                assert!(
+                    (got - want).abs() < 1e-5,
+                    "B[{i}][{j}] = {got}, want {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn transitions_decay_with_the_gap() {
+        let rows = train_transitions(&[vec![0, 1, 2]], 3, &TrainOptions::default());
+        let w = |a: usize, b: u32| rows[a].iter().find(|e| e.0 == b).map_or(0.0, |e| e.1);
+        // From 0: 1 at gap 1 (weight 1), 2 at gap 2 (weight 0.5); normalised by 1.5 + 1.
+        assert!((w(0, 1) - 1.0 / 2.5).abs() < 1e-6);
+        assert!((w(0, 2) - 0.5 / 2.5).abs() < 1e-6);
+        assert!(rows[2].is_empty());
+    }
+
+    #[test]
+    fn recency_and_top_n() {
+        assert_eq!(
+            recency_weights(&[5, 7, 5, 9], 0.5),
+            vec![(5, 0.5), (7, 0.25), (9, 1.0)]
+        );
+        let s = [0.0, 3.0, 1.0, 3.0, f32::NAN, 2.0];
+        assert_eq!(top_n(&s, 3, &|_| true), vec![(1, 3.0), (3, 3.0), (5, 2.0)]);
+        assert_eq!(top_n(&s, 2, &|i| i != 1), vec![(3, 3.0), (5, 2.0)]);
+    }
+}
