@@ -36,6 +36,8 @@ pub struct Config {
 
 /// The multi-source `Recommend` pipeline: candidates from every source with a
 /// positive weight, fused. Used when the generation holds the trained sources.
+/// The defaults are the settings `vecrec-eval` chose on the ml-latest-small
+/// validation split.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct HybridConfig {
@@ -43,21 +45,21 @@ pub struct HybridConfig {
     pub enabled: bool,
     /// Candidates taken from each source. Default 200.
     pub candidates: usize,
-    /// How the sources are fused. Default `weighted_minmax`.
+    /// How the sources are fused. Default `geometric`.
     pub fusion: crate::fusion::FusionMethod,
     /// The `k` of reciprocal-rank fusion. Default 60.
     pub rrf_k: f32,
     /// Weight of the EASE source. Default 1.
     pub ease_weight: f32,
-    /// Weight of the transitions source. Default 0.25.
+    /// Weight of the transitions source. Default 0.5.
     pub transitions_weight: f32,
-    /// Weight of the content (BERT vector) source. Default 0.
+    /// Weight of the content (BERT vector) source. Default 0.1.
     pub content_weight: f32,
     /// Weight of the popularity source. Default 0.
     pub popularity_weight: f32,
     /// Recency decay of the history for EASE, in (0, 1]. Default 0.8.
     pub ease_decay: f32,
-    /// Recency decay of the history for transitions, in (0, 1]. Default 0.5.
+    /// Recency decay of the history for transitions, in (0, 1]. Default 0.7.
     pub transitions_decay: f32,
 }
 
@@ -66,14 +68,14 @@ impl Default for HybridConfig {
         Self {
             enabled: true,
             candidates: 200,
-            fusion: crate::fusion::FusionMethod::WeightedMinmax,
+            fusion: crate::fusion::FusionMethod::Geometric,
             rrf_k: 60.0,
             ease_weight: 1.0,
-            transitions_weight: 0.25,
-            content_weight: 0.0,
+            transitions_weight: 0.5,
+            content_weight: 0.1,
             popularity_weight: 0.0,
             ease_decay: 0.8,
-            transitions_decay: 0.5,
+            transitions_decay: 0.7,
         }
     }
 }
@@ -279,7 +281,8 @@ impl Config {
             ));
         }
         let h = &self.hybrid;
-        if h.candidates == 0 || !(h.rrf_k > 0.0) {
+        let rrf_k_ok = h.rrf_k > 0.0 && h.rrf_k.is_finite();
+        if h.candidates == 0 || !rrf_k_ok {
             return bad("hybrid.candidates and hybrid.rrf_k must be positive".into());
         }
         for (name, w) in [

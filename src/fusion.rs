@@ -127,21 +127,19 @@ pub fn fuse(method: FusionMethod, lists: &[SourceList], rrf_k: f32) -> Vec<(u32,
         .iter()
         .filter(|l| l.weight > 0.0 && !l.items.is_empty())
         .collect();
-    let mut fused: HashMap<u32, f32> = HashMap::new();
-    let parts: Vec<(Vec<(u32, f32)>, f32, f32)> = active
+    // Each list's contributions as a map, and what it gives an item it lacks.
+    let parts: Vec<(HashMap<u32, f32>, f32, f32)> = active
         .iter()
         .map(|l| {
             let (c, missing) = contributions(method, l, rrf_k);
-            (c, missing, l.weight)
+            (c.into_iter().collect(), missing, l.weight)
         })
         .collect();
-    for (c, _, _) in &parts {
-        for &(i, _) in c {
-            fused.entry(i).or_insert(0.0);
-        }
-    }
-    for (c, missing, w) in &parts {
-        let present: HashMap<u32, f32> = c.iter().copied().collect();
+    let mut fused: HashMap<u32, f32> = parts
+        .iter()
+        .flat_map(|p| p.0.keys().map(|&i| (i, 0.0)))
+        .collect();
+    for (present, missing, w) in &parts {
         for (i, total) in fused.iter_mut() {
             *total += w * present.get(i).copied().unwrap_or(*missing);
         }
