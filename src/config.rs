@@ -53,10 +53,12 @@ pub struct HybridConfig {
     pub ease_weight: f32,
     /// Weight of the transitions source. Default 0.5.
     pub transitions_weight: f32,
-    /// Weight of the content (BERT vector) source. Default 0.1.
+    /// Weight of the content (BERT vector) source. Default 0.2.
     pub content_weight: f32,
     /// Weight of the popularity source. Default 0.
     pub popularity_weight: f32,
+    /// Weight of the ALS source. Default 0.5.
+    pub als_weight: f32,
     /// Recency decay of the history for EASE, in (0, 1]. Default 0.8.
     pub ease_decay: f32,
     /// Recency decay of the history for transitions, in (0, 1]. Default 0.7.
@@ -72,8 +74,9 @@ impl Default for HybridConfig {
             rrf_k: 60.0,
             ease_weight: 1.0,
             transitions_weight: 0.5,
-            content_weight: 0.1,
+            content_weight: 0.2,
             popularity_weight: 0.0,
+            als_weight: 0.5,
             ease_decay: 0.8,
             transitions_decay: 0.7,
         }
@@ -290,6 +293,7 @@ impl Config {
             ("transitions_weight", h.transitions_weight),
             ("content_weight", h.content_weight),
             ("popularity_weight", h.popularity_weight),
+            ("als_weight", h.als_weight),
         ] {
             if !(w >= 0.0 && w.is_finite()) {
                 return bad(format!(

@@ -27,15 +27,18 @@ pub enum Source {
     Content,
     /// Interaction counts.
     Popularity,
+    /// ALS factors, searched in their own HNSW index.
+    Als,
 }
 
 impl Source {
     /// All sources.
-    pub const ALL: [Source; 4] = [
+    pub const ALL: [Source; 5] = [
         Source::Ease,
         Source::Transitions,
         Source::Content,
         Source::Popularity,
+        Source::Als,
     ];
 
     /// Stable name.
@@ -45,6 +48,7 @@ impl Source {
             Source::Transitions => "transitions",
             Source::Content => "content",
             Source::Popularity => "popularity",
+            Source::Als => "als",
         }
     }
 }
@@ -55,6 +59,11 @@ struct Trained {
     ease: SparseRows,
     transitions: SparseRows,
     popularity: Vec<f32>,
+    als: Index,
+    /// User factors, users × factors.
+    als_users: Vec<f32>,
+    /// `YᵀY` of the item factors, for folding in new histories.
+    als_gram: Vec<f64>,
 }
 
 /// One ranked item.
@@ -132,10 +141,29 @@ impl Engine {
             let histories: Vec<Vec<u32>> = (0..users.len() as u32)
                 .map(|u| users.history(u).iter().map(|h| h.0).collect())
                 .collect();
+            let als = Index::open(&index.dir().join(crate::pipeline::ALS_DIR))?;
+            let f = als.store().dim();
+            let uf = vecrec_index::format::CheckedFile::open(
+                &index.dir().join(crate::pipeline::ALS_USERS_FILE),
+                vecrec_index::format::Kind::VECTORS,
+                true,
+            )?;
+            let als_users: Vec<f32> = uf.payload_as::<f32>()?.to_vec();
+            if als.store().len() != n || als_users.len() != users.len() * f {
+                return Err(vecrec_index::IndexError::Corrupt {
+                    path: index.dir().to_owned(),
+                    reason: format!("ALS factors for {} items and {} user values disagree with {n} items and {} users", als.store().len(), als_users.len(), users.len()),
+                }
+                .into());
+            }
+            let als_gram = crate::retrieve::als::gram(als.store().vectors(), f);
             Some(Trained {
                 ease: SparseRows::open(index.dir(), "ease", n)?,
                 transitions: SparseRows::open(index.dir(), "transitions", n)?,
                 popularity: popularity(&histories, n),
+                als,
+                als_users,
+                als_gram,
             })
         } else {
             None
@@ -290,15 +318,18 @@ impl Engine {
             Source::Transitions => h.transitions_weight,
             Source::Content => h.content_weight,
             Source::Popularity => h.popularity_weight,
+            Source::Als => h.als_weight,
         }
     }
 
     /// The candidates of each source in `which` for a history (internal ids with
     /// weights, oldest first), computed in parallel; `accept` filters items.
+    /// `user` is the user's number when the history is the stored one, so
+    /// precomputed vectors can be used.
     pub fn source_lists(
         &self,
         history: &[(u32, f32)],
-        precomputed: Option<&[f32]>,
+        user: Option<u32>,
         which: &[Source],
         accept: &(dyn Fn(u32) -> bool + Sync),
     ) -> Result<Vec<SourceList>> {
@@ -326,8 +357,47 @@ impl Engine {
                     Source::Ease => dense(&trained.ease, h.ease_decay),
                     Source::Transitions => dense(&trained.transitions, h.transitions_decay),
                     Source::Popularity => top_n(&trained.popularity, n, accept),
+                    Source::Als => {
+                        let f = trained.als.store().dim();
+                        let x = match user {
+                            Some(u) => {
+                                trained.als_users[u as usize * f..(u as usize + 1) * f].to_vec()
+                            }
+                            None => {
+                                let mut obs = ids.clone();
+                                obs.sort_unstable();
+                                obs.dedup();
+                                let opts = crate::retrieve::als::AlsOptions {
+                                    factors: f,
+                                    ..self.cfg.train.als.clone()
+                                };
+                                crate::retrieve::als::solve_row(
+                                    trained.als.store().vectors(),
+                                    &trained.als_gram,
+                                    &obs,
+                                    &opts,
+                                )
+                            }
+                        };
+                        if x.iter().all(|v| *v == 0.0) {
+                            Vec::new()
+                        } else {
+                            let params = SearchParams {
+                                k: n,
+                                ef: self.cfg.search.ef.max(n),
+                                exact: self.cfg.search.exact,
+                            };
+                            let (found, _) = trained.als.search(&x, &params, Some(accept))?;
+                            found.into_iter().map(|f| (f.id, -f.distance)).collect()
+                        }
+                    }
                     Source::Content => {
-                        let v = match precomputed {
+                        let pre = if self.use_precomputed {
+                            user.and_then(|u| self.users.vector(u))
+                        } else {
+                            None
+                        };
+                        let v = match pre {
                             Some(v) => v.to_vec(),
                             None => match profile(self.index.store(), history, &self.cfg.users) {
                                 Some(v) => v,
@@ -366,7 +436,7 @@ impl Engine {
     pub fn recommend(&self, who: UserRef<'_>, opts: &RecommendOptions) -> Result<Vec<Scored>> {
         let k = self.check_k(opts.k)?;
         let store = self.index.store();
-        let (history, precomputed) = match who {
+        let (history, precomputed, user_number) = match who {
             UserRef::Id(user) => {
                 let u = self.users.lookup(user).ok_or_else(|| Error::NotFound {
                     kind: "user",
@@ -377,7 +447,7 @@ impl Engine {
                 } else {
                     None
                 };
-                (self.users.history(u), pre)
+                (self.users.history(u), pre, Some(u))
             }
             UserRef::History(items) => {
                 if items.is_empty() {
@@ -394,7 +464,7 @@ impl Engine {
                     .iter()
                     .map(|id| self.item(id).map(|i| (i, 1.0)))
                     .collect::<Result<Vec<_>>>()?;
-                (h, None)
+                (h, None, None)
             }
         };
         if self.is_hybrid() {
@@ -410,7 +480,7 @@ impl Engine {
                 .into_iter()
                 .filter(|s| self.weight(*s) > 0.0)
                 .collect();
-            let lists = self.source_lists(&history, precomputed, &which, &accept)?;
+            let lists = self.source_lists(&history, user_number, &which, &accept)?;
             let method = opts.fusion.unwrap_or(self.cfg.hybrid.fusion);
             return Ok(fuse(method, &lists, self.cfg.hybrid.rrf_k)
                 .into_iter()

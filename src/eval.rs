@@ -293,6 +293,8 @@ pub struct EvalReport {
     pub chosen_hybrid: crate::config::HybridConfig,
     /// The chosen EASE λ.
     pub chosen_ease_lambda: f32,
+    /// The chosen ALS settings.
+    pub chosen_als: crate::retrieve::als::AlsOptions,
     /// Every validated source and fusion setting, in order.
     pub trials: Vec<Trial>,
     /// Item texts embedded per second.
@@ -314,11 +316,21 @@ pub const LAMBDAS: [f32; 3] = [100.0, 200.0, 400.0];
 /// History recency decays of EASE and transitions tried on validation.
 pub const SOURCE_DECAYS: [f32; 5] = [1.0, 0.9, 0.8, 0.7, 0.5];
 /// Fusion weights of transitions, content and popularity tried (EASE weighs 1).
-pub const FUSION_WEIGHTS: ([f32; 4], [f32; 4], [f32; 3]) = (
+pub const FUSION_WEIGHTS: ([f32; 4], [f32; 3], [f32; 2], [f32; 4]) = (
     [0.0, 0.1, 0.25, 0.5],
-    [0.0, 0.05, 0.1, 0.2],
-    [0.0, 0.05, 0.1],
+    [0.0, 0.1, 0.2],
+    [0.0, 0.05],
+    [0.0, 0.25, 0.5, 1.0],
 );
+/// ALS (regularisation, alpha) tried on validation.
+pub const ALS_GRID: [(f32, f32); 6] = [
+    (5.0, 1.0),
+    (10.0, 1.0),
+    (10.0, 4.0),
+    (20.0, 4.0),
+    (10.0, 10.0),
+    (50.0, 10.0),
+];
 
 fn only(
     source: crate::engine::Source,
@@ -330,6 +342,7 @@ fn only(
         transitions_weight: (source == Source::Transitions) as u8 as f32,
         content_weight: (source == Source::Content) as u8 as f32,
         popularity_weight: (source == Source::Popularity) as u8 as f32,
+        als_weight: (source == Source::Als) as u8 as f32,
         ..base.clone()
     }
 }
@@ -346,6 +359,7 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
     use crate::config::HybridConfig;
     use crate::engine::Source;
     use crate::fusion::{fuse, FusionMethod};
+    use crate::retrieve::als::AlsOptions;
     use crate::retrieve::TrainOptions;
 
     let start = Instant::now();
@@ -371,12 +385,17 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
             &tmp.0
         }
     };
-    let build = |interactions: &[Triple], users: &UserConfig, lambda: f32| -> Result<f64> {
+    let build = |interactions: &[Triple],
+                 users: &UserConfig,
+                 lambda: f32,
+                 als: &AlsOptions|
+     -> Result<f64> {
         let bo = BuildOptions {
             users: users.clone(),
             progress: opts.progress,
             train: Some(TrainOptions {
                 ease_lambda: lambda,
+                als: als.clone(),
                 ..cfg.train.clone()
             }),
             ..Default::default()
@@ -406,7 +425,8 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
     let mut trials = Vec::new();
 
     // 1. Content profile: exact ranking, every (decay, max_items).
-    build(&sp.val_train, &UserConfig::default(), LAMBDAS[1])?;
+    let als0 = cfg.train.als.clone();
+    build(&sp.val_train, &UserConfig::default(), LAMBDAS[1], &als0)?;
     let mut engine = Engine::open(root, cfg.clone(), None)?;
     engine.set_exact(true);
     engine.set_hybrid(HybridConfig {
@@ -442,7 +462,7 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
     let mut ease_trials = Vec::new();
     let mut plain_ease = Vec::new();
     for &lambda in &LAMBDAS {
-        build(&sp.val_train, &users, lambda)?;
+        build(&sp.val_train, &users, lambda, &als0)?;
         let mut engine = Engine::open(
             root,
             Config {
@@ -475,16 +495,40 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
     let ((lambda, ease_decay), _) = argmax(&ease_trials)?;
     let (plain_lambda, _) = argmax(&plain_ease)?;
 
-    // 3. Transitions decay, transitions alone; then the fusion sweep on cached source lists.
-    build(&sp.val_train, &users, lambda)?;
-    let mut engine = Engine::open(
-        root,
-        Config {
-            users: users.clone(),
-            ..cfg.clone()
+    // 3. ALS (regularisation, alpha), ALS alone. Engines fold new histories in
+    //    with the ALS settings they were trained with.
+    let with_als = |als: &AlsOptions| Config {
+        users: users.clone(),
+        train: TrainOptions {
+            als: als.clone(),
+            ..cfg.train.clone()
         },
-        None,
-    )?;
+        ..cfg.clone()
+    };
+    let mut als_trials = Vec::new();
+    for &(regularization, alpha) in &ALS_GRID {
+        let als = AlsOptions {
+            regularization,
+            alpha,
+            ..als0.clone()
+        };
+        build(&sp.val_train, &users, lambda, &als)?;
+        let mut engine = Engine::open(root, with_als(&als), None)?;
+        engine.set_exact(true);
+        engine.set_hybrid(only(Source::Als, &cfg.hybrid));
+        let v = score(&engine, &sp.val, &val)?.summary.ndcg10;
+        trials.push(Trial {
+            stage: "als",
+            setting: format!("reg={regularization} alpha={alpha}"),
+            val_ndcg10: v,
+        });
+        als_trials.push((als, v));
+    }
+    let (als_chosen, _) = argmax(&als_trials)?;
+
+    // 4. Transitions decay, transitions alone; then the fusion sweep on cached source lists.
+    build(&sp.val_train, &users, lambda, &als_chosen)?;
+    let mut engine = Engine::open(root, with_als(&als_chosen), None)?;
     engine.set_exact(true);
     let mut tr_trials = Vec::new();
     for &decay in &SOURCE_DECAYS {
@@ -526,12 +570,22 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
         })
         .collect::<Result<_>>()?;
     let mut fusion_trials = Vec::new();
-    let (wt, wc, wp) = FUSION_WEIGHTS;
+    let (wt, wc, wp, wa) = FUSION_WEIGHTS;
+    let mut combos: Vec<(f32, f32, f32, f32)> = Vec::new();
+    for &t in &wt {
+        for &c in &wc {
+            for &p in &wp {
+                for &a in &wa {
+                    combos.push((t, c, p, a));
+                }
+            }
+        }
+    }
     for method in FusionMethod::ALL {
-        for &t_w in &wt {
-            for &c_w in &wc {
-                for &p_w in &wp {
-                    let weights = [1.0, t_w, c_w, p_w];
+        for &(t_w, c_w, p_w, a_w) in &combos {
+            {
+                {
+                    let weights = [1.0, t_w, c_w, p_w, a_w];
                     let ndcg: f64 = cached
                         .par_iter()
                         .map(|(lists, truth)| {
@@ -551,30 +605,31 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
                     trials.push(Trial {
                         stage: "fusion",
                         setting: format!(
-                            "{} ease=1 transitions={t_w} content={c_w} popularity={p_w}",
+                            "{} ease=1 transitions={t_w} content={c_w} popularity={p_w} als={a_w}",
                             method.name()
                         ),
                         val_ndcg10: ndcg,
                     });
-                    fusion_trials.push(((method, t_w, c_w, p_w), ndcg));
+                    fusion_trials.push(((method, t_w, c_w, p_w, a_w), ndcg));
                 }
             }
         }
     }
-    let ((fusion, t_w, c_w, p_w), _) = argmax(&fusion_trials)?;
+    let ((fusion, t_w, c_w, p_w, a_w), _) = argmax(&fusion_trials)?;
     let chosen_hybrid = HybridConfig {
         fusion,
         ease_weight: 1.0,
         transitions_weight: t_w,
         content_weight: c_w,
         popularity_weight: p_w,
+        als_weight: a_w,
         ..tuned
     };
     drop(cached);
     drop(engine);
 
-    // 4. Refit on TRAIN with the chosen settings; score TEST once per row.
-    let train_seconds = build(&sp.train, &users, lambda)?;
+    // 5. Refit on TRAIN with the chosen settings; score TEST once per row.
+    let train_seconds = build(&sp.train, &users, lambda, &als_chosen)?;
     cfg.users = users;
     cfg.hybrid = chosen_hybrid.clone();
     let mut engine = Engine::open(root, cfg.clone(), None)?;
@@ -608,7 +663,7 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
     drop(engine);
 
     // vecrec's own EASE baseline: plain binary history, λ chosen on validation.
-    build(&sp.train, &cfg.users, plain_lambda)?;
+    build(&sp.train, &cfg.users, plain_lambda, &als_chosen)?;
     let mut engine = Engine::open(root, cfg.clone(), None)?;
     engine.set_exact(true);
     engine.set_hybrid(only(
@@ -648,12 +703,13 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
         validation_grid: grid,
         chosen_hybrid,
         chosen_ease_lambda: lambda,
+        chosen_als: als_chosen,
         trials,
         embed_texts_per_second: tps,
         train_seconds,
         seconds: start.elapsed().as_secs_f64(),
         pipeline:
-            "hybrid: EASE + transitions + content + popularity candidates, fused (no reranker yet)",
+            "hybrid: EASE + transitions + ALS + content + popularity candidates, fused (no reranker yet)",
     })
 }
 
@@ -700,18 +756,21 @@ pub fn table(r: &EvalReport) -> String {
     ));
     let h = &r.chosen_hybrid;
     s.push_str(&format!(
-        "chosen on validation ({} settings): content profile decay={} max_items={}; EASE λ={} decay={}; transitions decay={}; fusion {} with weights ease={} transitions={} content={} popularity={}\n",
+        "chosen on validation ({} settings): content profile decay={} max_items={}; EASE λ={} decay={}; transitions decay={}; ALS reg={} alpha={}; fusion {} with weights ease={} transitions={} content={} popularity={} als={}\n",
         r.validation_grid.len() + r.trials.len(),
         r.chosen.decay,
         r.chosen.max_items,
         r.chosen_ease_lambda,
         h.ease_decay,
         h.transitions_decay,
+        r.chosen_als.regularization,
+        r.chosen_als.alpha,
         h.fusion.name(),
         h.ease_weight,
         h.transitions_weight,
         h.content_weight,
-        h.popularity_weight
+        h.popularity_weight,
+        h.als_weight
     ));
     s
 }

@@ -171,6 +171,8 @@ pub fn build_generation(
         SparseRows::write(writer.dir(), "ease", &ease)?;
         let transitions = crate::retrieve::train_transitions(&histories, store.len(), train);
         SparseRows::write(writer.dir(), "transitions", &transitions)?;
+        let als = crate::retrieve::als::train(&histories, store.len(), &train.als)?;
+        write_als(writer.dir(), &store, &als, &opts.hnsw)?;
     }
     let train_seconds = t_train.elapsed().as_secs_f64();
     drop(store);
@@ -188,6 +190,48 @@ pub fn build_generation(
         train_seconds,
         total_seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// Sub-directory of a generation holding the ALS item-factor index.
+pub const ALS_DIR: &str = "als";
+/// File of the ALS user factors (one row per user, in `users.bin` order).
+pub const ALS_USERS_FILE: &str = "als_users.bin";
+
+/// Writes the ALS item factors as an inner-product index under `dir/als/` and
+/// the user factors as `dir/als_users.bin`.
+fn write_als(
+    dir: &Path,
+    store: &VectorStore,
+    model: &crate::retrieve::als::AlsModel,
+    hnsw: &HnswParams,
+) -> Result<()> {
+    let f = model.factors;
+    let mut sb = StoreBuilder::new(f, Metric::InnerProduct)?;
+    for i in 0..store.len() {
+        sb.add(
+            store.external_id(i as u32),
+            &model.items[i * f..(i + 1) * f],
+            Default::default(),
+        )?;
+    }
+    let sub = dir.join(ALS_DIR);
+    std::fs::create_dir_all(&sub).map_err(|e| crate::Error::io(&sub, e))?;
+    write_index(
+        &sub,
+        &sb,
+        hnsw,
+        serde_json::json!({"als_factors": f}),
+        &|_| {},
+    )?;
+    let users = model.users.len() / f.max(1);
+    let mut w = vecrec_index::format::FileWriter::create(
+        &dir.join(ALS_USERS_FILE),
+        vecrec_index::format::Kind::VECTORS,
+        [f as u64, users as u64, Metric::InnerProduct.code(), 0, 0],
+    )?;
+    w.write_pod(&model.users)?;
+    w.finish()?;
+    Ok(())
 }
 
 /// The whole build: embed, then [`build_generation`].

@@ -10,6 +10,8 @@
 //! - **Transitions**: item-to-item co-occurrence in time order: item `b`
 //!   following item `a` within `window` steps of a user's history adds `1/gap`
 //!   (time decay by position), rows normalised by `sum + 1`.
+//! - **ALS**: implicit matrix factorisation ([`als`]); item factors are
+//!   searched through their own HNSW index (inner product).
 //! - **Popularity**: interaction counts.
 //! - **Content**: the HNSW search of the user vector (in the engine).
 //!
@@ -17,6 +19,7 @@
 //! `x_j = decay^a` (`a` = steps back from the newest interaction with `j`) and a
 //! source scores `Σ_j x_j · row_j`.
 
+pub mod als;
 pub mod sparse;
 
 use std::collections::HashMap;
@@ -43,6 +46,8 @@ pub struct TrainOptions {
     pub transitions_window: usize,
     /// Weights kept per transitions row. Default 200.
     pub transitions_keep: usize,
+    /// Implicit ALS; its item factors get their own HNSW index.
+    pub als: als::AlsOptions,
 }
 
 impl Default for TrainOptions {
@@ -53,6 +58,7 @@ impl Default for TrainOptions {
             ease_max_items: 20_000,
             transitions_window: 5,
             transitions_keep: 200,
+            als: als::AlsOptions::default(),
         }
     }
 }
@@ -160,11 +166,15 @@ pub fn train_transitions(
     }
     rows.into_par_iter()
         .map(|r| {
-            let total: f32 = r.values().sum();
-            let mut dense: Vec<(u32, f32)> =
-                r.into_iter().map(|(j, w)| (j, w / (total + 1.0))).collect();
+            // Sorted first, so sums and tie-breaks do not depend on hash order.
+            let mut dense: Vec<(u32, f32)> = r.into_iter().collect();
+            dense.sort_unstable_by_key(|e| e.0);
+            let total: f32 = dense.iter().map(|e| e.1).sum();
+            dense.iter_mut().for_each(|e| e.1 /= total + 1.0);
             if dense.len() > opts.transitions_keep {
-                dense.select_nth_unstable_by(opts.transitions_keep, |a, b| b.1.total_cmp(&a.1));
+                dense.select_nth_unstable_by(opts.transitions_keep, |a, b| {
+                    b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
+                });
                 dense.truncate(opts.transitions_keep);
             }
             dense.sort_unstable_by_key(|e| e.0);

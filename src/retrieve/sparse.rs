@@ -27,7 +27,9 @@ pub fn prune_row(row: &[f32], keep: usize) -> Vec<(u32, f32)> {
         .map(|(i, x)| (i as u32, *x))
         .collect();
     if v.len() > keep {
-        v.select_nth_unstable_by(keep, |a, b| b.1.abs().total_cmp(&a.1.abs()));
+        v.select_nth_unstable_by(keep, |a, b| {
+            b.1.abs().total_cmp(&a.1.abs()).then(a.0.cmp(&b.0))
+        });
         v.truncate(keep);
     }
     v.sort_unstable_by_key(|e| e.0);

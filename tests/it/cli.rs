@@ -64,11 +64,7 @@ fn serving_a_damaged_index_fails_clearly() {
     let copy = tempfile::tempdir().unwrap();
     let gen = vecrec_index::generation::current_generation(&s.root).unwrap();
     let name = gen.file_name().unwrap();
-    std::fs::create_dir(copy.path().join(name)).unwrap();
-    for f in std::fs::read_dir(&gen).unwrap() {
-        let f = f.unwrap();
-        std::fs::copy(f.path(), copy.path().join(name).join(f.file_name())).unwrap();
-    }
+    copy_dir(&gen, &copy.path().join(name));
     std::fs::copy(s.root.join("CURRENT"), copy.path().join("CURRENT")).unwrap();
     let victim = copy.path().join(name).join("hnsw.bin");
     let mut bytes = std::fs::read(&victim).unwrap();
@@ -99,4 +95,16 @@ fn serving_a_damaged_index_fails_clearly() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("vecrec-build"));
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for f in std::fs::read_dir(from).unwrap() {
+        let f = f.unwrap();
+        if f.file_type().unwrap().is_dir() {
+            copy_dir(&f.path(), &to.join(f.file_name()));
+        } else {
+            std::fs::copy(f.path(), to.join(f.file_name())).unwrap();
+        }
+    }
 }

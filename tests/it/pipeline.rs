@@ -230,7 +230,7 @@ fn hybrid_pipeline_fuses_every_source() {
             !seen.contains(&i)
         })
         .unwrap();
-    assert_eq!(lists.len(), 4);
+    assert_eq!(lists.len(), Source::ALL.len());
     for l in &lists {
         assert!(!l.items.is_empty(), "{} gave no candidates", l.name);
         assert!(
