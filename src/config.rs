@@ -93,6 +93,10 @@ pub struct ServerConfig {
     pub request_timeout_ms: u64,
     /// Requests served at once; more wait in line. Default 64.
     pub max_concurrent_requests: usize,
+    /// How often the index root's CURRENT pointer is checked for a new
+    /// generation to swap in, in milliseconds; 0 turns it off (SIGHUP still
+    /// does nothing then). Default 2000.
+    pub reload_interval_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -101,6 +105,7 @@ impl Default for ServerConfig {
             addr: "127.0.0.1:50051".into(),
             request_timeout_ms: 10_000,
             max_concurrent_requests: 64,
+            reload_interval_ms: 2000,
         }
     }
 }

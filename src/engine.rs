@@ -219,6 +219,11 @@ impl Engine {
         self.cfg.search.exact = exact;
     }
 
+    /// The shared encoder, if any (a reopened generation reuses it).
+    pub fn encoder_arc(&self) -> Option<Arc<Encoder>> {
+        self.encoder.clone()
+    }
+
     /// The encoder, or an error if this engine was opened without one.
     pub fn encoder(&self) -> Result<&Encoder> {
         self.encoder

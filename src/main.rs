@@ -25,6 +25,11 @@ struct Cli {
 enum Command {
     /// Serve an index over gRPC until Ctrl-C or SIGTERM.
     ///
+    /// A new generation written by `vecrec-build --out` into the same index
+    /// root is swapped in while serving (checked every
+    /// server.reload_interval_ms, and at once on SIGHUP); requests in flight
+    /// finish on the generation they started with.
+    ///
     /// Settings come from --config (TOML), then VECREC_<SECTION>__<KEY>
     /// environment variables, then these flags. The encoder model and the ONNX
     /// Runtime library are found in .cache/ (written by `make setup`) unless
@@ -78,7 +83,8 @@ fn run() -> anyhow::Result<()> {
         let (listener, local) = vecrec::grpc::bind(&cfg.server.addr).await?;
         println!("listening on {local}");
         tracing::info!(%local, "serving vecrec.v1.Recommender");
-        vecrec::grpc::serve(engine, listener, shutdown_signal()).await?;
+        let slot = Arc::new(vecrec::grpc::reload::EngineSlot::new(&index, engine));
+        vecrec::grpc::serve(slot, listener, shutdown_signal()).await?;
         tracing::info!("shut down cleanly");
         Ok(())
     })

@@ -5,6 +5,7 @@
 //! pool (encoding and search are CPU work) and map errors through
 //! [`status`](self::status), the one place that chooses status codes.
 
+pub mod reload;
 mod status;
 
 use std::net::SocketAddr;
@@ -18,6 +19,7 @@ use tonic::{Request, Response, Status};
 use crate::engine::{Engine, RecommendOptions, Scored, UserRef};
 use crate::error::Error;
 use crate::filter::{Filter, Range};
+use reload::EngineSlot;
 
 /// Generated protobuf types and service stubs.
 #[allow(missing_docs, clippy::all)]
@@ -29,16 +31,16 @@ pub mod pb {
 
 use pb::recommender_server::{Recommender, RecommenderServer};
 
-/// The service over a shared engine.
+/// The service over the engine in a swappable slot.
 #[derive(Clone, Debug)]
 pub struct Service {
-    engine: Arc<Engine>,
+    slot: Arc<EngineSlot>,
 }
 
 impl Service {
-    /// A service answering from `engine`.
-    pub fn new(engine: Arc<Engine>) -> Self {
-        Self { engine }
+    /// A service answering from whatever engine `slot` holds.
+    pub fn new(slot: Arc<EngineSlot>) -> Self {
+        Self { slot }
     }
 
     async fn run<T, F>(&self, f: F) -> Result<T, Status>
@@ -46,7 +48,7 @@ impl Service {
         T: Send + 'static,
         F: FnOnce(&Engine) -> crate::error::Result<T> + Send + 'static,
     {
-        let engine = self.engine.clone();
+        let engine = self.slot.get();
         tokio::task::spawn_blocking(move || f(&engine))
             .await
             .map_err(|e| Status::internal(format!("worker failed: {e}")))?
@@ -194,7 +196,12 @@ impl Recommender for Service {
         req: Request<pb::GetItemRequest>,
     ) -> Result<Response<pb::GetItemResponse>, Status> {
         let id = req.into_inner().id;
-        let meta = self.engine.item_meta(&id).map_err(Status::from)?.clone();
+        let meta = self
+            .slot
+            .get()
+            .item_meta(&id)
+            .map_err(Status::from)?
+            .clone();
         Ok(Response::new(pb::GetItemResponse {
             id,
             title: meta.title,
@@ -206,13 +213,20 @@ impl Recommender for Service {
     }
 }
 
-/// Serves `engine` on `listener` until `shutdown` resolves, with health and reflection.
+/// Serves the engine in `slot` on `listener` until `shutdown` resolves, with
+/// health and reflection; swaps in new generations as `server.reload_interval_ms` says.
 pub async fn serve(
-    engine: Arc<Engine>,
+    slot: Arc<EngineSlot>,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let cfg = engine.config().server.clone();
+    let cfg = slot.get().config().server.clone();
+    let watcher = (cfg.reload_interval_ms > 0).then(|| {
+        tokio::spawn(reload::watch(
+            slot.clone(),
+            Duration::from_millis(cfg.reload_interval_ms),
+        ))
+    });
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<RecommenderServer<Service>>()
@@ -232,9 +246,12 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(RecommenderServer::new(Service::new(engine)))
+        .add_service(RecommenderServer::new(Service::new(slot)))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
+    if let Some(w) = watcher {
+        w.abort();
+    }
     Ok(())
 }
 

@@ -97,7 +97,7 @@ fn serving_a_damaged_index_fails_clearly() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("vecrec-build"));
 }
 
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();
     for f in std::fs::read_dir(from).unwrap() {
         let f = f.unwrap();

@@ -17,10 +17,11 @@ async fn start() -> (
 ) {
     let s = sample_index();
     let e = engine(&s.root);
+    let slot = std::sync::Arc::new(vecrec::grpc::reload::EngineSlot::new(&s.root, e));
     let (listener, addr) = vecrec::grpc::bind("127.0.0.1:0").await.unwrap();
     let (tx, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(async move {
-        vecrec::grpc::serve(e, listener, async {
+        vecrec::grpc::serve(slot, listener, async {
             let _ = rx.await;
         })
         .await
@@ -219,4 +220,111 @@ async fn every_rpc_answers_and_bad_input_gets_the_right_code() {
         .await
         .expect("server did not stop")
         .unwrap();
+}
+
+/// A rebuild published while a client keeps calling is swapped in with zero
+/// failed requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_generation_is_swapped_in_under_load() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use vecrec::catalog::{read_catalog, read_interactions};
+    use vecrec::config::Config;
+    use vecrec::engine::Engine;
+    use vecrec::pipeline::{build_generation, BuildOptions};
+
+    let s = sample_index();
+    let root = tempfile::tempdir().unwrap();
+    let gen = vecrec_index::generation::current_generation(&s.root).unwrap();
+    crate::cli::copy_dir(&gen, &root.path().join(gen.file_name().unwrap()));
+    std::fs::copy(s.root.join("CURRENT"), root.path().join("CURRENT")).unwrap();
+
+    let mut cfg = Config::default();
+    cfg.server.reload_interval_ms = 50;
+    let e = Arc::new(Engine::open(root.path(), cfg, None).unwrap());
+    let first_dir = e.index().dir().to_owned();
+    let user = e.users().id(0).to_owned();
+    let items = read_catalog(&s.data.join("catalog.jsonl")).unwrap();
+    let vectors: Vec<Vec<f32>> = items
+        .iter()
+        .map(|it| e.index().store().vector(e.item(&it.id).unwrap()).to_vec())
+        .collect();
+    let inter = read_interactions(&s.data.join("interactions.csv")).unwrap();
+    let slot = Arc::new(vecrec::grpc::reload::EngineSlot::new(root.path(), e));
+    let (listener, addr) = vecrec::grpc::bind("127.0.0.1:0").await.unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let served = slot.clone();
+    let server = tokio::spawn(async move {
+        vecrec::grpc::serve(served, listener, async {
+            let _ = rx.await;
+        })
+        .await
+        .unwrap();
+    });
+    let mut client = loop {
+        match RecommenderClient::connect(format!("http://{addr}")).await {
+            Ok(c) => break c,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load = {
+        let (stop, ok, failed, user) = (stop.clone(), ok.clone(), failed.clone(), user.clone());
+        tokio::spawn(async move {
+            // Bounded: at most 20,000 calls or until told to stop.
+            for _ in 0..20_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let req = pb::RecommendRequest {
+                    user_id: user.clone(),
+                    k: 5,
+                    ..Default::default()
+                };
+                match client.recommend(req).await {
+                    Ok(r) if r.get_ref().items.len() == 5 => ok.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let root_path = root.path().to_owned();
+    tokio::task::spawn_blocking(move || {
+        let opts = BuildOptions {
+            progress: false,
+            ..Default::default()
+        };
+        build_generation(
+            &root_path,
+            &items,
+            &vectors,
+            &inter,
+            &opts,
+            serde_json::json!({}),
+        )
+        .unwrap();
+    })
+    .await
+    .unwrap();
+    let t = std::time::Instant::now();
+    while slot.get().index().dir() == first_dir {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the new generation was not swapped in"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!("requests during the swap: {ok} ok, {failed} failed");
+    assert_eq!(failed, 0);
+    assert!(ok > 10, "too few requests ({ok}) to say anything");
+    assert!(slot.get().index().dir().ends_with("gen-000002"));
+    tx.send(()).unwrap();
+    server.await.unwrap();
 }

@@ -1,0 +1,87 @@
+//! Atomic generation swaps while serving.
+//!
+//! The service answers from an [`EngineSlot`]: each request clones the current
+//! `Arc<Engine>` and keeps it until it finishes, so a swap never disturbs a
+//! request in flight, and the old generation's memory maps are released when
+//! its last request ends. A background task checks the index root's `CURRENT`
+//! pointer every `server.reload_interval_ms` (and at once on SIGHUP); when it
+//! names a new generation, the task opens it off the request path and swaps it
+//! in. A generation that fails to open is logged and the old one keeps serving.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::RwLock;
+
+use crate::engine::Engine;
+use crate::error::Result;
+
+/// The engine currently served, replaceable atomically.
+#[derive(Debug)]
+pub struct EngineSlot {
+    root: PathBuf,
+    current: RwLock<Arc<Engine>>,
+}
+
+impl EngineSlot {
+    /// A slot serving `engine`, opened from the index root `root`.
+    pub fn new(root: &Path, engine: Arc<Engine>) -> Self {
+        Self {
+            root: root.to_owned(),
+            current: RwLock::new(engine),
+        }
+    }
+
+    /// The engine to answer the next request with.
+    pub fn get(&self) -> Arc<Engine> {
+        self.current.read().clone()
+    }
+
+    /// Opens the live generation if it differs from the served one and swaps it
+    /// in; returns whether a swap happened.
+    pub fn reload_if_changed(&self) -> Result<bool> {
+        let served = self.get();
+        let live = vecrec_index::generation::current_generation(&self.root)?;
+        if live == served.index().dir() {
+            return Ok(false);
+        }
+        let next = Engine::open(&self.root, served.config().clone(), served.encoder_arc())?;
+        tracing::info!(from = %served.index().dir().display(), to = %next.index().dir().display(), "generation swapped in");
+        *self.current.write() = Arc::new(next);
+        Ok(true)
+    }
+}
+
+/// Watches the index root until the process ends: every `interval`, and on SIGHUP.
+pub async fn watch(slot: Arc<EngineSlot>, interval: Duration) {
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        #[cfg(unix)]
+        {
+            let hup_recv = async {
+                match hup.as_mut() {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {},
+                _ = hup_recv => tracing::info!("SIGHUP: checking for a new generation"),
+            }
+        }
+        #[cfg(not(unix))]
+        tokio::time::sleep(interval).await;
+        let s = slot.clone();
+        match tokio::task::spawn_blocking(move || s.reload_if_changed()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "new generation cannot be opened; still serving the old one")
+            }
+            Err(e) => tracing::error!(error = %e, "reload task failed"),
+        }
+    }
+}
