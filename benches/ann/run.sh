@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# ANN benchmark: vecrec's own HNSW against hnswlib, faiss-cpu (HNSWFlat, IVF-PQ)
+# and usearch on the same files, in one invocation, then a table and a
+# recall/QPS plot. Usage:
+#
+#   benches/ann/run.sh [bigann10k|fmnistsmall]     (default bigann10k)
+#
+# Writes benches/ann/results/<set>.jsonl, <set>.md and <set>.png. The peers are
+# installed into .cache/bench-venv from benches/ann/requirements.txt.
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+SET="${1:-bigann10k}"
+SHARED="${VECREC_SHARED:-$REPO/../shared}"
+case "$SET" in
+  bigann10k) D="$SHARED/datasets/ann-bigann10k"; B="$D/bigann10k_base.bvecs"; Q="$D/bigann10k_query.bvecs"; G="$D/bigann10k_groundtruth.ivecs"; METRIC=l2 ;;
+  fmnistsmall) D="$SHARED/datasets/ann-fmnistsmall"; B="$D/fmnistsmall_base.fvecs"; Q="$D/fmnistsmall_query.fvecs"; G="$D/fmnistsmall_groundtruth.ivecs"; METRIC=l2 ;;
+  *) echo "unknown data set $SET (bigann10k, fmnistsmall)" >&2; exit 2 ;;
+esac
+VENV="${VECREC_CACHE:-$REPO/.cache}/bench-venv"
+if [[ ! -x "$VENV/bin/python" ]] || ! cmp -s "$REPO/benches/ann/requirements.txt" "$VENV/requirements.txt"; then
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q -r "$REPO/benches/ann/requirements.txt"
+  cp "$REPO/benches/ann/requirements.txt" "$VENV/requirements.txt"
+fi
+(cd "$REPO" && cargo build --release -q --bin vecrec-ann-bench)
+OUT="$REPO/benches/ann/results"
+mkdir -p "$OUT"
+ARGS=(--base "$B" --queries "$Q" --gt "$G" --metric "$METRIC" --m 16 --ef-construction 200 --ef 10,16,24,32,48,64,128,256 --threads 2)
+{
+  "$REPO/target/release/vecrec-ann-bench" --backend hnsw "${ARGS[@]}"
+  for b in hnswlib faiss-hnsw usearch; do
+    "$VENV/bin/python" "$REPO/benches/ann/peers.py" --backend "$b" "${ARGS[@]}"
+  done
+} | tee "$OUT/$SET.jsonl"
+"$VENV/bin/python" "$REPO/benches/ann/report.py" "$OUT/$SET.jsonl" "$SET" "$(nproc) cores, $(uname -m)"
