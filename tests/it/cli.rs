@@ -9,6 +9,7 @@ fn bin(name: &str) -> Command {
         "vecrec" => env!("CARGO_BIN_EXE_vecrec"),
         "vecrec-build" => env!("CARGO_BIN_EXE_vecrec-build"),
         "vecrec-eval" => env!("CARGO_BIN_EXE_vecrec-eval"),
+        "vecrec-ann-bench" => env!("CARGO_BIN_EXE_vecrec-ann-bench"),
         _ => env!("CARGO_BIN_EXE_vecrec-sample"),
     })
 }
@@ -20,6 +21,7 @@ fn every_binary_explains_itself() {
         ("vecrec-build", vec!["--help"], "--movielens"),
         ("vecrec-eval", vec!["--help"], "--write-split"),
         ("vecrec-sample", vec!["--help"], "--seed"),
+        ("vecrec-ann-bench", vec!["--help"], "--ef-construction"),
     ] {
         let out = bin(name).args(&args).output().unwrap();
         assert!(out.status.success(), "{name} --help failed");
@@ -107,4 +109,38 @@ pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
             std::fs::copy(f.path(), to.join(f.file_name())).unwrap();
         }
     }
+}
+
+/// The ANN benchmark tool prints a build line and one line per ef, and the
+/// default graph reaches recall@10 ≥ 0.95 at ef = 64 on bigann10k.
+#[test]
+fn ann_bench_prints_json_lines() {
+    let d = crate::common::shared().join("datasets/ann-bigann10k");
+    let out = bin("vecrec-ann-bench")
+        .arg("--base")
+        .arg(d.join("bigann10k_base.bvecs"))
+        .arg("--queries")
+        .arg(d.join("bigann10k_query.bvecs"))
+        .arg("--gt")
+        .arg(d.join("bigann10k_groundtruth.ivecs"))
+        .args(["--ef", "10,64", "--threads", "2"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[0]["event"], "build");
+    for key in ["build_s", "mem_mb", "open_s"] {
+        assert!(rows[0][key].as_f64().unwrap() > 0.0, "{key}");
+    }
+    assert_eq!(rows[2]["ef"], 64);
+    assert!(rows[2]["recall@10"].as_f64().unwrap() >= 0.95);
+    assert!(rows[2]["qps"].as_f64().unwrap() > 0.0);
 }
