@@ -34,3 +34,13 @@ pub fn init_logging() {
         .with_writer(std::io::stderr)
         .try_init();
 }
+
+/// Runs a binary's body: logs to stderr, and on error prints the cause chain
+/// as `error: …` and exits with status 1 (ripgrep's convention).
+pub fn main_with(body: impl FnOnce() -> anyhow::Result<()>) {
+    init_logging();
+    if let Err(e) = body() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -52,11 +52,7 @@ enum Command {
 }
 
 fn main() {
-    vecrec::init_logging();
-    if let Err(e) = run() {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
+    vecrec::main_with(run);
 }
 
 fn run() -> anyhow::Result<()> {

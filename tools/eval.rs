@@ -40,11 +40,7 @@ struct Args {
 }
 
 fn main() {
-    vecrec::init_logging();
-    if let Err(e) = main_inner() {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
+    vecrec::main_with(main_inner);
 }
 
 fn main_inner() -> anyhow::Result<()> {

@@ -182,6 +182,29 @@ fn search_layer(
     v
 }
 
+/// Greedy descent on one upper layer: move to the closest neighbour until none is closer.
+fn greedy(
+    mut cur: Cand,
+    dist: &dyn Fn(u32) -> f32,
+    neighbors: &mut dyn FnMut(u32, &mut Vec<u32>),
+    scratch: &mut Vec<u32>,
+) -> Cand {
+    loop {
+        let mut changed = false;
+        neighbors(cur.1, scratch);
+        for &nb in scratch.iter() {
+            let d = dist(nb);
+            if d < cur.0 {
+                cur = Cand(d, nb);
+                changed = true;
+            }
+        }
+        if !changed {
+            return cur;
+        }
+    }
+}
+
 /// The neighbour-selection heuristic (algorithm 4): keep a candidate only if it
 /// is closer to the base than to every neighbour already kept.
 fn select_heuristic(sorted: &[Cand], m: usize, pair: &dyn Fn(u32, u32) -> f32) -> Vec<u32> {
@@ -284,21 +307,15 @@ impl BuildGraph {
         let mut cur = Cand(dist(ep), ep);
         let mut scratch = Vec::new();
         for l in (level + 1..=top).rev() {
-            loop {
-                let mut changed = false;
-                scratch.clear();
-                scratch.extend_from_slice(&self.links[cur.1 as usize][l].lock());
-                for &nb in &scratch {
-                    let d = dist(nb);
-                    if d < cur.0 {
-                        cur = Cand(d, nb);
-                        changed = true;
-                    }
-                }
-                if !changed {
-                    break;
-                }
-            }
+            cur = greedy(
+                cur,
+                &dist,
+                &mut |i: u32, out: &mut Vec<u32>| {
+                    out.clear();
+                    out.extend_from_slice(&self.links[i as usize][l].lock());
+                },
+                &mut scratch,
+            );
         }
         let mut eps = vec![cur];
         VISITED.with(|v| {
@@ -552,20 +569,17 @@ impl Hnsw {
             return Vec::new();
         }
         let mut cur = Cand(dist(self.entry), self.entry);
+        let mut scratch = Vec::with_capacity(self.m0);
         for l in (1..=self.max_level).rev() {
-            loop {
-                let mut changed = false;
-                for &nb in self.neighbors(cur.1, l) {
-                    let d = dist(nb);
-                    if d < cur.0 {
-                        cur = Cand(d, nb);
-                        changed = true;
-                    }
-                }
-                if !changed {
-                    break;
-                }
-            }
+            cur = greedy(
+                cur,
+                dist,
+                &mut |i: u32, out: &mut Vec<u32>| {
+                    out.clear();
+                    out.extend_from_slice(self.neighbors(i, l));
+                },
+                &mut scratch,
+            );
         }
         VISITED.with(|v| {
             let mut visited = v.borrow_mut();
