@@ -45,7 +45,8 @@ pub struct HybridConfig {
     pub enabled: bool,
     /// Candidates taken from each source. Default 200.
     pub candidates: usize,
-    /// How the sources are fused. Default `geometric`.
+    /// How the sources are fused: `weighted_minmax`, `weighted_zscore`,
+    /// `geometric`, `rrf`, `borda` or `learned`. Default `geometric`.
     pub fusion: crate::fusion::FusionMethod,
     /// The `k` of reciprocal-rank fusion. Default 60.
     pub rrf_k: f32,

@@ -64,6 +64,8 @@ struct Trained {
     als_users: Vec<f32>,
     /// `YᵀY` of the item factors, for folding in new histories.
     als_gram: Vec<f64>,
+    /// The learned fusion model, when the build fitted one.
+    learned: Option<crate::fusion::LearnedModel>,
 }
 
 /// One ranked item.
@@ -164,6 +166,14 @@ impl Engine {
                 als,
                 als_users,
                 als_gram,
+                learned: {
+                    let p = index.dir().join(crate::pipeline::FUSION_FILE);
+                    if p.exists() {
+                        Some(vecrec_index::format::read_json(&p)?)
+                    } else {
+                        None
+                    }
+                },
             })
         } else {
             None
@@ -481,13 +491,27 @@ impl Engine {
             let filter = opts.filter.as_ref().filter(|f| !f.is_empty());
             let accept =
                 |i: u32| !exclude.contains(&i) && filter.is_none_or(|f| f.matches(store.meta(i)));
-            let which: Vec<Source> = Source::ALL
-                .into_iter()
-                .filter(|s| self.weight(*s) > 0.0)
-                .collect();
-            let lists = self.source_lists(&history, user_number, &which, &accept)?;
             let method = opts.fusion.unwrap_or(self.cfg.hybrid.fusion);
-            return Ok(fuse(method, &lists, self.cfg.hybrid.rrf_k)
+            let fused = if method == FusionMethod::Learned {
+                let model = self
+                    .trained
+                    .as_ref()
+                    .and_then(|t| t.learned.as_ref())
+                    .ok_or_else(|| {
+                        Error::invalid(
+                            "this index has no learned fusion model; rebuild it with vecrec-build",
+                        )
+                    })?;
+                model.fuse(&self.source_lists(&history, user_number, &Source::ALL, &accept)?)
+            } else {
+                let which: Vec<Source> = Source::ALL
+                    .into_iter()
+                    .filter(|s| self.weight(*s) > 0.0)
+                    .collect();
+                let lists = self.source_lists(&history, user_number, &which, &accept)?;
+                fuse(method, &lists, self.cfg.hybrid.rrf_k)
+            };
+            return Ok(fused
                 .into_iter()
                 .take(k)
                 .map(|(i, score)| Scored {

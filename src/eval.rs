@@ -385,10 +385,11 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
             &tmp.0
         }
     };
-    let build = |interactions: &[Triple],
-                 users: &UserConfig,
-                 lambda: f32,
-                 als: &AlsOptions|
+    let build_with = |interactions: &[Triple],
+                      users: &UserConfig,
+                      lambda: f32,
+                      als: &AlsOptions,
+                      learn: Option<&HybridConfig>|
      -> Result<f64> {
         let bo = BuildOptions {
             users: users.clone(),
@@ -398,6 +399,7 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
                 als: als.clone(),
                 ..cfg.train.clone()
             }),
+            learn_fusion: learn.cloned(),
             ..Default::default()
         };
         let r = build_generation(
@@ -410,6 +412,7 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
         )?;
         Ok(r.train_seconds)
     };
+    let build = |i: &[Triple], u: &UserConfig, l: f32, a: &AlsOptions| build_with(i, u, l, a, None);
     let mut histories: HashMap<u32, Vec<(i64, u32)>> = HashMap::new();
     for &(u, i, t) in &sp.val_train {
         histories.entry(u).or_default().push((t, i));
@@ -615,6 +618,51 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
             }
         }
     }
+    // Learned fusion, 2-fold over validation users: fit on one half's
+    // candidates, rank the other half.
+    {
+        use crate::fusion::{features, LearnedModel};
+        let names: Vec<String> = Source::ALL.iter().map(|s| s.name().to_owned()).collect();
+        let rows_of = |part: usize| -> Vec<(Vec<f32>, bool)> {
+            cached
+                .iter()
+                .enumerate()
+                .filter(|(k, _)| k % 2 == part)
+                .flat_map(|(_, (lists, truth))| {
+                    features(&names, lists)
+                        .into_iter()
+                        .map(|(i, f)| (f, truth.contains(&i)))
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        let mut total = 0.0;
+        for part in 0..2 {
+            let model = LearnedModel::fit(names.clone(), &rows_of(part), 1.0)
+                .ok_or_else(|| Error::invalid("learned fusion: singular system"))?;
+            total += cached
+                .iter()
+                .enumerate()
+                .filter(|(k, _)| k % 2 != part)
+                .map(|(_, (lists, truth))| {
+                    let ranked: Vec<u32> = model
+                        .fuse(lists)
+                        .into_iter()
+                        .take(KS[1])
+                        .map(|e| e.0)
+                        .collect();
+                    user_metrics(&ranked, truth).ndcg[0]
+                })
+                .sum::<f64>();
+        }
+        let ndcg = total / cached.len().max(1) as f64;
+        trials.push(Trial {
+            stage: "fusion",
+            setting: "learned (2-fold over validation users)".into(),
+            val_ndcg10: ndcg,
+        });
+        fusion_trials.push(((FusionMethod::Learned, 0.0, 0.0, 0.0, 0.0), ndcg));
+    }
     let ((fusion, t_w, c_w, p_w, a_w), _) = argmax(&fusion_trials)?;
     let chosen_hybrid = HybridConfig {
         fusion,
@@ -629,7 +677,7 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
     drop(engine);
 
     // 5. Refit on TRAIN with the chosen settings; score TEST once per row.
-    let train_seconds = build(&sp.train, &users, lambda, &als_chosen)?;
+    let train_seconds = build_with(&sp.train, &users, lambda, &als_chosen, Some(&chosen_hybrid))?;
     cfg.users = users;
     cfg.hybrid = chosen_hybrid.clone();
     let mut engine = Engine::open(root, cfg.clone(), None)?;

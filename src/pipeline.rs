@@ -30,6 +30,9 @@ pub struct BuildOptions {
     pub progress: bool,
     /// Training of the interaction-based sources; `None` skips them (content only).
     pub train: Option<crate::retrieve::TrainOptions>,
+    /// Fit the learned fusion model on a temporal holdout of the interactions,
+    /// scoring candidates with these hybrid settings; `None` skips it.
+    pub learn_fusion: Option<crate::config::HybridConfig>,
 }
 
 impl Default for BuildOptions {
@@ -40,6 +43,7 @@ impl Default for BuildOptions {
             keep_generations: 3,
             progress: true,
             train: Some(crate::retrieve::TrainOptions::default()),
+            learn_fusion: Some(crate::config::HybridConfig::default()),
         }
     }
 }
@@ -174,6 +178,11 @@ pub fn build_generation(
         let als = crate::retrieve::als::train(&histories, store.len(), &train.als)?;
         write_als(writer.dir(), &store, &als, &opts.hnsw)?;
     }
+    if let (Some(_), Some(hybrid)) = (&opts.train, &opts.learn_fusion) {
+        if let Some(model) = fit_fusion(root, items, vectors, interactions, opts, hybrid)? {
+            vecrec_index::format::write_json(&writer.dir().join(FUSION_FILE), &model)?;
+        }
+    }
     let train_seconds = t_train.elapsed().as_secs_f64();
     drop(store);
     let generation = writer.commit()?;
@@ -190,6 +199,99 @@ pub fn build_generation(
         train_seconds,
         total_seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// File of the learned fusion model in a generation.
+pub const FUSION_FILE: &str = "fusion_lr.bin";
+
+/// Fits the learned fusion model: the newest ceil(n/5) interactions of every
+/// user with n ≥ 2 are held out (the rule of EVAL.md), a temporary generation
+/// is built from the rest, and every held-out user's candidates from all
+/// sources become rows labelled by whether the user went on to interact with
+/// them. Returns `None` when nothing can be held out.
+fn fit_fusion(
+    root: &Path,
+    items: &[CatalogItem],
+    vectors: &[Vec<f32>],
+    interactions: &[Interaction],
+    opts: &BuildOptions,
+    hybrid: &crate::config::HybridConfig,
+) -> Result<Option<crate::fusion::LearnedModel>> {
+    use crate::engine::{Engine, Source};
+    use std::collections::HashSet;
+    let order: HashMap<&str, usize> = items
+        .iter()
+        .enumerate()
+        .map(|(k, it)| (it.id.as_str(), k))
+        .collect();
+    let mut by_user: HashMap<&str, Vec<&Interaction>> = HashMap::new();
+    for it in interactions
+        .iter()
+        .filter(|it| order.contains_key(it.item.as_str()))
+    {
+        by_user.entry(&it.user).or_default().push(it);
+    }
+    let (mut fit_part, mut held): (Vec<Interaction>, HashMap<String, HashSet<String>>) =
+        (Vec::new(), HashMap::new());
+    for (user, mut v) in by_user {
+        v.sort_by(|a, b| {
+            a.timestamp
+                .cmp(&b.timestamp)
+                .then(order[a.item.as_str()].cmp(&order[b.item.as_str()]))
+        });
+        let cut = if v.len() < 2 {
+            v.len()
+        } else {
+            v.len() - v.len().div_ceil(5)
+        };
+        fit_part.extend(v[..cut].iter().map(|x| (*x).clone()));
+        if cut < v.len() {
+            held.insert(
+                user.to_owned(),
+                v[cut..].iter().map(|x| x.item.clone()).collect(),
+            );
+        }
+    }
+    if held.is_empty() {
+        return Ok(None);
+    }
+    let tmp = root.join(format!(".fusion-fit-{}", std::process::id()));
+    let sub = BuildOptions {
+        learn_fusion: None,
+        progress: false,
+        keep_generations: 1,
+        ..opts.clone()
+    };
+    let result = (|| {
+        build_generation(&tmp, items, vectors, &fit_part, &sub, serde_json::json!({}))?;
+        let cfg = crate::config::Config {
+            users: opts.users.clone(),
+            hybrid: hybrid.clone(),
+            train: opts.train.clone().unwrap_or_default(),
+            ..Default::default()
+        };
+        let engine = Engine::open(&tmp, cfg, None)?;
+        let names: Vec<String> = Source::ALL.iter().map(|s| s.name().to_owned()).collect();
+        let mut rows = Vec::new();
+        let mut users: Vec<&String> = held.keys().collect();
+        users.sort();
+        for user in users {
+            let Some(u) = engine.users().lookup(user) else {
+                continue;
+            };
+            let hist = engine.users().history(u);
+            let seen: HashSet<u32> = hist.iter().map(|h| h.0).collect();
+            let lists =
+                engine.source_lists(&hist, Some(u), &Source::ALL, &|i| !seen.contains(&i))?;
+            let truth = &held[user];
+            for (i, f) in crate::fusion::features(&names, &lists) {
+                rows.push((f, truth.contains(engine.index().store().external_id(i))));
+            }
+        }
+        Ok(crate::fusion::LearnedModel::fit(names, &rows, 1.0))
+    })();
+    let _ = std::fs::remove_dir_all(&tmp);
+    result
 }
 
 /// Sub-directory of a generation holding the ALS item-factor index.

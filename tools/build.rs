@@ -93,6 +93,7 @@ fn run() -> anyhow::Result<()> {
         keep_generations: a.keep,
         progress: !a.quiet,
         train: (!a.content_only).then(|| cfg.train.clone()),
+        learn_fusion: (!a.content_only).then(|| cfg.hybrid.clone()),
     };
     let report =
         build(&a.out, &encoder, &items, &interactions, &opts).context("building the index")?;

@@ -96,6 +96,7 @@ fn fusion_method(code: i32) -> Result<Option<crate::fusion::FusionMethod>, Error
         Ok(pb::Fusion::Geometric) => Some(F::Geometric),
         Ok(pb::Fusion::Rrf) => Some(F::Rrf),
         Ok(pb::Fusion::Borda) => Some(F::Borda),
+        Ok(pb::Fusion::Learned) => Some(F::Learned),
         Err(_) => return Err(Error::invalid(format!("unknown fusion method {code}"))),
     })
 }

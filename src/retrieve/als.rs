@@ -57,7 +57,7 @@ pub struct AlsModel {
 }
 
 /// Solves `a x = b` in place for symmetric positive definite `a` (`n × n`, row-major).
-fn cholesky_solve(a: &mut [f64], b: &mut [f64], n: usize) -> bool {
+pub(crate) fn cholesky_solve(a: &mut [f64], b: &mut [f64], n: usize) -> bool {
     for j in 0..n {
         let mut d = a[j * n + j];
         for k in 0..j {

@@ -244,7 +244,7 @@ fn hybrid_pipeline_fuses_every_source() {
             l.name
         );
     }
-    for m in FusionMethod::ALL {
+    for m in FusionMethod::ALL.into_iter().chain([FusionMethod::Learned]) {
         let recs = e
             .recommend(
                 UserRef::Id(&user),
