@@ -101,6 +101,22 @@ pub struct RecommendOptions {
     pub filter: Option<Filter>,
 }
 
+/// The user-profile settings the generation's profiles were precomputed with.
+fn built_users(index: &Index) -> Option<crate::config::UserConfig> {
+    let v = index.manifest().extra.get("users")?;
+    serde_json::from_value(v.clone()).ok()
+}
+
+/// Whether item `i` may be answered: not excluded, and passing the filter if any.
+fn admissible(
+    store: &vecrec_index::VectorStore,
+    exclude: &HashSet<u32>,
+    filter: Option<&Filter>,
+    i: u32,
+) -> bool {
+    !exclude.contains(&i) && filter.is_none_or(|f| f.matches(store.meta(i)))
+}
+
 /// The engine over one generation.
 #[derive(Debug)]
 pub struct Engine {
@@ -127,12 +143,7 @@ impl Engine {
                 )));
             }
         }
-        let built_with: Option<crate::config::UserConfig> = index
-            .manifest()
-            .extra
-            .get("users")
-            .and_then(|v| serde_json::from_value(v.clone()).ok());
-        let use_precomputed = built_with.as_ref() == Some(&cfg.users);
+        let use_precomputed = built_users(&index).as_ref() == Some(&cfg.users);
         if !use_precomputed {
             tracing::info!(
                 "user settings differ from the build's; user vectors are computed per request"
@@ -214,13 +225,7 @@ impl Engine {
     /// Changes how user vectors are made; precomputed profiles are used only
     /// when the settings equal the build's.
     pub fn set_users(&mut self, users: crate::config::UserConfig) {
-        let built_with: Option<crate::config::UserConfig> = self
-            .index
-            .manifest()
-            .extra
-            .get("users")
-            .and_then(|v| serde_json::from_value(v.clone()).ok());
-        self.use_precomputed = built_with.as_ref() == Some(&users);
+        self.use_precomputed = built_users(&self.index).as_ref() == Some(&users);
         self.cfg.users = users;
     }
 
@@ -292,8 +297,7 @@ impl Engine {
     ) -> Result<Vec<Scored>> {
         let store = self.index.store();
         let filter = filter.filter(|f| !f.is_empty());
-        let accept =
-            |i: u32| !exclude.contains(&i) && filter.is_none_or(|f| f.matches(store.meta(i)));
+        let accept = |i: u32| admissible(store, exclude, filter, i);
         let need_filter = !exclude.is_empty() || filter.is_some();
         let params = SearchParams {
             k,
@@ -482,15 +486,14 @@ impl Engine {
                 (h, None, None)
             }
         };
+        let exclude: HashSet<u32> = if opts.include_seen {
+            HashSet::new()
+        } else {
+            history.iter().map(|h| h.0).collect()
+        };
         if self.is_hybrid() {
-            let exclude: HashSet<u32> = if opts.include_seen {
-                HashSet::new()
-            } else {
-                history.iter().map(|h| h.0).collect()
-            };
             let filter = opts.filter.as_ref().filter(|f| !f.is_empty());
-            let accept =
-                |i: u32| !exclude.contains(&i) && filter.is_none_or(|f| f.matches(store.meta(i)));
+            let accept = |i: u32| admissible(store, &exclude, filter, i);
             let method = opts.fusion.unwrap_or(self.cfg.hybrid.fusion);
             let fused = if method == FusionMethod::Learned {
                 let model = self
@@ -525,11 +528,6 @@ impl Engine {
             Some(v) => v.to_vec(),
             None => profile(store, &history, &self.cfg.users)
                 .ok_or_else(|| Error::invalid("the history carries no positive weight"))?,
-        };
-        let exclude: HashSet<u32> = if opts.include_seen {
-            HashSet::new()
-        } else {
-            history.iter().map(|h| h.0).collect()
         };
         self.search(&vector, k, &exclude, opts.filter.as_ref())
     }

@@ -66,15 +66,22 @@ fn main() -> ExitCode {
     }
 }
 
+impl Args {
+    /// The generator settings these flags ask for.
+    fn config(&self) -> SampleConfig {
+        SampleConfig {
+            seed: self.seed,
+            items: self.items,
+            users: self.users,
+            min_history: self.min_history,
+            max_history: self.max_history,
+        }
+    }
+}
+
 fn run(args: Args) -> anyhow::Result<()> {
     let start = Instant::now();
-    let cfg = SampleConfig {
-        seed: args.seed,
-        items: args.items,
-        users: args.users,
-        min_history: args.min_history,
-        max_history: args.max_history,
-    };
+    let cfg = args.config();
     let sample = generate(&cfg)?;
     write_sample(&sample, &args.out)
         .with_context(|| format!("write sample to {}", args.out.display()))?;
@@ -103,13 +110,7 @@ mod tests {
     #[test]
     fn cli_defaults_match_library_defaults() {
         let args = Args::parse_from(["vecrec-sample", "--out", "x"]);
-        let cfg = SampleConfig {
-            seed: args.seed,
-            items: args.items,
-            users: args.users,
-            min_history: args.min_history,
-            max_history: args.max_history,
-        };
+        let cfg = args.config();
         assert_eq!(cfg, SampleConfig::default());
     }
 }

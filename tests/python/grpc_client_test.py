@@ -13,22 +13,19 @@ temporary directory. Every check prints one line; the last line is
 from __future__ import annotations
 
 import argparse
-import importlib
 import math
 import sys
 import tempfile
 import traceback
-from importlib import resources
 from pathlib import Path
 
 import grpc
 from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
-from grpc_tools import protoc
 
-PROTO_ROOT = Path(__file__).resolve().parent.parent.parent / "proto"
-PROTO_FILE = PROTO_ROOT / "vecrec/v1/vecrec.proto"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent / "scripts"))
+from vecrec_stubs import load_stubs  # noqa: E402
 SERVICE = "vecrec.v1.Recommender"
 METHODS = {"Recommend", "SimilarItems", "SearchText", "Embed", "GetItem"}
 UNKNOWN_ID = "vecrec-test-no-such-item-7f3a"
@@ -44,23 +41,6 @@ class CheckFailed(Exception):
 def expect(condition: bool, message: str) -> None:
     if not condition:
         raise CheckFailed(message)
-
-
-def load_stubs(out_dir: str):
-    well_known = str(resources.files("grpc_tools") / "_proto")
-    rc = protoc.main([
-        "grpc_tools.protoc",
-        f"-I{PROTO_ROOT}",
-        f"-I{well_known}",
-        f"--python_out={out_dir}",
-        f"--grpc_python_out={out_dir}",
-        str(PROTO_FILE),
-    ])
-    if rc != 0:
-        raise SystemExit(f"error: protoc failed on {PROTO_FILE} (exit {rc})")
-    sys.path.insert(0, out_dir)
-    return (importlib.import_module("vecrec.v1.vecrec_pb2"),
-            importlib.import_module("vecrec.v1.vecrec_pb2_grpc"))
 
 
 def reflection_call(channel: grpc.Channel, request) -> tuple[str, list]:
