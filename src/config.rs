@@ -32,6 +32,8 @@ pub struct Config {
     pub hybrid: HybridConfig,
     /// Training of the interaction-based sources (used by `vecrec-build`).
     pub train: crate::retrieve::TrainOptions,
+    /// The reranking stage of the multi-source pipeline.
+    pub rerank: crate::rerank::RerankConfig,
 }
 
 /// The multi-source `Recommend` pipeline: candidates from every source with a
@@ -52,14 +54,16 @@ pub struct HybridConfig {
     pub rrf_k: f32,
     /// Weight of the EASE source. Default 1.
     pub ease_weight: f32,
-    /// Weight of the transitions source. Default 0.5.
+    /// Weight of the transitions source. Default 0.25.
     pub transitions_weight: f32,
     /// Weight of the content (BERT vector) source. Default 0.2.
     pub content_weight: f32,
     /// Weight of the popularity source. Default 0.
     pub popularity_weight: f32,
-    /// Weight of the ALS source. Default 0.5.
+    /// Weight of the ALS source. Default 0.25.
     pub als_weight: f32,
+    /// Weight of the two-tower source. Default 1.
+    pub two_tower_weight: f32,
     /// Recency decay of the history for EASE, in (0, 1]. Default 0.8.
     pub ease_decay: f32,
     /// Recency decay of the history for transitions, in (0, 1]. Default 0.7.
@@ -74,10 +78,11 @@ impl Default for HybridConfig {
             fusion: crate::fusion::FusionMethod::Geometric,
             rrf_k: 60.0,
             ease_weight: 1.0,
-            transitions_weight: 0.5,
+            transitions_weight: 0.25,
             content_weight: 0.2,
             popularity_weight: 0.0,
-            als_weight: 0.5,
+            als_weight: 0.25,
+            two_tower_weight: 1.0,
             ease_decay: 0.8,
             transitions_decay: 0.7,
         }
@@ -300,6 +305,7 @@ impl Config {
             ("content_weight", h.content_weight),
             ("popularity_weight", h.popularity_weight),
             ("als_weight", h.als_weight),
+            ("two_tower_weight", h.two_tower_weight),
         ] {
             if !(w >= 0.0 && w.is_finite()) {
                 return bad(format!(
@@ -314,6 +320,13 @@ impl Config {
             if !(d > 0.0 && d <= 1.0) {
                 return bad(format!("hybrid.{name} must be in (0, 1], got {d}"));
             }
+        }
+        let r = &self.rerank;
+        if !(r.weight >= 0.0 && r.weight.is_finite()) || r.candidates == 0 || r.max_tokens == 0 {
+            return bad(format!(
+                "rerank.weight must be a finite number ≥ 0 and rerank.candidates, rerank.max_tokens ≥ 1 (weight {}, candidates {}, max_tokens {})",
+                r.weight, r.candidates, r.max_tokens
+            ));
         }
         if self.limits.max_k == 0 || self.limits.max_batch == 0 || self.limits.max_text_bytes == 0 {
             return bad("limits must be at least 1".into());

@@ -12,6 +12,8 @@ use crate::encoder::Encoder;
 use crate::error::{Error, Result};
 use crate::filter::Filter;
 use crate::fusion::{fuse, FusionMethod, SourceList};
+use crate::nn::{Input, OnnxModel};
+use crate::rerank::{RerankInput, RerankKind, Reranker};
 use crate::retrieve::sparse::SparseRows;
 use crate::retrieve::{popularity, recency_weights, top_n};
 use crate::users::{profile, UserProfiles};
@@ -29,16 +31,20 @@ pub enum Source {
     Popularity,
     /// ALS factors, searched in their own HNSW index.
     Als,
+    /// The two-tower user encoder's vector, searched among the item tower's
+    /// embeddings in their own HNSW index.
+    TwoTower,
 }
 
 impl Source {
     /// All sources.
-    pub const ALL: [Source; 5] = [
+    pub const ALL: [Source; 6] = [
         Source::Ease,
         Source::Transitions,
         Source::Content,
         Source::Popularity,
         Source::Als,
+        Source::TwoTower,
     ];
 
     /// Stable name.
@@ -49,6 +55,7 @@ impl Source {
             Source::Content => "content",
             Source::Popularity => "popularity",
             Source::Als => "als",
+            Source::TwoTower => "two_tower",
         }
     }
 }
@@ -66,6 +73,91 @@ struct Trained {
     als_gram: Vec<f64>,
     /// The learned fusion model, when the build fitted one.
     learned: Option<crate::fusion::LearnedModel>,
+    /// The two-tower model, when the build trained one.
+    two_tower: Option<TwoTowerServing>,
+    /// The reranker in force, if any.
+    reranker: Option<Reranker>,
+}
+
+/// The served two-tower model.
+#[derive(Debug)]
+struct TwoTowerServing {
+    /// Item embeddings (inner product).
+    index: Index,
+    /// The user tower through ONNX Runtime.
+    user: OnnxModel,
+    meta: crate::pipeline::TwoTowerMeta,
+    /// Item features, items × `meta.input`.
+    features: Vec<f32>,
+}
+
+impl TwoTowerServing {
+    fn open(
+        dir: &Path,
+        content: &vecrec_index::VectorStore,
+        als: &Index,
+        ort: &Path,
+    ) -> Result<Option<Self>> {
+        let sub = dir.join(crate::pipeline::TWO_TOWER_DIR);
+        if !sub.is_dir() {
+            return Ok(None);
+        }
+        let index = Index::open(&sub)?;
+        let meta: crate::pipeline::TwoTowerMeta =
+            vecrec_index::format::read_json(&dir.join(crate::pipeline::TWO_TOWER_META_FILE))?;
+        let file = vecrec_index::format::CheckedFile::open(
+            &dir.join(crate::pipeline::USER_TOWER_FILE),
+            vecrec_index::format::Kind::MODEL,
+            true,
+        )?;
+        let user = OnnxModel::load(
+            ort,
+            crate::encoder::ModelSource::Bytes(crate::pipeline::USER_TOWER_FILE, file.payload()),
+            2,
+            1,
+            "cpu",
+        )?;
+        let features = crate::retrieve::two_tower::item_features(
+            content.vectors(),
+            content.dim(),
+            als.store().vectors(),
+            als.store().dim(),
+        );
+        if features.len() != content.len() * meta.input || index.store().len() != content.len() {
+            return Err(Error::Config(format!(
+                "{}: the two-tower model was trained for {}-wide item features of {} items; this generation has {} items",
+                dir.display(),
+                meta.input,
+                index.store().len(),
+                content.len()
+            )));
+        }
+        Ok(Some(Self {
+            index,
+            user,
+            meta,
+            features,
+        }))
+    }
+
+    /// The user tower's vector for a history (oldest first); `None` when empty.
+    fn user_vector(&self, history: &[u32]) -> Result<Option<Vec<f32>>> {
+        if history.is_empty() {
+            return Ok(None);
+        }
+        let (start, w) =
+            crate::retrieve::two_tower::pooling_weights(history.len(), &self.meta.options);
+        let d = self.meta.input;
+        let mut x = Vec::with_capacity(w.len() * d);
+        for &i in &history[start..] {
+            x.extend_from_slice(&self.features[i as usize * d..(i as usize + 1) * d]);
+        }
+        let (_, u) = self.user.run(vec![
+            ("history", Input::F32(vec![1, w.len(), d], &x)),
+            ("weights", Input::F32(vec![1, w.len()], &w)),
+        ])?;
+        Ok(Some(u))
+    }
 }
 
 /// One ranked item.
@@ -116,6 +208,9 @@ fn admissible(
 ) -> bool {
     !exclude.contains(&i) && filter.is_none_or(|f| f.matches(store.meta(i)))
 }
+
+/// Name of the reranker's list in the fusion and in the learned model's features.
+pub const RERANKER: &str = "reranker";
 
 /// The engine over one generation.
 #[derive(Debug)]
@@ -170,6 +265,36 @@ impl Engine {
                 .into());
             }
             let als_gram = crate::retrieve::als::gram(als.store().vectors(), f);
+            let has_neural = index.dir().join(crate::pipeline::TWO_TOWER_DIR).is_dir();
+            let wants_cross = cfg.rerank.kind == RerankKind::CrossEncoder;
+            let ort = if has_neural || wants_cross {
+                Some(crate::encoder::locate_ort(&cfg.encoder)?)
+            } else {
+                None
+            };
+            let two_tower = match &ort {
+                Some(o) => TwoTowerServing::open(index.dir(), store, &als, o)?,
+                None => None,
+            };
+            let reranker = match (cfg.rerank.kind, &ort) {
+                (RerankKind::CrossEncoder, Some(o)) => {
+                    let tok = crate::encoder::EncoderFiles::locate(&cfg.encoder)
+                        .ok()
+                        .map(|f| f.tokenizer);
+                    Some(Reranker::open_cross_encoder(
+                        &cfg.rerank,
+                        tok.as_deref(),
+                        o,
+                        2,
+                    )?)
+                }
+                (RerankKind::Din, Some(o))
+                    if index.dir().join(crate::rerank::DIN_FILE).is_file() =>
+                {
+                    Some(Reranker::open_din(index.dir(), o, 2, cfg.rerank.threads)?)
+                }
+                _ => None,
+            };
             Some(Trained {
                 ease: SparseRows::open(index.dir(), "ease", n)?,
                 transitions: SparseRows::open(index.dir(), "transitions", n)?,
@@ -185,6 +310,8 @@ impl Engine {
                         None
                     }
                 },
+                two_tower,
+                reranker,
             })
         } else {
             None
@@ -338,6 +465,7 @@ impl Engine {
             Source::Content => h.content_weight,
             Source::Popularity => h.popularity_weight,
             Source::Als => h.als_weight,
+            Source::TwoTower => h.two_tower_weight,
         }
     }
 
@@ -410,6 +538,21 @@ impl Engine {
                             found.into_iter().map(|f| (f.id, -f.distance)).collect()
                         }
                     }
+                    Source::TwoTower => match &trained.two_tower {
+                        None => Vec::new(),
+                        Some(tt) => match tt.user_vector(&ids)? {
+                            None => Vec::new(),
+                            Some(u) => {
+                                let params = SearchParams {
+                                    k: n,
+                                    ef: self.cfg.search.ef.max(n),
+                                    exact: self.cfg.search.exact,
+                                };
+                                let (found, _) = tt.index.search(&u, &params, Some(accept))?;
+                                found.into_iter().map(|f| (f.id, -f.distance)).collect()
+                            }
+                        },
+                    },
                     Source::Content => {
                         let pre = if self.use_precomputed {
                             user.and_then(|u| self.users.vector(u))
@@ -449,6 +592,104 @@ impl Engine {
                 })
             })
             .collect()
+    }
+
+    fn learned_model(&self) -> Result<&crate::fusion::LearnedModel> {
+        self.trained
+            .as_ref()
+            .and_then(|t| t.learned.as_ref())
+            .ok_or_else(|| {
+                Error::invalid(
+                    "this index has no learned fusion model; rebuild it with vecrec-build",
+                )
+            })
+    }
+
+    /// The reranker in force, if the generation or the config has one.
+    pub fn reranker(&self) -> Option<&Reranker> {
+        self.trained.as_ref().and_then(|t| t.reranker.as_ref())
+    }
+
+    /// Changes the reranking settings other than the kind (validation sweeps use this).
+    pub fn set_rerank_weight(&mut self, weight: f32) {
+        self.cfg.rerank.weight = weight;
+    }
+
+    /// Whether the reranker runs for a request fused with `method`.
+    fn reranks(&self, method: FusionMethod) -> bool {
+        self.reranker().is_some()
+            && if method == FusionMethod::Learned {
+                // Without a model yet (the build fitting one), rerank so the
+                // reranker's score can become a feature.
+                self.trained
+                    .as_ref()
+                    .and_then(|t| t.learned.as_ref())
+                    .is_none_or(|m| m.sources.iter().any(|s| s == RERANKER))
+            } else {
+                self.cfg.rerank.weight > 0.0
+            }
+    }
+
+    /// Every ranked list the final fusion of `method` sees: each source's
+    /// candidates, then, when the reranker runs, its scores for the head of
+    /// the sources fused without it (`rerank.candidates` items; the learned
+    /// method pre-ranks with geometric fusion) as a list named [`RERANKER`].
+    pub fn candidate_lists(
+        &self,
+        history: &[(u32, f32)],
+        user: Option<u32>,
+        accept: &(dyn Fn(u32) -> bool + Sync),
+        method: FusionMethod,
+    ) -> Result<Vec<SourceList>> {
+        let which: Vec<Source> = if method == FusionMethod::Learned {
+            Source::ALL.to_vec()
+        } else {
+            Source::ALL
+                .into_iter()
+                .filter(|s| self.weight(*s) > 0.0)
+                .collect()
+        };
+        let mut lists = self.source_lists(history, user, &which, accept)?;
+        if self.reranks(method) {
+            let pre_method = if method == FusionMethod::Learned {
+                FusionMethod::Geometric
+            } else {
+                method
+            };
+            let head: Vec<u32> = fuse(pre_method, &lists, self.cfg.hybrid.rrf_k)
+                .into_iter()
+                .take(self.cfg.rerank.candidates)
+                .map(|e| e.0)
+                .collect();
+            lists.push(self.rerank_list(history, &head)?);
+        }
+        Ok(lists)
+    }
+
+    /// The reranker's scores of `candidates` as a ranked list.
+    pub fn rerank_list(&self, history: &[(u32, f32)], candidates: &[u32]) -> Result<SourceList> {
+        let trained = self.trained.as_ref();
+        let reranker = self
+            .reranker()
+            .ok_or_else(|| Error::invalid("this index has no reranker"))?;
+        let ids: Vec<u32> = history.iter().map(|h| h.0).collect();
+        let empty: &[f32] = &[];
+        let scores = reranker.score(&RerankInput {
+            history: &ids,
+            candidates,
+            embeddings: trained
+                .and_then(|t| t.two_tower.as_ref())
+                .map_or(empty, |tt| tt.index.store().vectors()),
+            popularity: trained.map_or(empty, |t| &t.popularity),
+            store: self.index.store(),
+        })?;
+        let mut items: Vec<(u32, f32)> = candidates.iter().copied().zip(scores).collect();
+        items.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        Ok(SourceList {
+            name: RERANKER,
+            weight: self.cfg.rerank.weight,
+            items,
+        })
     }
 
     /// Items for a user known by id or by an explicit history.
@@ -495,23 +736,10 @@ impl Engine {
             let filter = opts.filter.as_ref().filter(|f| !f.is_empty());
             let accept = |i: u32| admissible(store, &exclude, filter, i);
             let method = opts.fusion.unwrap_or(self.cfg.hybrid.fusion);
+            let lists = self.candidate_lists(&history, user_number, &accept, method)?;
             let fused = if method == FusionMethod::Learned {
-                let model = self
-                    .trained
-                    .as_ref()
-                    .and_then(|t| t.learned.as_ref())
-                    .ok_or_else(|| {
-                        Error::invalid(
-                            "this index has no learned fusion model; rebuild it with vecrec-build",
-                        )
-                    })?;
-                model.fuse(&self.source_lists(&history, user_number, &Source::ALL, &accept)?)
+                self.learned_model()?.fuse(&lists)
             } else {
-                let which: Vec<Source> = Source::ALL
-                    .into_iter()
-                    .filter(|s| self.weight(*s) > 0.0)
-                    .collect();
-                let lists = self.source_lists(&history, user_number, &which, &accept)?;
                 fuse(method, &lists, self.cfg.hybrid.rrf_k)
             };
             return Ok(fused

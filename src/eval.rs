@@ -291,6 +291,12 @@ pub struct EvalReport {
     pub validation_grid: Vec<GridPoint>,
     /// The chosen hybrid settings (weights, decays, fusion method).
     pub chosen_hybrid: crate::config::HybridConfig,
+    /// The chosen weight of the reranker's list (0 when learned fusion uses it as a feature).
+    pub chosen_rerank_weight: f32,
+    /// The reranker's AUC on validation heads (the model trained on `val_train`).
+    pub reranker_auc_validation: HeadAuc,
+    /// The reranker's AUC on TEST heads (the model trained on TRAIN).
+    pub reranker_auc_test: HeadAuc,
     /// The chosen EASE λ.
     pub chosen_ease_lambda: f32,
     /// The chosen ALS settings.
@@ -315,13 +321,18 @@ pub const MAX_ITEMS: [usize; 7] = [1, 2, 3, 5, 10, 20, 50];
 pub const LAMBDAS: [f32; 3] = [100.0, 200.0, 400.0];
 /// History recency decays of EASE and transitions tried on validation.
 pub const SOURCE_DECAYS: [f32; 5] = [1.0, 0.9, 0.8, 0.7, 0.5];
-/// Fusion weights of transitions, content and popularity tried (EASE weighs 1).
-pub const FUSION_WEIGHTS: ([f32; 4], [f32; 3], [f32; 2], [f32; 4]) = (
+/// Per-source weight lists of the fusion sweep.
+pub type FusionGrid = ([f32; 4], [f32; 3], [f32; 2], [f32; 4], [f32; 4]);
+/// Fusion weights of transitions, content, popularity, ALS and two-tower tried (EASE weighs 1).
+pub const FUSION_WEIGHTS: FusionGrid = (
     [0.0, 0.1, 0.25, 0.5],
     [0.0, 0.1, 0.2],
     [0.0, 0.05],
     [0.0, 0.25, 0.5, 1.0],
+    [0.0, 0.25, 0.5, 1.0],
 );
+/// Weights of the reranker's list tried on validation.
+pub const RERANK_WEIGHTS: [f32; 7] = [0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0];
 /// ALS (regularisation, alpha) tried on validation.
 pub const ALS_GRID: [(f32, f32); 6] = [
     (5.0, 1.0),
@@ -343,8 +354,74 @@ fn only(
         content_weight: (source == Source::Content) as u8 as f32,
         popularity_weight: (source == Source::Popularity) as u8 as f32,
         als_weight: (source == Source::Als) as u8 as f32,
+        two_tower_weight: (source == Source::TwoTower) as u8 as f32,
         ..base.clone()
     }
+}
+
+/// The lists with the weights of a validation trial, in `Source::ALL` order.
+fn with_weights(
+    lists: &[crate::fusion::SourceList],
+    w: &[f32; 6],
+) -> Vec<crate::fusion::SourceList> {
+    let mut l = lists.to_vec();
+    for (x, w) in l.iter_mut().zip(w) {
+        x.weight = *w;
+    }
+    l
+}
+
+/// Source weights in words, in `Source::ALL` order.
+fn weight_names(w: &[f32; 6]) -> String {
+    crate::engine::Source::ALL
+        .iter()
+        .zip(w)
+        .map(|(s, w)| format!("{}={w}", s.name()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// AUC of the reranker and of the fusion score it reranks, pooled over every
+/// (user, head item) pair labelled by the user's held-out items.
+fn head_auc(
+    cached: &[(Vec<crate::fusion::SourceList>, &HashSet<u32>)],
+    reranked: &[crate::fusion::SourceList],
+    method: crate::fusion::FusionMethod,
+    weights: &[f32; 6],
+    rrf_k: f32,
+) -> HeadAuc {
+    let mut rr = Vec::new();
+    let mut fused = Vec::new();
+    for ((lists, truth), r) in cached.iter().zip(reranked) {
+        let f: HashMap<u32, f32> =
+            crate::fusion::fuse(method, &with_weights(lists, weights), rrf_k)
+                .into_iter()
+                .collect();
+        for &(i, score) in &r.items {
+            let y = truth.contains(&i);
+            rr.push((score, y));
+            fused.push((f.get(&i).copied().unwrap_or(f32::MIN), y));
+        }
+    }
+    HeadAuc {
+        pairs: rr.len(),
+        positives: rr.iter().filter(|p| p.1).count(),
+        reranker: crate::rerank::din::auc(&rr),
+        fusion: crate::rerank::din::auc(&fused),
+    }
+}
+
+/// AUC over the reranked heads (users' held-out items are the positives).
+#[derive(Clone, Debug, Serialize)]
+pub struct HeadAuc {
+    /// (user, item) pairs.
+    pub pairs: usize,
+    /// Positive pairs.
+    pub positives: usize,
+    /// AUC of the reranker's score.
+    pub reranker: f64,
+    /// AUC of the fusion score that chose the head, for comparison.
+    pub fusion: f64,
 }
 
 fn argmax<T: Clone>(v: &[(T, f64)]) -> Result<(T, f64)> {
@@ -358,7 +435,7 @@ fn argmax<T: Clone>(v: &[(T, f64)]) -> Result<(T, f64)> {
 pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
     use crate::config::HybridConfig;
     use crate::engine::Source;
-    use crate::fusion::{fuse, FusionMethod};
+    use crate::fusion::{fuse, FusionMethod, SourceList};
     use crate::retrieve::als::AlsOptions;
     use crate::retrieve::TrainOptions;
 
@@ -389,7 +466,8 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
                       users: &UserConfig,
                       lambda: f32,
                       als: &AlsOptions,
-                      learn: Option<&HybridConfig>|
+                      learn: Option<&HybridConfig>,
+                      neural: bool|
      -> Result<f64> {
         let bo = BuildOptions {
             users: users.clone(),
@@ -397,6 +475,7 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
             train: Some(TrainOptions {
                 ease_lambda: lambda,
                 als: als.clone(),
+                neural,
                 ..cfg.train.clone()
             }),
             learn_fusion: learn.cloned(),
@@ -412,7 +491,10 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
         )?;
         Ok(r.train_seconds)
     };
-    let build = |i: &[Triple], u: &UserConfig, l: f32, a: &AlsOptions| build_with(i, u, l, a, None);
+    // The source-by-source stages need no neural models; they are trained
+    // from the fusion stage on.
+    let build =
+        |i: &[Triple], u: &UserConfig, l: f32, a: &AlsOptions| build_with(i, u, l, a, None, false);
     let mut histories: HashMap<u32, Vec<(i64, u32)>> = HashMap::new();
     for &(u, i, t) in &sp.val_train {
         histories.entry(u).or_default().push((t, i));
@@ -530,9 +612,16 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
     let (als_chosen, _) = argmax(&als_trials)?;
 
     // 4. Transitions decay, transitions alone; then the fusion sweep on cached source lists.
-    build(&sp.val_train, &users, lambda, &als_chosen)?;
+    build_with(&sp.val_train, &users, lambda, &als_chosen, None, true)?;
     let mut engine = Engine::open(root, with_als(&als_chosen), None)?;
     engine.set_exact(true);
+    engine.set_rerank_weight(0.0);
+    engine.set_hybrid(only(Source::TwoTower, &cfg.hybrid));
+    trials.push(Trial {
+        stage: "two_tower",
+        setting: "alone".into(),
+        val_ndcg10: score(&engine, &sp.val, &val)?.summary.ndcg10,
+    });
     let mut tr_trials = Vec::new();
     for &decay in &SOURCE_DECAYS {
         engine.set_hybrid(only(
@@ -551,6 +640,7 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
         tr_trials.push((decay, v));
     }
     let (transitions_decay, _) = argmax(&tr_trials)?;
+    let tuned_rrf_k = cfg.hybrid.rrf_k;
     let tuned = HybridConfig {
         ease_decay,
         transitions_decay,
@@ -560,42 +650,46 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
     engine.set_hybrid(tuned.clone());
     let truth = truth_sets(&engine, &sp.val)?;
     let store = engine.index().store();
-    let cached: Vec<(Vec<crate::fusion::SourceList>, &HashSet<u32>)> = truth
-        .par_iter()
-        .map(|(u, t)| {
-            let hist: Vec<(u32, f32)> = histories[u]
+    let cached_hist: Vec<Vec<(u32, f32)>> = truth
+        .iter()
+        .map(|(u, _)| {
+            histories[u]
                 .iter()
                 .map(|id| (store.internal_id(id).unwrap_or(0), 1.0))
-                .collect();
+                .collect()
+        })
+        .collect();
+    let cached: Vec<(Vec<SourceList>, &HashSet<u32>)> = truth
+        .par_iter()
+        .zip(&cached_hist)
+        .map(|((_, t), hist)| {
             let seen: HashSet<u32> = hist.iter().map(|h| h.0).collect();
-            let lists = engine.source_lists(&hist, None, &Source::ALL, &|i| !seen.contains(&i))?;
+            let lists = engine.source_lists(hist, None, &Source::ALL, &|i| !seen.contains(&i))?;
             Ok((lists, t))
         })
         .collect::<Result<_>>()?;
     let mut fusion_trials = Vec::new();
-    let (wt, wc, wp, wa) = FUSION_WEIGHTS;
-    let mut combos: Vec<(f32, f32, f32, f32)> = Vec::new();
+    let (wt, wc, wp, wa, w2) = FUSION_WEIGHTS;
+    let mut combos: Vec<[f32; 6]> = Vec::new();
     for &t in &wt {
         for &c in &wc {
             for &p in &wp {
                 for &a in &wa {
-                    combos.push((t, c, p, a));
+                    for &tt in &w2 {
+                        combos.push([1.0, t, c, p, a, tt]);
+                    }
                 }
             }
         }
     }
     for method in FusionMethod::ALL {
-        for &(t_w, c_w, p_w, a_w) in &combos {
+        for &weights in &combos {
             {
                 {
-                    let weights = [1.0, t_w, c_w, p_w, a_w];
                     let ndcg: f64 = cached
                         .par_iter()
                         .map(|(lists, truth)| {
-                            let mut l = lists.clone();
-                            for (x, w) in l.iter_mut().zip(weights) {
-                                x.weight = w;
-                            }
+                            let l = with_weights(lists, &weights);
                             let ranked: Vec<u32> = fuse(method, &l, tuned.rrf_k)
                                 .into_iter()
                                 .take(KS[1])
@@ -607,28 +701,99 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
                         / cached.len().max(1) as f64;
                     trials.push(Trial {
                         stage: "fusion",
-                        setting: format!(
-                            "{} ease=1 transitions={t_w} content={c_w} popularity={p_w} als={a_w}",
-                            method.name()
-                        ),
+                        setting: format!("{} {}", method.name(), weight_names(&weights)),
                         val_ndcg10: ndcg,
                     });
-                    fusion_trials.push(((method, t_w, c_w, p_w, a_w), ndcg));
+                    fusion_trials.push(((method, weights), ndcg));
                 }
             }
         }
     }
-    // Learned fusion, 2-fold over validation users: fit on one half's
-    // candidates, rank the other half.
-    {
+    let ((method, weights), _) = argmax(&fusion_trials)?;
+    let geometric_weights = argmax(
+        &fusion_trials
+            .iter()
+            .filter(|t| t.0 .0 == FusionMethod::Geometric)
+            .map(|t| (t.0 .1, t.1))
+            .collect::<Vec<_>>(),
+    )?
+    .0;
+
+    // 5. The reranker: the head of the chosen fusion reranked, its list's
+    //    weight in the fusion swept; then the learned click model over every
+    //    source's and the reranker's scores (2-fold over validation users).
+    let head_of = |lists: &[SourceList], m: FusionMethod, w: &[f32; 6]| -> Vec<u32> {
+        fuse(m, &with_weights(lists, w), tuned.rrf_k)
+            .into_iter()
+            .take(cfg.rerank.candidates)
+            .map(|e| e.0)
+            .collect()
+    };
+    let reranked: Vec<SourceList> = cached
+        .par_iter()
+        .zip(&cached_hist)
+        .map(|((lists, _), hist)| engine.rerank_list(hist, &head_of(lists, method, &weights)))
+        .collect::<Result<_>>()?;
+    let val_auc = head_auc(&cached, &reranked, method, &weights, tuned.rrf_k);
+    let mut rerank_trials = Vec::new();
+    for &w in &RERANK_WEIGHTS {
+        let ndcg: f64 = cached
+            .par_iter()
+            .zip(&reranked)
+            .map(|((lists, truth), rr)| {
+                let mut l = with_weights(lists, &weights);
+                l.push(SourceList {
+                    weight: w,
+                    ..rr.clone()
+                });
+                let ranked: Vec<u32> = fuse(method, &l, tuned.rrf_k)
+                    .into_iter()
+                    .take(KS[1])
+                    .map(|e| e.0)
+                    .collect();
+                user_metrics(&ranked, truth).ndcg[0]
+            })
+            .sum::<f64>()
+            / cached.len().max(1) as f64;
+        trials.push(Trial {
+            stage: "rerank",
+            setting: format!("{} {} reranker={w}", method.name(), weight_names(&weights)),
+            val_ndcg10: ndcg,
+        });
+        rerank_trials.push((w, ndcg));
+    }
+    let (rerank_weight, best_rerank) = argmax(&rerank_trials)?;
+    // The learned model reranks the head of geometric fusion, as the engine does.
+    let learned_lists: Vec<Vec<SourceList>> = cached
+        .par_iter()
+        .zip(&cached_hist)
+        .zip(&reranked)
+        .map(|(((lists, _), hist), rr)| {
+            let mut l = lists.clone();
+            l.push(
+                if method == FusionMethod::Geometric && weights == geometric_weights {
+                    rr.clone()
+                } else {
+                    engine.rerank_list(
+                        hist,
+                        &head_of(lists, FusionMethod::Geometric, &geometric_weights),
+                    )?
+                },
+            );
+            Ok(l)
+        })
+        .collect::<Result<_>>()?;
+    let learned_ndcg = {
         use crate::fusion::{features, LearnedModel};
-        let names: Vec<String> = Source::ALL.iter().map(|s| s.name().to_owned()).collect();
+        let mut names: Vec<String> = Source::ALL.iter().map(|s| s.name().to_owned()).collect();
+        names.push(crate::engine::RERANKER.to_owned());
         let rows_of = |part: usize| -> Vec<(Vec<f32>, bool)> {
-            cached
+            learned_lists
                 .iter()
+                .zip(&cached)
                 .enumerate()
                 .filter(|(k, _)| k % 2 == part)
-                .flat_map(|(_, (lists, truth))| {
+                .flat_map(|(_, (lists, (_, truth)))| {
                     features(&names, lists)
                         .into_iter()
                         .map(|(i, f)| (f, truth.contains(&i)))
@@ -640,11 +805,12 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
         for part in 0..2 {
             let model = LearnedModel::fit(names.clone(), &rows_of(part), 1.0)
                 .ok_or_else(|| Error::invalid("learned fusion: singular system"))?;
-            total += cached
+            total += learned_lists
                 .iter()
+                .zip(&cached)
                 .enumerate()
                 .filter(|(k, _)| k % 2 != part)
-                .map(|(_, (lists, truth))| {
+                .map(|(_, (lists, (_, truth)))| {
                     let ranked: Vec<u32> = model
                         .fuse(lists)
                         .into_iter()
@@ -655,31 +821,47 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
                 })
                 .sum::<f64>();
         }
-        let ndcg = total / cached.len().max(1) as f64;
-        trials.push(Trial {
-            stage: "fusion",
-            setting: "learned (2-fold over validation users)".into(),
-            val_ndcg10: ndcg,
-        });
-        fusion_trials.push(((FusionMethod::Learned, 0.0, 0.0, 0.0, 0.0), ndcg));
-    }
-    let ((fusion, t_w, c_w, p_w, a_w), _) = argmax(&fusion_trials)?;
+        total / cached.len().max(1) as f64
+    };
+    trials.push(Trial {
+        stage: "fusion",
+        setting: "learned over sources + reranker (2-fold over validation users)".into(),
+        val_ndcg10: learned_ndcg,
+    });
+    let learned_wins = learned_ndcg > best_rerank;
+    let (fusion, w) = if learned_wins {
+        (FusionMethod::Learned, geometric_weights)
+    } else {
+        (method, weights)
+    };
     let chosen_hybrid = HybridConfig {
         fusion,
-        ease_weight: 1.0,
-        transitions_weight: t_w,
-        content_weight: c_w,
-        popularity_weight: p_w,
-        als_weight: a_w,
+        ease_weight: w[0],
+        transitions_weight: w[1],
+        content_weight: w[2],
+        popularity_weight: w[3],
+        als_weight: w[4],
+        two_tower_weight: w[5],
         ..tuned
     };
+    let rerank_weight = if learned_wins { 0.0 } else { rerank_weight };
+    drop(reranked);
+    drop(learned_lists);
     drop(cached);
     drop(engine);
 
-    // 5. Refit on TRAIN with the chosen settings; score TEST once per row.
-    let train_seconds = build_with(&sp.train, &users, lambda, &als_chosen, Some(&chosen_hybrid))?;
+    // 6. Refit on TRAIN with the chosen settings; score TEST once per row.
+    let train_seconds = build_with(
+        &sp.train,
+        &users,
+        lambda,
+        &als_chosen,
+        learned_wins.then_some(&chosen_hybrid),
+        true,
+    )?;
     cfg.users = users;
     cfg.hybrid = chosen_hybrid.clone();
+    cfg.rerank.weight = rerank_weight;
     let mut engine = Engine::open(root, cfg.clone(), None)?;
     engine.set_exact(true);
     let full = score(&engine, &sp.test, &Who::Stored)?;
@@ -687,6 +869,7 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
     let full_hnsw = score(&engine, &sp.test, &Who::Stored)?;
     engine.set_exact(true);
     let mut ablation = Vec::new();
+    engine.set_rerank_weight(0.0);
     for s in Source::ALL {
         engine.set_hybrid(only(s, &chosen_hybrid));
         let r = score(&engine, &sp.test, &Who::Stored)?;
@@ -704,10 +887,68 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
         model: "content-only pipeline (issue 2)".into(),
         metrics: content_only.summary,
     });
+    let pre_method = if learned_wins {
+        FusionMethod::Geometric
+    } else {
+        chosen_hybrid.fusion
+    };
+    engine.set_hybrid(HybridConfig {
+        fusion: pre_method,
+        ..chosen_hybrid.clone()
+    });
+    let no_rerank = score(&engine, &sp.test, &Who::Stored)?;
     ablation.push(AblationRow {
-        model: "fusion of all sources".into(),
+        model: format!("fusion of all sources ({}), no reranker", pre_method.name()),
+        metrics: no_rerank.summary,
+    });
+    ablation.push(AblationRow {
+        model: if learned_wins {
+            "full pipeline: sources + reranker, learned fusion".into()
+        } else {
+            format!(
+                "full pipeline: sources + reranker (weight {rerank_weight}), {} fusion",
+                chosen_hybrid.fusion.name()
+            )
+        },
         metrics: full.summary.clone(),
     });
+    // The reranker's AUC on TEST: every user's head of the fusion without it.
+    let test_truth = truth_sets(&engine, &sp.test)?;
+    let test_hist: Vec<Vec<(u32, f32)>> = test_truth
+        .iter()
+        .map(|(u, _)| {
+            engine
+                .users()
+                .lookup(&u.to_string())
+                .map(|n| engine.users().history(n))
+                .unwrap_or_default()
+        })
+        .collect();
+    let test_cached: Vec<(Vec<SourceList>, &HashSet<u32>)> = test_truth
+        .par_iter()
+        .zip(&test_hist)
+        .map(|((_, t), hist)| {
+            let seen: HashSet<u32> = hist.iter().map(|h| h.0).collect();
+            let lists = engine.source_lists(hist, None, &Source::ALL, &|i| !seen.contains(&i))?;
+            Ok((lists, t))
+        })
+        .collect::<Result<_>>()?;
+    let w6 = [
+        chosen_hybrid.ease_weight,
+        chosen_hybrid.transitions_weight,
+        chosen_hybrid.content_weight,
+        chosen_hybrid.popularity_weight,
+        chosen_hybrid.als_weight,
+        chosen_hybrid.two_tower_weight,
+    ];
+    let test_reranked: Vec<SourceList> = test_cached
+        .par_iter()
+        .zip(&test_hist)
+        .map(|((lists, _), hist)| engine.rerank_list(hist, &head_of(lists, pre_method, &w6)))
+        .collect::<Result<_>>()?;
+    let test_auc = head_auc(&test_cached, &test_reranked, pre_method, &w6, tuned_rrf_k);
+    drop(test_reranked);
+    drop(test_cached);
     drop(engine);
 
     // vecrec's own EASE baseline: plain binary history, λ chosen on validation.
@@ -750,6 +991,9 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
         chosen,
         validation_grid: grid,
         chosen_hybrid,
+        chosen_rerank_weight: rerank_weight,
+        reranker_auc_validation: val_auc,
+        reranker_auc_test: test_auc,
         chosen_ease_lambda: lambda,
         chosen_als: als_chosen,
         trials,
@@ -757,7 +1001,7 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
         train_seconds,
         seconds: start.elapsed().as_secs_f64(),
         pipeline:
-            "hybrid: EASE + transitions + ALS + content + popularity candidates, fused (no reranker yet)",
+            "hybrid: EASE + transitions + ALS + content + popularity + two-tower candidates, fused, the head reranked by the cross-attention reranker",
     })
 }
 
@@ -802,9 +1046,18 @@ pub fn table(r: &EvalReport) -> String {
         "paired NDCG@10 difference, full pipeline − {}: {:+.4} ± {:.4} (95%, {} users)\n",
         p.baseline, p.mean, p.ci95, p.users
     ));
+    for (name, a) in [
+        ("validation", &r.reranker_auc_validation),
+        ("TEST", &r.reranker_auc_test),
+    ] {
+        s.push_str(&format!(
+            "reranker AUC on {name} heads ({} pairs, {} positive): reranker {:.4}, the fusion score it reranks {:.4}\n",
+            a.pairs, a.positives, a.reranker, a.fusion
+        ));
+    }
     let h = &r.chosen_hybrid;
     s.push_str(&format!(
-        "chosen on validation ({} settings): content profile decay={} max_items={}; EASE λ={} decay={}; transitions decay={}; ALS reg={} alpha={}; fusion {} with weights ease={} transitions={} content={} popularity={} als={}\n",
+        "chosen on validation ({} settings): content profile decay={} max_items={}; EASE λ={} decay={}; transitions decay={}; ALS reg={} alpha={}; fusion {} with weights ease={} transitions={} content={} popularity={} als={} two_tower={}; reranker weight {}\n",
         r.validation_grid.len() + r.trials.len(),
         r.chosen.decay,
         r.chosen.max_items,
@@ -818,7 +1071,9 @@ pub fn table(r: &EvalReport) -> String {
         h.transitions_weight,
         h.content_weight,
         h.popularity_weight,
-        h.als_weight
+        h.als_weight,
+        h.two_tower_weight,
+        r.chosen_rerank_weight
     ));
     s
 }

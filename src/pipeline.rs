@@ -177,6 +177,9 @@ pub fn build_generation(
         SparseRows::write(writer.dir(), "transitions", &transitions)?;
         let als = crate::retrieve::als::train(&histories, store.len(), &train.als)?;
         write_als(writer.dir(), &store, &als, &opts.hnsw)?;
+        if train.neural {
+            write_neural(writer.dir(), &store, &als, &histories, train, &opts.hnsw)?;
+        }
     }
     if let (Some(_), Some(hybrid)) = (&opts.train, &opts.learn_fusion) {
         if let Some(model) = fit_fusion(root, items, vectors, interactions, opts, hybrid)? {
@@ -271,7 +274,10 @@ fn fit_fusion(
             ..Default::default()
         };
         let engine = Engine::open(&tmp, cfg, None)?;
-        let names: Vec<String> = Source::ALL.iter().map(|s| s.name().to_owned()).collect();
+        let mut names: Vec<String> = Source::ALL.iter().map(|s| s.name().to_owned()).collect();
+        if engine.reranker().is_some() {
+            names.push(crate::engine::RERANKER.to_owned());
+        }
         let mut rows = Vec::new();
         let mut users: Vec<&String> = held.keys().collect();
         users.sort();
@@ -281,8 +287,12 @@ fn fit_fusion(
             };
             let hist = engine.users().history(u);
             let seen: HashSet<u32> = hist.iter().map(|h| h.0).collect();
-            let lists =
-                engine.source_lists(&hist, Some(u), &Source::ALL, &|i| !seen.contains(&i))?;
+            let lists = engine.candidate_lists(
+                &hist,
+                Some(u),
+                &|i| !seen.contains(&i),
+                crate::fusion::FusionMethod::Learned,
+            )?;
             let truth = &held[user];
             for (i, f) in crate::fusion::features(&names, &lists) {
                 rows.push((f, truth.contains(engine.index().store().external_id(i))));
@@ -333,6 +343,109 @@ fn write_als(
     )?;
     w.write_pod(&model.users)?;
     w.finish()?;
+    Ok(())
+}
+
+/// Sub-directory of a generation holding the two-tower item-embedding index.
+pub const TWO_TOWER_DIR: &str = "two_tower";
+/// File of the two-tower user encoder (ONNX bytes in the envelope).
+pub const USER_TOWER_FILE: &str = "user_tower.onnx.bin";
+/// File of the two-tower settings ([`TwoTowerMeta`]).
+pub const TWO_TOWER_META_FILE: &str = "two_tower.json";
+
+/// What a generation records about its two-tower model.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct TwoTowerMeta {
+    /// The options it was trained with (pooling length and decay).
+    pub options: crate::retrieve::two_tower::TwoTowerOptions,
+    /// Item-feature width (content + ALS factors).
+    pub input: usize,
+    /// Mean in-batch softmax loss of the last epoch.
+    pub train_loss: f32,
+    /// Seconds spent training.
+    pub train_seconds: f64,
+}
+
+/// Writes a serialised model in the envelope.
+pub fn write_model(path: &Path, bytes: &[u8]) -> Result<()> {
+    Ok(vecrec_index::format::write_file(
+        path,
+        vecrec_index::format::Kind::MODEL,
+        [bytes.len() as u64, 0, 0, 0, 0],
+        bytes,
+    )?)
+}
+
+/// Trains the two-tower user encoder and the cross-attention reranker and
+/// writes them into the generation: item embeddings as an inner-product index
+/// under `two_tower/`, the user tower and the reranker as ONNX.
+fn write_neural(
+    dir: &Path,
+    store: &VectorStore,
+    als: &crate::retrieve::als::AlsModel,
+    histories: &[Vec<u32>],
+    train: &crate::retrieve::TrainOptions,
+    hnsw: &HnswParams,
+) -> Result<()> {
+    use crate::rerank::din::Din;
+    use crate::retrieve::two_tower::{item_features, TwoTower};
+    let t = Instant::now();
+    let dc = store.dim();
+    let features = item_features(store.vectors(), dc, &als.items, als.factors);
+    let input = dc + als.factors;
+    let (tower, loss) = TwoTower::train(histories, &features, input, &train.two_tower);
+    let emb = tower.item_vectors(&features);
+    let e = train.two_tower.dim;
+    let mut sb = StoreBuilder::new(e, Metric::InnerProduct)?;
+    for i in 0..store.len() {
+        sb.add(
+            store.external_id(i as u32),
+            &emb[i * e..(i + 1) * e],
+            Default::default(),
+        )?;
+    }
+    let sub = dir.join(TWO_TOWER_DIR);
+    std::fs::create_dir_all(&sub).map_err(|err| crate::Error::io(&sub, err))?;
+    write_index(
+        &sub,
+        &sb,
+        hnsw,
+        serde_json::json!({"two_tower_dim": e}),
+        &|_| {},
+    )?;
+    write_model(&dir.join(USER_TOWER_FILE), &tower.user_onnx())?;
+    let train_seconds = t.elapsed().as_secs_f64();
+    vecrec_index::format::write_json(
+        &dir.join(TWO_TOWER_META_FILE),
+        &TwoTowerMeta {
+            options: train.two_tower.clone(),
+            input,
+            train_loss: loss,
+            train_seconds,
+        },
+    )?;
+    tracing::info!(
+        loss,
+        seconds = train_seconds,
+        "two-tower user encoder trained"
+    );
+    let t = Instant::now();
+    let pop = crate::retrieve::popularity(histories, store.len());
+    let (din, loss) = Din::train(histories, &emb, e, &pop, &train.reranker);
+    write_model(&dir.join(crate::rerank::DIN_FILE), &din.onnx())?;
+    vecrec_index::format::write_json(
+        &dir.join(crate::rerank::DIN_META_FILE),
+        &crate::rerank::DinMeta {
+            history: train.reranker.history,
+            embed: e,
+            train_loss: loss,
+        },
+    )?;
+    tracing::info!(
+        loss,
+        seconds = t.elapsed().as_secs_f64(),
+        "cross-attention reranker trained"
+    );
     Ok(())
 }
 

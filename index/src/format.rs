@@ -52,6 +52,8 @@ impl Kind {
     pub const JSON: Kind = Kind(*b"json\0\0\0\0");
     /// Table of u32 lists.
     pub const LISTS: Kind = Kind(*b"lists\0\0\0");
+    /// A serialised model (ONNX bytes) the service runs.
+    pub const MODEL: Kind = Kind(*b"model\0\0\0");
 
     /// Human-readable name.
     pub fn name(&self) -> &'static str {
@@ -61,6 +63,7 @@ impl Kind {
             Kind::HNSW => "hnsw",
             Kind::JSON => "json",
             Kind::LISTS => "lists",
+            Kind::MODEL => "model",
             _ => "unknown",
         }
     }

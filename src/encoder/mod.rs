@@ -54,18 +54,23 @@ impl EncoderFiles {
                 "tokenizer.json",
             )?,
         };
-        let ort_dylib = locate(
-            cfg.ort_dylib.as_deref(),
-            &["VECREC_ORT_DYLIB", "ORT_DYLIB_PATH"],
-            "onnxruntime/libonnxruntime.so",
-            "the ONNX Runtime library (libonnxruntime.so)",
-        )?;
+        let ort_dylib = locate_ort(cfg)?;
         Ok(Self {
             model,
             tokenizer,
             ort_dylib,
         })
     }
+}
+
+/// Finds libonnxruntime.so from config, environment and `.cache/`.
+pub fn locate_ort(cfg: &EncoderConfig) -> Result<PathBuf> {
+    locate(
+        cfg.ort_dylib.as_deref(),
+        &["VECREC_ORT_DYLIB", "ORT_DYLIB_PATH"],
+        "onnxruntime/libonnxruntime.so",
+        "the ONNX Runtime library (libonnxruntime.so)",
+    )
 }
 
 static ENVIRONMENT: OnceLock<
@@ -102,12 +107,36 @@ pub fn build_session(
     threads: usize,
     device: &str,
 ) -> Result<Session> {
+    build_session_from(env, ModelSource::File(model), threads, device)
+}
+
+/// Where a session's model comes from.
+#[derive(Clone, Copy, Debug)]
+pub enum ModelSource<'a> {
+    /// An `.onnx` file.
+    File(&'a Path),
+    /// Serialised model bytes (vecrec's own exported models, read from their
+    /// checksummed envelope), with a name for error messages.
+    Bytes(&'a str, &'a [u8]),
+}
+
+/// [`build_session`] for a model given as a file or as bytes.
+pub fn build_session_from(
+    env: &ort::environment::Environment,
+    model: ModelSource<'_>,
+    threads: usize,
+    device: &str,
+) -> Result<Session> {
+    let label = match model {
+        ModelSource::File(p) => p.display().to_string(),
+        ModelSource::Bytes(name, _) => name.to_owned(),
+    };
     let threads = if threads == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     } else {
         threads
     };
-    let fail = |e: ort::Error| Error::Encoder(format!("{}: {e}", model.display()));
+    let fail = |e: ort::Error| Error::Encoder(format!("{label}: {e}"));
     let mut builder = Session::builder(env)
         .map_err(fail)?
         .with_optimization_level(GraphOptimizationLevel::Level3)
@@ -117,7 +146,11 @@ pub fn build_session(
     if device == "cuda" {
         builder = with_cuda(builder);
     }
-    builder.commit_from_file(model).map_err(fail)
+    match model {
+        ModelSource::File(p) => builder.commit_from_file(p),
+        ModelSource::Bytes(_, b) => builder.commit_from_memory(b),
+    }
+    .map_err(fail)
 }
 
 #[cfg(feature = "cuda")]

@@ -21,6 +21,7 @@
 
 pub mod als;
 pub mod sparse;
+pub mod two_tower;
 
 use std::collections::HashMap;
 
@@ -48,6 +49,12 @@ pub struct TrainOptions {
     pub transitions_keep: usize,
     /// Implicit ALS; its item factors get their own HNSW index.
     pub als: als::AlsOptions,
+    /// Train the neural models (two-tower user encoder and reranker). Default true.
+    pub neural: bool,
+    /// The two-tower user encoder.
+    pub two_tower: two_tower::TwoTowerOptions,
+    /// The cross-attention reranker.
+    pub reranker: crate::rerank::din::DinOptions,
 }
 
 impl Default for TrainOptions {
@@ -59,6 +66,9 @@ impl Default for TrainOptions {
             transitions_window: 5,
             transitions_keep: 200,
             als: als::AlsOptions::default(),
+            neural: true,
+            two_tower: two_tower::TwoTowerOptions::default(),
+            reranker: crate::rerank::din::DinOptions::default(),
         }
     }
 }

@@ -6,5 +6,6 @@ mod common;
 mod encoder;
 mod grpc;
 mod movielens;
+mod neural;
 mod pipeline;
 mod python_client;

@@ -1,0 +1,293 @@
+//! The small neural-network toolkit behind the two-tower user encoder and the
+//! cross-attention reranker: parameters with Adam (Kingma & Ba, "Adam: A
+//! Method for Stochastic Optimization", ICLR 2015), dense algebra through
+//! `ndarray`, gradients written out by hand and checked against finite
+//! differences in the tests, an ONNX writer ([`onnx`]) and the ONNX Runtime
+//! wrapper that serves the exported models ([`OnnxModel`]).
+//!
+//! Why not candle or burn: the two models are a few matrix products, a softmax
+//! and a normalisation, so their gradients fit on a page; written out, they
+//! train in seconds on two cores with no extra compile time, and exporting
+//! them to ONNX is a direct transcription of the same forward pass. See
+//! ARCHITECTURE.md.
+
+pub mod onnx;
+
+use std::path::Path;
+
+use ndarray::{ArrayView1, ArrayView2, ArrayViewMut2};
+use ort::session::Session;
+use ort::value::{DynValue, Tensor};
+use parking_lot::Mutex;
+use rand::Rng;
+
+use crate::encoder::{build_session_from, ModelSource};
+use crate::error::{Error, Result};
+
+/// A trainable matrix (or vector, with one row) and its Adam moments.
+#[derive(Clone, Debug)]
+pub struct Param {
+    /// Rows.
+    pub rows: usize,
+    /// Columns.
+    pub cols: usize,
+    /// Values, row-major.
+    pub w: Vec<f32>,
+    /// Gradient accumulated by the last backward pass.
+    pub g: Vec<f32>,
+    m: Vec<f32>,
+    v: Vec<f32>,
+}
+
+impl Param {
+    /// A `rows × cols` matrix drawn uniformly from ±sqrt(6 / (rows + cols))
+    /// (Glorot & Bengio 2010).
+    pub fn glorot(rows: usize, cols: usize, rng: &mut impl Rng) -> Self {
+        let a = (6.0 / (rows + cols) as f32).sqrt();
+        let w = (0..rows * cols).map(|_| rng.gen_range(-a..a)).collect();
+        Self::from_values(rows, cols, w)
+    }
+
+    /// A zero matrix.
+    pub fn zeros(rows: usize, cols: usize) -> Self {
+        Self::from_values(rows, cols, vec![0.0; rows * cols])
+    }
+
+    /// A matrix with the given values.
+    pub fn from_values(rows: usize, cols: usize, w: Vec<f32>) -> Self {
+        assert_eq!(w.len(), rows * cols);
+        let n = w.len();
+        Self {
+            rows,
+            cols,
+            w,
+            g: vec![0.0; n],
+            m: vec![0.0; n],
+            v: vec![0.0; n],
+        }
+    }
+
+    /// The values as a matrix.
+    pub fn view(&self) -> ArrayView2<'_, f32> {
+        ArrayView2::from_shape((self.rows, self.cols), &self.w).expect("shape matches")
+    }
+
+    /// The values as a vector (for one-row parameters).
+    pub fn vector(&self) -> ArrayView1<'_, f32> {
+        ArrayView1::from(&self.w[..])
+    }
+
+    /// The gradient as a matrix.
+    pub fn grad_mut(&mut self) -> ArrayViewMut2<'_, f32> {
+        ArrayViewMut2::from_shape((self.rows, self.cols), &mut self.g).expect("shape matches")
+    }
+
+    /// Clears the gradient.
+    pub fn zero_grad(&mut self) {
+        self.g.iter_mut().for_each(|g| *g = 0.0);
+    }
+}
+
+/// Adam with decoupled weight decay (AdamW, Loshchilov & Hutter, ICLR 2019).
+#[derive(Clone, Debug)]
+pub struct Adam {
+    /// Learning rate.
+    pub lr: f32,
+    /// Weight decay per step, relative to the learning rate.
+    pub weight_decay: f32,
+    t: i32,
+}
+
+impl Adam {
+    /// A new optimiser.
+    pub fn new(lr: f32, weight_decay: f32) -> Self {
+        Self {
+            lr,
+            weight_decay,
+            t: 0,
+        }
+    }
+
+    /// One step over `params` with their accumulated gradients, which are then cleared.
+    pub fn step(&mut self, params: &mut [&mut Param]) {
+        const B1: f32 = 0.9;
+        const B2: f32 = 0.999;
+        const EPS: f32 = 1e-8;
+        self.t += 1;
+        let c1 = 1.0 - B1.powi(self.t);
+        let c2 = 1.0 - B2.powi(self.t);
+        for p in params.iter_mut() {
+            for k in 0..p.w.len() {
+                let g = p.g[k];
+                p.m[k] = B1 * p.m[k] + (1.0 - B1) * g;
+                p.v[k] = B2 * p.v[k] + (1.0 - B2) * g * g;
+                let step = (p.m[k] / c1) / ((p.v[k] / c2).sqrt() + EPS);
+                p.w[k] -= self.lr * (step + self.weight_decay * p.w[k]);
+            }
+            p.zero_grad();
+        }
+    }
+}
+
+/// `x / |x|` per row, in place; returns the norms.
+pub fn normalize_rows(x: &mut ndarray::Array2<f32>) -> Vec<f32> {
+    x.rows_mut()
+        .into_iter()
+        .map(|mut r| {
+            let n = r.dot(&r).sqrt().max(1e-12);
+            r.mapv_inplace(|v| v / n);
+            n
+        })
+        .collect()
+}
+
+/// Backward of [`normalize_rows`]: given the outputs `y`, their norms and the
+/// gradient `dy`, the gradient of the inputs, `(dy − y (y·dy)) / |x|`.
+pub fn normalize_rows_backward(
+    y: &ndarray::Array2<f32>,
+    norms: &[f32],
+    dy: &ndarray::Array2<f32>,
+) -> ndarray::Array2<f32> {
+    let mut dx = dy.clone();
+    for ((mut d, yr), n) in dx.rows_mut().into_iter().zip(y.rows()).zip(norms) {
+        let dot = yr.dot(&d);
+        d.zip_mut_with(&yr, |dv, yv| *dv = (*dv - yv * dot) / n);
+    }
+    dx
+}
+
+/// A model served by ONNX Runtime, with a small pool of sessions (running a
+/// session needs exclusive access).
+pub struct OnnxModel {
+    sessions: Vec<Mutex<Session>>,
+    label: String,
+    inputs: Vec<String>,
+}
+
+impl std::fmt::Debug for OnnxModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnnxModel")
+            .field("label", &self.label)
+            .field("inputs", &self.inputs)
+            .finish()
+    }
+}
+
+/// An input of [`OnnxModel::run`].
+#[derive(Debug)]
+pub enum Input<'a> {
+    /// A float tensor: shape and row-major values.
+    F32(Vec<usize>, &'a [f32]),
+    /// An int64 tensor.
+    I64(Vec<usize>, Vec<i64>),
+}
+
+impl OnnxModel {
+    /// Loads a model with `pool` sessions of `threads` intra-op threads each,
+    /// on `device` (`cpu` or `cuda`).
+    pub fn load(
+        ort_dylib: &Path,
+        source: ModelSource<'_>,
+        pool: usize,
+        threads: usize,
+        device: &str,
+    ) -> Result<Self> {
+        let env = crate::encoder::ort_environment(ort_dylib)?;
+        let sessions = (0..pool.max(1))
+            .map(|_| build_session_from(&env, source, threads, device).map(Mutex::new))
+            .collect::<Result<Vec<_>>>()?;
+        let inputs = sessions[0]
+            .lock()
+            .inputs()
+            .iter()
+            .map(|i| i.name().to_owned())
+            .collect();
+        let label = match source {
+            ModelSource::File(p) => p.display().to_string(),
+            ModelSource::Bytes(n, _) => n.to_owned(),
+        };
+        Ok(Self {
+            sessions,
+            label,
+            inputs,
+        })
+    }
+
+    /// The model's input names.
+    pub fn input_names(&self) -> &[String] {
+        &self.inputs
+    }
+
+    /// Runs the model and returns its first output as (shape, values).
+    pub fn run(&self, inputs: Vec<(&str, Input<'_>)>) -> Result<(Vec<usize>, Vec<f32>)> {
+        let err = |e: ort::Error| Error::Encoder(format!("{}: {e}", self.label));
+        let mut values: Vec<(String, DynValue)> = Vec::with_capacity(inputs.len());
+        for (name, input) in inputs {
+            let v = match input {
+                Input::F32(shape, data) => Tensor::from_array((shape, data.to_vec()))
+                    .map_err(err)?
+                    .into_dyn(),
+                Input::I64(shape, data) => {
+                    Tensor::from_array((shape, data)).map_err(err)?.into_dyn()
+                }
+            };
+            values.push((name.to_owned(), v));
+        }
+        let mut session = self.acquire();
+        let outputs = session.run(values).map_err(err)?;
+        let out = outputs[0].try_extract_array::<f32>().map_err(err)?;
+        Ok((out.shape().to_vec(), out.iter().copied().collect()))
+    }
+
+    fn acquire(&self) -> parking_lot::MutexGuard<'_, Session> {
+        for s in &self.sessions {
+            if let Some(g) = s.try_lock() {
+                return g;
+            }
+        }
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let i = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.sessions.len();
+        self.sessions[i].lock()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::Array2;
+
+    #[test]
+    fn normalize_backward_matches_finite_differences() {
+        let x = Array2::from_shape_vec((2, 3), vec![0.3, -1.2, 0.5, 2.0, 0.1, -0.4]).unwrap();
+        let c = Array2::from_shape_vec((2, 3), vec![0.7, 0.2, -0.9, -0.3, 1.1, 0.4]).unwrap();
+        let loss = |x: &Array2<f32>| {
+            let mut y = x.clone();
+            normalize_rows(&mut y);
+            (&y * &c).sum()
+        };
+        let mut y = x.clone();
+        let n = normalize_rows(&mut y);
+        let dx = normalize_rows_backward(&y, &n, &c);
+        for r in 0..2 {
+            for k in 0..3 {
+                let mut xp = x.clone();
+                xp[[r, k]] += 1e-3;
+                let mut xm = x.clone();
+                xm[[r, k]] -= 1e-3;
+                let fd = (loss(&xp) - loss(&xm)) / 2e-3;
+                assert!((fd - dx[[r, k]]).abs() < 1e-3, "{fd} vs {}", dx[[r, k]]);
+            }
+        }
+    }
+
+    #[test]
+    fn adam_minimises_a_quadratic() {
+        let mut p = Param::from_values(1, 2, vec![3.0, -2.0]);
+        let mut opt = Adam::new(0.1, 0.0);
+        for _ in 0..500 {
+            p.g = p.w.iter().map(|w| 2.0 * (w - 1.0)).collect();
+            opt.step(&mut [&mut p]);
+        }
+        assert!(p.w.iter().all(|w| (w - 1.0).abs() < 1e-2), "{:?}", p.w);
+    }
+}

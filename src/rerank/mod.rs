@@ -1,0 +1,321 @@
+//! The reranking stage of `Recommend`: the fused candidates' head (200 by
+//! default) is scored again by a model that sees the candidate and the
+//! user's history together, and the reranker's scores join the fusion as one
+//! more ranked list (weight `rerank.weight`, or a feature of the learned
+//! fusion model).
+//!
+//! Two kinds:
+//! - `din` ([`din`]): vecrec's own cross-attention model, trained by the build
+//!   and stored in the generation (`reranker.onnx.bin`), served through ONNX
+//!   Runtime.
+//! - `cross_encoder`: a user-supplied text cross-encoder ONNX file with inputs
+//!   `input_ids` / `attention_mask` (/ `token_type_ids`) and one logit per
+//!   pair as output (`[b]` or `[b, 1]`), fed (user context, item text) pairs:
+//!   the context is the titles of the newest history items, the item text is
+//!   the text the catalogue embedded. No pretrained cross-encoder can be
+//!   downloaded here, so the tests build a tiny one.
+
+pub mod din;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tokenizers::{Tokenizer, TruncationParams};
+
+use crate::encoder::ModelSource;
+use crate::error::{Error, Result};
+use crate::nn::{Input, OnnxModel};
+
+/// Which reranker runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RerankKind {
+    /// The generation's own cross-attention model.
+    #[default]
+    Din,
+    /// A user-supplied text cross-encoder (`rerank.cross_encoder_model`).
+    CrossEncoder,
+}
+
+/// Settings of the reranking stage.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RerankConfig {
+    /// Which model: `din` or `cross_encoder`. Default `din`.
+    pub kind: RerankKind,
+    /// Weight of the reranker's list in the fusion; 0 turns reranking off.
+    /// Default 0.25 (chosen on the ml-latest-small validation split).
+    pub weight: f32,
+    /// How many of the fused candidates are reranked. Default 200.
+    pub candidates: usize,
+    /// The cross-encoder ONNX file (kind `cross_encoder`).
+    pub cross_encoder_model: Option<PathBuf>,
+    /// Its tokenizer.json; default: the sentence encoder's.
+    pub cross_encoder_tokenizer: Option<PathBuf>,
+    /// History items whose titles form the cross-encoder's user context. Default 5.
+    pub context_items: usize,
+    /// Token limit of a (context, item) pair. Default 256.
+    pub max_tokens: usize,
+    /// ONNX Runtime intra-op threads per session. Default 1.
+    pub threads: usize,
+}
+
+impl Default for RerankConfig {
+    fn default() -> Self {
+        Self {
+            kind: RerankKind::Din,
+            weight: 0.25,
+            candidates: 200,
+            cross_encoder_model: None,
+            cross_encoder_tokenizer: None,
+            context_items: 5,
+            max_tokens: 256,
+            threads: 1,
+        }
+    }
+}
+
+/// File of the cross-attention reranker in a generation (ONNX bytes in the envelope).
+pub const DIN_FILE: &str = "reranker.onnx.bin";
+/// File of its settings (history length, embedding width).
+pub const DIN_META_FILE: &str = "reranker.json";
+
+/// What a generation records about its reranker.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DinMeta {
+    /// History slots.
+    pub history: usize,
+    /// Item-embedding width.
+    pub embed: usize,
+    /// Training loss of the last epoch.
+    pub train_loss: f32,
+}
+
+/// A loaded reranker.
+#[derive(Debug)]
+pub enum Reranker {
+    /// The generation's own cross-attention model.
+    Din {
+        /// The served model.
+        model: OnnxModel,
+        /// Its settings.
+        meta: DinMeta,
+    },
+    /// A text cross-encoder.
+    CrossEncoder {
+        /// The served model.
+        model: OnnxModel,
+        /// Pair tokenizer.
+        tokenizer: Box<Tokenizer>,
+        /// Whether the model takes `token_type_ids`.
+        token_types: bool,
+        /// History items in the context.
+        context_items: usize,
+    },
+}
+
+/// What a reranker needs to know about one request.
+#[derive(Debug)]
+pub struct RerankInput<'a> {
+    /// History item numbers, oldest first.
+    pub history: &'a [u32],
+    /// Candidate item numbers.
+    pub candidates: &'a [u32],
+    /// Item embeddings of the two towers (`items × embed`).
+    pub embeddings: &'a [f32],
+    /// Interaction count per item.
+    pub popularity: &'a [f32],
+    /// The item store, for texts.
+    pub store: &'a vecrec_index::VectorStore,
+}
+
+impl Reranker {
+    /// Loads the generation's cross-attention model from `dir`.
+    pub fn open_din(dir: &Path, ort_dylib: &Path, pool: usize, threads: usize) -> Result<Self> {
+        let file = vecrec_index::format::CheckedFile::open(
+            &dir.join(DIN_FILE),
+            vecrec_index::format::Kind::MODEL,
+            true,
+        )?;
+        let meta: DinMeta = vecrec_index::format::read_json(&dir.join(DIN_META_FILE))?;
+        let model = OnnxModel::load(
+            ort_dylib,
+            ModelSource::Bytes(DIN_FILE, file.payload()),
+            pool,
+            threads,
+            "cpu",
+        )?;
+        Ok(Self::Din { model, meta })
+    }
+
+    /// Loads a user-supplied cross-encoder.
+    pub fn open_cross_encoder(
+        cfg: &RerankConfig,
+        default_tokenizer: Option<&Path>,
+        ort_dylib: &Path,
+        pool: usize,
+    ) -> Result<Self> {
+        let path = cfg.cross_encoder_model.as_deref().ok_or_else(|| {
+            Error::Config("rerank.kind = cross_encoder needs rerank.cross_encoder_model".into())
+        })?;
+        if !path.is_file() {
+            return Err(Error::Config(format!(
+                "rerank.cross_encoder_model: {} is not a file",
+                path.display()
+            )));
+        }
+        let tok_path = cfg
+            .cross_encoder_tokenizer
+            .as_deref()
+            .or(default_tokenizer)
+            .ok_or_else(|| {
+                Error::Config("the cross-encoder needs rerank.cross_encoder_tokenizer".into())
+            })?;
+        let mut tokenizer = Tokenizer::from_file(tok_path)
+            .map_err(|e| Error::Encoder(format!("{}: {e}", tok_path.display())))?;
+        tokenizer.with_padding(Some(tokenizers::PaddingParams::default()));
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: cfg.max_tokens,
+                ..Default::default()
+            }))
+            .map_err(|e| Error::Encoder(format!("truncation: {e}")))?;
+        let model = OnnxModel::load(ort_dylib, ModelSource::File(path), pool, cfg.threads, "cpu")?;
+        let names = model.input_names();
+        for need in ["input_ids", "attention_mask"] {
+            if !names.iter().any(|n| n == need) {
+                return Err(Error::Config(format!(
+                    "{}: a cross-encoder needs the input {need:?} (it has {names:?})",
+                    path.display()
+                )));
+            }
+        }
+        let token_types = names.iter().any(|n| n == "token_type_ids");
+        Ok(Self::CrossEncoder {
+            model,
+            tokenizer: Box::new(tokenizer),
+            token_types,
+            context_items: cfg.context_items,
+        })
+    }
+
+    /// The kind's name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Reranker::Din { .. } => "din",
+            Reranker::CrossEncoder { .. } => "cross_encoder",
+        }
+    }
+
+    /// One score per candidate, larger is better.
+    pub fn score(&self, input: &RerankInput<'_>) -> Result<Vec<f32>> {
+        if input.candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self {
+            Reranker::Din { model, meta } => {
+                let e = meta.embed;
+                if input.embeddings.len() < input.store.len() * e {
+                    return Err(Error::Config(
+                        "the cross-attention reranker needs the generation's two-tower item embeddings".into(),
+                    ));
+                }
+                let (hist, mask) =
+                    din::history_slots(input.embeddings, e, input.history, meta.history);
+                let cands = din::gather(input.embeddings, e, input.candidates);
+                let feats = din::features(input.popularity, input.candidates);
+                let b = input.candidates.len();
+                let (_, out) = model.run(vec![
+                    (
+                        "history",
+                        Input::F32(vec![1, meta.history, e], hist.as_slice().unwrap_or(&[])),
+                    ),
+                    ("history_mask", Input::F32(vec![1, meta.history], &mask)),
+                    (
+                        "candidate",
+                        Input::F32(vec![b, e], cands.as_slice().unwrap_or(&[])),
+                    ),
+                    (
+                        "features",
+                        Input::F32(
+                            vec![b, din::FEATURES.len()],
+                            feats.as_slice().unwrap_or(&[]),
+                        ),
+                    ),
+                ])?;
+                check_len(out, b)
+            }
+            Reranker::CrossEncoder {
+                model,
+                tokenizer,
+                token_types,
+                context_items,
+            } => {
+                let context = input
+                    .history
+                    .iter()
+                    .rev()
+                    .take(*context_items)
+                    .map(|&i| {
+                        let m = input.store.meta(i);
+                        if m.title.is_empty() {
+                            input.store.external_id(i).to_owned()
+                        } else {
+                            m.title.clone()
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                let pairs: Vec<(String, String)> = input
+                    .candidates
+                    .iter()
+                    .map(|&i| {
+                        let m = input.store.meta(i);
+                        let text = if m.text.is_empty() { &m.title } else { &m.text };
+                        (context.clone(), text.clone())
+                    })
+                    .collect();
+                let enc = tokenizer
+                    .encode_batch(pairs, true)
+                    .map_err(|e| Error::Encoder(format!("tokenising pairs: {e}")))?;
+                let b = enc.len();
+                let s = enc.iter().map(|e| e.get_ids().len()).max().unwrap_or(0);
+                let mut ids = vec![0i64; b * s];
+                let mut att = vec![0i64; b * s];
+                let mut types = vec![0i64; b * s];
+                for (r, e) in enc.iter().enumerate() {
+                    for (c, ((&id, &m), &t)) in e
+                        .get_ids()
+                        .iter()
+                        .zip(e.get_attention_mask())
+                        .zip(e.get_type_ids())
+                        .enumerate()
+                    {
+                        ids[r * s + c] = id as i64;
+                        att[r * s + c] = m as i64;
+                        types[r * s + c] = t as i64;
+                    }
+                }
+                let mut inputs = vec![
+                    ("input_ids", Input::I64(vec![b, s], ids)),
+                    ("attention_mask", Input::I64(vec![b, s], att)),
+                ];
+                if *token_types {
+                    inputs.push(("token_type_ids", Input::I64(vec![b, s], types)));
+                }
+                let (_, out) = model.run(inputs)?;
+                check_len(out, b)
+            }
+        }
+    }
+}
+
+fn check_len(out: Vec<f32>, b: usize) -> Result<Vec<f32>> {
+    if out.len() != b {
+        return Err(Error::Encoder(format!(
+            "the reranker returned {} scores for {b} candidates; it must output one logit per pair",
+            out.len()
+        )));
+    }
+    Ok(out)
+}

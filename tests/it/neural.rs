@@ -1,0 +1,300 @@
+//! The neural models: the Rust-trained two-tower user encoder and
+//! cross-attention reranker give the same numbers when served from their
+//! exported ONNX through ONNX Runtime (within 1e-4); the build stores both in
+//! the generation and the engine serves them; a user-supplied text
+//! cross-encoder is fed (context, item) pairs the way it expects.
+
+use std::path::PathBuf;
+
+use rand::{Rng, SeedableRng};
+use vecrec::config::Config;
+use vecrec::encoder::{locate_ort, ModelSource};
+use vecrec::engine::{Engine, RecommendOptions, Source, UserRef};
+use vecrec::nn::onnx::{Attr, Dim, GraphBuilder, FLOAT, INT64};
+use vecrec::nn::{Input, OnnxModel};
+use vecrec::rerank::din::{features, gather, history_slots, Batch, Din, DinOptions};
+use vecrec::rerank::{RerankConfig, RerankKind};
+use vecrec::retrieve::two_tower::{pooling_weights, TwoTower, TwoTowerOptions};
+
+use crate::common::{encoder, sample_index};
+
+fn ort() -> PathBuf {
+    locate_ort(&Config::default().encoder).expect("run `make setup` first")
+}
+
+fn served(bytes: &[u8]) -> OnnxModel {
+    OnnxModel::load(&ort(), ModelSource::Bytes("test model", bytes), 1, 1, "cpu").unwrap()
+}
+
+/// Random item features and histories with some structure to learn.
+fn data(n: usize, d: usize, users: usize) -> (Vec<f32>, Vec<Vec<u32>>) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let features: Vec<f32> = (0..n * d).map(|_| rng.gen_range(-1.0..1.0)).collect();
+    let histories = (0..users)
+        .map(|u| {
+            let len = 3 + u % 17;
+            (0..len)
+                .map(|_| ((rng.gen_range(0..n / 4) * 4 + u % 4) % n) as u32)
+                .collect()
+        })
+        .collect();
+    (features, histories)
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn the_user_tower_served_by_ort_matches_the_rust_model() {
+    let (n, d) = (120, 24);
+    let (features, histories) = data(n, d, 80);
+    let opts = TwoTowerOptions {
+        dim: 16,
+        hidden: 32,
+        history: 12,
+        epochs: 3,
+        batch: 32,
+        ..Default::default()
+    };
+    let (model, _) = TwoTower::train(&histories, &features, d, &opts);
+    let onnx = served(&model.user_onnx());
+    // A padded batch of histories of different lengths (zero weight = padding).
+    let batch: Vec<&Vec<u32>> = histories.iter().take(9).collect();
+    let len = batch
+        .iter()
+        .map(|h| h.len().min(opts.history))
+        .max()
+        .unwrap();
+    let mut x = vec![0f32; batch.len() * len * d];
+    let mut w = vec![0f32; batch.len() * len];
+    for (r, h) in batch.iter().enumerate() {
+        let (start, weights) = pooling_weights(h.len(), &opts);
+        for (slot, (&i, wt)) in h[start..].iter().zip(&weights).enumerate() {
+            let at = (r * len + slot) * d;
+            x[at..at + d].copy_from_slice(&features[i as usize * d..(i as usize + 1) * d]);
+            w[r * len + slot] = *wt;
+        }
+    }
+    let (shape, got) = onnx
+        .run(vec![
+            ("history", Input::F32(vec![batch.len(), len, d], &x)),
+            ("weights", Input::F32(vec![batch.len(), len], &w)),
+        ])
+        .unwrap();
+    assert_eq!(shape, vec![batch.len(), opts.dim]);
+    let want: Vec<f32> = batch
+        .iter()
+        .flat_map(|h| model.user_vector(&features, h))
+        .collect();
+    let diff = max_diff(&got, &want);
+    eprintln!("user tower, Rust vs ONNX Runtime: largest difference {diff:e}");
+    assert!(diff <= 1e-4, "largest difference {diff}");
+}
+
+#[test]
+fn the_reranker_served_by_ort_matches_the_rust_model() {
+    let (n, e) = (150, 16);
+    let (mut emb, histories) = data(n, e, 100);
+    for row in emb.chunks_mut(e) {
+        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        row.iter_mut().for_each(|v| *v /= norm);
+    }
+    let pop: Vec<f32> = (0..n).map(|i| (i % 11) as f32).collect();
+    let opts = DinOptions {
+        attention: 8,
+        hidden: 16,
+        history: 6,
+        epochs: 2,
+        batch: 64,
+        ..Default::default()
+    };
+    let (model, _) = Din::train(&histories, &emb, e, &pop, &opts);
+    let onnx = served(&model.onnx());
+    let l = opts.history;
+    let run = |b: &Batch, hb: usize| {
+        let (_, out) = onnx
+            .run(vec![
+                (
+                    "history",
+                    Input::F32(vec![hb, l, e], b.history.as_slice().unwrap()),
+                ),
+                ("history_mask", Input::F32(vec![hb, l], &b.mask)),
+                (
+                    "candidate",
+                    Input::F32(
+                        vec![b.candidates.nrows(), e],
+                        b.candidates.as_slice().unwrap(),
+                    ),
+                ),
+                (
+                    "features",
+                    Input::F32(
+                        vec![b.candidates.nrows(), b.features.ncols()],
+                        b.features.as_slice().unwrap(),
+                    ),
+                ),
+            ])
+            .unwrap();
+        out
+    };
+    // One history shared by 40 candidates (serving), including a history
+    // shorter than the slots (padding).
+    for h in [&histories[0], &histories[7][..2].to_vec()] {
+        let (hist, mask) = history_slots(&emb, e, h, l);
+        let cands: Vec<u32> = (0..40).collect();
+        let b = Batch {
+            history: hist,
+            mask,
+            candidates: gather(&emb, e, &cands),
+            features: features(&pop, &cands),
+        };
+        let diff = max_diff(&run(&b, 1), &model.score(&b));
+        eprintln!("reranker, shared history: largest difference {diff:e}");
+        assert!(diff <= 1e-4, "largest difference {diff}");
+    }
+    // One history per candidate (training layout).
+    let cands: Vec<u32> = (0..10).map(|i| i * 3).collect();
+    let mut hist = ndarray::Array2::zeros((cands.len() * l, e));
+    let mut mask = vec![0f32; cands.len() * l];
+    for r in 0..cands.len() {
+        let (h, m) = history_slots(&emb, e, &histories[r + 20], l);
+        hist.slice_axis_mut(ndarray::Axis(0), ndarray::Slice::from(r * l..(r + 1) * l))
+            .assign(&h);
+        mask[r * l..(r + 1) * l].copy_from_slice(&m);
+    }
+    let b = Batch {
+        history: hist,
+        mask,
+        candidates: gather(&emb, e, &cands),
+        features: features(&pop, &cands),
+    };
+    let diff = max_diff(&run(&b, cands.len()), &model.score(&b));
+    eprintln!("reranker, one history per candidate: largest difference {diff:e}");
+    assert!(diff <= 1e-4, "largest difference {diff}");
+}
+
+#[test]
+fn the_build_stores_both_models_and_the_engine_serves_them() {
+    let s = sample_index();
+    let mut cfg = Config::default();
+    cfg.hybrid.two_tower_weight = 1.0;
+    let engine = Engine::open(&s.root, cfg.clone(), Some(encoder())).unwrap();
+    let reranker = engine.reranker().expect("the build trains a reranker");
+    assert_eq!(reranker.name(), "din");
+    let u = engine.users().lookup("u0001").unwrap();
+    let hist = engine.users().history(u);
+    let seen: std::collections::HashSet<u32> = hist.iter().map(|h| h.0).collect();
+    let lists = engine
+        .source_lists(&hist, Some(u), &[Source::TwoTower], &|i| !seen.contains(&i))
+        .unwrap();
+    assert_eq!(lists[0].items.len(), cfg.hybrid.candidates);
+    assert!(lists[0].items.iter().all(|(i, _)| !seen.contains(i)));
+    assert!(lists[0].items.windows(2).all(|w| w[0].1 >= w[1].1));
+    let cands: Vec<u32> = lists[0].items.iter().map(|e| e.0).take(50).collect();
+    let rr = engine.rerank_list(&hist, &cands).unwrap();
+    assert_eq!(rr.items.len(), 50);
+    assert!(rr.items.iter().all(|(_, s)| s.is_finite()));
+    // Reranking changes the answer, and a zero weight turns it off.
+    let opts = RecommendOptions {
+        k: 10,
+        ..Default::default()
+    };
+    let with = engine.recommend(UserRef::Id("u0001"), &opts).unwrap();
+    let mut off = Engine::open(&s.root, cfg, Some(encoder())).unwrap();
+    off.set_rerank_weight(0.0);
+    let without = off.recommend(UserRef::Id("u0001"), &opts).unwrap();
+    assert_eq!(with.len(), 10);
+    assert_ne!(
+        with.iter().map(|s| &s.id).collect::<Vec<_>>(),
+        without.iter().map(|s| &s.id).collect::<Vec<_>>()
+    );
+}
+
+/// A tiny cross-encoder: the logit of a pair is how many times `token` occurs
+/// in its second segment (token type 1), through an embedding lookup, so the
+/// test can predict every score from the tokenizer alone.
+fn tiny_cross_encoder(vocab: usize, token: u32) -> Vec<u8> {
+    let mut g = GraphBuilder::new("tiny_cross_encoder");
+    let dims = [Dim::Named("batch"), Dim::Named("sequence")];
+    let ids = g.input("input_ids", INT64, &dims);
+    let mask = g.input("attention_mask", INT64, &dims);
+    let types = g.input("token_type_ids", INT64, &dims);
+    let mut table = vec![0f32; vocab];
+    table[token as usize] = 1.0;
+    let table = g.weight("embedding", &[vocab], &table);
+    let hit = g.node("Gather", &[&table, &ids], "", &[("axis", Attr::Int(0))]);
+    let mask = g.node("Cast", &[&mask], "", &[("to", Attr::Int(FLOAT as i64))]);
+    let types = g.node("Cast", &[&types], "", &[("to", Attr::Int(FLOAT as i64))]);
+    let x = g.op("Mul", &[&hit, &mask]);
+    let x = g.op("Mul", &[&x, &types]);
+    let ax = g.ints(&[1]);
+    let y = g.node("ReduceSum", &[&x, &ax], "", &[("keepdims", Attr::Int(1))]);
+    g.output(&y, "logits", FLOAT, &[Dim::Named("batch"), Dim::Fixed(1)]);
+    g.finish("test cross-encoder")
+}
+
+#[test]
+fn a_user_supplied_cross_encoder_scores_context_and_item_pairs() {
+    let s = sample_index();
+    let enc_files = vecrec::encoder::EncoderFiles::locate(&Config::default().encoder).unwrap();
+    let tok = tokenizers::Tokenizer::from_file(&enc_files.tokenizer).unwrap();
+    let target = tok
+        .token_to_id("garden")
+        .expect("'garden' is in the vocabulary");
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("cross.onnx");
+    std::fs::write(&model, tiny_cross_encoder(tok.get_vocab_size(true), target)).unwrap();
+
+    let cfg = Config {
+        rerank: RerankConfig {
+            kind: RerankKind::CrossEncoder,
+            cross_encoder_model: Some(model.clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let engine = Engine::open(&s.root, cfg.clone(), Some(encoder())).unwrap();
+    assert_eq!(engine.reranker().unwrap().name(), "cross_encoder");
+    let u = engine.users().lookup("u0002").unwrap();
+    let hist = engine.users().history(u);
+    let store = engine.index().store();
+    let cands: Vec<u32> = (0..120).collect();
+    let rr = engine.rerank_list(&hist, &cands).unwrap();
+    // The context is the newest history titles; the item is its text.
+    let context = hist
+        .iter()
+        .rev()
+        .take(cfg.rerank.context_items)
+        .map(|h| store.meta(h.0).title.clone())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let mut positives = 0;
+    for &(i, score) in &rr.items {
+        let e = tok
+            .encode((context.clone(), store.meta(i).text.clone()), true)
+            .unwrap();
+        let want = e
+            .get_ids()
+            .iter()
+            .zip(e.get_type_ids())
+            .filter(|(id, t)| **id == target && **t == 1)
+            .count() as f32;
+        positives += (want > 0.0) as usize;
+        assert_eq!(score, want, "item {}", store.external_id(i));
+    }
+    assert!(positives > 0, "some sample texts mention a garden");
+    assert!(rr.items.windows(2).all(|w| w[0].1 >= w[1].1));
+
+    // A model without the inputs a cross-encoder needs is refused at open.
+    let mut g = GraphBuilder::new("wrong");
+    let x = g.input("x", FLOAT, &[Dim::Named("b")]);
+    g.output(&x, "y", FLOAT, &[Dim::Named("b")]);
+    std::fs::write(&model, g.finish("wrong")).unwrap();
+    let err = Engine::open(&s.root, cfg, Some(encoder())).unwrap_err();
+    assert!(err.to_string().contains("input_ids"), "{err}");
+}
