@@ -431,7 +431,20 @@ fn write_neural(
     );
     let t = Instant::now();
     let pop = crate::retrieve::popularity(histories, store.len());
-    let (din, loss) = Din::train(histories, &emb, e, &pop, &train.reranker);
+    // Hard negatives: the two-tower model's best unseen items for each prefix.
+    let pool = train.reranker.hard_pool;
+    let retrieve = |u: usize, t: usize| -> Vec<u32> {
+        let user = tower.user_vector(&features, &histories[u][..t]);
+        let scores: Vec<f32> = emb
+            .chunks_exact(e)
+            .map(|row| row.iter().zip(&user).map(|(a, b)| a * b).sum())
+            .collect();
+        crate::retrieve::top_n(&scores, pool, &|_| true)
+            .into_iter()
+            .map(|x| x.0)
+            .collect()
+    };
+    let (din, loss) = Din::train(histories, &emb, e, &pop, Some(&retrieve), &train.reranker);
     write_model(&dir.join(crate::rerank::DIN_FILE), &din.onnx())?;
     vecrec_index::format::write_json(
         &dir.join(crate::rerank::DIN_META_FILE),

@@ -113,7 +113,7 @@ fn the_reranker_served_by_ort_matches_the_rust_model() {
         batch: 64,
         ..Default::default()
     };
-    let (model, _) = Din::train(&histories, &emb, e, &pop, &opts);
+    let (model, _) = Din::train(&histories, &emb, e, &pop, None, &opts);
     let onnx = served(&model.onnx());
     let l = opts.history;
     let run = |b: &Batch, hb: usize| {
