@@ -331,7 +331,33 @@ impl BuildGraph {
                 let w = search_layer(&dist, &mut nbrs, &eps, ef_c, &mut visited, None, &mut sc);
                 let max_links = if l == 0 { self.m0 } else { self.m };
                 let selected = select_heuristic(&w, self.m, &pair);
-                *self.links[q as usize][l].lock() = selected.clone();
+                {
+                    // A concurrent insert that reached `q` through a higher
+                    // layer may already have linked itself into q's list at
+                    // this layer; keep those links rather than overwrite them
+                    // (losing them left a few nodes badly reachable).
+                    let mut own = self.links[q as usize][l].lock();
+                    let extra: Vec<u32> = own
+                        .iter()
+                        .copied()
+                        .filter(|x| !selected.contains(x))
+                        .collect();
+                    if extra.is_empty() {
+                        *own = selected.clone();
+                    } else {
+                        let mut cands: Vec<Cand> = selected
+                            .iter()
+                            .chain(&extra)
+                            .map(|&x| Cand(dist(x), x))
+                            .collect();
+                        cands.sort_unstable();
+                        *own = if cands.len() > max_links {
+                            select_heuristic(&cands, max_links, &pair)
+                        } else {
+                            cands.into_iter().map(|c| c.1).collect()
+                        };
+                    }
+                }
                 for &s in &selected {
                     let mut lk = self.links[s as usize][l].lock();
                     if lk.contains(&q) {
