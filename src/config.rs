@@ -34,6 +34,8 @@ pub struct Config {
     pub train: crate::retrieve::TrainOptions,
     /// The reranking stage of the multi-source pipeline.
     pub rerank: crate::rerank::RerankConfig,
+    /// Live updates (UpsertItems, DeleteItems, RecordEvents).
+    pub live: crate::live::LiveConfig,
 }
 
 /// The multi-source `Recommend` pipeline: candidates from every source with a

@@ -7,11 +7,13 @@ use std::sync::Arc;
 
 use vecrec_index::{Index, ItemMeta, SearchParams};
 
+use crate::catalog::{CatalogItem, Interaction};
 use crate::config::Config;
 use crate::encoder::Encoder;
 use crate::error::{Error, Result};
 use crate::filter::Filter;
 use crate::fusion::{fuse, FusionMethod, SourceList};
+use crate::live::Live;
 use crate::nn::{Input, OnnxModel};
 use crate::rerank::{RerankInput, RerankKind, Reranker};
 use crate::retrieve::sparse::SparseRows;
@@ -221,7 +223,13 @@ pub struct Engine {
     cfg: Config,
     use_precomputed: bool,
     trained: Option<Trained>,
+    live: Option<Arc<Live>>,
+    applied_seq: u64,
 }
+
+/// The `internal` id of an item upserted since the generation was built (it
+/// has no place in the generation's store).
+pub const LIVE_ITEM: u32 = u32::MAX;
 
 impl Engine {
     /// Opens the live generation under `root`.
@@ -324,6 +332,12 @@ impl Engine {
             dim = store.dim(),
             "index opened"
         );
+        let applied_seq = index
+            .manifest()
+            .extra
+            .get("wal_seq")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0);
         Ok(Self {
             index,
             users,
@@ -331,7 +345,117 @@ impl Engine {
             cfg,
             use_precomputed,
             trained,
+            live: None,
+            applied_seq,
         })
+    }
+
+    /// The last write-ahead-log record folded into this generation (0 for a bulk build).
+    pub fn applied_seq(&self) -> u64 {
+        self.applied_seq
+    }
+
+    /// Serves the live updates of `live` on top of this generation.
+    pub fn attach_live(&mut self, live: Arc<Live>) {
+        self.live = Some(live);
+    }
+
+    /// The live-update log, when attached.
+    pub fn live(&self) -> Option<&Arc<Live>> {
+        self.live.as_ref()
+    }
+
+    fn view(&self) -> Option<crate::live::View<'_>> {
+        self.live.as_ref().map(|l| l.view(self.applied_seq))
+    }
+
+    fn live_or_err(&self) -> Result<&Arc<Live>> {
+        self.live.as_ref().ok_or_else(|| {
+            Error::FailedPrecondition(
+                "live updates are off on this server ([live] enabled = false)".into(),
+            )
+        })
+    }
+
+    /// Embeds and durably upserts items (new ids, or replacing existing ones);
+    /// returns the last log record number. Visible to searches at once.
+    pub fn upsert_items(&self, items: Vec<CatalogItem>) -> Result<u64> {
+        let live = self.live_or_err()?;
+        if items.is_empty() {
+            return Err(Error::invalid("items must not be empty"));
+        }
+        if items.len() > self.cfg.limits.max_batch {
+            return Err(Error::invalid(format!(
+                "{} items, over the limit of {} per request",
+                items.len(),
+                self.cfg.limits.max_batch
+            )));
+        }
+        let mut seen = HashSet::new();
+        for (k, it) in items.iter().enumerate() {
+            if it.id.trim().is_empty() {
+                return Err(Error::invalid(format!("items[{k}].id must not be empty")));
+            }
+            if !seen.insert(it.id.as_str()) {
+                return Err(Error::invalid(format!(
+                    "items[{k}].id {:?} appears twice in the request",
+                    it.id
+                )));
+            }
+            self.check_text(&format!("items[{k}] title and text"), &it.embedding_text())?;
+        }
+        let texts: Vec<String> = items.iter().map(CatalogItem::embedding_text).collect();
+        let vectors = self.encoder()?.encode(&texts)?;
+        live.upsert(items.into_iter().zip(vectors).collect())
+    }
+
+    /// Durably deletes items; every id must exist. Returns the last log record number.
+    pub fn delete_items(&self, ids: Vec<String>) -> Result<u64> {
+        let live = self.live_or_err()?;
+        if ids.is_empty() {
+            return Err(Error::invalid("ids must not be empty"));
+        }
+        if ids.len() > self.cfg.limits.max_batch {
+            return Err(Error::invalid(format!(
+                "{} ids, over the limit of {} per request",
+                ids.len(),
+                self.cfg.limits.max_batch
+            )));
+        }
+        for id in &ids {
+            self.item_meta(id)?;
+        }
+        live.delete(ids)
+    }
+
+    /// Durably records user events; the users' next recommendations use them.
+    pub fn record_events(&self, events: Vec<Interaction>) -> Result<u64> {
+        let live = self.live_or_err()?;
+        if events.is_empty() {
+            return Err(Error::invalid("events must not be empty"));
+        }
+        if events.len() > self.cfg.limits.max_batch {
+            return Err(Error::invalid(format!(
+                "{} events, over the limit of {} per request",
+                events.len(),
+                self.cfg.limits.max_batch
+            )));
+        }
+        for (k, e) in events.iter().enumerate() {
+            if e.user.trim().is_empty() {
+                return Err(Error::invalid(format!(
+                    "events[{k}].user_id must not be empty"
+                )));
+            }
+            if !(e.weight >= 0.0 && e.weight.is_finite()) {
+                return Err(Error::invalid(format!(
+                    "events[{k}].weight must be a finite number ≥ 0, got {}",
+                    e.weight
+                )));
+            }
+            self.item_meta(&e.item)?;
+        }
+        live.record(events)
     }
 
     /// The opened index.
@@ -399,31 +523,61 @@ impl Engine {
         Ok(())
     }
 
-    /// Internal id of an item, or `NotFound`.
+    /// Internal id of an item of the generation, or `NotFound` (also for
+    /// items deleted since).
     pub fn item(&self, id: &str) -> Result<u32> {
-        self.index
-            .store()
-            .internal_id(id)
-            .ok_or_else(|| Error::NotFound {
-                kind: "item",
-                id: id.to_owned(),
-            })
+        let not_found = || Error::NotFound {
+            kind: "item",
+            id: id.to_owned(),
+        };
+        if self.view().is_some_and(|v| v.is_deleted(id)) {
+            return Err(not_found());
+        }
+        self.index.store().internal_id(id).ok_or_else(not_found)
     }
 
-    /// Attributes of an item.
-    pub fn item_meta(&self, id: &str) -> Result<&ItemMeta> {
-        Ok(self.index.store().meta(self.item(id)?))
+    /// Attributes of an item, live updates included.
+    pub fn item_meta(&self, id: &str) -> Result<ItemMeta> {
+        if let Some(x) = self.view().as_ref().and_then(|v| v.item(id)) {
+            return Ok(x.meta.clone());
+        }
+        Ok(self.index.store().meta(self.item(id)?).clone())
     }
 
+    /// The vector of an item, live updates included.
+    fn item_vector(&self, id: &str) -> Result<Vec<f32>> {
+        if let Some(x) = self.view().as_ref().and_then(|v| v.item(id)) {
+            return Ok(x.vector.clone());
+        }
+        Ok(self.index.store().vector(self.item(id)?).to_vec())
+    }
+
+    /// Nearest items to `query`: the graph (or exact) search over the
+    /// generation, minus `exclude` and anything deleted or replaced since,
+    /// merged with the items upserted since (except `exclude_ids`).
     fn search(
         &self,
         query: &[f32],
         k: usize,
         exclude: &HashSet<u32>,
+        exclude_ids: &[String],
         filter: Option<&Filter>,
     ) -> Result<Vec<Scored>> {
         let store = self.index.store();
         let filter = filter.filter(|f| !f.is_empty());
+        let view = self.view();
+        let masked;
+        let exclude = match &view {
+            Some(v) if !v.is_empty() => {
+                masked = exclude
+                    .iter()
+                    .copied()
+                    .chain(v.masked(store))
+                    .collect::<HashSet<u32>>();
+                &masked
+            }
+            _ => exclude,
+        };
         let accept = |i: u32| admissible(store, exclude, filter, i);
         let need_filter = !exclude.is_empty() || filter.is_some();
         let params = SearchParams {
@@ -437,14 +591,42 @@ impl Engine {
             if need_filter { Some(&accept) } else { None },
         )?;
         let metric = store.metric();
-        Ok(found
+        let mut out: Vec<Scored> = found
             .into_iter()
             .map(|n| Scored {
                 internal: n.id,
                 id: store.external_id(n.id).to_owned(),
                 score: metric.score(n.distance),
             })
-            .collect())
+            .collect();
+        // Items upserted since the build: scored exactly beside the graph.
+        if let Some(v) = view.filter(|v| !v.is_empty()) {
+            let skip: HashSet<&str> = exclude_ids.iter().map(String::as_str).collect();
+            out.extend(
+                v.items()
+                    .filter(|(id, x)| {
+                        !skip.contains(id.as_str()) && filter.is_none_or(|f| f.matches(&x.meta))
+                    })
+                    .map(|(id, x)| Scored {
+                        internal: LIVE_ITEM,
+                        id: id.clone(),
+                        score: metric.score(metric.distance(query, &x.vector)),
+                    }),
+            );
+            out.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
+            out.truncate(k);
+        }
+        Ok(out)
+    }
+
+    /// Whether the generation holds trained sources.
+    pub fn is_hybrid_capable(&self) -> bool {
+        self.trained.is_some()
+    }
+
+    /// Whether the generation holds a learned fusion model.
+    pub fn has_learned_fusion(&self) -> bool {
+        self.trained.as_ref().is_some_and(|t| t.learned.is_some())
     }
 
     /// Whether `Recommend` runs the multi-source pipeline.
@@ -696,18 +878,49 @@ impl Engine {
     pub fn recommend(&self, who: UserRef<'_>, opts: &RecommendOptions) -> Result<Vec<Scored>> {
         let k = self.check_k(opts.k)?;
         let store = self.index.store();
+        let view = self.view();
+        // Live items named in a history have no place in the generation's
+        // tables: they are kept out of the answer but cannot shape it.
+        let mut live_seen: Vec<String> = Vec::new();
         let (history, precomputed, user_number) = match who {
             UserRef::Id(user) => {
-                let u = self.users.lookup(user).ok_or_else(|| Error::NotFound {
-                    kind: "user",
-                    id: user.to_owned(),
-                })?;
-                let pre = if self.use_precomputed {
-                    self.users.vector(u)
-                } else {
-                    None
-                };
-                (self.users.history(u), pre, Some(u))
+                let known = self.users.lookup(user);
+                let mut events: Vec<(u32, f32)> = Vec::new();
+                if let Some(v) = &view {
+                    for e in v.events(user) {
+                        if v.is_deleted(&e.item) {
+                            continue;
+                        }
+                        match store.internal_id(&e.item) {
+                            Some(i) => events.push((i, e.weight)),
+                            None => live_seen.push(e.item.clone()),
+                        }
+                    }
+                }
+                let recorded = !events.is_empty() || !live_seen.is_empty();
+                match known {
+                    None if !recorded => {
+                        return Err(Error::NotFound {
+                            kind: "user",
+                            id: user.to_owned(),
+                        })
+                    }
+                    None => (events, None, None),
+                    // New events: the stored vectors no longer describe the user.
+                    Some(u) if recorded => {
+                        let mut h = self.users.history(u);
+                        h.extend(events);
+                        (h, None, None)
+                    }
+                    Some(u) => {
+                        let pre = if self.use_precomputed {
+                            self.users.vector(u)
+                        } else {
+                            None
+                        };
+                        (self.users.history(u), pre, Some(u))
+                    }
+                }
             }
             UserRef::History(items) => {
                 if items.is_empty() {
@@ -720,19 +933,37 @@ impl Engine {
                         self.cfg.limits.max_history
                     )));
                 }
-                let h = items
-                    .iter()
-                    .map(|id| self.item(id).map(|i| (i, 1.0)))
-                    .collect::<Result<Vec<_>>>()?;
+                let mut h = Vec::with_capacity(items.len());
+                for id in items {
+                    match self.item(id) {
+                        Ok(i) => h.push((i, 1.0)),
+                        Err(e) => {
+                            if view.as_ref().is_some_and(|v| v.item(id).is_some()) {
+                                live_seen.push(id.clone());
+                            } else {
+                                return Err(e);
+                            }
+                        }
+                    }
+                }
                 (h, None, None)
             }
         };
-        let exclude: HashSet<u32> = if opts.include_seen {
+        let mut exclude: HashSet<u32> = if opts.include_seen {
             HashSet::new()
         } else {
             history.iter().map(|h| h.0).collect()
         };
+        if opts.include_seen {
+            live_seen.clear();
+        }
+        let masked = view
+            .as_ref()
+            .filter(|v| !v.is_empty())
+            .map(|v| v.masked(store));
+        drop(view);
         if self.is_hybrid() {
+            exclude.extend(masked.into_iter().flatten());
             let filter = opts.filter.as_ref().filter(|f| !f.is_empty());
             let accept = |i: u32| admissible(store, &exclude, filter, i);
             let method = opts.fusion.unwrap_or(self.cfg.hybrid.fusion);
@@ -757,7 +988,7 @@ impl Engine {
             None => profile(store, &history, &self.cfg.users)
                 .ok_or_else(|| Error::invalid("the history carries no positive weight"))?,
         };
-        self.search(&vector, k, &exclude, opts.filter.as_ref())
+        self.search(&vector, k, &exclude, &live_seen, opts.filter.as_ref())
     }
 
     /// Items nearest to a catalogue item (never the item itself).
@@ -768,9 +999,9 @@ impl Engine {
         filter: Option<&Filter>,
     ) -> Result<Vec<Scored>> {
         let k = self.check_k(k)?;
-        let i = self.item(item)?;
-        let v = self.index.store().vector(i).to_vec();
-        self.search(&v, k, &HashSet::from([i]), filter)
+        let v = self.item_vector(item)?;
+        let own: HashSet<u32> = self.index.store().internal_id(item).into_iter().collect();
+        self.search(&v, k, &own, &[item.to_owned()], filter)
     }
 
     /// Items nearest to a text query.
@@ -783,7 +1014,7 @@ impl Engine {
         let k = self.check_k(k)?;
         self.check_text("query", query)?;
         let v = self.encoder()?.encode(&[query])?.pop().unwrap_or_default();
-        self.search(&v, k, &HashSet::new(), filter)
+        self.search(&v, k, &HashSet::new(), &[], filter)
     }
 
     /// Embeddings of texts.

@@ -38,6 +38,9 @@ pub enum Error {
     /// The encoder (tokenizer or ONNX Runtime) failed.
     #[error("encoder: {0}")]
     Encoder(String),
+    /// The operation is switched off on this server (e.g. live updates).
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// Configuration is invalid or a required file is missing.
     #[error("config: {0}")]
     Config(String),

@@ -17,6 +17,7 @@ pub mod eval;
 pub mod filter;
 pub mod fusion;
 pub mod grpc;
+pub mod live;
 pub mod movielens;
 pub mod nn;
 pub mod pipeline;

@@ -68,10 +68,20 @@ fn run() -> anyhow::Result<()> {
     }
     let encoder =
         Arc::new(Encoder::load(&cfg.encoder, encoder_sessions).context("loading the encoder")?);
-    let engine = Arc::new(
-        Engine::open(&index, cfg.clone(), Some(encoder))
-            .with_context(|| format!("opening index {}", index.display()))?,
-    );
+    let mut engine = Engine::open(&index, cfg.clone(), Some(encoder))
+        .with_context(|| format!("opening index {}", index.display()))?;
+    if cfg.live.enabled {
+        let live = vecrec::live::Live::open(&index, engine.applied_seq())
+            .with_context(|| format!("replaying the write-ahead log under {}", index.display()))?;
+        if engine.applied_seq() > 0 {
+            // A crash may have come between publishing a compaction and pruning the log.
+            live.prune(engine.applied_seq())?;
+        }
+        let pending = live.view(engine.applied_seq()).pending();
+        tracing::info!(log = %live.path().display(), pending, "live updates on");
+        engine.attach_live(Arc::new(live));
+    }
+    let engine = Arc::new(engine);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

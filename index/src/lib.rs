@@ -19,6 +19,7 @@ pub mod index;
 mod mmap;
 pub mod store;
 pub mod texmex;
+pub mod wal;
 
 pub use distance::Metric;
 pub use error::{IndexError, Result};

@@ -106,7 +106,11 @@ fn scored(engine: &Engine, items: Vec<Scored>) -> Vec<pb::ScoredItem> {
     items
         .into_iter()
         .map(|s| pb::ScoredItem {
-            title: store.meta(s.internal).title.clone(),
+            title: if s.internal == crate::engine::LIVE_ITEM {
+                engine.item_meta(&s.id).map(|m| m.title).unwrap_or_default()
+            } else {
+                store.meta(s.internal).title.clone()
+            },
             item_id: s.id,
             score: s.score,
         })
@@ -192,17 +196,79 @@ impl Recommender for Service {
         }))
     }
 
+    async fn upsert_items(
+        &self,
+        req: Request<pb::UpsertItemsRequest>,
+    ) -> Result<Response<pb::UpsertItemsResponse>, Status> {
+        let items: Vec<crate::catalog::CatalogItem> = req
+            .into_inner()
+            .items
+            .into_iter()
+            .map(|it| crate::catalog::CatalogItem {
+                id: it.id,
+                meta: vecrec_index::ItemMeta {
+                    title: it.title,
+                    text: it.text,
+                    categories: it.categories,
+                    tags: it.tags,
+                    numeric: it.numeric.into_iter().collect(),
+                },
+            })
+            .collect();
+        let n = items.len() as u32;
+        let sequence = self.run(move |e| e.upsert_items(items)).await?;
+        Ok(Response::new(pb::UpsertItemsResponse {
+            upserted: n,
+            sequence,
+        }))
+    }
+
+    async fn delete_items(
+        &self,
+        req: Request<pb::DeleteItemsRequest>,
+    ) -> Result<Response<pb::DeleteItemsResponse>, Status> {
+        let ids = req.into_inner().ids;
+        let n = ids.len() as u32;
+        let sequence = self.run(move |e| e.delete_items(ids)).await?;
+        Ok(Response::new(pb::DeleteItemsResponse {
+            deleted: n,
+            sequence,
+        }))
+    }
+
+    async fn record_events(
+        &self,
+        req: Request<pb::RecordEventsRequest>,
+    ) -> Result<Response<pb::RecordEventsResponse>, Status> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let events: Vec<crate::catalog::Interaction> = req
+            .into_inner()
+            .events
+            .into_iter()
+            .map(|e| crate::catalog::Interaction {
+                user: e.user_id,
+                item: e.item_id,
+                timestamp: if e.timestamp == 0 { now } else { e.timestamp },
+                event: None,
+                weight: if e.weight == 0.0 { 1.0 } else { e.weight },
+            })
+            .collect();
+        let n = events.len() as u32;
+        let sequence = self.run(move |e| e.record_events(events)).await?;
+        Ok(Response::new(pb::RecordEventsResponse {
+            recorded: n,
+            sequence,
+        }))
+    }
+
     async fn get_item(
         &self,
         req: Request<pb::GetItemRequest>,
     ) -> Result<Response<pb::GetItemResponse>, Status> {
         let id = req.into_inner().id;
-        let meta = self
-            .slot
-            .get()
-            .item_meta(&id)
-            .map_err(Status::from)?
-            .clone();
+        let meta = self.slot.get().item_meta(&id).map_err(Status::from)?;
         Ok(Response::new(pb::GetItemResponse {
             id,
             title: meta.title,
@@ -221,11 +287,19 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let cfg = slot.get().config().server.clone();
+    let full = slot.get().config().clone();
+    let cfg = full.server.clone();
     let watcher = (cfg.reload_interval_ms > 0).then(|| {
         tokio::spawn(reload::watch(
             slot.clone(),
             Duration::from_millis(cfg.reload_interval_ms),
+        ))
+    });
+    let compactor = (slot.get().live().is_some() && cfg.reload_interval_ms > 0).then(|| {
+        tokio::spawn(reload::compact_loop(
+            slot.clone(),
+            Duration::from_millis(cfg.reload_interval_ms),
+            full.live.compact_after,
         ))
     });
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -250,8 +324,8 @@ pub async fn serve(
         .add_service(RecommenderServer::new(Service::new(slot)))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
-    if let Some(w) = watcher {
-        w.abort();
+    for task in [watcher, compactor].into_iter().flatten() {
+        task.abort();
     }
     Ok(())
 }

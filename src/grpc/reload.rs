@@ -46,10 +46,58 @@ impl EngineSlot {
         if live == served.index().dir() {
             return Ok(false);
         }
-        let next = Engine::open(&self.root, served.config().clone(), served.encoder_arc())?;
+        let mut next = Engine::open(&self.root, served.config().clone(), served.encoder_arc())?;
+        let live = served.live().cloned();
+        if let Some(l) = &live {
+            next.attach_live(l.clone());
+        }
+        let applied = next.applied_seq();
         tracing::info!(from = %served.index().dir().display(), to = %next.index().dir().display(), "generation swapped in");
         *self.current.write() = Arc::new(next);
+        // The log may now forget what the served generation folded in.
+        if let (Some(l), true) = (live, applied > 0) {
+            l.prune(applied)?;
+        }
         Ok(true)
+    }
+
+    /// Compacts pending live updates into a new generation when at least
+    /// `threshold` are pending and no compaction is running; the next reload
+    /// swaps it in. Returns whether a generation was written.
+    pub fn compact_if_due(&self, threshold: usize) -> Result<bool> {
+        let engine = self.get();
+        let Some(live) = engine.live().cloned() else {
+            return Ok(false);
+        };
+        if (live.view(engine.applied_seq()).pending() as usize) < threshold.max(1) {
+            return Ok(false);
+        }
+        if !live.begin_compaction() {
+            return Ok(false);
+        }
+        let result = crate::live::compact(&self.root, &engine);
+        live.end_compaction();
+        let written = result?.is_some();
+        if written {
+            self.reload_if_changed()?;
+        }
+        Ok(written)
+    }
+}
+
+/// Compacts live updates in the background: every `interval`, when at least
+/// `threshold` log records are pending.
+pub async fn compact_loop(slot: Arc<EngineSlot>, interval: Duration, threshold: usize) {
+    loop {
+        tokio::time::sleep(interval).await;
+        let s = slot.clone();
+        match tokio::task::spawn_blocking(move || s.compact_if_due(threshold)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "compaction failed; live updates stay in the log")
+            }
+            Err(e) => tracing::error!(error = %e, "compaction task failed"),
+        }
     }
 }
 

@@ -11,6 +11,7 @@ impl From<Error> for Status {
             Error::InvalidArgument(_) | Error::BadRow { .. } => Code::InvalidArgument,
             Error::NotFound { .. } => Code::NotFound,
             Error::Overloaded(_) => Code::ResourceExhausted,
+            Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::Index(ie) => match ie {
                 IndexError::DimensionMismatch { .. }
                 | IndexError::InvalidVector { .. }

@@ -135,6 +135,14 @@ async fn every_rpc_answers_and_bad_input_gets_the_right_code() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    // This server was started without a write-ahead log.
+    let err = c
+        .delete_items(pb::DeleteItemsRequest {
+            ids: vec![item.clone()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     let err = c
         .recommend(pb::RecommendRequest {
             user_id: "nobody".into(),

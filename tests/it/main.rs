@@ -5,6 +5,7 @@ mod cli;
 mod common;
 mod encoder;
 mod grpc;
+mod live;
 mod movielens;
 mod neural;
 mod pipeline;

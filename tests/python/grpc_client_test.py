@@ -27,7 +27,9 @@ from grpc_reflection.v1alpha import reflection_pb2
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent / "scripts"))
 from vecrec_stubs import load_stubs  # noqa: E402
 SERVICE = "vecrec.v1.Recommender"
-METHODS = {"Recommend", "SimilarItems", "SearchText", "Embed", "GetItem"}
+METHODS = {"Recommend", "SimilarItems", "SearchText", "Embed", "GetItem",
+           "UpsertItems", "DeleteItems", "RecordEvents"}
+LIVE_ID = "py-live-item-1"
 UNKNOWN_ID = "vecrec-test-no-such-item-7f3a"
 QUERY = "space adventure"
 K = 5
@@ -195,6 +197,21 @@ def main() -> int:
         reply = stub.Recommend(pb2.RecommendRequest(history=[wanted], k=10), timeout=TIMEOUT_S)
         expect(len(reply.items) > 0, "no items")
         expect(wanted not in ids_of(reply.items), f"{wanted!r} is in {ids_of(reply.items)}")
+
+    @check("UpsertItems: a new item is found at once, DeleteItems removes it")
+    def _():
+        item = pb2.Item(id=LIVE_ID, title="Submarine cartography",
+                        text="mapping the ocean floor with sonar from a small submarine",
+                        categories=["science"])
+        reply = stub.UpsertItems(pb2.UpsertItemsRequest(items=[item]), timeout=TIMEOUT_S)
+        expect(reply.upserted == 1 and reply.sequence > 0, f"reply {reply}")
+        got = stub.GetItem(pb2.GetItemRequest(id=LIVE_ID), timeout=TIMEOUT_S)
+        expect(got.title == item.title, f"title {got.title!r}")
+        hits = stub.SearchText(pb2.SearchTextRequest(query="sonar maps of the sea floor", k=3), timeout=TIMEOUT_S)
+        expect(LIVE_ID in ids_of(hits.items), f"search found {ids_of(hits.items)}")
+        stub.DeleteItems(pb2.DeleteItemsRequest(ids=[LIVE_ID]), timeout=TIMEOUT_S)
+        expect_code(lambda: stub.GetItem(pb2.GetItemRequest(id=LIVE_ID), timeout=TIMEOUT_S),
+                    grpc.StatusCode.NOT_FOUND)
 
     @check("GetItem: unknown id is NOT_FOUND")
     def _():

@@ -1,0 +1,442 @@
+//! Live updates: items upserted or deleted and user events recorded while
+//! serving, durable before they are acknowledged, visible at once, and folded
+//! into a new generation by background compaction.
+//!
+//! Every change is one record of the write-ahead log `ROOT/wal/wal.log`
+//! ([`vecrec_index::wal`]), appended and fsynced before the call returns, then
+//! applied to an in-memory [`Delta`]. The delta keeps, per item id, the latest
+//! operation (an upsert with its vector, or a tombstone) and, per user, the
+//! events recorded since. A generation records in its manifest
+//! (`extra.wal_seq`) the last log record folded into it; an engine applies only
+//! the delta entries after that number, so a generation built by compaction
+//! and a bulk rebuild by `vecrec-build` (which folds nothing) both see exactly
+//! the changes they lack.
+//!
+//! What sees the changes: tombstones and replaced items are honoured by every
+//! search and source; upserted items are searched exactly (brute force) beside
+//! the graph by `SimilarItems`, `SearchText`, `GetItem` and the content-only
+//! `Recommend`; recorded events extend the user's history at once for every
+//! source. The trained sources (EASE, ALS, transitions, two-tower) learn about
+//! new items only at the next compaction, which retrains them.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::{Mutex, RwLock, RwLockReadGuard};
+use serde::{Deserialize, Serialize};
+use vecrec_index::wal::Wal;
+use vecrec_index::{ItemMeta, VectorStore};
+
+use crate::catalog::{CatalogItem, Interaction};
+use crate::error::{Error, Result};
+
+/// The log under an index root.
+pub const WAL_FILE: &str = "wal/wal.log";
+
+/// Settings of live updates.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LiveConfig {
+    /// Accept UpsertItems, DeleteItems and RecordEvents. Default true.
+    pub enabled: bool,
+    /// Compact into a new generation once this many log records are pending. Default 10000.
+    pub compact_after: usize,
+}
+
+impl Default for LiveConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            compact_after: 10_000,
+        }
+    }
+}
+
+/// One log record.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum Record {
+    Upsert {
+        id: String,
+        meta: ItemMeta,
+        vector: Vec<f32>,
+    },
+    Delete {
+        id: String,
+    },
+    Event {
+        user: String,
+        item: String,
+        weight: f32,
+        timestamp: i64,
+    },
+}
+
+/// An upserted item.
+#[derive(Clone, Debug)]
+pub struct DeltaItem {
+    /// Log record that wrote it.
+    pub seq: u64,
+    /// Its attributes.
+    pub meta: ItemMeta,
+    /// Its vector.
+    pub vector: Vec<f32>,
+}
+
+/// A recorded event.
+#[derive(Clone, Debug)]
+pub struct DeltaEvent {
+    /// Log record that wrote it.
+    pub seq: u64,
+    /// External item id.
+    pub item: String,
+    /// Weight.
+    pub weight: f32,
+    /// Seconds since the Unix epoch.
+    pub timestamp: i64,
+}
+
+/// The changes replayed from the log, latest operation per item.
+#[derive(Debug, Default)]
+pub struct Delta {
+    items: HashMap<String, DeltaItem>,
+    deleted: HashMap<String, u64>,
+    events: HashMap<String, Vec<DeltaEvent>>,
+    last_seq: u64,
+}
+
+impl Delta {
+    fn apply(&mut self, seq: u64, r: Record) {
+        match r {
+            Record::Upsert { id, meta, vector } => {
+                self.deleted.remove(&id);
+                self.items.insert(id, DeltaItem { seq, meta, vector });
+            }
+            Record::Delete { id } => {
+                self.items.remove(&id);
+                self.deleted.insert(id, seq);
+            }
+            Record::Event {
+                user,
+                item,
+                weight,
+                timestamp,
+            } => self.events.entry(user).or_default().push(DeltaEvent {
+                seq,
+                item,
+                weight,
+                timestamp,
+            }),
+        }
+        self.last_seq = seq;
+    }
+
+    /// Number of the last record applied.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+}
+
+/// The delta as seen by a generation that folded records up to `applied`.
+#[derive(Debug)]
+pub struct View<'a> {
+    delta: RwLockReadGuard<'a, Delta>,
+    applied: u64,
+}
+
+impl View<'_> {
+    /// An item upserted after the generation, if any.
+    pub fn item(&self, id: &str) -> Option<&DeltaItem> {
+        self.delta.items.get(id).filter(|x| x.seq > self.applied)
+    }
+
+    /// Whether the item was deleted after the generation.
+    pub fn is_deleted(&self, id: &str) -> bool {
+        self.delta
+            .deleted
+            .get(id)
+            .is_some_and(|s| *s > self.applied)
+    }
+
+    /// Items upserted after the generation.
+    pub fn items(&self) -> impl Iterator<Item = (&String, &DeltaItem)> {
+        self.delta.items.iter().filter(|x| x.1.seq > self.applied)
+    }
+
+    /// Internal ids of the generation's items that were deleted or replaced since.
+    pub fn masked(&self, store: &VectorStore) -> HashSet<u32> {
+        self.delta
+            .deleted
+            .iter()
+            .filter(|x| *x.1 > self.applied)
+            .map(|x| x.0)
+            .chain(self.items().map(|x| x.0))
+            .filter_map(|id| store.internal_id(id))
+            .collect()
+    }
+
+    /// Events recorded for `user` after the generation, oldest first.
+    pub fn events(&self, user: &str) -> impl Iterator<Item = &DeltaEvent> {
+        self.delta
+            .events
+            .get(user)
+            .into_iter()
+            .flatten()
+            .filter(|e| e.seq > self.applied)
+    }
+
+    /// Whether nothing changed since the generation.
+    pub fn is_empty(&self) -> bool {
+        self.delta.last_seq <= self.applied
+    }
+
+    /// Records after the generation.
+    pub fn pending(&self) -> u64 {
+        self.delta.last_seq.saturating_sub(self.applied)
+    }
+
+    /// The last record number.
+    pub fn last_seq(&self) -> u64 {
+        self.delta.last_seq
+    }
+}
+
+/// The log and its replayed delta.
+#[derive(Debug)]
+pub struct Live {
+    path: PathBuf,
+    wal: Mutex<Wal>,
+    delta: RwLock<Delta>,
+    compacting: AtomicBool,
+}
+
+impl Live {
+    /// Opens (or creates) the log under `root` and replays it; `applied` is the
+    /// last record the served generation folded in.
+    pub fn open(root: &Path, applied: u64) -> Result<Self> {
+        let path = root.join(WAL_FILE);
+        let (mut wal, records) = Wal::open(&path)?;
+        wal.advance_to(applied + 1);
+        let mut delta = Delta {
+            last_seq: applied,
+            ..Default::default()
+        };
+        for (seq, payload) in records {
+            let r: Record = serde_json::from_slice(&payload).map_err(|e| {
+                vecrec_index::IndexError::Corrupt {
+                    path: path.clone(),
+                    reason: format!("log record {seq}: {e}"),
+                }
+            })?;
+            delta.apply(seq, r);
+        }
+        delta.last_seq = delta.last_seq.max(applied);
+        Ok(Self {
+            path,
+            wal: Mutex::new(wal),
+            delta: RwLock::new(delta),
+            compacting: AtomicBool::new(false),
+        })
+    }
+
+    /// The log's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The delta as a generation that folded records up to `applied` sees it.
+    pub fn view(&self, applied: u64) -> View<'_> {
+        View {
+            delta: self.delta.read(),
+            applied,
+        }
+    }
+
+    fn commit(&self, records: Vec<Record>) -> Result<u64> {
+        let payloads = records
+            .iter()
+            .map(|r| serde_json::to_vec(r).map_err(|e| Error::invalid(format!("record: {e}"))))
+            .collect::<Result<Vec<_>>>()?;
+        // The log lock is held until the delta has the records too, so readers
+        // see them in log order.
+        let mut wal = self.wal.lock();
+        let seqs = wal.append(&payloads)?;
+        let mut delta = self.delta.write();
+        for (seq, r) in seqs.iter().zip(records) {
+            delta.apply(*seq, r);
+        }
+        Ok(delta.last_seq)
+    }
+
+    /// Durably upserts items with their vectors; returns the last record number.
+    pub fn upsert(&self, items: Vec<(CatalogItem, Vec<f32>)>) -> Result<u64> {
+        self.commit(
+            items
+                .into_iter()
+                .map(|(it, vector)| Record::Upsert {
+                    id: it.id,
+                    meta: it.meta,
+                    vector,
+                })
+                .collect(),
+        )
+    }
+
+    /// Durably deletes items.
+    pub fn delete(&self, ids: Vec<String>) -> Result<u64> {
+        self.commit(ids.into_iter().map(|id| Record::Delete { id }).collect())
+    }
+
+    /// Durably records events.
+    pub fn record(&self, events: Vec<Interaction>) -> Result<u64> {
+        self.commit(
+            events
+                .into_iter()
+                .map(|e| Record::Event {
+                    user: e.user,
+                    item: e.item,
+                    weight: e.weight,
+                    timestamp: e.timestamp,
+                })
+                .collect(),
+        )
+    }
+
+    /// Drops the records a served generation folded in (up to `applied`)
+    /// from the log and from memory.
+    pub fn prune(&self, applied: u64) -> Result<()> {
+        let mut wal = self.wal.lock();
+        wal.retain_after(applied)?;
+        wal.advance_to(applied + 1);
+        let mut d = self.delta.write();
+        d.items.retain(|_, x| x.seq > applied);
+        d.deleted.retain(|_, s| *s > applied);
+        for ev in d.events.values_mut() {
+            ev.retain(|e| e.seq > applied);
+        }
+        d.events.retain(|_, v| !v.is_empty());
+        Ok(())
+    }
+
+    /// Claims the right to compact; `false` if a compaction is running.
+    pub fn begin_compaction(&self) -> bool {
+        !self.compacting.swap(true, Ordering::AcqRel)
+    }
+
+    /// Ends a compaction claimed with [`Live::begin_compaction`].
+    pub fn end_compaction(&self) {
+        self.compacting.store(false, Ordering::Release);
+    }
+}
+
+/// Folds the engine's generation and every pending change into a new
+/// generation under `root` (retraining the sources), recording the last log
+/// record folded in. Returns the new generation, or `None` when nothing was
+/// pending. The caller swaps it in and then calls [`Live::prune`].
+///
+/// Histories keep their order but not their timestamps: the stored histories
+/// hold no times, so the rebuilt interactions are numbered in order, recorded
+/// events after the stored history.
+pub fn compact(root: &Path, engine: &crate::engine::Engine) -> Result<Option<PathBuf>> {
+    let live = engine
+        .live()
+        .ok_or_else(|| Error::Config("live updates are off".into()))?;
+    let (items, vectors, interactions, last) = {
+        let view = live.view(engine.applied_seq());
+        if view.is_empty() {
+            return Ok(None);
+        }
+        let store = engine.index().store();
+        let masked = view.masked(store);
+        let mut items = Vec::new();
+        let mut vectors = Vec::new();
+        for i in 0..store.len() as u32 {
+            if masked.contains(&i) {
+                continue;
+            }
+            items.push(CatalogItem {
+                id: store.external_id(i).to_owned(),
+                meta: store.meta(i).clone(),
+            });
+            vectors.push(store.vector(i).to_vec());
+        }
+        let mut fresh: Vec<(&String, &DeltaItem)> = view.items().collect();
+        fresh.sort_by_key(|x| x.1.seq);
+        for (id, x) in fresh {
+            items.push(CatalogItem {
+                id: id.clone(),
+                meta: x.meta.clone(),
+            });
+            vectors.push(x.vector.clone());
+        }
+        let users = engine.users();
+        let mut interactions = Vec::new();
+        let mut seen_users = HashSet::new();
+        let mut push_user = |user: &str, stored: Vec<(String, f32)>| {
+            let mut t = 0i64;
+            for (item, weight) in stored
+                .into_iter()
+                .chain(view.events(user).map(|e| (e.item.clone(), e.weight)))
+            {
+                if view.is_deleted(&item) {
+                    continue;
+                }
+                interactions.push(Interaction {
+                    user: user.to_owned(),
+                    item,
+                    timestamp: t,
+                    event: None,
+                    weight,
+                });
+                t += 1;
+            }
+        };
+        for u in 0..users.len() as u32 {
+            let id = users.id(u).to_owned();
+            let stored = users
+                .history(u)
+                .into_iter()
+                .map(|(i, w)| (store.external_id(i).to_owned(), w))
+                .collect();
+            push_user(&id, stored);
+            seen_users.insert(id);
+        }
+        let mut new_users: Vec<&String> = view
+            .delta
+            .events
+            .keys()
+            .filter(|u| !seen_users.contains(*u))
+            .collect();
+        new_users.sort();
+        for u in new_users {
+            push_user(u, Vec::new());
+        }
+        (items, vectors, interactions, view.last_seq())
+    };
+    let cfg = engine.config();
+    let trained = engine.is_hybrid_capable();
+    let opts = crate::pipeline::BuildOptions {
+        hnsw: engine.index().manifest().hnsw,
+        users: cfg.users.clone(),
+        progress: false,
+        train: trained.then(|| cfg.train.clone()),
+        learn_fusion: (trained && engine.has_learned_fusion()).then(|| cfg.hybrid.clone()),
+        ..Default::default()
+    };
+    let mut extra = engine.index().manifest().extra.clone();
+    if let serde_json::Value::Object(m) = &mut extra {
+        m.insert("wal_seq".into(), last.into());
+        m.remove("users");
+    }
+    let report =
+        crate::pipeline::build_generation(root, &items, &vectors, &interactions, &opts, extra)?;
+    tracing::info!(
+        generation = %report.generation.display(),
+        items = report.items,
+        folded_through = last,
+        seconds = report.total_seconds,
+        "compacted live updates into a new generation"
+    );
+    Ok(Some(report.generation))
+}

@@ -1,0 +1,373 @@
+//! Live updates: upserts, deletes and events are visible at once, survive a
+//! restart, are folded in by compaction; and a server killed with SIGKILL at
+//! random points during a stream of writes loses nothing it acknowledged.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use vecrec::catalog::{CatalogItem, Interaction};
+use vecrec::config::Config;
+use vecrec::engine::{Engine, RecommendOptions, UserRef};
+use vecrec::error::Error;
+use vecrec::grpc::pb;
+use vecrec::grpc::pb::recommender_client::RecommenderClient;
+use vecrec::live::{compact, Live};
+use vecrec_index::ItemMeta;
+
+use crate::common::{encoder, sample_index};
+
+/// A private copy of the sample index (its log is written beside it).
+fn copy_sample() -> tempfile::TempDir {
+    let s = sample_index();
+    let root = tempfile::tempdir().unwrap();
+    let gen = vecrec_index::generation::current_generation(&s.root).unwrap();
+    crate::cli::copy_dir(&gen, &root.path().join(gen.file_name().unwrap()));
+    std::fs::copy(s.root.join("CURRENT"), root.path().join("CURRENT")).unwrap();
+    root
+}
+
+fn open(root: &Path) -> Engine {
+    let mut e = Engine::open(root, Config::default(), Some(encoder())).unwrap();
+    let live = Live::open(root, e.applied_seq()).unwrap();
+    e.attach_live(Arc::new(live));
+    e
+}
+
+fn item(id: &str, title: &str, text: &str) -> CatalogItem {
+    CatalogItem {
+        id: id.to_owned(),
+        meta: ItemMeta {
+            title: title.to_owned(),
+            text: text.to_owned(),
+            categories: vec!["physics".into()],
+            ..Default::default()
+        },
+    }
+}
+
+fn ids(v: &[vecrec::engine::Scored]) -> Vec<String> {
+    v.iter().map(|s| s.id.clone()).collect()
+}
+
+#[test]
+fn changes_are_visible_at_once_survive_a_restart_and_are_compacted() {
+    let root = copy_sample();
+    let root = root.path();
+    let e = open(root);
+    let query = "quantum chromodynamics on a lattice of gluons and quarks";
+    e.upsert_items(vec![item(
+        "live-1",
+        "Lattice Gauge Theory",
+        "quantum chromodynamics on a lattice: gluons, quarks and confinement",
+    )])
+    .unwrap();
+    assert_eq!(ids(&e.search_text(query, 3, None).unwrap())[0], "live-1");
+    assert_eq!(e.item_meta("live-1").unwrap().title, "Lattice Gauge Theory");
+    let similar = ids(&e.similar_items("live-1", 5, None).unwrap());
+    assert_eq!(similar.len(), 5);
+    assert!(!similar.contains(&"live-1".to_owned()));
+
+    // Delete the item a query finds first: no answer shows it again.
+    let victim = ids(&e.search_text("a dog that learns agility", 1, None).unwrap())[0].clone();
+    e.delete_items(vec![victim.clone()]).unwrap();
+    assert!(matches!(e.item_meta(&victim), Err(Error::NotFound { .. })));
+    assert!(!ids(&e
+        .search_text("a dog that learns agility", 20, None)
+        .unwrap())
+    .contains(&victim));
+    let opts = RecommendOptions {
+        k: 50,
+        ..Default::default()
+    };
+    for u in 0..e.users().len() as u32 {
+        let user = e.users().id(u).to_owned();
+        assert!(!ids(&e.recommend(UserRef::Id(&user), &opts).unwrap()).contains(&victim));
+    }
+
+    // Events: the user's next answer treats the items as seen; a new user is known.
+    let user = e.users().id(0).to_owned();
+    let before = ids(&e.recommend(UserRef::Id(&user), &opts).unwrap());
+    let (a, b) = (before[0].clone(), before[1].clone());
+    let ev = |u: &str, i: &str| Interaction {
+        user: u.to_owned(),
+        item: i.to_owned(),
+        timestamp: 1,
+        event: None,
+        weight: 1.0,
+    };
+    e.record_events(vec![ev(&user, &a), ev(&user, &b), ev("brand-new", &a)])
+        .unwrap();
+    let after = ids(&e.recommend(UserRef::Id(&user), &opts).unwrap());
+    assert!(!after.contains(&a) && !after.contains(&b));
+    assert_eq!(
+        e.recommend(UserRef::Id("brand-new"), &opts).unwrap().len(),
+        50
+    );
+
+    // Bad input changes nothing.
+    assert!(matches!(
+        e.delete_items(vec!["no-such-item".into()]),
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        e.record_events(vec![ev(&user, "no-such-item")]),
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        e.upsert_items(vec![item("x", "", "")]),
+        Err(Error::InvalidArgument(_))
+    ));
+
+    // A restart replays the log.
+    drop(e);
+    let e = open(root);
+    assert_eq!(ids(&e.search_text(query, 3, None).unwrap())[0], "live-1");
+    assert!(e.item_meta(&victim).is_err());
+    assert!(!ids(&e.recommend(UserRef::Id(&user), &opts).unwrap()).contains(&a));
+
+    // Compaction folds everything into a generation; the log forgets it.
+    let gen = compact(root, &e).unwrap().expect("changes were pending");
+    let live = e.live().unwrap().clone();
+    drop(e);
+    let mut e2 = Engine::open(root, Config::default(), Some(encoder())).unwrap();
+    assert_eq!(e2.index().dir(), gen);
+    assert!(e2.applied_seq() > 0);
+    e2.attach_live(live.clone());
+    live.prune(e2.applied_seq()).unwrap();
+    assert_eq!(live.view(e2.applied_seq()).pending(), 0);
+    let store = e2.index().store();
+    assert!(store.internal_id("live-1").is_some());
+    assert!(store.internal_id(&victim).is_none());
+    assert_eq!(ids(&e2.search_text(query, 3, None).unwrap())[0], "live-1");
+    assert!(e2.users().lookup("brand-new").is_some());
+    let h: Vec<String> = e2
+        .users()
+        .history(e2.users().lookup(&user).unwrap())
+        .iter()
+        .map(|x| store.external_id(x.0).to_owned())
+        .collect();
+    assert!(
+        h.ends_with(&[a.clone(), b.clone()]),
+        "events appended to the history"
+    );
+    // Writes after the compaction land on top of the new generation, also after a restart.
+    e2.upsert_items(vec![item(
+        "live-2",
+        "Neutrino Oscillations",
+        "flavour mixing of neutrinos",
+    )])
+    .unwrap();
+    drop(e2);
+    drop(live);
+    let e3 = open(root);
+    assert_eq!(
+        e3.item_meta("live-2").unwrap().title,
+        "Neutrino Oscillations"
+    );
+    assert_eq!(e3.live().unwrap().view(e3.applied_seq()).pending(), 1);
+}
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+fn start_server(root: &Path, compact_after: usize) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vecrec"))
+        .args(["serve", "--index"])
+        .arg(root)
+        .args(["--addr", "127.0.0.1:0"])
+        .env("VECREC_SERVER__RELOAD_INTERVAL_MS", "100")
+        .env("VECREC_LIVE__COMPACT_AFTER", compact_after.to_string())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    Server {
+        child,
+        url: format!("http://{addr}"),
+    }
+}
+
+async fn connect(url: &str) -> RecommenderClient<tonic::transport::Channel> {
+    for _ in 0..100 {
+        if let Ok(c) = RecommenderClient::connect(url.to_owned()).await {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("cannot connect to {url}");
+}
+
+/// What the client was told: item id → present (true) or deleted (false).
+async fn check(
+    client: &mut RecommenderClient<tonic::transport::Channel>,
+    acked: &HashMap<String, bool>,
+) {
+    for (id, present) in acked {
+        let got = client.get_item(pb::GetItemRequest { id: id.clone() }).await;
+        match (present, got) {
+            (true, Ok(r)) => assert_eq!(&r.get_ref().id, id),
+            (false, Err(s)) => assert_eq!(s.code(), tonic::Code::NotFound, "{id}"),
+            (true, Err(s)) => panic!("acknowledged upsert of {id} lost: {s}"),
+            (false, Ok(_)) => panic!("acknowledged delete of {id} lost"),
+        }
+    }
+}
+
+/// SIGKILL at random points of a stream of upserts and deletes (and of the
+/// compactions they trigger), then a restart: every acknowledged write is
+/// there. `VECREC_CRASH_ROUNDS` sets the rounds (default 50).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_sigkill() {
+    let rounds: usize = std::env::var("VECREC_CRASH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    // A content-only index keeps each compaction short, so kills land inside them too.
+    let s = sample_index();
+    let dir = tempfile::tempdir().unwrap();
+    let root: PathBuf = dir.path().join("index");
+    let items = vecrec::catalog::read_catalog(&s.data.join("catalog.jsonl")).unwrap();
+    let items = &items[..200];
+    vecrec::pipeline::build(
+        &root,
+        &encoder(),
+        items,
+        &[],
+        &vecrec::pipeline::BuildOptions {
+            progress: false,
+            train: None,
+            learn_fusion: None,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2024);
+    let mut acked: HashMap<String, bool> = HashMap::new();
+    let mut total = 0usize;
+    for round in 0..rounds {
+        let mut server = start_server(&root, 25);
+        let mut client = connect(&server.url).await;
+        check(&mut client, &acked).await;
+        let kill_after = Duration::from_millis(rng.gen_range(20..400));
+        let mut plan: Vec<(String, bool)> = Vec::new();
+        let mut present: Vec<String> = acked.iter().filter(|x| *x.1).map(|x| x.0.clone()).collect();
+        present.sort();
+        for k in 0..1000 {
+            if k % 4 == 3 && !present.is_empty() {
+                let at = rng.gen_range(0..present.len());
+                plan.push((present.swap_remove(at), false));
+            } else {
+                plan.push((format!("crash-{round}-{k}"), true));
+            }
+        }
+        // A write cut off by the kill may or may not have been applied; only
+        // acknowledged ones are promised.
+        let mut inflight: Option<String> = None;
+        let writer = async {
+            for (id, upsert) in plan {
+                inflight = Some(id.clone());
+                let ok = if upsert {
+                    client
+                        .upsert_items(pb::UpsertItemsRequest {
+                            items: vec![pb::Item {
+                                id: id.clone(),
+                                title: format!("Crash test item {id}"),
+                                text: "written while the server may die at any moment".into(),
+                                ..Default::default()
+                            }],
+                        })
+                        .await
+                        .is_ok()
+                } else {
+                    client
+                        .delete_items(pb::DeleteItemsRequest {
+                            ids: vec![id.clone()],
+                        })
+                        .await
+                        .is_ok()
+                };
+                if !ok {
+                    break;
+                }
+                acked.insert(id, upsert);
+                inflight = None;
+                total += 1;
+            }
+        };
+        tokio::select! {
+            _ = writer => {},
+            _ = tokio::time::sleep(kill_after) => {},
+        }
+        if let Some(id) = inflight {
+            acked.remove(&id);
+        }
+        server.child.kill().unwrap(); // SIGKILL
+        server.child.wait().unwrap();
+    }
+    let mut server = start_server(&root, 25);
+    let mut client = connect(&server.url).await;
+    check(&mut client, &acked).await;
+    // Events through gRPC: a new user's answer excludes what they saw.
+    let seen = acked.iter().find(|x| *x.1).unwrap().0.clone();
+    client
+        .record_events(pb::RecordEventsRequest {
+            events: vec![pb::Event {
+                user_id: "crash-user".into(),
+                item_id: seen.clone(),
+                ..Default::default()
+            }],
+        })
+        .await
+        .unwrap();
+    let recs = client
+        .recommend(pb::RecommendRequest {
+            user_id: "crash-user".into(),
+            k: 20,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(recs.get_ref().items.len(), 20);
+    assert!(recs.get_ref().items.iter().all(|s| s.item_id != seen));
+    let bad = client
+        .record_events(pb::RecordEventsRequest {
+            events: vec![pb::Event {
+                user_id: "crash-user".into(),
+                item_id: "no-such-item".into(),
+                ..Default::default()
+            }],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::NotFound);
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let served = vecrec_index::generation::current_generation(&root).unwrap();
+    eprintln!(
+        "{rounds} SIGKILL rounds, {total} acknowledged writes, {} ids checked, serving {}",
+        acked.len(),
+        served.display()
+    );
+    assert!(
+        !served.ends_with("gen-000001"),
+        "compactions ran during the stream"
+    );
+    assert!(total > rounds, "the writers got writes through");
+}
