@@ -371,6 +371,21 @@ fn with_weights(
     l
 }
 
+/// NDCG@10 of the fusion of `lists` against a user's held-out items.
+fn fused_ndcg10(
+    method: crate::fusion::FusionMethod,
+    lists: &[crate::fusion::SourceList],
+    rrf_k: f32,
+    truth: &HashSet<u32>,
+) -> f64 {
+    let ranked: Vec<u32> = crate::fusion::fuse(method, lists, rrf_k)
+        .into_iter()
+        .take(KS[1])
+        .map(|e| e.0)
+        .collect();
+    user_metrics(&ranked, truth).ndcg[0]
+}
+
 /// Source weights in words, in `Source::ALL` order.
 fn weight_names(w: &[f32; 6]) -> String {
     crate::engine::Source::ALL
@@ -689,13 +704,7 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
                     let ndcg: f64 = cached
                         .par_iter()
                         .map(|(lists, truth)| {
-                            let l = with_weights(lists, &weights);
-                            let ranked: Vec<u32> = fuse(method, &l, tuned.rrf_k)
-                                .into_iter()
-                                .take(KS[1])
-                                .map(|e| e.0)
-                                .collect();
-                            user_metrics(&ranked, truth).ndcg[0]
+                            fused_ndcg10(method, &with_weights(lists, &weights), tuned.rrf_k, truth)
                         })
                         .sum::<f64>()
                         / cached.len().max(1) as f64;
@@ -746,12 +755,7 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
                     weight: w,
                     ..rr.clone()
                 });
-                let ranked: Vec<u32> = fuse(method, &l, tuned.rrf_k)
-                    .into_iter()
-                    .take(KS[1])
-                    .map(|e| e.0)
-                    .collect();
-                user_metrics(&ranked, truth).ndcg[0]
+                fused_ndcg10(method, &l, tuned.rrf_k, truth)
             })
             .sum::<f64>()
             / cached.len().max(1) as f64;

@@ -288,29 +288,13 @@ impl Encoder {
     }
 
     fn forward(&self, batch: &[&tokenizers::Encoding]) -> Result<Vec<Vec<f32>>> {
-        let b = batch.len();
-        let s = batch
-            .iter()
-            .map(|e| e.get_ids().len())
-            .max()
-            .unwrap_or(0)
-            .max(1);
-        let mut ids = vec![0i64; b * s];
-        let mut mask = vec![0i64; b * s];
-        let mut types = vec![0i64; b * s];
-        for (r, e) in batch.iter().enumerate() {
-            for (c, ((&id, &m), &t)) in e
-                .get_ids()
-                .iter()
-                .zip(e.get_attention_mask())
-                .zip(e.get_type_ids())
-                .enumerate()
-            {
-                ids[r * s + c] = id as i64;
-                mask[r * s + c] = m as i64;
-                types[r * s + c] = t as i64;
-            }
-        }
+        let Padded {
+            batch: b,
+            len: s,
+            ids,
+            mask,
+            types,
+        } = pad(batch);
         let err = |e: ort::Error| Error::Encoder(format!("inference: {e}"));
         let t_ids = Tensor::from_array(([b, s], ids)).map_err(err)?;
         let t_mask = Tensor::from_array(([b, s], mask.clone())).map_err(err)?;
@@ -357,14 +341,66 @@ impl Encoder {
     }
 
     fn acquire(&self) -> parking_lot::MutexGuard<'_, Session> {
-        for s in &self.sessions {
-            if let Some(g) = s.try_lock() {
-                return g;
-            }
-        }
-        // All busy: wait for one, spreading waiters over the pool.
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let i = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.sessions.len();
-        self.sessions[i].lock()
+        acquire(&self.sessions)
     }
+}
+
+/// A free session of a pool, or, when all are busy, one to wait for
+/// (waiters spread over the pool).
+pub(crate) fn acquire(sessions: &[Mutex<Session>]) -> parking_lot::MutexGuard<'_, Session> {
+    for s in sessions {
+        if let Some(g) = s.try_lock() {
+            return g;
+        }
+    }
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let i = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % sessions.len();
+    sessions[i].lock()
+}
+
+/// A batch of encodings padded to its longest, as the int64 model inputs.
+pub(crate) struct Padded {
+    /// Rows.
+    pub batch: usize,
+    /// Tokens per row.
+    pub len: usize,
+    /// `input_ids`, row-major.
+    pub ids: Vec<i64>,
+    /// `attention_mask`.
+    pub mask: Vec<i64>,
+    /// `token_type_ids`.
+    pub types: Vec<i64>,
+}
+
+/// Pads `batch` to its longest encoding (at least one token).
+pub(crate) fn pad<E: std::borrow::Borrow<tokenizers::Encoding>>(batch: &[E]) -> Padded {
+    let b = batch.len();
+    let s = batch
+        .iter()
+        .map(|e| e.borrow().get_ids().len())
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let mut p = Padded {
+        batch: b,
+        len: s,
+        ids: vec![0; b * s],
+        mask: vec![0; b * s],
+        types: vec![0; b * s],
+    };
+    for (r, e) in batch.iter().enumerate() {
+        let e = e.borrow();
+        for (c, ((&id, &m), &t)) in e
+            .get_ids()
+            .iter()
+            .zip(e.get_attention_mask())
+            .zip(e.get_type_ids())
+            .enumerate()
+        {
+            p.ids[r * s + c] = id as i64;
+            p.mask[r * s + c] = m as i64;
+            p.types[r * s + c] = t as i64;
+        }
+    }
+    p
 }

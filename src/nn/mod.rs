@@ -240,14 +240,7 @@ impl OnnxModel {
     }
 
     fn acquire(&self) -> parking_lot::MutexGuard<'_, Session> {
-        for s in &self.sessions {
-            if let Some(g) = s.try_lock() {
-                return g;
-            }
-        }
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let i = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.sessions.len();
-        self.sessions[i].lock()
+        crate::encoder::acquire(&self.sessions)
     }
 }
 

@@ -278,24 +278,13 @@ impl Reranker {
                 let enc = tokenizer
                     .encode_batch(pairs, true)
                     .map_err(|e| Error::Encoder(format!("tokenising pairs: {e}")))?;
-                let b = enc.len();
-                let s = enc.iter().map(|e| e.get_ids().len()).max().unwrap_or(0);
-                let mut ids = vec![0i64; b * s];
-                let mut att = vec![0i64; b * s];
-                let mut types = vec![0i64; b * s];
-                for (r, e) in enc.iter().enumerate() {
-                    for (c, ((&id, &m), &t)) in e
-                        .get_ids()
-                        .iter()
-                        .zip(e.get_attention_mask())
-                        .zip(e.get_type_ids())
-                        .enumerate()
-                    {
-                        ids[r * s + c] = id as i64;
-                        att[r * s + c] = m as i64;
-                        types[r * s + c] = t as i64;
-                    }
-                }
+                let crate::encoder::Padded {
+                    batch: b,
+                    len: s,
+                    ids,
+                    mask: att,
+                    types,
+                } = crate::encoder::pad(&enc);
                 let mut inputs = vec![
                     ("input_ids", Input::I64(vec![b, s], ids)),
                     ("attention_mask", Input::I64(vec![b, s], att)),
