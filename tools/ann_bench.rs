@@ -8,21 +8,23 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use vecrec_index::generation::GenerationWriter;
-use vecrec_index::{
-    texmex, write_index, HnswParams, Index, ItemMeta, Metric, SearchParams, StoreBuilder,
-};
+use vecrec_index::backend::{self, AnnIndex, Backend};
+use vecrec_index::{texmex, HnswParams, Metric};
 
 /// Benchmark an ANN backend on TEXMEX files (.fvecs/.bvecs base and queries, .ivecs ground truth).
 ///
 /// Prints JSON lines: first a build line (`build_s`, `mem_mb` = resident memory
 /// of a fresh process after opening the on-disk index and running the sweep,
 /// `open_s` = time from process start of the reopen to the first answer), then
-/// one line per ef (`ef`, `recall@10`, `qps` single-threaded).
+/// one line per ef (`ef`, `recall@10`, `qps` single-threaded), then, with
+/// `--selectivity`, one line per (selectivity, ef) of filtered search (a
+/// seeded pseudo-random subset of that share of the rows passes; recall
+/// against brute force over the subset).
 #[derive(Parser)]
 #[command(name = "vecrec-ann-bench", version, about, long_about)]
 struct Args {
-    /// Backend: `hnsw` (vecrec's own) or `exact` (brute force).
+    /// Backend: `hnsw` (vecrec's own), `exact` (brute force) or `hnsw_rs`
+    /// (the hnsw_rs crate; needs a build with `--features hnsw_rs`).
     #[arg(long, default_value = "hnsw")]
     backend: String,
     /// Base vectors (.fvecs or .bvecs).
@@ -49,6 +51,10 @@ struct Args {
     /// Build threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Comma-separated shares of rows passing a filter (e.g. 0.01,0.1,0.5) for
+    /// the filtered-search sweep; none by default.
+    #[arg(long, value_delimiter = ',')]
+    selectivity: Vec<f64>,
     /// Where to write the index (a temporary directory if unset).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -81,24 +87,24 @@ fn run() -> anyhow::Result<()> {
     let a = Args::parse();
     let metric =
         Metric::parse(&a.metric).with_context(|| format!("unknown metric {:?}", a.metric))?;
-    if !matches!(a.backend.as_str(), "hnsw" | "exact") {
+    let backend = Backend::parse(&a.backend)
+        .with_context(|| format!("unknown backend {:?} (hnsw, exact, hnsw_rs)", a.backend))?;
+    if !backend.available() {
         bail!(
-            "backend {:?} is not available in this build (hnsw, exact)",
+            "backend {:?} is not in this build; rebuild with `--features {}`",
+            a.backend,
             a.backend
         );
     }
     if let Some(dir) = &a.search_only {
-        return search(&a, dir);
+        return search(&a, backend, dir);
     }
     let tmp = std::env::temp_dir().join(format!("vecrec-ann-bench-{}", std::process::id()));
     let root = a.out.clone().unwrap_or_else(|| tmp.clone());
     let (base, dim) = texmex::read_vectors(&a.base)?;
-    let t = Instant::now();
-    let mut sb = StoreBuilder::new(dim, metric)?;
-    for (i, v) in base.chunks_exact(dim).enumerate() {
-        sb.add(&i.to_string(), v, ItemMeta::default())?;
-    }
-    drop(base);
+    let n = base.len() / dim.max(1);
+    let gen = root.join(format!("{}-{}", backend.name(), std::process::id()));
+    std::fs::create_dir_all(&gen).with_context(|| format!("creating {}", gen.display()))?;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(a.threads.max(1))
         .build()?;
@@ -107,11 +113,10 @@ fn run() -> anyhow::Result<()> {
         ef_construction: a.ef_construction,
         ..Default::default()
     };
-    let writer = GenerationWriter::begin(&root)?;
-    pool.install(|| write_index(writer.dir(), &sb, &params, serde_json::Value::Null, &|_| {}))?;
-    let gen = writer.commit()?;
+    let t = Instant::now();
+    pool.install(|| backend::build(backend, &gen, &base, dim, metric, &params))?;
     let build_s = t.elapsed().as_secs_f64();
-    drop(sb);
+    drop(base);
     // Reopen and search in a fresh process, so memory and cold start are honest.
     let exe = std::env::current_exe()?;
     let out = Command::new(exe)
@@ -131,7 +136,7 @@ fn run() -> anyhow::Result<()> {
     println!(
         "{}",
         serde_json::json!({
-            "backend": a.backend, "event": "build", "n": sb_len(&gen)?, "dim": dim, "m": a.m,
+            "backend": a.backend, "event": "build", "n": n, "dim": dim, "m": a.m,
             "ef_construction": a.ef_construction, "threads": a.threads, "build_s": build_s,
             "mem_mb": first["mem_mb"], "open_s": first["open_s"],
         })
@@ -145,59 +150,115 @@ fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn sb_len(gen: &Path) -> anyhow::Result<usize> {
-    Ok(Index::open(gen)?.store().len())
+/// Whether row `i` passes the benchmark's filter of selectivity `s` (a
+/// seeded hash, so the subset is the same for every backend).
+fn passes(i: u32, s: f64) -> bool {
+    let h = (i as u64 ^ 0x9e37_79b9_7f4a_7c15).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    ((h >> 11) as f64 / (1u64 << 53) as f64) < s
 }
 
-fn search(a: &Args, gen: &Path) -> anyhow::Result<()> {
+/// Timed passes of `f` over all queries until at least 0.5 s have gone by; queries/s.
+fn qps(
+    queries: &[f32],
+    dim: usize,
+    f: &dyn Fn(&[f32]) -> anyhow::Result<()>,
+) -> anyhow::Result<f64> {
+    let (mut done, t) = (0usize, Instant::now());
+    while t.elapsed().as_secs_f64() < 0.5 {
+        for q in queries.chunks_exact(dim) {
+            f(q)?;
+        }
+        done += queries.len() / dim;
+    }
+    Ok(done as f64 / t.elapsed().as_secs_f64())
+}
+
+fn search(a: &Args, backend: Backend, gen: &Path) -> anyhow::Result<()> {
     let (queries, qdim) = texmex::read_vectors(&a.queries)?;
     let (gt, gdim) = texmex::read_ivecs(&a.gt)?;
     if gdim < K {
         bail!("ground truth has {gdim} neighbours per query, need {K}");
     }
     let t = Instant::now();
-    let index = Index::open(gen)?;
-    let exact = a.backend == "exact";
-    index.search(
-        &queries[..qdim],
-        &SearchParams {
-            k: K,
-            ef: a.ef[0],
-            exact,
-        },
-        None,
-    )?;
+    let index: Box<dyn AnnIndex> = backend::open(backend, gen)?;
+    index.search(&queries[..qdim], K, a.ef[0], None)?;
     let open_s = t.elapsed().as_secs_f64();
     let nq = queries.len() / qdim;
     let mut rows = Vec::new();
-    let efs: Vec<usize> = if exact { vec![0] } else { a.ef.clone() };
+    let efs: Vec<usize> = if backend == Backend::Exact {
+        vec![0]
+    } else {
+        a.ef.clone()
+    };
     for &ef in &efs {
-        let params = SearchParams { k: K, ef, exact };
         let mut hits = 0;
-        let mut results = Vec::with_capacity(nq);
-        for q in queries.chunks_exact(qdim) {
-            results.push(index.search(q, &params, None)?.0);
-        }
-        // Timed passes over all queries until at least 0.5 s have gone by.
-        let (mut done, t) = (0usize, Instant::now());
-        while t.elapsed().as_secs_f64() < 0.5 {
-            for q in queries.chunks_exact(qdim) {
-                std::hint::black_box(index.search(q, &params, None)?);
-            }
-            done += nq;
-        }
-        let secs = t.elapsed().as_secs_f64();
-        for (qi, r) in results.iter().enumerate() {
+        for (qi, q) in queries.chunks_exact(qdim).enumerate() {
             let truth = &gt[qi * gdim..qi * gdim + K];
-            hits += r.iter().filter(|n| truth.contains(&(n.id as i32))).count();
+            hits += index
+                .search(q, K, ef, None)?
+                .iter()
+                .filter(|n| truth.contains(&(n.id as i32)))
+                .count();
         }
+        let qps = qps(&queries, qdim, &|q| {
+            std::hint::black_box(index.search(q, K, ef, None)?);
+            Ok(())
+        })?;
         rows.push(serde_json::json!({
-            "backend": a.backend, "ef": ef, "recall@10": hits as f64 / (nq * K) as f64, "qps": done as f64 / secs,
+            "backend": a.backend, "ef": ef, "recall@10": hits as f64 / (nq * K) as f64, "qps": qps,
         }));
+    }
+    let mem_mb = rss_mb();
+    if !a.selectivity.is_empty() {
+        // Filtered ground truth: brute force over the passing rows.
+        let exact = if backend == Backend::Exact {
+            None
+        } else {
+            Some(backend::open(Backend::Exact, gen).or_else(|_| {
+                anyhow::bail!("the filtered sweep needs the vector store beside the index")
+            })?)
+        };
+        let reference: &dyn AnnIndex = exact.as_deref().unwrap_or(index.as_ref());
+        for &s in &a.selectivity {
+            if !(s > 0.0 && s <= 1.0) {
+                bail!("selectivity must be in (0, 1], got {s}");
+            }
+            let f = move |i: u32| passes(i, s);
+            let truth: Vec<Vec<u32>> = queries
+                .chunks_exact(qdim)
+                .map(|q| {
+                    Ok(reference
+                        .search(q, K, 0, Some(&f))?
+                        .iter()
+                        .map(|n| n.id)
+                        .collect())
+                })
+                .collect::<anyhow::Result<_>>()?;
+            for &ef in &efs {
+                let mut hits = 0;
+                let mut total = 0;
+                for (q, t) in queries.chunks_exact(qdim).zip(&truth) {
+                    let got = index.search(q, K, ef, Some(&f))?;
+                    if got.iter().any(|n| !f(n.id)) {
+                        bail!("{}: a filtered result fails the filter", a.backend);
+                    }
+                    hits += got.iter().filter(|n| t.contains(&n.id)).count();
+                    total += t.len();
+                }
+                let qps = qps(&queries, qdim, &|q| {
+                    std::hint::black_box(index.search(q, K, ef, Some(&f))?);
+                    Ok(())
+                })?;
+                rows.push(serde_json::json!({
+                    "backend": a.backend, "selectivity": s, "ef": ef,
+                    "recall@10": hits as f64 / total.max(1) as f64, "qps": qps,
+                }));
+            }
+        }
     }
     println!(
         "{}",
-        serde_json::json!({"mem_mb": rss_mb(), "open_s": open_s})
+        serde_json::json!({"mem_mb": mem_mb, "open_s": open_s})
     );
     for r in rows {
         println!("{r}");

@@ -25,10 +25,13 @@ def at(points, target):
 def main():
     path, name, hw = sys.argv[1], sys.argv[2], sys.argv[3]
     builds, sweeps = {}, collections.defaultdict(list)
+    filtered = collections.defaultdict(list)
     for line in open(path):
         row = json.loads(line)
         if row.get("event") == "build":
             builds[row["backend"]] = row
+        elif "selectivity" in row:
+            filtered[(row["backend"], row["selectivity"])].append((row["recall@10"], row["qps"]))
         else:
             sweeps[row["backend"]].append((row["recall@10"], row["qps"]))
     fmt = lambda x, spec: "-" if x is None else format(x, spec)
@@ -38,6 +41,12 @@ def main():
         bd = builds.get(b, {})
         lines.append(f"| {b} | {fmt(at(pts, 0.95), ',.0f')} | {fmt(at(pts, 0.99), ',.0f')} | {max(p[0] for p in pts):.3f} | "
                      f"{fmt(bd.get('build_s'), '.2f')} | {fmt(bd.get('mem_mb'), '.1f')} | {fmt(bd.get('open_s'), '.3f')} |")
+    if filtered:
+        lines += ["", "Filtered search (a seeded pseudo-random share of the rows passes; recall against brute force over them;",
+                  "vecrec's planner searches the passing rows exactly when that is cheaper than the graph):", "",
+                  "| backend | selectivity | QPS @ recall 0.95 | QPS @ 0.99 | best recall |", "|---|---|---|---|---|"]
+        for (b, sel), pts in sorted(filtered.items()):
+            lines.append(f"| {b} | {sel:.0%} | {fmt(at(pts, 0.95), ',.0f')} | {fmt(at(pts, 0.99), ',.0f')} | {max(p[0] for p in pts):.3f} |")
     md = path.rsplit(".", 1)[0] + ".md"
     open(md, "w").write("\n".join(lines) + "\n")
     print("\n".join(lines))

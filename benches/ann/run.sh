@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# ANN benchmark: vecrec's own HNSW against hnswlib, faiss-cpu (HNSWFlat, IVF-PQ)
-# and usearch on the same files, in one invocation, then a table and a
-# recall/QPS plot. Usage:
+# ANN benchmark: vecrec's own HNSW (and the hnsw_rs crate through the same
+# tool) against hnswlib, faiss-cpu HNSWFlat and usearch on the same files, in
+# one invocation, then a table and a recall/QPS plot; vecrec's backends also
+# run the filtered sweep at 1%, 10% and 50% selectivity. Usage:
 #
 #   benches/ann/run.sh [bigann10k|fmnistsmall]     (default bigann10k)
 #
@@ -22,12 +23,14 @@ if [[ ! -x "$VENV/bin/python" ]] || ! cmp -s "$REPO/benches/ann/requirements.txt
   "$VENV/bin/pip" install -q -r "$REPO/benches/ann/requirements.txt"
   cp "$REPO/benches/ann/requirements.txt" "$VENV/requirements.txt"
 fi
-(cd "$REPO" && cargo build --release -q --bin vecrec-ann-bench)
+(cd "$REPO" && cargo build --release -q --features hnsw_rs --bin vecrec-ann-bench)
 OUT="$REPO/benches/ann/results"
 mkdir -p "$OUT"
 ARGS=(--base "$B" --queries "$Q" --gt "$G" --metric "$METRIC" --m 16 --ef-construction 200 --ef 10,16,24,32,48,64,128,256 --threads 2)
 {
-  "$REPO/target/release/vecrec-ann-bench" --backend hnsw "${ARGS[@]}"
+  for b in hnsw hnsw_rs; do
+    "$REPO/target/release/vecrec-ann-bench" --backend "$b" "${ARGS[@]}" --selectivity 0.01,0.1,0.5
+  done
   for b in hnswlib faiss-hnsw usearch; do
     "$VENV/bin/python" "$REPO/benches/ann/peers.py" --backend "$b" "${ARGS[@]}"
   done

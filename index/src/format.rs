@@ -303,8 +303,10 @@ impl StringTable {
         let data = table.data();
         for i in 0..count {
             let (a, b) = (offsets[i], offsets[i + 1]);
-            if a > b {
-                return Err(table.file.corrupt(format!("string {i}: offsets decrease")));
+            if a > b || b > total {
+                return Err(table
+                    .file
+                    .corrupt(format!("string {i}: offsets decrease or pass the end")));
             }
             if std::str::from_utf8(&data[a as usize..b as usize]).is_err() {
                 return Err(table.file.corrupt(format!("string {i}: not UTF-8")));

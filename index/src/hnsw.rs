@@ -459,8 +459,8 @@ impl Hnsw {
             )));
         }
         let m0 = 2 * m;
-        let words = n * (m0 + 1) + 2 * n + blocks_len;
-        if file.payload().len() != words * 4 {
+        let words = n as u128 * (m0 as u128 + 1) + 2 * n as u128 + blocks_len as u128;
+        if file.payload().len() as u128 != words * 4 {
             return Err(file.corrupt(format!(
                 "payload is {} bytes, header implies {}",
                 file.payload().len(),

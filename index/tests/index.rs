@@ -112,10 +112,12 @@ fn hnsw_matches_exact_on_random_cosine() {
 
 #[test]
 fn filters_are_honoured_by_both_plans() {
+    // Large enough that a 50% filter is cheaper through the graph
+    // (p² > 2·ef·M·n), small enough to build in a moment.
     let dim = 16;
-    let data = random_vectors(2000, dim, 9);
+    let data = random_vectors(12_000, dim, 9);
     let cat = |i: usize| {
-        if i.is_multiple_of(10) {
+        if i.is_multiple_of(100) {
             "rare"
         } else if i.is_multiple_of(2) {
             "even"

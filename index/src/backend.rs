@@ -1,0 +1,353 @@
+//! One interface over the ANN implementations that the conformance suite and
+//! `vecrec-ann-bench` compare: vecrec's own HNSW ([`crate::hnsw`], through
+//! [`Index`] and its filter planner), brute force ([`crate::exact`]) and, with
+//! the `hnsw_rs` feature, the `hnsw_rs` crate (kept as a comparison: it
+//! measured 3.5–7× slower than hnswlib here).
+//!
+//! Every backend is built into a directory and reopened from it, so reload is
+//! part of what is compared. Ids are row numbers of the input vectors.
+
+use std::path::Path;
+
+use crate::error::{IndexError, Result};
+use crate::hnsw::{HnswParams, Neighbor};
+use crate::index::{write_index, Index, SearchParams};
+use crate::store::{ItemMeta, StoreBuilder, VectorStore};
+use crate::Metric;
+
+/// A filter over row numbers.
+pub type Accept<'a> = &'a (dyn Fn(u32) -> bool + Sync);
+
+/// A searchable, reopened index.
+pub trait AnnIndex: Send + Sync {
+    /// The backend's name.
+    fn name(&self) -> &'static str;
+    /// Rows indexed.
+    fn len(&self) -> usize;
+    /// Whether nothing is indexed.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The `k` nearest rows to `query` that `accept` allows, nearest first.
+    fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+        accept: Option<Accept<'_>>,
+    ) -> Result<Vec<Neighbor>>;
+}
+
+/// The backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// vecrec's own HNSW with its filter planner.
+    Hnsw,
+    /// Brute force over the memory-mapped store.
+    Exact,
+    /// The `hnsw_rs` crate (feature `hnsw_rs`).
+    HnswRs,
+}
+
+impl Backend {
+    /// Parses `hnsw`, `exact` or `hnsw_rs`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "hnsw" => Some(Self::Hnsw),
+            "exact" => Some(Self::Exact),
+            "hnsw_rs" => Some(Self::HnswRs),
+            _ => None,
+        }
+    }
+
+    /// Stable name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Hnsw => "hnsw",
+            Self::Exact => "exact",
+            Self::HnswRs => "hnsw_rs",
+        }
+    }
+
+    /// Whether this build includes the backend.
+    pub fn available(self) -> bool {
+        self != Self::HnswRs || cfg!(feature = "hnsw_rs")
+    }
+
+    /// The backends this build includes.
+    pub fn all_available() -> Vec<Self> {
+        [Self::Hnsw, Self::Exact, Self::HnswRs]
+            .into_iter()
+            .filter(|b| b.available())
+            .collect()
+    }
+}
+
+fn store_of(vectors: &[f32], dim: usize, metric: Metric) -> Result<StoreBuilder> {
+    let mut sb = StoreBuilder::new(dim, metric)?;
+    for (i, v) in vectors.chunks_exact(dim).enumerate() {
+        sb.add(&i.to_string(), v, ItemMeta::default())?;
+    }
+    Ok(sb)
+}
+
+/// Builds `backend` over `vectors` (`n × dim`, row-major) into the existing
+/// empty directory `dir`, with the rayon threads of the caller's pool.
+pub fn build(
+    backend: Backend,
+    dir: &Path,
+    vectors: &[f32],
+    dim: usize,
+    metric: Metric,
+    params: &HnswParams,
+) -> Result<()> {
+    let sb = store_of(vectors, dim, metric)?;
+    match backend {
+        Backend::Hnsw => {
+            write_index(dir, &sb, params, serde_json::Value::Null, &|_| {})?;
+        }
+        Backend::Exact => sb.write(dir)?,
+        Backend::HnswRs => {
+            sb.write(dir)?;
+            hnsw_rs_backend::build(dir, sb.vectors(), dim, metric, params)?;
+        }
+    }
+    Ok(())
+}
+
+/// Reopens a backend built by [`build`].
+pub fn open(backend: Backend, dir: &Path) -> Result<Box<dyn AnnIndex>> {
+    Ok(match backend {
+        Backend::Hnsw => Box::new(OwnHnsw(Index::open(dir)?)),
+        Backend::Exact => Box::new(Exact(VectorStore::open(dir, true)?)),
+        Backend::HnswRs => hnsw_rs_backend::open(dir)?,
+    })
+}
+
+struct OwnHnsw(Index);
+
+impl AnnIndex for OwnHnsw {
+    fn name(&self) -> &'static str {
+        "hnsw"
+    }
+    fn len(&self) -> usize {
+        self.0.store().len()
+    }
+    fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+        accept: Option<Accept<'_>>,
+    ) -> Result<Vec<Neighbor>> {
+        let accept = accept.map(|f| move |i: u32| f(i));
+        let params = SearchParams {
+            k,
+            ef,
+            exact: false,
+        };
+        Ok(self
+            .0
+            .search(
+                query,
+                &params,
+                accept.as_ref().map(|f| f as &dyn Fn(u32) -> bool),
+            )?
+            .0)
+    }
+}
+
+struct Exact(VectorStore);
+
+impl AnnIndex for Exact {
+    fn name(&self) -> &'static str {
+        "exact"
+    }
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        _ef: usize,
+        accept: Option<Accept<'_>>,
+    ) -> Result<Vec<Neighbor>> {
+        let s = &self.0;
+        if query.len() != s.dim() {
+            return Err(IndexError::DimensionMismatch {
+                expected: s.dim(),
+                got: query.len(),
+            });
+        }
+        let mut q = query.to_vec();
+        if s.metric() == Metric::Cosine {
+            crate::distance::normalize(&mut q);
+        }
+        let accept = accept.map(|f| move |i: u32| f(i));
+        Ok(crate::exact::search(
+            s.vectors(),
+            s.dim(),
+            s.metric(),
+            &q,
+            k,
+            accept.as_ref().map(|f| f as &dyn Fn(u32) -> bool),
+        ))
+    }
+}
+
+#[cfg(feature = "hnsw_rs")]
+mod hnsw_rs_backend {
+    //! `hnsw_rs` 0.3.5. Its reload maps only the vector data, not the graph,
+    //! and a reloaded `Hnsw` borrows its `HnswIo`; the loader is leaked so the
+    //! index can live as long as the process (acceptable for a comparison
+    //! backend that is opened once per run).
+
+    use std::path::Path;
+
+    use hnsw_rs::anndists::dist::{DistDot, DistL2};
+    use hnsw_rs::api::AnnT;
+    use hnsw_rs::hnsw::Hnsw;
+    use hnsw_rs::hnswio::HnswIo;
+
+    use super::{Accept, AnnIndex};
+    use crate::error::{IndexError, Result};
+    use crate::hnsw::{HnswParams, Neighbor};
+    use crate::Metric;
+
+    const BASENAME: &str = "hnsw_rs";
+
+    fn fail(dir: &Path, e: impl std::fmt::Display) -> IndexError {
+        IndexError::Corrupt {
+            path: dir.to_owned(),
+            reason: format!("hnsw_rs: {e}"),
+        }
+    }
+
+    enum Inner {
+        L2(Hnsw<'static, f32, DistL2>),
+        Dot(Hnsw<'static, f32, DistDot>),
+    }
+
+    pub(super) fn build(
+        dir: &Path,
+        vectors: &[f32],
+        dim: usize,
+        metric: Metric,
+        params: &HnswParams,
+    ) -> Result<()> {
+        let n = vectors.len() / dim;
+        let data: Vec<(&[f32], usize)> = vectors.chunks_exact(dim).zip(0..).collect();
+        let layers = 16;
+        match metric {
+            Metric::L2 => {
+                let h =
+                    Hnsw::<f32, DistL2>::new(params.m, n, layers, params.ef_construction, DistL2);
+                h.parallel_insert_slice(&data);
+                h.file_dump(dir, BASENAME).map_err(|e| fail(dir, e))?;
+            }
+            // The store holds unit vectors under the cosine metric.
+            Metric::Cosine => {
+                let h =
+                    Hnsw::<f32, DistDot>::new(params.m, n, layers, params.ef_construction, DistDot);
+                h.parallel_insert_slice(&data);
+                h.file_dump(dir, BASENAME).map_err(|e| fail(dir, e))?;
+            }
+            Metric::InnerProduct => {
+                return Err(IndexError::InvalidParameter {
+                    name: "metric",
+                    reason: "the hnsw_rs backend supports l2 and cosine".into(),
+                })
+            }
+        }
+        let name = if metric == Metric::L2 { "l2" } else { "cosine" };
+        std::fs::write(dir.join("hnsw_rs.metric"), name).map_err(|e| IndexError::io(dir, e))
+    }
+
+    struct HnswRs {
+        inner: Inner,
+        metric: Metric,
+        n: usize,
+    }
+
+    pub(super) fn open(dir: &Path) -> Result<Box<dyn AnnIndex>> {
+        let metric_name = std::fs::read_to_string(dir.join("hnsw_rs.metric"))
+            .map_err(|e| IndexError::io(dir.join("hnsw_rs.metric"), e))?;
+        let metric =
+            Metric::parse(metric_name.trim()).ok_or_else(|| fail(dir, "unknown metric"))?;
+        let io: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(dir, BASENAME)));
+        let inner = match metric {
+            Metric::L2 => Inner::L2(io.load_hnsw::<f32, DistL2>().map_err(|e| fail(dir, e))?),
+            _ => Inner::Dot(io.load_hnsw::<f32, DistDot>().map_err(|e| fail(dir, e))?),
+        };
+        let n = match &inner {
+            Inner::L2(h) => h.get_nb_point(),
+            Inner::Dot(h) => h.get_nb_point(),
+        };
+        Ok(Box::new(HnswRs { inner, metric, n }))
+    }
+
+    impl AnnIndex for HnswRs {
+        fn name(&self) -> &'static str {
+            "hnsw_rs"
+        }
+        fn len(&self) -> usize {
+            self.n
+        }
+        fn search(
+            &self,
+            query: &[f32],
+            k: usize,
+            ef: usize,
+            accept: Option<Accept<'_>>,
+        ) -> Result<Vec<Neighbor>> {
+            let mut q = query.to_vec();
+            if self.metric == Metric::Cosine {
+                crate::distance::normalize(&mut q);
+            }
+            let filter = accept.map(|f| move |id: &usize| f(*id as u32));
+            let filter = filter.as_ref().map(|f| f as &dyn hnsw_rs::filter::FilterT);
+            let found = match &self.inner {
+                Inner::L2(h) => h.search_filter(&q, k, ef.max(k), filter),
+                Inner::Dot(h) => h.search_filter(&q, k, ef.max(k), filter),
+            };
+            Ok(found
+                .into_iter()
+                .map(|nb| Neighbor {
+                    id: nb.d_id as u32,
+                    // hnsw_rs reports the Euclidean distance; vecrec's L2 is squared.
+                    distance: if self.metric == Metric::L2 {
+                        nb.distance * nb.distance
+                    } else {
+                        nb.distance
+                    },
+                })
+                .collect())
+        }
+    }
+}
+
+#[cfg(not(feature = "hnsw_rs"))]
+mod hnsw_rs_backend {
+    use std::path::Path;
+
+    use super::AnnIndex;
+    use crate::error::{IndexError, Result};
+    use crate::hnsw::HnswParams;
+    use crate::Metric;
+
+    fn missing() -> IndexError {
+        IndexError::InvalidParameter {
+            name: "backend",
+            reason: "hnsw_rs is not in this build; rebuild with `--features hnsw_rs`".into(),
+        }
+    }
+
+    pub(super) fn build(_: &Path, _: &[f32], _: usize, _: Metric, _: &HnswParams) -> Result<()> {
+        Err(missing())
+    }
+
+    pub(super) fn open(_: &Path) -> Result<Box<dyn AnnIndex>> {
+        Err(missing())
+    }
+}
