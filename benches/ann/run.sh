@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# ANN benchmark: vecrec's own HNSW (and the hnsw_rs crate through the same
-# tool) against hnswlib, faiss-cpu HNSWFlat and usearch on the same files, in
+# ANN benchmark: vecrec's own HNSW (f32, and int8 codes with 3x oversampling
+# and exact rescoring; and the hnsw_rs crate through the same tool) against hnswlib, faiss-cpu HNSWFlat and usearch on the same files, in
 # one invocation, then a table and a recall/QPS plot; vecrec's backends also
 # run the filtered sweep at 1%, 10% and 50% selectivity. Usage:
 #
-#   benches/ann/run.sh [bigann10k|fmnistsmall]     (default bigann10k)
+#   benches/ann/run.sh [bigann10k|fmnistsmall|clustered200k]   (default bigann10k)
+#
+# clustered200k is generated on first use (make_clustered.py, seed 42) into
+# .cache/bench-data/.
 #
 # Writes benches/ann/results/<set>.jsonl, <set>.md and <set>.png. The peers are
 # installed into .cache/bench-venv from benches/ann/requirements.txt.
@@ -15,7 +18,8 @@ SHARED="${VECREC_SHARED:-$REPO/../shared}"
 case "$SET" in
   bigann10k) D="$SHARED/datasets/ann-bigann10k"; B="$D/bigann10k_base.bvecs"; Q="$D/bigann10k_query.bvecs"; G="$D/bigann10k_groundtruth.ivecs"; METRIC=l2 ;;
   fmnistsmall) D="$SHARED/datasets/ann-fmnistsmall"; B="$D/fmnistsmall_base.fvecs"; Q="$D/fmnistsmall_query.fvecs"; G="$D/fmnistsmall_groundtruth.ivecs"; METRIC=l2 ;;
-  *) echo "unknown data set $SET (bigann10k, fmnistsmall)" >&2; exit 2 ;;
+  clustered200k) D="${VECREC_CACHE:-$REPO/.cache}/bench-data/clustered200k"; B="$D/clustered200k_base.fvecs"; Q="$D/clustered200k_query.fvecs"; G="$D/clustered200k_groundtruth.ivecs"; METRIC=cosine ;;
+  *) echo "unknown data set $SET (bigann10k, fmnistsmall, clustered200k)" >&2; exit 2 ;;
 esac
 VENV="${VECREC_CACHE:-$REPO/.cache}/bench-venv"
 if [[ ! -x "$VENV/bin/python" ]] || ! cmp -s "$REPO/benches/ann/requirements.txt" "$VENV/requirements.txt"; then
@@ -23,14 +27,21 @@ if [[ ! -x "$VENV/bin/python" ]] || ! cmp -s "$REPO/benches/ann/requirements.txt
   "$VENV/bin/pip" install -q -r "$REPO/benches/ann/requirements.txt"
   cp "$REPO/benches/ann/requirements.txt" "$VENV/requirements.txt"
 fi
+if [[ "$SET" == clustered200k && ! -f "$G" ]]; then
+  "$VENV/bin/python" "$REPO/benches/ann/make_clustered.py" "$D" --n 200000 --seed 42
+fi
+# hnsw_rs takes minutes per build on the large set; VECREC_BENCH_HNSW_RS=0 skips it.
+RS="${VECREC_BENCH_HNSW_RS:-1}"
 (cd "$REPO" && cargo build --release -q --features hnsw_rs --bin vecrec-ann-bench)
 OUT="$REPO/benches/ann/results"
 mkdir -p "$OUT"
 ARGS=(--base "$B" --queries "$Q" --gt "$G" --metric "$METRIC" --m 16 --ef-construction 200 --ef 10,16,24,32,48,64,128,256 --threads 2)
 {
   for b in hnsw hnsw_rs; do
+    [[ "$b" == hnsw_rs && "$RS" == 0 ]] && continue
     "$REPO/target/release/vecrec-ann-bench" --backend "$b" "${ARGS[@]}" --selectivity 0.01,0.1,0.5
   done
+  "$REPO/target/release/vecrec-ann-bench" --backend hnsw-int8 "${ARGS[@]}"
   for b in hnswlib faiss-hnsw usearch; do
     "$VENV/bin/python" "$REPO/benches/ann/peers.py" --backend "$b" "${ARGS[@]}"
   done

@@ -43,6 +43,8 @@ pub trait AnnIndex: Send + Sync {
 pub enum Backend {
     /// vecrec's own HNSW with its filter planner.
     Hnsw,
+    /// The same graph searched on int8 codes, 3× oversampled and rescored exactly.
+    HnswInt8,
     /// Brute force over the memory-mapped store.
     Exact,
     /// The `hnsw_rs` crate (feature `hnsw_rs`).
@@ -54,6 +56,7 @@ impl Backend {
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "hnsw" => Some(Self::Hnsw),
+            "hnsw-int8" => Some(Self::HnswInt8),
             "exact" => Some(Self::Exact),
             "hnsw_rs" => Some(Self::HnswRs),
             _ => None,
@@ -64,6 +67,7 @@ impl Backend {
     pub fn name(self) -> &'static str {
         match self {
             Self::Hnsw => "hnsw",
+            Self::HnswInt8 => "hnsw-int8",
             Self::Exact => "exact",
             Self::HnswRs => "hnsw_rs",
         }
@@ -76,7 +80,7 @@ impl Backend {
 
     /// The backends this build includes.
     pub fn all_available() -> Vec<Self> {
-        [Self::Hnsw, Self::Exact, Self::HnswRs]
+        [Self::Hnsw, Self::HnswInt8, Self::Exact, Self::HnswRs]
             .into_iter()
             .filter(|b| b.available())
             .collect()
@@ -106,6 +110,13 @@ pub fn build(
         Backend::Hnsw => {
             write_index(dir, &sb, params, serde_json::Value::Null, &|_| {})?;
         }
+        Backend::HnswInt8 => {
+            let params = HnswParams {
+                quantize: true,
+                ..*params
+            };
+            write_index(dir, &sb, &params, serde_json::Value::Null, &|_| {})?;
+        }
         Backend::Exact => sb.write(dir)?,
         Backend::HnswRs => {
             sb.write(dir)?;
@@ -118,17 +129,26 @@ pub fn build(
 /// Reopens a backend built by [`build`].
 pub fn open(backend: Backend, dir: &Path) -> Result<Box<dyn AnnIndex>> {
     Ok(match backend {
-        Backend::Hnsw => Box::new(OwnHnsw(Index::open(dir)?)),
+        Backend::Hnsw => Box::new(OwnHnsw(Index::open(dir)?, 0)),
+        Backend::HnswInt8 => Box::new(OwnHnsw(Index::open(dir)?, OVERSAMPLE)),
         Backend::Exact => Box::new(Exact(VectorStore::open(dir, true)?)),
         Backend::HnswRs => hnsw_rs_backend::open(dir)?,
     })
 }
 
-struct OwnHnsw(Index);
+/// Candidates per result that quantised search rescores.
+pub const OVERSAMPLE: usize = 3;
+
+/// The own graph; with an oversampling factor, searched on its int8 codes.
+struct OwnHnsw(Index, usize);
 
 impl AnnIndex for OwnHnsw {
     fn name(&self) -> &'static str {
-        "hnsw"
+        if self.1 > 0 {
+            "hnsw-int8"
+        } else {
+            "hnsw"
+        }
     }
     fn len(&self) -> usize {
         self.0.store().len()
@@ -146,14 +166,12 @@ impl AnnIndex for OwnHnsw {
             ef,
             exact: false,
         };
-        Ok(self
-            .0
-            .search(
-                query,
-                &params,
-                accept.as_ref().map(|f| f as &dyn Fn(u32) -> bool),
-            )?
-            .0)
+        let accept = accept.as_ref().map(|f| f as &dyn Fn(u32) -> bool);
+        Ok(if self.1 > 0 {
+            self.0.search_quantized(query, &params, self.1, accept)?.0
+        } else {
+            self.0.search(query, &params, accept)?.0
+        })
     }
 }
 

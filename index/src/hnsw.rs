@@ -40,6 +40,10 @@ pub struct HnswParams {
     pub ef_construction: usize,
     /// Seed of the level assignment.
     pub seed: u64,
+    /// Also write int8 codes of the vectors ([`crate::quant`]) for quantised
+    /// search. Default false.
+    #[serde(default)]
+    pub quantize: bool,
 }
 
 impl Default for HnswParams {
@@ -48,6 +52,7 @@ impl Default for HnswParams {
             m: 16,
             ef_construction: 200,
             seed: 0x5eed,
+            quantize: false,
         }
     }
 }

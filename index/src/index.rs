@@ -100,6 +100,9 @@ pub fn write_index(
         hnsw_build_seconds: t.elapsed().as_secs_f64(),
         extra,
     };
+    if params.quantize {
+        crate::quant::write(dir, store.vectors(), store.dim())?;
+    }
     write_json(&dir.join(MANIFEST_FILE), &manifest)?;
     Ok(manifest)
 }
@@ -111,6 +114,7 @@ pub struct Index {
     manifest: Manifest,
     store: VectorStore,
     hnsw: Hnsw,
+    codes: Option<crate::quant::Codes>,
 }
 
 impl Index {
@@ -141,12 +145,66 @@ impl Index {
             });
         }
         let hnsw = Hnsw::open(&dir.join(HNSW_FILE), store.len(), true)?;
+        let codes = crate::quant::Codes::open(dir, store.len(), store.dim(), true)?;
         Ok(Self {
             dir: dir.to_owned(),
             manifest,
             store,
             hnsw,
+            codes,
         })
+    }
+
+    /// Whether the generation holds int8 codes for [`Index::search_quantized`].
+    pub fn has_codes(&self) -> bool {
+        self.codes.is_some()
+    }
+
+    /// Graph search on the int8 codes: `oversample·k` candidates (beam at
+    /// least that wide) rescored with the exact f32 distances, best `k`
+    /// returned. Filters follow the same plan as [`Index::search`]; an exact
+    /// plan needs no codes. Falls back to [`Index::search`] without codes.
+    pub fn search_quantized(
+        &self,
+        query: &[f32],
+        params: &SearchParams,
+        oversample: usize,
+        accept: Option<&dyn Fn(u32) -> bool>,
+    ) -> Result<(Vec<Neighbor>, Plan)> {
+        let Some(codes) = &self.codes else {
+            return self.search(query, params, accept);
+        };
+        if params.exact || accept.is_some_and(|f| self.exact_is_cheaper(f, params)) {
+            return self.search(
+                query,
+                &SearchParams {
+                    exact: true,
+                    ..*params
+                },
+                accept,
+            );
+        }
+        let q = self.prepare_query(query)?;
+        let mut qc = Vec::with_capacity(q.len());
+        crate::quant::encode(&q, codes.scale(), &mut qc);
+        let metric = self.store.metric();
+        let wide = params.k * oversample.max(1);
+        let dist = |i: u32| codes.distance(metric, &qc, i);
+        let mut found = self.hnsw.search(&dist, wide, params.ef.max(wide), accept);
+        for n in &mut found {
+            n.distance = metric.distance(&q, self.store.vector(n.id));
+        }
+        found.sort_by(|a, b| a.distance.total_cmp(&b.distance).then(a.id.cmp(&b.id)));
+        found.truncate(params.k);
+        Ok((found, Plan::Hnsw))
+    }
+
+    fn exact_is_cheaper(&self, f: &dyn Fn(u32) -> bool, params: &SearchParams) -> bool {
+        let n = self.store.len();
+        let passing = (0..n as u32).filter(|&i| f(i)).count() as u64;
+        let ef = params.ef.max(params.k) as u64;
+        let m = self.manifest.hnsw.m as u64;
+        passing <= 4 * ef || passing * passing <= 2 * ef * m * n as u64
     }
 
     /// The generation directory.
@@ -209,17 +267,7 @@ impl Index {
     ) -> Result<(Vec<Neighbor>, Plan)> {
         let q = self.prepare_query(query)?;
         let (vectors, dim, metric) = (self.store.vectors(), self.store.dim(), self.store.metric());
-        let n = self.store.len();
-        let exact_plan = params.exact
-            || match accept {
-                None => false,
-                Some(f) => {
-                    let passing = (0..n as u32).filter(|&i| f(i)).count() as u64;
-                    let ef = params.ef.max(params.k) as u64;
-                    let m = self.manifest.hnsw.m as u64;
-                    passing <= 4 * ef || passing * passing <= 2 * ef * m * n as u64
-                }
-            };
+        let exact_plan = params.exact || accept.is_some_and(|f| self.exact_is_cheaper(f, params));
         if exact_plan {
             return Ok((
                 exact::search(vectors, dim, metric, &q, params.k, accept),

@@ -4,7 +4,8 @@
 //! writes uses the envelope of [`format`] (magic, version, header fields,
 //! CRC-32 footer); a build writes a new [`generation`] directory and switches a
 //! pointer atomically; an opened [`Index`] searches its memory-mapped vectors
-//! and graph in place. `unsafe` lives only in the private `mmap` module.
+//! and graph in place. `unsafe` lives only in the private `mmap` module (maps)
+//! and the private `simd` module (calls of AVX2 kernels after CPU detection).
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
@@ -18,6 +19,8 @@ pub mod generation;
 pub mod hnsw;
 pub mod index;
 mod mmap;
+pub mod quant;
+mod simd;
 pub mod store;
 pub mod texmex;
 pub mod wal;
