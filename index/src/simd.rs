@@ -125,49 +125,38 @@ fn has_avx2_fma() -> bool {
     std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
 }
 
-/// Dot product.
-#[inline]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
-        // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-        return unsafe { avx2::dot(a, b) };
-    }
-    dot_body(a, b, false)
+/// A public kernel: the AVX2 + FMA build when the CPU has both, else the baseline.
+macro_rules! dispatch {
+    ($(#[$doc:meta])* $name:ident, $avx:ident, $t:ty, $r:ty, $base:expr) => {
+        $(#[$doc])*
+        #[inline]
+        pub fn $name(a: &[$t], b: &[$t]) -> $r {
+            #[cfg(target_arch = "x86_64")]
+            if has_avx2_fma() {
+                // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+                return unsafe { avx2::$avx(a, b) };
+            }
+            $base(a, b)
+        }
+    };
 }
 
-/// Squared Euclidean distance.
-#[inline]
-pub fn l2_squared(a: &[f32], b: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
-        // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-        return unsafe { avx2::l2(a, b) };
-    }
-    l2_body(a, b, false)
-}
-
-/// `Σ (a − b)²` over int8 codes.
-#[inline]
-pub fn l2_i8(a: &[i8], b: &[i8]) -> i32 {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
-        // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-        return unsafe { avx2::l2_i8(a, b) };
-    }
-    l2_i8_body(a, b)
-}
-
-/// `Σ a·b` over int8 codes.
-#[inline]
-pub fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
-        // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-        return unsafe { avx2::dot_i8(a, b) };
-    }
-    dot_i8_body(a, b)
-}
+dispatch!(
+    /// Dot product.
+    dot, dot, f32, f32, |a, b| dot_body(a, b, false)
+);
+dispatch!(
+    /// Squared Euclidean distance.
+    l2_squared, l2, f32, f32, |a, b| l2_body(a, b, false)
+);
+dispatch!(
+    /// `Σ (a − b)²` over int8 codes.
+    l2_i8, l2_i8, i8, i32, l2_i8_body
+);
+dispatch!(
+    /// `Σ a·b` over int8 codes.
+    dot_i8, dot_i8, i8, i32, dot_i8_body
+);
 
 #[cfg(test)]
 mod tests {

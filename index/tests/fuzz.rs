@@ -58,6 +58,16 @@ fn files(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
+/// A private copy of the pristine generation.
+fn copy_pristine() -> tempfile::TempDir {
+    let (_, gen) = pristine();
+    let work = tempfile::tempdir().unwrap();
+    for f in files(gen) {
+        std::fs::copy(&f, work.path().join(f.file_name().unwrap())).unwrap();
+    }
+    work
+}
+
 /// Rewrites the footer's checksum so the envelope accepts the bytes.
 fn reseal(bytes: &mut [u8]) {
     if bytes.len() < HEADER + FOOTER {
@@ -95,11 +105,7 @@ proptest! {
         file in 0usize..16,
         edits in prop::collection::vec((any::<u32>(), any::<u8>()), 1..8),
     ) {
-        let (_, gen) = pristine();
-        let work = tempfile::tempdir().unwrap();
-        for f in files(gen) {
-            std::fs::copy(&f, work.path().join(f.file_name().unwrap())).unwrap();
-        }
+        let work = copy_pristine();
         let all = files(work.path());
         let target = &all[file % all.len()];
         let mut bytes = std::fs::read(target).unwrap();
@@ -126,11 +132,7 @@ proptest! {
         field in 0usize..5,
         value in any::<u64>(),
     ) {
-        let (_, gen) = pristine();
-        let work = tempfile::tempdir().unwrap();
-        for f in files(gen) {
-            std::fs::copy(&f, work.path().join(f.file_name().unwrap())).unwrap();
-        }
+        let work = copy_pristine();
         let all = files(work.path());
         let target = &all[file % all.len()];
         let mut bytes = std::fs::read(target).unwrap();
