@@ -201,6 +201,9 @@ impl Index {
 
     fn exact_is_cheaper(&self, f: &dyn Fn(u32) -> bool, params: &SearchParams) -> bool {
         let n = self.store.len();
+        if n == 0 {
+            return true;
+        }
         // The passing count is estimated from at most 2,048 evenly spaced
         // rows: counting them all would cost as much as the brute force it
         // decides about. Both plans return only rows that pass; the estimate
