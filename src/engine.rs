@@ -935,14 +935,17 @@ impl Engine {
                 }
                 let mut h = Vec::with_capacity(items.len());
                 for id in items {
-                    match self.item(id) {
-                        Ok(i) => h.push((i, 1.0)),
-                        Err(e) => {
-                            if view.as_ref().is_some_and(|v| v.item(id).is_some()) {
-                                live_seen.push(id.clone());
-                            } else {
-                                return Err(e);
-                            }
+                    let deleted = view.as_ref().is_some_and(|v| v.is_deleted(id));
+                    match store.internal_id(id).filter(|_| !deleted) {
+                        Some(i) => h.push((i, 1.0)),
+                        None if view.as_ref().is_some_and(|v| v.item(id).is_some()) => {
+                            live_seen.push(id.clone())
+                        }
+                        None => {
+                            return Err(Error::NotFound {
+                                kind: "item",
+                                id: id.clone(),
+                            })
                         }
                     }
                 }
@@ -957,13 +960,17 @@ impl Engine {
         if opts.include_seen {
             live_seen.clear();
         }
-        let masked = view
-            .as_ref()
-            .filter(|v| !v.is_empty())
-            .map(|v| v.masked(store));
+        // Release the delta before anything below reads it again: a second
+        // read lock behind a waiting writer would deadlock (the lock is fair).
+        let masked = match &view {
+            Some(v) if self.is_hybrid() && !v.is_empty() => v.masked(store),
+            _ => HashSet::new(),
+        };
         drop(view);
         if self.is_hybrid() {
-            exclude.extend(masked.into_iter().flatten());
+            // The content-only path below masks in `search`; here the sources
+            // see the mask through `accept`.
+            exclude.extend(masked);
             let filter = opts.filter.as_ref().filter(|f| !f.is_empty());
             let accept = |i: u32| admissible(store, &exclude, filter, i);
             let method = opts.fusion.unwrap_or(self.cfg.hybrid.fusion);
