@@ -655,7 +655,6 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
         tr_trials.push((decay, v));
     }
     let (transitions_decay, _) = argmax(&tr_trials)?;
-    let tuned_rrf_k = cfg.hybrid.rrf_k;
     let tuned = HybridConfig {
         ease_decay,
         transitions_decay,
@@ -950,7 +949,13 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
         .zip(&test_hist)
         .map(|((lists, _), hist)| engine.rerank_list(hist, &head_of(lists, pre_method, &w6)))
         .collect::<Result<_>>()?;
-    let test_auc = head_auc(&test_cached, &test_reranked, pre_method, &w6, tuned_rrf_k);
+    let test_auc = head_auc(
+        &test_cached,
+        &test_reranked,
+        pre_method,
+        &w6,
+        chosen_hybrid.rrf_k,
+    );
     drop(test_reranked);
     drop(test_cached);
     drop(engine);

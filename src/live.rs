@@ -427,7 +427,6 @@ pub fn compact(root: &Path, engine: &crate::engine::Engine) -> Result<Option<Pat
     let mut extra = engine.index().manifest().extra.clone();
     if let serde_json::Value::Object(m) = &mut extra {
         m.insert("wal_seq".into(), last.into());
-        m.remove("users");
     }
     let report =
         crate::pipeline::build_generation(root, &items, &vectors, &interactions, &opts, extra)?;

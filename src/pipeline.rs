@@ -318,22 +318,13 @@ fn write_als(
     hnsw: &HnswParams,
 ) -> Result<()> {
     let f = model.factors;
-    let mut sb = StoreBuilder::new(f, Metric::InnerProduct)?;
-    for i in 0..store.len() {
-        sb.add(
-            store.external_id(i as u32),
-            &model.items[i * f..(i + 1) * f],
-            Default::default(),
-        )?;
-    }
-    let sub = dir.join(ALS_DIR);
-    std::fs::create_dir_all(&sub).map_err(|e| crate::Error::io(&sub, e))?;
-    write_index(
-        &sub,
-        &sb,
+    write_sub_index(
+        &dir.join(ALS_DIR),
+        store,
+        &model.items,
+        f,
         hnsw,
         serde_json::json!({"als_factors": f}),
-        &|_| {},
     )?;
     let users = model.users.len() / f.max(1);
     let mut w = vecrec_index::format::FileWriter::create(
@@ -343,6 +334,25 @@ fn write_als(
     )?;
     w.write_pod(&model.users)?;
     w.finish()?;
+    Ok(())
+}
+
+/// Writes per-item vectors (`store.len() × dim`, in store order, same ids)
+/// as an inner-product index in the directory `sub`.
+fn write_sub_index(
+    sub: &Path,
+    store: &VectorStore,
+    rows: &[f32],
+    dim: usize,
+    hnsw: &HnswParams,
+    extra: serde_json::Value,
+) -> Result<()> {
+    let mut sb = StoreBuilder::new(dim, Metric::InnerProduct)?;
+    for (i, v) in rows.chunks_exact(dim).take(store.len()).enumerate() {
+        sb.add(store.external_id(i as u32), v, Default::default())?;
+    }
+    std::fs::create_dir_all(sub).map_err(|e| crate::Error::io(sub, e))?;
+    write_index(sub, &sb, hnsw, extra, &|_| {})?;
     Ok(())
 }
 
@@ -396,22 +406,13 @@ fn write_neural(
     let (tower, loss) = TwoTower::train(histories, &features, input, &train.two_tower);
     let emb = tower.item_vectors(&features);
     let e = train.two_tower.dim;
-    let mut sb = StoreBuilder::new(e, Metric::InnerProduct)?;
-    for i in 0..store.len() {
-        sb.add(
-            store.external_id(i as u32),
-            &emb[i * e..(i + 1) * e],
-            Default::default(),
-        )?;
-    }
-    let sub = dir.join(TWO_TOWER_DIR);
-    std::fs::create_dir_all(&sub).map_err(|err| crate::Error::io(&sub, err))?;
-    write_index(
-        &sub,
-        &sb,
+    write_sub_index(
+        &dir.join(TWO_TOWER_DIR),
+        store,
+        &emb,
+        e,
         hnsw,
         serde_json::json!({"two_tower_dim": e}),
-        &|_| {},
     )?;
     write_model(&dir.join(USER_TOWER_FILE), &tower.user_onnx())?;
     let train_seconds = t.elapsed().as_secs_f64();

@@ -12,88 +12,65 @@
 
 const W: usize = 16;
 
+/// `Σ step` over the pairs of `a` and `b`, with `L` independent accumulators
+/// (so LLVM vectorises the loop) and the same step for the tail.
 #[inline(always)]
-fn dot_body(a: &[f32], b: &[f32], fma: bool) -> f32 {
-    let mut acc = [0f32; W];
-    let ca = a.chunks_exact(W);
-    let cb = b.chunks_exact(W);
+fn fold<T: Copy, A: Copy + Default + std::iter::Sum, const L: usize>(
+    a: &[T],
+    b: &[T],
+    step: impl Fn(A, T, T) -> A,
+) -> A {
+    let mut acc = [A::default(); L];
+    let ca = a.chunks_exact(L);
+    let cb = b.chunks_exact(L);
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
-        for i in 0..W {
-            acc[i] = if fma {
-                x[i].mul_add(y[i], acc[i])
-            } else {
-                acc[i] + x[i] * y[i]
-            };
+        for i in 0..L {
+            acc[i] = step(acc[i], x[i], y[i]);
         }
     }
-    let mut s = acc.iter().sum::<f32>();
+    let mut s: A = acc.into_iter().sum();
     for (x, y) in ra.iter().zip(rb) {
-        s += x * y;
+        s = step(s, *x, *y);
     }
     s
+}
+
+#[inline(always)]
+fn dot_body(a: &[f32], b: &[f32], fma: bool) -> f32 {
+    fold::<_, _, W>(
+        a,
+        b,
+        |s, x, y| if fma { x.mul_add(y, s) } else { s + x * y },
+    )
 }
 
 #[inline(always)]
 fn l2_body(a: &[f32], b: &[f32], fma: bool) -> f32 {
-    let mut acc = [0f32; W];
-    let ca = a.chunks_exact(W);
-    let cb = b.chunks_exact(W);
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..W {
-            let d = x[i] - y[i];
-            acc[i] = if fma {
-                d.mul_add(d, acc[i])
-            } else {
-                acc[i] + d * d
-            };
-        }
-    }
-    let mut s = acc.iter().sum::<f32>();
-    for (x, y) in ra.iter().zip(rb) {
+    fold::<_, _, W>(a, b, |s, x, y| {
         let d = x - y;
-        s += d * d;
-    }
-    s
+        if fma {
+            d.mul_add(d, s)
+        } else {
+            s + d * d
+        }
+    })
 }
 
+/// Int8 kernels: i16 products summed in i32, the pattern LLVM turns into pmaddwd.
 #[inline(always)]
 fn l2_i8_body(a: &[i8], b: &[i8]) -> i32 {
-    let mut acc = [0i32; 32];
-    let ca = a.chunks_exact(32);
-    let cb = b.chunks_exact(32);
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..32 {
-            let d = x[i] as i16 - y[i] as i16;
-            acc[i] += (d as i32) * (d as i32);
-        }
-    }
-    let mut s: i32 = acc.iter().sum();
-    for (x, y) in ra.iter().zip(rb) {
-        let d = *x as i32 - *y as i32;
-        s += d * d;
-    }
-    s
+    fold::<_, _, 32>(a, b, |s: i32, x: i8, y: i8| {
+        let d = (x as i16 - y as i16) as i32;
+        s + d * d
+    })
 }
 
 #[inline(always)]
 fn dot_i8_body(a: &[i8], b: &[i8]) -> i32 {
-    let mut acc = [0i32; 32];
-    let ca = a.chunks_exact(32);
-    let cb = b.chunks_exact(32);
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..32 {
-            acc[i] += (x[i] as i16 as i32) * (y[i] as i16 as i32);
-        }
-    }
-    let mut s: i32 = acc.iter().sum();
-    for (x, y) in ra.iter().zip(rb) {
-        s += *x as i32 * *y as i32;
-    }
-    s
+    fold::<_, _, 32>(a, b, |s: i32, x: i8, y: i8| {
+        s + (x as i16 as i32) * (y as i16 as i32)
+    })
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -64,6 +64,14 @@ fn crc(seq: u64, payload: &[u8]) -> u32 {
     h.finalize()
 }
 
+/// Appends one record `[seq][len][crc][payload]` to `buf`.
+fn encode(buf: &mut Vec<u8>, seq: u64, payload: &[u8]) {
+    buf.extend_from_slice(&seq.to_le_bytes());
+    buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&crc(seq, payload).to_le_bytes());
+    buf.extend_from_slice(payload);
+}
+
 /// Parses the records of a log image; returns them and the length of the
 /// intact prefix.
 fn parse(path: &Path, bytes: &[u8]) -> Result<(Vec<Record>, usize)> {
@@ -213,10 +221,7 @@ impl Wal {
                 });
             }
             let seq = self.next_seq + seqs.len() as u64;
-            buf.extend_from_slice(&seq.to_le_bytes());
-            buf.extend_from_slice(&(p.len() as u32).to_le_bytes());
-            buf.extend_from_slice(&crc(seq, p).to_le_bytes());
-            buf.extend_from_slice(p);
+            encode(&mut buf, seq, p);
             seqs.push(seq);
         }
         let start = self
@@ -245,16 +250,14 @@ impl Wal {
         let (records, _) = parse(&self.path, &bytes)?;
         let tmp = self.path.with_extension("tmp");
         {
-            let mut out = File::create(&tmp).map_err(|e| io(&tmp, e))?;
-            out.write_all(&header()).map_err(|e| io(&tmp, e))?;
+            let mut buf = header().to_vec();
             for (seq, p) in records.iter().filter(|r| r.0 > applied) {
-                out.write_all(&seq.to_le_bytes())
-                    .and_then(|_| out.write_all(&(p.len() as u32).to_le_bytes()))
-                    .and_then(|_| out.write_all(&crc(*seq, p).to_le_bytes()))
-                    .and_then(|_| out.write_all(p))
-                    .map_err(|e| io(&tmp, e))?;
+                encode(&mut buf, *seq, p);
             }
-            out.sync_all().map_err(|e| io(&tmp, e))?;
+            let mut out = File::create(&tmp).map_err(|e| io(&tmp, e))?;
+            out.write_all(&buf)
+                .and_then(|_| out.sync_all())
+                .map_err(|e| io(&tmp, e))?;
         }
         std::fs::rename(&tmp, &self.path).map_err(|e| io(&self.path, e))?;
         if let Some(dir) = self.path.parent() {

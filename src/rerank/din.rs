@@ -20,7 +20,7 @@
 //! to ONNX ([`Din::onnx`]) and served through ONNX Runtime; the tests prove the
 //! Rust forward pass and the served model agree within 1e-4.
 
-use ndarray::{Array2, ArrayView2, Axis, Slice};
+use ndarray::{Array2, Axis, Slice};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -528,11 +528,6 @@ pub fn auc(scored: &[(f32, bool)]) -> f64 {
         return 0.5;
     }
     (rank_sum - pos * (pos + 1.0) / 2.0) / (pos * neg)
-}
-
-/// A view of `emb` as a matrix, for callers holding a flat slice.
-pub fn as_matrix(emb: &[f32], e: usize) -> ArrayView2<'_, f32> {
-    ArrayView2::from_shape((emb.len() / e, e), emb).expect("whole rows")
 }
 
 #[cfg(test)]

@@ -120,17 +120,12 @@ impl TwoTower {
         UserForward { a, u, norms }
     }
 
-    /// User vectors of pooled history features (`b × input`).
-    pub fn users_from_pooled(&self, h: &Array2<f32>) -> Array2<f32> {
-        self.user_forward(h).u
-    }
-
     /// The user vector of a history (item numbers, oldest first).
     pub fn user_vector(&self, features: &[f32], history: &[u32]) -> Vec<f32> {
         let (start, w) = pooling_weights(history.len(), &self.opts);
         let h = pool(features, self.input, &history[start..], &w);
         let h = Array2::from_shape_vec((1, self.input), h).expect("shape");
-        self.users_from_pooled(&h).into_raw_vec_and_offset().0
+        self.user_forward(&h).u.into_raw_vec_and_offset().0
     }
 
     /// Item embeddings of feature rows (`n × input` → `n × dim`), unit length.
