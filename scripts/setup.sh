@@ -61,9 +61,9 @@ typing_extensions==4.16.0
 EOF
 )"
 
-# Debian packages the build needs. Today the image already has everything, so
-# the list starts empty and grows only with what this machine lacks.
-APT_PACKAGES=()
+# Debian packages the build needs: cmake and a BLAS for FAISS (the `faiss`
+# feature builds it from source); the rest is added below only when missing.
+APT_PACKAGES=(cmake libopenblas-dev)
 
 # --- helpers ------------------------------------------------------------------
 

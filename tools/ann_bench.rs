@@ -23,8 +23,13 @@ use vecrec_index::{texmex, HnswParams, Metric};
 #[derive(Parser)]
 #[command(name = "vecrec-ann-bench", version, about, long_about)]
 struct Args {
-    /// Backend: `hnsw` (vecrec's own), `exact` (brute force) or `hnsw_rs`
-    /// (the hnsw_rs crate; needs a build with `--features hnsw_rs`).
+    /// Backend: `hnsw` (vecrec's own), `hnsw-int8` (the same graph walked on
+    /// int8 codes, rescored exactly), `exact` (brute force), `hnsw_rs` (the
+    /// hnsw_rs crate; build with `--features hnsw_rs`) or `faiss:<factory>`
+    /// with any FAISS index-factory string, e.g. `faiss:HNSW16`,
+    /// `faiss:IVF1024,PQ48` (build with `--features faiss`; `--ef` is
+    /// efSearch for HNSW indexes, nprobe for IVF ones), or
+    /// `faiss-gpu:<factory>` searching a copy on GPU 0 (`--features faiss-gpu`).
     #[arg(long, default_value = "hnsw")]
     backend: String,
     /// Base vectors (.fvecs or .bvecs).
@@ -87,23 +92,35 @@ fn run() -> anyhow::Result<()> {
     let a = Args::parse();
     let metric =
         Metric::parse(&a.metric).with_context(|| format!("unknown metric {:?}", a.metric))?;
-    let backend = Backend::parse(&a.backend)
-        .with_context(|| format!("unknown backend {:?} (hnsw, exact, hnsw_rs)", a.backend))?;
+    let backend = Backend::parse(&a.backend).with_context(|| {
+        format!(
+            "unknown backend {:?} (hnsw, hnsw-int8, exact, hnsw_rs, faiss:<factory>, faiss-gpu:<factory>)",
+            a.backend
+        )
+    })?;
     if !backend.available() {
         bail!(
             "backend {:?} is not in this build; rebuild with `--features {}`",
             a.backend,
-            a.backend
+            backend.feature().unwrap_or_default()
         );
     }
     if let Some(dir) = &a.search_only {
-        return search(&a, backend, dir);
+        return search(&a, &backend, dir);
     }
+    // FAISS threads with OpenMP, which reads this before its first parallel
+    // region: the build uses `--threads`, the search process one thread.
+    std::env::set_var("OMP_NUM_THREADS", a.threads.max(1).to_string());
     let tmp = std::env::temp_dir().join(format!("vecrec-ann-bench-{}", std::process::id()));
     let root = a.out.clone().unwrap_or_else(|| tmp.clone());
     let (base, dim) = texmex::read_vectors(&a.base)?;
     let n = base.len() / dim.max(1);
-    let gen = root.join(format!("{}-{}", backend.name(), std::process::id()));
+    let safe_name: String = backend
+        .name()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let gen = root.join(format!("{safe_name}-{}", std::process::id()));
     std::fs::create_dir_all(&gen).with_context(|| format!("creating {}", gen.display()))?;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(a.threads.max(1))
@@ -114,7 +131,7 @@ fn run() -> anyhow::Result<()> {
         ..Default::default()
     };
     let t = Instant::now();
-    pool.install(|| backend::build(backend, &gen, &base, dim, metric, &params))?;
+    pool.install(|| backend::build(&backend, &gen, &base, dim, metric, &params))?;
     let build_s = t.elapsed().as_secs_f64();
     drop(base);
     // Reopen and search in a fresh process, so memory and cold start are honest.
@@ -123,6 +140,7 @@ fn run() -> anyhow::Result<()> {
         .args(std::env::args_os().skip(1))
         .arg("--search-only")
         .arg(&gen)
+        .env("OMP_NUM_THREADS", "1")
         .output()?;
     if !out.status.success() {
         bail!(
@@ -173,7 +191,7 @@ fn qps(
     Ok(done as f64 / t.elapsed().as_secs_f64())
 }
 
-fn search(a: &Args, backend: Backend, gen: &Path) -> anyhow::Result<()> {
+fn search(a: &Args, backend: &Backend, gen: &Path) -> anyhow::Result<()> {
     let (queries, qdim) = texmex::read_vectors(&a.queries)?;
     let (gt, gdim) = texmex::read_ivecs(&a.gt)?;
     if gdim < K {
@@ -185,7 +203,7 @@ fn search(a: &Args, backend: Backend, gen: &Path) -> anyhow::Result<()> {
     let open_s = t.elapsed().as_secs_f64();
     let nq = queries.len() / qdim;
     let mut rows = Vec::new();
-    let efs: Vec<usize> = if backend == Backend::Exact {
+    let efs: Vec<usize> = if *backend == Backend::Exact {
         vec![0]
     } else {
         a.ef.clone()
@@ -211,10 +229,10 @@ fn search(a: &Args, backend: Backend, gen: &Path) -> anyhow::Result<()> {
     let mem_mb = rss_mb();
     if !a.selectivity.is_empty() {
         // Filtered ground truth: brute force over the passing rows.
-        let exact = if backend == Backend::Exact {
+        let exact = if *backend == Backend::Exact {
             None
         } else {
-            Some(backend::open(Backend::Exact, gen).or_else(|_| {
+            Some(backend::open(&Backend::Exact, gen).or_else(|_| {
                 anyhow::bail!("the filtered sweep needs the vector store beside the index")
             })?)
         };

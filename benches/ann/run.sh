@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # ANN benchmark: vecrec's own HNSW (f32, and int8 codes with 3x oversampling
-# and exact rescoring; and the hnsw_rs crate through the same tool) against hnswlib, faiss-cpu HNSWFlat and usearch on the same files, in
+# and exact rescoring), and the hnsw_rs crate and FAISS (HNSW16) through the
+# same tool, against hnswlib, faiss-cpu (HNSWFlat, IVF-PQ) and usearch from
+# PyPI on the same files, in
 # one invocation, then a table and a recall/QPS plot; vecrec's backends also
 # run the filtered sweep at 1%, 10% and 50% selectivity. Usage:
 #
@@ -32,7 +34,7 @@ if [[ "$SET" == clustered200k && ! -f "$G" ]]; then
 fi
 # hnsw_rs takes minutes per build on the large set; VECREC_BENCH_HNSW_RS=0 skips it.
 RS="${VECREC_BENCH_HNSW_RS:-1}"
-(cd "$REPO" && cargo build --release -q --features hnsw_rs --bin vecrec-ann-bench)
+(cd "$REPO" && cargo build --release -q --features hnsw_rs,faiss --bin vecrec-ann-bench)
 OUT="$REPO/benches/ann/results"
 mkdir -p "$OUT"
 ARGS=(--base "$B" --queries "$Q" --gt "$G" --metric "$METRIC" --m 16 --ef-construction 200 --ef 10,16,24,32,48,64,128,256 --threads 2)
@@ -42,7 +44,9 @@ ARGS=(--base "$B" --queries "$Q" --gt "$G" --metric "$METRIC" --m 16 --ef-constr
     "$REPO/target/release/vecrec-ann-bench" --backend "$b" "${ARGS[@]}" --selectivity 0.01,0.1,0.5
   done
   "$REPO/target/release/vecrec-ann-bench" --backend hnsw-int8 "${ARGS[@]}"
-  for b in hnswlib faiss-hnsw usearch; do
+  # vecrec's FAISS backend (FAISS built from source by the faiss crate).
+  "$REPO/target/release/vecrec-ann-bench" --backend faiss:HNSW16 "${ARGS[@]}"
+  for b in hnswlib faiss-hnsw faiss-ivfpq usearch; do
     "$VENV/bin/python" "$REPO/benches/ann/peers.py" --backend "$b" "${ARGS[@]}"
   done
 } | tee "$OUT/$SET.jsonl"

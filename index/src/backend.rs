@@ -2,7 +2,8 @@
 //! `vecrec-ann-bench` compare: vecrec's own HNSW ([`crate::hnsw`], through
 //! [`Index`] and its filter planner), brute force ([`crate::exact`]) and, with
 //! the `hnsw_rs` feature, the `hnsw_rs` crate (kept as a comparison: it
-//! measured 3.5–7× slower than hnswlib here).
+//! measured 3.5–7× slower than hnswlib here) and, with the `faiss` feature,
+//! any FAISS index-factory string ([`crate::faiss_backend`]).
 //!
 //! Every backend is built into a directory and reopened from it, so reload is
 //! part of what is compared. Ids are row numbers of the input vectors.
@@ -39,7 +40,7 @@ pub trait AnnIndex: Send + Sync {
 }
 
 /// The backends.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Backend {
     /// vecrec's own HNSW with its filter planner.
     Hnsw,
@@ -49,41 +50,84 @@ pub enum Backend {
     Exact,
     /// The `hnsw_rs` crate (feature `hnsw_rs`).
     HnswRs,
+    /// FAISS with this index-factory string (feature `faiss`).
+    Faiss(String),
+    /// The same, unfiltered searches on a copy on GPU 0 (feature `faiss-gpu`).
+    FaissGpu(String),
 }
 
 impl Backend {
-    /// Parses `hnsw`, `exact` or `hnsw_rs`.
+    /// Parses `hnsw`, `hnsw-int8`, `exact`, `hnsw_rs` or `faiss:<factory>`
+    /// (e.g. `faiss:HNSW16`, `faiss:IVF1024,PQ48`).
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "hnsw" => Some(Self::Hnsw),
             "hnsw-int8" => Some(Self::HnswInt8),
             "exact" => Some(Self::Exact),
             "hnsw_rs" => Some(Self::HnswRs),
+            _ => {
+                let (gpu, factory) = match s.strip_prefix("faiss-gpu:") {
+                    Some(f) => (true, f),
+                    None => (false, s.strip_prefix("faiss:")?),
+                };
+                let factory = factory.trim().to_owned();
+                if factory.is_empty() {
+                    None
+                } else if gpu {
+                    Some(Self::FaissGpu(factory))
+                } else {
+                    Some(Self::Faiss(factory))
+                }
+            }
+        }
+    }
+
+    /// Stable name (`faiss:<factory>` for FAISS).
+    pub fn name(&self) -> String {
+        match self {
+            Self::Hnsw => "hnsw".into(),
+            Self::HnswInt8 => "hnsw-int8".into(),
+            Self::Exact => "exact".into(),
+            Self::HnswRs => "hnsw_rs".into(),
+            Self::Faiss(f) => format!("faiss:{f}"),
+            Self::FaissGpu(f) => format!("faiss-gpu:{f}"),
+        }
+    }
+
+    /// The cargo feature the backend needs, if any.
+    pub fn feature(&self) -> Option<&'static str> {
+        match self {
+            Self::HnswRs => Some("hnsw_rs"),
+            Self::Faiss(_) => Some("faiss"),
+            Self::FaissGpu(_) => Some("faiss-gpu"),
             _ => None,
         }
     }
 
-    /// Stable name.
-    pub fn name(self) -> &'static str {
+    /// Whether this build includes the backend.
+    pub fn available(&self) -> bool {
         match self {
-            Self::Hnsw => "hnsw",
-            Self::HnswInt8 => "hnsw-int8",
-            Self::Exact => "exact",
-            Self::HnswRs => "hnsw_rs",
+            Self::HnswRs => cfg!(feature = "hnsw_rs"),
+            Self::Faiss(_) => cfg!(any(feature = "faiss", feature = "faiss-gpu")),
+            Self::FaissGpu(_) => cfg!(feature = "faiss-gpu"),
+            _ => true,
         }
     }
 
-    /// Whether this build includes the backend.
-    pub fn available(self) -> bool {
-        self != Self::HnswRs || cfg!(feature = "hnsw_rs")
-    }
-
-    /// The backends this build includes.
+    /// The backends this build includes; FAISS as a graph (`HNSW16`) and as
+    /// an inverted file (`IVF64,Flat`).
     pub fn all_available() -> Vec<Self> {
-        [Self::Hnsw, Self::HnswInt8, Self::Exact, Self::HnswRs]
-            .into_iter()
-            .filter(|b| b.available())
-            .collect()
+        [
+            Self::Hnsw,
+            Self::HnswInt8,
+            Self::Exact,
+            Self::HnswRs,
+            Self::Faiss("HNSW16".into()),
+            Self::Faiss("IVF64,Flat".into()),
+        ]
+        .into_iter()
+        .filter(|b| b.available())
+        .collect()
     }
 }
 
@@ -98,7 +142,7 @@ fn store_of(vectors: &[f32], dim: usize, metric: Metric) -> Result<StoreBuilder>
 /// Builds `backend` over `vectors` (`n × dim`, row-major) into the existing
 /// empty directory `dir`, with the rayon threads of the caller's pool.
 pub fn build(
-    backend: Backend,
+    backend: &Backend,
     dir: &Path,
     vectors: &[f32],
     dim: usize,
@@ -122,17 +166,65 @@ pub fn build(
             sb.write(dir)?;
             hnsw_rs_backend::build(dir, sb.vectors(), dim, metric, params)?;
         }
+        Backend::Faiss(factory) | Backend::FaissGpu(factory) => {
+            faiss_build(dir, &sb, factory, params.ef_construction)?
+        }
     }
     Ok(())
 }
 
+#[cfg(any(feature = "faiss", feature = "faiss-gpu"))]
+fn faiss_build(dir: &Path, sb: &StoreBuilder, factory: &str, efc: usize) -> Result<()> {
+    crate::faiss_backend::build(dir, sb, factory, efc)
+}
+
+#[cfg(any(feature = "faiss", feature = "faiss-gpu"))]
+fn faiss_open(dir: &Path) -> Result<Box<dyn AnnIndex>> {
+    Ok(Box::new(crate::faiss_backend::FaissIndex::open(dir)?))
+}
+
+#[cfg(feature = "faiss-gpu")]
+fn faiss_open_gpu(dir: &Path) -> Result<Box<dyn AnnIndex>> {
+    Ok(Box::new(crate::faiss_backend::FaissIndex::open_gpu(
+        dir, 0,
+    )?))
+}
+
+#[cfg(not(feature = "faiss-gpu"))]
+fn faiss_open_gpu(_: &Path) -> Result<Box<dyn AnnIndex>> {
+    Err(IndexError::InvalidParameter {
+        name: "backend",
+        reason: "faiss-gpu is not in this build; rebuild with `--features faiss-gpu`".into(),
+    })
+}
+
+#[cfg(not(any(feature = "faiss", feature = "faiss-gpu")))]
+fn faiss_missing() -> IndexError {
+    IndexError::InvalidParameter {
+        name: "backend",
+        reason: "faiss is not in this build; rebuild with `--features faiss`".into(),
+    }
+}
+
+#[cfg(not(any(feature = "faiss", feature = "faiss-gpu")))]
+fn faiss_build(_: &Path, _: &StoreBuilder, _: &str, _: usize) -> Result<()> {
+    Err(faiss_missing())
+}
+
+#[cfg(not(any(feature = "faiss", feature = "faiss-gpu")))]
+fn faiss_open(_: &Path) -> Result<Box<dyn AnnIndex>> {
+    Err(faiss_missing())
+}
+
 /// Reopens a backend built by [`build`].
-pub fn open(backend: Backend, dir: &Path) -> Result<Box<dyn AnnIndex>> {
+pub fn open(backend: &Backend, dir: &Path) -> Result<Box<dyn AnnIndex>> {
     Ok(match backend {
         Backend::Hnsw => Box::new(OwnHnsw(Index::open(dir)?, 0)),
         Backend::HnswInt8 => Box::new(OwnHnsw(Index::open(dir)?, OVERSAMPLE)),
         Backend::Exact => Box::new(Exact(VectorStore::open(dir, true)?)),
         Backend::HnswRs => hnsw_rs_backend::open(dir)?,
+        Backend::Faiss(_) => faiss_open(dir)?,
+        Backend::FaissGpu(_) => faiss_open_gpu(dir)?,
     })
 }
 

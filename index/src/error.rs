@@ -83,6 +83,9 @@ pub enum IndexError {
         /// What is wrong.
         reason: String,
     },
+    /// FAISS refused a call (bad factory string, untrained index, ...).
+    #[error("faiss: {0}")]
+    Faiss(String),
     /// The index directory has no committed generation yet.
     #[error("{path}: no index generation found (no CURRENT file); build one with `vecrec-build`")]
     NoGeneration {

@@ -200,22 +200,12 @@ impl Index {
     }
 
     fn exact_is_cheaper(&self, f: &dyn Fn(u32) -> bool, params: &SearchParams) -> bool {
-        let n = self.store.len();
-        if n == 0 {
-            return true;
-        }
-        // The passing count is estimated from at most 2,048 evenly spaced
-        // rows: counting them all would cost as much as the brute force it
-        // decides about. Both plans return only rows that pass; the estimate
-        // only chooses which one.
-        let sample = n.clamp(1, 2048);
-        let hits = (0..sample)
-            .filter(|&j| f((j as u64 * n as u64 / sample as u64) as u32))
-            .count() as u64;
-        let passing = hits * n as u64 / sample as u64;
-        let ef = params.ef.max(params.k) as u64;
-        let m = self.manifest.hnsw.m as u64;
-        passing <= 4 * ef || passing * passing <= 2 * ef * m * n as u64
+        exact_is_cheaper(
+            self.store.len(),
+            self.manifest.hnsw.m,
+            params.ef.max(params.k),
+            f,
+        )
     }
 
     /// The generation directory.
@@ -291,4 +281,24 @@ impl Index {
             Plan::Hnsw,
         ))
     }
+}
+
+/// The filter planner's rule, shared by every graph backend: whether brute
+/// force over the rows of `n` that pass `f` is cheaper than a filtered beam of
+/// `ef` over a graph of `m` links per node (see [`Index::search`]).
+///
+/// The passing count is estimated from at most 2,048 evenly spaced rows:
+/// counting them all would cost as much as the brute force it decides about.
+/// Both plans return only rows that pass; the estimate only chooses which one.
+pub fn exact_is_cheaper(n: usize, m: usize, ef: usize, f: &dyn Fn(u32) -> bool) -> bool {
+    if n == 0 {
+        return true;
+    }
+    let sample = n.clamp(1, 2048);
+    let hits = (0..sample)
+        .filter(|&j| f((j as u64 * n as u64 / sample as u64) as u32))
+        .count() as u64;
+    let passing = hits * n as u64 / sample as u64;
+    let (ef, m) = (ef as u64, m as u64);
+    passing <= 4 * ef || passing * passing <= 2 * ef * m * n as u64
 }

@@ -14,6 +14,8 @@ pub mod backend;
 pub mod distance;
 pub mod error;
 pub mod exact;
+#[cfg(any(feature = "faiss", feature = "faiss-gpu"))]
+pub mod faiss_backend;
 pub mod format;
 pub mod generation;
 pub mod hnsw;
@@ -28,5 +30,5 @@ pub mod wal;
 pub use distance::Metric;
 pub use error::{IndexError, Result};
 pub use hnsw::{HnswParams, Neighbor};
-pub use index::{write_index, Index, Manifest, Plan, SearchParams};
+pub use index::{exact_is_cheaper, write_index, Index, Manifest, Plan, SearchParams};
 pub use store::{ItemMeta, StoreBuilder, VectorStore};

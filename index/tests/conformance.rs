@@ -1,5 +1,6 @@
 //! One conformance suite for every ANN backend this build includes (vecrec's
-//! own HNSW, brute force, and `hnsw_rs` with `--features hnsw_rs`): recall
+//! own HNSW and its int8 variant, brute force, `hnsw_rs` with `--features
+//! hnsw_rs`, FAISS `HNSW16` and `IVF64,Flat` with `--features faiss`): recall
 //! against exact search, filters, deletes (tombstones given as a filter) and
 //! reload, under the L2 and cosine metrics, on seeded clustered data.
 //!
@@ -42,7 +43,7 @@ struct Built {
     queries: Vec<f32>,
 }
 
-fn built(backend: Backend, metric: Metric) -> Built {
+fn built(backend: &Backend, metric: Metric) -> Built {
     let (base, queries) = data(9);
     let dir = tempfile::tempdir().unwrap();
     let (b, e) = (dir.path().join("b"), dir.path().join("e"));
@@ -50,10 +51,10 @@ fn built(backend: Backend, metric: Metric) -> Built {
     std::fs::create_dir_all(&e).unwrap();
     let params = HnswParams::default();
     build(backend, &b, &base, DIM, metric, &params).unwrap();
-    build(Backend::Exact, &e, &base, DIM, metric, &params).unwrap();
+    build(&Backend::Exact, &e, &base, DIM, metric, &params).unwrap();
     Built {
         index: open(backend, &b).unwrap(),
-        exact: open(Backend::Exact, &e).unwrap(),
+        exact: open(&Backend::Exact, &e).unwrap(),
         _dir: dir,
         queries,
     }
@@ -86,7 +87,7 @@ fn recall(b: &Built, accept: Option<&(dyn Fn(u32) -> bool + Sync)>) -> f64 {
     hits as f64 / total as f64
 }
 
-fn tolerance(backend: Backend, filtered: bool) -> f64 {
+fn tolerance(backend: &Backend, filtered: bool) -> f64 {
     match (backend, filtered) {
         (Backend::Exact, _) => 1.0,
         (_, false) => 0.95,
@@ -96,12 +97,12 @@ fn tolerance(backend: Backend, filtered: bool) -> f64 {
 
 fn conformance(metric: Metric) {
     for backend in Backend::all_available() {
-        let b = built(backend, metric);
+        let b = built(&backend, metric);
         assert_eq!(b.index.len(), N, "{backend:?}");
         let r = recall(&b, None);
         eprintln!("{:?} {metric:?}: recall@10 {r:.4}", backend);
         assert!(
-            r >= tolerance(backend, false),
+            r >= tolerance(&backend, false),
             "{backend:?} {metric:?}: recall {r}"
         );
 
@@ -111,7 +112,7 @@ fn conformance(metric: Metric) {
             let r = recall(&b, Some(&f));
             eprintln!("{backend:?} {metric:?}: filter 1/{m}: recall@10 {r:.4}");
             assert!(
-                r >= tolerance(backend, true),
+                r >= tolerance(&backend, true),
                 "{backend:?} {metric:?} filter 1/{m}: recall {r}"
             );
         }
@@ -122,7 +123,7 @@ fn conformance(metric: Metric) {
         let alive = |i: u32| !dead.contains(&i);
         let r = recall(&b, Some(&alive));
         assert!(
-            r >= tolerance(backend, true),
+            r >= tolerance(&backend, true),
             "{backend:?} {metric:?} with tombstones: recall {r}"
         );
 
@@ -155,7 +156,7 @@ fn reopening_answers_identically() {
     for backend in Backend::all_available() {
         let dir = tempfile::tempdir().unwrap();
         build(
-            backend,
+            &backend,
             dir.path(),
             &base,
             DIM,
@@ -163,8 +164,8 @@ fn reopening_answers_identically() {
             &HnswParams::default(),
         )
         .unwrap();
-        let a = open(backend, dir.path()).unwrap();
-        let b = open(backend, dir.path()).unwrap();
+        let a = open(&backend, dir.path()).unwrap();
+        let b = open(&backend, dir.path()).unwrap();
         for q in queries.chunks_exact(DIM).take(20) {
             let x: Vec<u32> = a
                 .search(q, K, EF, None)
@@ -181,4 +182,44 @@ fn reopening_answers_identically() {
             assert_eq!(x, y, "{backend:?}");
         }
     }
+}
+
+/// The FAISS index file is read with FAISS's mmap flag (`IO_FLAG_MMAP_IFC`):
+/// after opening, the process maps it instead of holding a copy.
+#[cfg(feature = "faiss")]
+#[test]
+fn faiss_index_file_is_memory_mapped() {
+    let (base, queries) = data(5);
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::Faiss("HNSW16".into());
+    build(
+        &backend,
+        dir.path(),
+        &base,
+        DIM,
+        Metric::L2,
+        &HnswParams::default(),
+    )
+    .unwrap();
+    let index = open(&backend, dir.path()).unwrap();
+    assert_eq!(index.search(&queries[..DIM], K, EF, None).unwrap().len(), K);
+    let file = dir.path().join(vecrec_index::faiss_backend::FAISS_FILE);
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    assert!(
+        maps.lines().any(|l| l.ends_with(file.to_str().unwrap())),
+        "{} is not mapped",
+        file.display()
+    );
+    // A factory string FAISS does not know is an error, not a panic.
+    let bad = tempfile::tempdir().unwrap();
+    let err = build(
+        &Backend::Faiss("NoSuchIndex42".into()),
+        bad.path(),
+        &base,
+        DIM,
+        Metric::L2,
+        &HnswParams::default(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("faiss"), "{err}");
 }
