@@ -15,7 +15,8 @@ use vecrec_index::{texmex, HnswParams, Metric};
 ///
 /// Prints JSON lines: first a build line (`build_s`, `mem_mb` = resident memory
 /// of a fresh process after opening the on-disk index and running the sweep,
-/// `open_s` = time from process start of the reopen to the first answer), then
+/// `open_s` = time from the start of the reopen to the first answer, `open_mb`
+/// = resident memory at that first answer), then
 /// one line per ef (`ef`, `recall@10`, `qps` single-threaded), then, with
 /// `--selectivity`, one line per (selectivity, ef) of filtered search (a
 /// seeded pseudo-random subset of that share of the rows passes; recall
@@ -156,7 +157,7 @@ fn run() -> anyhow::Result<()> {
         serde_json::json!({
             "backend": a.backend, "event": "build", "n": n, "dim": dim, "m": a.m,
             "ef_construction": a.ef_construction, "threads": a.threads, "build_s": build_s,
-            "mem_mb": first["mem_mb"], "open_s": first["open_s"],
+            "mem_mb": first["mem_mb"], "open_s": first["open_s"], "open_mb": first["open_mb"],
         })
     );
     for l in lines {
@@ -201,6 +202,7 @@ fn search(a: &Args, backend: &Backend, gen: &Path) -> anyhow::Result<()> {
     let index: Box<dyn AnnIndex> = backend::open(backend, gen)?;
     index.search(&queries[..qdim], K, a.ef[0], None)?;
     let open_s = t.elapsed().as_secs_f64();
+    let open_mb = rss_mb();
     let nq = queries.len() / qdim;
     let mut rows = Vec::new();
     let efs: Vec<usize> = if *backend == Backend::Exact {
@@ -276,7 +278,7 @@ fn search(a: &Args, backend: &Backend, gen: &Path) -> anyhow::Result<()> {
     }
     println!(
         "{}",
-        serde_json::json!({"mem_mb": mem_mb, "open_s": open_s})
+        serde_json::json!({"mem_mb": mem_mb, "open_s": open_s, "open_mb": open_mb})
     );
     for r in rows {
         println!("{r}");

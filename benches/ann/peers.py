@@ -7,7 +7,7 @@ JSON lines: hnswlib, faiss-cpu (IndexHNSWFlat and IVF-PQ) and usearch.
 Build uses --threads threads; queries run one at a time on one thread (the
 single-query figure). `mem_mb` is the resident memory of a fresh process after
 loading the saved index and running the sweep; `open_s` the time from the start
-of that load to the first answer.
+of that load to the first answer, `open_mb` the resident memory then.
 """
 import argparse
 import json
@@ -115,6 +115,7 @@ def search(backend, a, path, dim, n):
             return idx.search(q, K, threads=1).keys
     one(queries[0], a.ef[0])
     open_s = time.perf_counter() - t
+    open_mb = rss_mb()
     rows = []
     for ef in a.ef:
         found = [one(q, ef) for q in queries]
@@ -125,7 +126,7 @@ def search(backend, a, path, dim, n):
                 one(q, ef)
             done += len(queries)
         rows.append({"backend": backend, "ef": ef, "recall@10": hits / (len(queries) * K), "qps": done / (time.perf_counter() - t)})
-    print(json.dumps({"mem_mb": rss_mb(), "open_s": open_s}))
+    print(json.dumps({"mem_mb": rss_mb(), "open_s": open_s, "open_mb": open_mb}))
     for r in rows:
         print(json.dumps(r))
 
@@ -158,7 +159,8 @@ def main():
                              check=True, capture_output=True, text=True).stdout.splitlines()
     first = json.loads(out[0])
     print(json.dumps({"backend": a.backend, "event": "build", "n": n, "dim": dim, "m": a.m, "ef_construction": a.ef_construction,
-                      "threads": a.threads, "build_s": build_s, "mem_mb": first["mem_mb"], "open_s": first["open_s"]}))
+                      "threads": a.threads, "build_s": build_s, "mem_mb": first["mem_mb"], "open_s": first["open_s"],
+                      "open_mb": first["open_mb"]}))
     for line in out[1:]:
         print(line)
 

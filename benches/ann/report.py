@@ -1,11 +1,15 @@
 """Table (markdown) and recall/QPS plot (PNG) from the JSON lines of run.sh.
 
 QPS at a target recall is interpolated linearly between the two sweep points
-around it; `-` means the sweep never reached that recall.
+around it; `-` means the sweep never reached that recall. The last columns
+compare each backend with the best PyPI peer (hnswlib, faiss-cpu, usearch) at
+the same target.
 """
 import collections
 import json
 import sys
+
+PEERS = {"hnswlib", "faiss-hnsw", "faiss-ivfpq", "usearch"}
 
 import matplotlib
 
@@ -35,12 +39,19 @@ def main():
         else:
             sweeps[row["backend"]].append((row["recall@10"], row["qps"]))
     fmt = lambda x, spec: "-" if x is None else format(x, spec)
-    lines = [f"# ANN benchmark: {name}", "", f"Hardware: {hw}. M=16, ef_construction=200, k=10, build with 2 threads, queries single-threaded.", "",
-             "| backend | QPS @ recall 0.95 | QPS @ 0.99 | best recall | build s | memory MB | open s |", "|---|---|---|---|---|---|---|"]
+    best = {t: max((at(p, t) or 0 for b, p in sweeps.items() if b in PEERS), default=0) for t in (0.95, 0.99)}
+    ratio = lambda q, t: None if q is None or not best[t] else q / best[t]
+    lines = [f"# ANN benchmark: {name}", "", f"Hardware: {hw}. M=16, ef_construction=200, k=10, build with 2 threads, queries single-threaded.",
+             "Memory: resident MB of a fresh process after loading the index and running the whole sweep (at the first answer in brackets).", "",
+             "| backend | QPS @ recall 0.95 | QPS @ 0.99 | best recall | build s | memory MB | open s | × best peer @0.95 | @0.99 |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for b, pts in sweeps.items():
         bd = builds.get(b, {})
-        lines.append(f"| {b} | {fmt(at(pts, 0.95), ',.0f')} | {fmt(at(pts, 0.99), ',.0f')} | {max(p[0] for p in pts):.3f} | "
-                     f"{fmt(bd.get('build_s'), '.2f')} | {fmt(bd.get('mem_mb'), '.1f')} | {fmt(bd.get('open_s'), '.3f')} |")
+        q95, q99 = at(pts, 0.95), at(pts, 0.99)
+        mem = fmt(bd.get("mem_mb"), ".1f") + (f" ({bd['open_mb']:.1f})" if bd.get("open_mb") is not None else "")
+        lines.append(f"| {b} | {fmt(q95, ',.0f')} | {fmt(q99, ',.0f')} | {max(p[0] for p in pts):.3f} | "
+                     f"{fmt(bd.get('build_s'), '.2f')} | {mem} | {fmt(bd.get('open_s'), '.3f')} | "
+                     f"{fmt(ratio(q95, 0.95), '.2f')} | {fmt(ratio(q99, 0.99), '.2f')} |")
     if filtered:
         lines += ["", "Filtered search (a seeded pseudo-random share of the rows passes; recall against brute force over them;",
                   "vecrec's planner searches the passing rows exactly when that is cheaper than the graph):", "",

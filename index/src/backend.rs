@@ -219,8 +219,10 @@ fn faiss_open(_: &Path) -> Result<Box<dyn AnnIndex>> {
 /// Reopens a backend built by [`build`].
 pub fn open(backend: &Backend, dir: &Path) -> Result<Box<dyn AnnIndex>> {
     Ok(match backend {
-        Backend::Hnsw => Box::new(OwnHnsw(Index::open(dir)?, 0)),
-        Backend::HnswInt8 => Box::new(OwnHnsw(Index::open(dir)?, OVERSAMPLE)),
+        // Opened lazily, as a server opens it: the first answer does not
+        // wait for the full read of the background verification.
+        Backend::Hnsw => Box::new(OwnHnsw(Index::open_lazy(dir)?, 0)),
+        Backend::HnswInt8 => Box::new(OwnHnsw(Index::open_lazy(dir)?, OVERSAMPLE)),
         Backend::Exact => Box::new(Exact(VectorStore::open(dir, true)?)),
         Backend::HnswRs => hnsw_rs_backend::open(dir)?,
         Backend::Faiss(_) => faiss_open(dir)?,

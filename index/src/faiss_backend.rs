@@ -97,7 +97,7 @@ pub fn build(
     }
     let vectors = store.vectors();
     if !index.is_trained() {
-        if store.len() == 0 {
+        if store.is_empty() {
             return Err(IndexError::InvalidParameter {
                 name: "factory",
                 reason: format!("{factory:?} needs training data and the store is empty"),

@@ -134,12 +134,81 @@ thread_local! {
     static VISITED: RefCell<Visited> = const { RefCell::new(Visited { marks: Vec::new(), epoch: 0 }) };
 }
 
+/// How a graph search scores nodes: the distance from the query to row `i`
+/// (smaller is closer), and a hint to fetch row `i`'s data before it is
+/// scored. Any `Fn(u32) -> f32` is a scorer without prefetching.
+pub trait Scorer {
+    /// Distance from the query to row `i`.
+    fn distance(&self, i: u32) -> f32;
+    /// Starts fetching row `i` into the cache (a hint).
+    #[inline]
+    fn prefetch(&self, _i: u32) {}
+}
+
+impl<F: Fn(u32) -> f32 + ?Sized> Scorer for F {
+    #[inline]
+    fn distance(&self, i: u32) -> f32 {
+        self(i)
+    }
+}
+
+/// Scores the rows of a row-major f32 matrix against a query under a metric,
+/// prefetching a row's first cache lines ahead of its distance.
+pub struct RowScorer<'a> {
+    query: &'a [f32],
+    vectors: &'a [f32],
+    dim: usize,
+    metric: Metric,
+    lines: usize,
+}
+
+impl<'a> RowScorer<'a> {
+    /// A scorer of `query` against `vectors` (`dim` columns).
+    pub fn new(query: &'a [f32], vectors: &'a [f32], dim: usize, metric: Metric) -> Self {
+        Self {
+            query,
+            vectors,
+            dim,
+            metric,
+            lines: prefetch_lines(dim * 4),
+        }
+    }
+
+    #[inline]
+    fn row(&self, i: u32) -> &'a [f32] {
+        let i = i as usize;
+        &self.vectors[i * self.dim..(i + 1) * self.dim]
+    }
+}
+
+impl Scorer for RowScorer<'_> {
+    #[inline]
+    fn distance(&self, i: u32) -> f32 {
+        self.metric.distance(self.query, self.row(i))
+    }
+    #[inline]
+    fn prefetch(&self, i: u32) {
+        crate::simd::prefetch(self.row(i), self.lines);
+    }
+}
+
+/// Cache lines prefetched per row of `row_bytes`: the whole row. Measured on
+/// clustered200k (384 dims, 24 lines a row, ef 16): 7.5k q/s without
+/// prefetching, 9.3k with the first line, 10.1k with all of them.
+pub(crate) fn prefetch_lines(row_bytes: usize) -> usize {
+    row_bytes.div_ceil(64)
+}
+
 /// The beam search of one layer (algorithm 2). `accept` filters which nodes
-/// may enter the result set; rejected nodes are still traversed.
+/// may enter the result set; rejected nodes are still traversed. The
+/// unvisited neighbours of an expanded node are collected first and their
+/// vectors prefetched, so the memory loads overlap instead of each distance
+/// waiting for its own.
 #[allow(clippy::too_many_arguments)]
-fn search_layer(
-    dist: &dyn Fn(u32) -> f32,
-    neighbors: &mut dyn FnMut(u32, &mut Vec<u32>),
+fn search_layer<S: Scorer + ?Sized, N: FnMut(u32, &mut Vec<u32>), P: Fn(u32)>(
+    dist: &S,
+    neighbors: &mut N,
+    prefetch_links: P,
     entry: &[Cand],
     ef: usize,
     visited: &mut Visited,
@@ -159,24 +228,44 @@ fn search_layer(
     while results.len() > ef {
         results.pop();
     }
+    let mut worst = if results.len() >= ef {
+        results.peek().map_or(f32::INFINITY, |w| w.0)
+    } else {
+        f32::INFINITY
+    };
     while let Some(Reverse(c)) = candidates.pop() {
-        if results.len() >= ef && c.0 > results.peek().map_or(f32::INFINITY, |w| w.0) {
+        if c.0 > worst {
             break;
         }
         scratch.clear();
         neighbors(c.1, scratch);
-        for &nb in scratch.iter() {
-            if !visited.insert(nb) {
-                continue;
+        if let Some(Reverse(next)) = candidates.peek() {
+            prefetch_links(next.1);
+        }
+        let mut fresh = 0;
+        for r in 0..scratch.len() {
+            let nb = scratch[r];
+            if visited.insert(nb) {
+                scratch[fresh] = nb;
+                fresh += 1;
             }
-            let d = dist(nb);
-            let worst = results.peek().map_or(f32::INFINITY, |w| w.0);
-            if results.len() < ef || d < worst {
+        }
+        // All fresh rows at once: measured faster than a lookahead of 1, 2
+        // or 4 rows (10.6k vs 9.0k / 9.6k / 9.8k q/s on clustered200k).
+        for &nb in &scratch[..fresh] {
+            dist.prefetch(nb);
+        }
+        for &nb in &scratch[..fresh] {
+            let d = dist.distance(nb);
+            if d < worst {
                 candidates.push(Reverse(Cand(d, nb)));
                 if accept.is_none_or(|f| f(nb)) {
                     results.push(Cand(d, nb));
                     if results.len() > ef {
                         results.pop();
+                    }
+                    if results.len() >= ef {
+                        worst = results.peek().map_or(f32::INFINITY, |w| w.0);
                     }
                 }
             }
@@ -188,17 +277,20 @@ fn search_layer(
 }
 
 /// Greedy descent on one upper layer: move to the closest neighbour until none is closer.
-fn greedy(
+fn greedy<S: Scorer + ?Sized, N: FnMut(u32, &mut Vec<u32>)>(
     mut cur: Cand,
-    dist: &dyn Fn(u32) -> f32,
-    neighbors: &mut dyn FnMut(u32, &mut Vec<u32>),
+    dist: &S,
+    neighbors: &mut N,
     scratch: &mut Vec<u32>,
 ) -> Cand {
     loop {
         let mut changed = false;
         neighbors(cur.1, scratch);
         for &nb in scratch.iter() {
-            let d = dist(nb);
+            dist.prefetch(nb);
+        }
+        for &nb in scratch.iter() {
+            let d = dist.distance(nb);
             if d < cur.0 {
                 cur = Cand(d, nb);
                 changed = true;
@@ -291,10 +383,9 @@ impl BuildGraph {
         if n <= 1 {
             return g;
         }
-        let row = |i: u32| &vectors[i as usize * dim..(i as usize + 1) * dim];
         let done = std::sync::atomic::AtomicUsize::new(1);
         (1..n as u32).into_par_iter().for_each(|q| {
-            g.insert(q, &row, metric, params.ef_construction);
+            g.insert(q, vectors, dim, metric, params.ef_construction);
             let d = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
             if d.is_multiple_of(1024) || d == n {
                 progress(d);
@@ -303,13 +394,14 @@ impl BuildGraph {
         g
     }
 
-    fn insert<'v>(&self, q: u32, row: &dyn Fn(u32) -> &'v [f32], metric: Metric, ef_c: usize) {
+    fn insert(&self, q: u32, vectors: &[f32], dim: usize, metric: Metric, ef_c: usize) {
+        let row = |i: u32| &vectors[i as usize * dim..(i as usize + 1) * dim];
         let qv = row(q);
-        let dist = |i: u32| metric.distance(qv, row(i));
+        let dist = RowScorer::new(qv, vectors, qv.len(), metric);
         let pair = |a: u32, b: u32| metric.distance(row(a), row(b));
         let level = self.levels[q as usize];
         let (ep, top) = *self.entry.read();
-        let mut cur = Cand(dist(ep), ep);
+        let mut cur = Cand(dist.distance(ep), ep);
         let mut scratch = Vec::new();
         for l in (level + 1..=top).rev() {
             cur = greedy(
@@ -333,7 +425,16 @@ impl BuildGraph {
                     }
                 };
                 let mut sc = Vec::new();
-                let w = search_layer(&dist, &mut nbrs, &eps, ef_c, &mut visited, None, &mut sc);
+                let w = search_layer(
+                    &dist,
+                    &mut nbrs,
+                    |_| {},
+                    &eps,
+                    ef_c,
+                    &mut visited,
+                    None,
+                    &mut sc,
+                );
                 let max_links = if l == 0 { self.m0 } else { self.m };
                 let selected = select_heuristic(&w, self.m, &pair);
                 {
@@ -353,7 +454,7 @@ impl BuildGraph {
                         let mut cands: Vec<Cand> = selected
                             .iter()
                             .chain(&extra)
-                            .map(|&x| Cand(dist(x), x))
+                            .map(|&x| Cand(dist.distance(x), x))
                             .collect();
                         cands.sort_unstable();
                         *own = if cands.len() > max_links {
@@ -372,6 +473,9 @@ impl BuildGraph {
                         lk.push(q);
                     } else {
                         let sv = row(s);
+                        for &x in lk.iter() {
+                            dist.prefetch(x);
+                        }
                         let mut cands: Vec<Cand> = lk
                             .iter()
                             .chain(std::iter::once(&q))
@@ -443,7 +547,9 @@ pub struct Hnsw {
 }
 
 impl Hnsw {
-    /// Opens and validates a graph for `expected_n` vectors.
+    /// Opens a graph for `expected_n` vectors: the header always; with
+    /// `verify` also the checksum and every count, id and offset (reading the
+    /// whole file). Searches stay in bounds either way.
     pub fn open(path: &Path, expected_n: usize, verify: bool) -> Result<Self> {
         let file = CheckedFile::open(path, Kind::HNSW, verify)?;
         let [n, m, max_level, entry, blocks_len] = file.fields();
@@ -482,7 +588,9 @@ impl Hnsw {
             entry: entry as u32,
             blocks_len,
         };
-        g.validate()?;
+        if verify {
+            g.validate()?;
+        }
         Ok(g)
     }
 
@@ -561,15 +669,29 @@ impl Hnsw {
         Ok(())
     }
 
+    /// The links of node `i` at `level`. Counts and offsets are clamped to
+    /// the file, so a graph opened without validation cannot make a search
+    /// index out of bounds (link ids are checked by [`Hnsw::links`]).
+    #[inline]
     fn neighbors(&self, i: u32, level: usize) -> &[u32] {
         if level == 0 {
-            let s = &self.level0()[i as usize * (self.m0 + 1)..];
-            &s[1..=s[0] as usize]
+            let s = &self.level0()[i as usize * (self.m0 + 1)..(i as usize + 1) * (self.m0 + 1)];
+            &s[1..=(s[0] as usize).min(self.m0)]
         } else {
-            let off = self.upper_off()[i as usize] as usize + (level - 1) * (self.m + 1);
-            let b = &self.blocks()[off..];
-            &b[1..=b[0] as usize]
+            let off =
+                (self.upper_off()[i as usize] as usize).saturating_add((level - 1) * (self.m + 1));
+            match self.blocks().get(off..off.saturating_add(self.m + 1)) {
+                Some(b) => &b[1..=(b[0] as usize).min(self.m)],
+                None => &[],
+            }
         }
+    }
+
+    /// Appends the links of `i` at `level` that name a node of the graph.
+    #[inline]
+    fn links(&self, i: u32, level: usize, out: &mut Vec<u32>) {
+        let n = self.n as u32;
+        out.extend(self.neighbors(i, level).iter().copied().filter(|&x| x < n));
     }
 
     /// Number of nodes.
@@ -589,9 +711,9 @@ impl Hnsw {
 
     /// The `k` nearest accepted nodes to `query` (algorithm 5), searching with a
     /// candidate list of `max(ef, k)`; `dist(i)` is the distance from the query to row `i`.
-    pub fn search(
+    pub fn search<S: Scorer + ?Sized>(
         &self,
-        dist: &dyn Fn(u32) -> f32,
+        dist: &S,
         k: usize,
         ef: usize,
         accept: Option<&dyn Fn(u32) -> bool>,
@@ -599,7 +721,7 @@ impl Hnsw {
         if self.n == 0 || k == 0 {
             return Vec::new();
         }
-        let mut cur = Cand(dist(self.entry), self.entry);
+        let mut cur = Cand(dist.distance(self.entry), self.entry);
         let mut scratch = Vec::with_capacity(self.m0);
         for l in (1..=self.max_level).rev() {
             cur = greedy(
@@ -607,7 +729,7 @@ impl Hnsw {
                 dist,
                 &mut |i: u32, out: &mut Vec<u32>| {
                     out.clear();
-                    out.extend_from_slice(self.neighbors(i, l));
+                    self.links(i, l, out);
                 },
                 &mut scratch,
             );
@@ -615,11 +737,18 @@ impl Hnsw {
         VISITED.with(|v| {
             let mut visited = v.borrow_mut();
             visited.reset(self.n);
-            let mut nbrs = |i: u32, out: &mut Vec<u32>| out.extend_from_slice(self.neighbors(i, 0));
+            let mut nbrs = |i: u32, out: &mut Vec<u32>| self.links(i, 0, out);
             let mut scratch = Vec::with_capacity(self.m0);
+            let level0 = self.level0();
+            let stride = self.m0 + 1;
+            let links = |i: u32| {
+                let i = i as usize;
+                crate::simd::prefetch(&level0[i * stride..(i + 1) * stride], 3);
+            };
             let found = search_layer(
                 dist,
                 &mut nbrs,
+                links,
                 &[cur],
                 ef.max(k),
                 &mut visited,

@@ -1,6 +1,9 @@
 //! One opened generation: the store, its HNSW graph and the search planner.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::Mutex;
 
 use serde::{Deserialize, Serialize};
 
@@ -115,6 +118,9 @@ pub struct Index {
     store: VectorStore,
     hnsw: Hnsw,
     codes: Option<crate::quant::Codes>,
+    /// What the background verification of a lazy open found wrong.
+    damage: Arc<OnceLock<String>>,
+    verifier: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Index {
@@ -123,10 +129,56 @@ impl Index {
         Self::open(&current_generation(root)?)
     }
 
-    /// Opens a generation directory, checking every file's envelope and checksum.
+    /// Opens a generation directory, checking every file's envelope and
+    /// checksum, every graph link and every attribute record (a full read).
     pub fn open(dir: &Path) -> Result<Self> {
+        Self::open_with(dir, true)
+    }
+
+    /// Opens a generation for serving without reading it whole: headers,
+    /// sizes and the manifest are checked now, the vectors, graph and codes
+    /// stay on disk until searches touch them. A background thread then runs
+    /// the full check of [`Index::open`] on the same directory (reading with
+    /// plain reads, so it leaves nothing resident); if it finds damage, every
+    /// later search of this index fails with the error it found
+    /// ([`IndexError::is_data_loss`]). Searches stay in bounds meanwhile.
+    pub fn open_lazy(dir: &Path) -> Result<Self> {
+        let index = Self::open_with(dir, false)?;
+        let (damage, dir) = (index.damage.clone(), dir.to_owned());
+        let handle = std::thread::Builder::new()
+            .name("vecrec-verify".into())
+            .spawn(move || {
+                if let Err(e) = Self::open_with(&dir, true) {
+                    let _ = damage.set(e.to_string());
+                }
+            })
+            .map_err(|e| IndexError::io(index.dir.clone(), e))?;
+        *index.verifier.lock() = Some(handle);
+        Ok(index)
+    }
+
+    /// Waits for the background check of [`Index::open_lazy`] (at once after
+    /// [`Index::open`]) and returns what it found.
+    pub fn wait_verified(&self) -> Result<()> {
+        if let Some(h) = self.verifier.lock().take() {
+            let _ = h.join();
+        }
+        self.check_damage()
+    }
+
+    fn check_damage(&self) -> Result<()> {
+        match self.damage.get() {
+            None => Ok(()),
+            Some(reason) => Err(IndexError::Corrupt {
+                path: self.dir.clone(),
+                reason: format!("background verification failed: {reason}"),
+            }),
+        }
+    }
+
+    fn open_with(dir: &Path, verify: bool) -> Result<Self> {
         let manifest: Manifest = read_json(&dir.join(MANIFEST_FILE))?;
-        let store = VectorStore::open(dir, true)?;
+        let store = VectorStore::open(dir, verify)?;
         if store.dim() != manifest.dim
             || store.len() != manifest.count
             || store.metric() != manifest.metric
@@ -144,14 +196,16 @@ impl Index {
                 ),
             });
         }
-        let hnsw = Hnsw::open(&dir.join(HNSW_FILE), store.len(), true)?;
-        let codes = crate::quant::Codes::open(dir, store.len(), store.dim(), true)?;
+        let hnsw = Hnsw::open(&dir.join(HNSW_FILE), store.len(), verify)?;
+        let codes = crate::quant::Codes::open(dir, store.len(), store.dim(), verify)?;
         Ok(Self {
             dir: dir.to_owned(),
             manifest,
             store,
             hnsw,
             codes,
+            damage: Arc::new(OnceLock::new()),
+            verifier: Mutex::new(None),
         })
     }
 
@@ -160,9 +214,9 @@ impl Index {
         self.codes.is_some()
     }
 
-    /// Graph search on the int8 codes: `oversample·k` candidates (beam at
-    /// least that wide) rescored with the exact f32 distances, best `k`
-    /// returned. Filters follow the same plan as [`Index::search`]; an exact
+    /// Graph search on the int8 codes with a beam of `max(ef, k)`; the best
+    /// `min(oversample·k, beam)` candidates are rescored with the exact f32
+    /// distances and the best `k` returned. Filters follow the same plan as [`Index::search`]; an exact
     /// plan needs no codes. Falls back to [`Index::search`] without codes.
     pub fn search_quantized(
         &self,
@@ -171,6 +225,7 @@ impl Index {
         oversample: usize,
         accept: Option<&dyn Fn(u32) -> bool>,
     ) -> Result<(Vec<Neighbor>, Plan)> {
+        self.check_damage()?;
         let Some(codes) = &self.codes else {
             return self.search(query, params, accept);
         };
@@ -188,9 +243,14 @@ impl Index {
         let mut qc = Vec::with_capacity(q.len());
         crate::quant::encode(&q, codes.scale(), &mut qc);
         let metric = self.store.metric();
-        let wide = params.k * oversample.max(1);
-        let dist = |i: u32| codes.distance(metric, &qc, i);
-        let mut found = self.hnsw.search(&dist, wide, params.ef.max(wide), accept);
+        let beam = params.ef.max(params.k);
+        let wide = (params.k * oversample.max(1)).min(beam);
+        let dist = crate::quant::CodeScorer::new(codes, metric, &qc);
+        let mut found = self.hnsw.search(&dist, wide, beam, accept);
+        let lines = crate::hnsw::prefetch_lines(q.len() * 4);
+        for n in &found {
+            crate::simd::prefetch(self.store.vector(n.id), lines);
+        }
         for n in &mut found {
             n.distance = metric.distance(&q, self.store.vector(n.id));
         }
@@ -266,6 +326,7 @@ impl Index {
         params: &SearchParams,
         accept: Option<&dyn Fn(u32) -> bool>,
     ) -> Result<(Vec<Neighbor>, Plan)> {
+        self.check_damage()?;
         let q = self.prepare_query(query)?;
         let (vectors, dim, metric) = (self.store.vectors(), self.store.dim(), self.store.metric());
         let exact_plan = params.exact || accept.is_some_and(|f| self.exact_is_cheaper(f, params));
@@ -275,7 +336,7 @@ impl Index {
                 Plan::Exact,
             ));
         }
-        let dist = |i: u32| metric.distance(&q, &vectors[i as usize * dim..(i as usize + 1) * dim]);
+        let dist = hnsw::RowScorer::new(&q, vectors, dim, metric);
         Ok((
             self.hnsw.search(&dist, params.k, params.ef, accept),
             Plan::Hnsw,

@@ -155,6 +155,38 @@ impl Codes {
     }
 }
 
+/// Scores rows by their int8 codes against a quantised query, prefetching
+/// a row's codes ahead of its distance.
+pub struct CodeScorer<'a> {
+    codes: &'a Codes,
+    metric: Metric,
+    query: &'a [i8],
+    lines: usize,
+}
+
+impl<'a> CodeScorer<'a> {
+    /// A scorer of the quantised `query` against `codes`.
+    pub fn new(codes: &'a Codes, metric: Metric, query: &'a [i8]) -> Self {
+        Self {
+            codes,
+            metric,
+            query,
+            lines: crate::hnsw::prefetch_lines(codes.dim),
+        }
+    }
+}
+
+impl crate::hnsw::Scorer for CodeScorer<'_> {
+    #[inline]
+    fn distance(&self, i: u32) -> f32 {
+        self.codes.distance(self.metric, self.query, i)
+    }
+    #[inline]
+    fn prefetch(&self, i: u32) {
+        crate::simd::prefetch(self.codes.row(i), self.lines);
+    }
+}
+
 /// `Σ (a − b)²` over int8 codes, accumulated in i32.
 #[inline]
 pub fn l2_i8(a: &[i8], b: &[i8]) -> i32 {

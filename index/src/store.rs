@@ -5,12 +5,15 @@
 //! - `ids.bin` — string table of external ids, row `i` ↔ internal id `i`.
 //! - `items.bin` — string table of JSON [`ItemMeta`] records, one per row.
 //!
-//! The vectors are searched straight from the memory map; ids and attributes
-//! are small and parsed into memory on open (the id map and the filters need
-//! them as hash maps and lists).
+//! The vectors are searched straight from the memory map. The id map and the
+//! attributes are parsed into memory (the lookups and filters need them as a
+//! hash map and structs): on open when the store is verified, else on first
+//! use, so a lazily opened store answers its first search without reading
+//! them.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 
@@ -162,17 +165,23 @@ impl StoreBuilder {
 /// A store opened from a generation directory.
 #[derive(Debug)]
 pub struct VectorStore {
+    dir: PathBuf,
     vectors: CheckedFile,
     dim: usize,
     count: usize,
     metric: Metric,
     ids: StringTable,
-    index: HashMap<String, u32>,
-    metas: Vec<ItemMeta>,
+    items: StringTable,
+    index: OnceLock<HashMap<String, u32>>,
+    metas: OnceLock<Vec<ItemMeta>>,
 }
 
 impl VectorStore {
-    /// Opens and checks the store files in `dir`.
+    /// Opens the store files in `dir`. With `verify`: checksums, every id
+    /// unique, every attribute record parsed; without: headers and sizes only,
+    /// the rest on first use (a damaged record then reads as empty
+    /// attributes, a repeated id as its first row: [`VectorStore::open`] with
+    /// `verify` is the check that refuses them).
     pub fn open(dir: &Path, verify: bool) -> Result<Self> {
         let vectors = CheckedFile::open(&dir.join(VECTORS_FILE), Kind::VECTORS, verify)?;
         let [dim, count, metric, ..] = vectors.fields();
@@ -198,34 +207,64 @@ impl VectorStore {
                 ),
             });
         }
-        let mut index = HashMap::with_capacity(count);
-        for (i, id) in ids.iter().enumerate() {
-            if index.insert(id.to_owned(), i as u32).is_some() {
-                return Err(IndexError::Corrupt {
-                    path: dir.join(IDS_FILE),
-                    reason: format!("duplicate id {id:?}"),
-                });
-            }
-        }
-        let metas = items
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                serde_json::from_str(s).map_err(|e| IndexError::Corrupt {
-                    path: dir.join(ITEMS_FILE),
-                    reason: format!("record {i}: {e}"),
-                })
-            })
-            .collect::<Result<Vec<ItemMeta>>>()?;
-        Ok(Self {
+        let store = Self {
+            dir: dir.to_owned(),
             vectors,
             dim,
             count,
             metric,
             ids,
-            index,
-            metas,
-        })
+            items,
+            index: OnceLock::new(),
+            metas: OnceLock::new(),
+        };
+        if verify {
+            let _ = store.index.set(store.parse_ids(true)?);
+            let _ = store.metas.set(store.parse_metas(true)?);
+        }
+        Ok(store)
+    }
+
+    fn parse_ids(&self, strict: bool) -> Result<HashMap<String, u32>> {
+        let mut index = HashMap::with_capacity(self.count);
+        for (i, id) in self.ids.iter().enumerate() {
+            if index.contains_key(id) {
+                if strict {
+                    return Err(IndexError::Corrupt {
+                        path: self.dir.join(IDS_FILE),
+                        reason: format!("duplicate id {id:?}"),
+                    });
+                }
+                continue;
+            }
+            index.insert(id.to_owned(), i as u32);
+        }
+        Ok(index)
+    }
+
+    fn parse_metas(&self, strict: bool) -> Result<Vec<ItemMeta>> {
+        self.items
+            .iter()
+            .enumerate()
+            .map(|(i, s)| match serde_json::from_str(s) {
+                Ok(m) => Ok(m),
+                Err(e) if strict => Err(IndexError::Corrupt {
+                    path: self.dir.join(ITEMS_FILE),
+                    reason: format!("record {i}: {e}"),
+                }),
+                Err(_) => Ok(ItemMeta::default()),
+            })
+            .collect()
+    }
+
+    fn id_map(&self) -> &HashMap<String, u32> {
+        self.index
+            .get_or_init(|| self.parse_ids(false).unwrap_or_default())
+    }
+
+    fn metas(&self) -> &[ItemMeta] {
+        self.metas
+            .get_or_init(|| self.parse_metas(false).unwrap_or_default())
     }
 
     /// Dimension of the vectors.
@@ -267,12 +306,12 @@ impl VectorStore {
 
     /// Internal id of an external id.
     pub fn internal_id(&self, id: &str) -> Option<u32> {
-        self.index.get(id).copied()
+        self.id_map().get(id).copied()
     }
 
     /// Attributes of row `i`.
     pub fn meta(&self, i: u32) -> &ItemMeta {
-        &self.metas[i as usize]
+        &self.metas()[i as usize]
     }
 
     /// Bytes of the vector payload.

@@ -78,8 +78,36 @@ fn reseal(bytes: &mut [u8]) {
     bytes[end + 8..end + 12].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// Opens eagerly and lazily: neither may panic, searches stay in range, and
+/// the lazy open's background check refuses exactly what the eager open
+/// refuses, after which its searches fail too.
 fn open_and_search(dir: &Path) {
-    let Ok(index) = Index::open(dir) else { return };
+    let eager = Index::open(dir);
+    if let Ok(index) = &eager {
+        exercise(index);
+    }
+    let Ok(lazy) = Index::open_lazy(dir) else {
+        assert!(
+            eager.is_err(),
+            "the lazy open refused what the eager one took"
+        );
+        return;
+    };
+    exercise(&lazy);
+    let verdict = lazy.wait_verified();
+    assert_eq!(
+        verdict.is_ok(),
+        eager.is_ok(),
+        "{verdict:?} vs {:?}",
+        eager.err()
+    );
+    if verdict.is_err() {
+        let params = SearchParams::default();
+        assert!(lazy.search(&[1.0; 8], &params, None).is_err());
+    }
+}
+
+fn exercise(index: &Index) {
     let n = index.store().len() as u32;
     for exact in [false, true] {
         let params = SearchParams {
@@ -94,6 +122,7 @@ fn open_and_search(dir: &Path) {
     for i in 0..n.min(20) {
         let _ = index.store().external_id(i);
         let _ = index.store().meta(i);
+        let _ = index.store().internal_id(index.store().external_id(i));
     }
 }
 

@@ -235,6 +235,40 @@ fn damaged_files_are_refused() {
     Index::open_current(root.path()).expect("restored files open again");
 }
 
+/// A lazy open checks headers and sizes at once and everything else in the
+/// background: a bit flip in any payload is found by that check, and the
+/// index then refuses to search (data loss) instead of answering.
+#[test]
+fn lazy_open_finds_damage_in_the_background() {
+    let dim = 8;
+    let data = random_vectors(300, dim, 5);
+    let (_root, idx) = build(&data, dim, Metric::Cosine, |_| ItemMeta::default());
+    let gen = idx.dir().to_owned();
+    drop(idx);
+    let params = SearchParams::default();
+    let lazy = Index::open_lazy(&gen).unwrap();
+    lazy.wait_verified().expect("pristine files verify");
+    assert_eq!(
+        lazy.search(&data[..dim], &params, None).unwrap().0.len(),
+        10
+    );
+    drop(lazy);
+    for name in ["vectors.bin", "ids.bin", "items.bin", "hnsw.bin"] {
+        let p = gen.join(name);
+        let good = std::fs::read(&p).unwrap();
+        let mut bad = good.clone();
+        let mid = bad.len() / 2;
+        bad[mid] ^= 0x10;
+        std::fs::write(&p, &bad).unwrap();
+        let lazy = Index::open_lazy(&gen).expect("headers are intact");
+        let err = lazy.wait_verified().unwrap_err();
+        assert!(err.is_data_loss(), "{name}: {err}");
+        let err = lazy.search(&data[..dim], &params, None).unwrap_err();
+        assert!(err.is_data_loss(), "{name}: {err}");
+        std::fs::write(&p, &good).unwrap();
+    }
+}
+
 #[test]
 fn bad_input_is_refused_at_build() {
     let mut sb = StoreBuilder::new(4, Metric::Cosine).unwrap();
