@@ -57,6 +57,10 @@ struct Args {
     /// Build threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Compute the own HNSW build's distances on the f32 vectors instead of
+    /// their int8 codes (the default; searches are unaffected).
+    #[arg(long)]
+    build_on_floats: bool,
     /// Comma-separated shares of rows passing a filter (e.g. 0.01,0.1,0.5) for
     /// the filtered-search sweep; none by default.
     #[arg(long, value_delimiter = ',')]
@@ -129,6 +133,7 @@ fn run() -> anyhow::Result<()> {
     let params = HnswParams {
         m: a.m,
         ef_construction: a.ef_construction,
+        build_on_codes: !a.build_on_floats,
         ..Default::default()
     };
     let t = Instant::now();

@@ -3,6 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
+use std::collections::BinaryHeap;
+
 use parking_lot::Mutex;
 
 use serde::{Deserialize, Serialize};
@@ -12,7 +14,7 @@ use crate::error::{IndexError, Result};
 use crate::exact;
 use crate::format::{read_json, write_json, FORMAT_VERSION};
 use crate::generation::current_generation;
-use crate::hnsw::{self, Hnsw, HnswParams, Neighbor};
+use crate::hnsw::{self, Hnsw, HnswParams, Neighbor, Scorer};
 use crate::store::{StoreBuilder, VectorStore};
 
 /// File name of the generation manifest.
@@ -216,8 +218,10 @@ impl Index {
 
     /// Graph search on the int8 codes with a beam of `max(ef, k)`; the best
     /// `min(oversample·k, beam)` candidates are rescored with the exact f32
-    /// distances and the best `k` returned. Filters follow the same plan as [`Index::search`]; an exact
-    /// plan needs no codes. Falls back to [`Index::search`] without codes.
+    /// distances and the best `k` returned. Filters follow the planner of
+    /// [`Index::search`]; its exact plan scans the passing rows' codes and
+    /// rescores the best `oversample·k`. `params.exact` searches the f32
+    /// vectors exactly; so does an index without codes.
     pub fn search_quantized(
         &self,
         query: &[f32],
@@ -229,34 +233,55 @@ impl Index {
         let Some(codes) = &self.codes else {
             return self.search(query, params, accept);
         };
-        if params.exact || accept.is_some_and(|f| self.exact_is_cheaper(f, params)) {
-            return self.search(
-                query,
-                &SearchParams {
-                    exact: true,
-                    ..*params
-                },
-                accept,
-            );
+        if params.exact {
+            return self.search(query, params, accept);
         }
         let q = self.prepare_query(query)?;
         let mut qc = Vec::with_capacity(q.len());
         crate::quant::encode(&q, codes.scale(), &mut qc);
         let metric = self.store.metric();
-        let beam = params.ef.max(params.k);
-        let wide = (params.k * oversample.max(1)).min(beam);
         let dist = crate::quant::CodeScorer::new(codes, metric, &qc);
-        let mut found = self.hnsw.search(&dist, wide, beam, accept);
+        let wide = params.k * oversample.max(1);
+        if let Some(f) = accept.filter(|f| self.exact_is_cheaper(f, params)) {
+            // The exact plan on the codes: every passing row scored on its
+            // int8 codes (a quarter of the bytes of its vector), the best
+            // `oversample·k` rescored exactly.
+            let n = self.store.len() as u32;
+            let mut heap: BinaryHeap<(OrdF32, u32)> = BinaryHeap::with_capacity(wide + 1);
+            for i in (0..n).filter(|&i| f(i)) {
+                let d = OrdF32(dist.distance(i));
+                if heap.len() < wide {
+                    heap.push((d, i));
+                } else if heap.peek().is_some_and(|w| (d, i) < *w) {
+                    heap.pop();
+                    heap.push((d, i));
+                }
+            }
+            let found = heap
+                .into_iter()
+                .map(|(d, id)| Neighbor { id, distance: d.0 })
+                .collect();
+            return Ok((self.rescore(&q, found, params.k), Plan::Exact));
+        }
+        let beam = params.ef.max(params.k);
+        let found = self.hnsw.search(&dist, wide.min(beam), beam, accept);
+        Ok((self.rescore(&q, found, params.k), Plan::Hnsw))
+    }
+
+    /// Replaces approximate distances by exact ones (prefetching the rows
+    /// first) and keeps the best `k`.
+    fn rescore(&self, q: &[f32], mut found: Vec<Neighbor>, k: usize) -> Vec<Neighbor> {
+        let metric = self.store.metric();
         let lines = crate::hnsw::prefetch_lines(q.len() * 4);
         for n in &found {
             crate::simd::prefetch(self.store.vector(n.id), lines);
         }
         for n in &mut found {
-            n.distance = metric.distance(&q, self.store.vector(n.id));
+            n.distance = metric.distance(q, self.store.vector(n.id));
         }
         found.sort_by(|a, b| a.distance.total_cmp(&b.distance).then(a.id.cmp(&b.id)));
-        found.truncate(params.k);
-        Ok((found, Plan::Hnsw))
+        found.truncate(k);
+        found
     }
 
     fn exact_is_cheaper(&self, f: &dyn Fn(u32) -> bool, params: &SearchParams) -> bool {
@@ -362,4 +387,19 @@ pub fn exact_is_cheaper(n: usize, m: usize, ef: usize, f: &dyn Fn(u32) -> bool) 
     let passing = hits * n as u64 / sample as u64;
     let (ef, m) = (ef as u64, m as u64);
     passing <= 4 * ef || passing * passing <= 2 * ef * m * n as u64
+}
+
+/// An `f32` ordered by `total_cmp`, for heaps.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct OrdF32(f32);
+impl Eq for OrdF32 {}
+impl PartialOrd for OrdF32 {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for OrdF32 {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&o.0)
+    }
 }

@@ -40,6 +40,59 @@ fn fold<T: Copy, A: Copy + Default + std::iter::Sum, const L: usize>(
     s
 }
 
+/// `fold` of one query against four rows at once: four independent sets of
+/// accumulators, so the four chains of fused multiply-adds overlap instead of
+/// each distance waiting on its own.
+#[inline(always)]
+fn fold4<const L: usize>(
+    q: &[f32],
+    rows: [&[f32]; 4],
+    step: impl Fn(f32, f32, f32) -> f32,
+) -> [f32; 4] {
+    let n = q.len();
+    let [r0, r1, r2, r3] = rows.map(|r| &r[..n]);
+    let (mut a0, mut a1, mut a2, mut a3) = ([0f32; L], [0f32; L], [0f32; L], [0f32; L]);
+    let it = q
+        .chunks_exact(L)
+        .zip(r0.chunks_exact(L))
+        .zip(r1.chunks_exact(L))
+        .zip(r2.chunks_exact(L))
+        .zip(r3.chunks_exact(L));
+    for ((((x, y0), y1), y2), y3) in it {
+        for i in 0..L {
+            a0[i] = step(a0[i], x[i], y0[i]);
+            a1[i] = step(a1[i], x[i], y1[i]);
+            a2[i] = step(a2[i], x[i], y2[i]);
+            a3[i] = step(a3[i], x[i], y3[i]);
+        }
+    }
+    let full = n / L * L;
+    let mut out = [a0, a1, a2, a3].map(|a| a.into_iter().sum::<f32>());
+    for (j, r) in [r0, r1, r2, r3].into_iter().enumerate() {
+        for i in full..n {
+            out[j] = step(out[j], q[i], r[i]);
+        }
+    }
+    out
+}
+
+#[inline(always)]
+fn dot4_body(q: &[f32], rows: [&[f32]; 4], fma: bool) -> [f32; 4] {
+    fold4::<W>(q, rows, |s, x, y| if fma { x.mul_add(y, s) } else { s + x * y })
+}
+
+#[inline(always)]
+fn l24_body(q: &[f32], rows: [&[f32]; 4], fma: bool) -> [f32; 4] {
+    fold4::<W>(q, rows, |s, x, y| {
+        let d = x - y;
+        if fma {
+            d.mul_add(d, s)
+        } else {
+            s + d * d
+        }
+    })
+}
+
 #[inline(always)]
 fn dot_body(a: &[f32], b: &[f32], fma: bool) -> f32 {
     fold::<_, _, W>(
@@ -87,6 +140,16 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     pub(super) fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
         super::dot_i8_body(a, b)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn dot4(q: &[f32], rows: [&[f32]; 4]) -> [f32; 4] {
+        super::dot4_body(q, rows, true)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn l24(q: &[f32], rows: [&[f32]; 4]) -> [f32; 4] {
+        super::l24_body(q, rows, true)
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -138,6 +201,28 @@ dispatch!(
     /// `Σ a·b` over int8 codes.
     dot_i8, dot_i8, i8, i32, dot_i8_body
 );
+
+/// Dot products of `q` with four rows (each at least as long as `q`).
+#[inline]
+pub fn dot4(q: &[f32], rows: [&[f32]; 4]) -> [f32; 4] {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+        return unsafe { avx2::dot4(q, rows) };
+    }
+    dot4_body(q, rows, false)
+}
+
+/// Squared Euclidean distances of `q` to four rows (each at least as long as `q`).
+#[inline]
+pub fn l2_squared4(q: &[f32], rows: [&[f32]; 4]) -> [f32; 4] {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+        return unsafe { avx2::l24(q, rows) };
+    }
+    l24_body(q, rows, false)
+}
 
 /// Asks the CPU to bring the first `lines` cache lines of `data` into L1
 /// (a hint: no effect on results, none on other architectures).
