@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# ANN benchmark: vecrec's own HNSW (f32, and int8 codes with 3x oversampling
-# and exact rescoring), and the hnsw_rs crate and FAISS (HNSW16) through the
+# ANN benchmark: vecrec's own HNSW (f32; int8 codes with 3x oversampling and
+# exact rescoring; f16 copies with the best k rescored), and the hnsw_rs crate and FAISS (HNSW16) through the
 # same tool, against hnswlib, faiss-cpu (HNSWFlat, IVF-PQ) and usearch from
 # PyPI on the same files, in
 # one invocation, then a table and a recall/QPS plot; vecrec's backends also
@@ -43,7 +43,8 @@ ARGS=(--base "$B" --queries "$Q" --gt "$G" --metric "$METRIC" --m 16 --ef-constr
     [[ "$b" == hnsw_rs && "$RS" == 0 ]] && continue
     "$REPO/target/release/vecrec-ann-bench" --backend "$b" "${ARGS[@]}" --selectivity 0.01,0.1,0.5
   done
-  "$REPO/target/release/vecrec-ann-bench" --backend hnsw-int8 "${ARGS[@]}"
+  "$REPO/target/release/vecrec-ann-bench" --backend hnsw-int8 "${ARGS[@]}" --selectivity 0.01,0.1,0.5
+  "$REPO/target/release/vecrec-ann-bench" --backend hnsw-f16 "${ARGS[@]}"
   # vecrec's FAISS backend (FAISS built from source by the faiss crate).
   "$REPO/target/release/vecrec-ann-bench" --backend faiss:HNSW16 "${ARGS[@]}"
   for b in hnswlib faiss-hnsw faiss-ivfpq usearch; do

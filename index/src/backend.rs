@@ -46,6 +46,9 @@ pub enum Backend {
     Hnsw,
     /// The same graph searched on int8 codes, 3× oversampled and rescored exactly.
     HnswInt8,
+    /// The same graph searched on f16 copies of the vectors, the best `k`
+    /// rescored exactly.
+    HnswF16,
     /// Brute force over the memory-mapped store.
     Exact,
     /// The `hnsw_rs` crate (feature `hnsw_rs`).
@@ -63,6 +66,7 @@ impl Backend {
         match s {
             "hnsw" => Some(Self::Hnsw),
             "hnsw-int8" => Some(Self::HnswInt8),
+            "hnsw-f16" => Some(Self::HnswF16),
             "exact" => Some(Self::Exact),
             "hnsw_rs" => Some(Self::HnswRs),
             _ => {
@@ -87,6 +91,7 @@ impl Backend {
         match self {
             Self::Hnsw => "hnsw".into(),
             Self::HnswInt8 => "hnsw-int8".into(),
+            Self::HnswF16 => "hnsw-f16".into(),
             Self::Exact => "exact".into(),
             Self::HnswRs => "hnsw_rs".into(),
             Self::Faiss(f) => format!("faiss:{f}"),
@@ -120,6 +125,7 @@ impl Backend {
         [
             Self::Hnsw,
             Self::HnswInt8,
+            Self::HnswF16,
             Self::Exact,
             Self::HnswRs,
             Self::Faiss("HNSW16".into()),
@@ -154,9 +160,14 @@ pub fn build(
         Backend::Hnsw => {
             write_index(dir, &sb, params, serde_json::Value::Null, &|_| {})?;
         }
-        Backend::HnswInt8 => {
+        Backend::HnswInt8 | Backend::HnswF16 => {
             let params = HnswParams {
                 quantize: true,
+                codes: if *backend == Backend::HnswF16 {
+                    crate::quant::CodeKind::F16
+                } else {
+                    crate::quant::CodeKind::Int8
+                },
                 ..*params
             };
             write_index(dir, &sb, &params, serde_json::Value::Null, &|_| {})?;
@@ -221,8 +232,9 @@ pub fn open(backend: &Backend, dir: &Path) -> Result<Box<dyn AnnIndex>> {
     Ok(match backend {
         // Opened lazily, as a server opens it: the first answer does not
         // wait for the full read of the background verification.
-        Backend::Hnsw => Box::new(OwnHnsw(Index::open_lazy(dir)?, 0)),
-        Backend::HnswInt8 => Box::new(OwnHnsw(Index::open_lazy(dir)?, OVERSAMPLE)),
+        Backend::Hnsw => Box::new(OwnHnsw(Index::open_lazy(dir)?, 0, "hnsw")),
+        Backend::HnswInt8 => Box::new(OwnHnsw(Index::open_lazy(dir)?, OVERSAMPLE, "hnsw-int8")),
+        Backend::HnswF16 => Box::new(OwnHnsw(Index::open_lazy(dir)?, 1, "hnsw-f16")),
         Backend::Exact => Box::new(Exact(VectorStore::open(dir, true)?)),
         Backend::HnswRs => hnsw_rs_backend::open(dir)?,
         Backend::Faiss(_) => faiss_open(dir)?,
@@ -233,16 +245,12 @@ pub fn open(backend: &Backend, dir: &Path) -> Result<Box<dyn AnnIndex>> {
 /// Candidates per result that quantised search rescores.
 pub const OVERSAMPLE: usize = 3;
 
-/// The own graph; with an oversampling factor, searched on its int8 codes.
-struct OwnHnsw(Index, usize);
+/// The own graph; with an oversampling factor, searched on its codes.
+struct OwnHnsw(Index, usize, &'static str);
 
 impl AnnIndex for OwnHnsw {
     fn name(&self) -> &'static str {
-        if self.1 > 0 {
-            "hnsw-int8"
-        } else {
-            "hnsw"
-        }
+        self.2
     }
     fn len(&self) -> usize {
         self.0.store().len()

@@ -106,7 +106,7 @@ pub fn write_index(
         extra,
     };
     if params.quantize {
-        crate::quant::write(dir, store.vectors(), store.dim())?;
+        crate::quant::write(dir, store.vectors(), store.dim(), params.codes)?;
     }
     write_json(&dir.join(MANIFEST_FILE), &manifest)?;
     Ok(manifest)
@@ -238,9 +238,11 @@ impl Index {
         }
         let q = self.prepare_query(query)?;
         let mut qc = Vec::with_capacity(q.len());
-        crate::quant::encode(&q, codes.scale(), &mut qc);
+        if codes.kind() == crate::quant::CodeKind::Int8 {
+            crate::quant::encode(&q, codes.scale(), &mut qc);
+        }
         let metric = self.store.metric();
-        let dist = crate::quant::CodeScorer::new(codes, metric, &qc);
+        let dist = crate::quant::CodeScorer::new(codes, metric, &qc, &q);
         let wide = params.k * oversample.max(1);
         if let Some(f) = accept.filter(|f| self.exact_is_cheaper(f, params)) {
             // The exact plan on the codes: every passing row scored on its

@@ -78,7 +78,11 @@ fn fold4<const L: usize>(
 
 #[inline(always)]
 fn dot4_body(q: &[f32], rows: [&[f32]; 4], fma: bool) -> [f32; 4] {
-    fold4::<W>(q, rows, |s, x, y| if fma { x.mul_add(y, s) } else { s + x * y })
+    fold4::<W>(
+        q,
+        rows,
+        |s, x, y| if fma { x.mul_add(y, s) } else { s + x * y },
+    )
 }
 
 #[inline(always)]
@@ -128,6 +132,117 @@ fn dot_i8_body(a: &[i8], b: &[i8]) -> i32 {
     fold::<_, _, 32>(a, b, |s: i32, x: i8, y: i8| {
         s + (x as i16 as i32) * (y as i16 as i32)
     })
+}
+
+/// f16 rows (IEEE half bits) against an f32 query, converted on the fly.
+#[inline(always)]
+fn dot_f16_body(q: &[f32], r: &[u16]) -> f32 {
+    q.iter()
+        .zip(r)
+        .map(|(x, h)| x * half::f16::from_bits(*h).to_f32())
+        .sum()
+}
+
+#[inline(always)]
+fn l2_f16_body(q: &[f32], r: &[u16]) -> f32 {
+    q.iter()
+        .zip(r)
+        .map(|(x, h)| {
+            let d = x - half::f16::from_bits(*h).to_f32();
+            d * d
+        })
+        .sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+mod f16c {
+    //! f16 kernels with explicit intrinsics: 16 halves per step converted by
+    //! `vcvtph2ps`, two FMA accumulators.
+    use std::arch::x86_64::*;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn hsum(v: __m256) -> f32 {
+        let lo = _mm256_castps256_ps128(v);
+        let hi = _mm256_extractf128_ps::<1>(v);
+        let s = _mm_add_ps(lo, hi);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
+        _mm_cvtss_f32(s)
+    }
+
+    /// Loads 8 halves at `r[i..i + 8]` as f32 (the caller checked the bounds).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn load8(r: &[u16], i: usize) -> __m256 {
+        let chunk: &[u16; 8] = r[i..i + 8].try_into().expect("8 halves");
+        // SAFETY: `chunk` is 16 readable bytes; unaligned loads are allowed.
+        let h = unsafe { _mm_loadu_si128(chunk.as_ptr() as *const __m128i) };
+        _mm256_cvtph_ps(h)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn load8f(q: &[f32], i: usize) -> __m256 {
+        let chunk: &[f32; 8] = q[i..i + 8].try_into().expect("8 floats");
+        // SAFETY: `chunk` is 32 readable bytes; unaligned loads are allowed.
+        unsafe { _mm256_loadu_ps(chunk.as_ptr()) }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) fn dot(q: &[f32], r: &[u16]) -> f32 {
+        let n = q.len().min(r.len());
+        let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut i = 0;
+        while i + 16 <= n {
+            a0 = _mm256_fmadd_ps(load8f(q, i), load8(r, i), a0);
+            a1 = _mm256_fmadd_ps(load8f(q, i + 8), load8(r, i + 8), a1);
+            i += 16;
+        }
+        hsum(_mm256_add_ps(a0, a1)) + super::dot_f16_body(&q[i..n], &r[i..n])
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) fn l2(q: &[f32], r: &[u16]) -> f32 {
+        let n = q.len().min(r.len());
+        let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut i = 0;
+        while i + 16 <= n {
+            let d0 = _mm256_sub_ps(load8f(q, i), load8(r, i));
+            let d1 = _mm256_sub_ps(load8f(q, i + 8), load8(r, i + 8));
+            a0 = _mm256_fmadd_ps(d0, d0, a0);
+            a1 = _mm256_fmadd_ps(d1, d1, a1);
+            i += 16;
+        }
+        hsum(_mm256_add_ps(a0, a1)) + super::l2_f16_body(&q[i..n], &r[i..n])
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_f16c() -> bool {
+    has_avx2_fma() && std::is_x86_feature_detected!("f16c")
+}
+
+/// `Σ q·h` of an f32 query and a row of f16 bits.
+#[inline]
+pub fn dot_f16(q: &[f32], r: &[u16]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_f16c() {
+        // SAFETY: the CPU supports AVX2, FMA and F16C (checked just above).
+        return unsafe { f16c::dot(q, r) };
+    }
+    dot_f16_body(q, r)
+}
+
+/// `Σ (q − h)²` of an f32 query and a row of f16 bits.
+#[inline]
+pub fn l2_f16(q: &[f32], r: &[u16]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_f16c() {
+        // SAFETY: the CPU supports AVX2, FMA and F16C (checked just above).
+        return unsafe { f16c::l2(q, r) };
+    }
+    l2_f16_body(q, r)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -265,5 +380,17 @@ mod tests {
         let (d1, l1) = (dot(&a, &b), l2_squared(&a, &b));
         assert!((d0 - d1).abs() <= 1e-3 * d0.abs().max(1.0));
         assert!((l0 - l1).abs() <= 1e-3 * l0.max(1.0));
+        let h: Vec<u16> = b
+            .iter()
+            .map(|x| half::f16::from_f32(*x).to_bits())
+            .collect();
+        let (d2, l2) = (dot_f16(&a, &h), l2_f16(&a, &h));
+        let (d3, l3) = (dot_f16_body(&a, &h), l2_f16_body(&a, &h));
+        assert!((d2 - d3).abs() <= 1e-3 * d3.abs().max(1.0), "{d2} vs {d3}");
+        assert!((l2 - l3).abs() <= 1e-3 * l3.max(1.0), "{l2} vs {l3}");
+        assert!(
+            (d3 - d0).abs() <= 1e-2 * d0.abs().max(1.0),
+            "f16 rounding: {d3} vs {d0}"
+        );
     }
 }
