@@ -9,16 +9,20 @@ single-query figure). `mem_mb` is the resident memory of a fresh process after
 loading the saved index and running the sweep; `open_s` the time from the start
 of that load to the first answer, `open_mb` the resident memory then.
 """
-import argparse
-import json
 import os
-import resource
-import subprocess
-import sys
-import tempfile
-import time
 
-import numpy as np
+# One BLAS thread: the faiss-cpu wheel's OpenBLAS threads otherwise contend
+# with its OpenMP threads (a 10k-vector IVF-PQ took 53 s to build that way).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
 
 K = 10
 
@@ -68,7 +72,9 @@ def build(backend, base, a, path):
         else:
             nlist = max(16, int(4 * np.sqrt(len(base))))
             pq = max(m for m in (8, 16, 32, 48, 64) if d % m == 0 and m <= d // 2)
-            idx = faiss.index_factory(d, f"IVF{nlist},PQ{pq}", mt)
+            # Fast-scan PQ (4-bit codes): the plain 8-bit PQ's training took
+            # 51 s on 10k vectors here, fast-scan 0.3 s.
+            idx = faiss.index_factory(d, f"IVF{nlist},PQ{pq}x4fs", mt)
             idx.train(base)
         idx.add(base)
         secs = time.perf_counter() - t

@@ -44,7 +44,8 @@ pub trait AnnIndex: Send + Sync {
 pub enum Backend {
     /// vecrec's own HNSW with its filter planner.
     Hnsw,
-    /// The same graph searched on int8 codes, 3× oversampled and rescored exactly.
+    /// The same graph searched on int8 codes, 3× oversampled and rescored
+    /// exactly from positioned reads of the f32 rows.
     HnswInt8,
     /// The same graph searched on f16 copies of the vectors, the best `k`
     /// rescored exactly.
@@ -233,7 +234,13 @@ pub fn open(backend: &Backend, dir: &Path) -> Result<Box<dyn AnnIndex>> {
         // Opened lazily, as a server opens it: the first answer does not
         // wait for the full read of the background verification.
         Backend::Hnsw => Box::new(OwnHnsw(Index::open_lazy(dir)?, 0, "hnsw")),
-        Backend::HnswInt8 => Box::new(OwnHnsw(Index::open_lazy(dir)?, OVERSAMPLE, "hnsw-int8")),
+        Backend::HnswInt8 => {
+            // The rescored rows come from positioned reads: only the codes
+            // and the graph become resident.
+            let mut index = Index::open_lazy(dir)?;
+            index.set_rescore_reads(true);
+            Box::new(OwnHnsw(index, OVERSAMPLE, "hnsw-int8"))
+        }
         Backend::HnswF16 => Box::new(OwnHnsw(Index::open_lazy(dir)?, 1, "hnsw-f16")),
         Backend::Exact => Box::new(Exact(VectorStore::open(dir, true)?)),
         Backend::HnswRs => hnsw_rs_backend::open(dir)?,
@@ -469,5 +476,29 @@ mod hnsw_rs_backend {
 
     pub(super) fn open(_: &Path) -> Result<Box<dyn AnnIndex>> {
         Err(missing())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Backend;
+
+    #[test]
+    fn names_parse_back() {
+        for b in [
+            Backend::Hnsw,
+            Backend::HnswInt8,
+            Backend::HnswF16,
+            Backend::Exact,
+            Backend::HnswRs,
+            Backend::Faiss("IVF1024,PQ48".into()),
+            Backend::FaissGpu("IVF256,Flat".into()),
+        ] {
+            assert_eq!(Backend::parse(&b.name()), Some(b));
+        }
+        assert_eq!(Backend::parse("faiss:"), None);
+        assert_eq!(Backend::parse("faiss-gpu: "), None);
+        assert_eq!(Backend::parse("annoy"), None);
+        assert_eq!(Backend::Faiss("HNSW16".into()).feature(), Some("faiss"));
     }
 }

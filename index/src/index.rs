@@ -123,6 +123,7 @@ pub struct Index {
     /// What the background verification of a lazy open found wrong.
     damage: Arc<OnceLock<String>>,
     verifier: Mutex<Option<std::thread::JoinHandle<()>>>,
+    rescore_reads: bool,
 }
 
 impl Index {
@@ -208,7 +209,16 @@ impl Index {
             codes,
             damage: Arc::new(OnceLock::new()),
             verifier: Mutex::new(None),
+            rescore_reads: false,
         })
+    }
+
+    /// Makes [`Index::search_quantized`] read the rows it rescores with
+    /// positioned reads instead of through the memory map: a few syscalls per
+    /// query, and the f32 matrix then stays in the page cache instead of
+    /// becoming resident in the process (only the codes and the graph do).
+    pub fn set_rescore_reads(&mut self, on: bool) {
+        self.rescore_reads = on;
     }
 
     /// Whether the generation holds int8 codes for [`Index::search_quantized`].
@@ -263,17 +273,27 @@ impl Index {
                 .into_iter()
                 .map(|(d, id)| Neighbor { id, distance: d.0 })
                 .collect();
-            return Ok((self.rescore(&q, found, params.k), Plan::Exact));
+            return Ok((self.rescore(&q, found, params.k)?, Plan::Exact));
         }
         let beam = params.ef.max(params.k);
         let found = self.hnsw.search(&dist, wide.min(beam), beam, accept);
-        Ok((self.rescore(&q, found, params.k), Plan::Hnsw))
+        Ok((self.rescore(&q, found, params.k)?, Plan::Hnsw))
     }
 
     /// Replaces approximate distances by exact ones (prefetching the rows
     /// first) and keeps the best `k`.
-    fn rescore(&self, q: &[f32], mut found: Vec<Neighbor>, k: usize) -> Vec<Neighbor> {
+    fn rescore(&self, q: &[f32], mut found: Vec<Neighbor>, k: usize) -> Result<Vec<Neighbor>> {
         let metric = self.store.metric();
+        if self.rescore_reads {
+            let mut row = vec![0f32; q.len()];
+            for n in &mut found {
+                self.store.read_vector(n.id, &mut row)?;
+                n.distance = metric.distance(q, &row);
+            }
+            found.sort_by(|a, b| a.distance.total_cmp(&b.distance).then(a.id.cmp(&b.id)));
+            found.truncate(k);
+            return Ok(found);
+        }
         let lines = crate::hnsw::prefetch_lines(q.len() * 4);
         for n in &found {
             crate::simd::prefetch(self.store.vector(n.id), lines);
@@ -283,7 +303,7 @@ impl Index {
         }
         found.sort_by(|a, b| a.distance.total_cmp(&b.distance).then(a.id.cmp(&b.id)));
         found.truncate(k);
-        found
+        Ok(found)
     }
 
     fn exact_is_cheaper(&self, f: &dyn Fn(u32) -> bool, params: &SearchParams) -> bool {
