@@ -9,7 +9,8 @@
 #
 #   benches/ann/cold_start.sh [hnsw|hnsw-int8]      (default hnsw)
 #
-# Writes benches/ann/results/cold1m-<backend>.jsonl. The data (1.5 GB) and the
+# Writes benches/ann/results/cold1m-<backend>.jsonl (and -warm.jsonl: the
+# build line and the sweep of the first, warm, reopen). The data (1.5 GB) and the
 # index (about 1.7 GB) stay under .cache/.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -33,8 +34,7 @@ OUT="$REPO/benches/ann/results/cold1m-$BACKEND.jsonl"
 mkdir -p "$(dirname "$OUT")"
 if ! ls -d "$ROOT"/*/ >/dev/null 2>&1; then
   mkdir -p "$ROOT"
-  "$BIN" "${ARGS[@]}" --threads 2 --out "$ROOT" > "$OUT.warm"
-  head -n 1 "$OUT.warm" > "$OUT.build"
+  "$BIN" "${ARGS[@]}" --threads 2 --out "$ROOT" > "${OUT%.jsonl}-warm.jsonl"
 fi
 GEN="$(ls -d "$ROOT"/*/ | head -n 1)"
 evict() {
@@ -50,7 +50,7 @@ PY
 }
 evict
 {
-  cat "$OUT.build" 2>/dev/null || true
+  head -n 1 "${OUT%.jsonl}-warm.jsonl" 2>/dev/null || true
   echo "{\"event\": \"cold\", \"backend\": \"$BACKEND\", \"files_mb\": $(du -sm "$GEN" | cut -f1), \"ef_construction\": $EFC}"
   "$BIN" "${ARGS[@]}" --search-only "$GEN"
 } | tee "$OUT"

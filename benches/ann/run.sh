@@ -51,4 +51,7 @@ ARGS=(--base "$B" --queries "$Q" --gt "$G" --metric "$METRIC" --m 16 --ef-constr
     "$VENV/bin/python" "$REPO/benches/ann/peers.py" --backend "$b" "${ARGS[@]}"
   done
 } | tee "$OUT/$SET.jsonl"
-"$VENV/bin/python" "$REPO/benches/ann/report.py" "$OUT/$SET.jsonl" "$SET" "$(nproc) cores, $(uname -m)"
+CPU="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
+PEERS="$(grep -v '^#' "$REPO/benches/ann/requirements.txt" | grep -E 'hnswlib|faiss|usearch' | tr '\n' ' ')"
+"$VENV/bin/python" "$REPO/benches/ann/report.py" "$OUT/$SET.jsonl" "$SET" \
+  "$(nproc) cores ($CPU), $(uname -m), $(free -g | awk '/Mem:/ {print $2}') GiB; peers from PyPI: $PEERS"
