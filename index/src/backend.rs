@@ -112,10 +112,13 @@ impl Backend {
 
     /// Whether this build includes the backend.
     pub fn available(&self) -> bool {
+        let hnsw_rs = cfg!(feature = "hnsw_rs");
+        let faiss = cfg!(any(feature = "faiss", feature = "faiss-gpu"));
+        let faiss_gpu = cfg!(feature = "faiss-gpu");
         match self {
-            Self::HnswRs => cfg!(feature = "hnsw_rs"),
-            Self::Faiss(_) => cfg!(any(feature = "faiss", feature = "faiss-gpu")),
-            Self::FaissGpu(_) => cfg!(feature = "faiss-gpu"),
+            Self::HnswRs => hnsw_rs,
+            Self::Faiss(_) => faiss,
+            Self::FaissGpu(_) => faiss_gpu,
             _ => true,
         }
     }
