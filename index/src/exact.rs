@@ -31,13 +31,24 @@ pub fn search_ids(
     k: usize,
     candidates: impl Iterator<Item = u32>,
 ) -> Vec<Neighbor> {
+    top_k(k, candidates, |i| {
+        metric.distance(query, &vectors[i as usize * dim..(i as usize + 1) * dim])
+    })
+}
+
+/// The `k` rows among `candidates` with the smallest `distance`, nearest
+/// first, ties broken towards the lower id.
+pub fn top_k(
+    k: usize,
+    candidates: impl Iterator<Item = u32>,
+    distance: impl Fn(u32) -> f32,
+) -> Vec<Neighbor> {
     if k == 0 {
         return Vec::new();
     }
     let mut heap: BinaryHeap<Entry> = BinaryHeap::with_capacity(k + 1);
     for i in candidates {
-        let row = &vectors[i as usize * dim..(i as usize + 1) * dim];
-        let e = Entry(metric.distance(query, row), i);
+        let e = Entry(distance(i), i);
         if heap.len() < k {
             heap.push(e);
         } else if heap.peek().is_some_and(|w| e < *w) {

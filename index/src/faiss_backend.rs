@@ -33,11 +33,10 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{Accept, AnnIndex};
-use crate::distance::normalize;
 use crate::error::{IndexError, Result};
 use crate::format::{read_json, write_json};
 use crate::hnsw::Neighbor;
-use crate::index::exact_is_cheaper;
+use crate::index::{exact_is_cheaper, prepare_query};
 use crate::store::{StoreBuilder, VectorStore};
 use crate::Metric;
 
@@ -247,29 +246,6 @@ impl FaissIndex {
         &self.manifest
     }
 
-    fn prepare(&self, query: &[f32]) -> Result<Vec<f32>> {
-        if query.len() != self.manifest.dim {
-            return Err(IndexError::DimensionMismatch {
-                expected: self.manifest.dim,
-                got: query.len(),
-            });
-        }
-        if query.iter().any(|x| !x.is_finite()) {
-            return Err(IndexError::InvalidVector {
-                id: "query".into(),
-                reason: "contains NaN or infinity",
-            });
-        }
-        let mut q = query.to_vec();
-        if self.manifest.metric == Metric::Cosine && !normalize(&mut q) {
-            return Err(IndexError::InvalidVector {
-                id: "query".into(),
-                reason: "zero vector cannot be normalised for the cosine metric",
-            });
-        }
-        Ok(q)
-    }
-
     /// vecrec's distance from FAISS's: squared L2 stays, an inner product
     /// becomes `1 - ip` (cosine) or `-ip`.
     fn distance(&self, faiss_distance: f32) -> f32 {
@@ -308,7 +284,7 @@ impl AnnIndex for FaissIndex {
         ef: usize,
         accept: Option<Accept<'_>>,
     ) -> Result<Vec<Neighbor>> {
-        let q = self.prepare(query)?;
+        let q = prepare_query(query, self.manifest.dim, self.manifest.metric)?;
         let n = self.manifest.count;
         let k = k.min(n);
         if k == 0 {

@@ -282,12 +282,7 @@ impl CodeRows {
 impl Space for CodeRows {
     #[inline]
     fn pair(&self, a: u32, b: u32) -> f32 {
-        let (x, y) = (self.row(a), self.row(b));
-        match self.metric {
-            Metric::L2 => self.s2 * crate::simd::l2_i8(x, y) as f32,
-            Metric::Cosine => 1.0 - self.s2 * crate::simd::dot_i8(x, y) as f32,
-            Metric::InnerProduct => -self.s2 * crate::simd::dot_i8(x, y) as f32,
-        }
+        crate::quant::code_distance(self.metric, self.s2, self.row(a), self.row(b))
     }
     #[inline]
     fn prefetch(&self, i: u32) {

@@ -3,8 +3,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-use std::collections::BinaryHeap;
-
 use parking_lot::Mutex;
 
 use serde::{Deserialize, Serialize};
@@ -259,20 +257,7 @@ impl Index {
             // int8 codes (a quarter of the bytes of its vector), the best
             // `oversample·k` rescored exactly.
             let n = self.store.len() as u32;
-            let mut heap: BinaryHeap<(OrdF32, u32)> = BinaryHeap::with_capacity(wide + 1);
-            for i in (0..n).filter(|&i| f(i)) {
-                let d = OrdF32(dist.distance(i));
-                if heap.len() < wide {
-                    heap.push((d, i));
-                } else if heap.peek().is_some_and(|w| (d, i) < *w) {
-                    heap.pop();
-                    heap.push((d, i));
-                }
-            }
-            let found = heap
-                .into_iter()
-                .map(|(d, id)| Neighbor { id, distance: d.0 })
-                .collect();
+            let found = exact::top_k(wide, (0..n).filter(|&i| f(i)), |i| dist.distance(i));
             return Ok((self.rescore(&q, found, params.k)?, Plan::Exact));
         }
         let beam = params.ef.max(params.k);
@@ -337,26 +322,7 @@ impl Index {
 
     /// Checks a query's dimension and values; normalises it under the cosine metric.
     pub fn prepare_query(&self, query: &[f32]) -> Result<Vec<f32>> {
-        if query.len() != self.store.dim() {
-            return Err(IndexError::DimensionMismatch {
-                expected: self.store.dim(),
-                got: query.len(),
-            });
-        }
-        let mut q = query.to_vec();
-        if q.iter().any(|x| !x.is_finite()) {
-            return Err(IndexError::InvalidVector {
-                id: "query".into(),
-                reason: "contains NaN or infinity",
-            });
-        }
-        if self.store.metric() == Metric::Cosine && !normalize(&mut q) {
-            return Err(IndexError::InvalidVector {
-                id: "query".into(),
-                reason: "zero vector cannot be normalised for the cosine metric",
-            });
-        }
-        Ok(q)
+        prepare_query(query, self.store.dim(), self.store.metric())
     }
 
     /// The `k` nearest items that `accept` allows. With a filter, the planner
@@ -391,6 +357,31 @@ impl Index {
     }
 }
 
+/// Checks a query against an index of `dim` dimensions (length, finite
+/// values) and normalises it under the cosine metric.
+pub fn prepare_query(query: &[f32], dim: usize, metric: Metric) -> Result<Vec<f32>> {
+    if query.len() != dim {
+        return Err(IndexError::DimensionMismatch {
+            expected: dim,
+            got: query.len(),
+        });
+    }
+    if query.iter().any(|x| !x.is_finite()) {
+        return Err(IndexError::InvalidVector {
+            id: "query".into(),
+            reason: "contains NaN or infinity",
+        });
+    }
+    let mut q = query.to_vec();
+    if metric == Metric::Cosine && !normalize(&mut q) {
+        return Err(IndexError::InvalidVector {
+            id: "query".into(),
+            reason: "zero vector cannot be normalised for the cosine metric",
+        });
+    }
+    Ok(q)
+}
+
 /// The filter planner's rule, shared by every graph backend: whether brute
 /// force over the rows of `n` that pass `f` is cheaper than a filtered beam of
 /// `ef` over a graph of `m` links per node (see [`Index::search`]).
@@ -409,19 +400,4 @@ pub fn exact_is_cheaper(n: usize, m: usize, ef: usize, f: &dyn Fn(u32) -> bool) 
     let passing = hits * n as u64 / sample as u64;
     let (ef, m) = (ef as u64, m as u64);
     passing <= 4 * ef || passing * passing <= 2 * ef * m * n as u64
-}
-
-/// An `f32` ordered by `total_cmp`, for heaps.
-#[derive(Clone, Copy, Debug, PartialEq)]
-struct OrdF32(f32);
-impl Eq for OrdF32 {}
-impl PartialOrd for OrdF32 {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for OrdF32 {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        self.0.total_cmp(&o.0)
-    }
 }

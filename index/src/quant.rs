@@ -229,13 +229,7 @@ impl Codes {
     /// int8 codes, on the scale of `metric.distance`.
     #[inline]
     pub fn distance(&self, metric: Metric, q: &[i8], i: u32) -> f32 {
-        let r = self.row(i);
-        let s2 = self.scale * self.scale;
-        match metric {
-            Metric::L2 => s2 * l2_i8(q, r) as f32,
-            Metric::Cosine => 1.0 - s2 * dot_i8(q, r) as f32,
-            Metric::InnerProduct => -s2 * dot_i8(q, r) as f32,
-        }
+        code_distance(metric, self.scale * self.scale, q, self.row(i))
     }
 }
 
@@ -276,6 +270,17 @@ impl crate::hnsw::Scorer for CodeScorer<'_> {
             CodeKind::Int8 => crate::simd::prefetch(self.codes.row(i), self.lines),
             CodeKind::F16 => crate::simd::prefetch(self.codes.row_f16(i), self.lines),
         }
+    }
+}
+
+/// The distance between two int8 code rows of one scale (`s2` = scale²),
+/// on the scale of `metric.distance`.
+#[inline]
+pub fn code_distance(metric: Metric, s2: f32, a: &[i8], b: &[i8]) -> f32 {
+    match metric {
+        Metric::L2 => s2 * l2_i8(a, b) as f32,
+        Metric::Cosine => 1.0 - s2 * dot_i8(a, b) as f32,
+        Metric::InnerProduct => -s2 * dot_i8(a, b) as f32,
     }
 }
 

@@ -76,46 +76,43 @@ fn fold4<const L: usize>(
     out
 }
 
+/// One step of a dot product: `s + x·y`, fused when `fma`.
+#[inline(always)]
+fn dot_step(fma: bool) -> impl Fn(f32, f32, f32) -> f32 {
+    move |s, x, y| if fma { x.mul_add(y, s) } else { s + x * y }
+}
+
+/// One step of a squared Euclidean distance: `s + (x − y)²`, fused when `fma`.
+#[inline(always)]
+fn l2_step(fma: bool) -> impl Fn(f32, f32, f32) -> f32 {
+    move |s, x, y| {
+        let d = x - y;
+        if fma {
+            d.mul_add(d, s)
+        } else {
+            s + d * d
+        }
+    }
+}
+
 #[inline(always)]
 fn dot4_body(q: &[f32], rows: [&[f32]; 4], fma: bool) -> [f32; 4] {
-    fold4::<W>(
-        q,
-        rows,
-        |s, x, y| if fma { x.mul_add(y, s) } else { s + x * y },
-    )
+    fold4::<W>(q, rows, dot_step(fma))
 }
 
 #[inline(always)]
 fn l24_body(q: &[f32], rows: [&[f32]; 4], fma: bool) -> [f32; 4] {
-    fold4::<W>(q, rows, |s, x, y| {
-        let d = x - y;
-        if fma {
-            d.mul_add(d, s)
-        } else {
-            s + d * d
-        }
-    })
+    fold4::<W>(q, rows, l2_step(fma))
 }
 
 #[inline(always)]
 fn dot_body(a: &[f32], b: &[f32], fma: bool) -> f32 {
-    fold::<_, _, W>(
-        a,
-        b,
-        |s, x, y| if fma { x.mul_add(y, s) } else { s + x * y },
-    )
+    fold::<_, _, W>(a, b, dot_step(fma))
 }
 
 #[inline(always)]
 fn l2_body(a: &[f32], b: &[f32], fma: bool) -> f32 {
-    fold::<_, _, W>(a, b, |s, x, y| {
-        let d = x - y;
-        if fma {
-            d.mul_add(d, s)
-        } else {
-            s + d * d
-        }
-    })
+    fold::<_, _, W>(a, b, l2_step(fma))
 }
 
 /// Int8 kernels: i16 products summed in i32, the pattern LLVM turns into pmaddwd.
@@ -223,28 +220,6 @@ fn has_f16c() -> bool {
     has_avx2_fma() && std::is_x86_feature_detected!("f16c")
 }
 
-/// `Σ q·h` of an f32 query and a row of f16 bits.
-#[inline]
-pub fn dot_f16(q: &[f32], r: &[u16]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if has_f16c() {
-        // SAFETY: the CPU supports AVX2, FMA and F16C (checked just above).
-        return unsafe { f16c::dot(q, r) };
-    }
-    dot_f16_body(q, r)
-}
-
-/// `Σ (q − h)²` of an f32 query and a row of f16 bits.
-#[inline]
-pub fn l2_f16(q: &[f32], r: &[u16]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if has_f16c() {
-        // SAFETY: the CPU supports AVX2, FMA and F16C (checked just above).
-        return unsafe { f16c::l2(q, r) };
-    }
-    l2_f16_body(q, r)
-}
-
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     #[target_feature(enable = "avx2,fma")]
@@ -284,16 +259,18 @@ fn has_avx2_fma() -> bool {
     std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
 }
 
-/// A public kernel: the AVX2 + FMA build when the CPU has both, else the baseline.
+/// A public kernel: the fast build (`$fast`, compiled for the features that
+/// `$check` detects) when the CPU has them, else the baseline.
 macro_rules! dispatch {
-    ($(#[$doc:meta])* $name:ident, $avx:ident, $t:ty, $r:ty, $base:expr) => {
+    ($(#[$doc:meta])* $name:ident($ta:ty, $tb:ty) -> $r:ty: $check:ident => $fast:path, else $base:expr) => {
         $(#[$doc])*
         #[inline]
-        pub fn $name(a: &[$t], b: &[$t]) -> $r {
+        pub fn $name(a: $ta, b: $tb) -> $r {
             #[cfg(target_arch = "x86_64")]
-            if has_avx2_fma() {
-                // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-                return unsafe { avx2::$avx(a, b) };
+            if $check() {
+                // SAFETY: the CPU has the features `$fast` is compiled for
+                // (checked just above).
+                return unsafe { $fast(a, b) };
             }
             $base(a, b)
         }
@@ -302,42 +279,38 @@ macro_rules! dispatch {
 
 dispatch!(
     /// Dot product.
-    dot, dot, f32, f32, |a, b| dot_body(a, b, false)
+    dot(&[f32], &[f32]) -> f32: has_avx2_fma => avx2::dot, else |a, b| dot_body(a, b, false)
 );
 dispatch!(
     /// Squared Euclidean distance.
-    l2_squared, l2, f32, f32, |a, b| l2_body(a, b, false)
+    l2_squared(&[f32], &[f32]) -> f32: has_avx2_fma => avx2::l2, else |a, b| l2_body(a, b, false)
 );
 dispatch!(
     /// `Σ (a − b)²` over int8 codes.
-    l2_i8, l2_i8, i8, i32, l2_i8_body
+    l2_i8(&[i8], &[i8]) -> i32: has_avx2_fma => avx2::l2_i8, else l2_i8_body
 );
 dispatch!(
     /// `Σ a·b` over int8 codes.
-    dot_i8, dot_i8, i8, i32, dot_i8_body
+    dot_i8(&[i8], &[i8]) -> i32: has_avx2_fma => avx2::dot_i8, else dot_i8_body
 );
-
-/// Dot products of `q` with four rows (each at least as long as `q`).
-#[inline]
-pub fn dot4(q: &[f32], rows: [&[f32]; 4]) -> [f32; 4] {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
-        // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-        return unsafe { avx2::dot4(q, rows) };
-    }
-    dot4_body(q, rows, false)
-}
-
-/// Squared Euclidean distances of `q` to four rows (each at least as long as `q`).
-#[inline]
-pub fn l2_squared4(q: &[f32], rows: [&[f32]; 4]) -> [f32; 4] {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
-        // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-        return unsafe { avx2::l24(q, rows) };
-    }
-    l24_body(q, rows, false)
-}
+dispatch!(
+    /// Dot products of `q` with four rows (each at least as long as `q`).
+    dot4(&[f32], [&[f32]; 4]) -> [f32; 4]: has_avx2_fma => avx2::dot4,
+    else |q, rows| dot4_body(q, rows, false)
+);
+dispatch!(
+    /// Squared Euclidean distances of `q` to four rows (each at least as long as `q`).
+    l2_squared4(&[f32], [&[f32]; 4]) -> [f32; 4]: has_avx2_fma => avx2::l24,
+    else |q, rows| l24_body(q, rows, false)
+);
+dispatch!(
+    /// `Σ q·h` of an f32 query and a row of f16 bits.
+    dot_f16(&[f32], &[u16]) -> f32: has_f16c => f16c::dot, else dot_f16_body
+);
+dispatch!(
+    /// `Σ (q − h)²` of an f32 query and a row of f16 bits.
+    l2_f16(&[f32], &[u16]) -> f32: has_f16c => f16c::l2, else l2_f16_body
+);
 
 /// Asks the CPU to bring the first `lines` cache lines of `data` into L1
 /// (a hint: no effect on results, none on other architectures).
