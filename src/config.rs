@@ -91,16 +91,36 @@ impl Default for HybridConfig {
     }
 }
 
-/// Network settings.
+/// Network settings, admission control and metrics.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
     /// Address to listen on. Default `127.0.0.1:50051`.
     pub addr: String,
-    /// Per-request timeout in milliseconds when the client sets no deadline. Default 10000.
+    /// Per-request deadline in milliseconds when the client sets none; a
+    /// client's shorter `grpc-timeout` wins. Default 10000.
     pub request_timeout_ms: u64,
-    /// Requests served at once; more wait in line. Default 64.
+    /// Requests worked on at once, over all connections; 0 means four per
+    /// core. Default 0.
     pub max_concurrent_requests: usize,
+    /// Requests that compute on a thread of their own (Recommend,
+    /// DeleteItems, RecordEvents) worked on at once; the rest of those
+    /// admitted wait in arrival order. 0 means one per core. Default 0.
+    pub max_cpu_requests: usize,
+    /// Requests that may wait for a free place; beyond it a request is
+    /// answered `RESOURCE_EXHAUSTED` at once. Default 32.
+    pub max_queued_requests: usize,
+    /// Longest wait for a free place in milliseconds; a request that waited
+    /// longer is answered `RESOURCE_EXHAUSTED` (0: only its deadline bounds
+    /// the wait). Default 0.
+    pub max_queue_wait_ms: u64,
+    /// HTTP/2 streams one connection may have open. Default 256.
+    pub max_concurrent_streams: u32,
+    /// TCP keepalive idle time of accepted connections in seconds (0: off). Default 60.
+    pub tcp_keepalive_s: u64,
+    /// Address of the Prometheus text endpoint (`GET /metrics`); none turns
+    /// it off. Default none.
+    pub metrics_addr: Option<String>,
     /// How often the index root's CURRENT pointer is checked for a new
     /// generation to swap in, in milliseconds; 0 turns it off (SIGHUP still
     /// does nothing then). Default 2000.
@@ -112,10 +132,41 @@ impl Default for ServerConfig {
         Self {
             addr: "127.0.0.1:50051".into(),
             request_timeout_ms: 10_000,
-            max_concurrent_requests: 64,
+            max_concurrent_requests: 0,
+            max_cpu_requests: 0,
+            max_queued_requests: 32,
+            max_queue_wait_ms: 0,
+            max_concurrent_streams: 256,
+            tcp_keepalive_s: 60,
+            metrics_addr: None,
             reload_interval_ms: 2000,
         }
     }
+}
+
+impl ServerConfig {
+    /// [`ServerConfig::max_concurrent_requests`] with 0 resolved to four per core.
+    pub fn in_flight_limit(&self) -> usize {
+        match self.max_concurrent_requests {
+            0 => 4 * cores(),
+            n => n,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// [`ServerConfig::max_cpu_requests`] with 0 resolved to one per core.
+    pub fn cpu_limit(&self) -> usize {
+        match self.max_cpu_requests {
+            0 => cores(),
+            n => n,
+        }
+    }
+}
+
+/// Cores this process may use (1 when unknown).
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Encoder files and threads.
@@ -128,10 +179,22 @@ pub struct EncoderConfig {
     pub tokenizer: Option<PathBuf>,
     /// `libonnxruntime.so`. Default: `$VECREC_ORT_DYLIB` / `$ORT_DYLIB_PATH`, else `.cache/onnxruntime/libonnxruntime.so`.
     pub ort_dylib: Option<PathBuf>,
-    /// Intra-op threads of ONNX Runtime; 0 means all cores. Default 0.
+    /// Intra-op threads of ONNX Runtime per session; 0 shares the cores
+    /// among the sessions (one thread each when there is a session per core).
+    /// Default 0.
     pub threads: usize,
+    /// ONNX Runtime sessions of the server, each run by its own worker
+    /// thread; 0 means one per core. Default 0. (Bulk builds use one session
+    /// on every core.)
+    pub sessions: usize,
     /// Texts per forward pass. Default 32.
     pub batch_size: usize,
+    /// Dynamic batching in the server: texts of concurrent requests are
+    /// joined into one forward pass of at most `batch_size` texts; a worker
+    /// that finds fewer waits at most this many microseconds from the oldest
+    /// request's arrival for more (0: it takes what is queued and goes).
+    /// Default 1000.
+    pub max_batch_wait_us: u64,
     /// Tokens read per text (longer texts are truncated). Default 256.
     pub max_tokens: usize,
     /// `cpu` or `cuda` (needs the `cuda` cargo feature; falls back to CPU with a log line). Default `cpu`.
@@ -145,7 +208,9 @@ impl Default for EncoderConfig {
             tokenizer: None,
             ort_dylib: None,
             threads: 0,
+            sessions: 0,
             batch_size: 32,
+            max_batch_wait_us: 1000,
             max_tokens: 256,
             device: "cpu".into(),
         }
@@ -289,6 +354,22 @@ impl Config {
             || self.encoder.max_tokens > 512
         {
             return bad("encoder.batch_size must be ≥ 1 and encoder.max_tokens in 1..=512".into());
+        }
+        if self.encoder.max_batch_wait_us > 1_000_000 {
+            return bad(format!(
+                "encoder.max_batch_wait_us must be at most 1000000 (one second), got {}",
+                self.encoder.max_batch_wait_us
+            ));
+        }
+        if let Some(a) = &self.server.metrics_addr {
+            if a.parse::<std::net::SocketAddr>().is_err() {
+                return bad(format!(
+                    "server.metrics_addr must be an IP address with a port, e.g. 127.0.0.1:9100, got {a:?}"
+                ));
+            }
+        }
+        if self.server.max_concurrent_streams == 0 {
+            return bad("server.max_concurrent_streams must be at least 1".into());
         }
         if !matches!(self.encoder.device.as_str(), "cpu" | "cuda") {
             return bad(format!(

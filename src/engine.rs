@@ -9,6 +9,7 @@ use vecrec_index::{Index, ItemMeta, SearchParams};
 
 use crate::catalog::{CatalogItem, Interaction};
 use crate::config::Config;
+use crate::deadline::Deadline;
 use crate::encoder::Encoder;
 use crate::error::{Error, Result};
 use crate::filter::Filter;
@@ -18,6 +19,7 @@ use crate::nn::{Input, OnnxModel};
 use crate::rerank::{RerankInput, RerankKind, Reranker};
 use crate::retrieve::sparse::SparseRows;
 use crate::retrieve::{popularity, recency_weights, top_n};
+use crate::telemetry;
 use crate::users::{profile, UserProfiles};
 
 /// The candidate sources of the hybrid pipeline.
@@ -60,6 +62,26 @@ impl Source {
             Source::TwoTower => "two_tower",
         }
     }
+
+    /// The stage name its latency is recorded under.
+    fn stage(self) -> &'static str {
+        match self {
+            Source::Ease => "source_ease",
+            Source::Transitions => "source_transitions",
+            Source::Content => "source_content",
+            Source::Popularity => "source_popularity",
+            Source::Als => "source_als",
+            Source::TwoTower => "source_two_tower",
+        }
+    }
+}
+
+/// Runs `f`, recording its latency under `stage`.
+fn timed<T>(stage: &'static str, f: impl FnOnce() -> T) -> T {
+    let start = std::time::Instant::now();
+    let out = f();
+    telemetry::stage(stage, start.elapsed().as_secs_f64());
+    out
 }
 
 /// Trained interaction-based sources of a generation.
@@ -193,6 +215,8 @@ pub struct RecommendOptions {
     pub include_seen: bool,
     /// Attribute filter.
     pub filter: Option<Filter>,
+    /// When the answer stops being wanted: checked between stages.
+    pub deadline: Deadline,
 }
 
 /// The user-profile settings the generation's profiles were precomputed with.
@@ -682,6 +706,7 @@ impl Engine {
         which
             .par_iter()
             .map(|&s| {
+                let started = std::time::Instant::now();
                 let list = match s {
                     Source::Ease => dense(&trained.ease, h.ease_decay),
                     Source::Transitions => dense(&trained.transitions, h.transitions_decay),
@@ -767,6 +792,7 @@ impl Engine {
                             .collect()
                     }
                 };
+                telemetry::stage(s.stage(), started.elapsed().as_secs_f64());
                 Ok(SourceList {
                     name: s.name(),
                     weight: self.weight(s),
@@ -823,6 +849,19 @@ impl Engine {
         accept: &(dyn Fn(u32) -> bool + Sync),
         method: FusionMethod,
     ) -> Result<Vec<SourceList>> {
+        self.candidate_lists_within(history, user, accept, method, Deadline::NONE)
+    }
+
+    /// [`Engine::candidate_lists`], checking `deadline` before each stage.
+    fn candidate_lists_within(
+        &self,
+        history: &[(u32, f32)],
+        user: Option<u32>,
+        accept: &(dyn Fn(u32) -> bool + Sync),
+        method: FusionMethod,
+        deadline: Deadline,
+    ) -> Result<Vec<SourceList>> {
+        deadline.check("sources")?;
         let which: Vec<Source> = if method == FusionMethod::Learned {
             Source::ALL.to_vec()
         } else {
@@ -833,6 +872,7 @@ impl Engine {
         };
         let mut lists = self.source_lists(history, user, &which, accept)?;
         if self.reranks(method) {
+            deadline.check("rerank")?;
             let pre_method = if method == FusionMethod::Learned {
                 FusionMethod::Geometric
             } else {
@@ -843,7 +883,7 @@ impl Engine {
                 .take(self.cfg.rerank.candidates)
                 .map(|e| e.0)
                 .collect();
-            lists.push(self.rerank_list(history, &head)?);
+            lists.push(timed("rerank", || self.rerank_list(history, &head))?);
         }
         Ok(lists)
     }
@@ -877,6 +917,7 @@ impl Engine {
     /// Items for a user known by id or by an explicit history.
     pub fn recommend(&self, who: UserRef<'_>, opts: &RecommendOptions) -> Result<Vec<Scored>> {
         let k = self.check_k(opts.k)?;
+        opts.deadline.check("recommend")?;
         let store = self.index.store();
         let view = self.view();
         // Live items named in a history have no place in the generation's
@@ -974,12 +1015,16 @@ impl Engine {
             let filter = opts.filter.as_ref().filter(|f| !f.is_empty());
             let accept = |i: u32| admissible(store, &exclude, filter, i);
             let method = opts.fusion.unwrap_or(self.cfg.hybrid.fusion);
-            let lists = self.candidate_lists(&history, user_number, &accept, method)?;
-            let fused = if method == FusionMethod::Learned {
-                self.learned_model()?.fuse(&lists)
-            } else {
-                fuse(method, &lists, self.cfg.hybrid.rrf_k)
-            };
+            let lists =
+                self.candidate_lists_within(&history, user_number, &accept, method, opts.deadline)?;
+            opts.deadline.check("fusion")?;
+            let fused = timed("fusion", || {
+                Ok::<_, Error>(if method == FusionMethod::Learned {
+                    self.learned_model()?.fuse(&lists)
+                } else {
+                    fuse(method, &lists, self.cfg.hybrid.rrf_k)
+                })
+            })?;
             return Ok(fused
                 .into_iter()
                 .take(k)
@@ -995,7 +1040,10 @@ impl Engine {
             None => profile(store, &history, &self.cfg.users)
                 .ok_or_else(|| Error::invalid("the history carries no positive weight"))?,
         };
-        self.search(&vector, k, &exclude, &live_seen, opts.filter.as_ref())
+        opts.deadline.check("search")?;
+        timed("search", || {
+            self.search(&vector, k, &exclude, &live_seen, opts.filter.as_ref())
+        })
     }
 
     /// Items nearest to a catalogue item (never the item itself).
@@ -1008,7 +1056,9 @@ impl Engine {
         let k = self.check_k(k)?;
         let v = self.item_vector(item)?;
         let own: HashSet<u32> = self.index.store().internal_id(item).into_iter().collect();
-        self.search(&v, k, &own, &[item.to_owned()], filter)
+        timed("search", || {
+            self.search(&v, k, &own, &[item.to_owned()], filter)
+        })
     }
 
     /// Items nearest to a text query.
@@ -1018,14 +1068,38 @@ impl Engine {
         k: usize,
         filter: Option<&Filter>,
     ) -> Result<Vec<Scored>> {
+        self.search_text_within(query, k, filter, Deadline::NONE)
+    }
+
+    /// [`Engine::search_text`] for a request due by `deadline`, checked
+    /// before encoding and before searching.
+    pub fn search_text_within(
+        &self,
+        query: &str,
+        k: usize,
+        filter: Option<&Filter>,
+        deadline: Deadline,
+    ) -> Result<Vec<Scored>> {
         let k = self.check_k(k)?;
         self.check_text("query", query)?;
-        let v = self.encoder()?.encode(&[query])?.pop().unwrap_or_default();
-        self.search(&v, k, &HashSet::new(), &[], filter)
+        let v = self
+            .encoder()?
+            .encode_within(&[query], deadline)?
+            .pop()
+            .unwrap_or_default();
+        deadline.check("search")?;
+        timed("search", || {
+            self.search(&v, k, &HashSet::new(), &[], filter)
+        })
     }
 
     /// Embeddings of texts.
     pub fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+        self.embed_within(texts, Deadline::NONE)
+    }
+
+    /// [`Engine::embed`] for a request due by `deadline`, checked before encoding.
+    pub fn embed_within(&self, texts: &[String], deadline: Deadline) -> Result<Vec<Vec<f32>>> {
         if texts.is_empty() {
             return Err(Error::invalid("texts must not be empty"));
         }
@@ -1039,6 +1113,6 @@ impl Engine {
         for (i, t) in texts.iter().enumerate() {
             self.check_text(&format!("texts[{i}]"), t)?;
         }
-        self.encoder()?.encode(texts)
+        self.encoder()?.encode_within(texts, deadline)
     }
 }

@@ -56,6 +56,13 @@ pub enum Error {
     /// The server is over capacity.
     #[error("overloaded: {0}")]
     Overloaded(String),
+    /// The request's deadline passed before the named stage could start; the
+    /// work after it was not done.
+    #[error("deadline exceeded before {stage}")]
+    DeadlineExceeded {
+        /// The stage that did not start.
+        stage: &'static str,
+    },
 }
 
 impl Error {

@@ -8,8 +8,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admission;
 pub mod catalog;
 pub mod config;
+pub mod deadline;
 pub mod encoder;
 pub mod engine;
 pub mod error;
@@ -24,6 +26,7 @@ pub mod pipeline;
 pub mod rerank;
 pub mod retrieve;
 pub mod sample;
+pub mod telemetry;
 pub mod users;
 
 pub use error::{Error, Result};

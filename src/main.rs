@@ -45,9 +45,22 @@ enum Command {
         /// TOML configuration file (see README, "Configuration").
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Encoder sessions, each using all cores for one batch at a time.
-        #[arg(long, default_value_t = 1)]
-        encoder_sessions: usize,
+        /// Encoder sessions, each with its own worker thread and one ONNX
+        /// Runtime thread (encoder.sessions; default: one per core). The texts
+        /// of concurrent SearchText, Embed and UpsertItems calls are joined
+        /// into one forward pass per session.
+        #[arg(long)]
+        encoder_sessions: Option<usize>,
+        /// Serve Prometheus metrics (`GET /metrics`) on this address, e.g.
+        /// 127.0.0.1:9100 (server.metrics_addr; default: off).
+        #[arg(long)]
+        metrics_addr: Option<String>,
+        /// Most requests worked on at once, over all connections
+        /// (server.max_concurrent_requests; default: four per core). Beyond it
+        /// up to server.max_queued_requests wait, and the rest are answered
+        /// RESOURCE_EXHAUSTED at once.
+        #[arg(long)]
+        max_concurrent_requests: Option<usize>,
     },
 }
 
@@ -61,13 +74,28 @@ fn run() -> anyhow::Result<()> {
         addr,
         config,
         encoder_sessions,
+        metrics_addr,
+        max_concurrent_requests,
     } = Cli::parse().command;
     let mut cfg = Config::load(config.as_deref())?;
     if let Some(a) = addr {
         cfg.server.addr = a;
     }
-    let encoder =
-        Arc::new(Encoder::load(&cfg.encoder, encoder_sessions).context("loading the encoder")?);
+    if let Some(n) = encoder_sessions {
+        cfg.encoder.sessions = n;
+    }
+    if let Some(a) = metrics_addr {
+        cfg.server.metrics_addr = Some(a);
+    }
+    if let Some(n) = max_concurrent_requests {
+        cfg.server.max_concurrent_requests = n;
+    }
+    cfg.validate()?;
+    if cfg.server.metrics_addr.is_some() {
+        // Before anything records, so nothing recorded is lost.
+        vecrec::telemetry::recorder()?;
+    }
+    let encoder = Arc::new(Encoder::load_serving(&cfg.encoder).context("loading the encoder")?);
     let mut engine = Engine::open(&index, cfg.clone(), Some(encoder))
         .with_context(|| format!("opening index {}", index.display()))?;
     if cfg.live.enabled {
@@ -86,6 +114,11 @@ fn run() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
+        if let Some(a) = &cfg.server.metrics_addr {
+            let addr = a.parse().context("server.metrics_addr")?;
+            let local = vecrec::telemetry::serve(addr).await?;
+            println!("metrics on http://{local}/metrics");
+        }
         let (listener, local) = vecrec::grpc::bind(&cfg.server.addr).await?;
         println!("listening on {local}");
         tracing::info!(%local, "serving vecrec.v1.Recommender");

@@ -8,8 +8,10 @@
 //! Runtime uses all cores inside each forward pass; sessions sit in a small pool
 //! because `Session::run` needs exclusive access.
 
+pub mod batcher;
+
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
@@ -18,6 +20,7 @@ use parking_lot::Mutex;
 use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::config::{locate, EncoderConfig};
+use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 
 /// Resolved files of an encoder.
@@ -127,6 +130,20 @@ pub fn build_session_from(
     threads: usize,
     device: &str,
 ) -> Result<Session> {
+    build_session_spinning(env, model, threads, device, true)
+}
+
+/// [`build_session_from`], saying whether idle intra-op threads may spin
+/// before they block. Spinning shortens bulk runs that keep every core busy;
+/// a server turns it off, because a spinning thread takes the core from the
+/// network and search threads beside it.
+pub fn build_session_spinning(
+    env: &ort::environment::Environment,
+    model: ModelSource<'_>,
+    threads: usize,
+    device: &str,
+    spin: bool,
+) -> Result<Session> {
     let label = match model {
         ModelSource::File(p) => p.display().to_string(),
         ModelSource::Bytes(name, _) => name.to_owned(),
@@ -142,6 +159,8 @@ pub fn build_session_from(
         .with_optimization_level(GraphOptimizationLevel::Level3)
         .map_err(|e| fail(ort::Error::<()>::from(e)))?
         .with_intra_threads(threads)
+        .map_err(|e| fail(ort::Error::<()>::from(e)))?
+        .with_intra_op_spinning(spin)
         .map_err(|e| fail(ort::Error::<()>::from(e)))?;
     if device == "cuda" {
         builder = with_cuda(builder);
@@ -181,7 +200,18 @@ fn with_cuda(
 }
 
 /// A loaded sentence encoder.
+///
+/// Built by [`Encoder::load`] (bulk work: few sessions, every core inside
+/// each forward pass) or [`Encoder::load_serving`] (a session per core with
+/// one thread each, run by dedicated worker threads that join the texts of
+/// concurrent requests into one forward pass: see [`batcher`]).
 pub struct Encoder {
+    core: Arc<Core>,
+    batcher: Option<batcher::Batcher>,
+}
+
+/// The tokenizer and the sessions, shared with the batcher's workers.
+pub(crate) struct Core {
     tokenizer: Tokenizer,
     sessions: Vec<Mutex<Session>>,
     has_token_type_ids: bool,
@@ -193,15 +223,108 @@ pub struct Encoder {
 impl std::fmt::Debug for Encoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Encoder")
-            .field("files", &self.files)
-            .field("dim", &self.dim)
+            .field("files", &self.core.files)
+            .field("sessions", &self.core.sessions.len())
+            .field("batching", &self.batcher.is_some())
             .finish()
     }
 }
 
 impl Encoder {
-    /// Loads tokenizer and model as `cfg` says, with `pool` sessions.
+    /// Loads tokenizer and model as `cfg` says, with `pool` sessions that
+    /// share the cores (`cfg.threads` intra-op threads each when set), and no
+    /// batching: for bulk work, which batches itself.
     pub fn load(cfg: &EncoderConfig, pool: usize) -> Result<Self> {
+        let core = Core::load(cfg, pool.max(1), true)?;
+        Ok(Self {
+            core: Arc::new(core),
+            batcher: None,
+        })
+    }
+
+    /// Loads the encoder for serving: `cfg.sessions` sessions (0: one per
+    /// core), each with `cfg.threads` intra-op threads (0: the cores shared
+    /// out, so one each by default) and its own worker thread, which takes
+    /// every request waiting when it comes free, up to `cfg.batch_size`
+    /// texts, waiting at most `cfg.max_batch_wait_us` for more.
+    pub fn load_serving(cfg: &EncoderConfig) -> Result<Self> {
+        let sessions = match cfg.sessions {
+            0 => crate::config::cores(),
+            n => n,
+        };
+        let core = Arc::new(Core::load(cfg, sessions, false)?);
+        let batcher = batcher::Batcher::start(
+            core.clone(),
+            sessions,
+            cfg.batch_size,
+            std::time::Duration::from_micros(cfg.max_batch_wait_us),
+        )?;
+        Ok(Self {
+            core,
+            batcher: Some(batcher),
+        })
+    }
+
+    /// Dimension of the embeddings.
+    pub fn dim(&self) -> usize {
+        self.core.dim()
+    }
+
+    /// The files in use.
+    pub fn files(&self) -> &EncoderFiles {
+        &self.core.files
+    }
+
+    /// What dynamic batching has done so far; `None` for an encoder loaded
+    /// without it ([`Encoder::load`]).
+    pub fn batch_stats(&self) -> Option<batcher::BatchStats> {
+        self.batcher.as_ref().map(batcher::Batcher::stats)
+    }
+
+    /// Embeds `texts`; returns one unit-length vector per text, in order.
+    pub fn encode<S: AsRef<str> + Sync>(&self, texts: &[S]) -> Result<Vec<Vec<f32>>> {
+        self.encode_within(texts, Deadline::NONE)
+    }
+
+    /// [`Encoder::encode`] for a request due by `deadline`: in a serving
+    /// encoder, texts wait for a worker, which drops them unencoded
+    /// ([`Error::DeadlineExceeded`]) when the deadline has passed by then.
+    pub fn encode_within<S: AsRef<str> + Sync>(
+        &self,
+        texts: &[S],
+        deadline: Deadline,
+    ) -> Result<Vec<Vec<f32>>> {
+        match &self.batcher {
+            Some(b) if !texts.is_empty() && texts.len() <= self.core.batch_size => {
+                deadline.check("encode")?;
+                b.encode(
+                    texts.iter().map(|t| t.as_ref().to_owned()).collect(),
+                    deadline,
+                )
+            }
+            _ => {
+                deadline.check("encode")?;
+                let start = std::time::Instant::now();
+                let out = self.core.encode(texts, &|_| {});
+                crate::telemetry::stage("encode", start.elapsed().as_secs_f64());
+                out
+            }
+        }
+    }
+
+    /// [`Encoder::encode`], calling `progress(done)` after each batch; never
+    /// goes through the batcher (bulk work).
+    pub fn encode_with_progress<S: AsRef<str> + Sync>(
+        &self,
+        texts: &[S],
+        progress: &dyn Fn(usize),
+    ) -> Result<Vec<Vec<f32>>> {
+        self.core.encode(texts, progress)
+    }
+}
+
+impl Core {
+    fn load(cfg: &EncoderConfig, pool: usize, spin: bool) -> Result<Self> {
         let files = EncoderFiles::locate(cfg)?;
         let mut tokenizer = Tokenizer::from_file(&files.tokenizer)
             .map_err(|e| Error::Encoder(format!("{}: {e}", files.tokenizer.display())))?;
@@ -213,8 +336,21 @@ impl Encoder {
             }))
             .map_err(|e| Error::Encoder(format!("truncation: {e}")))?;
         let env = ort_environment(&files.ort_dylib)?;
-        let sessions = (0..pool.max(1))
-            .map(|_| build_session(&env, &files.model, cfg.threads, &cfg.device).map(Mutex::new))
+        let threads = match cfg.threads {
+            0 => (crate::config::cores() / pool).max(1),
+            n => n,
+        };
+        let sessions = (0..pool)
+            .map(|_| {
+                build_session_spinning(
+                    &env,
+                    ModelSource::File(&files.model),
+                    threads,
+                    &cfg.device,
+                    spin,
+                )
+                .map(Mutex::new)
+            })
             .collect::<Result<Vec<_>>>()?;
         let (has_token_type_ids, names) = {
             let s = sessions[0].lock();
@@ -229,7 +365,7 @@ impl Encoder {
                 )));
             }
         }
-        let mut enc = Self {
+        let mut core = Self {
             tokenizer,
             sessions,
             has_token_type_ids,
@@ -237,28 +373,26 @@ impl Encoder {
             batch_size: cfg.batch_size,
             files,
         };
-        enc.dim = enc.encode(&["dimension probe"])?[0].len();
-        tracing::info!(model = %enc.files.model.display(), dim = enc.dim, "encoder loaded");
-        Ok(enc)
+        let dim = core.encode(&["dimension probe"], &|_| {})?[0].len();
+        core.dim = dim;
+        if dim == 0 {
+            return Err(Error::Encoder(format!(
+                "{}: the model returns empty vectors",
+                core.files.model.display()
+            )));
+        }
+        tracing::info!(model = %core.files.model.display(), dim, sessions = pool, threads, "encoder loaded");
+        Ok(core)
     }
 
     /// Dimension of the embeddings.
-    pub fn dim(&self) -> usize {
+    fn dim(&self) -> usize {
         self.dim
     }
 
-    /// The files in use.
-    pub fn files(&self) -> &EncoderFiles {
-        &self.files
-    }
-
-    /// Embeds `texts`; returns one unit-length vector per text, in order.
-    pub fn encode<S: AsRef<str> + Sync>(&self, texts: &[S]) -> Result<Vec<Vec<f32>>> {
-        self.encode_with_progress(texts, &|_| {})
-    }
-
-    /// [`Encoder::encode`], calling `progress(done)` after each batch.
-    pub fn encode_with_progress<S: AsRef<str> + Sync>(
+    /// Tokenises `texts` once, sorts them by length and runs them in batches
+    /// of `batch_size`, each padded to its own longest text.
+    pub(crate) fn encode<S: AsRef<str> + Sync>(
         &self,
         texts: &[S],
         progress: &dyn Fn(usize),
@@ -267,10 +401,17 @@ impl Encoder {
             return Ok(Vec::new());
         }
         let inputs: Vec<&str> = texts.iter().map(|t| t.as_ref()).collect();
-        let encodings = self
-            .tokenizer
-            .encode_batch(inputs, true)
-            .map_err(|e| Error::Encoder(format!("tokenizer: {e}")))?;
+        // A server's batch is tokenised on its worker thread: handing a few
+        // short texts to the rayon pool costs more than it saves.
+        let encodings = if inputs.len() <= self.batch_size {
+            inputs
+                .into_iter()
+                .map(|t| self.tokenizer.encode(t, true))
+                .collect::<std::result::Result<Vec<_>, _>>()
+        } else {
+            self.tokenizer.encode_batch(inputs, true)
+        }
+        .map_err(|e| Error::Encoder(format!("tokenizer: {e}")))?;
         let mut order: Vec<usize> = (0..encodings.len()).collect();
         order.sort_by_key(|&i| encodings[i].get_ids().len());
         let mut out: Vec<Vec<f32>> = vec![Vec::new(); texts.len()];

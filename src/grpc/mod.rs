@@ -1,24 +1,38 @@
 //! The tonic gRPC service `vecrec.v1.Recommender`, with the standard health
 //! service and server reflection.
 //!
-//! Handlers check their arguments, then run the engine on the blocking thread
-//! pool (encoding and search are CPU work) and map errors through
-//! [`status`](self::status), the one place that chooses status codes.
+//! Every `Recommender` call passes admission control first (a global bound on
+//! requests in progress and on the line in front of them; beyond it
+//! `RESOURCE_EXHAUSTED` at once, see [`crate::admission`]), carries its
+//! deadline (the client's `grpc-timeout`, capped by
+//! `server.request_timeout_ms`) into the engine, which checks it between
+//! stages, and runs the engine on the blocking thread pool (encoding and
+//! search are CPU work). Errors map through [`status`](self::status), the one
+//! place that chooses status codes; every answer is counted by RPC and code
+//! and timed ([`crate::telemetry`]).
+//!
+//! Accepted sockets get `TCP_NODELAY` (without it every answer waits for the
+//! client's delayed ACK, about 40 ms on Linux) and TCP keepalive; see
+//! ARCHITECTURE.md for the HTTP/2 settings.
 
 pub mod reload;
 mod status;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
+use crate::admission::Admission;
+use crate::config::ServerConfig;
+use crate::deadline::{parse_grpc_timeout, Deadline};
 use crate::engine::{Engine, RecommendOptions, Scored, UserRef};
 use crate::error::Error;
 use crate::filter::{Filter, Range};
+use crate::telemetry;
 use reload::EngineSlot;
 
 /// Generated protobuf types and service stubs.
@@ -35,24 +49,146 @@ use pb::recommender_server::{Recommender, RecommenderServer};
 #[derive(Clone, Debug)]
 pub struct Service {
     slot: Arc<EngineSlot>,
+    admission: Arc<Admission>,
+    /// Places for calls that compute on their own thread (see [`Work`]).
+    cpu: Arc<tokio::sync::Semaphore>,
+    default_timeout: Duration,
+}
+
+/// Where a call's work runs, which decides whether it needs a CPU place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Work {
+    /// On the call's own thread (Recommend, DeleteItems,
+    /// RecordEvents): at most `server.max_cpu_requests` run at once, the
+    /// rest wait in arrival order. More threads than cores only time-slice
+    /// each other, which stretches every request's latency (and the tail
+    /// most) without adding throughput.
+    Cpu,
+    /// So short (one index search, well under a millisecond) that handing
+    /// it to another thread costs a good part of its time: runs on the
+    /// runtime's own thread, of which there is one per core (SimilarItems).
+    Inline,
+    /// Mostly in the encoder's workers (SearchText, Embed, UpsertItems): the
+    /// call's thread waits for its batch, and the more such calls wait at
+    /// once, the larger the batches.
+    Encoder,
 }
 
 impl Service {
-    /// A service answering from whatever engine `slot` holds.
-    pub fn new(slot: Arc<EngineSlot>) -> Self {
-        Self { slot }
+    /// A service answering from whatever engine `slot` holds, with the
+    /// admission limits and default deadline of `cfg`.
+    pub fn new(slot: Arc<EngineSlot>, cfg: &ServerConfig) -> Self {
+        Self {
+            slot,
+            admission: Admission::new(
+                cfg.in_flight_limit(),
+                cfg.max_queued_requests,
+                (cfg.max_queue_wait_ms > 0).then(|| Duration::from_millis(cfg.max_queue_wait_ms)),
+            ),
+            cpu: Arc::new(tokio::sync::Semaphore::new(cfg.cpu_limit())),
+            default_timeout: Duration::from_millis(cfg.request_timeout_ms),
+        }
     }
 
-    async fn run<T, F>(&self, f: F) -> Result<T, Status>
+    /// The admission control in front of every call.
+    pub fn admission(&self) -> &Arc<Admission> {
+        &self.admission
+    }
+
+    /// The deadline of `req`: its `grpc-timeout`, at most the server's default.
+    fn deadline<R>(&self, req: &Request<R>) -> Deadline {
+        let client = req
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout);
+        Deadline::after(client.map_or(self.default_timeout, |c| c.min(self.default_timeout)))
+    }
+
+    /// Admits the call, then runs `f` on the blocking pool with the engine
+    /// and the deadline; counts and times the answer as `rpc`.
+    async fn run<T, F>(
+        &self,
+        rpc: &'static str,
+        work: Work,
+        deadline: Deadline,
+        f: F,
+    ) -> Result<T, Status>
     where
         T: Send + 'static,
-        F: FnOnce(&Engine) -> crate::error::Result<T> + Send + 'static,
+        F: FnOnce(&Engine, Deadline) -> crate::error::Result<T> + Send + 'static,
     {
-        let engine = self.slot.get();
-        tokio::task::spawn_blocking(move || f(&engine))
+        let started = Instant::now();
+        let result = async {
+            let permit = self.admission.admit(rpc, deadline).await?;
+            let cpu = match work {
+                Work::Inline => {
+                    deadline.check("start")?;
+                    let _permit = permit;
+                    return f(&self.slot.get(), deadline);
+                }
+                Work::Encoder => None,
+                Work::Cpu => {
+                    let wait = self.cpu.clone().acquire_owned();
+                    let got = match deadline.instant() {
+                        Some(t) => tokio::time::timeout_at(t.into(), wait).await.ok(),
+                        None => Some(wait.await),
+                    };
+                    match got {
+                        Some(Ok(p)) => Some(p),
+                        Some(Err(_)) => return Err(Error::Overloaded("shutting down".into())),
+                        None => {
+                            deadline.check("start")?;
+                            None
+                        }
+                    }
+                }
+            };
+            let engine = self.slot.get();
+            tokio::task::spawn_blocking(move || {
+                let _permits = (permit, cpu);
+                deadline.check("start")?;
+                f(&engine, deadline)
+            })
             .await
-            .map_err(|e| Status::internal(format!("worker failed: {e}")))?
-            .map_err(Status::from)
+            .map_err(|e| Error::Encoder(format!("worker failed: {e}")))?
+        }
+        .await
+        .map_err(Status::from);
+        observe(rpc, started, result.as_ref().err());
+        result
+    }
+}
+
+/// Counts an answer of `rpc` by status code and records its latency.
+fn observe(rpc: &'static str, started: Instant, err: Option<&Status>) {
+    let code = err.map_or(tonic::Code::Ok, Status::code);
+    metrics::counter!(telemetry::REQUESTS, "rpc" => rpc, "code" => code_name(code)).increment(1);
+    metrics::histogram!(telemetry::REQUEST_SECONDS, "rpc" => rpc)
+        .record(started.elapsed().as_secs_f64());
+}
+
+/// The gRPC status code's canonical name, as metrics labels use it.
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code as C;
+    match code {
+        C::Ok => "OK",
+        C::Cancelled => "CANCELLED",
+        C::Unknown => "UNKNOWN",
+        C::InvalidArgument => "INVALID_ARGUMENT",
+        C::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        C::NotFound => "NOT_FOUND",
+        C::AlreadyExists => "ALREADY_EXISTS",
+        C::PermissionDenied => "PERMISSION_DENIED",
+        C::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        C::FailedPrecondition => "FAILED_PRECONDITION",
+        C::Aborted => "ABORTED",
+        C::OutOfRange => "OUT_OF_RANGE",
+        C::Unimplemented => "UNIMPLEMENTED",
+        C::Internal => "INTERNAL",
+        C::Unavailable => "UNAVAILABLE",
+        C::DataLoss => "DATA_LOSS",
+        C::Unauthenticated => "UNAUTHENTICATED",
     }
 }
 
@@ -123,15 +259,17 @@ impl Recommender for Service {
         &self,
         req: Request<pb::RecommendRequest>,
     ) -> Result<Response<pb::RecommendResponse>, Status> {
+        let deadline = self.deadline(&req);
         let r = req.into_inner();
         let filter = to_filter(r.filter)?;
         let items = self
-            .run(move |e| {
+            .run("Recommend", Work::Cpu, deadline, move |e, deadline| {
                 let opts = RecommendOptions {
                     fusion: fusion_method(r.fusion)?,
                     k: r.k as usize,
                     include_seen: r.include_seen,
                     filter,
+                    deadline,
                 };
                 let who = if !r.history.is_empty() {
                     UserRef::History(&r.history)
@@ -150,10 +288,11 @@ impl Recommender for Service {
         &self,
         req: Request<pb::SimilarItemsRequest>,
     ) -> Result<Response<pb::SimilarItemsResponse>, Status> {
+        let deadline = self.deadline(&req);
         let r = req.into_inner();
         let filter = to_filter(r.filter)?;
         let items = self
-            .run(move |e| {
+            .run("SimilarItems", Work::Inline, deadline, move |e, _| {
                 Ok(scored(
                     e,
                     e.similar_items(&r.item_id, r.k as usize, filter.as_ref())?,
@@ -167,13 +306,14 @@ impl Recommender for Service {
         &self,
         req: Request<pb::SearchTextRequest>,
     ) -> Result<Response<pb::SearchTextResponse>, Status> {
+        let deadline = self.deadline(&req);
         let r = req.into_inner();
         let filter = to_filter(r.filter)?;
         let items = self
-            .run(move |e| {
+            .run("SearchText", Work::Encoder, deadline, move |e, deadline| {
                 Ok(scored(
                     e,
-                    e.search_text(&r.query, r.k as usize, filter.as_ref())?,
+                    e.search_text_within(&r.query, r.k as usize, filter.as_ref(), deadline)?,
                 ))
             })
             .await?;
@@ -184,8 +324,13 @@ impl Recommender for Service {
         &self,
         req: Request<pb::EmbedRequest>,
     ) -> Result<Response<pb::EmbedResponse>, Status> {
+        let deadline = self.deadline(&req);
         let r = req.into_inner();
-        let vectors = self.run(move |e| e.embed(&r.texts)).await?;
+        let vectors = self
+            .run("Embed", Work::Encoder, deadline, move |e, deadline| {
+                e.embed_within(&r.texts, deadline)
+            })
+            .await?;
         let dim = vectors.first().map_or(0, Vec::len) as u32;
         Ok(Response::new(pb::EmbedResponse {
             embeddings: vectors
@@ -200,6 +345,7 @@ impl Recommender for Service {
         &self,
         req: Request<pb::UpsertItemsRequest>,
     ) -> Result<Response<pb::UpsertItemsResponse>, Status> {
+        let deadline = self.deadline(&req);
         let items: Vec<crate::catalog::CatalogItem> = req
             .into_inner()
             .items
@@ -216,7 +362,11 @@ impl Recommender for Service {
             })
             .collect();
         let n = items.len() as u32;
-        let sequence = self.run(move |e| e.upsert_items(items)).await?;
+        let sequence = self
+            .run("UpsertItems", Work::Encoder, deadline, move |e, _| {
+                e.upsert_items(items)
+            })
+            .await?;
         Ok(Response::new(pb::UpsertItemsResponse {
             upserted: n,
             sequence,
@@ -227,9 +377,14 @@ impl Recommender for Service {
         &self,
         req: Request<pb::DeleteItemsRequest>,
     ) -> Result<Response<pb::DeleteItemsResponse>, Status> {
+        let deadline = self.deadline(&req);
         let ids = req.into_inner().ids;
         let n = ids.len() as u32;
-        let sequence = self.run(move |e| e.delete_items(ids)).await?;
+        let sequence = self
+            .run("DeleteItems", Work::Cpu, deadline, move |e, _| {
+                e.delete_items(ids)
+            })
+            .await?;
         Ok(Response::new(pb::DeleteItemsResponse {
             deleted: n,
             sequence,
@@ -240,6 +395,7 @@ impl Recommender for Service {
         &self,
         req: Request<pb::RecordEventsRequest>,
     ) -> Result<Response<pb::RecordEventsResponse>, Status> {
+        let deadline = self.deadline(&req);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
@@ -256,7 +412,11 @@ impl Recommender for Service {
             })
             .collect();
         let n = events.len() as u32;
-        let sequence = self.run(move |e| e.record_events(events)).await?;
+        let sequence = self
+            .run("RecordEvents", Work::Cpu, deadline, move |e, _| {
+                e.record_events(events)
+            })
+            .await?;
         Ok(Response::new(pb::RecordEventsResponse {
             recorded: n,
             sequence,
@@ -267,8 +427,11 @@ impl Recommender for Service {
         &self,
         req: Request<pb::GetItemRequest>,
     ) -> Result<Response<pb::GetItemResponse>, Status> {
+        let started = Instant::now();
         let id = req.into_inner().id;
-        let meta = self.slot.get().item_meta(&id).map_err(Status::from)?;
+        let meta = self.slot.get().item_meta(&id).map_err(Status::from);
+        observe("GetItem", started, meta.as_ref().err());
+        let meta = meta?;
         Ok(Response::new(pb::GetItemResponse {
             id,
             title: meta.title,
@@ -314,20 +477,58 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
+    let gauges = tokio::spawn(report_gauges(slot.clone()));
+    let service = Service::new(slot, &cfg);
+    tracing::info!(
+        in_flight = service.admission().in_flight_limit(),
+        queue = cfg.max_queued_requests,
+        "admission control"
+    );
     tonic::transport::Server::builder()
-        .timeout(Duration::from_millis(cfg.request_timeout_ms))
-        .concurrency_limit_per_connection(cfg.max_concurrent_requests)
-        .trace_fn(|req| tracing::info_span!("grpc", path = %req.uri().path()))
+        .max_concurrent_streams(cfg.max_concurrent_streams)
+        .http2_adaptive_window(Some(true))
+        .http2_keepalive_interval(Some(Duration::from_secs(60)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .trace_fn(|req| tracing::debug_span!("grpc", path = %req.uri().path()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(RecommenderServer::new(Service::new(slot)))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .add_service(RecommenderServer::new(service))
+        .serve_with_incoming_shutdown(incoming(listener, &cfg), shutdown)
         .await?;
-    for task in [watcher, compactor].into_iter().flatten() {
+    for task in [watcher, compactor, Some(gauges)].into_iter().flatten() {
         task.abort();
     }
     Ok(())
+}
+
+/// The accepted connections of `listener`, each with `TCP_NODELAY` and (when
+/// `server.tcp_keepalive_s` > 0) TCP keepalive set.
+pub fn incoming(listener: TcpListener, cfg: &ServerConfig) -> TcpIncoming {
+    TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive((cfg.tcp_keepalive_s > 0).then(|| Duration::from_secs(cfg.tcp_keepalive_s)))
+}
+
+/// Keeps the served generation's gauges current (once a second).
+async fn report_gauges(slot: Arc<EngineSlot>) {
+    loop {
+        let e = slot.get();
+        let generation = e
+            .index()
+            .dir()
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("gen-"))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
+        metrics::gauge!(telemetry::GENERATION).set(generation as f64);
+        metrics::gauge!(telemetry::ITEMS).set(e.index().store().len() as f64);
+        let pending = e.live().map_or(0, |l| l.view(e.applied_seq()).pending());
+        metrics::gauge!(telemetry::PENDING_RECORDS).set(pending as f64);
+        drop(e);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// Binds `addr` (port 0 picks a free port) and returns the listener and its address.

@@ -79,6 +79,7 @@ impl EngineSlot {
         live.end_compaction();
         let written = result?.is_some();
         if written {
+            metrics::counter!(crate::telemetry::COMPACTIONS).increment(1);
             self.reload_if_changed()?;
         }
         Ok(written)

@@ -11,6 +11,7 @@ impl From<Error> for Status {
             Error::InvalidArgument(_) | Error::BadRow { .. } => Code::InvalidArgument,
             Error::NotFound { .. } => Code::NotFound,
             Error::Overloaded(_) => Code::ResourceExhausted,
+            Error::DeadlineExceeded { .. } => Code::DeadlineExceeded,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::Index(ie) => match ie {
                 IndexError::DimensionMismatch { .. }
@@ -59,5 +60,8 @@ mod tests {
         assert_eq!(s.code(), Code::DataLoss);
         let s: Status = Error::Overloaded("busy".into()).into();
         assert_eq!(s.code(), Code::ResourceExhausted);
+        let s: Status = Error::DeadlineExceeded { stage: "rerank" }.into();
+        assert_eq!(s.code(), Code::DeadlineExceeded);
+        assert_eq!(s.message(), "deadline exceeded before rerank");
     }
 }

@@ -58,3 +58,78 @@ fn related_texts_are_closer_than_unrelated_ones() {
     let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
     assert!(dot(&v[0], &v[1]) > dot(&v[0], &v[2]) + 0.1);
 }
+
+/// Concurrent requests to a serving encoder are joined into shared forward
+/// passes, and each still gets exactly the vectors it gets alone (to 1e-5:
+/// rows are padded and masked, so batch-mates change nothing but rounding).
+#[test]
+fn concurrent_requests_are_batched_and_get_their_own_vectors() {
+    use std::sync::{Arc, Barrier};
+    let mut cfg = vecrec::config::Config::default().encoder;
+    cfg.sessions = 2;
+    cfg.max_batch_wait_us = 2000;
+    let enc = Arc::new(vecrec::encoder::Encoder::load_serving(&cfg).unwrap());
+    let requests: Vec<Vec<String>> = (0..24)
+        .map(|i| {
+            let n = 1 + i % 3;
+            (0..n)
+                .map(|j| {
+                    format!(
+                        "request {i} text {j}: {}",
+                        [
+                            "a jazz trio in a smoky club",
+                            "roses and compost",
+                            "a starship crew"
+                        ][(i + j) % 3]
+                            .repeat(1 + j)
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    let alone: Vec<Vec<Vec<f32>>> = requests
+        .iter()
+        .map(|r| {
+            r.iter()
+                .map(|t| enc.encode(&[t]).unwrap().pop().unwrap())
+                .collect()
+        })
+        .collect();
+    let before = enc.batch_stats().unwrap();
+    let barrier = Arc::new(Barrier::new(requests.len()));
+    let together: Vec<Vec<Vec<f32>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = requests
+            .iter()
+            .map(|r| {
+                let (enc, barrier) = (enc.clone(), barrier.clone());
+                s.spawn(move || {
+                    barrier.wait();
+                    enc.encode(r).unwrap()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let after = enc.batch_stats().unwrap();
+    let (batches, answered) = (
+        after.batches - before.batches,
+        after.requests - before.requests,
+    );
+    assert_eq!(answered, requests.len() as u64);
+    assert!(
+        batches < answered && after.largest > 1,
+        "{answered} concurrent requests ran in {batches} passes (largest {})",
+        after.largest
+    );
+    for (i, (got, want)) in together.iter().zip(&alone).enumerate() {
+        assert_eq!(got.len(), want.len(), "request {i}");
+        for (g, w) in got.iter().zip(want) {
+            let d = g
+                .iter()
+                .zip(w)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(d < 1e-5, "request {i}: {d}");
+        }
+    }
+}

@@ -10,3 +10,4 @@ mod movielens;
 mod neural;
 mod pipeline;
 mod python_client;
+mod serving;

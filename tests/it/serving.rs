@@ -1,0 +1,402 @@
+//! Serving over a real socket: socket options, admission control, deadlines
+//! and the metrics endpoint. Every server here listens on 127.0.0.1:0, and
+//! every load loop is bounded in count and time.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+use tonic::Code;
+use vecrec::config::Config;
+use vecrec::engine::Engine;
+use vecrec::grpc::pb;
+use vecrec::grpc::pb::recommender_client::RecommenderClient;
+
+use crate::common::{encoder, sample_index};
+
+struct Server {
+    client: RecommenderClient<tonic::transport::Channel>,
+    stop: Option<oneshot::Sender<()>>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    async fn shut_down(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.handle.await.unwrap();
+    }
+}
+
+/// Serves the sample index with `cfg` (and the shared test encoder).
+async fn start(cfg: Config) -> Server {
+    let s = sample_index();
+    let e = Arc::new(Engine::open(&s.root, cfg, Some(encoder())).unwrap());
+    let slot = Arc::new(vecrec::grpc::reload::EngineSlot::new(&s.root, e));
+    let (listener, addr) = vecrec::grpc::bind("127.0.0.1:0").await.unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(async move {
+        vecrec::grpc::serve(slot, listener, async {
+            let _ = rx.await;
+        })
+        .await
+        .unwrap();
+    });
+    let mut tries = 0;
+    let client = loop {
+        match RecommenderClient::connect(format!("http://{addr}")).await {
+            Ok(c) => break c,
+            Err(_) if tries < 50 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("cannot connect: {e}"),
+        }
+    };
+    Server {
+        client,
+        stop: Some(tx),
+        handle,
+    }
+}
+
+/// Texts long enough that embedding them keeps the server busy for a while.
+fn heavy_texts(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            format!(
+                "text {i}: a long and winding description of a garden in spring, with roses, \
+                 compost heaps, tomato plants, bees, a greenhouse, rain barrels and a shed full \
+                 of tools that have seen better days, written out at length so that the \
+                 tokenizer has plenty to do for every single one of these many texts"
+            )
+        })
+        .collect()
+}
+
+/// The accepted socket itself carries TCP_NODELAY and SO_KEEPALIVE: without
+/// NODELAY every answer waits for the client's delayed ACK (~40 ms).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepted_connections_have_nodelay_and_keepalive() {
+    use tokio_stream::StreamExt;
+    let cfg = Config::default();
+    assert!(cfg.server.tcp_keepalive_s > 0);
+    let (listener, addr) = vecrec::grpc::bind("127.0.0.1:0").await.unwrap();
+    let mut incoming = vecrec::grpc::incoming(listener, &cfg.server);
+    let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let accepted = tokio::time::timeout(Duration::from_secs(5), incoming.next())
+        .await
+        .expect("no connection accepted")
+        .unwrap()
+        .unwrap();
+    assert!(accepted.nodelay().unwrap(), "TCP_NODELAY is off");
+    let sock = socket2::SockRef::from(&accepted);
+    assert!(sock.keepalive().unwrap(), "SO_KEEPALIVE is off");
+    assert_eq!(
+        sock.tcp_keepalive_time().unwrap(),
+        Duration::from_secs(cfg.server.tcp_keepalive_s)
+    );
+}
+
+/// With one place and no line, a burst of heavy calls gets some answers and
+/// RESOURCE_EXHAUSTED for the rest, at once, and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_capacity_calls_are_refused_at_once() {
+    let mut cfg = Config::default();
+    cfg.server.max_concurrent_requests = 1;
+    cfg.server.max_queued_requests = 0;
+    let server = start(cfg).await;
+    let texts = heavy_texts(64);
+    let mut calls = Vec::new();
+    for _ in 0..6 {
+        let mut c = server.client.clone();
+        let texts = texts.clone();
+        calls.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let r = c.embed(pb::EmbedRequest { texts }).await;
+            (r.map(|_| ()).map_err(|s| s.code()), t.elapsed())
+        }));
+    }
+    let (mut ok, mut refused) = (0, 0);
+    let mut slowest_ok = Duration::ZERO;
+    let mut slowest_refusal = Duration::ZERO;
+    for c in calls {
+        match c.await.unwrap() {
+            (Ok(()), t) => {
+                ok += 1;
+                slowest_ok = slowest_ok.max(t);
+            }
+            (Err(Code::ResourceExhausted), t) => {
+                refused += 1;
+                slowest_refusal = slowest_refusal.max(t);
+            }
+            (Err(other), _) => panic!("unexpected status {other:?}"),
+        }
+    }
+    assert!(ok >= 1, "nothing was served");
+    assert!(refused >= 1, "nothing was refused ({ok} served)");
+    // A refusal does not wait for the work in progress.
+    assert!(
+        slowest_refusal < slowest_ok,
+        "a refusal took {slowest_refusal:?}, the slowest answer {slowest_ok:?}"
+    );
+    server.shut_down().await;
+}
+
+/// A call whose deadline passes while it waits in line is answered when the
+/// deadline passes, not when a place frees, and its work never starts. The
+/// tonic client enforces the same deadline, so either side may answer first;
+/// the server's own record (`vecrec_deadline_stops_total{stage="admission"}`)
+/// shows it carried the client's `grpc-timeout` and stopped the call itself
+/// while the place was still taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_past_its_deadline_stops_before_its_work() {
+    let metrics = vecrec::telemetry::recorder().unwrap();
+    let stops = || admission_stops(&metrics.render());
+    let mut cfg = Config::default();
+    cfg.server.max_concurrent_requests = 1;
+    cfg.server.max_queued_requests = 8;
+    let server = start(cfg).await;
+    let item_id = sample_index_item();
+    let mut busy = server.client.clone();
+    // The most texts a call may carry, each at the tokenizer's length limit.
+    let texts: Vec<String> = heavy_texts(256).into_iter().map(|t| t.repeat(4)).collect();
+    let hog = tokio::spawn(async move { busy.embed(pb::EmbedRequest { texts }).await });
+    // Let the heavy call take the only place.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = stops();
+    let mut c = server.client.clone();
+    let mut req = tonic::Request::new(pb::SimilarItemsRequest {
+        item_id,
+        k: 5,
+        ..Default::default()
+    });
+    req.set_timeout(Duration::from_millis(150));
+    let t = Instant::now();
+    let answer = c.similar_items(req).await;
+    let waited = t.elapsed();
+    let err = match answer {
+        Err(e) => e,
+        Ok(_) => panic!(
+            "answered after {waited:?}; the heavy call: {:?}",
+            hog.await.unwrap().map(|r| r.into_inner().embeddings.len())
+        ),
+    };
+    assert!(
+        matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{err:?}"
+    );
+    if err.code() == Code::DeadlineExceeded {
+        assert!(err.message().contains("admission"), "{}", err.message());
+    }
+    assert!(
+        waited < Duration::from_secs(2),
+        "the expired call waited {waited:?}"
+    );
+    // The server stops the call at its deadline, before the hog is done.
+    let until = Instant::now() + Duration::from_secs(2);
+    while stops() <= before && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(stops() > before, "the server never stopped the call itself");
+    assert!(
+        !hog.is_finished(),
+        "the heavy call finished first; the test proves nothing"
+    );
+    let hog = hog.await.unwrap();
+    assert!(hog.is_ok(), "{hog:?}");
+    server.shut_down().await;
+}
+
+/// `vecrec_deadline_stops_total{stage="admission"}` in a Prometheus page.
+fn admission_stops(page: &str) -> f64 {
+    page.lines()
+        .filter(|l| {
+            l.starts_with("vecrec_deadline_stops_total{") && l.contains("stage=\"admission\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn sample_index_item() -> String {
+    let e = Engine::open(&sample_index().root, Config::default(), None).unwrap();
+    e.index().store().external_id(3).to_owned()
+}
+
+/// The engine checks the deadline before each stage: an expired one stops a
+/// recommendation before any source runs, and a text search before the
+/// encoder sees the query.
+#[test]
+fn the_engine_stops_at_the_first_stage_past_the_deadline() {
+    use vecrec::deadline::Deadline;
+    use vecrec::engine::{RecommendOptions, UserRef};
+    use vecrec::error::Error;
+    let s = sample_index();
+    let mut cfg = Config::default();
+    cfg.encoder.sessions = 1;
+    let enc = Arc::new(vecrec::encoder::Encoder::load_serving(&cfg.encoder).unwrap());
+    let e = Engine::open(&s.root, cfg, Some(enc.clone())).unwrap();
+    let past = Deadline::at(Instant::now() - Duration::from_millis(1));
+    let user = e.users().id(0).to_owned();
+    let opts = RecommendOptions {
+        k: 5,
+        deadline: past,
+        ..Default::default()
+    };
+    match e.recommend(UserRef::Id(&user), &opts) {
+        Err(Error::DeadlineExceeded { stage }) => assert_eq!(stage, "recommend"),
+        other => panic!("expected DeadlineExceeded, got {other:?}"),
+    }
+    let before = enc.batch_stats().unwrap();
+    match e.search_text_within("a garden in spring", 5, None, past) {
+        Err(Error::DeadlineExceeded { stage }) => assert_eq!(stage, "encode"),
+        other => panic!("expected DeadlineExceeded, got {other:?}"),
+    }
+    assert_eq!(enc.batch_stats().unwrap(), before, "the encoder ran anyway");
+    // With time left, the same calls answer.
+    let later = Deadline::after(Duration::from_secs(30));
+    let opts = RecommendOptions {
+        k: 5,
+        deadline: later,
+        ..Default::default()
+    };
+    assert_eq!(e.recommend(UserRef::Id(&user), &opts).unwrap().len(), 5);
+    assert_eq!(
+        e.search_text_within("a garden in spring", 5, None, later)
+            .unwrap()
+            .len(),
+        5
+    );
+}
+
+/// The Prometheus endpoint answers during load with requests by RPC and
+/// code, per-RPC and per-stage latency histograms, requests in flight and the
+/// served generation's gauges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_scraped_during_load() {
+    let metrics = vecrec::telemetry::serve("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let server = start(Config::default()).await;
+    let e = Engine::open(&sample_index().root, Config::default(), None).unwrap();
+    let user = e.users().id(1).to_owned();
+    let item = e.index().store().external_id(7).to_owned();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut load = Vec::new();
+    for i in 0..4 {
+        let mut c = server.client.clone();
+        let (user, item) = (user.clone(), item.clone());
+        load.push(tokio::spawn(async move {
+            // Bounded: 60 rounds or 20 s.
+            for _ in 0..60 {
+                if Instant::now() > deadline {
+                    break;
+                }
+                c.recommend(pb::RecommendRequest {
+                    user_id: user.clone(),
+                    k: 5,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+                c.similar_items(pb::SimilarItemsRequest {
+                    item_id: item.clone(),
+                    k: 5,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+                c.search_text(pb::SearchTextRequest {
+                    query: format!("a garden in spring {i}"),
+                    k: 5,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+                let _ = c
+                    .get_item(pb::GetItemRequest {
+                        id: "no-such-item".into(),
+                    })
+                    .await;
+            }
+        }));
+    }
+    // Scrape while the load runs.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let during = scrape(metrics).await;
+    assert!(
+        load.iter().any(|t| !t.is_finished()),
+        "the load ended before the scrape"
+    );
+    for t in load {
+        t.await.unwrap();
+    }
+    let after = scrape(metrics).await;
+    for text in [&during, &after] {
+        assert!(text.contains("vecrec_requests_in_flight"), "{text}");
+        assert!(text.contains("vecrec_items "), "{text}");
+        assert!(text.contains("vecrec_generation "), "{text}");
+    }
+    let ok_during = value(
+        &during,
+        r#"vecrec_requests_total{rpc="Recommend",code="OK"}"#,
+    );
+    let ok_after = value(
+        &after,
+        r#"vecrec_requests_total{rpc="Recommend",code="OK"}"#,
+    );
+    assert!(
+        ok_after > ok_during && ok_during > 0.0,
+        "{ok_during} then {ok_after}"
+    );
+    assert!(
+        value(
+            &after,
+            r#"vecrec_requests_total{rpc="GetItem",code="NOT_FOUND"}"#
+        ) >= 240.0
+    );
+    assert!(
+        value(
+            &after,
+            r#"vecrec_requests_total{rpc="SimilarItems",code="OK"}"#
+        ) >= 240.0
+    );
+    // Other tests in this binary serve too: the gauge shows some index.
+    assert!(value(&after, "vecrec_items ") > 0.0, "{after}");
+    for series in [
+        r#"vecrec_request_duration_seconds_count{rpc="SearchText"}"#,
+        r#"vecrec_stage_duration_seconds_count{stage="encode"}"#,
+        r#"vecrec_stage_duration_seconds_count{stage="source_ease"}"#,
+        r#"vecrec_stage_duration_seconds_count{stage="source_two_tower"}"#,
+        r#"vecrec_stage_duration_seconds_count{stage="rerank"}"#,
+        r#"vecrec_stage_duration_seconds_count{stage="fusion"}"#,
+        r#"vecrec_stage_duration_seconds_count{stage="search"}"#,
+    ] {
+        assert!(value(&after, series) > 0.0, "{series} missing in\n{after}");
+    }
+    assert!(
+        after.contains("vecrec_request_duration_seconds_bucket{rpc=\"Recommend\",le=\"0.001\"}")
+    );
+    server.shut_down().await;
+}
+
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out
+}
+
+/// The value of the series that starts a line with `key`, 0 when absent.
+fn value(text: &str, key: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
