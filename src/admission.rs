@@ -1,62 +1,118 @@
 //! Admission control: a bound on requests worked on at once and on requests
-//! waiting for a place, over all connections.
+//! waiting for a place.
 //!
 //! A request that finds a free place starts at once. One that finds none
-//! waits in line while the line is shorter than `max_queued`, for at most
-//! `max_wait` and never past its deadline; one that finds the line full is
-//! refused at once with [`Error::Overloaded`] (`RESOURCE_EXHAUSTED`), so
-//! beyond capacity the server sheds instead of queueing without bound, and
-//! the requests it admits keep their latency. (The bound on work in progress
-//! and the short line in front of it follow the usual practice for CPU-bound
-//! servers; an unbounded line only turns overload into timeouts for
-//! everybody.)
+//! waits in line, for at most `max_wait` and never past its deadline. The
+//! line holds at most `max_queued` requests, so beyond capacity the server
+//! sheds (`RESOURCE_EXHAUSTED`) instead of queueing without bound.
+//!
+//! The line is first come, first served while it has room: a burst, or a
+//! client with more callers than places, waits its turn and nobody is
+//! refused. Once the line is full the server is overloaded, and the line
+//! turns *last come, first served* for [`LIFO_HOLD`] after the last time it
+//! was full (adaptive LIFO, as Facebook's servers and Wangle do): an arrival
+//! takes the place of the request that has waited longest, which is answered
+//! `RESOURCE_EXHAUSTED` at that moment, and a freed place goes to the newest
+//! request. Under sustained overload the requests that are served have
+//! hardly waited, so their latency stays near the unloaded latency, and the
+//! ones refused are those whose callers have waited longest, not the ones
+//! that just arrived. A line of `max_queued` 0 refuses every request that
+//! finds no free place.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
 
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::telemetry;
 
-/// The limits and the state of the line.
+/// How long the line stays last-come-first-served after it was last full.
+pub const LIFO_HOLD: Duration = Duration::from_millis(100);
+
+/// The limits and the state of one line.
 #[derive(Debug)]
 pub struct Admission {
-    places: Arc<Semaphore>,
+    name: &'static str,
     limit: usize,
-    queued: AtomicUsize,
     max_queued: usize,
     max_wait: Option<Duration>,
+    state: Mutex<State>,
 }
 
-/// A place held by an admitted request; dropping it frees the place.
+#[derive(Debug, Default)]
+struct State {
+    in_flight: usize,
+    line: VecDeque<Waiter>,
+    next_id: u64,
+    /// Last come, first served until then.
+    lifo_until: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    id: u64,
+    arrived: Instant,
+    /// `Ok`: a place was handed over; `Err`: displaced from a full line.
+    tell: oneshot::Sender<std::result::Result<(), Duration>>,
+}
+
+/// A place held by an admitted request; dropping it hands the place to the
+/// next request in line, or frees it.
 #[derive(Debug)]
 pub struct Permit {
-    _permit: OwnedSemaphorePermit,
     admission: Arc<Admission>,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        // The permit field is released after this body runs, so count it as gone.
-        metrics::gauge!(telemetry::IN_FLIGHT)
-            .set(self.admission.in_flight().saturating_sub(1) as f64);
+        self.admission.release();
+    }
+}
+
+/// Takes a waiter out of the line when its wait ends some other way (the
+/// deadline, the wait bound, or the caller going away); a place handed over
+/// meanwhile is passed on.
+struct Leave<'a> {
+    admission: &'a Admission,
+    id: u64,
+    /// `None` once the answer has been taken.
+    told: Option<oneshot::Receiver<std::result::Result<(), Duration>>>,
+}
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        {
+            let mut s = self.admission.state.lock();
+            s.line.retain(|w| w.id != self.id);
+            self.admission.gauges(&s);
+        }
+        // Anything sent was sent under the lock, so it is visible now.
+        if let Some(Ok(Ok(()))) = self.told.as_mut().map(|t| t.try_recv()) {
+            self.admission.release();
+        }
     }
 }
 
 impl Admission {
-    /// At most `limit` requests at once (at least 1), `max_queued` waiting,
-    /// each for at most `max_wait` (`None`: until its deadline).
-    pub fn new(limit: usize, max_queued: usize, max_wait: Option<Duration>) -> Arc<Self> {
-        let limit = limit.max(1);
+    /// A line named `name` (the `line` label of its metrics): at most `limit`
+    /// requests at once (at least 1), `max_queued` waiting, each for at most
+    /// `max_wait` (`None`: until its deadline).
+    pub fn new(
+        name: &'static str,
+        limit: usize,
+        max_queued: usize,
+        max_wait: Option<Duration>,
+    ) -> Arc<Self> {
         Arc::new(Self {
-            places: Arc::new(Semaphore::new(limit)),
-            limit,
-            queued: AtomicUsize::new(0),
+            name,
+            limit: limit.max(1),
             max_queued,
             max_wait,
+            state: Mutex::new(State::default()),
         })
     }
 
@@ -65,70 +121,147 @@ impl Admission {
         self.limit
     }
 
+    /// Most requests waiting at once.
+    pub fn max_queued(&self) -> usize {
+        self.max_queued
+    }
+
     /// Requests being worked on now.
     pub fn in_flight(&self) -> usize {
-        self.limit - self.places.available_permits()
+        self.state.lock().in_flight
     }
 
     /// Requests waiting now.
     pub fn queued(&self) -> usize {
-        self.queued.load(Ordering::Relaxed)
+        self.state.lock().line.len()
     }
 
-    /// Admits a request of `rpc` due by `deadline`: a place now, a place after
-    /// a wait in line, or an error at once when the line is full
-    /// ([`Error::Overloaded`]), after `max_wait` in line (the same), or when
-    /// the deadline passes in line ([`Error::DeadlineExceeded`]).
+    fn gauges(&self, s: &State) {
+        metrics::gauge!(telemetry::IN_FLIGHT, "line" => self.name).set(s.in_flight as f64);
+        metrics::gauge!(telemetry::QUEUED, "line" => self.name).set(s.line.len() as f64);
+    }
+
+    fn shed(&self, rpc: &'static str, reason: &'static str) {
+        metrics::counter!(telemetry::SHED, "rpc" => rpc, "line" => self.name, "reason" => reason)
+            .increment(1);
+    }
+
+    /// Admits a request of `rpc` due by `deadline`: a place now, or a place
+    /// after a wait in line; [`Error::Overloaded`] at once when there is no
+    /// line, when displaced from a full line, or after `max_wait`;
+    /// [`Error::DeadlineExceeded`] when the deadline passes in line.
     pub async fn admit(self: &Arc<Self>, rpc: &'static str, deadline: Deadline) -> Result<Permit> {
-        let held = |p| {
-            metrics::gauge!(telemetry::IN_FLIGHT).set(self.in_flight() as f64);
-            Permit {
-                _permit: p,
-                admission: self.clone(),
-            }
-        };
-        if let Ok(p) = self.places.clone().try_acquire_owned() {
-            return Ok(held(p));
-        }
-        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.max_queued {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
-            metrics::counter!(telemetry::SHED, "rpc" => rpc, "reason" => "queue_full").increment(1);
-            return Err(Error::Overloaded(format!(
-                "{} requests in progress and {} waiting; try again later",
-                self.limit, self.max_queued
-            )));
-        }
-        metrics::gauge!(telemetry::QUEUED).set(self.queued() as f64);
         let arrived = Instant::now();
-        let wait_until = self.max_wait.and_then(|w| arrived.checked_add(w));
-        let until = match (wait_until, deadline.instant()) {
+        let (tell, told) = oneshot::channel();
+        let id = {
+            let mut s = self.state.lock();
+            if s.in_flight < self.limit {
+                s.in_flight += 1;
+                self.gauges(&s);
+                return Ok(Permit {
+                    admission: self.clone(),
+                });
+            }
+            if self.max_queued == 0 {
+                drop(s);
+                self.shed(rpc, "no_line");
+                return Err(Error::Overloaded(format!(
+                    "{} requests in progress and no line; try again later",
+                    self.limit
+                )));
+            }
+            if s.line.len() >= self.max_queued {
+                s.lifo_until = arrived.checked_add(LIFO_HOLD);
+                if let Some(oldest) = s.line.pop_front() {
+                    let _ = oldest.tell.send(Err(arrived - oldest.arrived));
+                }
+            }
+            let id = s.next_id;
+            s.next_id += 1;
+            s.line.push_back(Waiter { id, arrived, tell });
+            self.gauges(&s);
+            id
+        };
+        let mut leave = Leave {
+            admission: self,
+            id,
+            told: Some(told),
+        };
+        let until = match (
+            self.max_wait.and_then(|w| arrived.checked_add(w)),
+            deadline.instant(),
+        ) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let acquire = self.places.clone().acquire_owned();
-        let got = match until {
-            Some(t) => tokio::time::timeout_at(t.into(), acquire).await.ok(),
-            None => Some(acquire.await),
+        let told = leave.told.as_mut().expect("set above");
+        let answer = match until {
+            Some(t) => tokio::time::timeout_at(t.into(), told).await.ok(),
+            None => Some(told.await),
         };
-        self.queued.fetch_sub(1, Ordering::AcqRel);
-        metrics::gauge!(telemetry::QUEUED).set(self.queued() as f64);
+        if answer.is_some() {
+            // Answered: nothing is left to pass on.
+            leave.told = None;
+        }
+        drop(leave);
         telemetry::stage("queue", arrived.elapsed().as_secs_f64());
-        match got {
-            Some(Ok(p)) => Ok(held(p)),
-            Some(Err(_)) => Err(Error::Overloaded("the server is shutting down".into())),
-            None if deadline.expired() => {
-                deadline.check("admission")?;
-                unreachable!("an expired deadline fails its check")
-            }
-            None => {
-                metrics::counter!(telemetry::SHED, "rpc" => rpc, "reason" => "queue_wait")
-                    .increment(1);
+        match answer {
+            Some(Ok(Ok(()))) => Ok(Permit {
+                admission: self.clone(),
+            }),
+            Some(Ok(Err(waited))) => {
+                self.shed(rpc, "displaced");
                 Err(Error::Overloaded(format!(
-                    "no place freed within {} ms; try again later",
-                    self.max_wait.unwrap_or_default().as_millis()
+                    "overloaded: the line of {} was full and this request, the longest waiting \
+                     ({} ms), gave its place to a newer one; try again later",
+                    self.max_queued,
+                    waited.as_millis()
                 )))
             }
+            Some(Err(_)) => Err(Error::Overloaded("the server is shutting down".into())),
+            None => self.timed_out(rpc, deadline),
         }
+    }
+
+    /// The wait ended by the clock (a place handed over meanwhile has been
+    /// passed on).
+    fn timed_out(self: &Arc<Self>, rpc: &'static str, deadline: Deadline) -> Result<Permit> {
+        if deadline.expired() {
+            deadline.check("admission")?;
+        }
+        self.shed(rpc, "queue_wait");
+        Err(Error::Overloaded(format!(
+            "no place freed within {} ms; try again later",
+            self.max_wait.unwrap_or_default().as_millis()
+        )))
+    }
+
+    /// A place is given back: it goes to a request in line (the oldest, or
+    /// the newest while the line is last come, first served), else it is freed.
+    fn release(&self) {
+        let mut s = self.state.lock();
+        let now = Instant::now();
+        let lifo = s.lifo_until.is_some_and(|t| now < t);
+        loop {
+            let next = if lifo {
+                s.line.pop_back()
+            } else {
+                s.line.pop_front()
+            };
+            match next {
+                // A waiter whose caller went away (its receiver dropped) is skipped.
+                Some(w) => {
+                    if w.tell.send(Ok(())).is_ok() {
+                        break;
+                    }
+                }
+                None => {
+                    s.in_flight -= 1;
+                    break;
+                }
+            }
+        }
+        self.gauges(&s);
     }
 }
 
@@ -136,37 +269,96 @@ impl Admission {
 mod tests {
     use super::*;
 
+    async fn until_queued(a: &Admission, n: usize) {
+        let t = Instant::now();
+        while a.queued() < n {
+            assert!(t.elapsed() < Duration::from_secs(5), "never {n} in line");
+            tokio::task::yield_now().await;
+        }
+    }
+
     #[tokio::test]
-    async fn beyond_the_line_a_request_is_refused_at_once() {
-        let a = Admission::new(2, 1, None);
+    async fn without_a_line_a_request_is_refused_at_once() {
+        let a = Admission::new("t", 2, 0, None);
         let p1 = a.admit("t", Deadline::NONE).await.unwrap();
         let _p2 = a.admit("t", Deadline::NONE).await.unwrap();
         assert_eq!(a.in_flight(), 2);
-        // The third waits in line; the fourth finds the line full.
-        let a3 = a.clone();
-        let waiter = tokio::spawn(async move { a3.admit("t", Deadline::NONE).await });
-        while a.queued() == 0 {
-            tokio::task::yield_now().await;
-        }
         let started = Instant::now();
         let refused = a.admit("t", Deadline::NONE).await;
         assert!(matches!(refused, Err(Error::Overloaded(_))), "{refused:?}");
-        assert!(
-            started.elapsed() < Duration::from_millis(100),
-            "refusal was not immediate"
-        );
-        // Freeing a place admits the one in line.
+        assert!(started.elapsed() < Duration::from_millis(100));
         drop(p1);
-        let p3 = waiter.await.unwrap().unwrap();
-        assert_eq!(a.queued(), 0);
-        assert_eq!(a.in_flight(), 2);
-        drop(p3);
         assert_eq!(a.in_flight(), 1);
+        let _p3 = a.admit("t", Deadline::NONE).await.unwrap();
+        assert_eq!(a.in_flight(), 2);
+    }
+
+    /// With room in the line, places go in arrival order.
+    #[tokio::test]
+    async fn a_line_with_room_is_first_come_first_served() {
+        let a = Admission::new("t", 1, 4, None);
+        let p = a.admit("t", Deadline::NONE).await.unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for i in 0..3 {
+            let (a2, tx) = (a.clone(), tx.clone());
+            tokio::spawn(async move {
+                let p = a2.admit("t", Deadline::NONE).await.unwrap();
+                tx.send(i).unwrap();
+                drop(p);
+            });
+            until_queued(&a, i + 1).await;
+        }
+        drop(p);
+        let order: Vec<usize> = vec![
+            rx.recv().await.unwrap(),
+            rx.recv().await.unwrap(),
+            rx.recv().await.unwrap(),
+        ];
+        assert_eq!(order, vec![0, 1, 2]);
+        assert_eq!(a.in_flight(), 0);
+    }
+
+    /// A full line sheds its longest-waiting request, takes the newcomer and
+    /// serves the newest first.
+    #[tokio::test]
+    async fn a_full_line_sheds_the_oldest_and_serves_the_newest() {
+        let a = Admission::new("t", 1, 2, None);
+        let p = a.admit("t", Deadline::NONE).await.unwrap();
+        let mut waiting = Vec::new();
+        for i in 0..3usize {
+            let a2 = a.clone();
+            waiting.push(tokio::spawn(async move {
+                a2.admit("t", Deadline::NONE).await.map(|p| (i, p))
+            }));
+            until_queued(&a, (i + 1).min(2)).await;
+            if i == 2 {
+                // The first waiter is displaced as the third arrives.
+                tokio::time::timeout(Duration::from_secs(5), async {
+                    while !waiting[0].is_finished() {
+                        tokio::task::yield_now().await;
+                    }
+                })
+                .await
+                .unwrap();
+            }
+        }
+        let first = waiting.remove(0).await.unwrap();
+        assert!(matches!(first, Err(Error::Overloaded(_))), "{first:?}");
+        // The freed place goes to the newest (the third), not the second.
+        drop(p);
+        let third = waiting.pop().unwrap().await.unwrap().unwrap();
+        assert_eq!(third.0, 2);
+        assert!(!waiting[0].is_finished());
+        drop(third);
+        let second = waiting.pop().unwrap().await.unwrap().unwrap();
+        assert_eq!(second.0, 1);
+        drop(second);
+        assert_eq!((a.in_flight(), a.queued()), (0, 0));
     }
 
     #[tokio::test]
     async fn a_wait_in_line_ends_at_the_deadline_or_the_wait_bound() {
-        let a = Admission::new(1, 4, None);
+        let a = Admission::new("t", 1, 4, None);
         let _p = a.admit("t", Deadline::NONE).await.unwrap();
         let r = a
             .admit("t", Deadline::after(Duration::from_millis(20)))
@@ -176,9 +368,26 @@ mod tests {
             "{r:?}"
         );
         assert_eq!(a.queued(), 0);
-        let b = Admission::new(1, 4, Some(Duration::from_millis(20)));
+        let b = Admission::new("t", 1, 4, Some(Duration::from_millis(20)));
         let _q = b.admit("t", Deadline::NONE).await.unwrap();
         let r = b.admit("t", Deadline::NONE).await;
         assert!(matches!(r, Err(Error::Overloaded(_))), "{r:?}");
+        assert_eq!(b.queued(), 0);
+    }
+
+    /// A caller that goes away while in line leaves it, and a place freed
+    /// later is not handed to it.
+    #[tokio::test]
+    async fn a_caller_gone_from_the_line_gets_no_place() {
+        let a = Admission::new("t", 1, 4, None);
+        let p = a.admit("t", Deadline::NONE).await.unwrap();
+        let a2 = a.clone();
+        let gone = tokio::spawn(async move { a2.admit("t", Deadline::NONE).await.map(|_| ()) });
+        until_queued(&a, 1).await;
+        gone.abort();
+        let _ = gone.await;
+        assert_eq!(a.queued(), 0);
+        drop(p);
+        assert_eq!(a.in_flight(), 0);
     }
 }

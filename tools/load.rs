@@ -192,7 +192,7 @@ impl Workload {
         &self,
         client: &mut RecommenderClient<Channel>,
         rng: &mut ChaCha8Rng,
-    ) -> Result<(), tonic::Code> {
+    ) -> Result<(), tonic::Status> {
         fn pick<'a>(rng: &mut ChaCha8Rng, v: &'a [String]) -> &'a str {
             &v[rng.gen_range(0..v.len())]
         }
@@ -280,7 +280,7 @@ impl Workload {
                     .map(drop)
             }
         };
-        r.map_err(|s| s.code())
+        r
     }
 }
 
@@ -340,6 +340,8 @@ fn read_interactions(
 struct Tally {
     latency_us: Mutex<Histogram<u64>>,
     errors: Mutex<BTreeMap<String, u64>>,
+    /// The first message seen for each status code.
+    examples: Mutex<BTreeMap<String, String>>,
     requests: AtomicU64,
 }
 
@@ -348,18 +350,26 @@ impl Tally {
         Ok(Self {
             latency_us: Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3)?),
             errors: Mutex::new(BTreeMap::new()),
+            examples: Mutex::new(BTreeMap::new()),
             requests: AtomicU64::new(0),
         })
     }
 
-    fn record(&self, result: Result<(), tonic::Code>, latency: Duration) {
+    fn record(&self, result: Result<(), tonic::Status>, latency: Duration) {
         self.requests.fetch_add(1, Ordering::Relaxed);
         match result {
             Ok(()) => {
                 let us = (latency.as_micros() as u64).clamp(1, 600_000_000);
                 self.latency_us.lock().saturating_record(us);
             }
-            Err(code) => self.error(code_name(code)),
+            Err(status) => {
+                let name = code_name(status.code());
+                self.error(name);
+                self.examples
+                    .lock()
+                    .entry(name.to_owned())
+                    .or_insert_with(|| format!("{status:?}"));
+            }
         }
     }
 
@@ -547,5 +557,8 @@ async fn drive(a: Args, work: Arc<Workload>) -> anyhow::Result<()> {
         ms(0.99).unwrap_or(f64::NAN),
         errors
     );
+    for (code, message) in tally.examples.lock().iter() {
+        eprintln!("vecrec-load: first {code}: {message}");
+    }
     Ok(())
 }

@@ -8,7 +8,8 @@
 //! intra-op thread, so the workers, not ONNX Runtime's own pools, decide how
 //! many cores encode, and nothing is oversubscribed on top of the tokio and
 //! rayon threads. A worker that comes free takes every request waiting, up to
-//! `max_texts` texts (a request is never split); when it has fewer, it waits
+//! `max_texts` texts (a request is split only when it arrives to an empty
+//! line and several workers are idle: then over those workers); when it has fewer, it waits
 //! for more until `max_wait` has passed since the oldest request it holds
 //! arrived, and only under load: while another worker is busy or when the
 //! last batch joined several requests (a lone client's requests come one at a
@@ -40,6 +41,12 @@ struct Job {
     deadline: Deadline,
     arrived: Instant,
     reply: Reply,
+    /// Requests this job answers: 1, or 0 for the second and later parts of
+    /// a request split over idle workers.
+    requests: u64,
+    /// A part of a split request: a batch of its own, so the parts run on
+    /// different workers.
+    solo: bool,
 }
 
 #[derive(Default)]
@@ -65,7 +72,8 @@ struct Shared {
 pub struct BatchStats {
     /// Forward passes run.
     pub batches: u64,
-    /// Requests answered with vectors (expired ones excluded).
+    /// Requests answered with vectors (expired ones excluded; a request
+    /// split over idle workers counts once).
     pub requests: u64,
     /// Most requests joined into one pass.
     pub largest: usize,
@@ -113,25 +121,57 @@ impl Batcher {
     }
 
     /// Encodes `texts` (at most `max_texts`) with whatever else is waiting;
-    /// blocks the calling thread until the answer.
+    /// blocks the calling thread until the answer. When the line is empty
+    /// and several workers are idle, the texts are split over them, so a
+    /// lone batch request (Embed, UpsertItems) uses every core instead of one.
     pub(crate) fn encode(&self, texts: Vec<String>, deadline: Deadline) -> Result<Vec<Vec<f32>>> {
-        let (reply, answer) = sync_channel(1);
-        {
+        let answers = {
             let mut line = self.shared.line.lock();
             if line.closed {
                 return Err(Error::Encoder("the encoder is shutting down".into()));
             }
-            line.jobs.push_back(Job {
-                texts,
-                deadline,
-                arrived: Instant::now(),
-                reply,
-            });
+            let idle = self
+                .workers
+                .len()
+                .saturating_sub(self.shared.busy.load(Ordering::Acquire));
+            let parts = if line.jobs.is_empty() {
+                idle.clamp(1, texts.len().max(1))
+            } else {
+                1
+            };
+            let arrived = Instant::now();
+            let mut answers = Vec::with_capacity(parts);
+            let mut rest = texts;
+            for part in 0..parts {
+                let n = rest.len().div_ceil(parts - part);
+                let tail = rest.split_off(n);
+                let (reply, answer) = sync_channel(1);
+                line.jobs.push_back(Job {
+                    texts: std::mem::replace(&mut rest, tail),
+                    deadline,
+                    arrived,
+                    reply,
+                    requests: u64::from(part == 0),
+                    solo: parts > 1,
+                });
+                answers.push(answer);
+            }
+            answers
+        };
+        if answers.len() > 1 {
+            self.shared.arrived.notify_all();
+        } else {
+            self.shared.arrived.notify_one();
         }
-        self.shared.arrived.notify_one();
-        answer
-            .recv()
-            .map_err(|_| Error::Encoder("an encoder worker stopped".into()))?
+        let mut out = Vec::new();
+        for answer in answers {
+            out.extend(
+                answer
+                    .recv()
+                    .map_err(|_| Error::Encoder("an encoder worker stopped".into()))??,
+            );
+        }
+        Ok(out)
     }
 }
 
@@ -149,7 +189,8 @@ impl Drop for Batcher {
 /// one job when the batch is still empty).
 fn take(line: &mut Line, batch: &mut Vec<Job>, texts: &mut usize, max_texts: usize) {
     while let Some(next) = line.jobs.front() {
-        if !batch.is_empty() && *texts + next.texts.len() > max_texts {
+        let alone = next.solo || batch.first().is_some_and(|j: &Job| j.solo);
+        if !batch.is_empty() && (alone || *texts + next.texts.len() > max_texts) {
             break;
         }
         *texts += next.texts.len();
@@ -176,7 +217,7 @@ fn work(shared: &Shared, core: &Core) {
             let load = shared.busy.load(Ordering::Acquire) > 0
                 || shared.last_batch.load(Ordering::Relaxed) > 1;
             let until = batch[0].arrived + shared.max_wait;
-            while load && texts < shared.max_texts && !line.closed {
+            while load && !batch[0].solo && texts < shared.max_texts && !line.closed {
                 if shared.arrived.wait_until(&mut line, until).timed_out() {
                     take(&mut line, &mut batch, &mut texts, shared.max_texts);
                     break;
@@ -218,7 +259,7 @@ fn run(core: &Core, batch: Vec<Job>, stats: &Mutex<BatchStats>) {
     {
         let mut s = stats.lock();
         s.batches += 1;
-        s.requests += live.len() as u64;
+        s.requests += live.iter().map(|j| j.requests).sum::<u64>();
         s.largest = s.largest.max(live.len());
     }
     metrics::histogram!(telemetry::ENCODER_BATCH_TEXTS).record(all.len() as f64);
@@ -254,6 +295,8 @@ mod tests {
                 deadline: Deadline::NONE,
                 arrived: Instant::now(),
                 reply,
+                requests: 1,
+                solo: false,
             },
             rx,
         )
@@ -281,5 +324,16 @@ mod tests {
         let (mut batch, mut texts) = (Vec::new(), 0);
         take(&mut line, &mut batch, &mut texts, 8);
         assert_eq!((batch.len(), texts), (1, 20));
+        // The parts of a split request each make a batch of their own.
+        let mut line = Line::default();
+        for _ in 0..2 {
+            let (mut j, rx) = job(3);
+            j.solo = true;
+            line.jobs.push_back(j);
+            keep.push(rx);
+        }
+        let (mut batch, mut texts) = (Vec::new(), 0);
+        take(&mut line, &mut batch, &mut texts, 8);
+        assert_eq!((batch.len(), texts, line.jobs.len()), (1, 3, 1));
     }
 }

@@ -1,9 +1,10 @@
 //! The tonic gRPC service `vecrec.v1.Recommender`, with the standard health
 //! service and server reflection.
 //!
-//! Every `Recommender` call passes admission control first (a global bound on
-//! requests in progress and on the line in front of them; beyond it
-//! `RESOURCE_EXHAUSTED` at once, see [`crate::admission`]), carries its
+//! Every `Recommender` call passes admission control first (a bound on
+//! requests in progress and on the line in front of them, one line for
+//! Recommend and writes and one for the rest; beyond it
+//! `RESOURCE_EXHAUSTED`, see [`crate::admission`]), carries its
 //! deadline (the client's `grpc-timeout`, capped by
 //! `server.request_timeout_ms`) into the engine, which checks it between
 //! stages, and runs the engine on the blocking thread pool (encoding and
@@ -49,20 +50,21 @@ use pb::recommender_server::{Recommender, RecommenderServer};
 #[derive(Clone, Debug)]
 pub struct Service {
     slot: Arc<EngineSlot>,
+    /// The line of SimilarItems and encoder calls (see [`Work`]).
     admission: Arc<Admission>,
-    /// Places for calls that compute on their own thread (see [`Work`]).
-    cpu: Arc<tokio::sync::Semaphore>,
+    /// The line of calls that compute on their own thread (see [`Work`]).
+    cpu: Arc<Admission>,
     default_timeout: Duration,
 }
 
 /// Where a call's work runs, which decides whether it needs a CPU place.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Work {
-    /// On the call's own thread (Recommend, DeleteItems,
-    /// RecordEvents): at most `server.max_cpu_requests` run at once, the
-    /// rest wait in arrival order. More threads than cores only time-slice
-    /// each other, which stretches every request's latency (and the tail
-    /// most) without adding throughput.
+    /// On the call's own thread (Recommend, DeleteItems, RecordEvents), in
+    /// a line of its own: at most `server.max_cpu_requests` run at once, the
+    /// rest wait in line. More threads than cores only time-slice each other,
+    /// which stretches every request's latency (and the tail most) without
+    /// adding throughput.
     Cpu,
     /// So short (one index search, well under a millisecond) that handing
     /// it to another thread costs a good part of its time: runs on the
@@ -78,31 +80,41 @@ impl Service {
     /// A service answering from whatever engine `slot` holds, with the
     /// admission limits and default deadline of `cfg`.
     pub fn new(slot: Arc<EngineSlot>, cfg: &ServerConfig) -> Self {
+        let max_wait =
+            (cfg.max_queue_wait_ms > 0).then(|| Duration::from_millis(cfg.max_queue_wait_ms));
         Self {
             slot,
             admission: Admission::new(
+                "requests",
                 cfg.in_flight_limit(),
                 cfg.max_queued_requests,
-                (cfg.max_queue_wait_ms > 0).then(|| Duration::from_millis(cfg.max_queue_wait_ms)),
+                max_wait,
             ),
-            cpu: Arc::new(tokio::sync::Semaphore::new(cfg.cpu_limit())),
+            cpu: Admission::new("cpu", cfg.cpu_limit(), cfg.max_queued_requests, max_wait),
             default_timeout: Duration::from_millis(cfg.request_timeout_ms),
         }
     }
 
-    /// The admission control in front of every call.
+    /// The line of SimilarItems and encoder calls.
     pub fn admission(&self) -> &Arc<Admission> {
         &self.admission
     }
 
-    /// The deadline of `req`: its `grpc-timeout`, at most the server's default.
+    /// The line of Recommend and write calls.
+    pub fn cpu_admission(&self) -> &Arc<Admission> {
+        &self.cpu
+    }
+
+    /// The deadline of `req`: its `grpc-timeout`, at most the server's
+    /// default, less [`deadline_margin`].
     fn deadline<R>(&self, req: &Request<R>) -> Deadline {
         let client = req
             .metadata()
             .get("grpc-timeout")
             .and_then(|v| v.to_str().ok())
             .and_then(parse_grpc_timeout);
-        Deadline::after(client.map_or(self.default_timeout, |c| c.min(self.default_timeout)))
+        let timeout = client.map_or(self.default_timeout, |c| c.min(self.default_timeout));
+        Deadline::after(timeout - deadline_margin(timeout))
     }
 
     /// Admits the call, then runs `f` on the blocking pool with the engine
@@ -120,33 +132,19 @@ impl Service {
     {
         let started = Instant::now();
         let result = async {
-            let permit = self.admission.admit(rpc, deadline).await?;
-            let cpu = match work {
-                Work::Inline => {
-                    deadline.check("start")?;
-                    let _permit = permit;
-                    return f(&self.slot.get(), deadline);
-                }
-                Work::Encoder => None,
-                Work::Cpu => {
-                    let wait = self.cpu.clone().acquire_owned();
-                    let got = match deadline.instant() {
-                        Some(t) => tokio::time::timeout_at(t.into(), wait).await.ok(),
-                        None => Some(wait.await),
-                    };
-                    match got {
-                        Some(Ok(p)) => Some(p),
-                        Some(Err(_)) => return Err(Error::Overloaded("shutting down".into())),
-                        None => {
-                            deadline.check("start")?;
-                            None
-                        }
-                    }
-                }
+            let line = match work {
+                Work::Cpu => &self.cpu,
+                Work::Inline | Work::Encoder => &self.admission,
             };
+            let permit = line.admit(rpc, deadline).await?;
+            if work == Work::Inline {
+                deadline.check("start")?;
+                let _permit = permit;
+                return f(&self.slot.get(), deadline);
+            }
             let engine = self.slot.get();
             tokio::task::spawn_blocking(move || {
-                let _permits = (permit, cpu);
+                let _permit = permit;
                 deadline.check("start")?;
                 f(&engine, deadline)
             })
@@ -481,6 +479,7 @@ pub async fn serve(
     let service = Service::new(slot, &cfg);
     tracing::info!(
         in_flight = service.admission().in_flight_limit(),
+        cpu_in_flight = service.cpu_admission().in_flight_limit(),
         queue = cfg.max_queued_requests,
         "admission control"
     );
@@ -500,6 +499,16 @@ pub async fn serve(
         task.abort();
     }
     Ok(())
+}
+
+/// How much sooner than the client's deadline the server gives up: 2 ms
+/// (a tenth of very short timeouts). tonic's transport also times the
+/// `grpc-timeout` and answers `CANCELLED` ("Timeout expired") at the
+/// deadline itself; stopping a little sooner lets the server answer
+/// `DEADLINE_EXCEEDED` naming the stage it stopped before, and the answer
+/// reaches the client while it still listens.
+fn deadline_margin(timeout: Duration) -> Duration {
+    (timeout / 10).min(Duration::from_millis(2))
 }
 
 /// The accepted connections of `listener`, each with `TCP_NODELAY` and (when

@@ -16,6 +16,7 @@ use crate::common::{encoder, sample_index};
 
 struct Server {
     client: RecommenderClient<tonic::transport::Channel>,
+    addr: std::net::SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     handle: tokio::task::JoinHandle<()>,
 }
@@ -54,6 +55,7 @@ async fn start(cfg: Config) -> Server {
     };
     Server {
         client,
+        addr,
         stop: Some(tx),
         handle,
     }
@@ -142,16 +144,13 @@ async fn beyond_capacity_calls_are_refused_at_once() {
     server.shut_down().await;
 }
 
-/// A call whose deadline passes while it waits in line is answered when the
-/// deadline passes, not when a place frees, and its work never starts. The
-/// tonic client enforces the same deadline, so either side may answer first;
-/// the server's own record (`vecrec_deadline_stops_total{stage="admission"}`)
-/// shows it carried the client's `grpc-timeout` and stopped the call itself
-/// while the place was still taken.
+/// A call whose deadline passes while it waits in line is answered
+/// DEADLINE_EXCEEDED by the server when the deadline passes, not when a
+/// place frees, and its work never starts. The call goes over a raw HTTP/2
+/// stream with a `grpc-timeout` header, since tonic's client would enforce
+/// the deadline itself and cancel first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_past_its_deadline_stops_before_its_work() {
-    let metrics = vecrec::telemetry::recorder().unwrap();
-    let stops = || admission_stops(&metrics.render());
     let mut cfg = Config::default();
     cfg.server.max_concurrent_requests = 1;
     cfg.server.max_queued_requests = 8;
@@ -163,58 +162,73 @@ async fn a_call_past_its_deadline_stops_before_its_work() {
     let hog = tokio::spawn(async move { busy.embed(pb::EmbedRequest { texts }).await });
     // Let the heavy call take the only place.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let before = stops();
-    let mut c = server.client.clone();
-    let mut req = tonic::Request::new(pb::SimilarItemsRequest {
+    let request = pb::SimilarItemsRequest {
         item_id,
         k: 5,
         ..Default::default()
-    });
-    req.set_timeout(Duration::from_millis(150));
-    let t = Instant::now();
-    let answer = c.similar_items(req).await;
-    let waited = t.elapsed();
-    let err = match answer {
-        Err(e) => e,
-        Ok(_) => panic!(
-            "answered after {waited:?}; the heavy call: {:?}",
-            hog.await.unwrap().map(|r| r.into_inner().embeddings.len())
-        ),
     };
-    assert!(
-        matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled),
-        "{err:?}"
-    );
-    if err.code() == Code::DeadlineExceeded {
-        assert!(err.message().contains("admission"), "{}", err.message());
-    }
-    assert!(
-        waited < Duration::from_secs(2),
-        "the expired call waited {waited:?}"
-    );
-    // The server stops the call at its deadline, before the hog is done.
-    let until = Instant::now() + Duration::from_secs(2);
-    while stops() <= before && Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(stops() > before, "the server never stopped the call itself");
+    let t = Instant::now();
+    let (status, message) = raw_unary(server.addr, "SimilarItems", &request, "150m").await;
+    let waited = t.elapsed();
     assert!(
         !hog.is_finished(),
         "the heavy call finished first; the test proves nothing"
+    );
+    assert_eq!(status, Code::DeadlineExceeded as i32, "{message}");
+    assert!(message.contains("admission"), "{message}");
+    assert!(
+        waited >= Duration::from_millis(140) && waited < Duration::from_secs(2),
+        "the expired call was answered after {waited:?}"
     );
     let hog = hog.await.unwrap();
     assert!(hog.is_ok(), "{hog:?}");
     server.shut_down().await;
 }
 
-/// `vecrec_deadline_stops_total{stage="admission"}` in a Prometheus page.
-fn admission_stops(page: &str) -> f64 {
-    page.lines()
-        .filter(|l| {
-            l.starts_with("vecrec_deadline_stops_total{") && l.contains("stage=\"admission\"")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+/// One unary `vecrec.v1.Recommender/{method}` call over a raw HTTP/2 stream
+/// with `grpc-timeout: {timeout}`; the answer's grpc-status and grpc-message.
+async fn raw_unary<M: prost::Message>(
+    addr: std::net::SocketAddr,
+    method: &str,
+    msg: &M,
+    timeout: &str,
+) -> (i32, String) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}/vecrec.v1.Recommender/{method}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", timeout)
+        .body(())
+        .unwrap();
+    let (answer, mut send) = client.send_request(req, false).unwrap();
+    let body = msg.encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend((body.len() as u32).to_be_bytes());
+    frame.extend(body);
+    send.send_data(frame.into(), true).unwrap();
+    let (parts, mut body) = answer.await.unwrap().into_parts();
+    // A trailers-only answer carries the status in its headers.
+    let headers = if parts.headers.contains_key("grpc-status") {
+        parts.headers
+    } else {
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.unwrap();
+            let _ = body.flow_control().release_capacity(chunk.len());
+        }
+        body.trailers().await.unwrap().expect("no trailers")
+    };
+    let get = |k: &str| {
+        headers
+            .get(k)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+    (get("grpc-status").parse().unwrap(), get("grpc-message"))
 }
 
 fn sample_index_item() -> String {
@@ -399,4 +413,59 @@ fn value(text: &str, key: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(key))
         .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+/// `vecrec-load` drives a real server in both loops and reports what it saw:
+/// every closed-loop call answered, ordered percentiles, and an open loop
+/// that sends about the rate asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_generator_reports_a_run_against_a_server() {
+    let server = start(Config::default()).await;
+    let addr = server.addr;
+    let interactions = sample_index().data.join("interactions.csv");
+    let run = |extra: &'static [&'static str]| {
+        let interactions = interactions.clone();
+        tokio::task::spawn_blocking(move || {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_vecrec-load"))
+                .args([
+                    "--addr",
+                    &addr.to_string(),
+                    "--rpc",
+                    "similar",
+                    "--duration",
+                    "1",
+                ])
+                .args(["--warmup", "0.2", "--label", "test"])
+                .arg("--interactions")
+                .arg(&interactions)
+                .args(extra)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+        })
+    };
+    let closed = run(&["--concurrency", "2"]).await.unwrap();
+    assert_eq!(closed["label"], "test");
+    assert_eq!(closed["mode"], "closed");
+    assert_eq!(closed["errors"], serde_json::json!({}), "{closed}");
+    let ok = closed["ok"].as_u64().unwrap();
+    assert!(
+        ok > 10 && ok == closed["requests"].as_u64().unwrap(),
+        "{closed}"
+    );
+    let q = |k: &str| closed[k].as_f64().unwrap();
+    assert!(q("p50_ms") <= q("p90_ms") && q("p90_ms") <= q("p99_ms") && q("p99_ms") <= q("max_ms"));
+    let open = run(&["--rate", "100"]).await.unwrap();
+    assert_eq!(open["mode"], "open");
+    let sent = open["requests"].as_u64().unwrap();
+    assert!(
+        (90..=110).contains(&sent),
+        "100/s for 1 s sent {sent}: {open}"
+    );
+    server.shut_down().await;
 }
