@@ -68,7 +68,7 @@ eval: build
 
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --features hnsw_rs,faiss -- -D warnings
 
 bench-serving: setup
 	benches/serving/run.sh

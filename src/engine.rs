@@ -15,10 +15,10 @@ use crate::error::{Error, Result};
 use crate::filter::Filter;
 use crate::fusion::{fuse, FusionMethod, SourceList};
 use crate::live::Live;
-use crate::nn::{Input, OnnxModel};
 use crate::rerank::{RerankInput, RerankKind, Reranker};
 use crate::retrieve::sparse::SparseRows;
 use crate::retrieve::{popularity, recency_weights, top_n};
+use crate::runtime::{Device, Input, ModelSource, OnnxModel};
 use crate::telemetry;
 use crate::users::{profile, UserProfiles};
 
@@ -110,7 +110,7 @@ struct TwoTowerServing {
     index: Index,
     /// The user tower through ONNX Runtime.
     user: OnnxModel,
-    meta: crate::pipeline::TwoTowerMeta,
+    meta: crate::layout::TwoTowerMeta,
     /// Item features, items × `meta.input`.
     features: Vec<f32>,
 }
@@ -122,24 +122,24 @@ impl TwoTowerServing {
         als: &Index,
         ort: &Path,
     ) -> Result<Option<Self>> {
-        let sub = dir.join(crate::pipeline::TWO_TOWER_DIR);
+        let sub = dir.join(crate::layout::TWO_TOWER_DIR);
         if !sub.is_dir() {
             return Ok(None);
         }
         let index = Index::open(&sub)?;
-        let meta: crate::pipeline::TwoTowerMeta =
-            vecrec_index::format::read_json(&dir.join(crate::pipeline::TWO_TOWER_META_FILE))?;
+        let meta: crate::layout::TwoTowerMeta =
+            vecrec_index::format::read_json(&dir.join(crate::layout::TWO_TOWER_META_FILE))?;
         let file = vecrec_index::format::CheckedFile::open(
-            &dir.join(crate::pipeline::USER_TOWER_FILE),
+            &dir.join(crate::layout::USER_TOWER_FILE),
             vecrec_index::format::Kind::MODEL,
             true,
         )?;
         let user = OnnxModel::load(
             ort,
-            crate::encoder::ModelSource::Bytes(crate::pipeline::USER_TOWER_FILE, file.payload()),
+            ModelSource::Bytes(crate::layout::USER_TOWER_FILE, file.payload()),
             2,
             1,
-            "cpu",
+            Device::Cpu,
         )?;
         let features = crate::retrieve::two_tower::item_features(
             content.vectors(),
@@ -276,15 +276,15 @@ impl Engine {
                 "user settings differ from the build's; user vectors are computed per request"
             );
         }
-        let trained = if SparseRows::exists(index.dir(), "ease") {
+        let trained = if SparseRows::exists(index.dir(), crate::layout::EASE_ROWS) {
             let n = store.len();
             let histories: Vec<Vec<u32>> = (0..users.len() as u32)
                 .map(|u| users.history(u).iter().map(|h| h.0).collect())
                 .collect();
-            let als = Index::open(&index.dir().join(crate::pipeline::ALS_DIR))?;
+            let als = Index::open(&index.dir().join(crate::layout::ALS_DIR))?;
             let f = als.store().dim();
             let uf = vecrec_index::format::CheckedFile::open(
-                &index.dir().join(crate::pipeline::ALS_USERS_FILE),
+                &index.dir().join(crate::layout::ALS_USERS_FILE),
                 vecrec_index::format::Kind::VECTORS,
                 true,
             )?;
@@ -297,10 +297,12 @@ impl Engine {
                 .into());
             }
             let als_gram = crate::retrieve::als::gram(als.store().vectors(), f);
-            let has_neural = index.dir().join(crate::pipeline::TWO_TOWER_DIR).is_dir();
+            let has_neural = index.dir().join(crate::layout::TWO_TOWER_DIR).is_dir();
             let wants_cross = cfg.rerank.kind == RerankKind::CrossEncoder;
             let ort = if has_neural || wants_cross {
-                Some(crate::encoder::locate_ort(&cfg.encoder)?)
+                Some(crate::runtime::locate_ort(
+                    cfg.encoder.ort_dylib.as_deref(),
+                )?)
             } else {
                 None
             };
@@ -321,21 +323,21 @@ impl Engine {
                     )?)
                 }
                 (RerankKind::Din, Some(o))
-                    if index.dir().join(crate::rerank::DIN_FILE).is_file() =>
+                    if index.dir().join(crate::layout::DIN_FILE).is_file() =>
                 {
                     Some(Reranker::open_din(index.dir(), o, 2, cfg.rerank.threads)?)
                 }
                 _ => None,
             };
             Some(Trained {
-                ease: SparseRows::open(index.dir(), "ease", n)?,
-                transitions: SparseRows::open(index.dir(), "transitions", n)?,
+                ease: SparseRows::open(index.dir(), crate::layout::EASE_ROWS, n)?,
+                transitions: SparseRows::open(index.dir(), crate::layout::TRANSITIONS_ROWS, n)?,
                 popularity: popularity(&histories, n),
                 als,
                 als_users,
                 als_gram,
                 learned: {
-                    let p = index.dir().join(crate::pipeline::FUSION_FILE);
+                    let p = index.dir().join(crate::layout::FUSION_FILE);
                     if p.exists() {
                         Some(vecrec_index::format::read_json(&p)?)
                     } else {

@@ -35,9 +35,14 @@ pub enum Error {
     /// The index layer failed (I/O, damage, bad vectors).
     #[error(transparent)]
     Index(#[from] IndexError),
-    /// The encoder (tokenizer or ONNX Runtime) failed.
+    /// The sentence encoder's tokenizer failed, or it was given texts it
+    /// cannot encode.
     #[error("encoder: {0}")]
     Encoder(String),
+    /// ONNX Runtime failed to load or to run a model (the sentence encoder,
+    /// the user tower or a reranker).
+    #[error("onnx runtime: {0}")]
+    Runtime(String),
     /// The operation is switched off on this server (e.g. live updates).
     #[error("{0}")]
     FailedPrecondition(String),

@@ -24,47 +24,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-/// How lists are fused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum FusionMethod {
-    /// Weighted sum of min-max normalised scores.
-    #[default]
-    WeightedMinmax,
-    /// Weighted sum of z-scores.
-    WeightedZscore,
-    /// Weighted geometric mean of min-max normalised scores.
-    Geometric,
-    /// Reciprocal-rank fusion.
-    Rrf,
-    /// Borda count.
-    Borda,
-    /// Logistic regression over per-source features ([`LearnedModel`]).
-    Learned,
-}
-
-impl FusionMethod {
-    /// All methods, for validation sweeps.
-    pub const ALL: [FusionMethod; 5] = [
-        FusionMethod::WeightedMinmax,
-        FusionMethod::WeightedZscore,
-        FusionMethod::Geometric,
-        FusionMethod::Rrf,
-        FusionMethod::Borda,
-    ];
-
-    /// Stable name.
-    pub fn name(self) -> &'static str {
-        match self {
-            FusionMethod::WeightedMinmax => "weighted_minmax",
-            FusionMethod::WeightedZscore => "weighted_zscore",
-            FusionMethod::Geometric => "geometric",
-            FusionMethod::Rrf => "rrf",
-            FusionMethod::Borda => "borda",
-            FusionMethod::Learned => "learned",
-        }
-    }
-}
+pub use crate::config::FusionMethod;
 
 /// One source's candidates, best first, with the source's weight.
 #[derive(Clone, Debug, PartialEq)]
@@ -234,7 +194,7 @@ impl LearnedModel {
                 h[j * d + j] += l2;
             }
             h[(d - 1) * d + d - 1] += 1e-9;
-            if !crate::retrieve::als::cholesky_solve(&mut h, &mut g, d) {
+            if !crate::linalg::solve_spd(&mut h, &mut g, d) {
                 return None;
             }
             let step: f64 = g.iter().map(|v| v.abs()).fold(0.0, f64::max);

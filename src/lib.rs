@@ -19,13 +19,17 @@ pub mod eval;
 pub mod filter;
 pub mod fusion;
 pub mod grpc;
+pub mod layout;
+pub mod linalg;
 pub mod live;
 pub mod movielens;
 pub mod nn;
 pub mod pipeline;
 pub mod rerank;
 pub mod retrieve;
+pub mod runtime;
 pub mod sample;
+pub mod serving;
 pub mod telemetry;
 pub mod users;
 

@@ -29,29 +29,9 @@ use vecrec_index::wal::Wal;
 use vecrec_index::{ItemMeta, VectorStore};
 
 use crate::catalog::{CatalogItem, Interaction};
+pub use crate::config::LiveConfig;
 use crate::error::{Error, Result};
-
-/// The log under an index root.
-pub const WAL_FILE: &str = "wal/wal.log";
-
-/// Settings of live updates.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct LiveConfig {
-    /// Accept UpsertItems, DeleteItems and RecordEvents. Default true.
-    pub enabled: bool,
-    /// Compact into a new generation once this many log records are pending. Default 10000.
-    pub compact_after: usize,
-}
-
-impl Default for LiveConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            compact_after: 10_000,
-        }
-    }
-}
+use crate::layout::WAL_FILE;
 
 /// One log record.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -184,6 +164,12 @@ impl View<'_> {
             .into_iter()
             .flatten()
             .filter(|e| e.seq > self.applied)
+    }
+
+    /// Users with recorded events in the log (some may be older than the
+    /// generation; [`View::events`] filters those).
+    pub fn event_users(&self) -> impl Iterator<Item = &String> {
+        self.delta.events.keys()
     }
 
     /// Whether nothing changed since the generation.
@@ -328,114 +314,4 @@ impl Live {
     pub fn end_compaction(&self) {
         self.compacting.store(false, Ordering::Release);
     }
-}
-
-/// Folds the engine's generation and every pending change into a new
-/// generation under `root` (retraining the sources), recording the last log
-/// record folded in. Returns the new generation, or `None` when nothing was
-/// pending. The caller swaps it in and then calls [`Live::prune`].
-///
-/// Histories keep their order but not their timestamps: the stored histories
-/// hold no times, so the rebuilt interactions are numbered in order, recorded
-/// events after the stored history.
-pub fn compact(root: &Path, engine: &crate::engine::Engine) -> Result<Option<PathBuf>> {
-    let live = engine
-        .live()
-        .ok_or_else(|| Error::Config("live updates are off".into()))?;
-    let (items, vectors, interactions, last) = {
-        let view = live.view(engine.applied_seq());
-        if view.is_empty() {
-            return Ok(None);
-        }
-        let store = engine.index().store();
-        let masked = view.masked(store);
-        let mut items = Vec::new();
-        let mut vectors = Vec::new();
-        for i in 0..store.len() as u32 {
-            if masked.contains(&i) {
-                continue;
-            }
-            items.push(CatalogItem {
-                id: store.external_id(i).to_owned(),
-                meta: store.meta(i).clone(),
-            });
-            vectors.push(store.vector(i).to_vec());
-        }
-        let mut fresh: Vec<(&String, &DeltaItem)> = view.items().collect();
-        fresh.sort_by_key(|x| x.1.seq);
-        for (id, x) in fresh {
-            items.push(CatalogItem {
-                id: id.clone(),
-                meta: x.meta.clone(),
-            });
-            vectors.push(x.vector.clone());
-        }
-        let users = engine.users();
-        let mut interactions = Vec::new();
-        let mut seen_users = HashSet::new();
-        let mut push_user = |user: &str, stored: Vec<(String, f32)>| {
-            let mut t = 0i64;
-            for (item, weight) in stored
-                .into_iter()
-                .chain(view.events(user).map(|e| (e.item.clone(), e.weight)))
-            {
-                if view.is_deleted(&item) {
-                    continue;
-                }
-                interactions.push(Interaction {
-                    user: user.to_owned(),
-                    item,
-                    timestamp: t,
-                    event: None,
-                    weight,
-                });
-                t += 1;
-            }
-        };
-        for u in 0..users.len() as u32 {
-            let id = users.id(u).to_owned();
-            let stored = users
-                .history(u)
-                .into_iter()
-                .map(|(i, w)| (store.external_id(i).to_owned(), w))
-                .collect();
-            push_user(&id, stored);
-            seen_users.insert(id);
-        }
-        let mut new_users: Vec<&String> = view
-            .delta
-            .events
-            .keys()
-            .filter(|u| !seen_users.contains(*u))
-            .collect();
-        new_users.sort();
-        for u in new_users {
-            push_user(u, Vec::new());
-        }
-        (items, vectors, interactions, view.last_seq())
-    };
-    let cfg = engine.config();
-    let trained = engine.is_hybrid_capable();
-    let opts = crate::pipeline::BuildOptions {
-        hnsw: engine.index().manifest().hnsw,
-        users: cfg.users.clone(),
-        progress: false,
-        train: trained.then(|| cfg.train.clone()),
-        learn_fusion: (trained && engine.has_learned_fusion()).then(|| cfg.hybrid.clone()),
-        ..Default::default()
-    };
-    let mut extra = engine.index().manifest().extra.clone();
-    if let serde_json::Value::Object(m) = &mut extra {
-        m.insert("wal_seq".into(), last.into());
-    }
-    let report =
-        crate::pipeline::build_generation(root, &items, &vectors, &interactions, &opts, extra)?;
-    tracing::info!(
-        generation = %report.generation.display(),
-        items = report.items,
-        folded_through = last,
-        seconds = report.total_seconds,
-        "compacted live updates into a new generation"
-    );
-    Ok(Some(report.generation))
 }

@@ -122,7 +122,7 @@ fn run() -> anyhow::Result<()> {
         let (listener, local) = vecrec::grpc::bind(&cfg.server.addr).await?;
         println!("listening on {local}");
         tracing::info!(%local, "serving vecrec.v1.Recommender");
-        let slot = Arc::new(vecrec::grpc::reload::EngineSlot::new(&index, engine));
+        let slot = Arc::new(vecrec::serving::EngineSlot::new(&index, engine));
         vecrec::grpc::serve(slot, listener, shutdown_signal()).await?;
         tracing::info!("shut down cleanly");
         Ok(())

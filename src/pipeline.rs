@@ -14,6 +14,10 @@ use crate::catalog::{CatalogItem, Interaction};
 use crate::config::UserConfig;
 use crate::encoder::Encoder;
 use crate::error::Result;
+use crate::layout::{
+    TwoTowerMeta, ALS_DIR, ALS_USERS_FILE, FUSION_FILE, TWO_TOWER_DIR, TWO_TOWER_META_FILE,
+    USER_TOWER_FILE,
+};
 use crate::retrieve::sparse::SparseRows;
 use crate::users::write_profiles;
 
@@ -172,9 +176,9 @@ pub fn build_generation(
             .map(|u| u.1.iter().map(|x| x.0).collect())
             .collect();
         let ease = crate::retrieve::train_ease(&histories, store.len(), train)?;
-        SparseRows::write(writer.dir(), "ease", &ease)?;
+        SparseRows::write(writer.dir(), crate::layout::EASE_ROWS, &ease)?;
         let transitions = crate::retrieve::train_transitions(&histories, store.len(), train);
-        SparseRows::write(writer.dir(), "transitions", &transitions)?;
+        SparseRows::write(writer.dir(), crate::layout::TRANSITIONS_ROWS, &transitions)?;
         let als = crate::retrieve::als::train(&histories, store.len(), &train.als)?;
         write_als(writer.dir(), &store, &als, &opts.hnsw)?;
         if train.neural {
@@ -203,9 +207,6 @@ pub fn build_generation(
         total_seconds: start.elapsed().as_secs_f64(),
     })
 }
-
-/// File of the learned fusion model in a generation.
-pub const FUSION_FILE: &str = "fusion_lr.bin";
 
 /// Fits the learned fusion model: the newest ceil(n/5) interactions of every
 /// user with n ≥ 2 are held out (the rule of EVAL.md), a temporary generation
@@ -304,11 +305,6 @@ fn fit_fusion(
     result
 }
 
-/// Sub-directory of a generation holding the ALS item-factor index.
-pub const ALS_DIR: &str = "als";
-/// File of the ALS user factors (one row per user, in `users.bin` order).
-pub const ALS_USERS_FILE: &str = "als_users.bin";
-
 /// Writes the ALS item factors as an inner-product index under `dir/als/` and
 /// the user factors as `dir/als_users.bin`.
 fn write_als(
@@ -354,26 +350,6 @@ fn write_sub_index(
     std::fs::create_dir_all(sub).map_err(|e| crate::Error::io(sub, e))?;
     write_index(sub, &sb, hnsw, extra, &|_| {})?;
     Ok(())
-}
-
-/// Sub-directory of a generation holding the two-tower item-embedding index.
-pub const TWO_TOWER_DIR: &str = "two_tower";
-/// File of the two-tower user encoder (ONNX bytes in the envelope).
-pub const USER_TOWER_FILE: &str = "user_tower.onnx.bin";
-/// File of the two-tower settings ([`TwoTowerMeta`]).
-pub const TWO_TOWER_META_FILE: &str = "two_tower.json";
-
-/// What a generation records about its two-tower model.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct TwoTowerMeta {
-    /// The options it was trained with (pooling length and decay).
-    pub options: crate::retrieve::two_tower::TwoTowerOptions,
-    /// Item-feature width (content + ALS factors).
-    pub input: usize,
-    /// Mean in-batch softmax loss of the last epoch.
-    pub train_loss: f32,
-    /// Seconds spent training.
-    pub train_seconds: f64,
 }
 
 /// Writes a serialised model in the envelope.
@@ -446,9 +422,9 @@ fn write_neural(
             .collect()
     };
     let (din, loss) = Din::train(histories, &emb, e, &pop, Some(&retrieve), &train.reranker);
-    write_model(&dir.join(crate::rerank::DIN_FILE), &din.onnx())?;
+    write_model(&dir.join(crate::layout::DIN_FILE), &din.onnx())?;
     vecrec_index::format::write_json(
-        &dir.join(crate::rerank::DIN_META_FILE),
+        &dir.join(crate::layout::DIN_META_FILE),
         &crate::rerank::DinMeta {
             history: train.reranker.history,
             embed: e,

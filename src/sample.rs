@@ -30,7 +30,6 @@
 #![allow(missing_docs)] // Field names of the sample types say what they hold.
 
 use std::fs::{self, File};
-use std::io::Write;
 use std::path::Path;
 
 use anyhow::Context;
@@ -617,22 +616,7 @@ pub fn write_sample(sample: &Sample, out_dir: &Path) -> anyhow::Result<()> {
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let name = path
-        .file_name()
-        .context("output path has no file name")?
-        .to_string_lossy();
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    let result = (|| -> anyhow::Result<()> {
-        let mut file = File::create(&tmp).context("create temporary file")?;
-        file.write_all(bytes).context("write temporary file")?;
-        file.sync_all().context("sync temporary file")?;
-        fs::rename(&tmp, path).context("rename temporary file into place")?;
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    Ok(vecrec_index::generation::write_atomic(path, bytes)?)
 }
 
 /// `catalog.jsonl`: one JSON object per item, fields in declaration order.

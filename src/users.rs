@@ -20,10 +20,10 @@ use vecrec_index::{IndexError, Metric, VectorStore};
 use crate::config::UserConfig;
 use crate::error::Result;
 
-const IDS: &str = "users.bin";
-const HISTORY: &str = "user_history.bin";
-const WEIGHTS: &str = "user_weights.bin";
-const VECTORS: &str = "user_vectors.bin";
+use crate::layout::{
+    USER_HISTORY_FILE as HISTORY, USER_IDS_FILE as IDS, USER_VECTORS_FILE as VECTORS,
+    USER_WEIGHTS_FILE as WEIGHTS,
+};
 /// Largest f32 bit pattern of a finite, non-negative weight, plus one.
 const WEIGHT_BOUND: u32 = 0x7F80_0000;
 

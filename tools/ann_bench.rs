@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use vecrec_index::backend::{self, AnnIndex, Backend};
+use vecrec_index::backends::{self, AnnIndex, Backend};
 use vecrec_index::{texmex, HnswParams, Metric};
 
 /// Benchmark an ANN backend on TEXMEX files (.fvecs/.bvecs base and queries, .ivecs ground truth).
@@ -137,7 +137,7 @@ fn run() -> anyhow::Result<()> {
         ..Default::default()
     };
     let t = Instant::now();
-    pool.install(|| backend::build(&backend, &gen, &base, dim, metric, &params))?;
+    pool.install(|| backends::build(&backend, &gen, &base, dim, metric, &params))?;
     let build_s = t.elapsed().as_secs_f64();
     drop(base);
     // Reopen and search in a fresh process, so memory and cold start are honest.
@@ -204,7 +204,7 @@ fn search(a: &Args, backend: &Backend, gen: &Path) -> anyhow::Result<()> {
         bail!("ground truth has {gdim} neighbours per query, need {K}");
     }
     let t = Instant::now();
-    let index: Box<dyn AnnIndex> = backend::open(backend, gen)?;
+    let index: Box<dyn AnnIndex> = backends::open(backend, gen)?;
     index.search(&queries[..qdim], K, a.ef[0], None)?;
     let open_s = t.elapsed().as_secs_f64();
     let open_mb = rss_mb();
@@ -239,7 +239,7 @@ fn search(a: &Args, backend: &Backend, gen: &Path) -> anyhow::Result<()> {
         let exact = if *backend == Backend::Exact {
             None
         } else {
-            Some(backend::open(&Backend::Exact, gen).or_else(|_| {
+            Some(backends::open(&Backend::Exact, gen).or_else(|_| {
                 anyhow::bail!("the filtered sweep needs the vector store beside the index")
             })?)
         };

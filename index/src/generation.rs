@@ -18,16 +18,29 @@ use crate::error::{IndexError, Result};
 pub const CURRENT: &str = "CURRENT";
 const PREFIX: &str = "gen-";
 
-/// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync of the directory.
+/// Writes `bytes` to `path` atomically: a temp file beside it, fsync,
+/// rename over `path`, fsync of the directory. A reader sees the old file or
+/// the new one, never a part; on failure the temp file is removed. The one
+/// helper for this in the workspace (the log rewrite, the `CURRENT` pointer,
+/// the sample generator's outputs).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
     let name = path.file_name().and_then(|s| s.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let mut f = fs::File::create(&tmp).map_err(|e| IndexError::io(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| IndexError::io(&tmp, e))?;
-    f.sync_data().map_err(|e| IndexError::io(&tmp, e))?;
-    drop(f);
-    fs::rename(&tmp, path).map_err(|e| IndexError::io(path, e))?;
+    let written = (|| {
+        let mut f = fs::File::create(&tmp).map_err(|e| IndexError::io(&tmp, e))?;
+        f.write_all(bytes).map_err(|e| IndexError::io(&tmp, e))?;
+        f.sync_data().map_err(|e| IndexError::io(&tmp, e))?;
+        drop(f);
+        fs::rename(&tmp, path).map_err(|e| IndexError::io(path, e))
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written?;
     sync_dir(dir)
 }
 

@@ -12,7 +12,8 @@ use crate::error::{IndexError, Result};
 use crate::exact;
 use crate::format::{read_json, write_json, FORMAT_VERSION};
 use crate::generation::current_generation;
-use crate::hnsw::{self, Hnsw, HnswParams, Neighbor, Scorer};
+use crate::hnsw::{self, Hnsw, HnswParams, Neighbor};
+use crate::scorer::{prefetch_lines, RowScorer, Scorer};
 use crate::store::{StoreBuilder, VectorStore};
 
 /// File name of the generation manifest.
@@ -250,7 +251,7 @@ impl Index {
             crate::quant::encode(&q, codes.scale(), &mut qc);
         }
         let metric = self.store.metric();
-        let dist = crate::quant::CodeScorer::new(codes, metric, &qc, &q);
+        let dist = crate::scorer::CodeScorer::new(codes, metric, &qc, &q);
         let wide = params.k * oversample.max(1);
         if let Some(f) = accept.filter(|f| self.exact_is_cheaper(f, params)) {
             // The exact plan on the codes: every passing row scored on its
@@ -279,7 +280,7 @@ impl Index {
             found.truncate(k);
             return Ok(found);
         }
-        let lines = crate::hnsw::prefetch_lines(q.len() * 4);
+        let lines = prefetch_lines(q.len() * 4);
         for n in &found {
             crate::simd::prefetch(self.store.vector(n.id), lines);
         }
@@ -349,7 +350,7 @@ impl Index {
                 Plan::Exact,
             ));
         }
-        let dist = hnsw::RowScorer::new(&q, vectors, dim, metric);
+        let dist = RowScorer::new(&q, vectors, dim, metric);
         Ok((
             self.hnsw.search(&dist, params.k, params.ef, accept),
             Plan::Hnsw,

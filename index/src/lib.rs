@@ -10,20 +10,21 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
-pub mod backend;
+#[cfg(feature = "backends")]
+pub mod backends;
 pub mod distance;
 pub mod error;
 pub mod exact;
-#[cfg(any(feature = "faiss", feature = "faiss-gpu"))]
-pub mod faiss_backend;
 pub mod format;
 pub mod generation;
 pub mod hnsw;
 pub mod index;
 mod mmap;
 pub mod quant;
+pub mod scorer;
 mod simd;
 pub mod store;
+#[cfg(feature = "backends")]
 pub mod texmex;
 pub mod wal;
 
@@ -31,4 +32,5 @@ pub use distance::Metric;
 pub use error::{IndexError, Result};
 pub use hnsw::{HnswParams, Neighbor};
 pub use index::{exact_is_cheaper, write_index, Index, Manifest, Plan, SearchParams};
+pub use scorer::Scorer;
 pub use store::{ItemMeta, StoreBuilder, VectorStore};

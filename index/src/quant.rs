@@ -72,7 +72,7 @@ impl CodeKind {
             CodeKind::F16 => 2,
         }
     }
-    fn bytes(self) -> usize {
+    pub(crate) fn bytes(self) -> usize {
         match self {
             CodeKind::Int8 => 1,
             CodeKind::F16 => 2,
@@ -122,9 +122,9 @@ pub fn write(dir: &Path, vectors: &[f32], dim: usize, kind: CodeKind) -> Result<
 pub struct Codes {
     file: CheckedFile,
     n: usize,
-    dim: usize,
+    pub(crate) dim: usize,
     scale: f32,
-    kind: CodeKind,
+    pub(crate) kind: CodeKind,
 }
 
 impl Codes {
@@ -230,46 +230,6 @@ impl Codes {
     #[inline]
     pub fn distance(&self, metric: Metric, q: &[i8], i: u32) -> f32 {
         code_distance(metric, self.scale * self.scale, q, self.row(i))
-    }
-}
-
-/// Scores rows by their codes (int8 against the quantised query, f16
-/// against the f32 query), prefetching a row's codes ahead of its distance.
-pub struct CodeScorer<'a> {
-    codes: &'a Codes,
-    metric: Metric,
-    query: &'a [i8],
-    query_f32: &'a [f32],
-    lines: usize,
-}
-
-impl<'a> CodeScorer<'a> {
-    /// A scorer of the query (`query` quantised, `query_f32` as is) against `codes`.
-    pub fn new(codes: &'a Codes, metric: Metric, query: &'a [i8], query_f32: &'a [f32]) -> Self {
-        Self {
-            codes,
-            metric,
-            query,
-            query_f32,
-            lines: crate::hnsw::prefetch_lines(codes.dim * codes.kind.bytes()),
-        }
-    }
-}
-
-impl crate::hnsw::Scorer for CodeScorer<'_> {
-    #[inline]
-    fn distance(&self, i: u32) -> f32 {
-        match self.codes.kind {
-            CodeKind::Int8 => self.codes.distance(self.metric, self.query, i),
-            CodeKind::F16 => self.codes.distance_f16(self.metric, self.query_f32, i),
-        }
-    }
-    #[inline]
-    fn prefetch(&self, i: u32) {
-        match self.codes.kind {
-            CodeKind::Int8 => crate::simd::prefetch(self.codes.row(i), self.lines),
-            CodeKind::F16 => crate::simd::prefetch(self.codes.row_f16(i), self.lines),
-        }
     }
 }
 

@@ -248,21 +248,11 @@ impl Wal {
         let mut f = File::open(&self.path).map_err(|e| io(&self.path, e))?;
         f.read_to_end(&mut bytes).map_err(|e| io(&self.path, e))?;
         let (records, _) = parse(&self.path, &bytes)?;
-        let tmp = self.path.with_extension("tmp");
-        {
-            let mut buf = header().to_vec();
-            for (seq, p) in records.iter().filter(|r| r.0 > applied) {
-                encode(&mut buf, *seq, p);
-            }
-            let mut out = File::create(&tmp).map_err(|e| io(&tmp, e))?;
-            out.write_all(&buf)
-                .and_then(|_| out.sync_all())
-                .map_err(|e| io(&tmp, e))?;
+        let mut buf = header().to_vec();
+        for (seq, p) in records.iter().filter(|r| r.0 > applied) {
+            encode(&mut buf, *seq, p);
         }
-        std::fs::rename(&tmp, &self.path).map_err(|e| io(&self.path, e))?;
-        if let Some(dir) = self.path.parent() {
-            sync_dir(dir)?;
-        }
+        crate::generation::write_atomic(&self.path, &buf)?;
         self.file = OpenOptions::new()
             .read(true)
             .write(true)

@@ -13,7 +13,7 @@
 use std::collections::HashSet;
 
 use rand::{Rng, SeedableRng};
-use vecrec_index::backend::{build, open, AnnIndex, Backend};
+use vecrec_index::backends::{build, open, AnnIndex, Backend};
 use vecrec_index::{HnswParams, Metric};
 
 const N: usize = 5000;
@@ -203,7 +203,7 @@ fn faiss_index_file_is_memory_mapped() {
     .unwrap();
     let index = open(&backend, dir.path()).unwrap();
     assert_eq!(index.search(&queries[..DIM], K, EF, None).unwrap().len(), K);
-    let file = dir.path().join(vecrec_index::faiss_backend::FAISS_FILE);
+    let file = dir.path().join(vecrec_index::backends::faiss::FAISS_FILE);
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
     assert!(
         maps.lines().any(|l| l.ends_with(file.to_str().unwrap())),

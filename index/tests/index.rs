@@ -1,17 +1,17 @@
 //! Index-level tests: recall against ground truth, filters, reload, damage.
 
-use std::path::PathBuf;
-
 use vecrec_index::generation::GenerationWriter;
 use vecrec_index::{
-    exact, texmex, HnswParams, Index, IndexError, ItemMeta, Metric, Plan, SearchParams,
-    StoreBuilder,
+    exact, HnswParams, Index, IndexError, ItemMeta, Metric, Plan, SearchParams, StoreBuilder,
 };
 
-fn shared() -> PathBuf {
+#[cfg(feature = "backends")]
+fn shared() -> std::path::PathBuf {
     std::env::var_os("VECREC_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared"))
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared")
+        })
 }
 
 fn build(
@@ -47,8 +47,11 @@ fn random_vectors(n: usize, dim: usize, seed: u64) -> Vec<f32> {
 
 /// The acceptance test of the default settings: recall@10 ≥ 0.95 on bigann10k
 /// against the shipped exact ground truth (fixed seed, ef = 64).
+/// Reads TEXMEX files, so it runs with the `backends` feature (as `make test` does).
+#[cfg(feature = "backends")]
 #[test]
 fn default_hnsw_recall_on_bigann10k() {
+    use vecrec_index::texmex;
     let dir = shared().join("datasets/ann-bigann10k");
     let (base, dim) = texmex::read_vectors(&dir.join("bigann10k_base.bvecs")).unwrap();
     let (queries, qdim) = texmex::read_vectors(&dir.join("bigann10k_query.bvecs")).unwrap();

@@ -10,18 +10,20 @@
 
 pub mod batcher;
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::path::PathBuf;
+use std::sync::Arc;
 
-use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 use ort::value::Tensor;
 use parking_lot::Mutex;
 use tokenizers::{Tokenizer, TruncationParams};
 
-use crate::config::{locate, EncoderConfig};
+use crate::config::EncoderConfig;
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
+use crate::runtime::{
+    acquire, build_session_spinning, locate, locate_ort, ort_environment, pad, ModelSource, Padded,
+};
 
 /// Resolved files of an encoder.
 #[derive(Clone, Debug)]
@@ -57,146 +59,13 @@ impl EncoderFiles {
                 "tokenizer.json",
             )?,
         };
-        let ort_dylib = locate_ort(cfg)?;
+        let ort_dylib = locate_ort(cfg.ort_dylib.as_deref())?;
         Ok(Self {
             model,
             tokenizer,
             ort_dylib,
         })
     }
-}
-
-/// Finds libonnxruntime.so from config, environment and `.cache/`.
-pub fn locate_ort(cfg: &EncoderConfig) -> Result<PathBuf> {
-    locate(
-        cfg.ort_dylib.as_deref(),
-        &["VECREC_ORT_DYLIB", "ORT_DYLIB_PATH"],
-        "onnxruntime/libonnxruntime.so",
-        "the ONNX Runtime library (libonnxruntime.so)",
-    )
-}
-
-static ENVIRONMENT: OnceLock<
-    std::result::Result<(PathBuf, ort::environment::Environment), String>,
-> = OnceLock::new();
-
-/// The process-wide ONNX Runtime environment, loaded once from `dylib`.
-pub fn ort_environment(dylib: &Path) -> Result<ort::environment::Environment> {
-    let got = ENVIRONMENT.get_or_init(|| {
-        let builder =
-            ort::init_from(dylib).map_err(|e| format!("cannot load {}: {e}", dylib.display()))?;
-        let env = builder
-            .with_name("vecrec")
-            .build()
-            .map_err(|e| format!("cannot create the ONNX Runtime environment: {e}"))?;
-        Ok((dylib.to_owned(), env))
-    });
-    match got {
-        Ok((loaded, env)) => {
-            if loaded != dylib {
-                tracing::warn!(loaded = %loaded.display(), asked = %dylib.display(), "ONNX Runtime is already loaded from another file; keeping it");
-            }
-            Ok(env.clone())
-        }
-        Err(e) => Err(Error::Encoder(e.clone())),
-    }
-}
-
-/// Builds an ONNX Runtime session for `model` with `threads` intra-op threads
-/// (0 = all cores) on `device` (`cpu` or `cuda`).
-pub fn build_session(
-    env: &ort::environment::Environment,
-    model: &Path,
-    threads: usize,
-    device: &str,
-) -> Result<Session> {
-    build_session_from(env, ModelSource::File(model), threads, device)
-}
-
-/// Where a session's model comes from.
-#[derive(Clone, Copy, Debug)]
-pub enum ModelSource<'a> {
-    /// An `.onnx` file.
-    File(&'a Path),
-    /// Serialised model bytes (vecrec's own exported models, read from their
-    /// checksummed envelope), with a name for error messages.
-    Bytes(&'a str, &'a [u8]),
-}
-
-/// [`build_session`] for a model given as a file or as bytes.
-pub fn build_session_from(
-    env: &ort::environment::Environment,
-    model: ModelSource<'_>,
-    threads: usize,
-    device: &str,
-) -> Result<Session> {
-    build_session_spinning(env, model, threads, device, true)
-}
-
-/// [`build_session_from`], saying whether idle intra-op threads may spin
-/// before they block. Spinning shortens bulk runs that keep every core busy;
-/// a server turns it off, because a spinning thread takes the core from the
-/// network and search threads beside it.
-pub fn build_session_spinning(
-    env: &ort::environment::Environment,
-    model: ModelSource<'_>,
-    threads: usize,
-    device: &str,
-    spin: bool,
-) -> Result<Session> {
-    let label = match model {
-        ModelSource::File(p) => p.display().to_string(),
-        ModelSource::Bytes(name, _) => name.to_owned(),
-    };
-    let threads = if threads == 0 {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    } else {
-        threads
-    };
-    let fail = |e: ort::Error| Error::Encoder(format!("{label}: {e}"));
-    let mut builder = Session::builder(env)
-        .map_err(fail)?
-        .with_optimization_level(GraphOptimizationLevel::Level3)
-        .map_err(|e| fail(ort::Error::<()>::from(e)))?
-        .with_intra_threads(threads)
-        .map_err(|e| fail(ort::Error::<()>::from(e)))?
-        .with_intra_op_spinning(spin)
-        .map_err(|e| fail(ort::Error::<()>::from(e)))?;
-    if device == "cuda" {
-        builder = with_cuda(builder);
-    }
-    match model {
-        ModelSource::File(p) => builder.commit_from_file(p),
-        ModelSource::Bytes(_, b) => builder.commit_from_memory(b),
-    }
-    .map_err(fail)
-}
-
-#[cfg(feature = "cuda")]
-fn with_cuda(
-    builder: ort::session::builder::SessionBuilder,
-) -> ort::session::builder::SessionBuilder {
-    let ep = ort::ep::CUDA::default().build().error_on_failure();
-    match builder.with_execution_providers([ep]) {
-        Ok(b) => {
-            tracing::info!("ONNX Runtime: CUDA execution provider registered");
-            b
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "CUDA execution provider unavailable; falling back to CPU");
-            e.recover()
-        }
-    }
-}
-
-#[cfg(not(feature = "cuda"))]
-fn with_cuda(
-    builder: ort::session::builder::SessionBuilder,
-) -> ort::session::builder::SessionBuilder {
-    tracing::warn!(
-        "encoder.device = cuda, but this binary was built without the `cuda` feature; using CPU"
-    );
-    builder
 }
 
 /// A loaded sentence encoder.
@@ -346,7 +215,7 @@ impl Core {
                     &env,
                     ModelSource::File(&files.model),
                     threads,
-                    &cfg.device,
+                    cfg.device,
                     spin,
                 )
                 .map(Mutex::new)
@@ -436,7 +305,7 @@ impl Core {
             mask,
             types,
         } = pad(batch);
-        let err = |e: ort::Error| Error::Encoder(format!("inference: {e}"));
+        let err = |e: ort::Error| Error::Runtime(format!("sentence encoder: {e}"));
         let t_ids = Tensor::from_array(([b, s], ids)).map_err(err)?;
         let t_mask = Tensor::from_array(([b, s], mask.clone())).map_err(err)?;
         let mut session = self.acquire();
@@ -484,64 +353,4 @@ impl Core {
     fn acquire(&self) -> parking_lot::MutexGuard<'_, Session> {
         acquire(&self.sessions)
     }
-}
-
-/// A free session of a pool, or, when all are busy, one to wait for
-/// (waiters spread over the pool).
-pub(crate) fn acquire(sessions: &[Mutex<Session>]) -> parking_lot::MutexGuard<'_, Session> {
-    for s in sessions {
-        if let Some(g) = s.try_lock() {
-            return g;
-        }
-    }
-    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let i = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % sessions.len();
-    sessions[i].lock()
-}
-
-/// A batch of encodings padded to its longest, as the int64 model inputs.
-pub(crate) struct Padded {
-    /// Rows.
-    pub batch: usize,
-    /// Tokens per row.
-    pub len: usize,
-    /// `input_ids`, row-major.
-    pub ids: Vec<i64>,
-    /// `attention_mask`.
-    pub mask: Vec<i64>,
-    /// `token_type_ids`.
-    pub types: Vec<i64>,
-}
-
-/// Pads `batch` to its longest encoding (at least one token).
-pub(crate) fn pad<E: std::borrow::Borrow<tokenizers::Encoding>>(batch: &[E]) -> Padded {
-    let b = batch.len();
-    let s = batch
-        .iter()
-        .map(|e| e.borrow().get_ids().len())
-        .max()
-        .unwrap_or(0)
-        .max(1);
-    let mut p = Padded {
-        batch: b,
-        len: s,
-        ids: vec![0; b * s],
-        mask: vec![0; b * s],
-        types: vec![0; b * s],
-    };
-    for (r, e) in batch.iter().enumerate() {
-        let e = e.borrow();
-        for (c, ((&id, &m), &t)) in e
-            .get_ids()
-            .iter()
-            .zip(e.get_attention_mask())
-            .zip(e.get_type_ids())
-            .enumerate()
-        {
-            p.ids[r * s + c] = id as i64;
-            p.mask[r * s + c] = m as i64;
-            p.types[r * s + c] = t as i64;
-        }
-    }
-    p
 }

@@ -16,7 +16,6 @@
 //! client's delayed ACK, about 40 ms on Linux) and TCP keepalive; see
 //! ARCHITECTURE.md for the HTTP/2 settings.
 
-pub mod reload;
 mod status;
 
 use std::net::SocketAddr;
@@ -33,8 +32,8 @@ use crate::deadline::{parse_grpc_timeout, Deadline};
 use crate::engine::{Engine, RecommendOptions, Scored, UserRef};
 use crate::error::Error;
 use crate::filter::{Filter, Range};
+use crate::serving::{slot, EngineSlot};
 use crate::telemetry;
-use reload::EngineSlot;
 
 /// Generated protobuf types and service stubs.
 #[allow(missing_docs, clippy::all)]
@@ -451,13 +450,13 @@ pub async fn serve(
     let full = slot.get().config().clone();
     let cfg = full.server.clone();
     let watcher = (cfg.reload_interval_ms > 0).then(|| {
-        tokio::spawn(reload::watch(
+        tokio::spawn(slot::watch(
             slot.clone(),
             Duration::from_millis(cfg.reload_interval_ms),
         ))
     });
     let compactor = (slot.get().live().is_some() && cfg.reload_interval_ms > 0).then(|| {
-        tokio::spawn(reload::compact_loop(
+        tokio::spawn(slot::compact_loop(
             slot.clone(),
             Duration::from_millis(cfg.reload_interval_ms),
             full.live.compact_after,

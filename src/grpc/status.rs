@@ -27,7 +27,9 @@ impl From<Error> for Status {
                 IndexError::Io { .. } => Code::Internal,
                 _ => Code::Internal,
             },
-            Error::Encoder(_) | Error::Config(_) | Error::Io { .. } => Code::Internal,
+            Error::Encoder(_) | Error::Runtime(_) | Error::Config(_) | Error::Io { .. } => {
+                Code::Internal
+            }
         };
         if code == Code::Internal {
             tracing::error!(error = %e, "internal error");

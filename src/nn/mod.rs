@@ -2,8 +2,8 @@
 //! cross-attention reranker: parameters with Adam (Kingma & Ba, "Adam: A
 //! Method for Stochastic Optimization", ICLR 2015), dense algebra through
 //! `ndarray`, gradients written out by hand and checked against finite
-//! differences in the tests, an ONNX writer ([`onnx`]) and the ONNX Runtime
-//! wrapper that serves the exported models ([`OnnxModel`]).
+//! differences in the tests, and an ONNX writer ([`onnx`]); the exported
+//! models are served through [`crate::runtime::OnnxModel`].
 //!
 //! Why not candle or burn: the two models are a few matrix products, a softmax
 //! and a normalisation, so their gradients fit on a page; written out, they
@@ -13,16 +13,8 @@
 
 pub mod onnx;
 
-use std::path::Path;
-
 use ndarray::{ArrayView1, ArrayView2, ArrayViewMut2};
-use ort::session::Session;
-use ort::value::{DynValue, Tensor};
-use parking_lot::Mutex;
 use rand::Rng;
-
-use crate::encoder::{build_session_from, ModelSource};
-use crate::error::{Error, Result};
 
 /// A trainable matrix (or vector, with one row) and its Adam moments.
 #[derive(Clone, Debug)]
@@ -154,94 +146,6 @@ pub fn normalize_rows_backward(
         d.zip_mut_with(&yr, |dv, yv| *dv = (*dv - yv * dot) / n);
     }
     dx
-}
-
-/// A model served by ONNX Runtime, with a small pool of sessions (running a
-/// session needs exclusive access).
-pub struct OnnxModel {
-    sessions: Vec<Mutex<Session>>,
-    label: String,
-    inputs: Vec<String>,
-}
-
-impl std::fmt::Debug for OnnxModel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OnnxModel")
-            .field("label", &self.label)
-            .field("inputs", &self.inputs)
-            .finish()
-    }
-}
-
-/// An input of [`OnnxModel::run`].
-#[derive(Debug)]
-pub enum Input<'a> {
-    /// A float tensor: shape and row-major values.
-    F32(Vec<usize>, &'a [f32]),
-    /// An int64 tensor.
-    I64(Vec<usize>, Vec<i64>),
-}
-
-impl OnnxModel {
-    /// Loads a model with `pool` sessions of `threads` intra-op threads each,
-    /// on `device` (`cpu` or `cuda`).
-    pub fn load(
-        ort_dylib: &Path,
-        source: ModelSource<'_>,
-        pool: usize,
-        threads: usize,
-        device: &str,
-    ) -> Result<Self> {
-        let env = crate::encoder::ort_environment(ort_dylib)?;
-        let sessions = (0..pool.max(1))
-            .map(|_| build_session_from(&env, source, threads, device).map(Mutex::new))
-            .collect::<Result<Vec<_>>>()?;
-        let inputs = sessions[0]
-            .lock()
-            .inputs()
-            .iter()
-            .map(|i| i.name().to_owned())
-            .collect();
-        let label = match source {
-            ModelSource::File(p) => p.display().to_string(),
-            ModelSource::Bytes(n, _) => n.to_owned(),
-        };
-        Ok(Self {
-            sessions,
-            label,
-            inputs,
-        })
-    }
-
-    /// The model's input names.
-    pub fn input_names(&self) -> &[String] {
-        &self.inputs
-    }
-
-    /// Runs the model and returns its first output as (shape, values).
-    pub fn run(&self, inputs: Vec<(&str, Input<'_>)>) -> Result<(Vec<usize>, Vec<f32>)> {
-        let err = |e: ort::Error| Error::Encoder(format!("{}: {e}", self.label));
-        let mut values: Vec<(String, DynValue)> = Vec::with_capacity(inputs.len());
-        for (name, input) in inputs {
-            let v = match input {
-                Input::F32(shape, data) => Tensor::from_array((shape, data.to_vec()))
-                    .map_err(err)?
-                    .into_dyn(),
-                Input::I64(shape, data) => {
-                    Tensor::from_array((shape, data)).map_err(err)?.into_dyn()
-                }
-            };
-            values.push((name.to_owned(), v));
-        }
-        let mut session = self.acquire();
-        let outputs = session.run(values).map_err(err)?;
-        let out = outputs[0].try_extract_array::<f32>().map_err(err)?;
-        Ok((out.shape().to_vec(), out.iter().copied().collect()))
-    }
-
-    fn acquire(&self) -> parking_lot::MutexGuard<'_, Session> {
-        crate::encoder::acquire(&self.sessions)
-    }
 }
 
 #[cfg(test)]

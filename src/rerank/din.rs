@@ -23,64 +23,13 @@
 use ndarray::{Array2, Axis, Slice};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use serde::{Deserialize, Serialize};
 
+pub use crate::config::DinOptions;
 use crate::nn::onnx::{Attr, Dim, GraphBuilder, FLOAT};
 use crate::nn::{Adam, Param};
 
 /// Names of the per-candidate features, in input order.
 pub const FEATURES: [&str; 1] = ["log_popularity"];
-
-/// Hyper-parameters of the reranker.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct DinOptions {
-    /// Attention width A. Default 32.
-    pub attention: usize,
-    /// Hidden width of the scoring MLP. Default 64.
-    pub hidden: usize,
-    /// History items attended over (newest first). Default 20.
-    pub history: usize,
-    /// Sampled negatives per positive, half by popularity^0.75, half uniform. Default 4.
-    pub negatives: usize,
-    /// Hard negatives per positive, drawn from the items a retrieval model
-    /// ranks highest for the history prefix (the two-tower model in the
-    /// build), so training sees candidates like the ones it reranks. Default 0:
-    /// on ml-latest-small, 4 of them lowered the reranker's AUC on validation
-    /// heads from 0.622 to 0.583 (the two-tower model's in-sample favourites
-    /// are often items the user simply had not reached yet).
-    pub hard_negatives: usize,
-    /// How many of the retrieval model's top items hard negatives come from. Default 100.
-    pub hard_pool: usize,
-    /// Passes over the training pairs. Default 3.
-    pub epochs: usize,
-    /// Examples per batch. Default 512.
-    pub batch: usize,
-    /// Adam learning rate. Default 0.002.
-    pub lr: f32,
-    /// Most positives taken from one user (the newest). Default 64.
-    pub max_pairs_per_user: usize,
-    /// Seed of weights, negatives and batch order.
-    pub seed: u64,
-}
-
-impl Default for DinOptions {
-    fn default() -> Self {
-        Self {
-            attention: 32,
-            hidden: 64,
-            history: 20,
-            negatives: 4,
-            hard_negatives: 0,
-            hard_pool: 100,
-            epochs: 3,
-            batch: 512,
-            lr: 0.002,
-            max_pairs_per_user: 64,
-            seed: 11,
-        }
-    }
-}
 
 /// A trained reranker.
 #[derive(Clone, Debug)]

@@ -17,68 +17,15 @@
 
 pub mod din;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use tokenizers::{Tokenizer, TruncationParams};
 
-use crate::encoder::ModelSource;
+pub use crate::config::{RerankConfig, RerankKind};
 use crate::error::{Error, Result};
-use crate::nn::{Input, OnnxModel};
-
-/// Which reranker runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum RerankKind {
-    /// The generation's own cross-attention model.
-    #[default]
-    Din,
-    /// A user-supplied text cross-encoder (`rerank.cross_encoder_model`).
-    CrossEncoder,
-}
-
-/// Settings of the reranking stage.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct RerankConfig {
-    /// Which model: `din` or `cross_encoder`. Default `din`.
-    pub kind: RerankKind,
-    /// Weight of the reranker's list in the fusion; 0 turns reranking off.
-    /// Default 0.25 (chosen on the ml-latest-small validation split).
-    pub weight: f32,
-    /// How many of the fused candidates are reranked. Default 200.
-    pub candidates: usize,
-    /// The cross-encoder ONNX file (kind `cross_encoder`).
-    pub cross_encoder_model: Option<PathBuf>,
-    /// Its tokenizer.json; default: the sentence encoder's.
-    pub cross_encoder_tokenizer: Option<PathBuf>,
-    /// History items whose titles form the cross-encoder's user context. Default 5.
-    pub context_items: usize,
-    /// Token limit of a (context, item) pair. Default 256.
-    pub max_tokens: usize,
-    /// ONNX Runtime intra-op threads per session. Default 1.
-    pub threads: usize,
-}
-
-impl Default for RerankConfig {
-    fn default() -> Self {
-        Self {
-            kind: RerankKind::Din,
-            weight: 0.25,
-            candidates: 200,
-            cross_encoder_model: None,
-            cross_encoder_tokenizer: None,
-            context_items: 5,
-            max_tokens: 256,
-            threads: 1,
-        }
-    }
-}
-
-/// File of the cross-attention reranker in a generation (ONNX bytes in the envelope).
-pub const DIN_FILE: &str = "reranker.onnx.bin";
-/// File of its settings (history length, embedding width).
-pub const DIN_META_FILE: &str = "reranker.json";
+use crate::layout::{DIN_FILE, DIN_META_FILE};
+use crate::runtime::{pad, Device, Input, ModelSource, OnnxModel, Padded};
 
 /// What a generation records about its reranker.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -143,7 +90,7 @@ impl Reranker {
             ModelSource::Bytes(DIN_FILE, file.payload()),
             pool,
             threads,
-            "cpu",
+            Device::Cpu,
         )?;
         Ok(Self::Din { model, meta })
     }
@@ -180,7 +127,13 @@ impl Reranker {
                 ..Default::default()
             }))
             .map_err(|e| Error::Encoder(format!("truncation: {e}")))?;
-        let model = OnnxModel::load(ort_dylib, ModelSource::File(path), pool, cfg.threads, "cpu")?;
+        let model = OnnxModel::load(
+            ort_dylib,
+            ModelSource::File(path),
+            pool,
+            cfg.threads,
+            Device::Cpu,
+        )?;
         let names = model.input_names();
         for need in ["input_ids", "attention_mask"] {
             if !names.iter().any(|n| n == need) {
@@ -278,13 +231,13 @@ impl Reranker {
                 let enc = tokenizer
                     .encode_batch(pairs, true)
                     .map_err(|e| Error::Encoder(format!("tokenising pairs: {e}")))?;
-                let crate::encoder::Padded {
+                let Padded {
                     batch: b,
                     len: s,
                     ids,
                     mask: att,
                     types,
-                } = crate::encoder::pad(&enc);
+                } = pad(&enc);
                 let mut inputs = vec![
                     ("input_ids", Input::I64(vec![b, s], ids)),
                     ("attention_mask", Input::I64(vec![b, s], att)),

@@ -13,37 +13,10 @@
 
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 
+pub use crate::config::AlsOptions;
 use crate::error::{Error, Result};
-
-/// ALS hyper-parameters.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct AlsOptions {
-    /// Latent factors. Default 64.
-    pub factors: usize,
-    /// L2 regularisation λ. Default 20 (chosen on the ml-latest-small validation split).
-    pub regularization: f32,
-    /// Confidence of an observed pair, `1 + alpha`. Default 4.
-    pub alpha: f32,
-    /// Alternating iterations. Default 15.
-    pub iterations: usize,
-    /// Seed of the initial factors.
-    pub seed: u64,
-}
-
-impl Default for AlsOptions {
-    fn default() -> Self {
-        Self {
-            factors: 64,
-            regularization: 20.0,
-            alpha: 4.0,
-            iterations: 15,
-            seed: 42,
-        }
-    }
-}
+use crate::linalg::solve_spd;
 
 /// Trained factors, row-major.
 #[derive(Clone, Debug)]
@@ -54,43 +27,6 @@ pub struct AlsModel {
     pub users: Vec<f32>,
     /// Item factors, `items × factors`.
     pub items: Vec<f32>,
-}
-
-/// Solves `a x = b` in place for symmetric positive definite `a` (`n × n`, row-major).
-pub(crate) fn cholesky_solve(a: &mut [f64], b: &mut [f64], n: usize) -> bool {
-    for j in 0..n {
-        let mut d = a[j * n + j];
-        for k in 0..j {
-            d -= a[j * n + k] * a[j * n + k];
-        }
-        if d <= 0.0 {
-            return false;
-        }
-        let d = d.sqrt();
-        a[j * n + j] = d;
-        for i in j + 1..n {
-            let mut s = a[i * n + j];
-            for k in 0..j {
-                s -= a[i * n + k] * a[j * n + k];
-            }
-            a[i * n + j] = s / d;
-        }
-    }
-    for i in 0..n {
-        let mut s = b[i];
-        for k in 0..i {
-            s -= a[i * n + k] * b[k];
-        }
-        b[i] = s / a[i * n + i];
-    }
-    for i in (0..n).rev() {
-        let mut s = b[i];
-        for k in i + 1..n {
-            s -= a[k * n + i] * b[k];
-        }
-        b[i] = s / a[i * n + i];
-    }
-    true
 }
 
 /// `YᵀY` of a row-major `rows × f` matrix. Blocks are summed in a fixed order,
@@ -138,7 +74,7 @@ pub fn solve_row(y: &[f32], yty: &[f64], observed: &[u32], opts: &AlsOptions) ->
     for d in 0..f {
         a[d * f + d] += opts.regularization as f64;
     }
-    if observed.is_empty() || !cholesky_solve(&mut a, &mut b, f) {
+    if observed.is_empty() || !solve_spd(&mut a, &mut b, f) {
         return vec![0.0; f];
     }
     b.into_iter().map(|x| x as f32).collect()
@@ -193,17 +129,6 @@ pub fn train(histories: &[Vec<u32>], n_items: usize, opts: &AlsOptions) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cholesky_solves_a_known_system() {
-        let mut a = vec![4.0, 2.0, 2.0, 3.0];
-        let mut b = vec![2.0, 1.0];
-        assert!(cholesky_solve(&mut a, &mut b, 2));
-        // 4x + 2y = 2, 2x + 3y = 1 → x = 0.5, y = 0.
-        assert!((b[0] - 0.5).abs() < 1e-12 && b[1].abs() < 1e-12);
-        let mut bad = vec![0.0, 0.0, 0.0, 0.0];
-        assert!(!cholesky_solve(&mut bad, &mut b, 2));
-    }
 
     /// Two blocks of users and items: each user's top items come from their own block.
     #[test]

@@ -28,50 +28,10 @@ use std::collections::HashMap;
 use faer::linalg::solvers::DenseSolveCore;
 use faer::{Mat, Side};
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 
+pub use crate::config::TrainOptions;
 use crate::error::{Error, Result};
 use sparse::prune_row;
-
-/// Training options of the interaction-based sources.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct TrainOptions {
-    /// EASE L2 regularisation λ. Default 100 (chosen on the ml-latest-small validation split).
-    pub ease_lambda: f32,
-    /// Weights kept per EASE row. Default 500.
-    pub ease_keep: usize,
-    /// Largest catalogue EASE is solved for; beyond it, the most popular items. Default 20000.
-    pub ease_max_items: usize,
-    /// Steps after an item that count as its transitions. Default 5.
-    pub transitions_window: usize,
-    /// Weights kept per transitions row. Default 200.
-    pub transitions_keep: usize,
-    /// Implicit ALS; its item factors get their own HNSW index.
-    pub als: als::AlsOptions,
-    /// Train the neural models (two-tower user encoder and reranker). Default true.
-    pub neural: bool,
-    /// The two-tower user encoder.
-    pub two_tower: two_tower::TwoTowerOptions,
-    /// The cross-attention reranker.
-    pub reranker: crate::rerank::din::DinOptions,
-}
-
-impl Default for TrainOptions {
-    fn default() -> Self {
-        Self {
-            ease_lambda: 100.0,
-            ease_keep: 500,
-            ease_max_items: 20_000,
-            transitions_window: 5,
-            transitions_keep: 200,
-            als: als::AlsOptions::default(),
-            neural: true,
-            two_tower: two_tower::TwoTowerOptions::default(),
-            reranker: crate::rerank::din::DinOptions::default(),
-        }
-    }
-}
 
 /// Interaction counts per item.
 pub fn popularity(histories: &[Vec<u32>], n: usize) -> Vec<f32> {

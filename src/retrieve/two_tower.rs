@@ -20,53 +20,10 @@ use ndarray::{Array2, Axis};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 
+pub use crate::config::TwoTowerOptions;
 use crate::nn::onnx::{Attr, Dim, GraphBuilder, FLOAT};
 use crate::nn::{normalize_rows, normalize_rows_backward, Adam, Param};
-
-/// Hyper-parameters of the two-tower model.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct TwoTowerOptions {
-    /// Output (embedding) dimension. Default 64.
-    pub dim: usize,
-    /// Hidden width of the user tower. Default 128.
-    pub hidden: usize,
-    /// History items pooled. Default 50.
-    pub history: usize,
-    /// Recency decay of the pooling weights. Default 0.9.
-    pub decay: f32,
-    /// Softmax temperature τ. Default 0.05.
-    pub temperature: f32,
-    /// Passes over the training pairs. Default 8.
-    pub epochs: usize,
-    /// Pairs per batch (the in-batch negatives). Default 512.
-    pub batch: usize,
-    /// Adam learning rate. Default 0.002.
-    pub lr: f32,
-    /// Most training pairs taken from one user (the newest ones). Default 64.
-    pub max_pairs_per_user: usize,
-    /// Seed of the initial weights and the batch order.
-    pub seed: u64,
-}
-
-impl Default for TwoTowerOptions {
-    fn default() -> Self {
-        Self {
-            dim: 64,
-            hidden: 128,
-            history: 50,
-            decay: 0.9,
-            temperature: 0.05,
-            epochs: 8,
-            batch: 512,
-            lr: 0.002,
-            max_pairs_per_user: 64,
-            seed: 7,
-        }
-    }
-}
 
 /// A trained two-tower model.
 #[derive(Clone, Debug)]

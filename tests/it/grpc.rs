@@ -17,7 +17,7 @@ async fn start() -> (
 ) {
     let s = sample_index();
     let e = engine(&s.root);
-    let slot = std::sync::Arc::new(vecrec::grpc::reload::EngineSlot::new(&s.root, e));
+    let slot = std::sync::Arc::new(vecrec::serving::EngineSlot::new(&s.root, e));
     let (listener, addr) = vecrec::grpc::bind("127.0.0.1:0").await.unwrap();
     let (tx, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(async move {
@@ -258,7 +258,7 @@ async fn a_new_generation_is_swapped_in_under_load() {
         .map(|it| e.index().store().vector(e.item(&it.id).unwrap()).to_vec())
         .collect();
     let inter = read_interactions(&s.data.join("interactions.csv")).unwrap();
-    let slot = Arc::new(vecrec::grpc::reload::EngineSlot::new(root.path(), e));
+    let slot = Arc::new(vecrec::serving::EngineSlot::new(root.path(), e));
     let (listener, addr) = vecrec::grpc::bind("127.0.0.1:0").await.unwrap();
     let (tx, rx) = oneshot::channel::<()>();
     let served = slot.clone();

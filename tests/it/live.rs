@@ -16,7 +16,8 @@ use vecrec::engine::{Engine, RecommendOptions, UserRef};
 use vecrec::error::Error;
 use vecrec::grpc::pb;
 use vecrec::grpc::pb::recommender_client::RecommenderClient;
-use vecrec::live::{compact, Live};
+use vecrec::live::Live;
+use vecrec::serving::compact;
 use vecrec_index::ItemMeta;
 
 use crate::common::{encoder, sample_index};

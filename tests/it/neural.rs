@@ -8,22 +8,28 @@ use std::path::PathBuf;
 
 use rand::{Rng, SeedableRng};
 use vecrec::config::Config;
-use vecrec::encoder::{locate_ort, ModelSource};
 use vecrec::engine::{Engine, RecommendOptions, Source, UserRef};
 use vecrec::nn::onnx::{Attr, Dim, GraphBuilder, FLOAT, INT64};
-use vecrec::nn::{Input, OnnxModel};
 use vecrec::rerank::din::{features, gather, history_slots, Batch, Din, DinOptions};
 use vecrec::rerank::{RerankConfig, RerankKind};
 use vecrec::retrieve::two_tower::{pooling_weights, TwoTower, TwoTowerOptions};
+use vecrec::runtime::{locate_ort, Device, Input, ModelSource, OnnxModel};
 
 use crate::common::{encoder, sample_index};
 
 fn ort() -> PathBuf {
-    locate_ort(&Config::default().encoder).expect("run `make setup` first")
+    locate_ort(Config::default().encoder.ort_dylib.as_deref()).expect("run `make setup` first")
 }
 
 fn served(bytes: &[u8]) -> OnnxModel {
-    OnnxModel::load(&ort(), ModelSource::Bytes("test model", bytes), 1, 1, "cpu").unwrap()
+    OnnxModel::load(
+        &ort(),
+        ModelSource::Bytes("test model", bytes),
+        1,
+        1,
+        Device::Cpu,
+    )
+    .unwrap()
 }
 
 /// Random item features and histories with some structure to learn.

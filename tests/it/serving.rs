@@ -32,7 +32,7 @@ impl Server {
 async fn start(cfg: Config) -> Server {
     let s = sample_index();
     let e = Arc::new(Engine::open(&s.root, cfg, Some(encoder())).unwrap());
-    let slot = Arc::new(vecrec::grpc::reload::EngineSlot::new(&s.root, e));
+    let slot = Arc::new(vecrec::serving::EngineSlot::new(&s.root, e));
     let (listener, addr) = vecrec::grpc::bind("127.0.0.1:0").await.unwrap();
     let (tx, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(async move {

@@ -75,7 +75,7 @@ impl EngineSlot {
         if !live.begin_compaction() {
             return Ok(false);
         }
-        let result = crate::live::compact(&self.root, &engine);
+        let result = super::compact(&self.root, &engine);
         live.end_compaction();
         let written = result?.is_some();
         if written {

@@ -32,7 +32,7 @@ use faiss::{Index as _, MetricType};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{Accept, AnnIndex};
+use super::ann::{Accept, AnnIndex};
 use crate::error::{IndexError, Result};
 use crate::format::{read_json, write_json};
 use crate::hnsw::Neighbor;

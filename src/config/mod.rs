@@ -14,6 +14,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+mod train;
+
+pub use train::{AlsOptions, DinOptions, TrainOptions, TwoTowerOptions};
+
 /// The whole configuration.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -31,11 +35,11 @@ pub struct Config {
     /// The multi-source pipeline of `Recommend`.
     pub hybrid: HybridConfig,
     /// Training of the interaction-based sources (used by `vecrec-build`).
-    pub train: crate::retrieve::TrainOptions,
+    pub train: TrainOptions,
     /// The reranking stage of the multi-source pipeline.
-    pub rerank: crate::rerank::RerankConfig,
+    pub rerank: RerankConfig,
     /// Live updates (UpsertItems, DeleteItems, RecordEvents).
-    pub live: crate::live::LiveConfig,
+    pub live: LiveConfig,
 }
 
 /// The multi-source `Recommend` pipeline: candidates from every source with a
@@ -51,7 +55,7 @@ pub struct HybridConfig {
     pub candidates: usize,
     /// How the sources are fused: `weighted_minmax`, `weighted_zscore`,
     /// `geometric`, `rrf`, `borda` or `learned`. Default `geometric`.
-    pub fusion: crate::fusion::FusionMethod,
+    pub fusion: FusionMethod,
     /// The `k` of reciprocal-rank fusion. Default 60.
     pub rrf_k: f32,
     /// Weight of the EASE source. Default 1.
@@ -77,7 +81,7 @@ impl Default for HybridConfig {
         Self {
             enabled: true,
             candidates: 200,
-            fusion: crate::fusion::FusionMethod::Geometric,
+            fusion: FusionMethod::Geometric,
             rrf_k: 60.0,
             ease_weight: 1.0,
             transitions_weight: 0.25,
@@ -206,7 +210,18 @@ pub struct EncoderConfig {
     /// Tokens read per text (longer texts are truncated). Default 256.
     pub max_tokens: usize,
     /// `cpu` or `cuda` (needs the `cuda` cargo feature; falls back to CPU with a log line). Default `cpu`.
-    pub device: String,
+    pub device: Device,
+}
+
+/// Where ONNX Runtime runs a model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    /// The CPU execution provider.
+    #[default]
+    Cpu,
+    /// The CUDA execution provider (the `cuda` cargo feature).
+    Cuda,
 }
 
 impl Default for EncoderConfig {
@@ -220,7 +235,7 @@ impl Default for EncoderConfig {
             batch_size: 32,
             max_batch_wait_us: 0,
             max_tokens: 256,
-            device: "cpu".into(),
+            device: Device::Cpu,
         }
     }
 }
@@ -379,12 +394,6 @@ impl Config {
         if self.server.max_concurrent_streams == 0 {
             return bad("server.max_concurrent_streams must be at least 1".into());
         }
-        if !matches!(self.encoder.device.as_str(), "cpu" | "cuda") {
-            return bad(format!(
-                "encoder.device must be cpu or cuda, got {:?}",
-                self.encoder.device
-            ));
-        }
         let h = &self.hybrid;
         let rrf_k_ok = h.rrf_k > 0.0 && h.rrf_k.is_finite();
         if h.candidates == 0 || !rrf_k_ok {
@@ -426,50 +435,115 @@ impl Config {
     }
 }
 
-/// Finds a cached file: `explicit`, else the first set variable of `vars`, else
-/// `rel` under `.cache/` in the working directory or any ancestor of it or of the
-/// running executable. The error names every place looked at and the fix.
-pub fn locate(explicit: Option<&Path>, vars: &[&str], rel: &str, what: &str) -> Result<PathBuf> {
-    let mut looked = Vec::new();
-    let fix = "run `make setup` (or scripts/setup.sh) to download it";
-    if let Some(p) = explicit {
-        if p.is_file() {
-            return Ok(p.to_owned());
-        }
-        return Err(Error::Config(format!(
-            "{what} not found at {} (set in config); {fix}",
-            p.display()
-        )));
-    }
-    for v in vars {
-        if let Some(p) = std::env::var_os(v).filter(|s| !s.is_empty()) {
-            let p = PathBuf::from(p);
-            if p.is_file() {
-                return Ok(p);
-            }
-            looked.push(format!("${v}={}", p.display()));
+/// Settings of live updates.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LiveConfig {
+    /// Accept UpsertItems, DeleteItems and RecordEvents. Default true.
+    pub enabled: bool,
+    /// Compact into a new generation once this many log records are pending. Default 10000.
+    pub compact_after: usize,
+}
+
+impl Default for LiveConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            compact_after: 10_000,
         }
     }
-    let mut roots: Vec<PathBuf> = Vec::new();
-    if let Ok(cwd) = std::env::current_dir() {
-        roots.extend(cwd.ancestors().map(Path::to_owned));
-    }
-    if let Ok(exe) = std::env::current_exe() {
-        roots.extend(exe.ancestors().skip(1).map(Path::to_owned));
-    }
-    for r in roots {
-        let p = r.join(".cache").join(rel);
-        if p.is_file() {
-            return Ok(p);
+}
+
+/// Which reranker runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RerankKind {
+    /// The generation's own cross-attention model.
+    #[default]
+    Din,
+    /// A user-supplied text cross-encoder (`rerank.cross_encoder_model`).
+    CrossEncoder,
+}
+
+/// Settings of the reranking stage.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RerankConfig {
+    /// Which model: `din` or `cross_encoder`. Default `din`.
+    pub kind: RerankKind,
+    /// Weight of the reranker's list in the fusion; 0 turns reranking off.
+    /// Default 0.25 (chosen on the ml-latest-small validation split).
+    pub weight: f32,
+    /// How many of the fused candidates are reranked. Default 200.
+    pub candidates: usize,
+    /// The cross-encoder ONNX file (kind `cross_encoder`).
+    pub cross_encoder_model: Option<PathBuf>,
+    /// Its tokenizer.json; default: the sentence encoder's.
+    pub cross_encoder_tokenizer: Option<PathBuf>,
+    /// History items whose titles form the cross-encoder's user context. Default 5.
+    pub context_items: usize,
+    /// Token limit of a (context, item) pair. Default 256.
+    pub max_tokens: usize,
+    /// ONNX Runtime intra-op threads per session. Default 1.
+    pub threads: usize,
+}
+
+impl Default for RerankConfig {
+    fn default() -> Self {
+        Self {
+            kind: RerankKind::Din,
+            weight: 0.25,
+            candidates: 200,
+            cross_encoder_model: None,
+            cross_encoder_tokenizer: None,
+            context_items: 5,
+            max_tokens: 256,
+            threads: 1,
         }
     }
-    looked.push(format!(
-        ".cache/{rel} in the working directory, the executable's directory and their parents"
-    ));
-    Err(Error::Config(format!(
-        "{what} not found (looked at {}); {fix}",
-        looked.join(", ")
-    )))
+}
+
+/// How lists are fused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FusionMethod {
+    /// Weighted sum of min-max normalised scores.
+    #[default]
+    WeightedMinmax,
+    /// Weighted sum of z-scores.
+    WeightedZscore,
+    /// Weighted geometric mean of min-max normalised scores.
+    Geometric,
+    /// Reciprocal-rank fusion.
+    Rrf,
+    /// Borda count.
+    Borda,
+    /// Logistic regression over per-source features
+    /// ([`crate::fusion::LearnedModel`]).
+    Learned,
+}
+
+impl FusionMethod {
+    /// All methods, for validation sweeps.
+    pub const ALL: [FusionMethod; 5] = [
+        FusionMethod::WeightedMinmax,
+        FusionMethod::WeightedZscore,
+        FusionMethod::Geometric,
+        FusionMethod::Rrf,
+        FusionMethod::Borda,
+    ];
+
+    /// Stable name.
+    pub fn name(self) -> &'static str {
+        match self {
+            FusionMethod::WeightedMinmax => "weighted_minmax",
+            FusionMethod::WeightedZscore => "weighted_zscore",
+            FusionMethod::Geometric => "geometric",
+            FusionMethod::Rrf => "rrf",
+            FusionMethod::Borda => "borda",
+            FusionMethod::Learned => "learned",
+        }
+    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! [`Index`] and its filter planner), brute force ([`crate::exact`]) and, with
 //! the `hnsw_rs` feature, the `hnsw_rs` crate (kept as a comparison: it
 //! measured 3.5–7× slower than hnswlib here) and, with the `faiss` feature,
-//! any FAISS index-factory string ([`crate::faiss_backend`]).
+//! any FAISS index-factory string ([`faiss`]).
 //!
 //! Every backend is built into a directory and reopened from it, so reload is
 //! part of what is compared. Ids are row numbers of the input vectors.
@@ -16,28 +16,11 @@ use crate::index::{write_index, Index, SearchParams};
 use crate::store::{ItemMeta, StoreBuilder, VectorStore};
 use crate::Metric;
 
-/// A filter over row numbers.
-pub type Accept<'a> = &'a (dyn Fn(u32) -> bool + Sync);
+mod ann;
+#[cfg(any(feature = "faiss", feature = "faiss-gpu"))]
+pub mod faiss;
 
-/// A searchable, reopened index.
-pub trait AnnIndex: Send + Sync {
-    /// The backend's name.
-    fn name(&self) -> &'static str;
-    /// Rows indexed.
-    fn len(&self) -> usize;
-    /// Whether nothing is indexed.
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    /// The `k` nearest rows to `query` that `accept` allows, nearest first.
-    fn search(
-        &self,
-        query: &[f32],
-        k: usize,
-        ef: usize,
-        accept: Option<Accept<'_>>,
-    ) -> Result<Vec<Neighbor>>;
-}
+pub use ann::{Accept, AnnIndex};
 
 /// The backends.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -190,19 +173,17 @@ pub fn build(
 
 #[cfg(any(feature = "faiss", feature = "faiss-gpu"))]
 fn faiss_build(dir: &Path, sb: &StoreBuilder, factory: &str, efc: usize) -> Result<()> {
-    crate::faiss_backend::build(dir, sb, factory, efc)
+    faiss::build(dir, sb, factory, efc)
 }
 
 #[cfg(any(feature = "faiss", feature = "faiss-gpu"))]
 fn faiss_open(dir: &Path) -> Result<Box<dyn AnnIndex>> {
-    Ok(Box::new(crate::faiss_backend::FaissIndex::open(dir)?))
+    Ok(Box::new(faiss::FaissIndex::open(dir)?))
 }
 
 #[cfg(feature = "faiss-gpu")]
 fn faiss_open_gpu(dir: &Path) -> Result<Box<dyn AnnIndex>> {
-    Ok(Box::new(crate::faiss_backend::FaissIndex::open_gpu(
-        dir, 0,
-    )?))
+    Ok(Box::new(faiss::FaissIndex::open_gpu(dir, 0)?))
 }
 
 #[cfg(not(feature = "faiss-gpu"))]
@@ -327,141 +308,13 @@ impl AnnIndex for Exact {
 }
 
 #[cfg(feature = "hnsw_rs")]
-mod hnsw_rs_backend {
-    //! `hnsw_rs` 0.3.5. Its reload maps only the vector data, not the graph,
-    //! and a reloaded `Hnsw` borrows its `HnswIo`; the loader is leaked so the
-    //! index can live as long as the process (acceptable for a comparison
-    //! backend that is opened once per run).
-
-    use std::path::Path;
-
-    use hnsw_rs::anndists::dist::{DistDot, DistL2};
-    use hnsw_rs::api::AnnT;
-    use hnsw_rs::hnsw::Hnsw;
-    use hnsw_rs::hnswio::HnswIo;
-
-    use super::{Accept, AnnIndex};
-    use crate::error::{IndexError, Result};
-    use crate::hnsw::{HnswParams, Neighbor};
-    use crate::Metric;
-
-    const BASENAME: &str = "hnsw_rs";
-
-    fn fail(dir: &Path, e: impl std::fmt::Display) -> IndexError {
-        IndexError::Corrupt {
-            path: dir.to_owned(),
-            reason: format!("hnsw_rs: {e}"),
-        }
-    }
-
-    enum Inner {
-        L2(Hnsw<'static, f32, DistL2>),
-        Dot(Hnsw<'static, f32, DistDot>),
-    }
-
-    pub(super) fn build(
-        dir: &Path,
-        vectors: &[f32],
-        dim: usize,
-        metric: Metric,
-        params: &HnswParams,
-    ) -> Result<()> {
-        let n = vectors.len() / dim;
-        let data: Vec<(&[f32], usize)> = vectors.chunks_exact(dim).zip(0..).collect();
-        let layers = 16;
-        match metric {
-            Metric::L2 => {
-                let h =
-                    Hnsw::<f32, DistL2>::new(params.m, n, layers, params.ef_construction, DistL2);
-                h.parallel_insert_slice(&data);
-                h.file_dump(dir, BASENAME).map_err(|e| fail(dir, e))?;
-            }
-            // The store holds unit vectors under the cosine metric.
-            Metric::Cosine => {
-                let h =
-                    Hnsw::<f32, DistDot>::new(params.m, n, layers, params.ef_construction, DistDot);
-                h.parallel_insert_slice(&data);
-                h.file_dump(dir, BASENAME).map_err(|e| fail(dir, e))?;
-            }
-            Metric::InnerProduct => {
-                return Err(IndexError::InvalidParameter {
-                    name: "metric",
-                    reason: "the hnsw_rs backend supports l2 and cosine".into(),
-                })
-            }
-        }
-        let name = if metric == Metric::L2 { "l2" } else { "cosine" };
-        std::fs::write(dir.join("hnsw_rs.metric"), name).map_err(|e| IndexError::io(dir, e))
-    }
-
-    struct HnswRs {
-        inner: Inner,
-        metric: Metric,
-        n: usize,
-    }
-
-    pub(super) fn open(dir: &Path) -> Result<Box<dyn AnnIndex>> {
-        let metric_name = std::fs::read_to_string(dir.join("hnsw_rs.metric"))
-            .map_err(|e| IndexError::io(dir.join("hnsw_rs.metric"), e))?;
-        let metric =
-            Metric::parse(metric_name.trim()).ok_or_else(|| fail(dir, "unknown metric"))?;
-        let io: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(dir, BASENAME)));
-        let inner = match metric {
-            Metric::L2 => Inner::L2(io.load_hnsw::<f32, DistL2>().map_err(|e| fail(dir, e))?),
-            _ => Inner::Dot(io.load_hnsw::<f32, DistDot>().map_err(|e| fail(dir, e))?),
-        };
-        let n = match &inner {
-            Inner::L2(h) => h.get_nb_point(),
-            Inner::Dot(h) => h.get_nb_point(),
-        };
-        Ok(Box::new(HnswRs { inner, metric, n }))
-    }
-
-    impl AnnIndex for HnswRs {
-        fn name(&self) -> &'static str {
-            "hnsw_rs"
-        }
-        fn len(&self) -> usize {
-            self.n
-        }
-        fn search(
-            &self,
-            query: &[f32],
-            k: usize,
-            ef: usize,
-            accept: Option<Accept<'_>>,
-        ) -> Result<Vec<Neighbor>> {
-            let mut q = query.to_vec();
-            if self.metric == Metric::Cosine {
-                crate::distance::normalize(&mut q);
-            }
-            let filter = accept.map(|f| move |id: &usize| f(*id as u32));
-            let filter = filter.as_ref().map(|f| f as &dyn hnsw_rs::filter::FilterT);
-            let found = match &self.inner {
-                Inner::L2(h) => h.search_filter(&q, k, ef.max(k), filter),
-                Inner::Dot(h) => h.search_filter(&q, k, ef.max(k), filter),
-            };
-            Ok(found
-                .into_iter()
-                .map(|nb| Neighbor {
-                    id: nb.d_id as u32,
-                    // hnsw_rs reports the Euclidean distance; vecrec's L2 is squared.
-                    distance: if self.metric == Metric::L2 {
-                        nb.distance * nb.distance
-                    } else {
-                        nb.distance
-                    },
-                })
-                .collect())
-        }
-    }
-}
+mod hnsw_rs_backend;
 
 #[cfg(not(feature = "hnsw_rs"))]
 mod hnsw_rs_backend {
     use std::path::Path;
 
-    use super::AnnIndex;
+    use super::ann::AnnIndex;
     use crate::error::{IndexError, Result};
     use crate::hnsw::HnswParams;
     use crate::Metric;
