@@ -347,7 +347,7 @@ fn write_sub_index(
     for (i, v) in rows.chunks_exact(dim).take(store.len()).enumerate() {
         sb.add(store.external_id(i as u32), v, Default::default())?;
     }
-    std::fs::create_dir_all(sub).map_err(|e| crate::Error::io(sub, e))?;
+    std::fs::create_dir_all(sub).map_err(|e| crate::error::Error::io(sub, e))?;
     write_index(sub, &sb, hnsw, extra, &|_| {})?;
     Ok(())
 }

@@ -518,8 +518,7 @@ pub enum FusionMethod {
     Rrf,
     /// Borda count.
     Borda,
-    /// Logistic regression over per-source features
-    /// ([`crate::fusion::LearnedModel`]).
+    /// Logistic regression over per-source features (`fusion::LearnedModel`).
     Learned,
 }
 

@@ -1,183 +1,38 @@
-//! Writing ONNX models from Rust: the subset of `onnx.proto` (ONNX IR, Apache
-//! 2.0) that a feed-forward graph needs, as prost messages with the field
-//! numbers of the official schema, and a small graph builder.
+//! Writing ONNX models from Rust: the official `onnx.proto` (ONNX IR, Apache
+//! 2.0), vendored and compiled to prost messages by `build.rs`, and a small
+//! graph builder over it.
 //!
-//! Only what vecrec's exported models use is declared: graphs of nodes with
-//! attributes, float / int64 initialisers stored as `raw_data`, and typed
-//! inputs and outputs with symbolic dimensions. Models are written with IR
+//! The builder writes what vecrec's exported models use: graphs of nodes
+//! with attributes, float / int64 initialisers stored as `raw_data`, and
+//! typed inputs and outputs with symbolic dimensions. Models are written with IR
 //! version 8 and the default-domain opset 17, which every ONNX Runtime since
 //! 1.13 reads.
 
 use prost::Message;
 
+/// The messages of the official `onnx.proto` (ONNX 1.17.0, vendored under
+/// `proto/onnx/` and compiled by `build.rs`).
+#[allow(missing_docs, clippy::all)]
+pub mod proto {
+    include!(concat!(env!("OUT_DIR"), "/onnx.rs"));
+}
+
+use proto::attribute_proto::AttributeType;
+use proto::tensor_proto::DataType;
+use proto::tensor_shape_proto::{dimension, Dimension};
+use proto::{
+    type_proto, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
+    TensorShapeProto, TypeProto, ValueInfoProto,
+};
+
 /// `TensorProto.DataType.FLOAT`.
-pub const FLOAT: i32 = 1;
+pub const FLOAT: i32 = DataType::Float as i32;
 /// `TensorProto.DataType.INT64`.
-pub const INT64: i32 = 7;
+pub const INT64: i32 = DataType::Int64 as i32;
 /// IR version written.
 pub const IR_VERSION: i64 = 8;
 /// Default-domain opset written.
 pub const OPSET: i64 = 17;
-
-/// `ModelProto`.
-#[derive(Clone, PartialEq, Message)]
-pub struct ModelProto {
-    /// Field 1.
-    #[prost(int64, tag = "1")]
-    pub ir_version: i64,
-    /// Field 2.
-    #[prost(string, tag = "2")]
-    pub producer_name: String,
-    /// Field 3.
-    #[prost(string, tag = "3")]
-    pub producer_version: String,
-    /// Field 6.
-    #[prost(string, tag = "6")]
-    pub doc_string: String,
-    /// Field 7.
-    #[prost(message, optional, tag = "7")]
-    pub graph: Option<GraphProto>,
-    /// Field 8.
-    #[prost(message, repeated, tag = "8")]
-    pub opset_import: Vec<OperatorSetIdProto>,
-}
-
-/// `OperatorSetIdProto`.
-#[derive(Clone, PartialEq, Message)]
-pub struct OperatorSetIdProto {
-    /// Field 1 (empty = the default ONNX domain).
-    #[prost(string, tag = "1")]
-    pub domain: String,
-    /// Field 2.
-    #[prost(int64, tag = "2")]
-    pub version: i64,
-}
-
-/// `GraphProto`.
-#[derive(Clone, PartialEq, Message)]
-pub struct GraphProto {
-    /// Field 1.
-    #[prost(message, repeated, tag = "1")]
-    pub node: Vec<NodeProto>,
-    /// Field 2.
-    #[prost(string, tag = "2")]
-    pub name: String,
-    /// Field 5.
-    #[prost(message, repeated, tag = "5")]
-    pub initializer: Vec<TensorProto>,
-    /// Field 11.
-    #[prost(message, repeated, tag = "11")]
-    pub input: Vec<ValueInfoProto>,
-    /// Field 12.
-    #[prost(message, repeated, tag = "12")]
-    pub output: Vec<ValueInfoProto>,
-}
-
-/// `NodeProto`.
-#[derive(Clone, PartialEq, Message)]
-pub struct NodeProto {
-    /// Field 1.
-    #[prost(string, repeated, tag = "1")]
-    pub input: Vec<String>,
-    /// Field 2.
-    #[prost(string, repeated, tag = "2")]
-    pub output: Vec<String>,
-    /// Field 3.
-    #[prost(string, tag = "3")]
-    pub name: String,
-    /// Field 4.
-    #[prost(string, tag = "4")]
-    pub op_type: String,
-    /// Field 5.
-    #[prost(message, repeated, tag = "5")]
-    pub attribute: Vec<AttributeProto>,
-}
-
-/// `AttributeProto` (the int, float and ints cases).
-#[derive(Clone, PartialEq, Message)]
-pub struct AttributeProto {
-    /// Field 1.
-    #[prost(string, tag = "1")]
-    pub name: String,
-    /// Field 2.
-    #[prost(float, optional, tag = "2")]
-    pub f: Option<f32>,
-    /// Field 3.
-    #[prost(int64, optional, tag = "3")]
-    pub i: Option<i64>,
-    /// Field 8.
-    #[prost(int64, repeated, tag = "8")]
-    pub ints: Vec<i64>,
-    /// Field 20: 1 FLOAT, 2 INT, 7 INTS.
-    #[prost(int32, tag = "20")]
-    pub r#type: i32,
-}
-
-/// `TensorProto` with `raw_data` (little-endian).
-#[derive(Clone, PartialEq, Message)]
-pub struct TensorProto {
-    /// Field 1.
-    #[prost(int64, repeated, tag = "1")]
-    pub dims: Vec<i64>,
-    /// Field 2.
-    #[prost(int32, tag = "2")]
-    pub data_type: i32,
-    /// Field 8.
-    #[prost(string, tag = "8")]
-    pub name: String,
-    /// Field 9.
-    #[prost(bytes = "vec", tag = "9")]
-    pub raw_data: Vec<u8>,
-}
-
-/// `ValueInfoProto`.
-#[derive(Clone, PartialEq, Message)]
-pub struct ValueInfoProto {
-    /// Field 1.
-    #[prost(string, tag = "1")]
-    pub name: String,
-    /// Field 2.
-    #[prost(message, optional, tag = "2")]
-    pub r#type: Option<TypeProto>,
-}
-
-/// `TypeProto` (the tensor case of its oneof, field 1).
-#[derive(Clone, PartialEq, Message)]
-pub struct TypeProto {
-    /// Field 1.
-    #[prost(message, optional, tag = "1")]
-    pub tensor_type: Option<TensorTypeProto>,
-}
-
-/// `TypeProto.Tensor`.
-#[derive(Clone, PartialEq, Message)]
-pub struct TensorTypeProto {
-    /// Field 1.
-    #[prost(int32, tag = "1")]
-    pub elem_type: i32,
-    /// Field 2.
-    #[prost(message, optional, tag = "2")]
-    pub shape: Option<TensorShapeProto>,
-}
-
-/// `TensorShapeProto`.
-#[derive(Clone, PartialEq, Message)]
-pub struct TensorShapeProto {
-    /// Field 1.
-    #[prost(message, repeated, tag = "1")]
-    pub dim: Vec<DimensionProto>,
-}
-
-/// `TensorShapeProto.Dimension`: a value (field 1) or a symbolic name (field 2).
-#[derive(Clone, PartialEq, Message)]
-pub struct DimensionProto {
-    /// Field 1.
-    #[prost(int64, optional, tag = "1")]
-    pub dim_value: Option<i64>,
-    /// Field 2.
-    #[prost(string, optional, tag = "2")]
-    pub dim_param: Option<String>,
-}
 
 /// A dimension of a graph input or output.
 #[derive(Clone, Debug)]
@@ -207,28 +62,37 @@ pub struct GraphBuilder {
 }
 
 fn value_info(name: &str, elem: i32, dims: &[Dim]) -> ValueInfoProto {
-    ValueInfoProto {
-        name: name.to_owned(),
-        r#type: Some(TypeProto {
-            tensor_type: Some(TensorTypeProto {
-                elem_type: elem,
-                shape: Some(TensorShapeProto {
-                    dim: dims
-                        .iter()
-                        .map(|d| match d {
-                            Dim::Fixed(n) => DimensionProto {
-                                dim_value: Some(*n as i64),
-                                dim_param: None,
-                            },
-                            Dim::Named(s) => DimensionProto {
-                                dim_value: None,
-                                dim_param: Some((*s).to_owned()),
-                            },
-                        })
-                        .collect(),
-                }),
+    let dim = dims
+        .iter()
+        .map(|d| Dimension {
+            value: Some(match d {
+                Dim::Fixed(n) => dimension::Value::DimValue(*n as i64),
+                Dim::Named(s) => dimension::Value::DimParam((*s).to_owned()),
             }),
+            ..Default::default()
+        })
+        .collect();
+    ValueInfoProto {
+        name: Some(name.to_owned()),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(elem),
+                shape: Some(TensorShapeProto { dim }),
+            })),
+            ..Default::default()
         }),
+        ..Default::default()
+    }
+}
+
+/// A float or int64 initialiser stored as little-endian `raw_data`.
+fn initializer(name: String, dims: Vec<i64>, data_type: i32, raw: Vec<u8>) -> TensorProto {
+    TensorProto {
+        dims,
+        data_type: Some(data_type),
+        name: Some(name),
+        raw_data: Some(raw),
+        ..Default::default()
     }
 }
 
@@ -237,7 +101,7 @@ impl GraphBuilder {
     pub fn new(name: &str) -> Self {
         Self {
             graph: GraphProto {
-                name: name.to_owned(),
+                name: Some(name.to_owned()),
                 ..Default::default()
             },
             counter: 0,
@@ -259,12 +123,12 @@ impl GraphBuilder {
     /// A float initialiser of shape `dims`.
     pub fn weight(&mut self, name: &str, dims: &[usize], data: &[f32]) -> String {
         debug_assert_eq!(dims.iter().product::<usize>(), data.len());
-        self.graph.initializer.push(TensorProto {
-            dims: dims.iter().map(|d| *d as i64).collect(),
-            data_type: FLOAT,
-            name: name.to_owned(),
-            raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        });
+        self.graph.initializer.push(initializer(
+            name.to_owned(),
+            dims.iter().map(|d| *d as i64).collect(),
+            FLOAT,
+            data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ));
         name.to_owned()
     }
 
@@ -272,12 +136,12 @@ impl GraphBuilder {
     pub fn ints(&mut self, data: &[i64]) -> String {
         self.counter += 1;
         let name = format!("const_{}", self.counter);
-        self.graph.initializer.push(TensorProto {
-            dims: vec![data.len() as i64],
-            data_type: INT64,
-            name: name.clone(),
-            raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        });
+        self.graph.initializer.push(initializer(
+            name.clone(),
+            vec![data.len() as i64],
+            INT64,
+            data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ));
         name
     }
 
@@ -285,12 +149,12 @@ impl GraphBuilder {
     pub fn scalar(&mut self, v: f32) -> String {
         self.counter += 1;
         let name = format!("const_{}", self.counter);
-        self.graph.initializer.push(TensorProto {
-            dims: vec![],
-            data_type: FLOAT,
-            name: name.clone(),
-            raw_data: v.to_le_bytes().to_vec(),
-        });
+        self.graph.initializer.push(initializer(
+            name.clone(),
+            vec![],
+            FLOAT,
+            v.to_le_bytes().to_vec(),
+        ));
         name
     }
 
@@ -305,31 +169,35 @@ impl GraphBuilder {
         self.graph.node.push(NodeProto {
             input: inputs.iter().map(|s| (*s).to_owned()).collect(),
             output: vec![out.clone()],
-            name: format!("n{}_{op}", self.counter),
-            op_type: op.to_owned(),
+            name: Some(format!("n{}_{op}", self.counter)),
+            op_type: Some(op.to_owned()),
             attribute: attrs
                 .iter()
-                .map(|(name, a)| match a {
-                    Attr::Int(i) => AttributeProto {
-                        name: (*name).to_owned(),
-                        i: Some(*i),
-                        r#type: 2,
-                        ..Default::default()
-                    },
-                    Attr::Float(f) => AttributeProto {
-                        name: (*name).to_owned(),
-                        f: Some(*f),
-                        r#type: 1,
-                        ..Default::default()
-                    },
-                    Attr::Ints(v) => AttributeProto {
-                        name: (*name).to_owned(),
-                        ints: v.clone(),
-                        r#type: 7,
-                        ..Default::default()
-                    },
+                .map(|(name, a)| {
+                    let name = Some((*name).to_owned());
+                    match a {
+                        Attr::Int(i) => AttributeProto {
+                            name,
+                            i: Some(*i),
+                            r#type: Some(AttributeType::Int as i32),
+                            ..Default::default()
+                        },
+                        Attr::Float(f) => AttributeProto {
+                            name,
+                            f: Some(*f),
+                            r#type: Some(AttributeType::Float as i32),
+                            ..Default::default()
+                        },
+                        Attr::Ints(v) => AttributeProto {
+                            name,
+                            ints: v.clone(),
+                            r#type: Some(AttributeType::Ints as i32),
+                            ..Default::default()
+                        },
+                    }
                 })
                 .collect(),
+            ..Default::default()
         });
         out
     }
@@ -342,15 +210,16 @@ impl GraphBuilder {
     /// The serialised model.
     pub fn finish(self, doc: &str) -> Vec<u8> {
         ModelProto {
-            ir_version: IR_VERSION,
-            producer_name: "vecrec".into(),
-            producer_version: env!("CARGO_PKG_VERSION").into(),
-            doc_string: doc.to_owned(),
+            ir_version: Some(IR_VERSION),
+            producer_name: Some("vecrec".into()),
+            producer_version: Some(env!("CARGO_PKG_VERSION").into()),
+            doc_string: Some(doc.to_owned()),
             graph: Some(self.graph),
             opset_import: vec![OperatorSetIdProto {
-                domain: String::new(),
-                version: OPSET,
+                domain: Some(String::new()),
+                version: Some(OPSET),
             }],
+            ..Default::default()
         }
         .encode_to_vec()
     }
@@ -371,9 +240,21 @@ mod tests {
         let m = ModelProto::decode(bytes.as_slice()).unwrap();
         let graph = m.graph.unwrap();
         assert_eq!(graph.node.len(), 2);
-        assert_eq!(graph.node[0].op_type, "MatMul");
-        assert_eq!(graph.initializer[0].raw_data.len(), 8);
-        assert_eq!(m.opset_import[0].version, OPSET);
-        assert_eq!(graph.output[0].name, "y");
+        assert_eq!(graph.node[0].op_type(), "MatMul");
+        assert_eq!(graph.initializer[0].raw_data().len(), 8);
+        assert_eq!(graph.initializer[0].data_type, Some(FLOAT));
+        assert_eq!(m.opset_import[0].version, Some(OPSET));
+        assert_eq!(m.ir_version, Some(IR_VERSION));
+        assert_eq!(graph.output[0].name(), "y");
+        let Some(type_proto::Value::TensorType(t)) = &graph.input[0].r#type.as_ref().unwrap().value
+        else {
+            panic!("the input is not a tensor");
+        };
+        let dims = &t.shape.as_ref().unwrap().dim;
+        assert_eq!(
+            dims[0].value,
+            Some(dimension::Value::DimParam("batch".into()))
+        );
+        assert_eq!(dims[1].value, Some(dimension::Value::DimValue(2)));
     }
 }

@@ -9,6 +9,7 @@ fn bin(name: &str) -> Command {
         "vecrec" => env!("CARGO_BIN_EXE_vecrec"),
         "vecrec-build" => env!("CARGO_BIN_EXE_vecrec-build"),
         "vecrec-eval" => env!("CARGO_BIN_EXE_vecrec-eval"),
+        #[cfg(feature = "ann-bench")]
         "vecrec-ann-bench" => env!("CARGO_BIN_EXE_vecrec-ann-bench"),
         _ => env!("CARGO_BIN_EXE_vecrec-sample"),
     })
@@ -16,13 +17,17 @@ fn bin(name: &str) -> Command {
 
 #[test]
 fn every_binary_explains_itself() {
-    for (name, args, want) in [
+    let mut binaries = vec![
         ("vecrec", vec!["serve", "--help"], "--index"),
         ("vecrec-build", vec!["--help"], "--movielens"),
         ("vecrec-eval", vec!["--help"], "--write-split"),
         ("vecrec-sample", vec!["--help"], "--seed"),
-        ("vecrec-ann-bench", vec!["--help"], "--ef-construction"),
-    ] {
+    ];
+    // Built with the comparison backends (`make test` enables them).
+    if cfg!(feature = "ann-bench") {
+        binaries.push(("vecrec-ann-bench", vec!["--help"], "--ef-construction"));
+    }
+    for (name, args, want) in binaries {
         let out = bin(name).args(&args).output().unwrap();
         assert!(out.status.success(), "{name} --help failed");
         let text = String::from_utf8_lossy(&out.stdout);
@@ -113,6 +118,7 @@ pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 
 /// The ANN benchmark tool prints a build line and one line per ef, and the
 /// default graph reaches recall@10 ≥ 0.95 at ef = 64 on bigann10k.
+#[cfg(feature = "ann-bench")]
 #[test]
 fn ann_bench_prints_json_lines() {
     let d = crate::common::shared().join("datasets/ann-bigann10k");

@@ -278,8 +278,10 @@ async fn a_new_generation_is_swapped_in_under_load() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let first_failure = Arc::new(parking_lot::Mutex::new(None::<String>));
     let load = {
         let (stop, ok, failed, user) = (stop.clone(), ok.clone(), failed.clone(), user.clone());
+        let first_failure = first_failure.clone();
         tokio::spawn(async move {
             // Bounded: at most 20,000 calls or until told to stop.
             for _ in 0..20_000 {
@@ -291,9 +293,17 @@ async fn a_new_generation_is_swapped_in_under_load() {
                     k: 5,
                     ..Default::default()
                 };
-                match client.recommend(req).await {
-                    Ok(r) if r.get_ref().items.len() == 5 => ok.fetch_add(1, Ordering::Relaxed),
-                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                let why = match client.recommend(req).await {
+                    Ok(r) if r.get_ref().items.len() == 5 => None,
+                    Ok(r) => Some(format!("{} items", r.get_ref().items.len())),
+                    Err(status) => Some(format!("{status:?}")),
+                };
+                match why {
+                    None => ok.fetch_add(1, Ordering::Relaxed),
+                    Some(why) => {
+                        first_failure.lock().get_or_insert(why);
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
                 };
             }
         })
@@ -330,7 +340,7 @@ async fn a_new_generation_is_swapped_in_under_load() {
     load.await.unwrap();
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
     eprintln!("requests during the swap: {ok} ok, {failed} failed");
-    assert_eq!(failed, 0);
+    assert_eq!(failed, 0, "first failure: {:?}", first_failure.lock());
     assert!(ok > 10, "too few requests ({ok}) to say anything");
     assert!(slot.get().index().dir().ends_with("gen-000002"));
     tx.send(()).unwrap();

@@ -300,11 +300,13 @@ async fn metrics_are_scraped_during_load() {
         let mut c = server.client.clone();
         let (user, item) = (user.clone(), item.clone());
         load.push(tokio::spawn(async move {
-            // Bounded: 60 rounds or 20 s.
+            // Bounded: 60 rounds or 20 s; returns the rounds done.
+            let mut rounds = 0u32;
             for _ in 0..60 {
                 if Instant::now() > deadline {
                     break;
                 }
+                rounds += 1;
                 c.recommend(pb::RecommendRequest {
                     user_id: user.clone(),
                     k: 5,
@@ -332,6 +334,7 @@ async fn metrics_are_scraped_during_load() {
                     })
                     .await;
             }
+            rounds
         }));
     }
     // Scrape while the load runs.
@@ -341,8 +344,9 @@ async fn metrics_are_scraped_during_load() {
         load.iter().any(|t| !t.is_finished()),
         "the load ended before the scrape"
     );
+    let mut rounds = 0.0;
     for t in load {
-        t.await.unwrap();
+        rounds += f64::from(t.await.unwrap());
     }
     let after = scrape(metrics).await;
     for text in [&during, &after] {
@@ -362,18 +366,19 @@ async fn metrics_are_scraped_during_load() {
         ok_after > ok_during && ok_during > 0.0,
         "{ok_during} then {ok_after}"
     );
-    assert!(
-        value(
-            &after,
-            r#"vecrec_requests_total{rpc="GetItem",code="NOT_FOUND"}"#
-        ) >= 240.0
+    // Every call of the load is counted (other tests in this binary may
+    // add more; a slow machine may stop the load before its 60 rounds).
+    assert!(rounds > 0.0);
+    let not_found = value(
+        &after,
+        r#"vecrec_requests_total{rpc="GetItem",code="NOT_FOUND"}"#,
     );
-    assert!(
-        value(
-            &after,
-            r#"vecrec_requests_total{rpc="SimilarItems",code="OK"}"#
-        ) >= 240.0
+    assert!(not_found >= rounds, "{not_found} counted, {rounds} made");
+    let similar = value(
+        &after,
+        r#"vecrec_requests_total{rpc="SimilarItems",code="OK"}"#,
     );
+    assert!(similar >= rounds, "{similar} counted, {rounds} made");
     // Other tests in this binary serve too: the gauge shows some index.
     assert!(value(&after, "vecrec_items ") > 0.0, "{after}");
     for series in [

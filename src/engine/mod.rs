@@ -1,0 +1,481 @@
+//! The engine: one opened index generation, its user profiles and the encoder,
+//! answering the queries the gRPC service and the evaluation both run.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use vecrec_index::Index;
+
+use crate::config::Config;
+use crate::deadline::Deadline;
+use crate::encoder::Encoder;
+use crate::error::{Error, Result};
+use crate::filter::Filter;
+use crate::fusion::{fuse, FusionMethod, SourceList};
+use crate::live::Live;
+use crate::rerank::{RerankInput, Reranker};
+use crate::users::{profile, UserProfiles};
+
+mod search;
+mod sources;
+#[cfg(test)]
+mod tests;
+mod writes;
+
+pub use sources::Source;
+use sources::{timed, Trained};
+
+/// One ranked item.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scored {
+    /// Internal id.
+    pub internal: u32,
+    /// External id.
+    pub id: String,
+    /// Similarity, larger is better (cosine for the content pipeline).
+    pub score: f32,
+}
+
+/// Whom to recommend for.
+#[derive(Clone, Copy, Debug)]
+pub enum UserRef<'a> {
+    /// A user known to the index.
+    Id(&'a str),
+    /// An explicit history of item ids, oldest first.
+    History(&'a [String]),
+}
+
+/// Options of a recommendation.
+#[derive(Clone, Debug, Default)]
+pub struct RecommendOptions {
+    /// Fusion method for this request; `None` takes the config's.
+    pub fusion: Option<FusionMethod>,
+    /// Number of items.
+    pub k: usize,
+    /// Keep items of the history in the answer.
+    pub include_seen: bool,
+    /// Attribute filter.
+    pub filter: Option<Filter>,
+    /// When the answer stops being wanted: checked between stages.
+    pub deadline: Deadline,
+}
+
+/// The user-profile settings the generation's profiles were precomputed with.
+fn built_users(index: &Index) -> Option<crate::config::UserConfig> {
+    let v = index.manifest().extra.get("users")?;
+    serde_json::from_value(v.clone()).ok()
+}
+
+/// Whether item `i` may be answered: not excluded, and passing the filter if any.
+fn admissible(
+    store: &vecrec_index::VectorStore,
+    exclude: &HashSet<u32>,
+    filter: Option<&Filter>,
+    i: u32,
+) -> bool {
+    !exclude.contains(&i) && filter.is_none_or(|f| f.matches(store.meta(i)))
+}
+
+/// Name of the reranker's list in the fusion and in the learned model's features.
+pub const RERANKER: &str = "reranker";
+
+/// The engine over one generation.
+#[derive(Debug)]
+pub struct Engine {
+    index: Index,
+    users: UserProfiles,
+    encoder: Option<Arc<Encoder>>,
+    cfg: Config,
+    use_precomputed: bool,
+    trained: Option<Trained>,
+    live: Option<Arc<Live>>,
+    applied_seq: u64,
+}
+
+/// The `internal` id of an item upserted since the generation was built (it
+/// has no place in the generation's store).
+pub const LIVE_ITEM: u32 = u32::MAX;
+
+impl Engine {
+    /// Opens the live generation under `root`.
+    pub fn open(root: &Path, cfg: Config, encoder: Option<Arc<Encoder>>) -> Result<Self> {
+        let index = Index::open_current(root)?;
+        let store = index.store();
+        let users = UserProfiles::open(index.dir(), store.len(), store.dim())?;
+        if let Some(enc) = &encoder {
+            if enc.dim() != store.dim() {
+                return Err(Error::Config(format!(
+                    "the encoder makes {}-dimensional vectors but the index holds {}-dimensional ones; rebuild the index with this model",
+                    enc.dim(),
+                    store.dim()
+                )));
+            }
+        }
+        let use_precomputed = built_users(&index).as_ref() == Some(&cfg.users);
+        if !use_precomputed {
+            tracing::info!(
+                "user settings differ from the build's; user vectors are computed per request"
+            );
+        }
+        let trained = Trained::open(&index, &users, &cfg)?;
+        tracing::info!(
+            hybrid = trained.is_some(),
+            generation = %index.dir().display(),
+            items = store.len(),
+            users = users.len(),
+            dim = store.dim(),
+            "index opened"
+        );
+        let applied_seq = index
+            .manifest()
+            .extra
+            .get("wal_seq")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0);
+        Ok(Self {
+            index,
+            users,
+            encoder,
+            cfg,
+            use_precomputed,
+            trained,
+            live: None,
+            applied_seq,
+        })
+    }
+
+    /// The last write-ahead-log record folded into this generation (0 for a bulk build).
+    pub fn applied_seq(&self) -> u64 {
+        self.applied_seq
+    }
+
+    /// The opened index.
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    /// The user profiles.
+    pub fn users(&self) -> &UserProfiles {
+        &self.users
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Changes how user vectors are made; precomputed profiles are used only
+    /// when the settings equal the build's.
+    pub fn set_users(&mut self, users: crate::config::UserConfig) {
+        self.use_precomputed = built_users(&self.index).as_ref() == Some(&users);
+        self.cfg.users = users;
+    }
+
+    /// Switches between exact and graph search.
+    pub fn set_exact(&mut self, exact: bool) {
+        self.cfg.search.exact = exact;
+    }
+
+    /// The shared encoder, if any (a reopened generation reuses it).
+    pub fn encoder_arc(&self) -> Option<Arc<Encoder>> {
+        self.encoder.clone()
+    }
+
+    /// The encoder, or an error if this engine was opened without one.
+    pub fn encoder(&self) -> Result<&Encoder> {
+        self.encoder
+            .as_deref()
+            .ok_or_else(|| Error::Config("this engine was opened without an encoder".into()))
+    }
+
+    fn check_k(&self, k: usize) -> Result<usize> {
+        let k = if k == 0 { 10 } else { k };
+        if k > self.cfg.limits.max_k {
+            return Err(Error::invalid(format!(
+                "k = {k} is over the limit of {}",
+                self.cfg.limits.max_k
+            )));
+        }
+        Ok(k)
+    }
+
+    /// Checks a text against the length limit.
+    pub fn check_text(&self, what: &str, text: &str) -> Result<()> {
+        if text.trim().is_empty() {
+            return Err(Error::invalid(format!("{what} must not be empty")));
+        }
+        if text.len() > self.cfg.limits.max_text_bytes {
+            return Err(Error::invalid(format!(
+                "{what} is {} bytes, over the limit of {}",
+                text.len(),
+                self.cfg.limits.max_text_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether the generation holds trained sources.
+    pub fn is_hybrid_capable(&self) -> bool {
+        self.trained.is_some()
+    }
+
+    /// Whether the generation holds a learned fusion model.
+    pub fn has_learned_fusion(&self) -> bool {
+        self.trained.as_ref().is_some_and(|t| t.learned.is_some())
+    }
+
+    /// Whether `Recommend` runs the multi-source pipeline.
+    pub fn is_hybrid(&self) -> bool {
+        self.cfg.hybrid.enabled && self.trained.is_some()
+    }
+
+    /// Changes the hybrid pipeline's settings (validation sweeps use this).
+    pub fn set_hybrid(&mut self, hybrid: crate::config::HybridConfig) {
+        self.cfg.hybrid = hybrid;
+    }
+
+    fn learned_model(&self) -> Result<&crate::fusion::LearnedModel> {
+        self.trained
+            .as_ref()
+            .and_then(|t| t.learned.as_ref())
+            .ok_or_else(|| {
+                Error::invalid(
+                    "this index has no learned fusion model; rebuild it with vecrec-build",
+                )
+            })
+    }
+
+    /// The reranker in force, if the generation or the config has one.
+    pub fn reranker(&self) -> Option<&Reranker> {
+        self.trained.as_ref().and_then(|t| t.reranker.as_ref())
+    }
+
+    /// Changes the reranking settings other than the kind (validation sweeps use this).
+    pub fn set_rerank_weight(&mut self, weight: f32) {
+        self.cfg.rerank.weight = weight;
+    }
+
+    /// Whether the reranker runs for a request fused with `method`.
+    fn reranks(&self, method: FusionMethod) -> bool {
+        self.reranker().is_some()
+            && if method == FusionMethod::Learned {
+                // Without a model yet (the build fitting one), rerank so the
+                // reranker's score can become a feature.
+                self.trained
+                    .as_ref()
+                    .and_then(|t| t.learned.as_ref())
+                    .is_none_or(|m| m.sources.iter().any(|s| s == RERANKER))
+            } else {
+                self.cfg.rerank.weight > 0.0
+            }
+    }
+
+    /// Every ranked list the final fusion of `method` sees: each source's
+    /// candidates, then, when the reranker runs, its scores for the head of
+    /// the sources fused without it (`rerank.candidates` items; the learned
+    /// method pre-ranks with geometric fusion) as a list named [`RERANKER`].
+    pub fn candidate_lists(
+        &self,
+        history: &[(u32, f32)],
+        user: Option<u32>,
+        accept: &(dyn Fn(u32) -> bool + Sync),
+        method: FusionMethod,
+    ) -> Result<Vec<SourceList>> {
+        self.candidate_lists_within(history, user, accept, method, Deadline::NONE)
+    }
+
+    /// [`Engine::candidate_lists`], checking `deadline` before each stage.
+    fn candidate_lists_within(
+        &self,
+        history: &[(u32, f32)],
+        user: Option<u32>,
+        accept: &(dyn Fn(u32) -> bool + Sync),
+        method: FusionMethod,
+        deadline: Deadline,
+    ) -> Result<Vec<SourceList>> {
+        deadline.check("sources")?;
+        let which: Vec<Source> = if method == FusionMethod::Learned {
+            Source::ALL.to_vec()
+        } else {
+            Source::ALL
+                .into_iter()
+                .filter(|s| self.weight(*s) > 0.0)
+                .collect()
+        };
+        let mut lists = self.source_lists(history, user, &which, accept)?;
+        if self.reranks(method) {
+            deadline.check("rerank")?;
+            let pre_method = if method == FusionMethod::Learned {
+                FusionMethod::Geometric
+            } else {
+                method
+            };
+            let head: Vec<u32> = fuse(pre_method, &lists, self.cfg.hybrid.rrf_k)
+                .into_iter()
+                .take(self.cfg.rerank.candidates)
+                .map(|e| e.0)
+                .collect();
+            lists.push(timed("rerank", || self.rerank_list(history, &head))?);
+        }
+        Ok(lists)
+    }
+
+    /// The reranker's scores of `candidates` as a ranked list.
+    pub fn rerank_list(&self, history: &[(u32, f32)], candidates: &[u32]) -> Result<SourceList> {
+        let trained = self.trained.as_ref();
+        let reranker = self
+            .reranker()
+            .ok_or_else(|| Error::invalid("this index has no reranker"))?;
+        let ids: Vec<u32> = history.iter().map(|h| h.0).collect();
+        let empty: &[f32] = &[];
+        let scores = reranker.score(&RerankInput {
+            history: &ids,
+            candidates,
+            embeddings: trained
+                .and_then(|t| t.two_tower.as_ref())
+                .map_or(empty, |tt| tt.index.store().vectors()),
+            popularity: trained.map_or(empty, |t| &t.popularity),
+            store: self.index.store(),
+        })?;
+        let mut items: Vec<(u32, f32)> = candidates.iter().copied().zip(scores).collect();
+        items.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        Ok(SourceList {
+            name: RERANKER,
+            weight: self.cfg.rerank.weight,
+            items,
+        })
+    }
+
+    /// Items for a user known by id or by an explicit history.
+    pub fn recommend(&self, who: UserRef<'_>, opts: &RecommendOptions) -> Result<Vec<Scored>> {
+        let k = self.check_k(opts.k)?;
+        opts.deadline.check("recommend")?;
+        let store = self.index.store();
+        let view = self.view();
+        // Live items named in a history have no place in the generation's
+        // tables: they are kept out of the answer but cannot shape it.
+        let mut live_seen: Vec<String> = Vec::new();
+        let (history, precomputed, user_number) = match who {
+            UserRef::Id(user) => {
+                let known = self.users.lookup(user);
+                let mut events: Vec<(u32, f32)> = Vec::new();
+                if let Some(v) = &view {
+                    for e in v.events(user) {
+                        if v.is_deleted(&e.item) {
+                            continue;
+                        }
+                        match store.internal_id(&e.item) {
+                            Some(i) => events.push((i, e.weight)),
+                            None => live_seen.push(e.item.clone()),
+                        }
+                    }
+                }
+                let recorded = !events.is_empty() || !live_seen.is_empty();
+                match known {
+                    None if !recorded => {
+                        return Err(Error::NotFound {
+                            kind: "user",
+                            id: user.to_owned(),
+                        })
+                    }
+                    None => (events, None, None),
+                    // New events: the stored vectors no longer describe the user.
+                    Some(u) if recorded => {
+                        let mut h = self.users.history(u);
+                        h.extend(events);
+                        (h, None, None)
+                    }
+                    Some(u) => {
+                        let pre = if self.use_precomputed {
+                            self.users.vector(u)
+                        } else {
+                            None
+                        };
+                        (self.users.history(u), pre, Some(u))
+                    }
+                }
+            }
+            UserRef::History(items) => {
+                if items.is_empty() {
+                    return Err(Error::invalid("give a user_id or a non-empty history"));
+                }
+                if items.len() > self.cfg.limits.max_history {
+                    return Err(Error::invalid(format!(
+                        "history has {} items, over the limit of {}",
+                        items.len(),
+                        self.cfg.limits.max_history
+                    )));
+                }
+                let mut h = Vec::with_capacity(items.len());
+                for id in items {
+                    let deleted = view.as_ref().is_some_and(|v| v.is_deleted(id));
+                    match store.internal_id(id).filter(|_| !deleted) {
+                        Some(i) => h.push((i, 1.0)),
+                        None if view.as_ref().is_some_and(|v| v.item(id).is_some()) => {
+                            live_seen.push(id.clone())
+                        }
+                        None => {
+                            return Err(Error::NotFound {
+                                kind: "item",
+                                id: id.clone(),
+                            })
+                        }
+                    }
+                }
+                (h, None, None)
+            }
+        };
+        let mut exclude: HashSet<u32> = if opts.include_seen {
+            HashSet::new()
+        } else {
+            history.iter().map(|h| h.0).collect()
+        };
+        if opts.include_seen {
+            live_seen.clear();
+        }
+        // Release the delta before anything below reads it again: a second
+        // read lock behind a waiting writer would deadlock (the lock is fair).
+        let masked = match &view {
+            Some(v) if self.is_hybrid() && !v.is_empty() => v.masked(store),
+            _ => HashSet::new(),
+        };
+        drop(view);
+        if self.is_hybrid() {
+            // The content-only path below masks in `search`; here the sources
+            // see the mask through `accept`.
+            exclude.extend(masked);
+            let filter = opts.filter.as_ref().filter(|f| !f.is_empty());
+            let accept = |i: u32| admissible(store, &exclude, filter, i);
+            let method = opts.fusion.unwrap_or(self.cfg.hybrid.fusion);
+            let lists =
+                self.candidate_lists_within(&history, user_number, &accept, method, opts.deadline)?;
+            opts.deadline.check("fusion")?;
+            let fused = timed("fusion", || {
+                Ok::<_, Error>(if method == FusionMethod::Learned {
+                    self.learned_model()?.fuse(&lists)
+                } else {
+                    fuse(method, &lists, self.cfg.hybrid.rrf_k)
+                })
+            })?;
+            return Ok(fused
+                .into_iter()
+                .take(k)
+                .map(|(i, score)| Scored {
+                    internal: i,
+                    id: store.external_id(i).to_owned(),
+                    score,
+                })
+                .collect());
+        }
+        let vector = match precomputed {
+            Some(v) => v.to_vec(),
+            None => profile(store, &history, &self.cfg.users)
+                .ok_or_else(|| Error::invalid("the history carries no positive weight"))?,
+        };
+        opts.deadline.check("search")?;
+        timed("search", || {
+            self.search(&vector, k, &exclude, &live_seen, opts.filter.as_ref())
+        })
+    }
+}

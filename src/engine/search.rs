@@ -1,0 +1,167 @@
+//! Nearest-neighbour answers: item lookups and the content search over the
+//! generation merged with the items upserted since, behind SimilarItems,
+//! SearchText, the content-only Recommend and Embed.
+
+use std::collections::HashSet;
+
+use vecrec_index::ItemMeta;
+
+use super::{admissible, timed, Engine, Scored, LIVE_ITEM};
+use crate::deadline::Deadline;
+use crate::error::{Error, Result};
+use crate::filter::Filter;
+
+impl Engine {
+    /// Internal id of an item of the generation, or `NotFound` (also for
+    /// items deleted since).
+    pub fn item(&self, id: &str) -> Result<u32> {
+        let not_found = || Error::NotFound {
+            kind: "item",
+            id: id.to_owned(),
+        };
+        if self.view().is_some_and(|v| v.is_deleted(id)) {
+            return Err(not_found());
+        }
+        self.index.store().internal_id(id).ok_or_else(not_found)
+    }
+
+    /// Attributes of an item, live updates included.
+    pub fn item_meta(&self, id: &str) -> Result<ItemMeta> {
+        if let Some(x) = self.view().as_ref().and_then(|v| v.item(id)) {
+            return Ok(x.meta.clone());
+        }
+        Ok(self.index.store().meta(self.item(id)?).clone())
+    }
+
+    /// The vector of an item, live updates included.
+    pub(super) fn item_vector(&self, id: &str) -> Result<Vec<f32>> {
+        if let Some(x) = self.view().as_ref().and_then(|v| v.item(id)) {
+            return Ok(x.vector.clone());
+        }
+        Ok(self.index.store().vector(self.item(id)?).to_vec())
+    }
+
+    /// Nearest items to `query`: the graph (or exact) search over the
+    /// generation, minus `exclude` and anything deleted or replaced since,
+    /// merged with the items upserted since (except `exclude_ids`).
+    pub(super) fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        exclude: &HashSet<u32>,
+        exclude_ids: &[String],
+        filter: Option<&Filter>,
+    ) -> Result<Vec<Scored>> {
+        let store = self.index.store();
+        let filter = filter.filter(|f| !f.is_empty());
+        let view = self.view();
+        let masked;
+        let exclude = match &view {
+            Some(v) if !v.is_empty() => {
+                masked = exclude
+                    .iter()
+                    .copied()
+                    .chain(v.masked(store))
+                    .collect::<HashSet<u32>>();
+                &masked
+            }
+            _ => exclude,
+        };
+        let accept = |i: u32| admissible(store, exclude, filter, i);
+        let need_filter = !exclude.is_empty() || filter.is_some();
+        let params = self.search_params(k);
+        let (found, _plan) = self.index.search(
+            query,
+            &params,
+            if need_filter { Some(&accept) } else { None },
+        )?;
+        let metric = store.metric();
+        let mut out: Vec<Scored> = found
+            .into_iter()
+            .map(|n| Scored {
+                internal: n.id,
+                id: store.external_id(n.id).to_owned(),
+                score: metric.score(n.distance),
+            })
+            .collect();
+        // Items upserted since the build: scored exactly beside the graph.
+        if let Some(v) = view.filter(|v| !v.is_empty()) {
+            let skip: HashSet<&str> = exclude_ids.iter().map(String::as_str).collect();
+            out.extend(
+                v.items()
+                    .filter(|(id, x)| {
+                        !skip.contains(id.as_str()) && filter.is_none_or(|f| f.matches(&x.meta))
+                    })
+                    .map(|(id, x)| Scored {
+                        internal: LIVE_ITEM,
+                        id: id.clone(),
+                        score: metric.score(metric.distance(query, &x.vector)),
+                    }),
+            );
+            out.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
+            out.truncate(k);
+        }
+        Ok(out)
+    }
+
+    /// Items nearest to a catalogue item (never the item itself).
+    pub fn similar_items(
+        &self,
+        item: &str,
+        k: usize,
+        filter: Option<&Filter>,
+    ) -> Result<Vec<Scored>> {
+        let k = self.check_k(k)?;
+        let v = self.item_vector(item)?;
+        let own: HashSet<u32> = self.index.store().internal_id(item).into_iter().collect();
+        timed("search", || {
+            self.search(&v, k, &own, &[item.to_owned()], filter)
+        })
+    }
+
+    /// Items nearest to a text query.
+    pub fn search_text(
+        &self,
+        query: &str,
+        k: usize,
+        filter: Option<&Filter>,
+    ) -> Result<Vec<Scored>> {
+        self.search_text_within(query, k, filter, Deadline::NONE)
+    }
+
+    /// [`Engine::search_text`] for a request due by `deadline`, checked
+    /// before encoding and before searching.
+    pub fn search_text_within(
+        &self,
+        query: &str,
+        k: usize,
+        filter: Option<&Filter>,
+        deadline: Deadline,
+    ) -> Result<Vec<Scored>> {
+        let k = self.check_k(k)?;
+        self.check_text("query", query)?;
+        let v = self
+            .encoder()?
+            .encode_within(&[query], deadline)?
+            .pop()
+            .unwrap_or_default();
+        deadline.check("search")?;
+        timed("search", || {
+            self.search(&v, k, &HashSet::new(), &[], filter)
+        })
+    }
+
+    /// Embeddings of texts.
+    pub fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+        self.embed_within(texts, Deadline::NONE)
+    }
+
+    /// [`Engine::embed`] for a request due by `deadline`, checked before encoding.
+    pub fn embed_within(&self, texts: &[String], deadline: Deadline) -> Result<Vec<Vec<f32>>> {
+        self.check_batch("texts", texts.len())?;
+        for (i, t) in texts.iter().enumerate() {
+            self.check_text(&format!("texts[{i}]"), t)?;
+        }
+        self.encoder()?.encode_within(texts, deadline)
+    }
+}

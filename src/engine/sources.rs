@@ -1,0 +1,402 @@
+//! The candidate sources of the hybrid pipeline: the trained models a
+//! generation holds (EASE, transitions, ALS, two-tower, popularity, the
+//! learned fusion and the reranker), opened together, and the lists each
+//! source ranks for a history.
+
+use std::path::Path;
+
+use vecrec_index::{Index, SearchParams};
+
+use super::Engine;
+use crate::config::{Config, RerankKind};
+use crate::error::{Error, Result};
+use crate::fusion::SourceList;
+use crate::rerank::Reranker;
+use crate::retrieve::sparse::SparseRows;
+use crate::retrieve::{popularity, recency_weights, top_n};
+use crate::runtime::{Device, Input, ModelSource, OnnxModel};
+use crate::telemetry;
+use crate::users::{profile, UserProfiles};
+
+/// The candidate sources of the hybrid pipeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// EASE item-item weights.
+    Ease,
+    /// Time-ordered co-occurrence.
+    Transitions,
+    /// BERT-vector nearest neighbours of the user profile.
+    Content,
+    /// Interaction counts.
+    Popularity,
+    /// ALS factors, searched in their own HNSW index.
+    Als,
+    /// The two-tower user encoder's vector, searched among the item tower's
+    /// embeddings in their own HNSW index.
+    TwoTower,
+}
+
+impl Source {
+    /// All sources.
+    pub const ALL: [Source; 6] = [
+        Source::Ease,
+        Source::Transitions,
+        Source::Content,
+        Source::Popularity,
+        Source::Als,
+        Source::TwoTower,
+    ];
+
+    /// Stable name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Ease => "ease",
+            Source::Transitions => "transitions",
+            Source::Content => "content",
+            Source::Popularity => "popularity",
+            Source::Als => "als",
+            Source::TwoTower => "two_tower",
+        }
+    }
+
+    /// The stage name its latency is recorded under.
+    pub(super) fn stage(self) -> &'static str {
+        match self {
+            Source::Ease => "source_ease",
+            Source::Transitions => "source_transitions",
+            Source::Content => "source_content",
+            Source::Popularity => "source_popularity",
+            Source::Als => "source_als",
+            Source::TwoTower => "source_two_tower",
+        }
+    }
+}
+
+/// Runs `f`, recording its latency under `stage`.
+pub(super) fn timed<T>(stage: &'static str, f: impl FnOnce() -> T) -> T {
+    let start = std::time::Instant::now();
+    let out = f();
+    telemetry::stage(stage, start.elapsed().as_secs_f64());
+    out
+}
+
+/// Trained interaction-based sources of a generation.
+#[derive(Debug)]
+pub(super) struct Trained {
+    pub(super) ease: SparseRows,
+    pub(super) transitions: SparseRows,
+    pub(super) popularity: Vec<f32>,
+    pub(super) als: Index,
+    /// User factors, users × factors.
+    pub(super) als_users: Vec<f32>,
+    /// `YᵀY` of the item factors, for folding in new histories.
+    pub(super) als_gram: Vec<f64>,
+    /// The learned fusion model, when the build fitted one.
+    pub(super) learned: Option<crate::fusion::LearnedModel>,
+    /// The two-tower model, when the build trained one.
+    pub(super) two_tower: Option<TwoTowerServing>,
+    /// The reranker in force, if any.
+    pub(super) reranker: Option<Reranker>,
+}
+
+/// The served two-tower model.
+#[derive(Debug)]
+pub(super) struct TwoTowerServing {
+    /// Item embeddings (inner product).
+    pub(super) index: Index,
+    /// The user tower through ONNX Runtime.
+    pub(super) user: OnnxModel,
+    pub(super) meta: crate::layout::TwoTowerMeta,
+    /// Item features, items × `meta.input`.
+    pub(super) features: Vec<f32>,
+}
+
+impl TwoTowerServing {
+    fn open(
+        dir: &Path,
+        content: &vecrec_index::VectorStore,
+        als: &Index,
+        ort: &Path,
+    ) -> Result<Option<Self>> {
+        let sub = dir.join(crate::layout::TWO_TOWER_DIR);
+        if !sub.is_dir() {
+            return Ok(None);
+        }
+        let index = Index::open(&sub)?;
+        let meta: crate::layout::TwoTowerMeta =
+            vecrec_index::format::read_json(&dir.join(crate::layout::TWO_TOWER_META_FILE))?;
+        let file = vecrec_index::format::CheckedFile::open(
+            &dir.join(crate::layout::USER_TOWER_FILE),
+            vecrec_index::format::Kind::MODEL,
+            true,
+        )?;
+        let user = OnnxModel::load(
+            ort,
+            ModelSource::Bytes(crate::layout::USER_TOWER_FILE, file.payload()),
+            2,
+            1,
+            Device::Cpu,
+        )?;
+        let features = crate::retrieve::two_tower::item_features(
+            content.vectors(),
+            content.dim(),
+            als.store().vectors(),
+            als.store().dim(),
+        );
+        if features.len() != content.len() * meta.input || index.store().len() != content.len() {
+            return Err(Error::Config(format!(
+                "{}: the two-tower model was trained for {}-wide item features of {} items; this generation has {} items",
+                dir.display(),
+                meta.input,
+                index.store().len(),
+                content.len()
+            )));
+        }
+        Ok(Some(Self {
+            index,
+            user,
+            meta,
+            features,
+        }))
+    }
+
+    /// The user tower's vector for a history (oldest first); `None` when empty.
+    pub(super) fn user_vector(&self, history: &[u32]) -> Result<Option<Vec<f32>>> {
+        if history.is_empty() {
+            return Ok(None);
+        }
+        let (start, w) =
+            crate::retrieve::two_tower::pooling_weights(history.len(), &self.meta.options);
+        let d = self.meta.input;
+        let mut x = Vec::with_capacity(w.len() * d);
+        for &i in &history[start..] {
+            x.extend_from_slice(&self.features[i as usize * d..(i as usize + 1) * d]);
+        }
+        let (_, u) = self.user.run(vec![
+            ("history", Input::F32(vec![1, w.len(), d], &x)),
+            ("weights", Input::F32(vec![1, w.len()], &w)),
+        ])?;
+        Ok(Some(u))
+    }
+}
+
+impl Trained {
+    /// Opens the trained sources of the generation `index`; `None` for a
+    /// content-only generation.
+    pub(super) fn open(index: &Index, users: &UserProfiles, cfg: &Config) -> Result<Option<Self>> {
+        if !SparseRows::exists(index.dir(), crate::layout::EASE_ROWS) {
+            return Ok(None);
+        }
+        let store = index.store();
+        {
+            let n = store.len();
+            let histories: Vec<Vec<u32>> = (0..users.len() as u32)
+                .map(|u| users.history(u).iter().map(|h| h.0).collect())
+                .collect();
+            let als = Index::open(&index.dir().join(crate::layout::ALS_DIR))?;
+            let f = als.store().dim();
+            let uf = vecrec_index::format::CheckedFile::open(
+                &index.dir().join(crate::layout::ALS_USERS_FILE),
+                vecrec_index::format::Kind::VECTORS,
+                true,
+            )?;
+            let als_users: Vec<f32> = uf.payload_as::<f32>()?.to_vec();
+            if als.store().len() != n || als_users.len() != users.len() * f {
+                return Err(vecrec_index::IndexError::Corrupt {
+                    path: index.dir().to_owned(),
+                    reason: format!("ALS factors for {} items and {} user values disagree with {n} items and {} users", als.store().len(), als_users.len(), users.len()),
+                }
+                .into());
+            }
+            let als_gram = crate::retrieve::als::gram(als.store().vectors(), f);
+            let has_neural = index.dir().join(crate::layout::TWO_TOWER_DIR).is_dir();
+            let wants_cross = cfg.rerank.kind == RerankKind::CrossEncoder;
+            let ort = if has_neural || wants_cross {
+                Some(crate::runtime::locate_ort(
+                    cfg.encoder.ort_dylib.as_deref(),
+                )?)
+            } else {
+                None
+            };
+            let two_tower = match &ort {
+                Some(o) => TwoTowerServing::open(index.dir(), store, &als, o)?,
+                None => None,
+            };
+            let reranker = match (cfg.rerank.kind, &ort) {
+                (RerankKind::CrossEncoder, Some(o)) => {
+                    let tok = crate::encoder::EncoderFiles::locate(&cfg.encoder)
+                        .ok()
+                        .map(|f| f.tokenizer);
+                    Some(Reranker::open_cross_encoder(
+                        &cfg.rerank,
+                        tok.as_deref(),
+                        o,
+                        2,
+                    )?)
+                }
+                (RerankKind::Din, Some(o))
+                    if index.dir().join(crate::layout::DIN_FILE).is_file() =>
+                {
+                    Some(Reranker::open_din(index.dir(), o, 2, cfg.rerank.threads)?)
+                }
+                _ => None,
+            };
+            Ok(Some(Trained {
+                ease: SparseRows::open(index.dir(), crate::layout::EASE_ROWS, n)?,
+                transitions: SparseRows::open(index.dir(), crate::layout::TRANSITIONS_ROWS, n)?,
+                popularity: popularity(&histories, n),
+                als,
+                als_users,
+                als_gram,
+                learned: {
+                    let p = index.dir().join(crate::layout::FUSION_FILE);
+                    if p.exists() {
+                        Some(vecrec_index::format::read_json(&p)?)
+                    } else {
+                        None
+                    }
+                },
+                two_tower,
+                reranker,
+            }))
+        }
+    }
+}
+
+impl Engine {
+    /// The search parameters of a source or a query asking for `k` items.
+    pub(super) fn search_params(&self, k: usize) -> SearchParams {
+        SearchParams {
+            k,
+            ef: self.cfg.search.ef.max(k),
+            exact: self.cfg.search.exact,
+        }
+    }
+
+    pub(super) fn weight(&self, s: Source) -> f32 {
+        let h = &self.cfg.hybrid;
+        match s {
+            Source::Ease => h.ease_weight,
+            Source::Transitions => h.transitions_weight,
+            Source::Content => h.content_weight,
+            Source::Popularity => h.popularity_weight,
+            Source::Als => h.als_weight,
+            Source::TwoTower => h.two_tower_weight,
+        }
+    }
+
+    /// The candidates of each source in `which` for a history (internal ids with
+    /// weights, oldest first), computed in parallel; `accept` filters items.
+    /// `user` is the user's number when the history is the stored one, so
+    /// precomputed vectors can be used.
+    pub fn source_lists(
+        &self,
+        history: &[(u32, f32)],
+        user: Option<u32>,
+        which: &[Source],
+        accept: &(dyn Fn(u32) -> bool + Sync),
+    ) -> Result<Vec<SourceList>> {
+        use rayon::prelude::*;
+        let trained = self.trained.as_ref().ok_or_else(|| {
+            Error::Config(
+                "this generation has no trained sources; rebuild it with vecrec-build".into(),
+            )
+        })?;
+        let h = &self.cfg.hybrid;
+        let n = h.candidates;
+        let ids: Vec<u32> = history.iter().map(|e| e.0).collect();
+        let items = self.index.store().len();
+        let dense = |rows: &SparseRows, decay: f32| {
+            let mut acc = vec![0f32; items];
+            for (i, w) in recency_weights(&ids, decay) {
+                rows.axpy(i, w, &mut acc);
+            }
+            top_n(&acc, n, accept)
+        };
+        which
+            .par_iter()
+            .map(|&s| {
+                let started = std::time::Instant::now();
+                let list = match s {
+                    Source::Ease => dense(&trained.ease, h.ease_decay),
+                    Source::Transitions => dense(&trained.transitions, h.transitions_decay),
+                    Source::Popularity => top_n(&trained.popularity, n, accept),
+                    Source::Als => {
+                        let f = trained.als.store().dim();
+                        let x = match user {
+                            Some(u) => {
+                                trained.als_users[u as usize * f..(u as usize + 1) * f].to_vec()
+                            }
+                            None => {
+                                let mut obs = ids.clone();
+                                obs.sort_unstable();
+                                obs.dedup();
+                                let opts = crate::retrieve::als::AlsOptions {
+                                    factors: f,
+                                    ..self.cfg.train.als.clone()
+                                };
+                                crate::retrieve::als::solve_row(
+                                    trained.als.store().vectors(),
+                                    &trained.als_gram,
+                                    &obs,
+                                    &opts,
+                                )
+                            }
+                        };
+                        if x.iter().all(|v| *v == 0.0) {
+                            Vec::new()
+                        } else {
+                            let params = self.search_params(n);
+                            let (found, _) = trained.als.search(&x, &params, Some(accept))?;
+                            found.into_iter().map(|f| (f.id, -f.distance)).collect()
+                        }
+                    }
+                    Source::TwoTower => match &trained.two_tower {
+                        None => Vec::new(),
+                        Some(tt) => match tt.user_vector(&ids)? {
+                            None => Vec::new(),
+                            Some(u) => {
+                                let params = self.search_params(n);
+                                let (found, _) = tt.index.search(&u, &params, Some(accept))?;
+                                found.into_iter().map(|f| (f.id, -f.distance)).collect()
+                            }
+                        },
+                    },
+                    Source::Content => {
+                        let pre = if self.use_precomputed {
+                            user.and_then(|u| self.users.vector(u))
+                        } else {
+                            None
+                        };
+                        let v = match pre {
+                            Some(v) => v.to_vec(),
+                            None => match profile(self.index.store(), history, &self.cfg.users) {
+                                Some(v) => v,
+                                None => {
+                                    return Ok(SourceList {
+                                        name: s.name(),
+                                        weight: self.weight(s),
+                                        items: Vec::new(),
+                                    })
+                                }
+                            },
+                        };
+                        let params = self.search_params(n);
+                        let (found, _) = self.index.search(&v, &params, Some(accept))?;
+                        let metric = self.index.store().metric();
+                        found
+                            .into_iter()
+                            .map(|f| (f.id, metric.score(f.distance)))
+                            .collect()
+                    }
+                };
+                telemetry::stage(s.stage(), started.elapsed().as_secs_f64());
+                Ok(SourceList {
+                    name: s.name(),
+                    weight: self.weight(s),
+                    items: list,
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,265 @@
+//! The engine's composition, on a small generation built from synthetic
+//! vectors with the neural models off: no model file and no encoder needed.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use vecrec_index::ItemMeta;
+
+use super::*;
+use crate::catalog::{CatalogItem, Interaction};
+use crate::config::{AlsOptions, HybridConfig, TrainOptions};
+use crate::pipeline::{build_generation, BuildOptions};
+
+const CATEGORIES: [&str; 3] = ["a", "b", "c"];
+const ITEMS: usize = 60;
+const USERS: usize = 30;
+
+/// Item `i` is in category `i % 3`; its vector points along that category's
+/// axis with a small per-item twist, so content neighbours share a category.
+fn catalogue() -> (Vec<CatalogItem>, Vec<Vec<f32>>) {
+    let mut items = Vec::new();
+    let mut vectors = Vec::new();
+    for i in 0..ITEMS {
+        let c = i % 3;
+        items.push(CatalogItem {
+            id: format!("item{i}"),
+            meta: ItemMeta {
+                title: format!("Item {i}"),
+                categories: vec![CATEGORIES[c].to_owned()],
+                ..Default::default()
+            },
+        });
+        let mut v = vec![0.05f32; 8];
+        v[c] = 1.0;
+        v[3 + i % 5] += 0.3;
+        vectors.push(v);
+    }
+    (items, vectors)
+}
+
+/// User `u` watches eight items of category `u % 3`, in order; item 0 is
+/// watched by every user of category a, so it is the most popular.
+fn interactions() -> Vec<Interaction> {
+    let mut out = Vec::new();
+    for u in 0..USERS {
+        let c = u % 3;
+        for step in 0..8 {
+            let i = c + 3 * ((u + step * 2) % (ITEMS / 3));
+            out.push(Interaction {
+                user: format!("user{u}"),
+                item: format!("item{i}"),
+                timestamp: (u * 100 + step) as i64,
+                event: None,
+                weight: 1.0,
+            });
+        }
+    }
+    out
+}
+
+fn engine() -> (tempfile::TempDir, Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let (items, vectors) = catalogue();
+    let opts = BuildOptions {
+        progress: false,
+        train: Some(TrainOptions {
+            neural: false,
+            als: AlsOptions {
+                factors: 8,
+                iterations: 5,
+                ..Default::default()
+            },
+            ..Default::default()
+        }),
+        learn_fusion: None,
+        ..Default::default()
+    };
+    build_generation(
+        dir.path(),
+        &items,
+        &vectors,
+        &interactions(),
+        &opts,
+        serde_json::json!({}),
+    )
+    .unwrap();
+    let e = Engine::open(dir.path(), Config::default(), None).unwrap();
+    (dir, e)
+}
+
+fn history_of(e: &Engine, user: &str) -> HashSet<String> {
+    let u = e.users().lookup(user).unwrap();
+    e.users()
+        .history(u)
+        .into_iter()
+        .map(|(i, _)| e.index().store().external_id(i).to_owned())
+        .collect()
+}
+
+fn category(e: &Engine, id: &str) -> String {
+    e.item_meta(id).unwrap().categories[0].clone()
+}
+
+#[test]
+fn hybrid_answers_leave_out_the_history_keep_k_and_the_filter() {
+    let (_dir, e) = engine();
+    assert!(e.is_hybrid());
+    let seen = history_of(&e, "user4");
+    let opts = RecommendOptions {
+        k: 5,
+        ..Default::default()
+    };
+    let got = e.recommend(UserRef::Id("user4"), &opts).unwrap();
+    assert_eq!(got.len(), 5);
+    assert!(got.iter().all(|s| !seen.contains(&s.id)), "{got:?}");
+    assert!(got.windows(2).all(|w| w[0].score >= w[1].score), "{got:?}");
+
+    let filtered = RecommendOptions {
+        k: 5,
+        filter: Some(Filter {
+            categories_any: vec!["c".into()],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let got = e.recommend(UserRef::Id("user4"), &filtered).unwrap();
+    assert!(!got.is_empty());
+    assert!(got.iter().all(|s| category(&e, &s.id) == "c"), "{got:?}");
+
+    let with_seen = RecommendOptions {
+        k: ITEMS,
+        include_seen: true,
+        ..Default::default()
+    };
+    let all: HashSet<String> = e
+        .recommend(UserRef::Id("user4"), &with_seen)
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert!(seen.iter().any(|i| all.contains(i)));
+}
+
+#[test]
+fn the_fusion_sees_one_list_per_weighted_source_and_no_reranker_without_one() {
+    let (_dir, mut e) = engine();
+    let store = e.index().store();
+    let u = e.users().lookup("user1").unwrap();
+    let history = e.users().history(u);
+    let lists = e
+        .candidate_lists(&history, Some(u), &|_| true, FusionMethod::Geometric)
+        .unwrap();
+    let names: Vec<&str> = lists.iter().map(|l| l.name).collect();
+    // Popularity has weight 0 by default; no reranker was trained.
+    assert_eq!(
+        names,
+        ["ease", "transitions", "content", "als", "two_tower"],
+        "{names:?}"
+    );
+    assert!(e.reranker().is_none());
+    // No two-tower model in this generation: its list is empty, the rest rank.
+    for l in &lists {
+        assert_eq!(l.items.is_empty(), l.name == "two_tower", "{}", l.name);
+        assert!(l.items.len() <= e.config().hybrid.candidates);
+    }
+    // The content list ranks the user's own category first.
+    let content = lists.iter().find(|l| l.name == "content").unwrap();
+    assert_eq!(category(&e, store.external_id(content.items[0].0)), "b");
+
+    let hybrid = HybridConfig {
+        popularity_weight: 1.0,
+        ..e.config().hybrid.clone()
+    };
+    e.set_hybrid(hybrid);
+    let lists = e
+        .candidate_lists(&history, Some(u), &|_| true, FusionMethod::Geometric)
+        .unwrap();
+    let pop = lists.iter().find(|l| l.name == "popularity").unwrap();
+    let mut count = vec![0usize; ITEMS];
+    for x in interactions() {
+        count[x.item[4..].parse::<usize>().unwrap()] += 1;
+    }
+    let top = e.index().store().external_id(pop.items[0].0);
+    let most = count.iter().max().unwrap();
+    assert_eq!(count[top[4..].parse::<usize>().unwrap()], *most);
+}
+
+#[test]
+fn a_passed_deadline_stops_the_request_before_any_source_runs() {
+    let (_dir, e) = engine();
+    let opts = RecommendOptions {
+        k: 5,
+        deadline: Deadline::at(Instant::now() - Duration::from_millis(1)),
+        ..Default::default()
+    };
+    match e.recommend(UserRef::Id("user2"), &opts) {
+        Err(Error::DeadlineExceeded { stage }) => assert_eq!(stage, "recommend"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn without_an_encoder_text_calls_fail_and_item_calls_answer() {
+    let (_dir, e) = engine();
+    match e.search_text("anything", 5, None) {
+        Err(Error::Config(m)) => assert!(m.contains("without an encoder"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    let similar = e.similar_items("item7", 4, None).unwrap();
+    assert_eq!(similar.len(), 4);
+    assert!(similar.iter().all(|s| s.id != "item7"));
+    assert!(
+        similar.iter().all(|s| category(&e, &s.id) == "b"),
+        "{similar:?}"
+    );
+}
+
+#[test]
+fn the_content_pipeline_serves_when_hybrid_is_off() {
+    let (_dir, mut e) = engine();
+    e.set_hybrid(HybridConfig {
+        enabled: false,
+        ..e.config().hybrid.clone()
+    });
+    assert!(!e.is_hybrid());
+    let history = ["item0".to_owned(), "item3".to_owned()];
+    let got = e
+        .recommend(
+            UserRef::History(&history),
+            &RecommendOptions {
+                k: 3,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(got.len(), 3);
+    assert!(got.iter().all(|s| !history.contains(&s.id)));
+    assert!(got.iter().all(|s| category(&e, &s.id) == "a"), "{got:?}");
+}
+
+#[test]
+fn unknown_users_and_items_are_not_found_and_k_is_bounded() {
+    let (_dir, e) = engine();
+    let opts = RecommendOptions {
+        k: 5,
+        ..Default::default()
+    };
+    assert!(matches!(
+        e.recommend(UserRef::Id("nobody"), &opts),
+        Err(Error::NotFound { kind: "user", .. })
+    ));
+    let history = ["item1".to_owned(), "no-such-item".to_owned()];
+    assert!(matches!(
+        e.recommend(UserRef::History(&history), &opts),
+        Err(Error::NotFound { kind: "item", .. })
+    ));
+    let too_many = RecommendOptions {
+        k: e.config().limits.max_k + 1,
+        ..Default::default()
+    };
+    assert!(matches!(
+        e.recommend(UserRef::Id("user1"), &too_many),
+        Err(Error::InvalidArgument(_))
+    ));
+}

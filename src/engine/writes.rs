@@ -1,0 +1,104 @@
+//! The live write path: items upserted (embedded here) and deleted, user
+//! events recorded, each checked and then made durable in the log before
+//! it is acknowledged.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use super::Engine;
+use crate::catalog::{CatalogItem, Interaction};
+use crate::error::{Error, Result};
+use crate::live::Live;
+
+impl Engine {
+    /// Serves the live updates of `live` on top of this generation.
+    pub fn attach_live(&mut self, live: Arc<Live>) {
+        self.live = Some(live);
+    }
+
+    /// The live-update log, when attached.
+    pub fn live(&self) -> Option<&Arc<Live>> {
+        self.live.as_ref()
+    }
+
+    pub(super) fn view(&self) -> Option<crate::live::View<'_>> {
+        self.live.as_ref().map(|l| l.view(self.applied_seq))
+    }
+
+    fn live_or_err(&self) -> Result<&Arc<Live>> {
+        self.live.as_ref().ok_or_else(|| {
+            Error::FailedPrecondition(
+                "live updates are off on this server ([live] enabled = false)".into(),
+            )
+        })
+    }
+
+    /// Embeds and durably upserts items (new ids, or replacing existing ones);
+    /// returns the last log record number. Visible to searches at once.
+    pub fn upsert_items(&self, items: Vec<CatalogItem>) -> Result<u64> {
+        let live = self.live_or_err()?;
+        self.check_batch("items", items.len())?;
+        let mut seen = HashSet::new();
+        for (k, it) in items.iter().enumerate() {
+            if it.id.trim().is_empty() {
+                return Err(Error::invalid(format!("items[{k}].id must not be empty")));
+            }
+            if !seen.insert(it.id.as_str()) {
+                return Err(Error::invalid(format!(
+                    "items[{k}].id {:?} appears twice in the request",
+                    it.id
+                )));
+            }
+            self.check_text(&format!("items[{k}] title and text"), &it.embedding_text())?;
+        }
+        let texts: Vec<String> = items.iter().map(CatalogItem::embedding_text).collect();
+        let vectors = self.encoder()?.encode(&texts)?;
+        live.upsert(items.into_iter().zip(vectors).collect())
+    }
+
+    /// Durably deletes items; every id must exist. Returns the last log record number.
+    pub fn delete_items(&self, ids: Vec<String>) -> Result<u64> {
+        let live = self.live_or_err()?;
+        self.check_batch("ids", ids.len())?;
+        for id in &ids {
+            self.item_meta(id)?;
+        }
+        live.delete(ids)
+    }
+
+    /// Durably records user events; the users' next recommendations use them.
+    pub fn record_events(&self, events: Vec<Interaction>) -> Result<u64> {
+        let live = self.live_or_err()?;
+        self.check_batch("events", events.len())?;
+        for (k, e) in events.iter().enumerate() {
+            if e.user.trim().is_empty() {
+                return Err(Error::invalid(format!(
+                    "events[{k}].user_id must not be empty"
+                )));
+            }
+            if !(e.weight >= 0.0 && e.weight.is_finite()) {
+                return Err(Error::invalid(format!(
+                    "events[{k}].weight must be a finite number ≥ 0, got {}",
+                    e.weight
+                )));
+            }
+            self.item_meta(&e.item)?;
+        }
+        live.record(events)
+    }
+
+    /// Checks the size of a request's batch: at least one entry, at most
+    /// `limits.max_batch`.
+    pub(super) fn check_batch(&self, what: &str, len: usize) -> Result<()> {
+        if len == 0 {
+            return Err(Error::invalid(format!("{what} must not be empty")));
+        }
+        if len > self.cfg.limits.max_batch {
+            return Err(Error::invalid(format!(
+                "{len} {what}, over the limit of {} per request",
+                self.cfg.limits.max_batch
+            )));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,154 @@
+//! What an evaluation reports: every validation trial, the chosen settings,
+//! the TEST ablation rows with paired differences, and the printed table.
+
+use serde::Serialize;
+
+use super::metrics::Summary;
+use super::tuning::HeadAuc;
+
+/// One validated setting of the content profile.
+#[derive(Clone, Debug, Serialize)]
+pub struct GridPoint {
+    /// Recency decay.
+    pub decay: f32,
+    /// Newest items used.
+    pub max_items: usize,
+    /// Validation NDCG@10.
+    #[serde(rename = "val_ndcg@10")]
+    pub val_ndcg10: f64,
+}
+
+/// One validated setting of a source or of the fusion, described in words.
+#[derive(Clone, Debug, Serialize)]
+pub struct Trial {
+    /// Tuning stage.
+    pub stage: &'static str,
+    /// The setting.
+    pub setting: String,
+    /// Validation NDCG@10.
+    #[serde(rename = "val_ndcg@10")]
+    pub val_ndcg10: f64,
+}
+
+/// One row of the TEST ablation.
+#[derive(Clone, Debug, Serialize)]
+pub struct AblationRow {
+    /// What ran.
+    pub model: String,
+    /// Its TEST metrics.
+    #[serde(flatten)]
+    pub metrics: Summary,
+}
+
+/// Paired per-user difference of NDCG@10 between two models on TEST.
+#[derive(Clone, Debug, Serialize)]
+pub struct PairedDiff {
+    /// The baseline.
+    pub baseline: String,
+    /// Mean per-user difference (model − baseline).
+    pub mean: f64,
+    /// 95% confidence half-width (1.96·sd/√n).
+    pub ci95: f64,
+    /// Users.
+    pub users: usize,
+}
+
+/// Everything an evaluation measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalReport {
+    /// TEST metrics of the full pipeline under the protocol (exact content search), flattened to the top level.
+    #[serde(flatten)]
+    pub test: Summary,
+    /// TEST metrics of the full pipeline with the served HNSW content search.
+    pub test_hnsw: Summary,
+    /// HNSW `ef` used for `test_hnsw`.
+    pub hnsw_ef: usize,
+    /// Each source alone and the fusion, on TEST.
+    pub ablation: Vec<AblationRow>,
+    /// Full pipeline minus vecrec's own EASE (λ chosen on validation, no recency), per user.
+    pub paired_vs_ease: PairedDiff,
+    /// The chosen content-profile setting.
+    pub chosen: GridPoint,
+    /// Every validated content-profile setting.
+    pub validation_grid: Vec<GridPoint>,
+    /// The chosen hybrid settings (weights, decays, fusion method).
+    pub chosen_hybrid: crate::config::HybridConfig,
+    /// The chosen weight of the reranker's list (0 when learned fusion uses it as a feature).
+    pub chosen_rerank_weight: f32,
+    /// The reranker's AUC on validation heads (the model trained on `val_train`).
+    pub reranker_auc_validation: HeadAuc,
+    /// The reranker's AUC on TEST heads (the model trained on TRAIN).
+    pub reranker_auc_test: HeadAuc,
+    /// The chosen EASE λ.
+    pub chosen_ease_lambda: f32,
+    /// The chosen ALS settings.
+    pub chosen_als: crate::retrieve::als::AlsOptions,
+    /// Every validated source and fusion setting, in order.
+    pub trials: Vec<Trial>,
+    /// Item texts embedded per second.
+    pub embed_texts_per_second: f64,
+    /// Seconds spent training sources on TRAIN (EASE + transitions), once.
+    pub train_seconds: f64,
+    /// Seconds of the whole run.
+    pub seconds: f64,
+    /// The pipeline evaluated.
+    pub pipeline: &'static str,
+}
+
+/// The table printed by `vecrec-eval`, with the peers' figures from EVAL.md.
+pub fn table(r: &EvalReport) -> String {
+    let mut s = String::new();
+    s.push_str("| model (TEST) | NDCG@10 | NDCG@20 | Recall@10 | Recall@20 | P@10 | F1@10 | HR@10 | MAP@10 | Coverage@10 |\n");
+    s.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
+    let mut rows: Vec<(String, &Summary)> = r
+        .ablation
+        .iter()
+        .map(|a| (a.model.clone(), &a.metrics))
+        .collect();
+    rows.push((
+        "full pipeline, served HNSW content search".into(),
+        &r.test_hnsw,
+    ));
+    for (name, x) in rows {
+        s.push_str(&format!(
+            "| {name} | {:.4} ± {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.3} | {:.4} | {:.3} |\n",
+            x.ndcg10, x.ndcg10_ci95, x.ndcg20, x.recall10, x.recall20, x.precision10, x.f1_10, x.hit10, x.map10, x.coverage10
+        ));
+    }
+    s.push_str("\nPeers (EVAL.md, same protocol, NDCG@10): Popularity 0.0680 · ItemKNN 0.0929 · EASE 0.1047 ± 0.0117 · ALS 0.1064 ± 0.0119 · MiniLM content 0.0181 · EASE+MiniLM 0.1069 ± 0.0124\n");
+    let p = &r.paired_vs_ease;
+    s.push_str(&format!(
+        "paired NDCG@10 difference, full pipeline − {}: {:+.4} ± {:.4} (95%, {} users)\n",
+        p.baseline, p.mean, p.ci95, p.users
+    ));
+    for (name, a) in [
+        ("validation", &r.reranker_auc_validation),
+        ("TEST", &r.reranker_auc_test),
+    ] {
+        s.push_str(&format!(
+            "reranker AUC on {name} heads ({} pairs, {} positive): reranker {:.4}, the fusion score it reranks {:.4}\n",
+            a.pairs, a.positives, a.reranker, a.fusion
+        ));
+    }
+    let h = &r.chosen_hybrid;
+    s.push_str(&format!(
+        "chosen on validation ({} settings): content profile decay={} max_items={}; EASE λ={} decay={}; transitions decay={}; ALS reg={} alpha={}; fusion {} with weights ease={} transitions={} content={} popularity={} als={} two_tower={}; reranker weight {}\n",
+        r.validation_grid.len() + r.trials.len(),
+        r.chosen.decay,
+        r.chosen.max_items,
+        r.chosen_ease_lambda,
+        h.ease_decay,
+        h.transitions_decay,
+        r.chosen_als.regularization,
+        r.chosen_als.alpha,
+        h.fusion.name(),
+        h.ease_weight,
+        h.transitions_weight,
+        h.content_weight,
+        h.popularity_weight,
+        h.als_weight,
+        h.two_tower_weight,
+        r.chosen_rerank_weight
+    ));
+    s
+}
