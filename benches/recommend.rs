@@ -40,7 +40,7 @@ fn engine(rerank: bool) -> Engine {
             &vectors,
             &MovieLens::interactions(&ml.positives),
             &opts,
-            serde_json::json!({}),
+            Default::default(),
         )
         .expect("build");
     }

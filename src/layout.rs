@@ -7,7 +7,9 @@
 //! The `vecrec-index` crate owns the names of its own files (the manifest,
 //! the HNSW graph, vectors, ids, item metadata, the `CURRENT` pointer).
 
-use crate::config::TwoTowerOptions;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{TwoTowerOptions, UserConfig};
 
 /// The live-update log under an index root (not inside a generation).
 pub const WAL_FILE: &str = "wal/wal.log";
@@ -46,6 +48,50 @@ pub const USER_WEIGHTS_FILE: &str = "user_weights.bin";
 /// Each user's profile vector.
 pub const USER_VECTORS_FILE: &str = "user_vectors.bin";
 
+/// What vecrec records about a generation in its manifest (the index
+/// crate's free-form `Manifest.extra`, typed here). Keys it does not know
+/// are ignored, and a missing key takes its default, so older generations
+/// open.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GenerationInfo {
+    /// The user-profile settings the stored profiles were made with.
+    pub users: Option<UserConfig>,
+    /// The last live-log record folded into the generation (0: none, as
+    /// after a bulk build).
+    pub wal_seq: u64,
+    /// The sentence encoder that embedded the items, when the build did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encoder_model: Option<String>,
+    /// Its vector width.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encoder_dim: Option<usize>,
+}
+
+impl GenerationInfo {
+    /// The record of an opened generation; a damaged one reads as the
+    /// default, with a log line.
+    pub fn of(manifest: &vecrec_index::Manifest) -> Self {
+        Self::from_json(&manifest.extra)
+    }
+
+    /// [`GenerationInfo::of`] from the stored JSON.
+    pub fn from_json(extra: &serde_json::Value) -> Self {
+        if extra.is_null() {
+            return Self::default();
+        }
+        serde_json::from_value(extra.clone()).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "the generation's manifest record is unreadable; using defaults");
+            Self::default()
+        })
+    }
+
+    /// As the manifest stores it.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("plain data serialises")
+    }
+}
+
 /// What a generation records about its two-tower model.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct TwoTowerMeta {
@@ -57,4 +103,36 @@ pub struct TwoTowerMeta {
     pub train_loss: f32,
     /// Seconds spent training.
     pub train_seconds: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generation_records_of_older_builds_still_read() {
+        // What builds wrote before the record was typed.
+        let old = serde_json::json!({
+            "users": UserConfig::default(),
+            "encoder_model": "m.onnx",
+            "encoder_dim": 384,
+            "something_else": true,
+        });
+        let info = GenerationInfo::from_json(&old);
+        assert_eq!(info.users, Some(UserConfig::default()));
+        assert_eq!(info.wal_seq, 0);
+        assert_eq!(info.encoder_dim, Some(384));
+        let compacted = GenerationInfo {
+            wal_seq: 17,
+            ..info.clone()
+        };
+        assert_eq!(GenerationInfo::from_json(&compacted.to_json()), compacted);
+        assert_eq!(
+            GenerationInfo::from_json(&serde_json::Value::Null),
+            GenerationInfo::default()
+        );
+        // A damaged record reads as the default instead of failing the open.
+        let bad = serde_json::json!({ "wal_seq": "many" });
+        assert_eq!(GenerationInfo::from_json(&bad), GenerationInfo::default());
+    }
 }

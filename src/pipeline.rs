@@ -15,8 +15,8 @@ use crate::config::UserConfig;
 use crate::encoder::Encoder;
 use crate::error::Result;
 use crate::layout::{
-    TwoTowerMeta, ALS_DIR, ALS_USERS_FILE, FUSION_FILE, TWO_TOWER_DIR, TWO_TOWER_META_FILE,
-    USER_TOWER_FILE,
+    GenerationInfo, TwoTowerMeta, ALS_DIR, ALS_USERS_FILE, FUSION_FILE, TWO_TOWER_DIR,
+    TWO_TOWER_META_FILE, USER_TOWER_FILE,
 };
 use crate::retrieve::sparse::SparseRows;
 use crate::users::write_profiles;
@@ -111,7 +111,7 @@ pub fn build_generation(
     vectors: &[Vec<f32>],
     interactions: &[Interaction],
     opts: &BuildOptions,
-    extra: serde_json::Value,
+    info: GenerationInfo,
 ) -> Result<BuildReport> {
     let start = Instant::now();
     let dim = vectors.first().map_or(0, Vec::len);
@@ -121,21 +121,13 @@ pub fn build_generation(
     }
     let writer = GenerationWriter::begin(root)?;
     let pb = bar(items.len(), "hnsw", opts.progress);
-    let mut extra = match extra {
-        serde_json::Value::Object(m) => m,
-        _ => serde_json::Map::new(),
+    let info = GenerationInfo {
+        users: Some(opts.users.clone()),
+        ..info
     };
-    extra.insert(
-        "users".into(),
-        serde_json::to_value(&opts.users).unwrap_or_default(),
-    );
-    let manifest = write_index(
-        writer.dir(),
-        &sb,
-        &opts.hnsw,
-        serde_json::Value::Object(extra),
-        &|d| pb.set_position(d as u64),
-    )?;
+    let manifest = write_index(writer.dir(), &sb, &opts.hnsw, info.to_json(), &|d| {
+        pb.set_position(d as u64)
+    })?;
     pb.finish_and_clear();
 
     // Histories: per user, oldest first, ties by item id, unknown items skipped.
@@ -267,7 +259,14 @@ fn fit_fusion(
         ..opts.clone()
     };
     let result = (|| {
-        build_generation(&tmp, items, vectors, &fit_part, &sub, serde_json::json!({}))?;
+        build_generation(
+            &tmp,
+            items,
+            vectors,
+            &fit_part,
+            &sub,
+            GenerationInfo::default(),
+        )?;
         let cfg = crate::config::Config {
             users: opts.users.clone(),
             hybrid: hybrid.clone(),
@@ -450,11 +449,12 @@ pub fn build(
     let t = Instant::now();
     let vectors = embed_catalog(encoder, items, opts.progress)?;
     let embed_seconds = t.elapsed().as_secs_f64();
-    let extra = serde_json::json!({
-        "encoder_model": encoder.files().model.display().to_string(),
-        "encoder_dim": encoder.dim(),
-    });
-    let mut report = build_generation(root, items, &vectors, interactions, opts, extra)?;
+    let info = GenerationInfo {
+        encoder_model: Some(encoder.files().model.display().to_string()),
+        encoder_dim: Some(encoder.dim()),
+        ..Default::default()
+    };
+    let mut report = build_generation(root, items, &vectors, interactions, opts, info)?;
     report.embed_seconds = embed_seconds;
     report.texts_per_second = items.len() as f64 / embed_seconds.max(1e-9);
     report.total_seconds = t.elapsed().as_secs_f64();

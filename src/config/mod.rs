@@ -14,8 +14,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+mod hybrid;
 mod train;
 
+pub use hybrid::{FusionMethod, HybridConfig, RerankConfig, RerankKind, SourceWeights};
 pub use train::{AlsOptions, DinOptions, TrainOptions, TwoTowerOptions};
 
 /// The whole configuration.
@@ -40,59 +42,6 @@ pub struct Config {
     pub rerank: RerankConfig,
     /// Live updates (UpsertItems, DeleteItems, RecordEvents).
     pub live: LiveConfig,
-}
-
-/// The multi-source `Recommend` pipeline: candidates from every source with a
-/// positive weight, fused. Used when the generation holds the trained sources.
-/// The defaults are the settings `vecrec-eval` chose on the ml-latest-small
-/// validation split.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct HybridConfig {
-    /// Use the multi-source pipeline when the generation has trained sources. Default true.
-    pub enabled: bool,
-    /// Candidates taken from each source. Default 200.
-    pub candidates: usize,
-    /// How the sources are fused: `weighted_minmax`, `weighted_zscore`,
-    /// `geometric`, `rrf`, `borda` or `learned`. Default `geometric`.
-    pub fusion: FusionMethod,
-    /// The `k` of reciprocal-rank fusion. Default 60.
-    pub rrf_k: f32,
-    /// Weight of the EASE source. Default 1.
-    pub ease_weight: f32,
-    /// Weight of the transitions source. Default 0.25.
-    pub transitions_weight: f32,
-    /// Weight of the content (BERT vector) source. Default 0.2.
-    pub content_weight: f32,
-    /// Weight of the popularity source. Default 0.
-    pub popularity_weight: f32,
-    /// Weight of the ALS source. Default 0.25.
-    pub als_weight: f32,
-    /// Weight of the two-tower source. Default 1.
-    pub two_tower_weight: f32,
-    /// Recency decay of the history for EASE, in (0, 1]. Default 0.8.
-    pub ease_decay: f32,
-    /// Recency decay of the history for transitions, in (0, 1]. Default 0.7.
-    pub transitions_decay: f32,
-}
-
-impl Default for HybridConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            candidates: 200,
-            fusion: FusionMethod::Geometric,
-            rrf_k: 60.0,
-            ease_weight: 1.0,
-            transitions_weight: 0.25,
-            content_weight: 0.2,
-            popularity_weight: 0.0,
-            als_weight: 0.25,
-            two_tower_weight: 1.0,
-            ease_decay: 0.8,
-            transitions_decay: 0.7,
-        }
-    }
 }
 
 /// Network settings, admission control and metrics.
@@ -450,97 +399,6 @@ impl Default for LiveConfig {
         Self {
             enabled: true,
             compact_after: 10_000,
-        }
-    }
-}
-
-/// Which reranker runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum RerankKind {
-    /// The generation's own cross-attention model.
-    #[default]
-    Din,
-    /// A user-supplied text cross-encoder (`rerank.cross_encoder_model`).
-    CrossEncoder,
-}
-
-/// Settings of the reranking stage.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct RerankConfig {
-    /// Which model: `din` or `cross_encoder`. Default `din`.
-    pub kind: RerankKind,
-    /// Weight of the reranker's list in the fusion; 0 turns reranking off.
-    /// Default 0.25 (chosen on the ml-latest-small validation split).
-    pub weight: f32,
-    /// How many of the fused candidates are reranked. Default 200.
-    pub candidates: usize,
-    /// The cross-encoder ONNX file (kind `cross_encoder`).
-    pub cross_encoder_model: Option<PathBuf>,
-    /// Its tokenizer.json; default: the sentence encoder's.
-    pub cross_encoder_tokenizer: Option<PathBuf>,
-    /// History items whose titles form the cross-encoder's user context. Default 5.
-    pub context_items: usize,
-    /// Token limit of a (context, item) pair. Default 256.
-    pub max_tokens: usize,
-    /// ONNX Runtime intra-op threads per session. Default 1.
-    pub threads: usize,
-}
-
-impl Default for RerankConfig {
-    fn default() -> Self {
-        Self {
-            kind: RerankKind::Din,
-            weight: 0.25,
-            candidates: 200,
-            cross_encoder_model: None,
-            cross_encoder_tokenizer: None,
-            context_items: 5,
-            max_tokens: 256,
-            threads: 1,
-        }
-    }
-}
-
-/// How lists are fused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum FusionMethod {
-    /// Weighted sum of min-max normalised scores.
-    #[default]
-    WeightedMinmax,
-    /// Weighted sum of z-scores.
-    WeightedZscore,
-    /// Weighted geometric mean of min-max normalised scores.
-    Geometric,
-    /// Reciprocal-rank fusion.
-    Rrf,
-    /// Borda count.
-    Borda,
-    /// Logistic regression over per-source features (`fusion::LearnedModel`).
-    Learned,
-}
-
-impl FusionMethod {
-    /// All methods, for validation sweeps.
-    pub const ALL: [FusionMethod; 5] = [
-        FusionMethod::WeightedMinmax,
-        FusionMethod::WeightedZscore,
-        FusionMethod::Geometric,
-        FusionMethod::Rrf,
-        FusionMethod::Borda,
-    ];
-
-    /// Stable name.
-    pub fn name(self) -> &'static str {
-        match self {
-            FusionMethod::WeightedMinmax => "weighted_minmax",
-            FusionMethod::WeightedZscore => "weighted_zscore",
-            FusionMethod::Geometric => "geometric",
-            FusionMethod::Rrf => "rrf",
-            FusionMethod::Borda => "borda",
-            FusionMethod::Learned => "learned",
         }
     }
 }

@@ -13,6 +13,7 @@ use crate::encoder::Encoder;
 use crate::error::{Error, Result};
 use crate::filter::Filter;
 use crate::fusion::{fuse, FusionMethod, SourceList};
+use crate::layout::GenerationInfo;
 use crate::live::Live;
 use crate::rerank::{RerankInput, Reranker};
 use crate::users::{profile, UserProfiles};
@@ -63,8 +64,7 @@ pub struct RecommendOptions {
 
 /// The user-profile settings the generation's profiles were precomputed with.
 fn built_users(index: &Index) -> Option<crate::config::UserConfig> {
-    let v = index.manifest().extra.get("users")?;
-    serde_json::from_value(v.clone()).ok()
+    GenerationInfo::of(index.manifest()).users
 }
 
 /// Whether item `i` may be answered: not excluded, and passing the filter if any.
@@ -127,12 +127,7 @@ impl Engine {
             dim = store.dim(),
             "index opened"
         );
-        let applied_seq = index
-            .manifest()
-            .extra
-            .get("wal_seq")
-            .and_then(|v| v.as_u64())
-            .unwrap_or(0);
+        let applied_seq = GenerationInfo::of(index.manifest()).wal_seq;
         Ok(Self {
             index,
             users,
@@ -306,19 +301,33 @@ impl Engine {
         let mut lists = self.source_lists(history, user, &which, accept)?;
         if self.reranks(method) {
             deadline.check("rerank")?;
-            let pre_method = if method == FusionMethod::Learned {
-                FusionMethod::Geometric
-            } else {
-                method
-            };
-            let head: Vec<u32> = fuse(pre_method, &lists, self.cfg.hybrid.rrf_k)
-                .into_iter()
-                .take(self.cfg.rerank.candidates)
-                .map(|e| e.0)
-                .collect();
-            lists.push(timed("rerank", || self.rerank_list(history, &head))?);
+            let reranked = timed("rerank", || self.rerank_head(history, &lists, method))?;
+            lists.push(reranked);
         }
         Ok(lists)
+    }
+
+    /// The rerank stage of `Recommend` over given source lists: the head
+    /// (`rerank.candidates` items) of `lists` fused by `method` (the learned
+    /// method pre-ranks with geometric fusion), scored by the reranker. The
+    /// evaluator runs it on cached lists under trial weights.
+    pub fn rerank_head(
+        &self,
+        history: &[(u32, f32)],
+        lists: &[SourceList],
+        method: FusionMethod,
+    ) -> Result<SourceList> {
+        let pre_method = if method == FusionMethod::Learned {
+            FusionMethod::Geometric
+        } else {
+            method
+        };
+        let head: Vec<u32> = fuse(pre_method, lists, self.cfg.hybrid.rrf_k)
+            .into_iter()
+            .take(self.cfg.rerank.candidates)
+            .map(|e| e.0)
+            .collect();
+        self.rerank_list(history, &head)
     }
 
     /// The reranker's scores of `candidates` as a ranked list.

@@ -8,7 +8,7 @@ use std::path::Path;
 use vecrec_index::{Index, SearchParams};
 
 use super::Engine;
-use crate::config::{Config, RerankKind};
+use crate::config::{Config, RerankKind, SourceWeights};
 use crate::error::{Error, Result};
 use crate::fusion::SourceList;
 use crate::rerank::Reranker;
@@ -56,6 +56,18 @@ impl Source {
             Source::Popularity => "popularity",
             Source::Als => "als",
             Source::TwoTower => "two_tower",
+        }
+    }
+
+    /// Its fusion weight in `w`.
+    pub fn weight_in(self, w: &SourceWeights) -> f32 {
+        match self {
+            Source::Ease => w.ease,
+            Source::Transitions => w.transitions,
+            Source::Content => w.content,
+            Source::Popularity => w.popularity,
+            Source::Als => w.als,
+            Source::TwoTower => w.two_tower,
         }
     }
 
@@ -274,15 +286,7 @@ impl Engine {
     }
 
     pub(super) fn weight(&self, s: Source) -> f32 {
-        let h = &self.cfg.hybrid;
-        match s {
-            Source::Ease => h.ease_weight,
-            Source::Transitions => h.transitions_weight,
-            Source::Content => h.content_weight,
-            Source::Popularity => h.popularity_weight,
-            Source::Als => h.als_weight,
-            Source::TwoTower => h.two_tower_weight,
-        }
+        s.weight_in(&self.cfg.hybrid.weights())
     }
 
     /// The candidates of each source in `which` for a history (internal ids with

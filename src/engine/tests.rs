@@ -81,7 +81,7 @@ fn engine() -> (tempfile::TempDir, Engine) {
         &vectors,
         &interactions(),
         &opts,
-        serde_json::json!({}),
+        Default::default(),
     )
     .unwrap();
     let e = Engine::open(dir.path(), Config::default(), None).unwrap();
@@ -262,4 +262,22 @@ fn unknown_users_and_items_are_not_found_and_k_is_bounded() {
         e.recommend(UserRef::Id("user1"), &too_many),
         Err(Error::InvalidArgument(_))
     ));
+}
+
+#[test]
+fn every_source_finds_its_weight_by_its_name() {
+    let w = crate::config::SourceWeights {
+        ease: 1.0,
+        transitions: 2.0,
+        content: 3.0,
+        popularity: 4.0,
+        als: 5.0,
+        two_tower: 6.0,
+    };
+    for s in Source::ALL {
+        assert_eq!(w.by_name(s.name()), Some(s.weight_in(&w)), "{}", s.name());
+    }
+    let names: Vec<&str> = w.named().iter().map(|n| n.0).collect();
+    let sources: Vec<&str> = Source::ALL.iter().map(|s| s.name()).collect();
+    assert_eq!(names, sources);
 }

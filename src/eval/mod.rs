@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
-use crate::config::{Config, UserConfig};
+use crate::config::{Config, SourceWeights, UserConfig};
 use crate::encoder::Encoder;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -28,7 +28,7 @@ use metrics::mean;
 pub use metrics::{summarise, user_metrics, Summary, UserMetrics, KS};
 use protocol::{score, tempfile_dir, truth_sets, Who};
 pub use report::{table, AblationRow, EvalReport, GridPoint, PairedDiff, Trial};
-use tuning::{argmax, fused_ndcg10, head_auc, only, weight_names, with_weights};
+use tuning::{argmax, fused_ndcg10, head_auc, only, with_weights};
 pub use tuning::{
     FusionGrid, HeadAuc, ALS_GRID, DECAYS, FUSION_WEIGHTS, LAMBDAS, MAX_ITEMS, RERANK_WEIGHTS,
     SOURCE_DECAYS,
@@ -53,7 +53,7 @@ pub struct EvalOptions {
 pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
     use crate::config::HybridConfig;
     use crate::engine::Source;
-    use crate::fusion::{fuse, FusionMethod, SourceList};
+    use crate::fusion::{FusionMethod, SourceList};
     use crate::retrieve::als::AlsOptions;
     use crate::retrieve::TrainOptions;
 
@@ -105,7 +105,7 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
             &vectors,
             &MovieLens::interactions(interactions),
             &bo,
-            serde_json::json!({}),
+            Default::default(),
         )?;
         Ok(r.train_seconds)
     };
@@ -272,10 +272,16 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
         .map(|(u, _)| {
             histories[u]
                 .iter()
-                .map(|id| (store.internal_id(id).unwrap_or(0), 1.0))
+                .map(|id| {
+                    let i = store.internal_id(id).ok_or_else(|| Error::NotFound {
+                        kind: "item",
+                        id: id.clone(),
+                    })?;
+                    Ok((i, 1.0))
+                })
                 .collect()
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let cached: Vec<(Vec<SourceList>, &HashSet<u32>)> = truth
         .par_iter()
         .zip(&cached_hist)
@@ -287,13 +293,20 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
         .collect::<Result<_>>()?;
     let mut fusion_trials = Vec::new();
     let (wt, wc, wp, wa, w2) = FUSION_WEIGHTS;
-    let mut combos: Vec<[f32; 6]> = Vec::new();
+    let mut combos: Vec<SourceWeights> = Vec::new();
     for &t in &wt {
         for &c in &wc {
             for &p in &wp {
                 for &a in &wa {
                     for &tt in &w2 {
-                        combos.push([1.0, t, c, p, a, tt]);
+                        combos.push(SourceWeights {
+                            ease: 1.0,
+                            transitions: t,
+                            content: c,
+                            popularity: p,
+                            als: a,
+                            two_tower: tt,
+                        });
                     }
                 }
             }
@@ -312,7 +325,7 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
                         / cached.len().max(1) as f64;
                     trials.push(Trial {
                         stage: "fusion",
-                        setting: format!("{} {}", method.name(), weight_names(&weights)),
+                        setting: format!("{} {weights}", method.name()),
                         val_ndcg10: ndcg,
                     });
                     fusion_trials.push(((method, weights), ndcg));
@@ -333,17 +346,11 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
     // 5. The reranker: the head of the chosen fusion reranked, its list's
     //    weight in the fusion swept; then the learned click model over every
     //    source's and the reranker's scores (2-fold over validation users).
-    let head_of = |lists: &[SourceList], m: FusionMethod, w: &[f32; 6]| -> Vec<u32> {
-        fuse(m, &with_weights(lists, w), tuned.rrf_k)
-            .into_iter()
-            .take(cfg.rerank.candidates)
-            .map(|e| e.0)
-            .collect()
-    };
+    // The engine's own rerank stage, over the cached lists under trial weights.
     let reranked: Vec<SourceList> = cached
         .par_iter()
         .zip(&cached_hist)
-        .map(|((lists, _), hist)| engine.rerank_list(hist, &head_of(lists, method, &weights)))
+        .map(|((lists, _), hist)| engine.rerank_head(hist, &with_weights(lists, &weights), method))
         .collect::<Result<_>>()?;
     let val_auc = head_auc(&cached, &reranked, method, &weights, tuned.rrf_k);
     let mut rerank_trials = Vec::new();
@@ -363,7 +370,7 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
             / cached.len().max(1) as f64;
         trials.push(Trial {
             stage: "rerank",
-            setting: format!("{} {} reranker={w}", method.name(), weight_names(&weights)),
+            setting: format!("{} {weights} reranker={w}", method.name()),
             val_ndcg10: ndcg,
         });
         rerank_trials.push((w, ndcg));
@@ -380,9 +387,10 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
                 if method == FusionMethod::Geometric && weights == geometric_weights {
                     rr.clone()
                 } else {
-                    engine.rerank_list(
+                    engine.rerank_head(
                         hist,
-                        &head_of(lists, FusionMethod::Geometric, &geometric_weights),
+                        &with_weights(lists, &geometric_weights),
+                        FusionMethod::Geometric,
                     )?
                 },
             );
@@ -442,13 +450,7 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
     };
     let chosen_hybrid = HybridConfig {
         fusion,
-        ease_weight: w[0],
-        transitions_weight: w[1],
-        content_weight: w[2],
-        popularity_weight: w[3],
-        als_weight: w[4],
-        two_tower_weight: w[5],
-        ..tuned
+        ..tuned.with_weights(w)
     };
     let rerank_weight = if learned_wins { 0.0 } else { rerank_weight };
     drop(reranked);
@@ -539,24 +541,19 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
             Ok((lists, t))
         })
         .collect::<Result<_>>()?;
-    let w6 = [
-        chosen_hybrid.ease_weight,
-        chosen_hybrid.transitions_weight,
-        chosen_hybrid.content_weight,
-        chosen_hybrid.popularity_weight,
-        chosen_hybrid.als_weight,
-        chosen_hybrid.two_tower_weight,
-    ];
+    let chosen_weights = chosen_hybrid.weights();
     let test_reranked: Vec<SourceList> = test_cached
         .par_iter()
         .zip(&test_hist)
-        .map(|((lists, _), hist)| engine.rerank_list(hist, &head_of(lists, pre_method, &w6)))
+        .map(|((lists, _), hist)| {
+            engine.rerank_head(hist, &with_weights(lists, &chosen_weights), pre_method)
+        })
         .collect::<Result<_>>()?;
     let test_auc = head_auc(
         &test_cached,
         &test_reranked,
         pre_method,
-        &w6,
+        &chosen_weights,
         chosen_hybrid.rrf_k,
     );
     drop(test_reranked);

@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use serde::Serialize;
 
 use super::metrics::{user_metrics, KS};
+use crate::config::SourceWeights;
 use crate::error::{Error, Result};
 
 /// Decays and history lengths of the content profile tried on validation.
@@ -61,14 +62,17 @@ pub(super) fn only(
     }
 }
 
-/// The lists with the weights of a validation trial, in `Source::ALL` order.
+/// The lists with the weights of a validation trial, matched by source
+/// name (a list of no source, such as the reranker's, keeps its weight).
 pub(super) fn with_weights(
     lists: &[crate::fusion::SourceList],
-    w: &[f32; 6],
+    w: &SourceWeights,
 ) -> Vec<crate::fusion::SourceList> {
     let mut l = lists.to_vec();
-    for (x, w) in l.iter_mut().zip(w) {
-        x.weight = *w;
+    for x in &mut l {
+        if let Some(w) = w.by_name(x.name) {
+            x.weight = w;
+        }
     }
     l
 }
@@ -88,23 +92,13 @@ pub(super) fn fused_ndcg10(
     user_metrics(&ranked, truth).ndcg[0]
 }
 
-/// Source weights in words, in `Source::ALL` order.
-pub(super) fn weight_names(w: &[f32; 6]) -> String {
-    crate::engine::Source::ALL
-        .iter()
-        .zip(w)
-        .map(|(s, w)| format!("{}={w}", s.name()))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// AUC of the reranker and of the fusion score it reranks, pooled over every
 /// (user, head item) pair labelled by the user's held-out items.
 pub(super) fn head_auc(
     cached: &[(Vec<crate::fusion::SourceList>, &HashSet<u32>)],
     reranked: &[crate::fusion::SourceList],
     method: crate::fusion::FusionMethod,
-    weights: &[f32; 6],
+    weights: &SourceWeights,
     rrf_k: f32,
 ) -> HeadAuc {
     let mut rr = Vec::new();

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use crate::catalog::{CatalogItem, Interaction};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::layout::GenerationInfo;
 use crate::live::DeltaItem;
 
 /// Folds the engine's generation and every pending change into a new
@@ -103,12 +104,12 @@ pub fn compact(root: &Path, engine: &Engine) -> Result<Option<PathBuf>> {
         learn_fusion: (trained && engine.has_learned_fusion()).then(|| cfg.hybrid.clone()),
         ..Default::default()
     };
-    let mut extra = engine.index().manifest().extra.clone();
-    if let serde_json::Value::Object(m) = &mut extra {
-        m.insert("wal_seq".into(), last.into());
-    }
+    let info = GenerationInfo {
+        wal_seq: last,
+        ..GenerationInfo::of(engine.index().manifest())
+    };
     let report =
-        crate::pipeline::build_generation(root, &items, &vectors, &interactions, &opts, extra)?;
+        crate::pipeline::build_generation(root, &items, &vectors, &interactions, &opts, info)?;
     tracing::info!(
         generation = %report.generation.display(),
         items = report.items,

@@ -75,7 +75,11 @@ impl EngineSlot {
         if !live.begin_compaction() {
             return Ok(false);
         }
-        let result = super::compact(&self.root, &engine);
+        // The build runs on a pool of its own: on the global pool, a
+        // request's parallel source lists would queue behind the build's
+        // long training tasks (seconds) instead of sharing the cores.
+        let result =
+            build_pool().and_then(|pool| pool.install(|| super::compact(&self.root, &engine)));
         live.end_compaction();
         let written = result?.is_some();
         if written {
@@ -84,6 +88,18 @@ impl EngineSlot {
         }
         Ok(written)
     }
+}
+
+/// The thread pool a compaction's build runs on, apart from the global
+/// pool that serves requests.
+fn build_pool() -> Result<rayon::ThreadPool> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(crate::config::cores())
+        .thread_name(|i| format!("vecrec-compact-{i}"))
+        .build()
+        .map_err(|e| {
+            crate::error::Error::Config(format!("cannot start the compaction threads: {e}"))
+        })
 }
 
 /// Compacts live updates in the background: every `interval`, when at least

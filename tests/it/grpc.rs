@@ -315,15 +315,23 @@ async fn a_new_generation_is_swapped_in_under_load() {
             progress: false,
             ..Default::default()
         };
-        build_generation(
-            &root_path,
-            &items,
-            &vectors,
-            &inter,
-            &opts,
-            serde_json::json!({}),
-        )
-        .unwrap();
+        // A separate `vecrec-build` process in production: its own threads,
+        // not the server's rayon pool.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            build_generation(
+                &root_path,
+                &items,
+                &vectors,
+                &inter,
+                &opts,
+                Default::default(),
+            )
+            .unwrap()
+        });
     })
     .await
     .unwrap();
