@@ -1,0 +1,646 @@
+//! The stages of an evaluation, in the order they choose settings on
+//! validation (content profile, EASE, ALS, transitions and fusion, the
+//! reranker), then the refit on TRAIN and the one scoring of TEST.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use super::metrics::{mean, user_metrics, KS};
+use super::protocol::{score, truth_sets, Who};
+use super::report::{AblationRow, EvalReport, GridPoint, PairedDiff, Trial};
+use super::tuning::{
+    argmax, fused_ndcg10, head_auc, only, with_weights, HeadAuc, ALS_GRID, DECAYS, FUSION_WEIGHTS,
+    LAMBDAS, MAX_ITEMS, RERANK_WEIGHTS, SOURCE_DECAYS,
+};
+use super::EvalOptions;
+use crate::config::{AlsOptions, Config, HybridConfig, SourceWeights, TrainOptions, UserConfig};
+use crate::engine::{Engine, Source};
+use crate::error::{Error, Result};
+use crate::fusion::{FusionMethod, SourceList};
+use crate::movielens::{MovieLens, Split, Triple};
+use crate::pipeline::{build_generation, BuildOptions};
+
+/// One evaluation's shared state: the data, the split, the embedded
+/// catalogue, the working index root and every validation trial so far.
+pub(super) struct Run<'a> {
+    pub(super) opts: &'a EvalOptions,
+    pub(super) ml: &'a MovieLens,
+    pub(super) sp: &'a Split,
+    pub(super) cfg: Config,
+    pub(super) vectors: &'a [Vec<f32>],
+    pub(super) root: &'a Path,
+    /// Validation histories (`val_train`, oldest first) by user.
+    pub(super) histories: HashMap<u32, Vec<String>>,
+    /// Who validation scores: those histories.
+    pub(super) val: Who,
+    pub(super) trials: Vec<Trial>,
+}
+
+/// What the fusion and rerank stages chose.
+pub(super) struct Fused {
+    pub(super) hybrid: HybridConfig,
+    pub(super) rerank_weight: f32,
+    pub(super) learned_wins: bool,
+    pub(super) val_auc: HeadAuc,
+}
+
+/// Everything validation chose, for the refit on TRAIN.
+pub(super) struct Chosen {
+    pub(super) grid: Vec<GridPoint>,
+    pub(super) profile: GridPoint,
+    pub(super) users: UserConfig,
+    pub(super) lambda: f32,
+    pub(super) plain_lambda: f32,
+    pub(super) als: AlsOptions,
+    pub(super) fused: Fused,
+}
+
+impl Run<'_> {
+    /// Builds the evaluation generation from `interactions`; returns the
+    /// seconds spent training sources.
+    fn build_with(
+        &self,
+        interactions: &[Triple],
+        users: &UserConfig,
+        lambda: f32,
+        als: &AlsOptions,
+        learn: Option<&HybridConfig>,
+        neural: bool,
+    ) -> Result<f64> {
+        let bo = BuildOptions {
+            users: users.clone(),
+            progress: self.opts.progress,
+            train: Some(TrainOptions {
+                ease_lambda: lambda,
+                als: als.clone(),
+                neural,
+                ..self.cfg.train.clone()
+            }),
+            learn_fusion: learn.cloned(),
+            ..Default::default()
+        };
+        let r = build_generation(
+            self.root,
+            &self.ml.items,
+            self.vectors,
+            &MovieLens::interactions(interactions),
+            &bo,
+            Default::default(),
+        )?;
+        Ok(r.train_seconds)
+    }
+
+    /// The source-by-source stages need no neural models; they are trained
+    /// from the fusion stage on.
+    fn build(&self, i: &[Triple], u: &UserConfig, l: f32, a: &AlsOptions) -> Result<f64> {
+        self.build_with(i, u, l, a, None, false)
+    }
+
+    /// The configuration with these user settings and ALS options (engines
+    /// fold new histories in with the ALS settings they were trained with).
+    fn with_als(&self, users: &UserConfig, als: &AlsOptions) -> Config {
+        Config {
+            users: users.clone(),
+            train: TrainOptions {
+                als: als.clone(),
+                ..self.cfg.train.clone()
+            },
+            ..self.cfg.clone()
+        }
+    }
+
+    /// Stage 1: the content profile; returns it, the chosen grid point and the grid.
+    pub(super) fn content_profile(&mut self) -> Result<(UserConfig, GridPoint, Vec<GridPoint>)> {
+        // 1. Content profile: exact ranking, every (decay, max_items).
+        let als0 = self.cfg.train.als.clone();
+        self.build(
+            &self.sp.val_train,
+            &UserConfig::default(),
+            LAMBDAS[1],
+            &als0,
+        )?;
+        let mut engine = Engine::open(self.root, self.cfg.clone(), None)?;
+        engine.set_exact(true);
+        engine.set_hybrid(HybridConfig {
+            enabled: false,
+            ..self.cfg.hybrid.clone()
+        });
+        let mut grid = Vec::new();
+        for &decay in &DECAYS {
+            for &max_items in &MAX_ITEMS {
+                engine.set_users(UserConfig { decay, max_items });
+                let s = score(&engine, &self.sp.val, &self.val)?;
+                grid.push(GridPoint {
+                    decay,
+                    max_items,
+                    val_ndcg10: s.summary.ndcg10,
+                });
+            }
+        }
+        let chosen = argmax(
+            &grid
+                .iter()
+                .map(|g| (g.clone(), g.val_ndcg10))
+                .collect::<Vec<_>>(),
+        )?
+        .0;
+        let users = UserConfig {
+            decay: chosen.decay,
+            max_items: chosen.max_items,
+        };
+        drop(engine);
+        Ok((users, chosen, grid))
+    }
+
+    /// Stage 2: EASE; returns λ, the history decay, and λ for plain EASE.
+    pub(super) fn ease(&mut self, users: &UserConfig) -> Result<(f32, f32, f32)> {
+        // 2. EASE: λ × history decay, EASE alone.
+        let als0 = self.cfg.train.als.clone();
+        let mut ease_trials = Vec::new();
+        let mut plain_ease = Vec::new();
+        for &lambda in &LAMBDAS {
+            self.build(&self.sp.val_train, users, lambda, &als0)?;
+            let mut engine = Engine::open(
+                self.root,
+                Config {
+                    users: users.clone(),
+                    ..self.cfg.clone()
+                },
+                None,
+            )?;
+            engine.set_exact(true);
+            for &decay in &SOURCE_DECAYS {
+                engine.set_hybrid(only(
+                    Source::Ease,
+                    &HybridConfig {
+                        ease_decay: decay,
+                        ..self.cfg.hybrid.clone()
+                    },
+                ));
+                let v = score(&engine, &self.sp.val, &self.val)?.summary.ndcg10;
+                self.trials.push(Trial {
+                    stage: "ease",
+                    setting: format!("lambda={lambda} decay={decay}"),
+                    val_ndcg10: v,
+                });
+                ease_trials.push(((lambda, decay), v));
+                if decay == 1.0 {
+                    plain_ease.push((lambda, v));
+                }
+            }
+        }
+        let ((lambda, ease_decay), _) = argmax(&ease_trials)?;
+        let (plain_lambda, _) = argmax(&plain_ease)?;
+        Ok((lambda, ease_decay, plain_lambda))
+    }
+
+    /// Stage 3: ALS; returns the chosen options.
+    pub(super) fn als(&mut self, users: &UserConfig, lambda: f32) -> Result<AlsOptions> {
+        // 3. ALS (regularisation, alpha), ALS alone. Engines fold new histories in
+        //    with the ALS settings they were trained with.
+        let als0 = self.cfg.train.als.clone();
+        let mut als_trials = Vec::new();
+        for &(regularization, alpha) in &ALS_GRID {
+            let als = AlsOptions {
+                regularization,
+                alpha,
+                ..als0.clone()
+            };
+            self.build(&self.sp.val_train, users, lambda, &als)?;
+            let mut engine = Engine::open(self.root, self.with_als(users, &als), None)?;
+            engine.set_exact(true);
+            engine.set_hybrid(only(Source::Als, &self.cfg.hybrid));
+            let v = score(&engine, &self.sp.val, &self.val)?.summary.ndcg10;
+            self.trials.push(Trial {
+                stage: "als",
+                setting: format!("reg={regularization} alpha={alpha}"),
+                val_ndcg10: v,
+            });
+            als_trials.push((als, v));
+        }
+        let (als_chosen, _) = argmax(&als_trials)?;
+        Ok(als_chosen)
+    }
+
+    /// Stages 4 and 5: transitions, the fusion sweep on cached source lists,
+    /// the reranker's weight and the learned model.
+    pub(super) fn fusion(
+        &mut self,
+        users: &UserConfig,
+        lambda: f32,
+        ease_decay: f32,
+        als_chosen: &AlsOptions,
+    ) -> Result<Fused> {
+        // 4. Transitions decay, transitions alone; then the fusion sweep on cached source lists.
+        self.build_with(&self.sp.val_train, users, lambda, als_chosen, None, true)?;
+        let mut engine = Engine::open(self.root, self.with_als(users, als_chosen), None)?;
+        engine.set_exact(true);
+        engine.set_rerank_weight(0.0);
+        engine.set_hybrid(only(Source::TwoTower, &self.cfg.hybrid));
+        self.trials.push(Trial {
+            stage: "two_tower",
+            setting: "alone".into(),
+            val_ndcg10: score(&engine, &self.sp.val, &self.val)?.summary.ndcg10,
+        });
+        let mut tr_trials = Vec::new();
+        for &decay in &SOURCE_DECAYS {
+            engine.set_hybrid(only(
+                Source::Transitions,
+                &HybridConfig {
+                    transitions_decay: decay,
+                    ..self.cfg.hybrid.clone()
+                },
+            ));
+            let v = score(&engine, &self.sp.val, &self.val)?.summary.ndcg10;
+            self.trials.push(Trial {
+                stage: "transitions",
+                setting: format!("decay={decay}"),
+                val_ndcg10: v,
+            });
+            tr_trials.push((decay, v));
+        }
+        let (transitions_decay, _) = argmax(&tr_trials)?;
+        let tuned = HybridConfig {
+            ease_decay,
+            transitions_decay,
+            enabled: true,
+            ..self.cfg.hybrid.clone()
+        };
+        engine.set_hybrid(tuned.clone());
+        let truth = truth_sets(&engine, &self.sp.val)?;
+        let store = engine.index().store();
+        let cached_hist: Vec<Vec<(u32, f32)>> = truth
+            .iter()
+            .map(|(u, _)| {
+                self.histories[u]
+                    .iter()
+                    .map(|id| {
+                        let i = store.internal_id(id).ok_or_else(|| Error::NotFound {
+                            kind: "item",
+                            id: id.clone(),
+                        })?;
+                        Ok((i, 1.0))
+                    })
+                    .collect()
+            })
+            .collect::<Result<_>>()?;
+        let cached: Vec<(Vec<SourceList>, &HashSet<u32>)> = truth
+            .par_iter()
+            .zip(&cached_hist)
+            .map(|((_, t), hist)| {
+                let seen: HashSet<u32> = hist.iter().map(|h| h.0).collect();
+                let lists =
+                    engine.source_lists(hist, None, &Source::ALL, &|i| !seen.contains(&i))?;
+                Ok((lists, t))
+            })
+            .collect::<Result<_>>()?;
+        let mut fusion_trials = Vec::new();
+        let (wt, wc, wp, wa, w2) = FUSION_WEIGHTS;
+        let mut combos: Vec<SourceWeights> = Vec::new();
+        for &t in &wt {
+            for &c in &wc {
+                for &p in &wp {
+                    for &a in &wa {
+                        for &tt in &w2 {
+                            combos.push(SourceWeights {
+                                ease: 1.0,
+                                transitions: t,
+                                content: c,
+                                popularity: p,
+                                als: a,
+                                two_tower: tt,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        for method in FusionMethod::ALL {
+            for &weights in &combos {
+                {
+                    {
+                        let ndcg: f64 = cached
+                            .par_iter()
+                            .map(|(lists, truth)| {
+                                fused_ndcg10(
+                                    method,
+                                    &with_weights(lists, &weights),
+                                    tuned.rrf_k,
+                                    truth,
+                                )
+                            })
+                            .sum::<f64>()
+                            / cached.len().max(1) as f64;
+                        self.trials.push(Trial {
+                            stage: "fusion",
+                            setting: format!("{} {weights}", method.name()),
+                            val_ndcg10: ndcg,
+                        });
+                        fusion_trials.push(((method, weights), ndcg));
+                    }
+                }
+            }
+        }
+        let ((method, weights), _) = argmax(&fusion_trials)?;
+        let geometric_weights = argmax(
+            &fusion_trials
+                .iter()
+                .filter(|t| t.0 .0 == FusionMethod::Geometric)
+                .map(|t| (t.0 .1, t.1))
+                .collect::<Vec<_>>(),
+        )?
+        .0;
+
+        // 5. The reranker: the head of the chosen fusion reranked, its list's
+        //    weight in the fusion swept; then the learned click model over every
+        //    source's and the reranker's scores (2-fold over validation users).
+        // The engine's own rerank stage, over the cached lists under trial weights.
+        let reranked: Vec<SourceList> = cached
+            .par_iter()
+            .zip(&cached_hist)
+            .map(|((lists, _), hist)| {
+                engine.rerank_head(hist, &with_weights(lists, &weights), method)
+            })
+            .collect::<Result<_>>()?;
+        let val_auc = head_auc(&cached, &reranked, method, &weights, tuned.rrf_k);
+        let mut rerank_trials = Vec::new();
+        for &w in &RERANK_WEIGHTS {
+            let ndcg: f64 = cached
+                .par_iter()
+                .zip(&reranked)
+                .map(|((lists, truth), rr)| {
+                    let mut l = with_weights(lists, &weights);
+                    l.push(SourceList {
+                        weight: w,
+                        ..rr.clone()
+                    });
+                    fused_ndcg10(method, &l, tuned.rrf_k, truth)
+                })
+                .sum::<f64>()
+                / cached.len().max(1) as f64;
+            self.trials.push(Trial {
+                stage: "rerank",
+                setting: format!("{} {weights} reranker={w}", method.name()),
+                val_ndcg10: ndcg,
+            });
+            rerank_trials.push((w, ndcg));
+        }
+        let (rerank_weight, best_rerank) = argmax(&rerank_trials)?;
+        // The learned model reranks the head of geometric fusion, as the engine does.
+        let learned_lists: Vec<Vec<SourceList>> = cached
+            .par_iter()
+            .zip(&cached_hist)
+            .zip(&reranked)
+            .map(|(((lists, _), hist), rr)| {
+                let mut l = lists.clone();
+                l.push(
+                    if method == FusionMethod::Geometric && weights == geometric_weights {
+                        rr.clone()
+                    } else {
+                        engine.rerank_head(
+                            hist,
+                            &with_weights(lists, &geometric_weights),
+                            FusionMethod::Geometric,
+                        )?
+                    },
+                );
+                Ok(l)
+            })
+            .collect::<Result<_>>()?;
+        let learned_ndcg = {
+            use crate::fusion::{features, LearnedModel};
+            let mut names: Vec<String> = Source::ALL.iter().map(|s| s.name().to_owned()).collect();
+            names.push(crate::engine::RERANKER.to_owned());
+            let rows_of = |part: usize| -> Vec<(Vec<f32>, bool)> {
+                learned_lists
+                    .iter()
+                    .zip(&cached)
+                    .enumerate()
+                    .filter(|(k, _)| k % 2 == part)
+                    .flat_map(|(_, (lists, (_, truth)))| {
+                        features(&names, lists)
+                            .into_iter()
+                            .map(|(i, f)| (f, truth.contains(&i)))
+                            .collect::<Vec<_>>()
+                    })
+                    .collect()
+            };
+            let mut total = 0.0;
+            for part in 0..2 {
+                let model = LearnedModel::fit(names.clone(), &rows_of(part), 1.0)
+                    .ok_or_else(|| Error::invalid("learned fusion: singular system"))?;
+                total += learned_lists
+                    .iter()
+                    .zip(&cached)
+                    .enumerate()
+                    .filter(|(k, _)| k % 2 != part)
+                    .map(|(_, (lists, (_, truth)))| {
+                        let ranked: Vec<u32> = model
+                            .fuse(lists)
+                            .into_iter()
+                            .take(KS[1])
+                            .map(|e| e.0)
+                            .collect();
+                        user_metrics(&ranked, truth).ndcg[0]
+                    })
+                    .sum::<f64>();
+            }
+            total / cached.len().max(1) as f64
+        };
+        self.trials.push(Trial {
+            stage: "fusion",
+            setting: "learned over sources + reranker (2-fold over validation users)".into(),
+            val_ndcg10: learned_ndcg,
+        });
+        let learned_wins = learned_ndcg > best_rerank;
+        let (fusion, w) = if learned_wins {
+            (FusionMethod::Learned, geometric_weights)
+        } else {
+            (method, weights)
+        };
+        let chosen_hybrid = HybridConfig {
+            fusion,
+            ..tuned.with_weights(w)
+        };
+        let rerank_weight = if learned_wins { 0.0 } else { rerank_weight };
+        drop(reranked);
+        drop(learned_lists);
+        drop(cached);
+        drop(engine);
+        Ok(Fused {
+            hybrid: chosen_hybrid,
+            rerank_weight,
+            learned_wins,
+            val_auc,
+        })
+    }
+
+    /// Stage 6: refit on TRAIN with the chosen settings and score TEST once per row.
+    pub(super) fn test(mut self, c: Chosen, tps: f64, start: Instant) -> Result<EvalReport> {
+        let als_chosen = c.als.clone();
+        let (lambda, plain_lambda) = (c.lambda, c.plain_lambda);
+        let chosen_hybrid = c.fused.hybrid.clone();
+        let (rerank_weight, learned_wins) = (c.fused.rerank_weight, c.fused.learned_wins);
+        let users = c.users.clone();
+        // 6. Refit on TRAIN with the chosen settings; score TEST once per row.
+        let train_seconds = self.build_with(
+            &self.sp.train,
+            &users,
+            lambda,
+            &als_chosen,
+            learned_wins.then_some(&chosen_hybrid),
+            true,
+        )?;
+        self.cfg.users = users;
+        self.cfg.hybrid = chosen_hybrid.clone();
+        self.cfg.rerank.weight = rerank_weight;
+        let mut engine = Engine::open(self.root, self.cfg.clone(), None)?;
+        engine.set_exact(true);
+        let full = score(&engine, &self.sp.test, &Who::Stored)?;
+        engine.set_exact(false);
+        let full_hnsw = score(&engine, &self.sp.test, &Who::Stored)?;
+        engine.set_exact(true);
+        let mut ablation = Vec::new();
+        engine.set_rerank_weight(0.0);
+        for s in Source::ALL {
+            engine.set_hybrid(only(s, &chosen_hybrid));
+            let r = score(&engine, &self.sp.test, &Who::Stored)?;
+            ablation.push(AblationRow {
+                model: format!("{} alone", s.name()),
+                metrics: r.summary,
+            });
+        }
+        engine.set_hybrid(HybridConfig {
+            enabled: false,
+            ..chosen_hybrid.clone()
+        });
+        let content_only = score(&engine, &self.sp.test, &Who::Stored)?;
+        ablation.push(AblationRow {
+            model: "content-only pipeline (issue 2)".into(),
+            metrics: content_only.summary,
+        });
+        let pre_method = if learned_wins {
+            FusionMethod::Geometric
+        } else {
+            chosen_hybrid.fusion
+        };
+        engine.set_hybrid(HybridConfig {
+            fusion: pre_method,
+            ..chosen_hybrid.clone()
+        });
+        let no_rerank = score(&engine, &self.sp.test, &Who::Stored)?;
+        ablation.push(AblationRow {
+            model: format!("fusion of all sources ({}), no reranker", pre_method.name()),
+            metrics: no_rerank.summary,
+        });
+        ablation.push(AblationRow {
+            model: if learned_wins {
+                "full pipeline: sources + reranker, learned fusion".into()
+            } else {
+                format!(
+                    "full pipeline: sources + reranker (weight {rerank_weight}), {} fusion",
+                    chosen_hybrid.fusion.name()
+                )
+            },
+            metrics: full.summary.clone(),
+        });
+        // The reranker's AUC on TEST: every user's head of the fusion without it.
+        let test_truth = truth_sets(&engine, &self.sp.test)?;
+        let test_hist: Vec<Vec<(u32, f32)>> = test_truth
+            .iter()
+            .map(|(u, _)| {
+                engine
+                    .users()
+                    .lookup(&u.to_string())
+                    .map(|n| engine.users().history(n))
+                    .unwrap_or_default()
+            })
+            .collect();
+        let test_cached: Vec<(Vec<SourceList>, &HashSet<u32>)> = test_truth
+            .par_iter()
+            .zip(&test_hist)
+            .map(|((_, t), hist)| {
+                let seen: HashSet<u32> = hist.iter().map(|h| h.0).collect();
+                let lists =
+                    engine.source_lists(hist, None, &Source::ALL, &|i| !seen.contains(&i))?;
+                Ok((lists, t))
+            })
+            .collect::<Result<_>>()?;
+        let chosen_weights = chosen_hybrid.weights();
+        let test_reranked: Vec<SourceList> = test_cached
+            .par_iter()
+            .zip(&test_hist)
+            .map(|((lists, _), hist)| {
+                engine.rerank_head(hist, &with_weights(lists, &chosen_weights), pre_method)
+            })
+            .collect::<Result<_>>()?;
+        let test_auc = head_auc(
+            &test_cached,
+            &test_reranked,
+            pre_method,
+            &chosen_weights,
+            chosen_hybrid.rrf_k,
+        );
+        drop(test_reranked);
+        drop(test_cached);
+        drop(engine);
+
+        // vecrec's own EASE baseline: plain binary history, λ chosen on validation.
+        self.build(&self.sp.train, &self.cfg.users, plain_lambda, &als_chosen)?;
+        let mut engine = Engine::open(self.root, self.cfg.clone(), None)?;
+        engine.set_exact(true);
+        engine.set_hybrid(only(
+            Source::Ease,
+            &HybridConfig {
+                ease_decay: 1.0,
+                ..chosen_hybrid.clone()
+            },
+        ));
+        let ease = score(&engine, &self.sp.test, &Who::Stored)?;
+        let diffs: Vec<f64> = full
+            .per_user_ndcg10
+            .iter()
+            .zip(&ease.per_user_ndcg10)
+            .map(|(a, b)| a - b)
+            .collect();
+        let (mean_diff, ci, n) = mean(diffs.into_iter());
+        ablation.insert(
+            0,
+            AblationRow {
+                model: format!("EASE (vecrec's own, λ={plain_lambda}, binary history)"),
+                metrics: ease.summary,
+            },
+        );
+        let (chosen, grid, val_auc) = (c.profile, c.grid, c.fused.val_auc);
+        let trials = std::mem::take(&mut self.trials);
+        Ok(EvalReport {
+            test: full.summary,
+            test_hnsw: full_hnsw.summary,
+            hnsw_ef: self.cfg.search.ef,
+            ablation,
+            paired_vs_ease: PairedDiff {
+                baseline: format!("EASE λ={plain_lambda}"),
+                mean: mean_diff,
+                ci95: ci,
+                users: n,
+            },
+            chosen,
+            validation_grid: grid,
+            chosen_hybrid,
+            chosen_rerank_weight: rerank_weight,
+            reranker_auc_validation: val_auc,
+            reranker_auc_test: test_auc,
+            chosen_ease_lambda: lambda,
+            chosen_als: als_chosen,
+            trials,
+            embed_texts_per_second: tps,
+            train_seconds,
+            seconds: start.elapsed().as_secs_f64(),
+            pipeline:
+                "hybrid: EASE + transitions + ALS + content + popularity + two-tower candidates, fused, the head reranked by the cross-attention reranker",
+        })
+    }
+}
