@@ -113,7 +113,13 @@ impl Service {
             .and_then(|v| v.to_str().ok())
             .and_then(parse_grpc_timeout);
         let timeout = client.map_or(self.default_timeout, |c| c.min(self.default_timeout));
-        Deadline::after(timeout - deadline_margin(timeout))
+        // Counted from the call's arrival, as tonic's own timer is, not from
+        // the first poll of the handler, which a loaded machine can delay.
+        let arrived = req
+            .extensions()
+            .get::<Arrived>()
+            .map_or_else(Instant::now, |a| a.0);
+        Deadline::at(arrived + timeout - deadline_margin(timeout))
     }
 
     /// Admits the call, then runs `f` on the blocking pool with the engine
@@ -491,13 +497,24 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(RecommenderServer::new(service))
+        .add_service(RecommenderServer::with_interceptor(service, stamp_arrival))
         .serve_with_incoming_shutdown(incoming(listener, &cfg), shutdown)
         .await?;
     for task in [watcher, compactor, Some(gauges)].into_iter().flatten() {
         task.abort();
     }
     Ok(())
+}
+
+/// When a call reached the service: stamped by [`stamp_arrival`] in the
+/// same synchronous step in which tonic starts its `grpc-timeout` timer.
+#[derive(Clone, Copy, Debug)]
+struct Arrived(Instant);
+
+/// The interceptor that stamps every call's arrival.
+fn stamp_arrival(mut req: Request<()>) -> Result<Request<()>, Status> {
+    req.extensions_mut().insert(Arrived(Instant::now()));
+    Ok(req)
 }
 
 /// How much sooner than the client's deadline the server gives up: 10 ms
