@@ -101,17 +101,6 @@ pub fn ort_environment(dylib: &Path) -> Result<ort::environment::Environment> {
     }
 }
 
-/// Builds an ONNX Runtime session for `model` with `threads` intra-op threads
-/// (0 = all cores) on `device`.
-pub fn build_session(
-    env: &ort::environment::Environment,
-    model: &Path,
-    threads: usize,
-    device: Device,
-) -> Result<Session> {
-    build_session_from(env, ModelSource::File(model), threads, device)
-}
-
 /// Where a session's model comes from.
 #[derive(Clone, Copy, Debug)]
 pub enum ModelSource<'a> {
@@ -122,7 +111,8 @@ pub enum ModelSource<'a> {
     Bytes(&'a str, &'a [u8]),
 }
 
-/// [`build_session`] for a model given as a file or as bytes.
+/// Builds an ONNX Runtime session for a model given as a file or as bytes,
+/// with `threads` intra-op threads (0 = all cores) on `device`.
 pub fn build_session_from(
     env: &ort::environment::Environment,
     model: ModelSource<'_>,
