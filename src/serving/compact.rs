@@ -15,7 +15,7 @@ use crate::live::DeltaItem;
 /// Folds the engine's generation and every pending change into a new
 /// generation under `root` (retraining the sources), recording the last log
 /// record folded in. Returns the new generation, or `None` when nothing was
-/// pending. The caller swaps it in and then calls [`Live::prune`].
+/// pending. The caller swaps it in and then calls [`crate::live::Live::prune`].
 ///
 /// Histories keep their order but not their timestamps: the stored histories
 /// hold no times, so the rebuilt interactions are numbered in order, recorded

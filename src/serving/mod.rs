@@ -1,7 +1,7 @@
 //! Serving one index root over time, with no network code: the slot that
 //! holds the engine being served and swaps generations atomically
 //! ([`slot`]), and the compaction that folds live updates into a new
-//! generation ([`compact`]). `grpc` sits on top of this.
+//! generation ([`compact()`](compact::compact)). `grpc` sits on top of this.
 
 pub mod compact;
 pub mod slot;
