@@ -1,17 +1,34 @@
 //! A write-ahead log: numbered, checksummed records appended to one file and
 //! fsynced before the caller acknowledges anything.
 //!
-//! File: the 16-byte header `VECRECWL` + format version (u32) + 4 zero bytes,
-//! then records `[seq u64][len u32][crc32 u32 of seq‖payload][payload]`,
-//! little-endian, with strictly increasing `seq`.
+//! File (version 2): the 16-byte header `VECRECWL` + format version (u32) +
+//! 4 zero bytes, then one *frame* per append, then zeros to the end of the
+//! file. A frame `[first_seq u64][count u32][len u32][crc32 u32][body]` holds
+//! the `count` records of one append, numbered `first_seq..first_seq+count`
+//! (body: `count × [len u32][payload]`; the checksum covers `first_seq`,
+//! `count` and the body), little-endian, with numbers strictly increasing
+//! from frame to frame.
 //!
-//! A crash can leave the last record torn (partly written, or written but not
-//! yet synced and so never acknowledged). [`Wal::open`] replays every complete
-//! record and cuts such a tail off before new records are appended. A damaged
-//! record followed by intact ones is not a torn tail but damage, and is
-//! refused with an error. [`Wal::retain_after`] rewrites the log without the
-//! records a compaction has folded into a generation (temp file, fsync,
-//! rename).
+//! The file's length is always a whole number of [`SEGMENT`]s and the last
+//! frame is always followed by at least one all-zero frame header: the log
+//! grows by extending the file with zeros (fsynced) before any record is
+//! written there. So a crash cannot change the length, and what a crash can
+//! leave behind is one thing only: the frame of the append in progress,
+//! partly written and never acknowledged, followed by zeros (a *torn tail*).
+//! [`Wal::open`] cuts that off. Everything else that does not read back is
+//! damage that may hold acknowledged writes, and stops the open with the
+//! byte offset and the last intact record: a damaged frame followed by
+//! intact ones, a frame or the end marker cut off by the end of the file, a
+//! length that is not a whole number of segments, a file shorter than its
+//! header. [`check`] tells what is intact and what would be lost;
+//! [`repair`] keeps every intact frame (also those after the damage) and
+//! saves the damaged file beside it.
+//!
+//! Version-1 logs (one record per frame, no padding) are read with the old
+//! rule (a damaged tail is cut) and rewritten as version 2 on open.
+//!
+//! [`Wal::retain_after`] rewrites the log without the records a compaction
+//! has folded into a generation (temp file, fsync, rename).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -20,11 +37,16 @@ use std::path::{Path, PathBuf};
 use crate::error::{IndexError, Result};
 
 const MAGIC: [u8; 8] = *b"VECRECWL";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 const HEADER: usize = 16;
-const RECORD_HEADER: usize = 16;
-/// Largest record accepted on replay (a larger length is damage).
+const FRAME_HEADER: usize = 20;
+const V1_RECORD_HEADER: usize = 16;
+/// The log grows in steps of this many bytes.
+pub const SEGMENT: usize = 1 << 20;
+/// Largest record accepted on append and on replay.
 pub const MAX_RECORD: usize = 64 << 20;
+/// Largest frame (one append) accepted on replay.
+const MAX_FRAME: usize = 256 << 20;
 
 /// One replayed record: its sequence number and payload.
 pub type Record = (u64, Vec<u8>);
@@ -35,6 +57,12 @@ pub struct Wal {
     path: PathBuf,
     file: File,
     next_seq: u64,
+    /// Where the next frame goes.
+    end: u64,
+    /// The file's length (a whole number of segments).
+    len: u64,
+    /// Where [`Wal::open`] cut off a torn tail, if it did.
+    cut: Option<u64>,
 }
 
 fn io(path: &Path, e: std::io::Error) -> IndexError {
@@ -44,44 +72,162 @@ fn io(path: &Path, e: std::io::Error) -> IndexError {
     }
 }
 
-fn header() -> [u8; HEADER] {
+fn corrupt(path: &Path, reason: String) -> IndexError {
+    IndexError::Corrupt {
+        path: path.to_owned(),
+        reason,
+    }
+}
+
+fn header(version: u32) -> [u8; HEADER] {
     let mut h = [0u8; HEADER];
     h[..8].copy_from_slice(&MAGIC);
-    h[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    h[8..12].copy_from_slice(&version.to_le_bytes());
     h
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io(dir, e))
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
 }
 
-fn crc(seq: u64, payload: &[u8]) -> u32 {
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+fn frame_crc(first_seq: u64, count: u32, body: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
-    h.update(&seq.to_le_bytes());
-    h.update(payload);
+    h.update(&first_seq.to_le_bytes());
+    h.update(&count.to_le_bytes());
+    h.update(body);
     h.finalize()
 }
 
-/// Appends one record `[seq][len][crc][payload]` to `buf`.
-fn encode(buf: &mut Vec<u8>, seq: u64, payload: &[u8]) {
-    buf.extend_from_slice(&seq.to_le_bytes());
-    buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    buf.extend_from_slice(&crc(seq, payload).to_le_bytes());
-    buf.extend_from_slice(payload);
+/// Appends the frame of `payloads`, numbered from `first_seq`, to `buf`.
+fn encode_frame(buf: &mut Vec<u8>, first_seq: u64, payloads: &[&[u8]]) {
+    let mut body = Vec::with_capacity(payloads.iter().map(|p| 4 + p.len()).sum());
+    for p in payloads {
+        body.extend_from_slice(&(p.len() as u32).to_le_bytes());
+        body.extend_from_slice(p);
+    }
+    let count = payloads.len() as u32;
+    buf.extend_from_slice(&first_seq.to_le_bytes());
+    buf.extend_from_slice(&count.to_le_bytes());
+    buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&frame_crc(first_seq, count, &body).to_le_bytes());
+    buf.extend_from_slice(&body);
 }
 
-/// Parses the records of a log image; returns them and the length of the
-/// intact prefix.
-fn parse(path: &Path, bytes: &[u8]) -> Result<(Vec<Record>, usize)> {
-    let corrupt = |reason: String| IndexError::Corrupt {
-        path: path.to_owned(),
-        reason,
-    };
+/// The length of a file holding `data` bytes of header and frames: whole
+/// segments, with room for an all-zero frame header after the data.
+fn padded(data: usize) -> usize {
+    (data + FRAME_HEADER).div_ceil(SEGMENT) * SEGMENT
+}
+
+/// A whole log image: header, one frame per run of records, zero padding.
+fn image(records: &[(u64, &[u8])]) -> Vec<u8> {
+    let mut buf = header(VERSION).to_vec();
+    for (seq, p) in records {
+        encode_frame(&mut buf, *seq, &[p]);
+    }
+    let len = padded(buf.len());
+    buf.resize(len, 0);
+    buf
+}
+
+/// An intact frame found in a log image.
+#[derive(Clone, Debug)]
+struct Frame {
+    records: Vec<Record>,
+}
+
+/// Reads the frame at the start of `b` if it is intact and numbered after
+/// `after`.
+fn read_frame(b: &[u8], after: u64) -> Option<Frame> {
+    if b.len() < FRAME_HEADER {
+        return None;
+    }
+    let first = u64_at(b, 0);
+    let count = u32_at(b, 8);
+    let len = u32_at(b, 12) as usize;
+    let stored = u32_at(b, 16);
+    if first <= after || count == 0 || len > MAX_FRAME || b.len() < FRAME_HEADER + len {
+        return None;
+    }
+    let body = &b[FRAME_HEADER..FRAME_HEADER + len];
+    if frame_crc(first, count, body) != stored {
+        return None;
+    }
+    let mut records = Vec::with_capacity(count as usize);
+    let mut at = 0;
+    for k in 0..count as u64 {
+        if body.len() < at + 4 {
+            return None;
+        }
+        let n = u32_at(body, at) as usize;
+        if n > MAX_RECORD || body.len() < at + 4 + n {
+            return None;
+        }
+        records.push((first + k, body[at + 4..at + 4 + n].to_vec()));
+        at += 4 + n;
+    }
+    (at == body.len()).then_some(Frame { records })
+}
+
+/// What a read of a log found.
+#[derive(Debug)]
+struct Scan {
+    version: u32,
+    /// The intact frames before any damage, in order.
+    frames: Vec<Frame>,
+    /// Where the intact prefix ends.
+    end: usize,
+    /// Damage after the intact prefix, if any.
+    damage: Option<Damage>,
+}
+
+/// Damage found in a log.
+#[derive(Clone, Debug)]
+pub struct Damage {
+    /// Byte offset where the log stops reading back.
+    pub offset: u64,
+    /// What is wrong there.
+    pub reason: String,
+    /// Whether it is only the torn tail of an unacknowledged append, which
+    /// [`Wal::open`] cuts off by itself.
+    pub torn_tail: bool,
+    /// Intact records found after the damage (each `(seq, payload)`), which
+    /// a repair keeps.
+    pub after: Vec<Record>,
+}
+
+/// The intact frames of `bytes[from..]` numbered after `after`, found by
+/// trying every offset (used only once damage is found).
+fn later_frames(bytes: &[u8], from: usize, mut after: u64) -> Vec<Frame> {
+    let mut found = Vec::new();
+    let mut p = from;
+    while p + FRAME_HEADER <= bytes.len() {
+        match read_frame(&bytes[p..], after) {
+            Some(f) => {
+                after = f.records.last().map_or(after, |r| r.0);
+                p += FRAME_HEADER + f.records.iter().map(|r| 4 + r.1.len()).sum::<usize>();
+                found.push(f);
+            }
+            None => p += 1,
+        }
+    }
+    found
+}
+
+fn scan(path: &Path, bytes: &[u8]) -> Result<Scan> {
     if bytes.len() < HEADER {
-        // A crash while creating the file: nothing was ever acknowledged.
-        return Ok((Vec::new(), 0));
+        return Err(corrupt(
+            path,
+            format!(
+                "the log is {} bytes, shorter than its {HEADER}-byte header (it was cut short; \
+                 if it held records they are lost)",
+                bytes.len()
+            ),
+        ));
     }
     if bytes[..8] != MAGIC {
         return Err(IndexError::BadMagic {
@@ -89,109 +235,309 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<(Vec<Record>, usize)> {
             expected: "wal",
         });
     }
-    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-    if version != VERSION {
-        return Err(IndexError::UnsupportedVersion {
-            path: path.to_owned(),
-            found: version,
-            supported: VERSION,
+    match u32_at(bytes, 8) {
+        1 => return Ok(scan_v1(bytes)),
+        VERSION => {}
+        found => {
+            return Err(IndexError::UnsupportedVersion {
+                path: path.to_owned(),
+                found,
+                supported: VERSION,
+            })
+        }
+    }
+    let mut frames: Vec<Frame> = Vec::new();
+    let mut at = HEADER;
+    let last = |frames: &[Frame]| {
+        frames
+            .last()
+            .and_then(|f| f.records.last())
+            .map_or(0, |r| r.0)
+    };
+    let damage = loop {
+        let rest = &bytes[at..];
+        if rest.len() < FRAME_HEADER {
+            break Some((
+                false,
+                format!("the file ends {} bytes after the last frame, before the end marker (it was cut short)", rest.len()),
+            ));
+        }
+        if rest[..FRAME_HEADER].iter().all(|&b| b == 0) {
+            // The end marker. Anything but zeros after it is the body of a
+            // torn frame whose header never reached the disk, unless an
+            // intact frame follows (a zeroed frame header: damage).
+            break rest
+                .iter()
+                .any(|&b| b != 0)
+                .then(|| (true, "an unfinished append".to_string()));
+        }
+        let len = u32_at(rest, 12) as usize;
+        if len <= MAX_FRAME && rest.len() < FRAME_HEADER + len {
+            break Some((
+                false,
+                format!("a frame of {len} bytes runs past the end of the file (it was cut short)"),
+            ));
+        }
+        match read_frame(rest, last(&frames)) {
+            Some(f) => {
+                at += FRAME_HEADER + len;
+                frames.push(f);
+            }
+            None => break Some((true, "a frame that does not read back".to_string())),
+        }
+    };
+    let mut damage = damage.map(|(torn, reason)| {
+        let after: Vec<Record> = later_frames(bytes, at + 1, last(&frames))
+            .into_iter()
+            .flat_map(|f| f.records)
+            .collect();
+        Damage {
+            offset: at as u64,
+            torn_tail: torn && after.is_empty(),
+            reason,
+            after,
+        }
+    });
+    if !bytes.len().is_multiple_of(SEGMENT) && damage.as_ref().is_none_or(|d| d.torn_tail) {
+        damage = Some(Damage {
+            offset: bytes.len() as u64,
+            reason: format!(
+                "the file is {} bytes, not a whole number of {SEGMENT}-byte segments (it was cut short or appended to)",
+                bytes.len()
+            ),
+            torn_tail: false,
+            after: Vec::new(),
         });
     }
-    let mut records = Vec::new();
-    let mut at = HEADER;
-    let mut last_seq = 0u64;
-    while at < bytes.len() {
-        let rest = &bytes[at..];
-        let torn = |what: &str| -> Result<bool> {
-            // Damage is only acceptable as the very last thing in the file:
-            // any later intact record header means the middle was damaged.
-            let later_record = (at + 1..bytes.len().saturating_sub(RECORD_HEADER))
-                .any(|p| plausible(&bytes[p..], last_seq));
-            if later_record {
-                Err(corrupt(format!(
-                    "{what} at byte {at}, followed by further records"
-                )))
-            } else {
-                Ok(true)
-            }
-        };
-        if rest.len() < RECORD_HEADER {
-            torn("a truncated record header")?;
-            break;
-        }
-        let seq = u64::from_le_bytes(rest[0..8].try_into().expect("8 bytes"));
-        let len = u32::from_le_bytes(rest[8..12].try_into().expect("4 bytes")) as usize;
-        let stored = u32::from_le_bytes(rest[12..16].try_into().expect("4 bytes"));
-        if len > MAX_RECORD || rest.len() < RECORD_HEADER + len {
-            torn("a truncated record")?;
-            break;
-        }
-        let payload = &rest[RECORD_HEADER..RECORD_HEADER + len];
-        if crc(seq, payload) != stored || seq <= last_seq {
-            torn("a record with a bad checksum")?;
-            break;
-        }
-        records.push((seq, payload.to_vec()));
-        last_seq = seq;
-        at += RECORD_HEADER + len;
-    }
-    Ok((records, at))
+    Ok(Scan {
+        version: VERSION,
+        frames,
+        end: at,
+        damage,
+    })
 }
 
-/// Whether an intact record starts at the beginning of `b` (used to tell a
-/// torn tail from damage in the middle).
-fn plausible(b: &[u8], after: u64) -> bool {
-    if b.len() < RECORD_HEADER {
-        return false;
+/// Reads a version-1 log: records `[seq u64][len u32][crc u32 of seq‖payload]
+/// [payload]`, no padding; damage only at the very end is a torn tail.
+fn scan_v1(bytes: &[u8]) -> Scan {
+    // The record at the start of `b`, if intact and numbered after `after`.
+    let record = |b: &[u8], after: u64| -> Option<(u64, usize)> {
+        if b.len() < V1_RECORD_HEADER {
+            return None;
+        }
+        let (seq, len, stored) = (u64_at(b, 0), u32_at(b, 8) as usize, u32_at(b, 12));
+        if seq <= after || len > MAX_RECORD || b.len() < V1_RECORD_HEADER + len {
+            return None;
+        }
+        let mut h = crc32fast::Hasher::new();
+        h.update(&seq.to_le_bytes());
+        h.update(&b[V1_RECORD_HEADER..V1_RECORD_HEADER + len]);
+        (h.finalize() == stored).then_some((seq, len))
+    };
+    let mut frames = Vec::new();
+    let mut at = HEADER;
+    let mut last = 0u64;
+    while let Some((seq, len)) = record(&bytes[at..], last) {
+        let p = &bytes[at + V1_RECORD_HEADER..at + V1_RECORD_HEADER + len];
+        frames.push(Frame {
+            records: vec![(seq, p.to_vec())],
+        });
+        last = seq;
+        at += V1_RECORD_HEADER + len;
     }
-    let seq = u64::from_le_bytes(b[0..8].try_into().expect("8 bytes"));
-    let len = u32::from_le_bytes(b[8..12].try_into().expect("4 bytes")) as usize;
-    let stored = u32::from_le_bytes(b[12..16].try_into().expect("4 bytes"));
-    seq > after && len <= MAX_RECORD && b.len() >= RECORD_HEADER + len && {
-        crc(seq, &b[RECORD_HEADER..RECORD_HEADER + len]) == stored
+    let damage = (at < bytes.len()).then(|| {
+        // Damage is a torn tail only if no intact record follows it.
+        let mut after = Vec::new();
+        let mut p = at + 1;
+        let mut prev = last;
+        while p < bytes.len() {
+            match record(&bytes[p..], prev) {
+                Some((seq, len)) => {
+                    after.push((
+                        seq,
+                        bytes[p + V1_RECORD_HEADER..p + V1_RECORD_HEADER + len].to_vec(),
+                    ));
+                    prev = seq;
+                    p += V1_RECORD_HEADER + len;
+                }
+                None => p += 1,
+            }
+        }
+        Damage {
+            offset: at as u64,
+            reason: "a damaged version-1 record".into(),
+            torn_tail: after.is_empty(),
+            after,
+        }
+    });
+    Scan {
+        version: 1,
+        frames,
+        end: at,
+        damage,
     }
+}
+
+fn read_all(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| io(path, e))
+}
+
+/// What [`check`] found in a log.
+#[derive(Debug)]
+pub struct Report {
+    /// The format version on disk.
+    pub version: u32,
+    /// Intact records before any damage.
+    pub records: usize,
+    /// Number of the last of them (0 if none).
+    pub last_seq: u64,
+    /// Where they end.
+    pub end: u64,
+    /// The file's length.
+    pub file_len: u64,
+    /// Damage, if any.
+    pub damage: Option<Damage>,
+}
+
+/// Reads the log at `path` without changing it and tells what is intact.
+pub fn check(path: &Path) -> Result<Report> {
+    let bytes = read_all(path)?;
+    let s = scan(path, &bytes)?;
+    let records: Vec<&Record> = s.frames.iter().flat_map(|f| &f.records).collect();
+    Ok(Report {
+        version: s.version,
+        records: records.len(),
+        last_seq: records.last().map_or(0, |r| r.0),
+        end: s.end as u64,
+        file_len: bytes.len() as u64,
+        damage: s.damage,
+    })
+}
+
+/// What [`repair`] did.
+#[derive(Debug)]
+pub struct Repaired {
+    /// Records kept (before and after the damage).
+    pub kept: usize,
+    /// Of them, records found after the damage.
+    pub salvaged: usize,
+    /// Where the damaged file was saved.
+    pub backup: PathBuf,
+}
+
+/// Rewrites a damaged log keeping every intact record, before and after the
+/// damage, and saves the damaged file as `<path>.damaged-<unix seconds>`.
+/// A log shorter than its header is rewritten empty.
+pub fn repair(path: &Path) -> Result<Repaired> {
+    let bytes = read_all(path)?;
+    let (prefix, after) = match scan(path, &bytes) {
+        Ok(s) => {
+            let prefix: Vec<Record> = s.frames.into_iter().flat_map(|f| f.records).collect();
+            (prefix, s.damage.map(|d| d.after).unwrap_or_default())
+        }
+        Err(IndexError::Corrupt { .. }) if bytes.len() < HEADER => (Vec::new(), Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let backup = path.with_extension(format!("log.damaged-{secs}"));
+    crate::generation::write_atomic(&backup, &bytes)?;
+    let kept: Vec<(u64, &[u8])> = prefix
+        .iter()
+        .chain(&after)
+        .map(|(s, p)| (*s, p.as_slice()))
+        .collect();
+    crate::generation::write_atomic(path, &image(&kept))?;
+    Ok(Repaired {
+        kept: kept.len(),
+        salvaged: after.len(),
+        backup,
+    })
 }
 
 impl Wal {
     /// Opens (or creates) the log at `path`, replays it and cuts off a torn
-    /// tail. Returns the log and every intact record `(seq, payload)`.
+    /// tail; any other damage is an error naming the offset and the last
+    /// intact record. Returns the log and every intact record `(seq, payload)`.
     pub fn open(path: &Path) -> Result<(Self, Vec<Record>)> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
         }
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(|e| io(path, e))?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).map_err(|e| io(path, e))?;
-        let (records, good) = parse(path, &bytes)?;
-        if good < HEADER {
-            file.set_len(0).map_err(|e| io(path, e))?;
-            file.seek(SeekFrom::Start(0)).map_err(|e| io(path, e))?;
-            file.write_all(&header()).map_err(|e| io(path, e))?;
-            file.sync_all().map_err(|e| io(path, e))?;
-            if let Some(dir) = path.parent() {
-                sync_dir(dir)?;
-            }
-        } else if good < bytes.len() {
-            // A crash before the record was acknowledged: cut it off.
-            file.set_len(good as u64).map_err(|e| io(path, e))?;
-            file.sync_all().map_err(|e| io(path, e))?;
+        if !path.exists() {
+            // Created whole (temp file, rename), so a crash cannot leave a
+            // log shorter than its header behind.
+            crate::generation::write_atomic(path, &image(&[]))?;
         }
-        file.seek(SeekFrom::End(0)).map_err(|e| io(path, e))?;
-        let next_seq = records.last().map_or(1, |r| r.0 + 1);
-        Ok((
-            Self {
-                path: path.to_owned(),
-                file,
-                next_seq,
-            },
-            records,
-        ))
+        let bytes = read_all(path)?;
+        let s = scan(path, &bytes)?;
+        let records: Vec<Record> = s.frames.into_iter().flat_map(|f| f.records).collect();
+        let last_seq = records.last().map_or(0, |r| r.0);
+        if let Some(d) = s.damage.as_ref().filter(|d| !d.torn_tail) {
+            let after = match (d.after.first(), d.after.last()) {
+                (Some(a), Some(b)) => format!(
+                    "; {} intact records after it (numbers {}..={}) would be lost",
+                    d.after.len(),
+                    a.0,
+                    b.0
+                ),
+                _ => String::new(),
+            };
+            return Err(corrupt(
+                path,
+                format!(
+                    "at byte {} after record {last_seq} ({} intact records before it): {}{after}; \
+                     `vecrec-admin wal check` shows what is intact and `vecrec-admin wal repair --salvage` keeps it",
+                    d.offset,
+                    records.len(),
+                    d.reason
+                ),
+            ));
+        }
+        if s.version != VERSION || s.damage.is_some() {
+            // A version-1 log, or the torn frame of an append that was never
+            // acknowledged: rewrite the intact records as a clean image.
+            let kept: Vec<(u64, &[u8])> = records.iter().map(|(s, p)| (*s, p.as_slice())).collect();
+            crate::generation::write_atomic(path, &image(&kept))?;
+        }
+        let mut wal = Self {
+            path: path.to_owned(),
+            file: OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .map_err(|e| io(path, e))?,
+            next_seq: last_seq + 1,
+            end: 0,
+            len: 0,
+            cut: s.damage.map(|d| d.offset),
+        };
+        wal.locate_end()?;
+        Ok((wal, records))
+    }
+
+    /// Finds where the next frame goes in the (clean) file.
+    fn locate_end(&mut self) -> Result<()> {
+        let mut bytes = Vec::new();
+        self.file
+            .seek(SeekFrom::Start(0))
+            .map_err(|e| io(&self.path, e))?;
+        self.file
+            .read_to_end(&mut bytes)
+            .map_err(|e| io(&self.path, e))?;
+        let s = scan(&self.path, &bytes)?;
+        if s.damage.is_some() {
+            return Err(corrupt(&self.path, "damaged right after a rewrite".into()));
+        }
+        self.end = s.end as u64;
+        self.len = bytes.len() as u64;
+        Ok(())
+    }
+
+    /// The byte offset at which [`Wal::open`] cut off the torn frame of an
+    /// unfinished (never acknowledged) append, if it found one.
+    pub fn torn_tail_cut(&self) -> Option<u64> {
+        self.cut
     }
 
     /// The sequence number the next record gets.
@@ -205,11 +551,13 @@ impl Wal {
         self.next_seq = self.next_seq.max(seq);
     }
 
-    /// Appends `payloads` as consecutive records and fsyncs; returns their
-    /// sequence numbers. Nothing may be acknowledged before this returns.
+    /// Appends `payloads` as consecutive records in one frame and fsyncs;
+    /// returns their sequence numbers. Nothing may be acknowledged before
+    /// this returns.
     pub fn append(&mut self, payloads: &[Vec<u8>]) -> Result<Vec<u64>> {
-        let mut buf = Vec::new();
-        let mut seqs = Vec::with_capacity(payloads.len());
+        if payloads.is_empty() {
+            return Ok(Vec::new());
+        }
         for p in payloads {
             if p.len() > MAX_RECORD {
                 return Err(IndexError::InvalidParameter {
@@ -220,48 +568,71 @@ impl Wal {
                     ),
                 });
             }
-            let seq = self.next_seq + seqs.len() as u64;
-            encode(&mut buf, seq, p);
-            seqs.push(seq);
         }
-        let start = self
-            .file
-            .seek(SeekFrom::End(0))
-            .map_err(|e| io(&self.path, e))?;
+        let mut buf = Vec::new();
+        let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+        encode_frame(&mut buf, self.next_seq, &refs);
+        if buf.len() - FRAME_HEADER > MAX_FRAME {
+            return Err(IndexError::InvalidParameter {
+                name: "wal append",
+                reason: format!(
+                    "{} bytes in one append, over the limit of {MAX_FRAME}",
+                    buf.len()
+                ),
+            });
+        }
+        let needed = padded(self.end as usize + buf.len()) as u64;
+        if needed > self.len {
+            // Grow with zeros first, durably, so the length never changes
+            // under a frame being written.
+            self.file.set_len(needed).map_err(|e| io(&self.path, e))?;
+            self.file.sync_all().map_err(|e| io(&self.path, e))?;
+            self.len = needed;
+        }
         let written = self
             .file
-            .write_all(&buf)
+            .seek(SeekFrom::Start(self.end))
+            .and_then(|_| self.file.write_all(&buf))
             .and_then(|_| self.file.sync_data());
         if let Err(e) = written {
-            // Leave no half-written records behind a failed append.
-            let _ = self.file.set_len(start);
+            // Leave no half-written frame behind a failed append.
+            let _ = self
+                .file
+                .seek(SeekFrom::Start(self.end))
+                .and_then(|_| self.file.write_all(&vec![0; buf.len()]));
             return Err(io(&self.path, e));
         }
-        self.next_seq += seqs.len() as u64;
+        let seqs: Vec<u64> = (self.next_seq..self.next_seq + payloads.len() as u64).collect();
+        self.end += buf.len() as u64;
+        self.next_seq += payloads.len() as u64;
         Ok(seqs)
     }
 
     /// Rewrites the log keeping only records with `seq > applied` (a temp
-    /// file, fsynced, renamed over the log).
+    /// file, fsynced, renamed over the log); returns how many it kept.
     pub fn retain_after(&mut self, applied: u64) -> Result<usize> {
-        let mut bytes = Vec::new();
-        let mut f = File::open(&self.path).map_err(|e| io(&self.path, e))?;
-        f.read_to_end(&mut bytes).map_err(|e| io(&self.path, e))?;
-        let (records, _) = parse(&self.path, &bytes)?;
-        let mut buf = header().to_vec();
-        for (seq, p) in records.iter().filter(|r| r.0 > applied) {
-            encode(&mut buf, *seq, p);
+        let bytes = read_all(&self.path)?;
+        let s = scan(&self.path, &bytes)?;
+        if let Some(d) = s.damage.filter(|d| !d.torn_tail) {
+            return Err(corrupt(
+                &self.path,
+                format!("at byte {}: {}", d.offset, d.reason),
+            ));
         }
-        crate::generation::write_atomic(&self.path, &buf)?;
+        let records: Vec<Record> = s.frames.into_iter().flat_map(|f| f.records).collect();
+        let kept: Vec<(u64, &[u8])> = records
+            .iter()
+            .filter(|r| r.0 > applied)
+            .map(|(s, p)| (*s, p.as_slice()))
+            .collect();
+        crate::generation::write_atomic(&self.path, &image(&kept))?;
         self.file = OpenOptions::new()
             .read(true)
             .write(true)
             .open(&self.path)
             .map_err(|e| io(&self.path, e))?;
-        self.file
-            .seek(SeekFrom::End(0))
-            .map_err(|e| io(&self.path, e))?;
-        Ok(records.iter().filter(|r| r.0 > applied).count())
+        self.locate_end()?;
+        Ok(kept.len())
     }
 }
 
@@ -269,59 +640,135 @@ impl Wal {
 mod tests {
     use super::*;
 
-    #[test]
-    fn records_survive_reopen_and_a_torn_tail_is_cut() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("wal.log");
-        let (mut w, r) = Wal::open(&p).unwrap();
+    fn open3(p: &Path) -> Vec<u8> {
+        let (mut w, r) = Wal::open(p).unwrap();
         assert!(r.is_empty());
         assert_eq!(w.append(&[b"a".to_vec(), b"bb".to_vec()]).unwrap(), [1, 2]);
         assert_eq!(w.append(&[b"ccc".to_vec()]).unwrap(), [3]);
+        assert_eq!(w.append(&[b"dddd".to_vec()]).unwrap(), [4]);
         drop(w);
-        let full = std::fs::read(&p).unwrap();
-        // Every truncation keeps exactly the complete records before the cut.
-        for cut in 0..full.len() {
-            std::fs::write(&p, &full[..cut]).unwrap();
-            let (mut w, r) = Wal::open(&p).unwrap();
-            let complete = [HEADER + 17, HEADER + 17 + 18, full.len()]
-                .iter()
-                .filter(|&&end| end <= cut)
-                .count();
-            assert_eq!(r.len(), complete, "cut at {cut}");
-            // New records follow the intact prefix and replay after it.
-            let s = w.append(&[b"z".to_vec()]).unwrap()[0];
-            assert_eq!(s, complete as u64 + 1);
-            drop(w);
-            let (_, r2) = Wal::open(&p).unwrap();
-            assert_eq!(r2.len(), complete + 1);
-            assert_eq!(r2.last().unwrap().1, b"z");
-        }
+        std::fs::read(p).unwrap()
+    }
+
+    fn seqs(r: &[Record]) -> Vec<u64> {
+        r.iter().map(|x| x.0).collect()
     }
 
     #[test]
-    fn damage_before_intact_records_is_refused() {
+    fn records_survive_reopen_in_whole_segments() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("wal.log");
-        let (mut w, _) = Wal::open(&p).unwrap();
-        w.append(&[b"first".to_vec(), b"second".to_vec(), b"third".to_vec()])
-            .unwrap();
+        let full = open3(&p);
+        assert_eq!(full.len(), SEGMENT);
+        let (mut w, r) = Wal::open(&p).unwrap();
+        assert_eq!(seqs(&r), [1, 2, 3, 4]);
+        assert_eq!(r[1].1, b"bb");
+        // A large append grows the file by whole segments.
+        let big = vec![7u8; SEGMENT + 10];
+        assert_eq!(w.append(std::slice::from_ref(&big)).unwrap(), [5]);
         drop(w);
-        let mut bytes = std::fs::read(&p).unwrap();
-        bytes[HEADER + RECORD_HEADER + 1] ^= 0x40; // inside "first"
+        assert_eq!(std::fs::metadata(&p).unwrap().len() as usize % SEGMENT, 0);
+        let (w, r) = Wal::open(&p).unwrap();
+        assert_eq!(seqs(&r), [1, 2, 3, 4, 5]);
+        assert_eq!(r[4].1, big);
+        assert_eq!(w.next_seq(), 6);
+    }
+
+    #[test]
+    fn a_torn_last_append_is_cut_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("wal.log");
+        let full = open3(&p);
+        let last = HEADER + (FRAME_HEADER + 4 + 1 + 4 + 2) + (FRAME_HEADER + 4 + 3);
+        let end = last + FRAME_HEADER + 4 + 4;
+        // Every partial write of the last frame (bytes of it reached the
+        // disk, the rest are still zeros) is a torn tail: cut, the three
+        // acknowledged records before it kept.
+        for upto in last + 1..end {
+            let mut b = full.clone();
+            b[upto..end].fill(0);
+            std::fs::write(&p, &b).unwrap();
+            let (mut w, r) = Wal::open(&p).unwrap();
+            assert_eq!(seqs(&r), [1, 2, 3], "torn at {upto}");
+            assert_eq!(w.append(&[b"z".to_vec()]).unwrap(), [4]);
+            drop(w);
+            let (_, r) = Wal::open(&p).unwrap();
+            assert_eq!(r.last().unwrap().1, b"z");
+        }
+        // Only the tail's header lost, its body on disk: still torn.
+        let mut b = full.clone();
+        b[last..last + FRAME_HEADER].fill(0);
+        std::fs::write(&p, &b).unwrap();
+        assert_eq!(seqs(&Wal::open(&p).unwrap().1), [1, 2, 3]);
+    }
+
+    #[test]
+    fn a_log_cut_short_anywhere_is_refused_not_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("wal.log");
+        let full = open3(&p);
+        let second = HEADER + FRAME_HEADER + 4 + 1 + 4 + 2;
+        // Truncated in the middle of record 3 (of 4), or anywhere else: the
+        // acknowledged writes after the cut must not vanish quietly.
+        let data = HEADER + 31 + 27 + 28;
+        let cuts = (0..data + FRAME_HEADER).chain([data + 100, SEGMENT / 2, SEGMENT - 1]);
+        for cut in cuts {
+            std::fs::write(&p, &full[..cut]).unwrap();
+            let err = Wal::open(&p).unwrap_err().to_string();
+            assert!(err.contains("cut short"), "cut at {cut}: {err}");
+        }
+        // check tells what is intact without changing the file.
+        std::fs::write(&p, &full[..second + 5]).unwrap();
+        let r = check(&p).unwrap();
+        assert_eq!((r.records, r.last_seq), (2, 2));
+        assert_eq!(r.damage.unwrap().offset as usize, second);
+        assert_eq!(std::fs::read(&p).unwrap().len(), second + 5);
+    }
+
+    #[test]
+    fn damage_before_intact_records_is_refused_and_repair_salvages_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("wal.log");
+        let mut bytes = open3(&p);
+        let first_body = HEADER + FRAME_HEADER + 4;
+        bytes[first_body] ^= 0x40; // inside "a"
         std::fs::write(&p, &bytes).unwrap();
-        let err = Wal::open(&p).unwrap_err();
-        assert!(
-            err.to_string().contains("followed by further records"),
-            "{err}"
-        );
-        // Damage in the last record alone is a torn tail.
-        let mut bytes = std::fs::read(&p).unwrap();
-        bytes[HEADER + RECORD_HEADER + 1] ^= 0x40;
-        let n = bytes.len();
-        bytes[n - 1] ^= 0x01;
-        std::fs::write(&p, &bytes).unwrap();
-        let (_, r) = Wal::open(&p).unwrap();
-        assert_eq!(r.len(), 2);
+        let err = Wal::open(&p).unwrap_err().to_string();
+        assert!(err.contains(&format!("at byte {HEADER}")), "{err}");
+        assert!(err.contains("2 intact records after it"), "{err}");
+        let d = check(&p).unwrap().damage.unwrap();
+        assert!(!d.torn_tail);
+        assert_eq!(seqs(&d.after), [3, 4]);
+        let fixed = repair(&p).unwrap();
+        assert_eq!((fixed.kept, fixed.salvaged), (2, 2));
+        assert_eq!(std::fs::read(&fixed.backup).unwrap(), bytes);
+        let (mut w, r) = Wal::open(&p).unwrap();
+        assert_eq!(seqs(&r), [3, 4]);
+        assert_eq!(w.append(&[b"e".to_vec()]).unwrap(), [5]);
+    }
+
+    #[test]
+    fn a_version_1_log_is_read_and_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("wal.log");
+        let mut b = header(1).to_vec();
+        for (seq, payload) in [(1u64, &b"x"[..]), (2, b"yy")] {
+            let mut h = crc32fast::Hasher::new();
+            h.update(&seq.to_le_bytes());
+            h.update(payload);
+            b.extend_from_slice(&seq.to_le_bytes());
+            b.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            b.extend_from_slice(&h.finalize().to_le_bytes());
+            b.extend_from_slice(payload);
+        }
+        b.extend_from_slice(&[9, 9, 9]); // a v1 torn tail
+        std::fs::write(&p, &b).unwrap();
+        let (mut w, r) = Wal::open(&p).unwrap();
+        assert_eq!(seqs(&r), [1, 2]);
+        assert_eq!(w.append(&[b"z".to_vec()]).unwrap(), [3]);
+        drop(w);
+        assert_eq!(check(&p).unwrap().version, VERSION);
+        assert_eq!(seqs(&Wal::open(&p).unwrap().1), [1, 2, 3]);
     }
 
     #[test]
@@ -335,7 +782,7 @@ mod tests {
         assert_eq!(w.append(&[b"4".to_vec()]).unwrap(), [4]);
         drop(w);
         let (w, r) = Wal::open(&p).unwrap();
-        assert_eq!(r.iter().map(|x| x.0).collect::<Vec<_>>(), [3, 4]);
+        assert_eq!(seqs(&r), [3, 4]);
         assert_eq!(w.next_seq(), 5);
     }
 }
