@@ -13,7 +13,7 @@ pub enum Error {
     #[error("{0}")]
     InvalidArgument(String),
     /// An id the engine does not know.
-    #[error("unknown {kind} {id:?}")]
+    #[error("unknown {kind} {}", Clip(id))]
     NotFound {
         /// "item" or "user".
         kind: &'static str,
@@ -68,6 +68,22 @@ pub enum Error {
         /// The stage that did not start.
         stage: &'static str,
     },
+}
+
+/// Shows a caller's string in an error message, cut to its first 64
+/// characters (with the full length said) so that a hostile id of megabytes
+/// cannot make the answer's metadata too large for the client.
+#[derive(Clone, Copy, Debug)]
+pub struct Clip<'a>(pub &'a str);
+
+impl std::fmt::Display for Clip<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const SHOWN: usize = 64;
+        match self.0.char_indices().nth(SHOWN) {
+            None => write!(f, "{:?}", self.0),
+            Some((cut, _)) => write!(f, "{:?}… ({} bytes)", &self.0[..cut], self.0.len()),
+        }
+    }
 }
 
 impl Error {

@@ -53,6 +53,62 @@ enum Record {
     },
 }
 
+/// A record as the log stores it, refused unless it reads back as the same
+/// record: JSON has no NaN or infinity (serde writes them as `null`, which
+/// the reader then rejects), and a record that would not replay must never
+/// be acknowledged, or every later start would stop at it.
+fn encode(r: &Record) -> Result<Vec<u8>> {
+    let bytes = serde_json::to_vec(r).map_err(|e| Error::invalid(format!("record: {e}")))?;
+    let finite = match r {
+        Record::Upsert { meta, vector, .. } => {
+            meta.numeric.values().all(|x| x.is_finite()) && vector.iter().all(|x| x.is_finite())
+        }
+        Record::Delete { .. } => true,
+        Record::Event { weight, .. } => weight.is_finite(),
+    };
+    if !finite || serde_json::from_slice::<Record>(&bytes).is_err() {
+        return Err(Error::invalid(
+            "a write with a number that is not finite (NaN or infinity) cannot be logged",
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Reads a log record. Logs written before writes were checked at the edge
+/// may hold a numeric attribute as `null` (a NaN or infinity that JSON could
+/// not store): such an attribute is dropped with a warning rather than
+/// stopping the start, since every other field of the write is intact.
+fn decode(payload: &[u8]) -> serde_json::Result<Record> {
+    match serde_json::from_slice(payload) {
+        Ok(r) => Ok(r),
+        Err(first) => {
+            let mut v: serde_json::Value = serde_json::from_slice(payload)?;
+            let Some(numeric) = v
+                .get_mut("meta")
+                .and_then(|m| m.get_mut("numeric"))
+                .and_then(|n| n.as_object_mut())
+            else {
+                return Err(first);
+            };
+            let dropped: Vec<String> = numeric
+                .iter()
+                .filter(|(_, x)| x.is_null())
+                .map(|(k, _)| k.clone())
+                .collect();
+            if dropped.is_empty() {
+                return Err(first);
+            }
+            numeric.retain(|_, x| !x.is_null());
+            let r = serde_json::from_value(v)?;
+            tracing::warn!(
+                ?dropped,
+                "a logged upsert held numeric attributes that are not numbers; replayed without them"
+            );
+            Ok(r)
+        }
+    }
+}
+
 /// An upserted item.
 #[derive(Clone, Debug)]
 pub struct DeltaItem {
@@ -203,17 +259,23 @@ impl Live {
     pub fn open(root: &Path, applied: u64) -> Result<Self> {
         let path = root.join(WAL_FILE);
         let (mut wal, records) = Wal::open(&path)?;
+        if let Some(offset) = wal.torn_tail_cut() {
+            tracing::warn!(
+                path = %path.display(),
+                offset,
+                replayed = records.len(),
+                "cut the torn tail of an append that a crash interrupted (never acknowledged)"
+            );
+        }
         wal.advance_to(applied + 1);
         let mut delta = Delta {
             last_seq: applied,
             ..Default::default()
         };
         for (seq, payload) in records {
-            let r: Record = serde_json::from_slice(&payload).map_err(|e| {
-                vecrec_index::IndexError::Corrupt {
-                    path: path.clone(),
-                    reason: format!("log record {seq}: {e}"),
-                }
+            let r = decode(&payload).map_err(|e| vecrec_index::IndexError::Corrupt {
+                path: path.clone(),
+                reason: format!("log record {seq}: {e}"),
             })?;
             delta.apply(seq, r);
         }
@@ -240,10 +302,7 @@ impl Live {
     }
 
     fn commit(&self, records: Vec<Record>) -> Result<u64> {
-        let payloads = records
-            .iter()
-            .map(|r| serde_json::to_vec(r).map_err(|e| Error::invalid(format!("record: {e}"))))
-            .collect::<Result<Vec<_>>>()?;
+        let payloads = records.iter().map(encode).collect::<Result<Vec<_>>>()?;
         // The log lock is held until the delta has the records too, so readers
         // see them in log order.
         let mut wal = self.wal.lock();
@@ -313,5 +372,53 @@ impl Live {
     /// Ends a compaction claimed with [`Live::begin_compaction`].
     pub fn end_compaction(&self) {
         self.compacting.store(false, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upsert(year: f64) -> Record {
+        Record::Upsert {
+            id: "x".into(),
+            meta: ItemMeta {
+                title: "t".into(),
+                numeric: [("year".to_string(), year)].into(),
+                ..Default::default()
+            },
+            vector: vec![0.5, -0.5],
+        }
+    }
+
+    #[test]
+    fn a_record_that_would_not_replay_is_never_logged() {
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            assert!(encode(&upsert(bad)).is_err(), "{bad}");
+        }
+        let bad_weight = Record::Event {
+            user: "u".into(),
+            item: "i".into(),
+            weight: f32::NAN,
+            timestamp: 0,
+        };
+        assert!(encode(&bad_weight).is_err());
+        let ok = encode(&upsert(1995.0)).unwrap();
+        assert!(matches!(decode(&ok).unwrap(), Record::Upsert { .. }));
+    }
+
+    #[test]
+    fn a_null_attribute_in_an_old_log_is_dropped_not_fatal() {
+        // What the log held before writes were checked: NaN stored as null.
+        let old = serde_json::to_vec(&upsert(f64::NAN)).unwrap();
+        assert!(String::from_utf8_lossy(&old).contains("null"));
+        let Record::Upsert { id, meta, vector } = decode(&old).unwrap() else {
+            panic!("not an upsert")
+        };
+        assert_eq!(id, "x");
+        assert!(meta.numeric.is_empty());
+        assert_eq!(vector, [0.5, -0.5]);
+        // Anything else that does not parse is still damage.
+        assert!(decode(br#"{"op":"upsert","id":"x"}"#).is_err());
     }
 }

@@ -241,6 +241,14 @@ pub struct Limits {
     pub max_text_bytes: usize,
     /// Longest explicit history. Default 1000.
     pub max_history: usize,
+    /// Longest id (item, user, attribute name, category or tag) in bytes.
+    /// Default 256.
+    pub max_id_bytes: usize,
+    /// Most categories, tags or numeric attributes on one item, and most
+    /// values in one filter list. Default 64.
+    pub max_attributes: usize,
+    /// Largest event weight (weights are finite and ≥ 0). Default 1000.
+    pub max_event_weight: f32,
 }
 
 impl Default for Limits {
@@ -250,6 +258,9 @@ impl Default for Limits {
             max_batch: 256,
             max_text_bytes: 8192,
             max_history: 1000,
+            max_id_bytes: 256,
+            max_attributes: 64,
+            max_event_weight: 1000.0,
         }
     }
 }

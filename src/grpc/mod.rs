@@ -17,6 +17,7 @@
 //! ARCHITECTURE.md for the HTTP/2 settings.
 
 mod status;
+mod validate;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -92,6 +93,11 @@ impl Service {
             cpu: Admission::new("cpu", cfg.cpu_limit(), cfg.max_queued_requests, max_wait),
             default_timeout: Duration::from_millis(cfg.request_timeout_ms),
         }
+    }
+
+    /// The request limits of the served configuration.
+    fn limits(&self) -> crate::config::Limits {
+        self.slot.get().config().limits.clone()
     }
 
     /// The line of SimilarItems and encoder calls.
@@ -264,6 +270,7 @@ impl Recommender for Service {
     ) -> Result<Response<pb::RecommendResponse>, Status> {
         let deadline = self.deadline(&req);
         let r = req.into_inner();
+        validate::recommend(&self.limits(), &r)?;
         let filter = to_filter(r.filter)?;
         let items = self
             .run("Recommend", Work::Cpu, deadline, move |e, deadline| {
@@ -293,6 +300,9 @@ impl Recommender for Service {
     ) -> Result<Response<pb::SimilarItemsResponse>, Status> {
         let deadline = self.deadline(&req);
         let r = req.into_inner();
+        let limits = self.limits();
+        validate::id(&limits, "item_id", &r.item_id)?;
+        validate::filter(&limits, r.filter.as_ref())?;
         let filter = to_filter(r.filter)?;
         let items = self
             .run("SimilarItems", Work::Inline, deadline, move |e, _| {
@@ -311,6 +321,7 @@ impl Recommender for Service {
     ) -> Result<Response<pb::SearchTextResponse>, Status> {
         let deadline = self.deadline(&req);
         let r = req.into_inner();
+        validate::filter(&self.limits(), r.filter.as_ref())?;
         let filter = to_filter(r.filter)?;
         let items = self
             .run("SearchText", Work::Encoder, deadline, move |e, deadline| {
@@ -349,9 +360,12 @@ impl Recommender for Service {
         req: Request<pb::UpsertItemsRequest>,
     ) -> Result<Response<pb::UpsertItemsResponse>, Status> {
         let deadline = self.deadline(&req);
-        let items: Vec<crate::catalog::CatalogItem> = req
-            .into_inner()
-            .items
+        let items = req.into_inner().items;
+        let limits = self.limits();
+        for (k, it) in items.iter().enumerate() {
+            validate::item(&limits, k, it)?;
+        }
+        let items: Vec<crate::catalog::CatalogItem> = items
             .into_iter()
             .map(|it| crate::catalog::CatalogItem {
                 id: it.id,
@@ -381,7 +395,14 @@ impl Recommender for Service {
         req: Request<pb::DeleteItemsRequest>,
     ) -> Result<Response<pb::DeleteItemsResponse>, Status> {
         let deadline = self.deadline(&req);
-        let ids = req.into_inner().ids;
+        let limits = self.limits();
+        // An id named twice in one call is deleted (and counted) once.
+        let mut seen = std::collections::HashSet::new();
+        let mut ids = req.into_inner().ids;
+        for (k, id) in ids.iter().enumerate() {
+            validate::id(&limits, &format!("ids[{k}]"), id)?;
+        }
+        ids.retain(|id| seen.insert(id.clone()));
         let n = ids.len() as u32;
         let sequence = self
             .run("DeleteItems", Work::Cpu, deadline, move |e, _| {
@@ -402,9 +423,12 @@ impl Recommender for Service {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
-        let events: Vec<crate::catalog::Interaction> = req
-            .into_inner()
-            .events
+        let events = req.into_inner().events;
+        let limits = self.limits();
+        for (k, e) in events.iter().enumerate() {
+            validate::event(&limits, k, e)?;
+        }
+        let events: Vec<crate::catalog::Interaction> = events
             .into_iter()
             .map(|e| crate::catalog::Interaction {
                 user: e.user_id,
@@ -432,7 +456,9 @@ impl Recommender for Service {
     ) -> Result<Response<pb::GetItemResponse>, Status> {
         let started = Instant::now();
         let id = req.into_inner().id;
-        let meta = self.slot.get().item_meta(&id).map_err(Status::from);
+        let meta = validate::id(&self.limits(), "id", &id)
+            .and_then(|()| self.slot.get().item_meta(&id))
+            .map_err(Status::from);
         observe("GetItem", started, meta.as_ref().err());
         let meta = meta?;
         Ok(Response::new(pb::GetItemResponse {

@@ -22,6 +22,7 @@ fn every_binary_explains_itself() {
         ("vecrec-build", vec!["--help"], "--movielens"),
         ("vecrec-eval", vec!["--help"], "--write-split"),
         ("vecrec-sample", vec!["--help"], "--seed"),
+        ("vecrec-admin", vec!["wal", "repair", "--help"], "--salvage"),
     ];
     // Built with the comparison backends (`make test` enables them).
     if cfg!(feature = "ann-bench") {

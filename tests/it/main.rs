@@ -5,6 +5,7 @@ mod cli;
 mod common;
 mod encoder;
 mod grpc;
+mod hostile;
 mod layers;
 mod live;
 mod movielens;

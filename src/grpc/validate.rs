@@ -1,0 +1,194 @@
+//! Checks each request against `[limits]` at the edge, before it takes a
+//! place in line, reaches the engine or becomes a log record: ids and
+//! attribute strings bounded, every float finite, event weights in range.
+//! Anything the caller sent that an error message repeats is cut by
+//! [`Clip`]. The engine keeps its own checks (batch sizes, text lengths,
+//! unknown ids) and the live log refuses any record that would not replay
+//! ([`crate::live`]), so this is the first of three nets, not the only one.
+
+use crate::config::Limits;
+use crate::error::{Clip, Error};
+
+use super::pb;
+
+type Result<T = ()> = std::result::Result<T, Error>;
+
+/// A non-empty id of at most `max_id_bytes`.
+pub(super) fn id(limits: &Limits, what: &str, id: &str) -> Result {
+    if id.trim().is_empty() {
+        return Err(Error::invalid(format!("{what} must not be empty")));
+    }
+    bounded(limits, what, id)
+}
+
+/// A string of at most `max_id_bytes` (may be empty).
+fn bounded(limits: &Limits, what: &str, s: &str) -> Result {
+    if s.len() > limits.max_id_bytes {
+        return Err(Error::invalid(format!(
+            "{what} {} is over the limit of {} bytes",
+            Clip(s),
+            limits.max_id_bytes
+        )));
+    }
+    Ok(())
+}
+
+/// A list of at most `max_attributes` ids.
+fn ids(limits: &Limits, what: &str, list: &[String]) -> Result {
+    if list.len() > limits.max_attributes {
+        return Err(Error::invalid(format!(
+            "{what} has {} entries, over the limit of {}",
+            list.len(),
+            limits.max_attributes
+        )));
+    }
+    for (i, s) in list.iter().enumerate() {
+        id(limits, &format!("{what}[{i}]"), s)?;
+    }
+    Ok(())
+}
+
+/// A finite number (NaN and ±infinity are refused).
+fn finite(what: &str, x: f64) -> Result {
+    if !x.is_finite() {
+        return Err(Error::invalid(format!(
+            "{what} must be a finite number, got {x}"
+        )));
+    }
+    Ok(())
+}
+
+/// A filter: bounded lists and field names, finite bounds.
+pub(super) fn filter(limits: &Limits, f: Option<&pb::AttributeFilter>) -> Result {
+    let Some(f) = f else { return Ok(()) };
+    ids(limits, "filter.categories_any", &f.categories_any)?;
+    ids(limits, "filter.tags_all", &f.tags_all)?;
+    if f.ranges.len() > limits.max_attributes {
+        return Err(Error::invalid(format!(
+            "filter.ranges has {} entries, over the limit of {}",
+            f.ranges.len(),
+            limits.max_attributes
+        )));
+    }
+    for (i, r) in f.ranges.iter().enumerate() {
+        bounded(limits, &format!("filter.ranges[{i}].field"), &r.field)?;
+        for (name, bound) in [("min", r.min), ("max", r.max)] {
+            if let Some(b) = bound {
+                finite(&format!("filter.ranges[{i}].{name}"), b)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A Recommend request's user id or history ids.
+pub(super) fn recommend(limits: &Limits, r: &pb::RecommendRequest) -> Result {
+    if !r.user_id.is_empty() {
+        bounded(limits, "user_id", &r.user_id)?;
+    }
+    if r.history.len() > limits.max_history {
+        return Err(Error::invalid(format!(
+            "history has {} items, over the limit of {}",
+            r.history.len(),
+            limits.max_history
+        )));
+    }
+    for (i, h) in r.history.iter().enumerate() {
+        id(limits, &format!("history[{i}]"), h)?;
+    }
+    filter(limits, r.filter.as_ref())
+}
+
+/// An item to upsert: id, attribute lists and names bounded, numbers finite.
+/// (Title and text lengths are the engine's check, with the batch size.)
+pub(super) fn item(limits: &Limits, k: usize, it: &pb::Item) -> Result {
+    id(limits, &format!("items[{k}].id"), &it.id)?;
+    ids(limits, &format!("items[{k}].categories"), &it.categories)?;
+    ids(limits, &format!("items[{k}].tags"), &it.tags)?;
+    if it.numeric.len() > limits.max_attributes {
+        return Err(Error::invalid(format!(
+            "items[{k}].numeric has {} entries, over the limit of {}",
+            it.numeric.len(),
+            limits.max_attributes
+        )));
+    }
+    for (name, v) in &it.numeric {
+        id(limits, &format!("items[{k}].numeric name"), name)?;
+        finite(&format!("items[{k}].numeric[{}]", Clip(name)), *v)?;
+    }
+    Ok(())
+}
+
+/// An event: ids bounded, the weight finite in `[0, max_event_weight]`
+/// (0 stands for the default 1), the timestamp not negative.
+pub(super) fn event(limits: &Limits, k: usize, e: &pb::Event) -> Result {
+    id(limits, &format!("events[{k}].user_id"), &e.user_id)?;
+    id(limits, &format!("events[{k}].item_id"), &e.item_id)?;
+    let w = e.weight;
+    if !(w.is_finite() && (0.0..=limits.max_event_weight).contains(&w)) {
+        return Err(Error::invalid(format!(
+            "events[{k}].weight must be a finite number in [0, {}], got {w}",
+            limits.max_event_weight
+        )));
+    }
+    if e.timestamp < 0 {
+        return Err(Error::invalid(format!(
+            "events[{k}].timestamp must not be negative, got {}",
+            e.timestamp
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(r: Result) -> String {
+        r.unwrap_err().to_string()
+    }
+
+    #[test]
+    fn hostile_values_are_refused_and_echoed_short() {
+        let l = Limits::default();
+        let huge = "x".repeat(3 << 20);
+        let m = msg(id(&l, "item_id", &huge));
+        assert!(m.len() < 200, "{} bytes echoed", m.len());
+        assert!(m.contains(&format!("({} bytes)", huge.len())), "{m}");
+        assert!(id(&l, "item_id", "  ").is_err());
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let it = pb::Item {
+                id: "1".into(),
+                numeric: [("year".to_string(), bad)].into(),
+                ..Default::default()
+            };
+            assert!(msg(item(&l, 0, &it)).contains("finite"));
+            let f = pb::AttributeFilter {
+                ranges: vec![pb::NumericRange {
+                    field: "year".into(),
+                    min: Some(bad),
+                    max: None,
+                }],
+                ..Default::default()
+            };
+            assert!(msg(filter(&l, Some(&f))).contains("finite"));
+        }
+        let ev = |weight: f32, timestamp: i64| pb::Event {
+            user_id: "u".into(),
+            item_id: "1".into(),
+            weight,
+            timestamp,
+        };
+        for w in [f32::NAN, f32::INFINITY, -1.0, 1e30] {
+            assert!(event(&l, 0, &ev(w, 0)).is_err(), "weight {w}");
+        }
+        assert!(event(&l, 0, &ev(0.0, -5)).is_err());
+        event(&l, 0, &ev(2.5, 1_700_000_000)).unwrap();
+        let many = pb::Item {
+            id: "1".into(),
+            tags: vec!["t".into(); l.max_attributes + 1],
+            ..Default::default()
+        };
+        assert!(msg(item(&l, 3, &many)).contains("items[3].tags"));
+    }
+}
