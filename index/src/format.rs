@@ -141,6 +141,55 @@ pub fn write_file(path: &Path, kind: Kind, fields: [u64; 5], payload: &[u8]) -> 
     w.finish()
 }
 
+/// Re-reads `path` and, if it is in the envelope format, checks its length
+/// and checksum as [`CheckedFile::open`] with `verify` does; `Ok(false)` for
+/// a file in another format (a JSON manifest, say). Plain reads: the check
+/// leaves nothing resident.
+pub fn verify_file(path: &Path) -> Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = File::open(path).map_err(|e| IndexError::io(path, e))?;
+    let len = f.metadata().map_err(|e| IndexError::io(path, e))?.len();
+    let mut magic = [0u8; 8];
+    if len < 8 || f.read_exact(&mut magic).is_err() || magic != MAGIC {
+        return Ok(false);
+    }
+    let corrupt = |reason: String| IndexError::Corrupt {
+        path: path.to_owned(),
+        reason,
+    };
+    if len < (HEADER_LEN + FOOTER_LEN) as u64 {
+        return Err(corrupt(format!(
+            "file is {len} bytes, shorter than header and footer"
+        )));
+    }
+    let mut footer = [0u8; FOOTER_LEN];
+    f.seek(SeekFrom::Start(len - FOOTER_LEN as u64))
+        .and_then(|_| f.read_exact(&mut footer))
+        .map_err(|e| IndexError::io(path, e))?;
+    if footer[12..16] != FOOTER_MAGIC {
+        return Err(corrupt(
+            "footer magic missing (truncated or overwritten)".into(),
+        ));
+    }
+    let payload_len = u64::from_le_bytes(footer[0..8].try_into().expect("8 bytes"));
+    if payload_len != len - (HEADER_LEN + FOOTER_LEN) as u64 {
+        return Err(corrupt(format!(
+            "footer says {payload_len} payload bytes, file holds {}",
+            len - (HEADER_LEN + FOOTER_LEN) as u64
+        )));
+    }
+    let stored = u32::from_le_bytes(footer[8..12].try_into().expect("4 bytes"));
+    let computed = crc_of_file(path, len - FOOTER_LEN as u64)?;
+    if stored != computed {
+        return Err(IndexError::ChecksumMismatch {
+            path: path.to_owned(),
+            stored,
+            computed,
+        });
+    }
+    Ok(true)
+}
+
 /// CRC-32 of the first `len` bytes of `path`, read with plain reads in 1 MiB
 /// chunks rather than through the map: checking a file then leaves it in the
 /// page cache but not in the process's resident memory.

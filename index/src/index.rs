@@ -168,12 +168,29 @@ impl Index {
         self.check_damage()
     }
 
-    fn check_damage(&self) -> Result<()> {
+    /// Re-reads every file of this generation and checks its checksum
+    /// ([`crate::generation::scrub`]); damage found is kept, and every later
+    /// search of this index fails with it ([`IndexError::is_data_loss`]).
+    /// Returns the number of files checked.
+    pub fn scrub(&self) -> Result<usize> {
+        self.check_damage()?;
+        match crate::generation::scrub(&self.dir) {
+            Ok(n) => Ok(n),
+            Err(e) => {
+                let _ = self.damage.set(e.to_string());
+                self.check_damage().map(|()| 0)
+            }
+        }
+    }
+
+    /// The damage a verification or scrub of this index found, as the error
+    /// every search now returns; `Ok` if none.
+    pub fn check_damage(&self) -> Result<()> {
         match self.damage.get() {
             None => Ok(()),
             Some(reason) => Err(IndexError::Corrupt {
                 path: self.dir.clone(),
-                reason: format!("background verification failed: {reason}"),
+                reason: format!("verification failed: {reason}"),
             }),
         }
     }
