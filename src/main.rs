@@ -61,6 +61,11 @@ enum Command {
         /// RESOURCE_EXHAUSTED at once.
         #[arg(long)]
         max_concurrent_requests: Option<usize>,
+        /// Serve a non-loopback address without TLS and bearer tokens.
+        /// Without this flag the server refuses to: anyone who can reach the
+        /// port could read and change the catalogue (README, "Security").
+        #[arg(long)]
+        insecure: bool,
     },
 }
 
@@ -76,6 +81,7 @@ fn run() -> anyhow::Result<()> {
         encoder_sessions,
         metrics_addr,
         max_concurrent_requests,
+        insecure,
     } = Cli::parse().command;
     let mut cfg = Config::load(config.as_deref())?;
     if let Some(a) = addr {
@@ -119,7 +125,21 @@ fn run() -> anyhow::Result<()> {
             let local = vecrec::telemetry::serve(addr).await?;
             println!("metrics on http://{local}/metrics");
         }
-        let (listener, local) = vecrec::grpc::bind(&cfg.server.addr).await?;
+        let listener =
+            vecrec::grpc::bind_with_backlog(&cfg.server.addr, cfg.server.listen_backlog)?;
+        let local = listener.local_addr()?;
+        vecrec::grpc::check_exposure(local, &cfg.security, insecure)?;
+        if let Some(files) = vecrec::grpc::raise_open_file_limit() {
+            let wanted = cfg.server.max_connections as u64 + 256;
+            if files < wanted {
+                tracing::warn!(
+                    open_files = files,
+                    max_connections = cfg.server.max_connections,
+                    "the open-file limit is below server.max_connections + 256; \
+                     new connections may fail once it is reached"
+                );
+            }
+        }
         println!("listening on {local}");
         tracing::info!(%local, "serving vecrec.v1.Recommender");
         let slot = Arc::new(vecrec::serving::EngineSlot::new(&index, engine));

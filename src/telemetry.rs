@@ -40,6 +40,15 @@ pub const ITEMS: &str = "vecrec_items";
 pub const PENDING_RECORDS: &str = "vecrec_live_pending_records";
 /// Compactions that wrote a generation.
 pub const COMPACTIONS: &str = "vecrec_compactions_total";
+/// Calls refused before any service saw them, by reason (unauthenticated,
+/// permission_denied).
+pub const REFUSED: &str = "vecrec_calls_refused_total";
+/// Connections open now.
+pub const CONNECTIONS: &str = "vecrec_connections";
+/// Connections closed by the server, by reason (limit, idle, handshake).
+pub const CONNECTIONS_CLOSED: &str = "vecrec_connections_closed_total";
+/// Served-generation checksum scrubs, by result (ok, damaged).
+pub const SCRUBS: &str = "vecrec_scrubs_total";
 
 const BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
@@ -159,6 +168,19 @@ fn describe() {
         "Latency of each stage of a request"
     );
     describe_gauge!(IN_FLIGHT, "Requests being worked on");
+    describe_counter!(
+        REFUSED,
+        "Calls refused before any service saw them, by reason"
+    );
+    describe_gauge!(CONNECTIONS, "Connections open");
+    describe_counter!(
+        CONNECTIONS_CLOSED,
+        "Connections closed by the server, by reason (limit, idle, handshake)"
+    );
+    describe_counter!(
+        SCRUBS,
+        "Checksum scrubs of the served generation, by result"
+    );
     describe_gauge!(QUEUED, "Requests waiting for a free place");
     describe_counter!(
         SHED,

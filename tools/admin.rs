@@ -1,9 +1,9 @@
-//! `vecrec-admin`: maintenance of an index directory that `vecrec serve`
-//! uses. For now the write-ahead log: `wal check` reads it without changing
-//! anything and tells what is intact and what damage would cost; `wal
-//! repair --salvage` keeps every intact record, also those after damage,
-//! and saves the damaged file beside the log. All logic lives in
-//! `vecrec_index::wal`.
+//! `vecrec-admin`: maintenance of what `vecrec serve` uses. `wal check`
+//! reads the write-ahead log without changing anything and tells what is
+//! intact and what damage would cost; `wal repair --salvage` keeps every
+//! intact record, also those after damage, and saves the damaged file
+//! beside the log (logic in `vecrec_index::wal`). `token new` makes a bearer
+//! token and stores only its hash (logic in `vecrec::grpc::auth`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,6 +36,30 @@ enum Command {
     Wal {
         #[command(subcommand)]
         action: WalAction,
+    },
+    /// Bearer tokens (security.tokens_file).
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenAction {
+    /// Make a random token, add its SHA-256 to the token file (created if
+    /// missing) and print the token once: it is stored nowhere else. The
+    /// server reads the file at start and on SIGHUP.
+    New {
+        /// The token file (security.tokens_file).
+        #[arg(long)]
+        file: PathBuf,
+        /// Who holds it (shown in logs and rate-limit errors); unique in the file.
+        #[arg(long)]
+        name: String,
+        /// read (Recommend, SimilarItems, SearchText, Embed, GetItem), write
+        /// (also UpsertItems, DeleteItems, RecordEvents) or admin (everything).
+        #[arg(long)]
+        role: vecrec::grpc::auth::Role,
     },
 }
 
@@ -71,7 +95,22 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let Command::Wal { action } = args.command;
+    let action = match args.command {
+        Command::Wal { action } => action,
+        Command::Token {
+            action: TokenAction::New { file, name, role },
+        } => {
+            let (token, entry) = vecrec::grpc::auth::new_token(&name, role);
+            vecrec::grpc::auth::add_token(&file, entry)?;
+            eprintln!(
+                "added {name:?} ({role}) to {}; send SIGHUP to a running server to load it. \
+                 The token, shown only now:",
+                file.display()
+            );
+            println!("{token}");
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
     match action {
         WalAction::Check { index } => {
             let path = index.join(vecrec::layout::WAL_FILE);

@@ -15,9 +15,11 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 
 mod hybrid;
+mod security;
 mod train;
 
 pub use hybrid::{FusionMethod, HybridConfig, RerankConfig, RerankKind, SourceWeights};
+pub use security::SecurityConfig;
 pub use train::{AlsOptions, DinOptions, TrainOptions, TwoTowerOptions};
 
 /// The whole configuration.
@@ -42,6 +44,8 @@ pub struct Config {
     pub rerank: RerankConfig,
     /// Live updates (UpsertItems, DeleteItems, RecordEvents).
     pub live: LiveConfig,
+    /// TLS, bearer tokens and per-token write rates.
+    pub security: SecurityConfig,
 }
 
 /// Network settings, admission control and metrics.
@@ -77,6 +81,24 @@ pub struct ServerConfig {
     pub max_concurrent_streams: u32,
     /// TCP keepalive idle time of accepted connections in seconds (0: off). Default 60.
     pub tcp_keepalive_s: u64,
+    /// Connections open at once; one more is closed as soon as it is
+    /// accepted (so its client fails at once instead of hanging), and the
+    /// process's open-file limit is raised to fit. Default 4096.
+    pub max_connections: usize,
+    /// A connection with no call in progress for this many seconds is
+    /// closed (0: never). Must exceed `request_timeout_ms`. Default 300.
+    pub idle_timeout_s: u64,
+    /// Connections the kernel may hold for us before we accept them
+    /// (capped by net.core.somaxconn). Default 4096.
+    pub listen_backlog: u32,
+    /// Time a new connection has for its TLS handshake, in milliseconds.
+    /// Default 10000.
+    pub handshake_timeout_ms: u64,
+    /// How often the served generation's files are re-read and their
+    /// checksums checked, in seconds (also at once on SIGHUP); damage makes
+    /// health NOT_SERVING and every call `DATA_LOSS`. 0: only on SIGHUP.
+    /// Default 3600.
+    pub scrub_interval_s: u64,
     /// Address of the Prometheus text endpoint (`GET /metrics`); none turns
     /// it off. Default none.
     pub metrics_addr: Option<String>,
@@ -97,6 +119,11 @@ impl Default for ServerConfig {
             max_queue_wait_ms: 0,
             max_concurrent_streams: 256,
             tcp_keepalive_s: 60,
+            max_connections: 4096,
+            idle_timeout_s: 300,
+            listen_backlog: 4096,
+            handshake_timeout_ms: 10_000,
+            scrub_interval_s: 3600,
             metrics_addr: None,
             reload_interval_ms: 2000,
         }
@@ -354,6 +381,30 @@ impl Config {
         if self.server.max_concurrent_streams == 0 {
             return bad("server.max_concurrent_streams must be at least 1".into());
         }
+        if self.server.max_connections == 0 || self.server.listen_backlog == 0 {
+            return bad(
+                "server.max_connections and server.listen_backlog must be at least 1".into(),
+            );
+        }
+        if self.server.idle_timeout_s > 0
+            && self.server.idle_timeout_s * 1000 <= self.server.request_timeout_ms
+        {
+            return bad(format!(
+                "server.idle_timeout_s ({} s) must exceed server.request_timeout_ms ({} ms), or be 0",
+                self.server.idle_timeout_s, self.server.request_timeout_ms
+            ));
+        }
+        let l = &self.limits;
+        if l.max_id_bytes == 0 || l.max_attributes == 0 {
+            return bad("limits.max_id_bytes and limits.max_attributes must be at least 1".into());
+        }
+        if !(l.max_event_weight > 0.0 && l.max_event_weight.is_finite()) {
+            return bad(format!(
+                "limits.max_event_weight must be a finite number > 0, got {}",
+                l.max_event_weight
+            ));
+        }
+        self.security.validate().map_err(Error::Config)?;
         let h = &self.hybrid;
         let rrf_k_ok = h.rrf_k > 0.0 && h.rrf_k.is_finite();
         if h.candidates == 0 || !rrf_k_ok {

@@ -174,7 +174,9 @@ impl Encoder {
             _ => {
                 deadline.check("encode")?;
                 let start = std::time::Instant::now();
-                let out = self.core.encode(texts, &|_| {});
+                // Larger than one batch: checked again between batches, so
+                // work for a caller who gave up stops within one batch.
+                let out = self.core.encode_until(texts, deadline, &|_| {});
                 crate::telemetry::stage("encode", start.elapsed().as_secs_f64());
                 out
             }
@@ -266,6 +268,16 @@ impl Core {
         texts: &[S],
         progress: &dyn Fn(usize),
     ) -> Result<Vec<Vec<f32>>> {
+        self.encode_until(texts, Deadline::NONE, progress)
+    }
+
+    /// [`Core::encode`] that stops before a batch once `deadline` has passed.
+    pub(crate) fn encode_until<S: AsRef<str> + Sync>(
+        &self,
+        texts: &[S],
+        deadline: Deadline,
+        progress: &dyn Fn(usize),
+    ) -> Result<Vec<Vec<f32>>> {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
@@ -286,6 +298,7 @@ impl Core {
         let mut out: Vec<Vec<f32>> = vec![Vec::new(); texts.len()];
         let mut done = 0;
         for chunk in order.chunks(self.batch_size) {
+            deadline.check("encode")?;
             let batch: Vec<&tokenizers::Encoding> = chunk.iter().map(|&i| &encodings[i]).collect();
             let vectors = self.forward(&batch)?;
             for (&i, v) in chunk.iter().zip(vectors) {

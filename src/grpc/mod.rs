@@ -12,19 +12,26 @@
 //! place that chooses status codes; every answer is counted by RPC and code
 //! and timed ([`crate::telemetry`]).
 //!
-//! Accepted sockets get `TCP_NODELAY` (without it every answer waits for the
-//! client's delayed ACK, about 40 ms on Linux) and TCP keepalive; see
-//! ARCHITECTURE.md for the HTTP/2 settings.
+//! In front of every service, [`auth`] checks bearer tokens and roles (when
+//! `security.tokens_file` is set); requests are then checked against
+//! `[limits]` ([`validate`]) before they take a place in line, and write
+//! calls are charged to their caller's rate. Connections are accepted by
+//! [`conn`]: a bound on how many, TLS, `TCP_NODELAY`, keepalive, idle
+//! timeout. See ARCHITECTURE.md for the HTTP/2 settings and README,
+//! "Security", for the threat model.
 
+pub mod auth;
+mod conn;
 mod status;
 mod validate;
+
+pub use conn::{bind_with_backlog, incoming, raise_open_file_limit, Conn, ConnInfo, Tls};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
 use crate::admission::Admission;
@@ -55,6 +62,8 @@ pub struct Service {
     /// The line of calls that compute on their own thread (see [`Work`]).
     cpu: Arc<Admission>,
     default_timeout: Duration,
+    /// Per-caller rates of write calls and events.
+    rates: Arc<auth::Rates>,
 }
 
 /// Where a call's work runs, which decides whether it needs a CPU place.
@@ -82,6 +91,7 @@ impl Service {
     pub fn new(slot: Arc<EngineSlot>, cfg: &ServerConfig) -> Self {
         let max_wait =
             (cfg.max_queue_wait_ms > 0).then(|| Duration::from_millis(cfg.max_queue_wait_ms));
+        let rates = Arc::new(auth::Rates::new(&slot_security(&slot)));
         Self {
             slot,
             admission: Admission::new(
@@ -92,7 +102,20 @@ impl Service {
             ),
             cpu: Admission::new("cpu", cfg.cpu_limit(), cfg.max_queued_requests, max_wait),
             default_timeout: Duration::from_millis(cfg.request_timeout_ms),
+            rates,
         }
+    }
+
+    /// Charges a write call (and its `events`) to the caller's rates.
+    fn charge<R>(&self, req: &Request<R>, events: usize) -> Result<(), Status> {
+        let name = req
+            .extensions()
+            .get::<auth::Caller>()
+            .map_or_else(|| "anonymous".into(), |c| c.name.clone());
+        self.rates.charge(&name, events).map_err(|e| {
+            observe_refusal(&e);
+            Status::from(e)
+        })
     }
 
     /// The request limits of the served configuration.
@@ -148,6 +171,7 @@ impl Service {
                 Work::Inline | Work::Encoder => &self.admission,
             };
             let permit = line.admit(rpc, deadline).await?;
+            self.slot.get().index().check_damage()?;
             if work == Work::Inline {
                 deadline.check("start")?;
                 let _permit = permit;
@@ -166,6 +190,18 @@ impl Service {
         .map_err(Status::from);
         observe(rpc, started, result.as_ref().err());
         result
+    }
+}
+
+/// The security settings of the engine in `slot`.
+fn slot_security(slot: &EngineSlot) -> crate::config::SecurityConfig {
+    slot.get().config().security.clone()
+}
+
+/// Counts a write refused for its caller's rate.
+fn observe_refusal(e: &Error) {
+    if matches!(e, Error::Overloaded(_)) {
+        metrics::counter!(telemetry::REFUSED, "reason" => "rate").increment(1);
     }
 }
 
@@ -360,6 +396,7 @@ impl Recommender for Service {
         req: Request<pb::UpsertItemsRequest>,
     ) -> Result<Response<pb::UpsertItemsResponse>, Status> {
         let deadline = self.deadline(&req);
+        self.charge(&req, 0)?;
         let items = req.into_inner().items;
         let limits = self.limits();
         for (k, it) in items.iter().enumerate() {
@@ -395,6 +432,7 @@ impl Recommender for Service {
         req: Request<pb::DeleteItemsRequest>,
     ) -> Result<Response<pb::DeleteItemsResponse>, Status> {
         let deadline = self.deadline(&req);
+        self.charge(&req, 0)?;
         let limits = self.limits();
         // An id named twice in one call is deleted (and counted) once.
         let mut seen = std::collections::HashSet::new();
@@ -423,6 +461,7 @@ impl Recommender for Service {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
+        self.charge(&req, req.get_ref().events.len())?;
         let events = req.into_inner().events;
         let limits = self.limits();
         for (k, e) in events.iter().enumerate() {
@@ -457,6 +496,7 @@ impl Recommender for Service {
         let started = Instant::now();
         let id = req.into_inner().id;
         let meta = validate::id(&self.limits(), "id", &id)
+            .and_then(|()| Ok(self.slot.get().index().check_damage()?))
             .and_then(|()| self.slot.get().item_meta(&id))
             .map_err(Status::from);
         observe("GetItem", started, meta.as_ref().err());
@@ -473,7 +513,8 @@ impl Recommender for Service {
 }
 
 /// Serves the engine in `slot` on `listener` until `shutdown` resolves, with
-/// health and reflection; swaps in new generations as `server.reload_interval_ms` says.
+/// health and reflection; swaps in new generations as `server.reload_interval_ms`
+/// says, and re-reads the TLS files and the token file on SIGHUP.
 pub async fn serve(
     slot: Arc<EngineSlot>,
     listener: TcpListener,
@@ -481,6 +522,8 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let full = slot.get().config().clone();
     let cfg = full.server.clone();
+    let tls = Tls::new(&full.security)?;
+    let auth = auth::Auth::new(&full.security)?;
     let watcher = (cfg.reload_interval_ms > 0).then(|| {
         tokio::spawn(slot::watch(
             slot.clone(),
@@ -498,6 +541,18 @@ pub async fn serve(
     health_reporter
         .set_serving::<RecommenderServer<Service>>()
         .await;
+    let scrub_now = Arc::new(tokio::sync::Notify::new());
+    let reloader = tokio::spawn(reload_on_hangup(
+        tls.clone(),
+        auth.clone(),
+        scrub_now.clone(),
+    ));
+    let scrubber = tokio::spawn(scrub_loop(
+        slot.clone(),
+        (cfg.scrub_interval_s > 0).then(|| Duration::from_secs(cfg.scrub_interval_s)),
+        health_reporter,
+        scrub_now,
+    ));
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -512,6 +567,9 @@ pub async fn serve(
         in_flight = service.admission().in_flight_limit(),
         cpu_in_flight = service.cpu_admission().in_flight_limit(),
         queue = cfg.max_queued_requests,
+        connections = cfg.max_connections,
+        tls = tls.enabled(),
+        tokens = auth.enabled(),
         "admission control"
     );
     tonic::transport::Server::builder()
@@ -520,16 +578,132 @@ pub async fn serve(
         .http2_keepalive_interval(Some(Duration::from_secs(60)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .trace_fn(|req| tracing::debug_span!("grpc", path = %req.uri().path()))
+        .layer(auth::AuthLayer(auth))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(RecommenderServer::with_interceptor(service, stamp_arrival))
-        .serve_with_incoming_shutdown(incoming(listener, &cfg), shutdown)
+        .serve_with_incoming_shutdown(incoming(listener, &cfg, tls), shutdown)
         .await?;
-    for task in [watcher, compactor, Some(gauges)].into_iter().flatten() {
+    for task in [
+        watcher,
+        compactor,
+        Some(gauges),
+        Some(reloader),
+        Some(scrubber),
+    ]
+    .into_iter()
+    .flatten()
+    {
         task.abort();
     }
     Ok(())
+}
+
+/// Re-reads the served generation's files every `interval` (and when
+/// `now` is notified) and checks their checksums; keeps health SERVING
+/// while the served engine is intact and NOT_SERVING once damage is found
+/// (every call then answers `DATA_LOSS`), until an intact generation is
+/// swapped in.
+async fn scrub_loop(
+    slot: Arc<EngineSlot>,
+    interval: Option<Duration>,
+    health: tonic_health::server::HealthReporter,
+    now: Arc<tokio::sync::Notify>,
+) {
+    let mut last = Instant::now();
+    let mut serving = true;
+    loop {
+        let asked = tokio::select! {
+            _ = now.notified() => true,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => false,
+        };
+        let engine = slot.get();
+        if asked || interval.is_some_and(|i| last.elapsed() >= i) {
+            last = Instant::now();
+            let e = engine.clone();
+            let found = tokio::task::spawn_blocking(move || e.index().scrub()).await;
+            match found {
+                Ok(Ok(files)) => {
+                    metrics::counter!(telemetry::SCRUBS, "result" => "ok").increment(1);
+                    tracing::debug!(files, "scrub: the served generation is intact");
+                }
+                Ok(Err(e)) => {
+                    metrics::counter!(telemetry::SCRUBS, "result" => "damaged").increment(1);
+                    tracing::error!(error = %e, "scrub: the served generation is damaged; answering DATA_LOSS");
+                }
+                Err(e) => tracing::error!(error = %e, "scrub failed to run"),
+            }
+        }
+        let intact = engine.index().check_damage().is_ok();
+        if intact != serving {
+            use tonic::server::NamedService;
+            let status = if intact {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            // The server as a whole ("") and the service by name.
+            health.set_service_status("", status).await;
+            health
+                .set_service_status(<RecommenderServer<Service> as NamedService>::NAME, status)
+                .await;
+            serving = intact;
+        }
+    }
+}
+
+/// Re-reads the TLS files and the token file on every SIGHUP (a file that
+/// does not load leaves the ones in force and is logged), and asks for a
+/// scrub of the served generation.
+async fn reload_on_hangup(tls: Tls, auth: auth::Auth, scrub: Arc<tokio::sync::Notify>) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            scrub.notify_one();
+            match tls.reload() {
+                Ok(()) if tls.enabled() => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                Ok(()) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: TLS files not reloaded; the old ones stay")
+                }
+            }
+            match auth.reload() {
+                Ok(n) if auth.enabled() => tracing::info!(tokens = n, "SIGHUP: tokens reloaded"),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: token file not reloaded; the old tokens stay")
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (tls, auth, scrub);
+        std::future::pending::<()>().await
+    }
+}
+
+/// Refuses to serve a non-loopback address without both TLS and tokens,
+/// unless `insecure` (`vecrec serve --insecure`) says the network is trusted.
+pub fn check_exposure(
+    addr: SocketAddr,
+    security: &crate::config::SecurityConfig,
+    insecure: bool,
+) -> anyhow::Result<()> {
+    let protected = security.tls() && security.tokens_file.is_some();
+    if addr.ip().is_loopback() || protected || insecure {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "refusing to serve {addr} without TLS and bearer tokens: anyone who can reach it could \
+         read and change the catalogue. Set security.tls_cert, security.tls_key and \
+         security.tokens_file (README, \"Security\"), or pass --insecure if the network is trusted"
+    )
 }
 
 /// When a call reached the service: stamped by [`stamp_arrival`] in the
@@ -554,14 +728,6 @@ fn deadline_margin(timeout: Duration) -> Duration {
     (timeout / 10).min(Duration::from_millis(10))
 }
 
-/// The accepted connections of `listener`, each with `TCP_NODELAY` and (when
-/// `server.tcp_keepalive_s` > 0) TCP keepalive set.
-pub fn incoming(listener: TcpListener, cfg: &ServerConfig) -> TcpIncoming {
-    TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive((cfg.tcp_keepalive_s > 0).then(|| Duration::from_secs(cfg.tcp_keepalive_s)))
-}
-
 /// Keeps the served generation's gauges current (once a second).
 async fn report_gauges(slot: Arc<EngineSlot>) {
     loop {
@@ -583,11 +749,10 @@ async fn report_gauges(slot: Arc<EngineSlot>) {
     }
 }
 
-/// Binds `addr` (port 0 picks a free port) and returns the listener and its address.
+/// Binds `addr` (port 0 picks a free port) with the default listen backlog
+/// and returns the listener and its address.
 pub async fn bind(addr: &str) -> anyhow::Result<(TcpListener, SocketAddr)> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    let listener = bind_with_backlog(addr, ServerConfig::default().listen_backlog)?;
     let local = listener.local_addr()?;
     Ok((listener, local))
 }

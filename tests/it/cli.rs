@@ -9,6 +9,7 @@ fn bin(name: &str) -> Command {
         "vecrec" => env!("CARGO_BIN_EXE_vecrec"),
         "vecrec-build" => env!("CARGO_BIN_EXE_vecrec-build"),
         "vecrec-eval" => env!("CARGO_BIN_EXE_vecrec-eval"),
+        "vecrec-admin" => env!("CARGO_BIN_EXE_vecrec-admin"),
         #[cfg(feature = "ann-bench")]
         "vecrec-ann-bench" => env!("CARGO_BIN_EXE_vecrec-ann-bench"),
         _ => env!("CARGO_BIN_EXE_vecrec-sample"),

@@ -12,4 +12,5 @@ mod movielens;
 mod neural;
 mod pipeline;
 mod python_client;
+mod security;
 mod serving;

@@ -83,15 +83,16 @@ async fn accepted_connections_have_nodelay_and_keepalive() {
     let cfg = Config::default();
     assert!(cfg.server.tcp_keepalive_s > 0);
     let (listener, addr) = vecrec::grpc::bind("127.0.0.1:0").await.unwrap();
-    let mut incoming = vecrec::grpc::incoming(listener, &cfg.server);
+    let mut incoming = vecrec::grpc::incoming(listener, &cfg.server, Default::default());
     let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
     let accepted = tokio::time::timeout(Duration::from_secs(5), incoming.next())
         .await
         .expect("no connection accepted")
         .unwrap()
         .unwrap();
+    let accepted = accepted.tcp();
     assert!(accepted.nodelay().unwrap(), "TCP_NODELAY is off");
-    let sock = socket2::SockRef::from(&accepted);
+    let sock = socket2::SockRef::from(accepted);
     assert!(sock.keepalive().unwrap(), "SO_KEEPALIVE is off");
     assert_eq!(
         sock.tcp_keepalive_time().unwrap(),
@@ -154,6 +155,9 @@ async fn a_call_past_its_deadline_stops_before_its_work() {
     let mut cfg = Config::default();
     cfg.server.max_concurrent_requests = 1;
     cfg.server.max_queued_requests = 8;
+    // The heavy call takes longer than the default 10 s in a debug build,
+    // and its deadline now stops it between encoder batches.
+    cfg.server.request_timeout_ms = 120_000;
     let server = start(cfg).await;
     let item_id = sample_index_item();
     let mut busy = server.client.clone();
