@@ -4,6 +4,8 @@
 //! intact record, also those after damage, and saves the damaged file
 //! beside the log (logic in `vecrec_index::wal`). `token new` makes a bearer
 //! token and stores only its hash (logic in `vecrec::grpc::auth`).
+//! `snapshot` and `restore` back an index root up while it is served
+//! (logic in `vecrec::serving::backup`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,6 +38,27 @@ enum Command {
     Wal {
         #[command(subcommand)]
         action: WalAction,
+    },
+    /// Write a consistent backup of an index root, served or not, to one
+    /// tar file: the served generation, CURRENT, and the write-ahead log up
+    /// to its last complete record.
+    Snapshot {
+        /// The index directory.
+        #[arg(long)]
+        index: PathBuf,
+        /// The tar file to write (through a temporary file and a rename).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Unpack a snapshot into a new index directory after checking every
+    /// file's checksum and the log; serve it with `vecrec serve --index`.
+    Restore {
+        /// The tar file `snapshot` wrote.
+        #[arg(long)]
+        from: PathBuf,
+        /// The new index directory (must not exist, or be empty).
+        #[arg(long)]
+        index: PathBuf,
     },
     /// Bearer tokens (security.tokens_file).
     Token {
@@ -97,6 +120,29 @@ fn main() -> ExitCode {
 fn run(args: Args) -> anyhow::Result<ExitCode> {
     let action = match args.command {
         Command::Wal { action } => action,
+        Command::Snapshot { index, out } => {
+            let s = vecrec::serving::backup::snapshot(&index, &out)?;
+            println!(
+                "{}: {} and {} log records (up to number {})",
+                out.display(),
+                s.generation,
+                s.records,
+                s.wal_seq
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Restore { from, index } => {
+            let s = vecrec::serving::backup::restore(&from, &index)?;
+            println!(
+                "{}: restored {} and {} log records (up to number {}), taken at {} (Unix seconds)",
+                index.display(),
+                s.generation,
+                s.records,
+                s.wal_seq,
+                s.taken_at
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
         Command::Token {
             action: TokenAction::New { file, name, role },
         } => {

@@ -414,6 +414,24 @@ pub fn check(path: &Path) -> Result<Report> {
     })
 }
 
+/// A clean log image of the intact records in `bytes` (a copy of a log,
+/// perhaps taken while an append was in progress): the torn frame of that
+/// append is left out, any other damage is an error. Returns the image, the
+/// number of the last record in it (0 if none) and how many it holds.
+pub fn intact_image(path: &Path, bytes: &[u8]) -> Result<(Vec<u8>, u64, usize)> {
+    let s = scan(path, bytes)?;
+    if let Some(d) = s.damage.filter(|d| !d.torn_tail) {
+        return Err(corrupt(path, format!("at byte {}: {}", d.offset, d.reason)));
+    }
+    let records: Vec<Record> = s.frames.into_iter().flat_map(|f| f.records).collect();
+    let kept: Vec<(u64, &[u8])> = records.iter().map(|(s, p)| (*s, p.as_slice())).collect();
+    Ok((
+        image(&kept),
+        records.last().map_or(0, |r| r.0),
+        records.len(),
+    ))
+}
+
 /// What [`repair`] did.
 #[derive(Debug)]
 pub struct Repaired {

@@ -191,4 +191,63 @@ mod tests {
         };
         assert!(msg(item(&l, 3, &many)).contains("items[3].tags"));
     }
+
+    use proptest::prelude::*;
+    use prost::Message;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Whatever bytes arrive as a request body, decoding and the edge
+        /// checks return (never panic), and what passes holds only finite
+        /// numbers and bounded ids: the request decoder's fuzz target.
+        #[test]
+        fn any_bytes_decode_and_check_without_panic(
+            bytes in prop::collection::vec(any::<u8>(), 0..512),
+            seed in prop::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let l = Limits::default();
+            // Raw bytes, and a valid message with bytes appended (fields
+            // of the right wire types but hostile values get through the
+            // decoder that way).
+            let mut framed = pb::UpsertItemsRequest {
+                items: vec![pb::Item { id: "1".into(), ..Default::default() }],
+            }
+            .encode_to_vec();
+            framed.extend_from_slice(&seed);
+            for b in [&bytes, &framed] {
+                if let Ok(r) = pb::UpsertItemsRequest::decode(b.as_slice()) {
+                    for (k, it) in r.items.iter().enumerate() {
+                        if item(&l, k, it).is_ok() {
+                            prop_assert!(it.numeric.values().all(|x| x.is_finite()));
+                            prop_assert!(it.id.len() <= l.max_id_bytes);
+                        }
+                    }
+                }
+                if let Ok(r) = pb::RecordEventsRequest::decode(b.as_slice()) {
+                    for (k, e) in r.events.iter().enumerate() {
+                        if event(&l, k, e).is_ok() {
+                            prop_assert!(e.weight.is_finite() && e.weight >= 0.0);
+                        }
+                    }
+                }
+                if let Ok(r) = pb::RecommendRequest::decode(b.as_slice()) {
+                    let _ = recommend(&l, &r);
+                }
+                if let Ok(r) = pb::SearchTextRequest::decode(b.as_slice()) {
+                    if filter(&l, r.filter.as_ref()).is_ok() {
+                        for rg in r.filter.iter().flat_map(|f| &f.ranges) {
+                            prop_assert!(rg.min.is_none_or(f64::is_finite));
+                            prop_assert!(rg.max.is_none_or(f64::is_finite));
+                        }
+                    }
+                }
+                if let Ok(r) = pb::DeleteItemsRequest::decode(b.as_slice()) {
+                    for (k, i) in r.ids.iter().enumerate() {
+                        let _ = id(&l, &format!("ids[{k}]"), i);
+                    }
+                }
+            }
+        }
+    }
 }

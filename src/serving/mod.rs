@@ -1,8 +1,10 @@
 //! Serving one index root over time, with no network code: the slot that
 //! holds the engine being served and swaps generations atomically
-//! ([`slot`]), and the compaction that folds live updates into a new
-//! generation ([`compact()`](compact::compact)). `grpc` sits on top of this.
+//! ([`slot`]), the compaction that folds live updates into a new
+//! generation ([`compact()`](compact::compact)), and backups of a served
+//! root ([`backup`]). `grpc` sits on top of this.
 
+pub mod backup;
 pub mod compact;
 pub mod slot;
 
