@@ -119,19 +119,23 @@ pub fn build_session_from(
     threads: usize,
     device: Device,
 ) -> Result<Session> {
-    build_session_spinning(env, model, threads, device, true)
+    build_session_spinning(env, model, threads, device, true, true)
 }
 
 /// [`build_session_from`], saying whether idle intra-op threads may spin
 /// before they block. Spinning shortens bulk runs that keep every core busy;
 /// a server turns it off, because a spinning thread takes the core from the
-/// network and search threads beside it.
+/// network and search threads beside it. `arena`: whether ONNX Runtime's
+/// CPU memory arena is used; without it the buffers of a forward pass are
+/// returned to the allocator (and large ones to the system) when it ends,
+/// instead of being kept at the largest size any pass needed.
 pub fn build_session_spinning(
     env: &ort::environment::Environment,
     model: ModelSource<'_>,
     threads: usize,
     device: Device,
     spin: bool,
+    arena: bool,
 ) -> Result<Session> {
     let label = match model {
         ModelSource::File(p) => p.display().to_string(),
@@ -151,6 +155,11 @@ pub fn build_session_spinning(
         .map_err(|e| fail(ort::Error::<()>::from(e)))?
         .with_intra_op_spinning(spin)
         .map_err(|e| fail(ort::Error::<()>::from(e)))?;
+    if !arena {
+        builder = builder
+            .with_execution_providers([ort::ep::CPU::default().with_arena_allocator(false).build()])
+            .map_err(|e| fail(ort::Error::<()>::from(e)))?;
+    }
     if device == Device::Cuda {
         builder = with_cuda(builder);
     }

@@ -185,6 +185,11 @@ pub struct EncoderConfig {
     pub max_batch_wait_us: u64,
     /// Tokens read per text (longer texts are truncated). Default 256.
     pub max_tokens: usize,
+    /// Whether the serving encoder's ONNX Runtime sessions keep a memory
+    /// arena (bulk encoding always does). With it, memory grows to the
+    /// largest forward pass ever run and stays there; without it, a large
+    /// request's buffers are returned when it ends. Default false.
+    pub memory_arena: bool,
     /// `cpu` or `cuda` (needs the `cuda` cargo feature; falls back to CPU with a log line). Default `cpu`.
     pub device: Device,
 }
@@ -211,6 +216,7 @@ impl Default for EncoderConfig {
             batch_size: 32,
             max_batch_wait_us: 0,
             max_tokens: 256,
+            memory_arena: false,
             device: Device::Cpu,
         }
     }

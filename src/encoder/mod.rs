@@ -219,6 +219,9 @@ impl Core {
                     threads,
                     cfg.device,
                     spin,
+                    // Bulk encoding keeps the arena; a server may return
+                    // a large request's buffers.
+                    spin || cfg.memory_arena,
                 )
                 .map(Mutex::new)
             })

@@ -1,6 +1,7 @@
 //! Live updates: upserts, deletes and events are visible at once, survive a
 //! restart, are folded in by compaction; and a server killed with SIGKILL at
-//! random points during a stream of writes loses nothing it acknowledged.
+//! random points during a stream of writes (hostile ones among them) loses
+//! nothing it acknowledged and always starts again.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -282,7 +283,26 @@ async fn acknowledged_writes_survive_sigkill() {
         // acknowledged ones are promised.
         let mut inflight: Option<String> = None;
         let writer = async {
-            for (id, upsert) in plan {
+            for (k, (id, upsert)) in plan.into_iter().enumerate() {
+                if k % 5 == 4 {
+                    // A hostile write between the others: refused, never
+                    // logged, so the restart after the kill replays.
+                    let r = client
+                        .upsert_items(pb::UpsertItemsRequest {
+                            items: vec![pb::Item {
+                                id: format!("hostile-{round}-{k}"),
+                                title: "NaN year".into(),
+                                numeric: [("year".to_string(), f64::NAN)].into(),
+                                ..Default::default()
+                            }],
+                        })
+                        .await;
+                    match r {
+                        Err(s) if s.code() == tonic::Code::InvalidArgument => {}
+                        Err(_) => break, // the kill
+                        Ok(_) => panic!("a NaN attribute was acknowledged"),
+                    }
+                }
                 inflight = Some(id.clone());
                 let ok = if upsert {
                     client
