@@ -33,15 +33,20 @@ fn bounded(limits: &Limits, what: &str, s: &str) -> Result {
     Ok(())
 }
 
-/// A list of at most `max_attributes` ids.
-fn ids(limits: &Limits, what: &str, list: &[String]) -> Result {
-    if list.len() > limits.max_attributes {
+/// At most `max_attributes` entries.
+fn count(limits: &Limits, what: &str, n: usize) -> Result {
+    if n > limits.max_attributes {
         return Err(Error::invalid(format!(
-            "{what} has {} entries, over the limit of {}",
-            list.len(),
+            "{what} has {n} entries, over the limit of {}",
             limits.max_attributes
         )));
     }
+    Ok(())
+}
+
+/// A list of at most `max_attributes` ids.
+fn ids(limits: &Limits, what: &str, list: &[String]) -> Result {
+    count(limits, what, list.len())?;
     for (i, s) in list.iter().enumerate() {
         id(limits, &format!("{what}[{i}]"), s)?;
     }
@@ -63,13 +68,7 @@ pub(super) fn filter(limits: &Limits, f: Option<&pb::AttributeFilter>) -> Result
     let Some(f) = f else { return Ok(()) };
     ids(limits, "filter.categories_any", &f.categories_any)?;
     ids(limits, "filter.tags_all", &f.tags_all)?;
-    if f.ranges.len() > limits.max_attributes {
-        return Err(Error::invalid(format!(
-            "filter.ranges has {} entries, over the limit of {}",
-            f.ranges.len(),
-            limits.max_attributes
-        )));
-    }
+    count(limits, "filter.ranges", f.ranges.len())?;
     for (i, r) in f.ranges.iter().enumerate() {
         bounded(limits, &format!("filter.ranges[{i}].field"), &r.field)?;
         for (name, bound) in [("min", r.min), ("max", r.max)] {
@@ -105,13 +104,7 @@ pub(super) fn item(limits: &Limits, k: usize, it: &pb::Item) -> Result {
     id(limits, &format!("items[{k}].id"), &it.id)?;
     ids(limits, &format!("items[{k}].categories"), &it.categories)?;
     ids(limits, &format!("items[{k}].tags"), &it.tags)?;
-    if it.numeric.len() > limits.max_attributes {
-        return Err(Error::invalid(format!(
-            "items[{k}].numeric has {} entries, over the limit of {}",
-            it.numeric.len(),
-            limits.max_attributes
-        )));
-    }
+    count(limits, &format!("items[{k}].numeric"), it.numeric.len())?;
     for (name, v) in &it.numeric {
         id(limits, &format!("items[{k}].numeric name"), name)?;
         finite(&format!("items[{k}].numeric[{}]", Clip(name)), *v)?;

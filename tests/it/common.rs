@@ -68,6 +68,42 @@ pub fn sample_index() -> &'static SampleIndex {
     })
 }
 
+/// A private copy of the sample index's current generation, for tests that
+/// write a log beside it.
+pub fn copy_sample() -> tempfile::TempDir {
+    let s = sample_index();
+    let root = tempfile::tempdir().unwrap();
+    let gen = vecrec_index::generation::current_generation(&s.root).unwrap();
+    crate::cli::copy_dir(&gen, &root.path().join(gen.file_name().unwrap()));
+    std::fs::copy(s.root.join("CURRENT"), root.path().join("CURRENT")).unwrap();
+    root
+}
+
+/// Serves a content-only engine with its log attached over `root` under
+/// `cfg`, in process, with no background reload or compaction (so the log
+/// holds every write); returns the address and the stop switch.
+pub async fn serve_live(
+    root: &Path,
+    mut cfg: Config,
+) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    cfg.hybrid.enabled = false;
+    cfg.server.reload_interval_ms = 0;
+    let mut e = Engine::open(root, cfg, Some(encoder())).unwrap();
+    let live = vecrec::live::Live::open(root, e.applied_seq()).unwrap();
+    e.attach_live(Arc::new(live));
+    let slot = Arc::new(vecrec::serving::EngineSlot::new(root, Arc::new(e)));
+    let (listener, addr) = vecrec::grpc::bind("127.0.0.1:0").await.unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        vecrec::grpc::serve(slot, listener, async {
+            let _ = rx.await;
+        })
+        .await
+        .unwrap();
+    });
+    (addr, tx)
+}
+
 /// The engine as configured by default (hybrid pipeline when the index has trained sources).
 pub fn engine(root: &Path) -> Arc<Engine> {
     Arc::new(Engine::open(root, Config::default(), Some(encoder())).unwrap())

@@ -19,19 +19,9 @@ use vecrec::grpc::pb;
 use vecrec::grpc::pb::recommender_client::RecommenderClient;
 use vecrec::live::Live;
 
-use crate::common::{encoder, sample_index};
+use crate::common::{copy_sample, encoder, serve_live};
 
 type Client = RecommenderClient<tonic::transport::Channel>;
-
-/// A private copy of the sample index, for a log of its own.
-fn copy_sample() -> tempfile::TempDir {
-    let s = sample_index();
-    let root = tempfile::tempdir().unwrap();
-    let gen = vecrec_index::generation::current_generation(&s.root).unwrap();
-    crate::cli::copy_dir(&gen, &root.path().join(gen.file_name().unwrap()));
-    std::fs::copy(s.root.join("CURRENT"), root.path().join("CURRENT")).unwrap();
-    root
-}
 
 /// A content-only engine over `root` with its log attached, and no
 /// background compaction (so the log holds every write of the test).
@@ -46,21 +36,12 @@ fn live_engine(root: &Path) -> Engine {
 }
 
 async fn serve(root: &Path) -> (Client, oneshot::Sender<()>, Vec<String>) {
-    let e = live_engine(root);
+    let (addr, tx) = serve_live(root, Config::default()).await;
+    let e = Engine::open(root, Config::default(), None).unwrap();
     let store = e.index().store();
     let ids = (0..store.len() as u32)
         .map(|i| store.external_id(i).to_owned())
         .collect();
-    let slot = Arc::new(vecrec::serving::EngineSlot::new(root, Arc::new(e)));
-    let (listener, addr) = vecrec::grpc::bind("127.0.0.1:0").await.unwrap();
-    let (tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(async move {
-        vecrec::grpc::serve(slot, listener, async {
-            let _ = rx.await;
-        })
-        .await
-        .unwrap();
-    });
     for _ in 0..100 {
         if let Ok(c) = RecommenderClient::connect(format!("http://{addr}")).await {
             return (c, tx, ids);

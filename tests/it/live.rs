@@ -21,17 +21,7 @@ use vecrec::live::Live;
 use vecrec::serving::compact;
 use vecrec_index::ItemMeta;
 
-use crate::common::{encoder, sample_index};
-
-/// A private copy of the sample index (its log is written beside it).
-fn copy_sample() -> tempfile::TempDir {
-    let s = sample_index();
-    let root = tempfile::tempdir().unwrap();
-    let gen = vecrec_index::generation::current_generation(&s.root).unwrap();
-    crate::cli::copy_dir(&gen, &root.path().join(gen.file_name().unwrap()));
-    std::fs::copy(s.root.join("CURRENT"), root.path().join("CURRENT")).unwrap();
-    root
-}
+use crate::common::{copy_sample, encoder, sample_index};
 
 fn open(root: &Path) -> Engine {
     let mut e = Engine::open(root, Config::default(), Some(encoder())).unwrap();
@@ -448,13 +438,16 @@ fn a_snapshot_restores_the_same_answers_under_a_new_directory() {
         .unwrap();
     drop(e);
     let restored = dir.path().join("restored");
-    let (ok, text) = admin(&[
-        "restore".as_ref(),
-        "--from".as_ref(),
-        tar.as_os_str(),
-        "--index".as_ref(),
-        restored.as_os_str(),
-    ]);
+    let restore = || {
+        admin(&[
+            "restore".as_ref(),
+            "--from".as_ref(),
+            tar.as_os_str(),
+            "--index".as_ref(),
+            restored.as_os_str(),
+        ])
+    };
+    let (ok, text) = restore();
     assert!(ok, "{text}");
     let r = open(&restored);
     assert_eq!(answers(&r), before);
@@ -462,12 +455,6 @@ fn a_snapshot_restores_the_same_answers_under_a_new_directory() {
     assert!(matches!(r.item_meta(&victim), Err(Error::NotFound { .. })));
     assert!(r.item_meta("snap-later").is_err());
     drop(r);
-    let (ok, text) = admin(&[
-        "restore".as_ref(),
-        "--from".as_ref(),
-        tar.as_os_str(),
-        "--index".as_ref(),
-        restored.as_os_str(),
-    ]);
+    let (ok, text) = restore();
     assert!(!ok && text.contains("not empty"), "{text}");
 }

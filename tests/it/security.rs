@@ -7,13 +7,11 @@
 use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyPair,
 };
-use tokio::sync::oneshot;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic::Code;
 use vecrec::config::Config;
@@ -22,37 +20,7 @@ use vecrec::grpc::auth::{add_token, new_token, Role};
 use vecrec::grpc::pb;
 use vecrec::grpc::pb::recommender_client::RecommenderClient;
 
-use crate::common::{encoder, sample_index};
-
-/// Serves a content-only engine over a private copy of the sample index
-/// (with its log) under `cfg`; returns the address and the stop switch.
-async fn serve(root: &Path, mut cfg: Config) -> (std::net::SocketAddr, oneshot::Sender<()>) {
-    cfg.hybrid.enabled = false;
-    cfg.server.reload_interval_ms = 0;
-    let mut e = Engine::open(root, cfg, Some(encoder())).unwrap();
-    let live = vecrec::live::Live::open(root, e.applied_seq()).unwrap();
-    e.attach_live(Arc::new(live));
-    let slot = Arc::new(vecrec::serving::EngineSlot::new(root, Arc::new(e)));
-    let (listener, addr) = vecrec::grpc::bind("127.0.0.1:0").await.unwrap();
-    let (tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(async move {
-        vecrec::grpc::serve(slot, listener, async {
-            let _ = rx.await;
-        })
-        .await
-        .unwrap();
-    });
-    (addr, tx)
-}
-
-fn copy_sample() -> tempfile::TempDir {
-    let s = sample_index();
-    let root = tempfile::tempdir().unwrap();
-    let gen = vecrec_index::generation::current_generation(&s.root).unwrap();
-    crate::cli::copy_dir(&gen, &root.path().join(gen.file_name().unwrap()));
-    std::fs::copy(s.root.join("CURRENT"), root.path().join("CURRENT")).unwrap();
-    root
-}
+use crate::common::{copy_sample, encoder, serve_live};
 
 fn first_item(root: &Path) -> String {
     let e = Engine::open(root, Config::default(), None).unwrap();
@@ -108,7 +76,7 @@ async fn tokens_decide_who_reads_and_who_writes() {
     cfg.security.tokens_file = Some(tokens);
     cfg.security.write_rate = 0.001;
     cfg.security.write_burst = 2.0;
-    let (addr, _stop) = serve(root, cfg).await;
+    let (addr, _stop) = serve_live(root, cfg).await;
     let ch = plain(addr).await;
     let get = || pb::GetItemRequest { id: item.clone() };
     let del = |id: &str| pb::DeleteItemsRequest {
@@ -253,7 +221,7 @@ async fn tls_with_client_certificates() {
     cfg.security.tls_cert = Some(root.join("cert.pem"));
     cfg.security.tls_key = Some(root.join("key.pem"));
     cfg.security.tls_client_ca = Some(root.join("clients.pem"));
-    let (addr, _stop) = serve(root, cfg).await;
+    let (addr, _stop) = serve_live(root, cfg).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let good = clients.leaf(&["reader"], ExtendedKeyUsagePurpose::ClientAuth);
@@ -367,7 +335,7 @@ async fn connections_are_bounded_and_idle_ones_closed() {
     cfg.server.max_connections = 2;
     cfg.server.idle_timeout_s = 1;
     cfg.server.request_timeout_ms = 500;
-    let (addr, _stop) = serve(dir.path(), cfg).await;
+    let (addr, _stop) = serve_live(dir.path(), cfg).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut held = Vec::new();
     for _ in 0..2 {
@@ -448,7 +416,7 @@ async fn damage_while_serving_is_found_and_answered_data_loss() {
     let item = first_item(root);
     let mut cfg = Config::default();
     cfg.server.scrub_interval_s = 1;
-    let (addr, _stop) = serve(root, cfg).await;
+    let (addr, _stop) = serve_live(root, cfg).await;
     let ch = plain(addr).await;
     let mut c = RecommenderClient::new(ch.clone());
     let similar = || pb::SimilarItemsRequest {
