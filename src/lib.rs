@@ -16,6 +16,7 @@ pub mod encoder;
 pub mod engine;
 pub mod error;
 pub mod eval;
+pub mod experiment;
 pub mod filter;
 pub mod fusion;
 pub mod grpc;

@@ -143,7 +143,7 @@ fn run() -> anyhow::Result<()> {
         println!("listening on {local}");
         tracing::info!(%local, "serving vecrec.v1.Recommender");
         let slot = Arc::new(vecrec::serving::EngineSlot::new(&index, engine));
-        vecrec::grpc::serve(slot, listener, shutdown_signal()).await?;
+        vecrec::grpc::serve_with_config_file(slot, listener, shutdown_signal(), config).await?;
         tracing::info!("shut down cleanly");
         Ok(())
     })

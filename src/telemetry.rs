@@ -47,6 +47,10 @@ pub const REFUSED: &str = "vecrec_calls_refused_total";
 pub const CONNECTIONS: &str = "vecrec_connections";
 /// Connections closed by the server, by reason (limit, idle, handshake).
 pub const CONNECTIONS_CLOSED: &str = "vecrec_connections_closed_total";
+/// Recommend calls served under an experiment, by experiment and arm.
+pub const EXPERIMENT_REQUESTS: &str = "vecrec_experiment_requests_total";
+/// Latency of Recommend calls under an experiment, by experiment and arm.
+pub const EXPERIMENT_SECONDS: &str = "vecrec_experiment_request_duration_seconds";
 /// Served-generation checksum scrubs, by result (ok, damaged).
 pub const SCRUBS: &str = "vecrec_scrubs_total";
 

@@ -14,10 +14,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+mod experiment;
 mod hybrid;
 mod security;
 mod train;
 
+pub use experiment::{ArmConfig, ExperimentConfig, ExperimentMode};
 pub use hybrid::{FusionMethod, HybridConfig, RerankConfig, RerankKind, SourceWeights};
 pub use security::SecurityConfig;
 pub use train::{AlsOptions, DinOptions, TrainOptions, TwoTowerOptions};
@@ -46,6 +48,8 @@ pub struct Config {
     pub live: LiveConfig,
     /// TLS, bearer tokens and per-token write rates.
     pub security: SecurityConfig,
+    /// A/B and interleaving experiments over `Recommend` (`[[experiments]]`).
+    pub experiments: Vec<ExperimentConfig>,
 }
 
 /// Network settings, admission control and metrics.
@@ -411,6 +415,7 @@ impl Config {
             ));
         }
         self.security.validate().map_err(Error::Config)?;
+        experiment::validate(&self.experiments).map_err(Error::Config)?;
         let h = &self.hybrid;
         let rrf_k_ok = h.rrf_k > 0.0 && h.rrf_k.is_finite();
         if h.candidates == 0 || !rrf_k_ok {

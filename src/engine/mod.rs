@@ -80,15 +80,17 @@ fn admissible(
 /// Name of the reranker's list in the fusion and in the learned model's features.
 pub const RERANKER: &str = "reranker";
 
-/// The engine over one generation.
-#[derive(Debug)]
+/// The engine over one generation. Cloning is cheap (the generation's
+/// index, profiles and trained sources are shared), so a variant with other
+/// pipeline settings ([`Engine::with_config`]) costs a copy of the config.
+#[derive(Clone, Debug)]
 pub struct Engine {
-    index: Index,
-    users: UserProfiles,
+    index: Arc<Index>,
+    users: Arc<UserProfiles>,
     encoder: Option<Arc<Encoder>>,
     cfg: Config,
     use_precomputed: bool,
-    trained: Option<Trained>,
+    trained: Option<Arc<Trained>>,
     live: Option<Arc<Live>>,
     applied_seq: u64,
 }
@@ -129,12 +131,12 @@ impl Engine {
         );
         let applied_seq = GenerationInfo::of(index.manifest()).wal_seq;
         Ok(Self {
-            index,
-            users,
+            index: Arc::new(index),
+            users: Arc::new(users),
             encoder,
             cfg,
             use_precomputed,
-            trained,
+            trained: trained.map(Arc::new),
             live: None,
             applied_seq,
         })
@@ -223,6 +225,18 @@ impl Engine {
     /// Whether `Recommend` runs the multi-source pipeline.
     pub fn is_hybrid(&self) -> bool {
         self.cfg.hybrid.enabled && self.trained.is_some()
+    }
+
+    /// This engine with the settings `change` makes to its config: the same
+    /// generation, encoder and live log, shared, not copied. The per-request
+    /// variants of an experiment's arms are made this way. Settings read only
+    /// at open (the encoder, the reranker's kind and files, limits) keep
+    /// their opened values.
+    pub fn with_config(&self, change: impl FnOnce(&mut Config)) -> Engine {
+        let mut e = self.clone();
+        change(&mut e.cfg);
+        e.use_precomputed = built_users(&e.index).as_ref() == Some(&e.cfg.users);
+        e
     }
 
     /// Changes the hybrid pipeline's settings (validation sweeps use this).

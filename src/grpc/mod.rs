@@ -22,6 +22,7 @@
 
 pub mod auth;
 mod conn;
+pub mod experiments;
 mod status;
 mod validate;
 
@@ -64,6 +65,8 @@ pub struct Service {
     default_timeout: Duration,
     /// Per-caller rates of write calls and events.
     rates: Arc<auth::Rates>,
+    /// The experiments in force over Recommend.
+    experiments: Arc<experiments::Experiments>,
 }
 
 /// Where a call's work runs, which decides whether it needs a CPU place.
@@ -92,6 +95,7 @@ impl Service {
         let max_wait =
             (cfg.max_queue_wait_ms > 0).then(|| Duration::from_millis(cfg.max_queue_wait_ms));
         let rates = Arc::new(auth::Rates::new(&slot_security(&slot)));
+        let experiments = Arc::new(experiments::Experiments::new(slot.get().config(), None));
         Self {
             slot,
             admission: Admission::new(
@@ -103,7 +107,17 @@ impl Service {
             cpu: Admission::new("cpu", cfg.cpu_limit(), cfg.max_queued_requests, max_wait),
             default_timeout: Duration::from_millis(cfg.request_timeout_ms),
             rates,
+            experiments,
         }
+    }
+
+    /// This service with its experiments re-read from `file` on reload.
+    pub fn with_config_file(mut self, file: Option<std::path::PathBuf>) -> Self {
+        self.experiments = Arc::new(experiments::Experiments::new(
+            self.slot.get().config(),
+            file,
+        ));
+        self
     }
 
     /// Charges a write call (and its `events`) to the caller's rates.
@@ -283,19 +297,30 @@ fn fusion_method(code: i32) -> Result<Option<crate::fusion::FusionMethod>, Error
 }
 
 fn scored(engine: &Engine, items: Vec<Scored>) -> Vec<pb::ScoredItem> {
-    let store = engine.index().store();
     items
         .into_iter()
-        .map(|s| pb::ScoredItem {
-            title: if s.internal == crate::engine::LIVE_ITEM {
-                engine.item_meta(&s.id).map(|m| m.title).unwrap_or_default()
-            } else {
-                store.meta(s.internal).title.clone()
-            },
-            item_id: s.id,
-            score: s.score,
-        })
+        .map(|s| scored_item(engine, s, String::new()))
         .collect()
+}
+
+fn served_items(engine: &Engine, items: Vec<experiments::Served>) -> Vec<pb::ScoredItem> {
+    items
+        .into_iter()
+        .map(|s| scored_item(engine, s.item, s.arm))
+        .collect()
+}
+
+fn scored_item(engine: &Engine, s: Scored, arm: String) -> pb::ScoredItem {
+    pb::ScoredItem {
+        title: if s.internal == crate::engine::LIVE_ITEM {
+            engine.item_meta(&s.id).map(|m| m.title).unwrap_or_default()
+        } else {
+            engine.index().store().meta(s.internal).title.clone()
+        },
+        item_id: s.id,
+        score: s.score,
+        arm,
+    }
 }
 
 #[tonic::async_trait]
@@ -307,7 +332,18 @@ impl Recommender for Service {
         let deadline = self.deadline(&req);
         let r = req.into_inner();
         validate::recommend(&self.limits(), &r)?;
+        validate::id_or_empty(&self.limits(), "force_arm", &r.force_arm)?;
         let filter = to_filter(r.filter)?;
+        let plan = self.experiments.plan(&r.user_id, &r.force_arm)?;
+        let request_id = crate::experiment::request_id();
+        let (experiment, arm) = plan.as_ref().map_or((String::new(), String::new()), |p| {
+            (
+                p.experiment.name.clone(),
+                p.experiment.arms[p.arm].name.clone(),
+            )
+        });
+        let started = Instant::now();
+        let id = request_id.clone();
         let items = self
             .run("Recommend", Work::Cpu, deadline, move |e, deadline| {
                 let opts = RecommendOptions {
@@ -324,10 +360,22 @@ impl Recommender for Service {
                 } else {
                     return Err(Error::invalid("give a user_id or a non-empty history"));
                 };
-                Ok(scored(e, e.recommend(who, &opts)?))
+                let served = experiments::recommend(e, who, &opts, plan.as_ref(), &id)?;
+                Ok(served_items(e, served))
             })
             .await?;
-        Ok(Response::new(pb::RecommendResponse { items }))
+        if !experiment.is_empty() {
+            let labels = [("experiment", experiment.clone()), ("arm", arm.clone())];
+            metrics::counter!(telemetry::EXPERIMENT_REQUESTS, &labels).increment(1);
+            metrics::histogram!(telemetry::EXPERIMENT_SECONDS, &labels)
+                .record(started.elapsed().as_secs_f64());
+        }
+        Ok(Response::new(pb::RecommendResponse {
+            items,
+            request_id,
+            experiment,
+            arm,
+        }))
     }
 
     async fn similar_items(
@@ -520,6 +568,16 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    serve_with_config_file(slot, listener, shutdown, None).await
+}
+
+/// [`serve`], re-reading the experiments from `config_file` on SIGHUP.
+pub async fn serve_with_config_file(
+    slot: Arc<EngineSlot>,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+    config_file: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
     let full = slot.get().config().clone();
     let cfg = full.server.clone();
     let tls = Tls::new(&full.security)?;
@@ -542,11 +600,12 @@ pub async fn serve(
         .set_serving::<RecommenderServer<Service>>()
         .await;
     let scrub_now = Arc::new(tokio::sync::Notify::new());
-    let reloader = tokio::spawn(reload_on_hangup(
-        tls.clone(),
-        auth.clone(),
-        scrub_now.clone(),
-    ));
+    let reload = Reload {
+        tls: tls.clone(),
+        auth: auth.clone(),
+        scrub: scrub_now.clone(),
+        experiments: None,
+    };
     let scrubber = tokio::spawn(scrub_loop(
         slot.clone(),
         (cfg.scrub_interval_s > 0).then(|| Duration::from_secs(cfg.scrub_interval_s)),
@@ -562,7 +621,12 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
     let gauges = tokio::spawn(report_gauges(slot.clone()));
-    let service = Service::new(slot, &cfg);
+    let service = Service::new(slot, &cfg).with_config_file(config_file);
+    let experiments = service.experiments.clone();
+    let reloader = tokio::spawn(reload_on_hangup(Reload {
+        experiments: Some(experiments),
+        ..reload
+    }));
     tracing::info!(
         in_flight = service.admission().in_flight_limit(),
         cpu_in_flight = service.cpu_admission().in_flight_limit(),
@@ -653,10 +717,24 @@ async fn scrub_loop(
     }
 }
 
-/// Re-reads the TLS files and the token file on every SIGHUP (a file that
-/// does not load leaves the ones in force and is logged), and asks for a
-/// scrub of the served generation.
-async fn reload_on_hangup(tls: Tls, auth: auth::Auth, scrub: Arc<tokio::sync::Notify>) {
+/// What SIGHUP reloads.
+struct Reload {
+    tls: Tls,
+    auth: auth::Auth,
+    scrub: Arc<tokio::sync::Notify>,
+    experiments: Option<Arc<experiments::Experiments>>,
+}
+
+/// Re-reads the TLS files, the token file and the experiments on every
+/// SIGHUP (a file that does not load leaves what is in force and is
+/// logged), and asks for a scrub of the served generation.
+async fn reload_on_hangup(r: Reload) {
+    let Reload {
+        tls,
+        auth,
+        scrub,
+        experiments,
+    } = r;
     #[cfg(unix)]
     {
         let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -679,11 +757,19 @@ async fn reload_on_hangup(tls: Tls, auth: auth::Auth, scrub: Arc<tokio::sync::No
                     tracing::error!(error = %e, "SIGHUP: token file not reloaded; the old tokens stay")
                 }
             }
+            if let Some(x) = &experiments {
+                match x.reload() {
+                    Ok(n) => tracing::info!(experiments = n, "SIGHUP: experiments reloaded"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "SIGHUP: experiments refused; the running ones stay")
+                    }
+                }
+            }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = (tls, auth, scrub);
+        let _ = (tls, auth, scrub, experiments);
         std::future::pending::<()>().await
     }
 }

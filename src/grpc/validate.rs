@@ -21,6 +21,11 @@ pub(super) fn id(limits: &Limits, what: &str, id: &str) -> Result {
     bounded(limits, what, id)
 }
 
+/// An optional id: empty, or at most `max_id_bytes`.
+pub(super) fn id_or_empty(limits: &Limits, what: &str, id: &str) -> Result {
+    bounded(limits, what, id)
+}
+
 /// A string of at most `max_id_bytes` (may be empty).
 fn bounded(limits: &Limits, what: &str, s: &str) -> Result {
     if s.len() > limits.max_id_bytes {

@@ -11,7 +11,14 @@ use std::path::Path;
 const LAYERS: &[&[&str]] = &[
     &["error", "telemetry", "filter", "linalg"],
     &["config", "deadline", "catalog"],
-    &["layout", "runtime", "admission", "movielens", "sample"],
+    &[
+        "layout",
+        "runtime",
+        "admission",
+        "movielens",
+        "sample",
+        "experiment",
+    ],
     &["nn", "encoder", "users", "live", "fusion"],
     &["retrieve", "rerank"],
     &["engine"],

@@ -4,6 +4,7 @@
 mod cli;
 mod common;
 mod encoder;
+mod experiments;
 mod grpc;
 mod hostile;
 mod layers;
