@@ -14,6 +14,10 @@ use crate::config::{TwoTowerOptions, UserConfig};
 /// The live-update log under an index root (not inside a generation).
 pub const WAL_FILE: &str = "wal/wal.log";
 
+/// The directory of the exposure log under an index root: files
+/// `exposures-NNNNNN.log`, numbered from 1, rotated by size.
+pub const EXPOSURE_DIR: &str = "experiments";
+
 /// Sparse item-item rows of EASE (`SparseRows` files with this stem).
 pub const EASE_ROWS: &str = "ease";
 /// Sparse item-item rows of the transitions model.

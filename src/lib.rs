@@ -17,6 +17,7 @@ pub mod engine;
 pub mod error;
 pub mod eval;
 pub mod experiment;
+pub mod exposure;
 pub mod filter;
 pub mod fusion;
 pub mod grpc;

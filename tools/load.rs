@@ -272,6 +272,7 @@ impl Workload {
                         item_id: pick(rng, &self.items).to_owned(),
                         weight: 1.0,
                         timestamp: 0,
+                        ..Default::default()
                     })
                     .collect();
                 client

@@ -432,6 +432,17 @@ pub fn intact_image(path: &Path, bytes: &[u8]) -> Result<(Vec<u8>, u64, usize)> 
     ))
 }
 
+/// The intact records of a log image `bytes` (a log perhaps being
+/// appended to: the torn frame of an append in progress is left out); any
+/// other damage is an error.
+pub fn read_records(path: &Path, bytes: &[u8]) -> Result<Vec<Record>> {
+    let s = scan(path, bytes)?;
+    if let Some(d) = s.damage.filter(|d| !d.torn_tail) {
+        return Err(corrupt(path, format!("at byte {}: {}", d.offset, d.reason)));
+    }
+    Ok(s.frames.into_iter().flat_map(|f| f.records).collect())
+}
+
 /// What [`repair`] did.
 #[derive(Debug)]
 pub struct Repaired {
@@ -556,6 +567,12 @@ impl Wal {
     /// unfinished (never acknowledged) append, if it found one.
     pub fn torn_tail_cut(&self) -> Option<u64> {
         self.cut
+    }
+
+    /// Bytes of header and frames written (the file itself is longer: it
+    /// grows in whole segments).
+    pub fn data_len(&self) -> u64 {
+        self.end
     }
 
     /// The sequence number the next record gets.

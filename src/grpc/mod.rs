@@ -67,6 +67,9 @@ pub struct Service {
     rates: Arc<auth::Rates>,
     /// The experiments in force over Recommend.
     experiments: Arc<experiments::Experiments>,
+    /// Where served lists and their feedback are logged (started on the
+    /// first call that needs it).
+    exposures: Arc<std::sync::OnceLock<Option<crate::exposure::ExposureLog>>>,
 }
 
 /// Where a call's work runs, which decides whether it needs a CPU place.
@@ -108,6 +111,31 @@ impl Service {
             default_timeout: Duration::from_millis(cfg.request_timeout_ms),
             rates,
             experiments,
+            exposures: Arc::new(std::sync::OnceLock::new()),
+        }
+    }
+
+    /// Hands `entry` to the exposure log, starting it on first use.
+    fn expose(&self, entry: crate::exposure::Entry) {
+        let log = self.exposures.get_or_init(|| {
+            match crate::exposure::ExposureLog::start(self.slot.root(), Default::default()) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    tracing::error!(error = %e, "the exposure log cannot start; exposures are lost");
+                    None
+                }
+            }
+        });
+        if let Some(l) = log {
+            l.record(entry);
+        }
+    }
+
+    /// Waits until every exposure and feedback handed over is committed.
+    pub fn flush_exposures(&self) -> crate::error::Result<()> {
+        match self.exposures.get() {
+            Some(Some(l)) => l.flush(),
+            _ => Ok(()),
         }
     }
 
@@ -344,6 +372,8 @@ impl Recommender for Service {
         });
         let started = Instant::now();
         let id = request_id.clone();
+        let plan_logged = plan.clone();
+        let user = r.user_id.clone();
         let items = self
             .run("Recommend", Work::Cpu, deadline, move |e, deadline| {
                 let opts = RecommendOptions {
@@ -364,6 +394,25 @@ impl Recommender for Service {
                 Ok(served_items(e, served))
             })
             .await?;
+        if let Some(p) = &plan_logged {
+            self.expose(crate::exposure::Entry::Exposure {
+                request_id: request_id.clone(),
+                time_ms: crate::exposure::now_ms(),
+                user: user.clone(),
+                experiment: experiment.clone(),
+                arm: arm.clone(),
+                forced: p.forced,
+                items: items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| crate::exposure::Shown {
+                        item: s.item_id.clone(),
+                        position: i as u32 + 1,
+                        team: s.arm.clone(),
+                    })
+                    .collect(),
+            });
+        }
         if !experiment.is_empty() {
             let labels = [("experiment", experiment.clone()), ("arm", arm.clone())];
             metrics::counter!(telemetry::EXPERIMENT_REQUESTS, &labels).increment(1);
@@ -515,6 +564,21 @@ impl Recommender for Service {
         for (k, e) in events.iter().enumerate() {
             validate::event(&limits, k, e)?;
         }
+        let feedback: Vec<crate::exposure::Entry> = events
+            .iter()
+            .filter(|e| !e.request_id.is_empty())
+            .map(|e| crate::exposure::Entry::Feedback {
+                request_id: e.request_id.clone(),
+                time_ms: crate::exposure::now_ms(),
+                user: e.user_id.clone(),
+                item: e.item_id.clone(),
+                kind: if e.kind.is_empty() {
+                    "click".into()
+                } else {
+                    e.kind.clone()
+                },
+            })
+            .collect();
         let events: Vec<crate::catalog::Interaction> = events
             .into_iter()
             .map(|e| crate::catalog::Interaction {
@@ -531,6 +595,10 @@ impl Recommender for Service {
                 e.record_events(events)
             })
             .await?;
+        // Only acknowledged events become feedback in the exposure log.
+        for f in feedback {
+            self.expose(f);
+        }
         Ok(Response::new(pb::RecordEventsResponse {
             recorded: n,
             sequence,

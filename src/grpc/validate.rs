@@ -129,6 +129,8 @@ pub(super) fn event(limits: &Limits, k: usize, e: &pb::Event) -> Result {
             limits.max_event_weight
         )));
     }
+    bounded(limits, &format!("events[{k}].request_id"), &e.request_id)?;
+    bounded(limits, &format!("events[{k}].kind"), &e.kind)?;
     if e.timestamp < 0 {
         return Err(Error::invalid(format!(
             "events[{k}].timestamp must not be negative, got {}",
@@ -176,6 +178,7 @@ mod tests {
             item_id: "1".into(),
             weight,
             timestamp,
+            ..Default::default()
         };
         for w in [f32::NAN, f32::INFINITY, -1.0, 1e30] {
             assert!(event(&l, 0, &ev(w, 0)).is_err(), "weight {w}");

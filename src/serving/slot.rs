@@ -33,6 +33,11 @@ impl EngineSlot {
         }
     }
 
+    /// The index root this slot serves.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// The engine to answer the next request with.
     pub fn get(&self) -> Arc<Engine> {
         self.current.read().clone()

@@ -47,9 +47,14 @@ impl Drop for Server {
 /// Starts `vecrec serve` over the sample index with `config`; `Err` with its
 /// stderr if it exits instead.
 fn start(config: &Path) -> Result<Server, String> {
+    start_on(&sample_index().root, config)
+}
+
+/// [`start`] over the index root `root`.
+fn start_on(root: &Path, config: &Path) -> Result<Server, String> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_vecrec"))
         .args(["serve", "--index"])
-        .arg(&sample_index().root)
+        .arg(root)
         .args(["--addr", "127.0.0.1:0", "--config"])
         .arg(config)
         .env("RUST_LOG", "warn")
@@ -267,4 +272,90 @@ async fn interleaving_marks_each_items_team() {
         }
     }
     assert!(both == users.len(), "every answer mixes both teams");
+}
+
+/// Every list served under the experiment and every event naming it are in
+/// the exposure log, joined by request id, after a SIGKILL that came well
+/// after the last commit (the crash-loss window is the commit window, 20 ms).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exposures_and_feedback_are_logged_and_survive_sigkill() {
+    use vecrec::exposure::{read_all, Entry};
+    let root = crate::common::copy_sample();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("vecrec.toml");
+    std::fs::write(&config, AB).unwrap();
+    let mut server = start_on(root.path(), &config).unwrap();
+    let mut c = client(&server.url).await;
+    let users: Vec<String> = favourites(&sample_index().data)
+        .into_iter()
+        .map(|x| x.0)
+        .take(20)
+        .collect();
+    let mut served = HashMap::new();
+    for (n, u) in users.iter().enumerate() {
+        let r = c
+            .recommend(pb::RecommendRequest {
+                user_id: u.clone(),
+                k: 5,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if n < 10 {
+            c.record_events(pb::RecordEventsRequest {
+                events: vec![pb::Event {
+                    user_id: u.clone(),
+                    item_id: r.items[0].item_id.clone(),
+                    request_id: r.request_id.clone(),
+                    kind: "click".into(),
+                    ..Default::default()
+                }],
+            })
+            .await
+            .unwrap();
+        }
+        served.insert(r.request_id.clone(), r);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server.child.kill().unwrap(); // SIGKILL
+    server.child.wait().unwrap();
+    let entries = read_all(root.path()).unwrap();
+    let mut exposures = 0;
+    let mut clicks = 0;
+    for e in &entries {
+        match e {
+            Entry::Exposure {
+                request_id,
+                user,
+                experiment,
+                arm,
+                forced,
+                items,
+                ..
+            } => {
+                let r = &served[request_id];
+                assert_eq!((experiment.as_str(), arm), ("rerank-off", &r.arm));
+                assert!(!forced);
+                assert!(users.contains(user));
+                let ids: Vec<&str> = items.iter().map(|s| s.item.as_str()).collect();
+                let want: Vec<&str> = r.items.iter().map(|s| s.item_id.as_str()).collect();
+                assert_eq!(ids, want);
+                assert_eq!(items[0].position, 1);
+                exposures += 1;
+            }
+            Entry::Feedback {
+                request_id,
+                item,
+                kind,
+                ..
+            } => {
+                let r = &served[request_id];
+                assert_eq!(item, &r.items[0].item_id, "joined to its exposure");
+                assert_eq!(kind, "click");
+                clicks += 1;
+            }
+        }
+    }
+    assert_eq!((exposures, clicks), (20, 10));
 }

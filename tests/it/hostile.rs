@@ -89,6 +89,7 @@ async fn the_findings_hostile_writes_are_refused_before_the_log() {
             item_id: ids[0].clone(),
             weight,
             timestamp: 0,
+            ..Default::default()
         }],
     };
     for w in [1e30, f32::NAN, f32::INFINITY, -1.0] {
@@ -309,6 +310,7 @@ async fn send(c: &mut Client, m: &mut Model, sample: &[String], w: Write) {
                         item_id: item,
                         weight,
                         timestamp,
+                        ..Default::default()
                     }],
                 })
                 .await;

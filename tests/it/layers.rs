@@ -19,7 +19,7 @@ const LAYERS: &[&[&str]] = &[
         "sample",
         "experiment",
     ],
-    &["nn", "encoder", "users", "live", "fusion"],
+    &["nn", "encoder", "users", "live", "fusion", "exposure"],
     &["retrieve", "rerank"],
     &["engine"],
     &["pipeline"],
