@@ -60,6 +60,19 @@ pub enum Entry {
         /// The list.
         items: Vec<Shown>,
     },
+    /// An experiment's definition as served from this time on (written
+    /// when a server first logs an exposure of it, and after a reload that
+    /// changed it), so the log describes itself.
+    Definition {
+        /// Milliseconds since the Unix epoch.
+        time_ms: u64,
+        /// The experiment.
+        experiment: String,
+        /// `ab` or `interleave`.
+        mode: String,
+        /// Arm names and shares, control first.
+        arms: Vec<(String, f64)>,
+    },
     /// Feedback on a served list.
     Feedback {
         /// The answer it is about.
@@ -323,7 +336,11 @@ mod tests {
         let got = read_all(dir.path()).unwrap();
         assert_eq!(got.len(), 200);
         assert_eq!(got[0], exposure(0).with_time(&got[0]));
-        assert_eq!(files(dir.path()).unwrap().len(), 4, "one file per commit over 2,000 bytes");
+        assert_eq!(
+            files(dir.path()).unwrap().len(),
+            4,
+            "one file per commit over 2,000 bytes"
+        );
         log.record(Entry::Feedback {
             request_id: "r3".into(),
             time_ms: now_ms(),

@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod admission;
+pub mod analysis;
 pub mod catalog;
 pub mod config;
 pub mod deadline;

@@ -70,6 +70,8 @@ pub struct Service {
     /// Where served lists and their feedback are logged (started on the
     /// first call that needs it).
     exposures: Arc<std::sync::OnceLock<Option<crate::exposure::ExposureLog>>>,
+    /// The experiment definitions already logged by this server.
+    defined: Arc<parking_lot::Mutex<std::collections::HashSet<String>>>,
 }
 
 /// Where a call's work runs, which decides whether it needs a CPU place.
@@ -112,6 +114,7 @@ impl Service {
             rates,
             experiments,
             exposures: Arc::new(std::sync::OnceLock::new()),
+            defined: Default::default(),
         }
     }
 
@@ -128,6 +131,25 @@ impl Service {
         });
         if let Some(l) = log {
             l.record(entry);
+        }
+    }
+
+    /// Logs `e`'s definition before its first exposure from this server,
+    /// and again whenever it changed (a reload).
+    fn define(&self, e: &crate::config::ExperimentConfig) {
+        let arms: Vec<(String, f64)> = e.arms.iter().map(|a| (a.name.clone(), a.share)).collect();
+        let mode = match e.mode {
+            crate::config::ExperimentMode::Ab => "ab",
+            crate::config::ExperimentMode::Interleave => "interleave",
+        };
+        let key = format!("{}\u{0}{mode}\u{0}{arms:?}", e.name);
+        if self.defined.lock().insert(key) {
+            self.expose(crate::exposure::Entry::Definition {
+                time_ms: crate::exposure::now_ms(),
+                experiment: e.name.clone(),
+                mode: mode.into(),
+                arms,
+            });
         }
     }
 
@@ -395,6 +417,7 @@ impl Recommender for Service {
             })
             .await?;
         if let Some(p) = &plan_logged {
+            self.define(&p.experiment);
             self.expose(crate::exposure::Entry::Exposure {
                 request_id: request_id.clone(),
                 time_ms: crate::exposure::now_ms(),

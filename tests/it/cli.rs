@@ -10,6 +10,7 @@ fn bin(name: &str) -> Command {
         "vecrec-build" => env!("CARGO_BIN_EXE_vecrec-build"),
         "vecrec-eval" => env!("CARGO_BIN_EXE_vecrec-eval"),
         "vecrec-admin" => env!("CARGO_BIN_EXE_vecrec-admin"),
+        "vecrec-experiment" => env!("CARGO_BIN_EXE_vecrec-experiment"),
         #[cfg(feature = "ann-bench")]
         "vecrec-ann-bench" => env!("CARGO_BIN_EXE_vecrec-ann-bench"),
         _ => env!("CARGO_BIN_EXE_vecrec-sample"),
@@ -24,6 +25,11 @@ fn every_binary_explains_itself() {
         ("vecrec-eval", vec!["--help"], "--write-split"),
         ("vecrec-sample", vec!["--help"], "--seed"),
         ("vecrec-admin", vec!["wal", "repair", "--help"], "--salvage"),
+        (
+            "vecrec-experiment",
+            vec!["report", "--help"],
+            "--experiment",
+        ),
     ];
     // Built with the comparison backends (`make test` enables them).
     if cfg!(feature = "ann-bench") {

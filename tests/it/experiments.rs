@@ -35,6 +35,9 @@ fusion = "rrf"
 struct Server {
     child: Child,
     url: String,
+    /// A private copy of the index, when the server has one (its exposure
+    /// log is written there, not into the shared sample).
+    _root: Option<tempfile::TempDir>,
 }
 
 impl Drop for Server {
@@ -44,10 +47,13 @@ impl Drop for Server {
     }
 }
 
-/// Starts `vecrec serve` over the sample index with `config`; `Err` with its
-/// stderr if it exits instead.
+/// Starts `vecrec serve` over a private copy of the sample index with
+/// `config`; `Err` with its stderr if it exits instead.
 fn start(config: &Path) -> Result<Server, String> {
-    start_on(&sample_index().root, config)
+    let root = crate::common::copy_sample();
+    let mut s = start_on(root.path(), config)?;
+    s._root = Some(root);
+    Ok(s)
 }
 
 /// [`start`] over the index root `root`.
@@ -73,6 +79,7 @@ fn start_on(root: &Path, config: &Path) -> Result<Server, String> {
         Some(addr) => Ok(Server {
             url: format!("http://{addr}"),
             child,
+            _root: None,
         }),
         None => {
             let _ = child.wait();
@@ -355,7 +362,55 @@ async fn exposures_and_feedback_are_logged_and_survive_sigkill() {
                 assert_eq!(kind, "click");
                 clicks += 1;
             }
+            Entry::Definition {
+                experiment, arms, ..
+            } => {
+                assert_eq!(experiment, "rerank-off");
+                assert_eq!(arms.len(), 2);
+            }
         }
     }
     assert_eq!((exposures, clicks), (20, 10));
+
+    // The report over the same log: the keys per arm, and counts that match.
+    let json = dir.path().join("report.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_vecrec-experiment"))
+        .args(["report", "--experiment", "rerank-off", "--index"])
+        .arg(root.path())
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let arms = r["arms"].as_array().unwrap();
+    assert_eq!(arms[0]["name"], "control");
+    let mut users = 0;
+    let mut total_clicks = 0;
+    for (i, a) in arms.iter().enumerate() {
+        for key in ["users", "requests", "exposures", "clicks", "ctr", "ctr_ci"] {
+            assert!(!a[key].is_null(), "arm {i} lacks {key}: {a}");
+        }
+        for key in [
+            "lift",
+            "lift_ci",
+            "p_value",
+            "sequential_p_value",
+            "srm_p_value",
+        ] {
+            assert_eq!(a[key].is_null(), i == 0, "{key} on arm {i}: {a}");
+        }
+        users += a["users"].as_u64().unwrap();
+        total_clicks += a["clicks"].as_u64().unwrap();
+        assert_eq!(
+            a["exposures"].as_u64().unwrap(),
+            5 * a["requests"].as_u64().unwrap()
+        );
+    }
+    assert_eq!((users, total_clicks), (20, 10));
+    assert!(r["srm_p_value"].as_f64().unwrap() > 0.0);
 }

@@ -20,7 +20,7 @@ const LAYERS: &[&[&str]] = &[
         "experiment",
     ],
     &["nn", "encoder", "users", "live", "fusion", "exposure"],
-    &["retrieve", "rerank"],
+    &["retrieve", "rerank", "analysis"],
     &["engine"],
     &["pipeline"],
     &["serving", "eval"],

@@ -1,0 +1,628 @@
+//! An experiment's report from its exposure log ([`crate::exposure`]):
+//! per arm, users, requests, exposed items, clicks, CTR, users with a
+//! click and the mean reciprocal rank of clicks; each treatment's lift over
+//! the control with a fixed-horizon p-value and an always-valid sequential
+//! one; a sample-ratio-mismatch check; and, in interleaving, per-user wins.
+//!
+//! Statistics are at the user level, the unit of assignment: a user's
+//! exposures are not independent, so CTR (clicks / exposed items, a ratio
+//! of two per-user sums) gets its variance by the delta method over users
+//! (Deng et al., "Applying the delta method in metric analytics", 2018).
+//! Lift is relative (`ctr_t / ctr_c − 1`); its interval and the z-test
+//! treat the arms as independent samples of users. The sequential p-value
+//! is mSPRT with a normal mixture (Johari, Pekelis & Walsh 2017): the
+//! likelihood ratio of the difference in CTR is evaluated at 20 time
+//! checkpoints and the p-value is the running minimum of its inverse, so
+//! looking at the report every day does not inflate false positives. The
+//! mixture's spread τ is 10% of the control's CTR. Forced requests are left
+//! out. Clicks are `Feedback` entries of kind `click`, one per item per
+//! request at most.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::Serialize;
+use statrs::distribution::{ChiSquared, ContinuousCDF, Normal};
+
+use crate::exposure::Entry;
+
+/// One arm's figures.
+#[derive(Clone, Debug, Serialize)]
+pub struct ArmReport {
+    /// Arm name.
+    pub name: String,
+    /// Its share in the latest definition.
+    pub share: f64,
+    /// Distinct users served this arm.
+    pub users: usize,
+    /// Lists served.
+    pub requests: usize,
+    /// Items shown, over all lists.
+    pub exposures: usize,
+    /// Clicks on shown items.
+    pub clicks: usize,
+    /// clicks / exposures.
+    pub ctr: f64,
+    /// 95% interval of `ctr` (delta method over users).
+    pub ctr_ci: [f64; 2],
+    /// Users with at least one click.
+    pub users_with_click: usize,
+    /// Mean of 1 / position over clicks.
+    pub mrr: f64,
+    /// Relative lift of CTR over the control (treatment arms only).
+    pub lift: Option<f64>,
+    /// 95% interval of `lift`.
+    pub lift_ci: Option<[f64; 2]>,
+    /// Two-sided fixed-horizon p-value of the difference in CTR.
+    pub p_value: Option<f64>,
+    /// Always-valid (mSPRT) p-value of the same difference.
+    pub sequential_p_value: Option<f64>,
+    /// The experiment's sample-ratio-mismatch p-value (the same on every
+    /// treatment arm, for the report's readers).
+    pub srm_p_value: Option<f64>,
+}
+
+/// The lift of the first treatment over time.
+#[derive(Clone, Debug, Serialize)]
+pub struct Checkpoint {
+    /// Milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    /// Users seen by then.
+    pub users: usize,
+    /// Relative lift of CTR then.
+    pub lift: f64,
+    /// Its 95% interval.
+    pub lift_ci: [f64; 2],
+}
+
+/// Interleaving results: per user, whether the treatment's team got more
+/// clicks over the user's lists than the control's (a win), fewer (a loss)
+/// or as many (a tie; users without clicks are not counted).
+#[derive(Clone, Debug, Serialize)]
+pub struct Interleaving {
+    /// Users preferring the treatment.
+    pub wins: usize,
+    /// Users preferring the control.
+    pub losses: usize,
+    /// Users with clicks and no preference.
+    pub ties: usize,
+    /// (wins + ties / 2) / (wins + losses + ties) − 1/2: positive favours the treatment.
+    pub preference: f64,
+    /// 95% interval of `preference`.
+    pub preference_ci: [f64; 2],
+    /// Two-sided sign-test p-value over users with a preference.
+    pub p_value: f64,
+}
+
+/// The whole report.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// The experiment.
+    pub experiment: String,
+    /// `ab` or `interleave`.
+    pub mode: String,
+    /// Control first.
+    pub arms: Vec<ArmReport>,
+    /// Chi-square p-value of users per arm against the shares.
+    pub srm_p_value: f64,
+    /// Whether that p-value is below 0.001: the split is broken and the
+    /// other figures should not be trusted.
+    pub srm_flag: bool,
+    /// In interleaving, the per-user preference.
+    pub interleaving: Option<Interleaving>,
+    /// The first treatment's lift at 20 checkpoints in time.
+    pub over_time: Vec<Checkpoint>,
+    /// Requests that forced an arm (left out of everything above).
+    pub forced_requests: usize,
+}
+
+/// Per-user sums of one arm.
+#[derive(Clone, Copy, Debug, Default)]
+struct UserSums {
+    requests: usize,
+    shown: usize,
+    clicks: usize,
+    rr: f64,
+}
+
+/// A ratio of sums over users with its delta-method variance.
+#[derive(Clone, Copy, Debug)]
+struct Ratio {
+    value: f64,
+    var: f64,
+}
+
+/// `Σc / Σn` over users and its variance (delta method).
+fn ratio(users: &[(f64, f64)]) -> Ratio {
+    let n = users.len() as f64;
+    if n < 2.0 {
+        let (c, s): (f64, f64) = users.iter().fold((0.0, 0.0), |a, u| (a.0 + u.0, a.1 + u.1));
+        return Ratio {
+            value: if s > 0.0 { c / s } else { 0.0 },
+            var: f64::INFINITY,
+        };
+    }
+    let mc = users.iter().map(|u| u.0).sum::<f64>() / n;
+    let ms = users.iter().map(|u| u.1).sum::<f64>() / n;
+    if ms <= 0.0 {
+        return Ratio {
+            value: 0.0,
+            var: f64::INFINITY,
+        };
+    }
+    let r = mc / ms;
+    let (mut vc, mut vs, mut cov) = (0.0, 0.0, 0.0);
+    for (c, s) in users {
+        vc += (c - mc) * (c - mc);
+        vs += (s - ms) * (s - ms);
+        cov += (c - mc) * (s - ms);
+    }
+    let d = n - 1.0;
+    let (vc, vs, cov) = (vc / d, vs / d, cov / d);
+    Ratio {
+        value: r,
+        var: (vc - 2.0 * r * cov + r * r * vs) / (n * ms * ms),
+    }
+}
+
+const Z95: f64 = 1.959_963_984_540_054;
+
+fn normal_p(z: f64) -> f64 {
+    let n = Normal::new(0.0, 1.0).expect("a standard normal");
+    (2.0 * (1.0 - n.cdf(z.abs()))).clamp(0.0, 1.0)
+}
+
+/// Relative lift of `t` over `c` with its interval, and the z-test p-value.
+fn lift(t: Ratio, c: Ratio) -> (f64, [f64; 2], f64) {
+    if c.value <= 0.0 || !(t.var + c.var).is_finite() {
+        return (f64::NAN, [f64::NAN, f64::NAN], 1.0);
+    }
+    let l = t.value / c.value - 1.0;
+    let var_rel = t.var / (c.value * c.value)
+        + t.value * t.value * c.var / (c.value * c.value * c.value * c.value);
+    let half = Z95 * var_rel.sqrt();
+    let se = (t.var + c.var).sqrt();
+    let p = if se > 0.0 {
+        normal_p((t.value - c.value) / se)
+    } else {
+        1.0
+    };
+    (l, [l - half, l + half], p)
+}
+
+/// The mSPRT likelihood ratio of a difference `delta` with variance `v`
+/// under a normal mixture of spread `tau`.
+fn msprt(delta: f64, v: f64, tau: f64) -> f64 {
+    let t2 = tau * tau;
+    if !(v > 0.0 && v.is_finite() && t2 > 0.0) {
+        return 0.0;
+    }
+    (v / (v + t2)).sqrt() * (delta * delta * t2 / (2.0 * v * (v + t2))).exp()
+}
+
+/// Chi-square p-value of `observed` counts against `shares`.
+fn srm(observed: &[usize], shares: &[f64]) -> f64 {
+    let total: usize = observed.iter().sum();
+    let sum_shares: f64 = shares.iter().sum();
+    if total == 0 || observed.len() < 2 || sum_shares <= 0.0 {
+        return 1.0;
+    }
+    let stat: f64 = observed
+        .iter()
+        .zip(shares)
+        .map(|(&o, &s)| {
+            let e = total as f64 * s / sum_shares;
+            if e > 0.0 {
+                (o as f64 - e).powi(2) / e
+            } else {
+                0.0
+            }
+        })
+        .sum();
+    let chi = ChiSquared::new((observed.len() - 1) as f64).expect("df ≥ 1");
+    (1.0 - chi.cdf(stat)).clamp(0.0, 1.0)
+}
+
+/// Two-sided sign-test p-value of `wins` against `losses` (normal
+/// approximation with continuity correction past 50 users, exact below).
+fn sign_test(wins: usize, losses: usize) -> f64 {
+    let n = wins + losses;
+    if n == 0 {
+        return 1.0;
+    }
+    let k = wins.min(losses);
+    if n <= 50 {
+        // Exact: 2 · P(X ≤ k) for X ~ Binomial(n, 1/2).
+        let mut p = 0.0;
+        let mut c = 1.0f64; // C(n, 0)
+        for i in 0..=k {
+            if i > 0 {
+                c *= (n - i + 1) as f64 / i as f64;
+            }
+            p += c;
+        }
+        return (2.0 * p / 2f64.powi(n as i32)).min(1.0);
+    }
+    let z = ((wins as f64 - losses as f64).abs() - 1.0) / (n as f64).sqrt();
+    normal_p(z.max(0.0))
+}
+
+/// The report of experiment `name` from the log's entries.
+pub fn report(entries: &[Entry], name: &str) -> Option<Report> {
+    // The latest definition gives the arms, their order and shares.
+    let (mode, arms) = entries.iter().rev().find_map(|e| match e {
+        Entry::Definition {
+            experiment,
+            mode,
+            arms,
+            ..
+        } if experiment == name => Some((mode.clone(), arms.clone())),
+        _ => None,
+    })?;
+    let arm_of: HashMap<&str, usize> = arms
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (a.0.as_str(), i))
+        .collect();
+    // Clicks per request: item → first click.
+    let mut clicked: HashMap<&str, HashSet<&str>> = HashMap::new();
+    for e in entries {
+        if let Entry::Feedback {
+            request_id,
+            item,
+            kind,
+            ..
+        } = e
+        {
+            if kind == "click" {
+                clicked.entry(request_id).or_default().insert(item);
+            }
+        }
+    }
+    let interleave = mode == "interleave";
+    let mut sums: Vec<BTreeMap<&str, UserSums>> = vec![BTreeMap::new(); arms.len()];
+    let mut first_seen: Vec<(u64, usize, &str)> = Vec::new();
+    let mut seen_users: HashSet<(usize, &str)> = HashSet::new();
+    let mut forced = 0;
+    // Interleaving: per user, treatment clicks minus control clicks.
+    let mut duel: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    for e in entries {
+        let Entry::Exposure {
+            request_id,
+            time_ms,
+            user,
+            experiment,
+            arm,
+            forced: f,
+            items,
+        } = e
+        else {
+            continue;
+        };
+        if experiment != name {
+            continue;
+        }
+        if *f {
+            forced += 1;
+            continue;
+        }
+        let clicks = clicked.get(request_id.as_str());
+        let is_click = |item: &str| clicks.is_some_and(|c| c.contains(item));
+        if interleave {
+            let d = duel.entry(user).or_default();
+            for s in items.iter().filter(|s| is_click(&s.item)) {
+                match arm_of.get(s.team.as_str()) {
+                    Some(0) => d.0 += 1,
+                    Some(_) => d.1 += 1,
+                    None => {}
+                }
+            }
+        }
+        // In interleaving every list counts for both teams' items: CTR per
+        // team is over the items that team placed.
+        let groups: Vec<(usize, Vec<&crate::exposure::Shown>)> = if interleave {
+            (0..arms.len())
+                .map(|a| {
+                    (
+                        a,
+                        items
+                            .iter()
+                            .filter(|s| arm_of.get(s.team.as_str()) == Some(&a))
+                            .collect(),
+                    )
+                })
+                .collect()
+        } else {
+            match arm_of.get(arm.as_str()) {
+                Some(&a) => vec![(a, items.iter().collect())],
+                None => continue,
+            }
+        };
+        for (a, shown) in groups {
+            let u = sums[a].entry(user).or_default();
+            u.requests += 1;
+            u.shown += shown.len();
+            for s in shown.iter().filter(|s| is_click(&s.item)) {
+                u.clicks += 1;
+                u.rr += 1.0 / s.position.max(1) as f64;
+            }
+            if seen_users.insert((a, user)) {
+                first_seen.push((*time_ms, a, user));
+            }
+        }
+    }
+    let ratio_of = |a: usize, upto: Option<&HashSet<(usize, &str)>>| {
+        let v: Vec<(f64, f64)> = sums[a]
+            .iter()
+            .filter(|(u, _)| upto.is_none_or(|s| s.contains(&(a, **u))))
+            .map(|(_, s)| (s.clicks as f64, s.shown as f64))
+            .collect();
+        ratio(&v)
+    };
+    let users: Vec<usize> = sums.iter().map(|s| s.len()).collect();
+    let shares: Vec<f64> = arms.iter().map(|a| a.1).collect();
+    let srm_p = if interleave {
+        1.0
+    } else {
+        srm(&users, &shares)
+    };
+    // Checkpoints: the users seen by 20 evenly spaced points in time.
+    first_seen.sort();
+    let mut over_time = Vec::new();
+    let mut seq_p: Vec<f64> = vec![1.0; arms.len()];
+    if !first_seen.is_empty() && !interleave {
+        for step in 1..=20 {
+            let upto = (first_seen.len() * step).div_ceil(20);
+            let set: HashSet<(usize, &str)> =
+                first_seen[..upto].iter().map(|x| (x.1, x.2)).collect();
+            let c = ratio_of(0, Some(&set));
+            for (a, p) in seq_p.iter_mut().enumerate().skip(1) {
+                let t = ratio_of(a, Some(&set));
+                let lr = msprt(t.value - c.value, t.var + c.var, 0.1 * c.value);
+                if lr > 0.0 {
+                    *p = p.min(1.0 / lr);
+                }
+                if a == 1 {
+                    let (l, ci, _) = lift(t, c);
+                    if l.is_finite() {
+                        over_time.push(Checkpoint {
+                            time_ms: first_seen[upto - 1].0,
+                            users: upto,
+                            lift: l,
+                            lift_ci: ci,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    let control = ratio_of(0, None);
+    let arm_reports = arms
+        .iter()
+        .enumerate()
+        .map(|(a, (arm, share))| {
+            let r = ratio_of(a, None);
+            let s = &sums[a];
+            let clicks: usize = s.values().map(|u| u.clicks).sum();
+            let half = Z95 * r.var.sqrt();
+            let treatment = (a > 0 && !interleave).then(|| lift(r, control));
+            ArmReport {
+                name: arm.clone(),
+                share: *share,
+                users: s.len(),
+                requests: s.values().map(|u| u.requests).sum(),
+                exposures: s.values().map(|u| u.shown).sum(),
+                clicks,
+                ctr: r.value,
+                ctr_ci: [r.value - half, r.value + half],
+                users_with_click: s.values().filter(|u| u.clicks > 0).count(),
+                mrr: if clicks > 0 {
+                    s.values().map(|u| u.rr).sum::<f64>() / clicks as f64
+                } else {
+                    0.0
+                },
+                lift: treatment.map(|t| t.0),
+                lift_ci: treatment.map(|t| t.1),
+                p_value: treatment.map(|t| t.2),
+                sequential_p_value: treatment.map(|_| seq_p[a]),
+                srm_p_value: treatment.map(|_| srm_p),
+            }
+        })
+        .collect();
+    let interleaving = interleave.then(|| {
+        let (mut wins, mut losses, mut ties) = (0, 0, 0);
+        let mut prefs = Vec::new();
+        for (c, t) in duel.values() {
+            if c + t == 0 {
+                continue;
+            }
+            let pref = match t.cmp(c) {
+                std::cmp::Ordering::Greater => {
+                    wins += 1;
+                    1.0
+                }
+                std::cmp::Ordering::Less => {
+                    losses += 1;
+                    0.0
+                }
+                std::cmp::Ordering::Equal => {
+                    ties += 1;
+                    0.5
+                }
+            };
+            prefs.push(pref);
+        }
+        let n = prefs.len() as f64;
+        let mean = if n > 0.0 {
+            prefs.iter().sum::<f64>() / n
+        } else {
+            0.5
+        };
+        let var = if n > 1.0 {
+            prefs.iter().map(|p| (p - mean).powi(2)).sum::<f64>() / (n - 1.0) / n
+        } else {
+            f64::INFINITY
+        };
+        let half = Z95 * var.sqrt();
+        Interleaving {
+            wins,
+            losses,
+            ties,
+            preference: mean - 0.5,
+            preference_ci: [mean - 0.5 - half, mean - 0.5 + half],
+            p_value: sign_test(wins, losses),
+        }
+    });
+    Some(Report {
+        experiment: name.to_owned(),
+        mode,
+        arms: arm_reports,
+        srm_p_value: srm_p,
+        srm_flag: srm_p < 0.001,
+        interleaving,
+        over_time,
+        forced_requests: forced,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exposure::Shown;
+
+    fn def(mode: &str) -> Entry {
+        Entry::Definition {
+            time_ms: 0,
+            experiment: "e".into(),
+            mode: mode.into(),
+            arms: vec![("control".into(), 0.5), ("b".into(), 0.5)],
+        }
+    }
+
+    /// `n` users in `arm`, each with one list of 10 items, of which the
+    /// first `clicks(u)` are clicked.
+    fn arm_entries(arm: &str, n: usize, clicks: impl Fn(usize) -> usize) -> Vec<Entry> {
+        let mut v = Vec::new();
+        for u in 0..n {
+            let rid = format!("{arm}-{u}");
+            v.push(Entry::Exposure {
+                request_id: rid.clone(),
+                time_ms: u as u64,
+                user: format!("{arm}-user-{u}"),
+                experiment: "e".into(),
+                arm: arm.into(),
+                forced: false,
+                items: (1..=10)
+                    .map(|p| Shown {
+                        item: format!("i{p}"),
+                        position: p,
+                        team: String::new(),
+                    })
+                    .collect(),
+            });
+            for p in 1..=clicks(u) {
+                v.push(Entry::Feedback {
+                    request_id: rid.clone(),
+                    time_ms: u as u64,
+                    user: format!("{arm}-user-{u}"),
+                    item: format!("i{p}"),
+                    kind: "click".into(),
+                });
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn counts_ctr_and_a_clear_lift() {
+        let mut log = vec![def("ab")];
+        log.extend(arm_entries("control", 400, |u| u % 3 / 2)); // 1 click every third user
+        log.extend(arm_entries("b", 400, |u| usize::from(u % 3 > 0))); // 2 of 3 users
+        let r = report(&log, "e").unwrap();
+        let (c, b) = (&r.arms[0], &r.arms[1]);
+        assert_eq!((c.users, c.requests, c.exposures), (400, 400, 4000));
+        assert_eq!(c.clicks, 133);
+        assert!((c.ctr - 133.0 / 4000.0).abs() < 1e-12);
+        assert!(c.ctr_ci[0] < c.ctr && c.ctr < c.ctr_ci[1]);
+        assert_eq!(b.clicks, 266);
+        assert_eq!(c.users_with_click, 133);
+        assert!((c.mrr - 1.0).abs() < 1e-12, "every click at position 1");
+        let lift = b.lift.unwrap();
+        assert!((lift - (266.0 / 133.0 - 1.0)).abs() < 1e-9);
+        assert!(b.lift_ci.unwrap()[0] > 0.0);
+        assert!(b.p_value.unwrap() < 1e-6);
+        assert!(b.sequential_p_value.unwrap() < 0.01);
+        assert!(b.sequential_p_value.unwrap() >= b.p_value.unwrap());
+        assert!(!r.srm_flag);
+        assert_eq!(r.over_time.len(), 20);
+    }
+
+    #[test]
+    fn equal_arms_show_no_lift_and_a_broken_split_is_flagged() {
+        let mut log = vec![def("ab")];
+        log.extend(arm_entries("control", 300, |u| u % 4 / 3));
+        log.extend(arm_entries("b", 300, |u| u % 4 / 3));
+        let r = report(&log, "e").unwrap();
+        let b = &r.arms[1];
+        assert!(b.lift.unwrap().abs() < 1e-9);
+        assert!(b.p_value.unwrap() > 0.99);
+        assert!(b.sequential_p_value.unwrap() > 0.5);
+        // 700 against 300 users at 50/50.
+        let mut log = vec![def("ab")];
+        log.extend(arm_entries("control", 700, |_| 0));
+        log.extend(arm_entries("b", 300, |_| 0));
+        let r = report(&log, "e").unwrap();
+        assert!(r.srm_p_value < 1e-6 && r.srm_flag);
+    }
+
+    #[test]
+    fn interleaving_counts_each_users_preference() {
+        let mut log = vec![def("interleave")];
+        for u in 0..40 {
+            let rid = format!("r{u}");
+            log.push(Entry::Exposure {
+                request_id: rid.clone(),
+                time_ms: u,
+                user: format!("user-{u}"),
+                experiment: "e".into(),
+                arm: "b".into(),
+                forced: false,
+                items: (1..=4)
+                    .map(|p| Shown {
+                        item: format!("i{p}"),
+                        position: p,
+                        team: if p % 2 == 1 { "control" } else { "b" }.into(),
+                    })
+                    .collect(),
+            });
+            // 30 users click b's item, 10 the control's.
+            let item = if u < 30 { "i2" } else { "i1" };
+            log.push(Entry::Feedback {
+                request_id: rid,
+                time_ms: u,
+                user: format!("user-{u}"),
+                item: item.into(),
+                kind: "click".into(),
+            });
+        }
+        let r = report(&log, "e").unwrap();
+        let i = r.interleaving.unwrap();
+        assert_eq!((i.wins, i.losses, i.ties), (30, 10, 0));
+        assert!((i.preference - 0.25).abs() < 1e-12);
+        // Exact two-sided binomial: 2 · P(X ≤ 10 | n = 40) ≈ 0.00222.
+        assert!((i.p_value - 0.002221).abs() < 2e-5, "{}", i.p_value);
+        assert_eq!(r.arms[1].clicks, 30);
+        assert_eq!(
+            r.arms[0].exposures, 80,
+            "two control items in each of 40 lists"
+        );
+    }
+
+    #[test]
+    fn the_sign_test_and_srm_match_known_values() {
+        assert!((sign_test(5, 5) - 1.0).abs() < 1e-12);
+        // 2 · P(X ≤ 1 | n = 10) = 2 · 11 / 1024.
+        assert!((sign_test(9, 1) - 22.0 / 1024.0).abs() < 1e-12);
+        // χ² of 550/450 at 50/50 is 10 with 1 df: p ≈ 0.001565.
+        assert!((srm(&[550, 450], &[0.5, 0.5]) - 0.001565).abs() < 1e-5);
+    }
+}
