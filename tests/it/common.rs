@@ -104,6 +104,19 @@ pub async fn serve_live(
     (addr, tx)
 }
 
+/// The first line a child process prints on its piped stdout (read byte by
+/// byte, so nothing after it is consumed), without the newline.
+pub fn first_line(child: &mut std::process::Child) -> String {
+    use std::io::Read;
+    let mut out = child.stdout.take().expect("a piped stdout");
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while out.read(&mut byte).unwrap_or(0) == 1 && byte[0] != b'\n' {
+        line.push(byte[0]);
+    }
+    String::from_utf8_lossy(&line).trim().to_owned()
+}
+
 /// The engine as configured by default (hybrid pipeline when the index has trained sources).
 pub fn engine(root: &Path) -> Arc<Engine> {
     Arc::new(Engine::open(root, Config::default(), Some(encoder())).unwrap())

@@ -68,14 +68,8 @@ fn start_on(root: &Path, config: &Path) -> Result<Server, String> {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let mut line = Vec::new();
-    let mut byte = [0u8; 1];
-    while out.read(&mut byte).unwrap_or(0) == 1 && byte[0] != b'\n' {
-        line.push(byte[0]);
-    }
-    let line = String::from_utf8_lossy(&line).to_string();
-    match line.trim().strip_prefix("listening on ") {
+    let line = crate::common::first_line(&mut child);
+    match line.strip_prefix("listening on ") {
         Some(addr) => Ok(Server {
             url: format!("http://{addr}"),
             child,
@@ -95,7 +89,7 @@ fn start_on(root: &Path, config: &Path) -> Result<Server, String> {
     }
 }
 
-async fn client(url: &str) -> RecommenderClient<tonic::transport::Channel> {
+async fn client(url: &str) -> Client {
     for _ in 0..200 {
         if let Ok(c) = RecommenderClient::connect(url.to_owned()).await {
             return c;
@@ -105,21 +99,24 @@ async fn client(url: &str) -> RecommenderClient<tonic::transport::Channel> {
     panic!("cannot connect to {url}");
 }
 
-async fn arms_of(
-    c: &mut RecommenderClient<tonic::transport::Channel>,
-    users: &[String],
-) -> HashMap<String, String> {
+type Client = RecommenderClient<tonic::transport::Channel>;
+
+/// Recommend for `user`, `k` items.
+async fn recommend(c: &mut Client, user: &str, k: u32) -> pb::RecommendResponse {
+    c.recommend(pb::RecommendRequest {
+        user_id: user.to_owned(),
+        k,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
+async fn arms_of(c: &mut Client, users: &[String]) -> HashMap<String, String> {
     let mut arms = HashMap::new();
     for u in users {
-        let r = c
-            .recommend(pb::RecommendRequest {
-                user_id: u.clone(),
-                k: 10,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let r = recommend(c, u, 10).await;
         assert_eq!(r.experiment, "rerank-off");
         assert_eq!(r.request_id.len(), 32);
         assert!(
@@ -256,15 +253,7 @@ async fn interleaving_marks_each_items_team() {
         .collect();
     let mut both = 0;
     for u in &users {
-        let r = c
-            .recommend(pb::RecommendRequest {
-                user_id: u.clone(),
-                k: 10,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let r = recommend(&mut c, u, 10).await;
         assert_eq!(r.arm, "no-rerank", "the plan names the treatment");
         assert_eq!(r.items.len(), 10);
         let teams: Vec<&str> = r.items.iter().map(|i| i.arm.as_str()).collect();
@@ -300,15 +289,7 @@ async fn exposures_and_feedback_are_logged_and_survive_sigkill() {
         .collect();
     let mut served = HashMap::new();
     for (n, u) in users.iter().enumerate() {
-        let r = c
-            .recommend(pb::RecommendRequest {
-                user_id: u.clone(),
-                k: 5,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let r = recommend(&mut c, u, 5).await;
         if n < 10 {
             c.record_events(pb::RecordEventsRequest {
                 events: vec![pb::Event {

@@ -4,7 +4,6 @@
 //! protection, a bound on connections, idle connections closed, and work
 //! for a caller who gave up stopped between encoder batches.
 
-use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -282,13 +281,7 @@ async fn the_certificate_is_reloaded_on_sighup() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let mut line = Vec::new();
-    let mut byte = [0u8; 1];
-    while out.read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {
-        line.push(byte[0]);
-    }
-    let line = String::from_utf8(line).unwrap();
+    let line = crate::common::first_line(&mut child);
     let addr: std::net::SocketAddr = line
         .trim()
         .strip_prefix("listening on ")
