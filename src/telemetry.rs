@@ -51,6 +51,10 @@ pub const CONNECTIONS_CLOSED: &str = "vecrec_connections_closed_total";
 pub const EXPERIMENT_REQUESTS: &str = "vecrec_experiment_requests_total";
 /// Latency of Recommend calls under an experiment, by experiment and arm.
 pub const EXPERIMENT_SECONDS: &str = "vecrec_experiment_request_duration_seconds";
+/// Items shown under an experiment, by experiment and arm.
+pub const EXPERIMENT_EXPOSURES: &str = "vecrec_experiment_exposures_total";
+/// Feedback events naming a served list, by kind (click, conversion, …).
+pub const EXPERIMENT_FEEDBACK: &str = "vecrec_experiment_feedback_total";
 /// Served-generation checksum scrubs, by result (ok, damaged).
 pub const SCRUBS: &str = "vecrec_scrubs_total";
 

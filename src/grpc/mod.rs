@@ -118,8 +118,27 @@ impl Service {
         }
     }
 
-    /// Hands `entry` to the exposure log, starting it on first use.
+    /// Hands `entry` to the exposure log, starting it on first use, and
+    /// counts it on /metrics.
     fn expose(&self, entry: crate::exposure::Entry) {
+        use crate::exposure::Entry;
+        match &entry {
+            Entry::Exposure {
+                experiment,
+                arm,
+                items,
+                ..
+            } => {
+                let labels = [("experiment", experiment.clone()), ("arm", arm.clone())];
+                metrics::counter!(telemetry::EXPERIMENT_EXPOSURES, &labels)
+                    .increment(items.len() as u64);
+            }
+            Entry::Feedback { kind, .. } => {
+                metrics::counter!(telemetry::EXPERIMENT_FEEDBACK, "kind" => kind.clone())
+                    .increment(1);
+            }
+            Entry::Definition { .. } => {}
+        }
         let log = self.exposures.get_or_init(|| {
             match crate::exposure::ExposureLog::start(self.slot.root(), Default::default()) {
                 Ok(l) => Some(l),
