@@ -353,14 +353,15 @@ where
         match self.auth.authorize(req.uri().path(), header) {
             Ok(caller) => {
                 if let Some(c) = req.extensions().get::<super::conn::ConnInfo>() {
-                    c.started();
-                    let c = c.clone();
+                    // Ends the call on its connection when the answer is
+                    // made or when the call is dropped (the client gave up),
+                    // so a cancelled call cannot keep the connection busy.
+                    let active = super::conn::Active::start(c.clone());
                     req.extensions_mut().insert(caller);
                     let fut = self.inner.call(req);
                     return Box::pin(async move {
-                        let r = fut.await;
-                        c.finished();
-                        r
+                        let _active = active;
+                        fut.await
                     });
                 }
                 req.extensions_mut().insert(caller);

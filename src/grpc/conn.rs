@@ -158,9 +158,28 @@ pub struct ConnInfo {
     activity: Arc<Activity>,
 }
 
+/// A call in progress on a connection: started when made, ended when
+/// dropped (answered or cancelled).
+#[derive(Debug)]
+pub(super) struct Active(ConnInfo);
+
+impl Active {
+    /// Marks a call started on `c`'s connection.
+    pub(super) fn start(c: ConnInfo) -> Self {
+        c.started();
+        Self(c)
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.finished();
+    }
+}
+
 impl ConnInfo {
     /// A call started on this connection.
-    pub(super) fn started(&self) {
+    fn started(&self) {
         self.activity.in_flight.fetch_add(1, Ordering::AcqRel);
         self.activity
             .last
@@ -168,7 +187,7 @@ impl ConnInfo {
     }
 
     /// A call ended on this connection.
-    pub(super) fn finished(&self) {
+    fn finished(&self) {
         self.activity
             .last
             .store(self.activity.now(), Ordering::Release);
@@ -427,4 +446,33 @@ pub fn incoming(
         }
     });
     ReceiverStream::new(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_dropped_before_its_answer_still_ends() {
+        let info = ConnInfo {
+            remote: None,
+            activity: Arc::new(Activity {
+                in_flight: AtomicUsize::new(0),
+                last: AtomicU64::new(0),
+                epoch: Instant::now(),
+            }),
+        };
+        let calls = || info.activity.in_flight.load(Ordering::Acquire);
+        let answered = Active::start(info.clone());
+        let cancelled = Active::start(info.clone());
+        assert_eq!(calls(), 2);
+        drop(answered);
+        // A future dropped mid-call (the client gave up) drops its guard.
+        let fut = async move {
+            let _active = cancelled;
+            std::future::pending::<()>().await
+        };
+        drop(fut);
+        assert_eq!(calls(), 0, "a cancelled call kept its connection busy");
+    }
 }
