@@ -131,6 +131,11 @@ fn file_name(n: u64) -> String {
 
 /// The log files under `root`, in order.
 pub fn files(root: &Path) -> Result<Vec<PathBuf>> {
+    Ok(numbered(root)?.into_iter().map(|x| x.1).collect())
+}
+
+/// The log files under `root` with their numbers, in order.
+fn numbered(root: &Path) -> Result<Vec<(u64, PathBuf)>> {
     let dir = root.join(EXPOSURE_DIR);
     let mut v: Vec<(u64, PathBuf)> = match std::fs::read_dir(&dir) {
         Ok(rd) => rd
@@ -149,7 +154,7 @@ pub fn files(root: &Path) -> Result<Vec<PathBuf>> {
         Err(e) => return Err(Error::io(&dir, e)),
     };
     v.sort();
-    Ok(v.into_iter().map(|x| x.1).collect())
+    Ok(v)
 }
 
 /// Every committed entry under `root`, oldest first (a torn frame at the
@@ -274,10 +279,7 @@ fn append(
     {
         let next = match out.take() {
             Some((_, n)) => n + 1,
-            None => files(root)?
-                .last()
-                .and_then(|p| p.file_name()?.to_str()?.get(10..16)?.parse::<u64>().ok())
-                .map_or(1, |n| n + 1),
+            None => numbered(root)?.last().map_or(1, |x| x.0 + 1),
         };
         let path = root.join(EXPOSURE_DIR).join(file_name(next));
         let (w, _) = Wal::open(&path)?;

@@ -31,7 +31,7 @@
 //! has folded into a generation (temp file, fsync, rename).
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use crate::error::{IndexError, Result};
@@ -123,15 +123,16 @@ fn padded(data: usize) -> usize {
     (data + FRAME_HEADER).div_ceil(SEGMENT) * SEGMENT
 }
 
-/// A whole log image: header, one frame per run of records, zero padding.
-fn image(records: &[(u64, &[u8])]) -> Vec<u8> {
+/// A whole log image: header, one frame per record, zero padding; and
+/// where its frames end (where the next append goes).
+fn image<'a>(records: impl IntoIterator<Item = &'a Record>) -> (Vec<u8>, usize) {
     let mut buf = header(VERSION).to_vec();
     for (seq, p) in records {
         encode_frame(&mut buf, *seq, &[p]);
     }
-    let len = padded(buf.len());
-    buf.resize(len, 0);
-    buf
+    let end = buf.len();
+    buf.resize(padded(end), 0);
+    (buf, end)
 }
 
 /// An intact frame found in a log image.
@@ -419,14 +420,9 @@ pub fn check(path: &Path) -> Result<Report> {
 /// append is left out, any other damage is an error. Returns the image, the
 /// number of the last record in it (0 if none) and how many it holds.
 pub fn intact_image(path: &Path, bytes: &[u8]) -> Result<(Vec<u8>, u64, usize)> {
-    let s = scan(path, bytes)?;
-    if let Some(d) = s.damage.filter(|d| !d.torn_tail) {
-        return Err(corrupt(path, format!("at byte {}: {}", d.offset, d.reason)));
-    }
-    let records: Vec<Record> = s.frames.into_iter().flat_map(|f| f.records).collect();
-    let kept: Vec<(u64, &[u8])> = records.iter().map(|(s, p)| (*s, p.as_slice())).collect();
+    let records = read_records(path, bytes)?;
     Ok((
-        image(&kept),
+        image(&records).0,
         records.last().map_or(0, |r| r.0),
         records.len(),
     ))
@@ -472,14 +468,9 @@ pub fn repair(path: &Path) -> Result<Repaired> {
         .map_or(0, |d| d.as_secs());
     let backup = path.with_extension(format!("log.damaged-{secs}"));
     crate::generation::write_atomic(&backup, &bytes)?;
-    let kept: Vec<(u64, &[u8])> = prefix
-        .iter()
-        .chain(&after)
-        .map(|(s, p)| (*s, p.as_slice()))
-        .collect();
-    crate::generation::write_atomic(path, &image(&kept))?;
+    crate::generation::write_atomic(path, &image(prefix.iter().chain(&after)).0)?;
     Ok(Repaired {
-        kept: kept.len(),
+        kept: prefix.len() + after.len(),
         salvaged: after.len(),
         backup,
     })
@@ -496,7 +487,7 @@ impl Wal {
         if !path.exists() {
             // Created whole (temp file, rename), so a crash cannot leave a
             // log shorter than its header behind.
-            crate::generation::write_atomic(path, &image(&[]))?;
+            crate::generation::write_atomic(path, &image([]).0)?;
         }
         let bytes = read_all(path)?;
         let s = scan(path, &bytes)?;
@@ -523,13 +514,16 @@ impl Wal {
                 ),
             ));
         }
-        if s.version != VERSION || s.damage.is_some() {
+        let (end, len) = if s.version != VERSION || s.damage.is_some() {
             // A version-1 log, or the torn frame of an append that was never
             // acknowledged: rewrite the intact records as a clean image.
-            let kept: Vec<(u64, &[u8])> = records.iter().map(|(s, p)| (*s, p.as_slice())).collect();
-            crate::generation::write_atomic(path, &image(&kept))?;
-        }
-        let mut wal = Self {
+            let (buf, end) = image(&records);
+            crate::generation::write_atomic(path, &buf)?;
+            (end, buf.len())
+        } else {
+            (s.end, bytes.len())
+        };
+        let wal = Self {
             path: path.to_owned(),
             file: OpenOptions::new()
                 .read(true)
@@ -537,30 +531,11 @@ impl Wal {
                 .open(path)
                 .map_err(|e| io(path, e))?,
             next_seq: last_seq + 1,
-            end: 0,
-            len: 0,
+            end: end as u64,
+            len: len as u64,
             cut: s.damage.map(|d| d.offset),
         };
-        wal.locate_end()?;
         Ok((wal, records))
-    }
-
-    /// Finds where the next frame goes in the (clean) file.
-    fn locate_end(&mut self) -> Result<()> {
-        let mut bytes = Vec::new();
-        self.file
-            .seek(SeekFrom::Start(0))
-            .map_err(|e| io(&self.path, e))?;
-        self.file
-            .read_to_end(&mut bytes)
-            .map_err(|e| io(&self.path, e))?;
-        let s = scan(&self.path, &bytes)?;
-        if s.damage.is_some() {
-            return Err(corrupt(&self.path, "damaged right after a rewrite".into()));
-        }
-        self.end = s.end as u64;
-        self.len = bytes.len() as u64;
-        Ok(())
     }
 
     /// The byte offset at which [`Wal::open`] cut off the torn frame of an
@@ -646,28 +621,19 @@ impl Wal {
     /// Rewrites the log keeping only records with `seq > applied` (a temp
     /// file, fsynced, renamed over the log); returns how many it kept.
     pub fn retain_after(&mut self, applied: u64) -> Result<usize> {
-        let bytes = read_all(&self.path)?;
-        let s = scan(&self.path, &bytes)?;
-        if let Some(d) = s.damage.filter(|d| !d.torn_tail) {
-            return Err(corrupt(
-                &self.path,
-                format!("at byte {}: {}", d.offset, d.reason),
-            ));
-        }
-        let records: Vec<Record> = s.frames.into_iter().flat_map(|f| f.records).collect();
-        let kept: Vec<(u64, &[u8])> = records
-            .iter()
-            .filter(|r| r.0 > applied)
-            .map(|(s, p)| (*s, p.as_slice()))
-            .collect();
-        crate::generation::write_atomic(&self.path, &image(&kept))?;
+        let records = read_records(&self.path, &read_all(&self.path)?)?;
+        let kept = records.iter().filter(|r| r.0 > applied);
+        let n = kept.clone().count();
+        let (buf, end) = image(kept);
+        crate::generation::write_atomic(&self.path, &buf)?;
         self.file = OpenOptions::new()
             .read(true)
             .write(true)
             .open(&self.path)
             .map_err(|e| io(&self.path, e))?;
-        self.locate_end()?;
-        Ok(kept.len())
+        self.end = end as u64;
+        self.len = buf.len() as u64;
+        Ok(n)
     }
 }
 

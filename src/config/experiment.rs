@@ -19,6 +19,16 @@ pub enum ExperimentMode {
     Interleave,
 }
 
+impl ExperimentMode {
+    /// The name the config and the exposure log use.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExperimentMode::Ab => "ab",
+            ExperimentMode::Interleave => "interleave",
+        }
+    }
+}
+
 /// One experiment.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

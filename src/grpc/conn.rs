@@ -178,6 +178,18 @@ impl Drop for Active {
 }
 
 impl ConnInfo {
+    /// A new connection's: no call yet, idle from now.
+    fn new(remote: Option<SocketAddr>) -> Self {
+        Self {
+            remote,
+            activity: Arc::new(Activity {
+                in_flight: AtomicUsize::new(0),
+                last: AtomicU64::new(0),
+                epoch: Instant::now(),
+            }),
+        }
+    }
+
     /// A call started on this connection.
     fn started(&self) {
         self.activity.in_flight.fetch_add(1, Ordering::AcqRel);
@@ -339,15 +351,10 @@ pub fn raise_open_file_limit() -> Option<u64> {
 /// Binds `addr` with a listen backlog of `backlog` (port 0 picks a free
 /// port).
 pub fn bind_with_backlog(addr: &str, backlog: u32) -> Result<TcpListener> {
-    let sa: SocketAddr = addr
-        .parse()
-        .or_else(|_| {
-            std::net::ToSocketAddrs::to_socket_addrs(addr)
-                .ok()
-                .and_then(|mut a| a.next())
-                .ok_or(())
-        })
-        .map_err(|_| Error::Config(format!("cannot resolve listen address {addr:?}")))?;
+    let sa: SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(addr)
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| Error::Config(format!("cannot resolve listen address {addr:?}")))?;
     let io = |e: std::io::Error| Error::Config(format!("cannot listen on {addr}: {e}"));
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(sa),
@@ -413,31 +420,19 @@ pub fn incoming(
                     None => Io::Plain(stream),
                     Some(a) => match tokio::time::timeout(handshake, a.accept(stream)).await {
                         Ok(Ok(s)) => Io::Tls(Box::new(s)),
-                        Ok(Err(e)) => {
-                            tracing::debug!(%remote, error = %e, "TLS handshake failed");
-                            metrics::counter!(telemetry::CONNECTIONS_CLOSED, "reason" => "handshake")
-                                .increment(1);
-                            return;
-                        }
-                        Err(_) => {
+                        failed => {
+                            // A handshake error, or none within the timeout.
+                            tracing::debug!(%remote, ?failed, "TLS handshake failed");
                             metrics::counter!(telemetry::CONNECTIONS_CLOSED, "reason" => "handshake")
                                 .increment(1);
                             return;
                         }
                     },
                 };
-                let activity = Arc::new(Activity {
-                    in_flight: AtomicUsize::new(0),
-                    last: AtomicU64::new(0),
-                    epoch: Instant::now(),
-                });
                 metrics::gauge!(telemetry::CONNECTIONS).increment(1.0);
                 let conn = Conn {
                     io,
-                    info: ConnInfo {
-                        remote: Some(remote),
-                        activity,
-                    },
+                    info: ConnInfo::new(Some(remote)),
                     idle: idle.map(|d| (d, Box::pin(tokio::time::sleep(d)))),
                     _permit: permit,
                 };
@@ -454,14 +449,7 @@ mod tests {
 
     #[test]
     fn a_call_dropped_before_its_answer_still_ends() {
-        let info = ConnInfo {
-            remote: None,
-            activity: Arc::new(Activity {
-                in_flight: AtomicUsize::new(0),
-                last: AtomicU64::new(0),
-                epoch: Instant::now(),
-            }),
-        };
+        let info = ConnInfo::new(None);
         let calls = || info.activity.in_flight.load(Ordering::Acquire);
         let answered = Active::start(info.clone());
         let cancelled = Active::start(info.clone());

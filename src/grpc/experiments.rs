@@ -20,7 +20,7 @@ use crate::experiment::{self, Team};
 #[derive(Debug, Default)]
 pub struct Experiments {
     file: Option<PathBuf>,
-    list: RwLock<Arc<Vec<ExperimentConfig>>>,
+    list: RwLock<Arc<Vec<Arc<ExperimentConfig>>>>,
 }
 
 /// What a call is served under.
@@ -42,12 +42,17 @@ pub struct Served {
     pub arm: String,
 }
 
+/// Each experiment behind its own `Arc`, so a call's plan shares it.
+fn shared(list: Vec<ExperimentConfig>) -> Vec<Arc<ExperimentConfig>> {
+    list.into_iter().map(Arc::new).collect()
+}
+
 impl Experiments {
     /// The experiments of `cfg`; `file` is the config file re-read on reload.
     pub fn new(cfg: &Config, file: Option<PathBuf>) -> Self {
         Self {
             file,
-            list: RwLock::new(Arc::new(cfg.experiments.clone())),
+            list: RwLock::new(Arc::new(shared(cfg.experiments.clone()))),
         }
     }
 
@@ -59,7 +64,7 @@ impl Experiments {
         };
         let cfg = Config::load(Some(file))?;
         let n = cfg.experiments.len();
-        *self.list.write() = Arc::new(cfg.experiments);
+        *self.list.write() = Arc::new(shared(cfg.experiments));
         Ok(n)
     }
 
@@ -96,7 +101,7 @@ impl Experiments {
             _ => arm,
         };
         Ok(Some(Plan {
-            experiment: Arc::new(e.clone()),
+            experiment: e.clone(),
             arm,
             forced,
         }))

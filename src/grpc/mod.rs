@@ -70,8 +70,8 @@ pub struct Service {
     /// Where served lists and their feedback are logged (started on the
     /// first call that needs it).
     exposures: Arc<std::sync::OnceLock<Option<crate::exposure::ExposureLog>>>,
-    /// The experiment definitions already logged by this server.
-    defined: Arc<parking_lot::Mutex<std::collections::HashSet<String>>>,
+    /// The experiment whose definition this server logged last.
+    defined: Arc<parking_lot::Mutex<Option<Arc<crate::config::ExperimentConfig>>>>,
 }
 
 /// Where a call's work runs, which decides whether it needs a CPU place.
@@ -99,7 +99,7 @@ impl Service {
     pub fn new(slot: Arc<EngineSlot>, cfg: &ServerConfig) -> Self {
         let max_wait =
             (cfg.max_queue_wait_ms > 0).then(|| Duration::from_millis(cfg.max_queue_wait_ms));
-        let rates = Arc::new(auth::Rates::new(&slot_security(&slot)));
+        let rates = Arc::new(auth::Rates::new(&slot.get().config().security));
         let experiments = Arc::new(experiments::Experiments::new(slot.get().config(), None));
         Self {
             slot,
@@ -154,30 +154,21 @@ impl Service {
     }
 
     /// Logs `e`'s definition before its first exposure from this server,
-    /// and again whenever it changed (a reload).
-    fn define(&self, e: &crate::config::ExperimentConfig) {
-        let arms: Vec<(String, f64)> = e.arms.iter().map(|a| (a.name.clone(), a.share)).collect();
-        let mode = match e.mode {
-            crate::config::ExperimentMode::Ab => "ab",
-            crate::config::ExperimentMode::Interleave => "interleave",
-        };
-        let key = format!("{}\u{0}{mode}\u{0}{arms:?}", e.name);
-        if self.defined.lock().insert(key) {
-            self.expose(crate::exposure::Entry::Definition {
-                time_ms: crate::exposure::now_ms(),
-                experiment: e.name.clone(),
-                mode: mode.into(),
-                arms,
-            });
+    /// and again after each reload (a reload makes a new `Arc`).
+    fn define(&self, e: &Arc<crate::config::ExperimentConfig>) {
+        {
+            let mut last = self.defined.lock();
+            if last.as_ref().is_some_and(|l| Arc::ptr_eq(l, e)) {
+                return;
+            }
+            *last = Some(e.clone());
         }
-    }
-
-    /// Waits until every exposure and feedback handed over is committed.
-    pub fn flush_exposures(&self) -> crate::error::Result<()> {
-        match self.exposures.get() {
-            Some(Some(l)) => l.flush(),
-            _ => Ok(()),
-        }
+        self.expose(crate::exposure::Entry::Definition {
+            time_ms: crate::exposure::now_ms(),
+            experiment: e.name.clone(),
+            mode: e.mode.name().into(),
+            arms: e.arms.iter().map(|a| (a.name.clone(), a.share)).collect(),
+        });
     }
 
     /// This service with its experiments re-read from `file` on reload.
@@ -254,13 +245,13 @@ impl Service {
                 Work::Inline | Work::Encoder => &self.admission,
             };
             let permit = line.admit(rpc, deadline).await?;
-            self.slot.get().index().check_damage()?;
+            let engine = self.slot.get();
+            engine.index().check_damage()?;
             if work == Work::Inline {
                 deadline.check("start")?;
                 let _permit = permit;
-                return f(&self.slot.get(), deadline);
+                return f(&engine, deadline);
             }
-            let engine = self.slot.get();
             tokio::task::spawn_blocking(move || {
                 let _permit = permit;
                 deadline.check("start")?;
@@ -274,11 +265,6 @@ impl Service {
         observe(rpc, started, result.as_ref().err());
         result
     }
-}
-
-/// The security settings of the engine in `slot`.
-fn slot_security(slot: &EngineSlot) -> crate::config::SecurityConfig {
-    slot.get().config().security.clone()
 }
 
 /// Counts a write refused for its caller's rate.
@@ -400,8 +386,9 @@ impl Recommender for Service {
     ) -> Result<Response<pb::RecommendResponse>, Status> {
         let deadline = self.deadline(&req);
         let r = req.into_inner();
-        validate::recommend(&self.limits(), &r)?;
-        validate::id_or_empty(&self.limits(), "force_arm", &r.force_arm)?;
+        let limits = self.limits();
+        validate::recommend(&limits, &r)?;
+        validate::id_or_empty(&limits, "force_arm", &r.force_arm)?;
         let filter = to_filter(r.filter)?;
         let plan = self.experiments.plan(&r.user_id, &r.force_arm)?;
         let request_id = crate::experiment::request_id();
@@ -653,9 +640,10 @@ impl Recommender for Service {
     ) -> Result<Response<pb::GetItemResponse>, Status> {
         let started = Instant::now();
         let id = req.into_inner().id;
-        let meta = validate::id(&self.limits(), "id", &id)
-            .and_then(|()| Ok(self.slot.get().index().check_damage()?))
-            .and_then(|()| self.slot.get().item_meta(&id))
+        let engine = self.slot.get();
+        let meta = validate::id(&engine.config().limits, "id", &id)
+            .and_then(|()| Ok(engine.index().check_damage()?))
+            .and_then(|()| engine.item_meta(&id))
             .map_err(Status::from);
         observe("GetItem", started, meta.as_ref().err());
         let meta = meta?;
@@ -710,17 +698,11 @@ pub async fn serve_with_config_file(
         .set_serving::<RecommenderServer<Service>>()
         .await;
     let scrub_now = Arc::new(tokio::sync::Notify::new());
-    let reload = Reload {
-        tls: tls.clone(),
-        auth: auth.clone(),
-        scrub: scrub_now.clone(),
-        experiments: None,
-    };
     let scrubber = tokio::spawn(scrub_loop(
         slot.clone(),
         (cfg.scrub_interval_s > 0).then(|| Duration::from_secs(cfg.scrub_interval_s)),
         health_reporter,
-        scrub_now,
+        scrub_now.clone(),
     ));
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -732,10 +714,11 @@ pub async fn serve_with_config_file(
         .build_v1alpha()?;
     let gauges = tokio::spawn(report_gauges(slot.clone()));
     let service = Service::new(slot, &cfg).with_config_file(config_file);
-    let experiments = service.experiments.clone();
     let reloader = tokio::spawn(reload_on_hangup(Reload {
-        experiments: Some(experiments),
-        ..reload
+        tls: tls.clone(),
+        auth: auth.clone(),
+        scrub: scrub_now,
+        experiments: service.experiments.clone(),
     }));
     tracing::info!(
         in_flight = service.admission().in_flight_limit(),
@@ -832,7 +815,7 @@ struct Reload {
     tls: Tls,
     auth: auth::Auth,
     scrub: Arc<tokio::sync::Notify>,
-    experiments: Option<Arc<experiments::Experiments>>,
+    experiments: Arc<experiments::Experiments>,
 }
 
 /// Re-reads the TLS files, the token file and the experiments on every
@@ -867,12 +850,10 @@ async fn reload_on_hangup(r: Reload) {
                     tracing::error!(error = %e, "SIGHUP: token file not reloaded; the old tokens stay")
                 }
             }
-            if let Some(x) = &experiments {
-                match x.reload() {
-                    Ok(n) => tracing::info!(experiments = n, "SIGHUP: experiments reloaded"),
-                    Err(e) => {
-                        tracing::error!(error = %e, "SIGHUP: experiments refused; the running ones stay")
-                    }
+            match experiments.reload() {
+                Ok(n) => tracing::info!(experiments = n, "SIGHUP: experiments reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: experiments refused; the running ones stay")
                 }
             }
         }
