@@ -62,8 +62,9 @@ EOF
 )"
 
 # Debian packages the build needs: cmake and a BLAS for FAISS (the `faiss`
-# feature builds it from source); the rest is added below only when missing.
-APT_PACKAGES=(cmake libopenblas-dev)
+# feature builds it from source) and a font for the PNG plots of the tools;
+# the rest is added below only when missing.
+APT_PACKAGES=(cmake libopenblas-dev fonts-dejavu-core)
 
 # --- helpers ------------------------------------------------------------------
 

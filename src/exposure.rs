@@ -24,6 +24,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use vecrec_index::wal::{self, Wal};
 
+use crate::config::ExperimentConfig;
 use crate::error::{Error, Result};
 use crate::layout::EXPOSURE_DIR;
 
@@ -86,6 +87,60 @@ pub enum Entry {
         /// `click`, `conversion`, or any other name.
         kind: String,
     },
+}
+
+impl Entry {
+    /// The exposure of a list served under `plan`'s experiment and arm:
+    /// `items` in order as (item id, team; empty outside interleaving).
+    pub fn served<'a>(
+        request_id: &str,
+        time_ms: u64,
+        user: &str,
+        experiment: &ExperimentConfig,
+        arm: usize,
+        forced: bool,
+        items: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Self {
+        Entry::Exposure {
+            request_id: request_id.to_owned(),
+            time_ms,
+            user: user.to_owned(),
+            experiment: experiment.name.clone(),
+            arm: experiment.arms[arm].name.clone(),
+            forced,
+            items: items
+                .into_iter()
+                .enumerate()
+                .map(|(i, (item, team))| Shown {
+                    item: item.to_owned(),
+                    position: i as u32 + 1,
+                    team: team.to_owned(),
+                })
+                .collect(),
+        }
+    }
+
+    /// `e`'s definition as served from `time_ms` on.
+    pub fn definition(e: &ExperimentConfig, time_ms: u64) -> Self {
+        Entry::Definition {
+            time_ms,
+            experiment: e.name.clone(),
+            mode: e.mode.name().into(),
+            arms: e.arms.iter().map(|a| (a.name.clone(), a.share)).collect(),
+        }
+    }
+
+    /// A click (or other `kind`; empty means click) by `user` on `item` of
+    /// the list `request_id` answered.
+    pub fn feedback(request_id: &str, time_ms: u64, user: &str, item: &str, kind: &str) -> Self {
+        Entry::Feedback {
+            request_id: request_id.to_owned(),
+            time_ms,
+            user: user.to_owned(),
+            item: item.to_owned(),
+            kind: if kind.is_empty() { "click" } else { kind }.to_owned(),
+        }
+    }
 }
 
 /// Now, in milliseconds since the Unix epoch.

@@ -33,6 +33,7 @@ pub mod retrieve;
 pub mod runtime;
 pub mod sample;
 pub mod serving;
+pub mod simulation;
 pub mod telemetry;
 pub mod users;
 

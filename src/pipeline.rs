@@ -77,7 +77,9 @@ pub struct BuildReport {
     pub total_seconds: f64,
 }
 
-fn bar(len: usize, msg: &'static str, on: bool) -> ProgressBar {
+/// A progress bar of `len` steps with rate and ETA, or a hidden one when
+/// `on` is false.
+pub fn bar(len: usize, msg: impl Into<std::borrow::Cow<'static, str>>, on: bool) -> ProgressBar {
     if !on {
         return ProgressBar::hidden();
     }

@@ -53,7 +53,9 @@ pub const EXPERIMENT_REQUESTS: &str = "vecrec_experiment_requests_total";
 pub const EXPERIMENT_SECONDS: &str = "vecrec_experiment_request_duration_seconds";
 /// Items shown under an experiment, by experiment and arm.
 pub const EXPERIMENT_EXPOSURES: &str = "vecrec_experiment_exposures_total";
-/// Feedback events naming a served list, by kind (click, conversion, …).
+/// Feedback events naming a served list, by experiment, arm (in
+/// interleaving the team that placed the item; `unknown` for a list served
+/// before a restart or too long ago) and kind (click, conversion, …).
 pub const EXPERIMENT_FEEDBACK: &str = "vecrec_experiment_feedback_total";
 /// Served-generation checksum scrubs, by result (ok, damaged).
 pub const SCRUBS: &str = "vecrec_scrubs_total";

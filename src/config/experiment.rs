@@ -5,7 +5,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Config, FusionMethod};
+use std::path::PathBuf;
+
+use super::{Config, FusionMethod, RerankKind};
 
 /// How an experiment compares its arms.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,6 +82,15 @@ pub struct ArmConfig {
     pub als_weight: Option<f32>,
     /// `hybrid.two_tower_weight`.
     pub two_tower_weight: Option<f32>,
+    /// `rerank.kind`: `din` (the generation's cross-attention model) or
+    /// `cross_encoder` (this arm's `cross_encoder_model`).
+    pub rerank_kind: Option<RerankKind>,
+    /// The arm's cross-encoder ONNX file (with `rerank_kind = "cross_encoder"`),
+    /// loaded when the experiments are loaded.
+    pub cross_encoder_model: Option<PathBuf>,
+    /// Its tokenizer.json; default: the served `[rerank]` one, else the
+    /// sentence encoder's.
+    pub cross_encoder_tokenizer: Option<PathBuf>,
 }
 
 impl ArmConfig {
@@ -104,6 +115,15 @@ impl ArmConfig {
         set(&mut h.als_weight, self.als_weight);
         set(&mut h.two_tower_weight, self.two_tower_weight);
         set(&mut cfg.rerank.weight, self.rerank_weight);
+        if let Some(k) = self.rerank_kind {
+            cfg.rerank.kind = k;
+        }
+        if let Some(m) = &self.cross_encoder_model {
+            cfg.rerank.cross_encoder_model = Some(m.clone());
+        }
+        if let Some(t) = &self.cross_encoder_tokenizer {
+            cfg.rerank.cross_encoder_tokenizer = Some(t.clone());
+        }
         if let Some(n) = self.rerank_candidates {
             cfg.rerank.candidates = n;
         }
@@ -172,6 +192,17 @@ pub fn validate(list: &[ExperimentConfig]) -> Result<(), String> {
                     }
                 }
             }
+            let cross = a.rerank_kind == Some(RerankKind::CrossEncoder);
+            if cross && a.cross_encoder_model.is_none() {
+                return Err(format!(
+                    "{at}: rerank_kind = \"cross_encoder\" needs cross_encoder_model"
+                ));
+            }
+            if !cross && (a.cross_encoder_model.is_some() || a.cross_encoder_tokenizer.is_some()) {
+                return Err(format!(
+                    "{at}: cross_encoder_model and cross_encoder_tokenizer need rerank_kind = \"cross_encoder\""
+                ));
+            }
             if a.candidates == Some(0) || a.rerank_candidates == Some(0) {
                 return Err(format!(
                     "{at}: candidates and rerank_candidates must be ≥ 1"
@@ -230,6 +261,15 @@ mod tests {
         assert_eq!(c.rerank.weight, 0.0);
         assert_eq!(c.hybrid.fusion, FusionMethod::Rrf);
         assert_eq!(c.hybrid.ease_weight, Config::default().hybrid.ease_weight);
+        let cross = GOOD.replace(
+            "fusion = \"rrf\"",
+            "rerank_kind = \"cross_encoder\"\n        cross_encoder_model = \"ce.onnx\"",
+        );
+        let cfg = parse(&cross).unwrap();
+        let mut c = Config::default();
+        cfg.experiments[0].arms[1].apply(&mut c);
+        assert_eq!(c.rerank.kind, RerankKind::CrossEncoder);
+        assert_eq!(c.rerank.cross_encoder_model, Some(PathBuf::from("ce.onnx")));
     }
 
     #[test]
@@ -265,5 +305,11 @@ mod tests {
             .replace("share = 0.5\n        rerank", "share = 0.3\n        rerank")
         );
         assert!(parse(&three).unwrap_err().contains("exactly two arms"));
+        let no_model = GOOD.replace("fusion = \"rrf\"", "rerank_kind = \"cross_encoder\"");
+        assert!(parse(&no_model)
+            .unwrap_err()
+            .contains("needs cross_encoder_model"));
+        let stray = GOOD.replace("fusion = \"rrf\"", "cross_encoder_model = \"m.onnx\"");
+        assert!(parse(&stray).unwrap_err().contains("need rerank_kind"));
     }
 }

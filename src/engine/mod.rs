@@ -24,6 +24,7 @@ mod sources;
 mod tests;
 mod writes;
 
+pub(crate) use sources::open_cross_encoder;
 pub use sources::Source;
 use sources::{timed, Trained};
 
@@ -93,6 +94,7 @@ pub struct Engine {
     trained: Option<Arc<Trained>>,
     live: Option<Arc<Live>>,
     applied_seq: u64,
+    arm_reranker: Option<Arc<Reranker>>,
 }
 
 /// The `internal` id of an item upserted since the generation was built (it
@@ -139,6 +141,7 @@ impl Engine {
             trained: trained.map(Arc::new),
             live: None,
             applied_seq,
+            arm_reranker: None,
         })
     }
 
@@ -230,8 +233,9 @@ impl Engine {
     /// This engine with the settings `change` makes to its config: the same
     /// generation, encoder and live log, shared, not copied. The per-request
     /// variants of an experiment's arms are made this way. Settings read only
-    /// at open (the encoder, the reranker's kind and files, limits) keep
-    /// their opened values.
+    /// at open (the encoder, the cross-encoder's files, limits) keep their
+    /// opened values; `rerank.kind` picks among the rerankers opened (an
+    /// arm's own cross-encoder comes through [`Engine::with_reranker`]).
     pub fn with_config(&self, change: impl FnOnce(&mut Config)) -> Engine {
         let mut e = self.clone();
         change(&mut e.cfg);
@@ -255,9 +259,24 @@ impl Engine {
             })
     }
 
-    /// The reranker in force, if the generation or the config has one.
+    /// The reranker in force: an experiment arm's own ([`Engine::with_reranker`]),
+    /// else the one `rerank.kind` names, if the generation or the config has it.
     pub fn reranker(&self) -> Option<&Reranker> {
-        self.trained.as_ref().and_then(|t| t.reranker.as_ref())
+        if let Some(r) = &self.arm_reranker {
+            return Some(r);
+        }
+        let t = self.trained.as_ref()?;
+        match self.cfg.rerank.kind {
+            crate::config::RerankKind::Din => t.din.as_deref(),
+            crate::config::RerankKind::CrossEncoder => t.cross_encoder.as_deref(),
+        }
+    }
+
+    /// This engine reranking with `reranker` (an experiment arm's model,
+    /// loaded with the experiments) instead of the configured one.
+    pub fn with_reranker(mut self, reranker: Arc<Reranker>) -> Engine {
+        self.arm_reranker = Some(reranker);
+        self
     }
 
     /// Changes the reranking settings other than the kind (validation sweeps use this).

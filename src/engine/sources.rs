@@ -4,6 +4,7 @@
 //! source ranks for a history.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use vecrec_index::{Index, SearchParams};
 
@@ -107,8 +108,11 @@ pub(super) struct Trained {
     pub(super) learned: Option<crate::fusion::LearnedModel>,
     /// The two-tower model, when the build trained one.
     pub(super) two_tower: Option<TwoTowerServing>,
-    /// The reranker in force, if any.
-    pub(super) reranker: Option<Reranker>,
+    /// The generation's cross-attention reranker, opened whenever the
+    /// generation holds one (an experiment's arm may pick it).
+    pub(super) din: Option<Arc<Reranker>>,
+    /// The config's cross-encoder, when `rerank.kind` is `cross_encoder`.
+    pub(super) cross_encoder: Option<Arc<Reranker>>,
 }
 
 /// The served two-tower model.
@@ -222,8 +226,9 @@ impl Trained {
             }
             let als_gram = crate::retrieve::als::gram(als.store().vectors(), f);
             let has_neural = index.dir().join(crate::layout::TWO_TOWER_DIR).is_dir();
+            let has_din = index.dir().join(crate::layout::DIN_FILE).is_file();
             let wants_cross = cfg.rerank.kind == RerankKind::CrossEncoder;
-            let ort = if has_neural || wants_cross {
+            let ort = if has_neural || has_din || wants_cross {
                 Some(crate::runtime::locate_ort(
                     cfg.encoder.ort_dylib.as_deref(),
                 )?)
@@ -234,23 +239,19 @@ impl Trained {
                 Some(o) => TwoTowerServing::open(index.dir(), store, &als, o)?,
                 None => None,
             };
-            let reranker = match (cfg.rerank.kind, &ort) {
+            let cross_encoder = match (cfg.rerank.kind, &ort) {
                 (RerankKind::CrossEncoder, Some(o)) => {
-                    let tok = crate::encoder::EncoderFiles::locate(&cfg.encoder)
-                        .ok()
-                        .map(|f| f.tokenizer);
-                    Some(Reranker::open_cross_encoder(
-                        &cfg.rerank,
-                        tok.as_deref(),
-                        o,
-                        2,
-                    )?)
+                    Some(Arc::new(open_cross_encoder(cfg, &cfg.rerank, o)?))
                 }
-                (RerankKind::Din, Some(o))
-                    if index.dir().join(crate::layout::DIN_FILE).is_file() =>
-                {
-                    Some(Reranker::open_din(index.dir(), o, 2, cfg.rerank.threads)?)
-                }
+                _ => None,
+            };
+            let din = match &ort {
+                Some(o) if has_din => Some(Arc::new(Reranker::open_din(
+                    index.dir(),
+                    o,
+                    2,
+                    cfg.rerank.threads,
+                )?)),
                 _ => None,
             };
             Ok(Some(Trained {
@@ -269,10 +270,24 @@ impl Trained {
                     }
                 },
                 two_tower,
-                reranker,
+                din,
+                cross_encoder,
             }))
         }
     }
+}
+
+/// Opens the cross-encoder `rerank` names, with the sentence encoder's
+/// tokenizer (from `cfg`) as the default.
+pub(crate) fn open_cross_encoder(
+    cfg: &Config,
+    rerank: &crate::config::RerankConfig,
+    ort: &Path,
+) -> Result<Reranker> {
+    let tok = crate::encoder::EncoderFiles::locate(&cfg.encoder)
+        .ok()
+        .map(|f| f.tokenizer);
+    Reranker::open_cross_encoder(rerank, tok.as_deref(), ort, 2)
 }
 
 impl Engine {

@@ -22,7 +22,6 @@
 
 pub mod auth;
 mod conn;
-pub mod experiments;
 mod status;
 mod validate;
 
@@ -41,7 +40,7 @@ use crate::deadline::{parse_grpc_timeout, Deadline};
 use crate::engine::{Engine, RecommendOptions, Scored, UserRef};
 use crate::error::Error;
 use crate::filter::{Filter, Range};
-use crate::serving::{slot, EngineSlot};
+use crate::serving::{experiments, slot, EngineSlot};
 use crate::telemetry;
 
 /// Generated protobuf types and service stubs.
@@ -53,6 +52,9 @@ pub mod pb {
 }
 
 use pb::recommender_server::{Recommender, RecommenderServer};
+
+/// Served lists remembered for counting their feedback by arm.
+const RECENT_REQUESTS: usize = 65_536;
 
 /// The service over the engine in a swappable slot.
 #[derive(Clone, Debug)]
@@ -72,6 +74,8 @@ pub struct Service {
     exposures: Arc<std::sync::OnceLock<Option<crate::exposure::ExposureLog>>>,
     /// The experiment whose definition this server logged last.
     defined: Arc<parking_lot::Mutex<Option<Arc<crate::config::ExperimentConfig>>>>,
+    /// Recently served lists' arms, to count feedback by arm.
+    recent: Arc<experiments::Recent>,
 }
 
 /// Where a call's work runs, which decides whether it needs a CPU place.
@@ -95,12 +99,15 @@ enum Work {
 
 impl Service {
     /// A service answering from whatever engine `slot` holds, with the
-    /// admission limits and default deadline of `cfg`.
-    pub fn new(slot: Arc<EngineSlot>, cfg: &ServerConfig) -> Self {
+    /// admission limits and default deadline of `cfg`, under `experiments`.
+    pub fn new(
+        slot: Arc<EngineSlot>,
+        cfg: &ServerConfig,
+        experiments: experiments::Experiments,
+    ) -> Self {
         let max_wait =
             (cfg.max_queue_wait_ms > 0).then(|| Duration::from_millis(cfg.max_queue_wait_ms));
         let rates = Arc::new(auth::Rates::new(&slot.get().config().security));
-        let experiments = Arc::new(experiments::Experiments::new(slot.get().config(), None));
         Self {
             slot,
             admission: Admission::new(
@@ -112,9 +119,10 @@ impl Service {
             cpu: Admission::new("cpu", cfg.cpu_limit(), cfg.max_queued_requests, max_wait),
             default_timeout: Duration::from_millis(cfg.request_timeout_ms),
             rates,
-            experiments,
+            experiments: Arc::new(experiments),
             exposures: Arc::new(std::sync::OnceLock::new()),
             defined: Default::default(),
+            recent: Arc::new(experiments::Recent::new(RECENT_REQUESTS)),
         }
     }
 
@@ -124,6 +132,7 @@ impl Service {
         use crate::exposure::Entry;
         match &entry {
             Entry::Exposure {
+                request_id,
                 experiment,
                 arm,
                 items,
@@ -132,10 +141,29 @@ impl Service {
                 let labels = [("experiment", experiment.clone()), ("arm", arm.clone())];
                 metrics::counter!(telemetry::EXPERIMENT_EXPOSURES, &labels)
                     .increment(items.len() as u64);
+                self.recent.remember(
+                    request_id,
+                    experiment,
+                    arm,
+                    items.iter().map(|s| (s.item.as_str(), s.team.as_str())),
+                );
             }
-            Entry::Feedback { kind, .. } => {
-                metrics::counter!(telemetry::EXPERIMENT_FEEDBACK, "kind" => kind.clone())
-                    .increment(1);
+            Entry::Feedback {
+                request_id,
+                item,
+                kind,
+                ..
+            } => {
+                let (experiment, arm) = self
+                    .recent
+                    .credit(request_id, item)
+                    .unwrap_or_else(|| ("unknown".into(), "unknown".into()));
+                let labels = [
+                    ("experiment", experiment),
+                    ("arm", arm),
+                    ("kind", kind.clone()),
+                ];
+                metrics::counter!(telemetry::EXPERIMENT_FEEDBACK, &labels).increment(1);
             }
             Entry::Definition { .. } => {}
         }
@@ -163,21 +191,10 @@ impl Service {
             }
             *last = Some(e.clone());
         }
-        self.expose(crate::exposure::Entry::Definition {
-            time_ms: crate::exposure::now_ms(),
-            experiment: e.name.clone(),
-            mode: e.mode.name().into(),
-            arms: e.arms.iter().map(|a| (a.name.clone(), a.share)).collect(),
-        });
-    }
-
-    /// This service with its experiments re-read from `file` on reload.
-    pub fn with_config_file(mut self, file: Option<std::path::PathBuf>) -> Self {
-        self.experiments = Arc::new(experiments::Experiments::new(
-            self.slot.get().config(),
-            file,
+        self.expose(crate::exposure::Entry::definition(
+            e,
+            crate::exposure::now_ms(),
         ));
-        self
     }
 
     /// Charges a write call (and its `events`) to the caller's rates.
@@ -424,23 +441,15 @@ impl Recommender for Service {
             .await?;
         if let Some(p) = &plan_logged {
             self.define(&p.experiment);
-            self.expose(crate::exposure::Entry::Exposure {
-                request_id: request_id.clone(),
-                time_ms: crate::exposure::now_ms(),
-                user: user.clone(),
-                experiment: experiment.clone(),
-                arm: arm.clone(),
-                forced: p.forced,
-                items: items
-                    .iter()
-                    .enumerate()
-                    .map(|(i, s)| crate::exposure::Shown {
-                        item: s.item_id.clone(),
-                        position: i as u32 + 1,
-                        team: s.arm.clone(),
-                    })
-                    .collect(),
-            });
+            self.expose(crate::exposure::Entry::served(
+                &request_id,
+                crate::exposure::now_ms(),
+                &user,
+                &p.experiment,
+                p.arm,
+                p.forced,
+                items.iter().map(|s| (s.item_id.as_str(), s.arm.as_str())),
+            ));
         }
         if !experiment.is_empty() {
             let labels = [("experiment", experiment.clone()), ("arm", arm.clone())];
@@ -596,16 +605,14 @@ impl Recommender for Service {
         let feedback: Vec<crate::exposure::Entry> = events
             .iter()
             .filter(|e| !e.request_id.is_empty())
-            .map(|e| crate::exposure::Entry::Feedback {
-                request_id: e.request_id.clone(),
-                time_ms: crate::exposure::now_ms(),
-                user: e.user_id.clone(),
-                item: e.item_id.clone(),
-                kind: if e.kind.is_empty() {
-                    "click".into()
-                } else {
-                    e.kind.clone()
-                },
+            .map(|e| {
+                crate::exposure::Entry::feedback(
+                    &e.request_id,
+                    crate::exposure::now_ms(),
+                    &e.user_id,
+                    &e.item_id,
+                    &e.kind,
+                )
             })
             .collect();
         let events: Vec<crate::catalog::Interaction> = events
@@ -678,6 +685,7 @@ pub async fn serve_with_config_file(
 ) -> anyhow::Result<()> {
     let full = slot.get().config().clone();
     let cfg = full.server.clone();
+    let experiments = experiments::Experiments::new(&full, config_file)?;
     let tls = Tls::new(&full.security)?;
     let auth = auth::Auth::new(&full.security)?;
     let watcher = (cfg.reload_interval_ms > 0).then(|| {
@@ -713,7 +721,7 @@ pub async fn serve_with_config_file(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
     let gauges = tokio::spawn(report_gauges(slot.clone()));
-    let service = Service::new(slot, &cfg).with_config_file(config_file);
+    let service = Service::new(slot, &cfg, experiments);
     let reloader = tokio::spawn(reload_on_hangup(Reload {
         tls: tls.clone(),
         auth: auth.clone(),

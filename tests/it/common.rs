@@ -104,8 +104,9 @@ pub async fn serve_live(
     (addr, tx)
 }
 
-/// The first line a child process prints on its piped stdout (read byte by
-/// byte, so nothing after it is consumed), without the newline.
+/// The next line a child process prints on its piped stdout (read byte by
+/// byte, so nothing after it is consumed), without the newline. The pipe
+/// stays open, so the child can go on printing.
 pub fn first_line(child: &mut std::process::Child) -> String {
     use std::io::Read;
     let mut out = child.stdout.take().expect("a piped stdout");
@@ -114,6 +115,7 @@ pub fn first_line(child: &mut std::process::Child) -> String {
     while out.read(&mut byte).unwrap_or(0) == 1 && byte[0] != b'\n' {
         line.push(byte[0]);
     }
+    child.stdout = Some(out);
     String::from_utf8_lossy(&line).trim().to_owned()
 }
 

@@ -24,7 +24,7 @@ const LAYERS: &[&[&str]] = &[
     &["engine"],
     &["pipeline"],
     &["serving", "eval"],
-    &["grpc"],
+    &["grpc", "simulation"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

@@ -304,3 +304,73 @@ fn a_user_supplied_cross_encoder_scores_context_and_item_pairs() {
     let err = Engine::open(&s.root, cfg, Some(encoder())).unwrap_err();
     assert!(err.to_string().contains("input_ids"), "{err}");
 }
+
+#[test]
+fn an_experiment_arm_reranks_with_its_own_cross_encoder() {
+    use vecrec::serving::experiments::{recommend, Experiments};
+    let s = sample_index();
+    let enc_files = vecrec::encoder::EncoderFiles::locate(&Config::default().encoder).unwrap();
+    let tok = tokenizers::Tokenizer::from_file(&enc_files.tokenizer).unwrap();
+    let target = tok.token_to_id("garden").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("cross.onnx");
+    std::fs::write(&model, tiny_cross_encoder(tok.get_vocab_size(true), target)).unwrap();
+    let toml = format!(
+        r#"
+        [[experiments]]
+        name = "reranker"
+        salt = "s"
+        [[experiments.arms]]
+        name = "din"
+        share = 0.5
+        [[experiments.arms]]
+        name = "cross"
+        share = 0.5
+        rerank_kind = "cross_encoder"
+        cross_encoder_model = {model:?}
+        rerank_weight = 4.0
+        "#
+    );
+    let cfg: Config = toml::from_str(&toml).unwrap();
+    let engine = Engine::open(&s.root, cfg.clone(), Some(encoder())).unwrap();
+    assert_eq!(engine.reranker().unwrap().name(), "din", "the served kind");
+    let experiments = Experiments::new(&cfg, None).unwrap();
+    let opts = RecommendOptions {
+        k: 10,
+        ..Default::default()
+    };
+    let ids = |arm: &str| -> Vec<String> {
+        let plan = experiments.plan("u0002", arm).unwrap().unwrap();
+        recommend(&engine, UserRef::Id("u0002"), &opts, Some(&plan), "r1")
+            .unwrap()
+            .into_iter()
+            .map(|s| s.item.id)
+            .collect()
+    };
+    // Each arm serves what an engine configured as that arm serves.
+    let mut cross_cfg = Config::default();
+    cross_cfg.rerank.kind = RerankKind::CrossEncoder;
+    cross_cfg.rerank.cross_encoder_model = Some(model.clone());
+    cross_cfg.rerank.weight = 4.0;
+    let alone = |c: Config| -> Vec<String> {
+        Engine::open(&s.root, c, Some(encoder()))
+            .unwrap()
+            .recommend(UserRef::Id("u0002"), &opts)
+            .unwrap()
+            .into_iter()
+            .map(|s| s.id)
+            .collect()
+    };
+    let (din, cross) = (ids("din"), ids("cross"));
+    assert_eq!(din, alone(Config::default()));
+    assert_eq!(cross, alone(cross_cfg));
+    assert_ne!(din, cross, "the garden counter reorders the head");
+
+    // A missing model refuses the experiments, naming the arm and the key.
+    let bad: Config = toml::from_str(&toml.replace("cross.onnx", "missing.onnx")).unwrap();
+    let err = Experiments::new(&bad, None).unwrap_err().to_string();
+    assert!(
+        err.contains("\"cross\"") && err.contains("cross_encoder_model"),
+        "{err}"
+    );
+}

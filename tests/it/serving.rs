@@ -402,7 +402,7 @@ async fn metrics_are_scraped_during_load() {
     server.shut_down().await;
 }
 
-async fn scrape(addr: std::net::SocketAddr) -> String {
+pub(crate) async fn scrape(addr: std::net::SocketAddr) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(b"GET /metrics HTTP/1.1\r\nhost: localhost\r\n\r\n")
