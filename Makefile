@@ -14,7 +14,7 @@ ADDR ?= 127.0.0.1:50051
 MOVIELENS ?= ../shared/datasets/ml-latest-small
 ENV_SH = . "$(VECREC_CACHE)/env.sh"
 
-.PHONY: help setup build run test fixtures eval lint bench-encoder bench-serving
+.PHONY: help setup build run test fixtures eval lint bench-encoder bench-serving bench-experiments
 
 help:
 	@echo "make setup     fetch the ONNX Runtime library, the MiniLM model and the Python venv into $(VECREC_CACHE)"
@@ -25,6 +25,7 @@ help:
 	@echo "make eval      evaluate on MovieLens ($(MOVIELENS)) into out/eval.json"
 	@echo "make bench-encoder  embedding throughput: Rust encoder vs Python onnxruntime on the same texts"
 	@echo "make bench-serving  gRPC over loopback: vecrec vs a Python grpcio+onnxruntime+faiss peer (~25 min)"
+	@echo "make bench-experiments  simulated A/A, A/B and interleaving over MovieLens TEST (~6 min)"
 	@echo "make lint      cargo fmt --check and clippy with warnings denied"
 
 setup:
@@ -72,3 +73,6 @@ lint:
 
 bench-serving: setup
 	benches/serving/run.sh
+
+bench-experiments: setup
+	benches/experiments/run.sh

@@ -29,6 +29,7 @@ use std::path::Path;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::analysis::{report_with, Covariates, Report};
@@ -151,6 +152,60 @@ pub struct ExperimentSim {
     pub users_needed_ab_cuped: Option<usize>,
     /// The same for interleaving.
     pub users_needed_interleaving: Option<usize>,
+    /// The users an A/B test needs for 80% power by the normal
+    /// approximation, from each user's expected clicks under the
+    /// examination model (no sampling): it extends the sweep past its
+    /// largest population and checks it where both are known.
+    pub users_needed_ab_analytic: Option<f64>,
+    /// The difference in expected CTR (treatment − control) it rests on.
+    pub expected_ctr_difference: f64,
+}
+
+/// Expected CTR per arm and the per-user variance of its linearisation,
+/// under the examination model, over users drawn uniformly from `users`.
+fn expected(users: &[SimUser], lists: &[Vec<Scored>]) -> (f64, f64) {
+    let per: Vec<(f64, f64, f64)> = users
+        .iter()
+        .zip(lists)
+        .map(|(u, l)| {
+            let w: Vec<f64> = l
+                .iter()
+                .enumerate()
+                .map(|(p, s)| {
+                    if u.truth.contains(&s.id) {
+                        examined(p + 1)
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let mean: f64 = w.iter().sum();
+            let var: f64 = w.iter().map(|w| w * (1.0 - w)).sum();
+            (mean, var, l.len() as f64)
+        })
+        .collect();
+    let n = per.len().max(1) as f64;
+    let shown = per.iter().map(|p| p.2).sum::<f64>() / n;
+    if shown <= 0.0 {
+        return (0.0, 0.0);
+    }
+    let r = per.iter().map(|p| p.0).sum::<f64>() / n / shown;
+    let var = per
+        .iter()
+        .map(|p| ((p.0 - r * p.2) / shown).powi(2) + p.1 / (shown * shown))
+        .sum::<f64>()
+        / n;
+    (r, var)
+}
+
+/// Users (both arms, split evenly) for 80% power at α 0.05, two-sided.
+fn ab_users_analytic(users: &[SimUser], lists: &[Vec<Vec<Scored>>; 2]) -> (Option<f64>, f64) {
+    let (rc, vc) = expected(users, &lists[0]);
+    let (rt, vt) = expected(users, &lists[1]);
+    let delta = rt - rc;
+    const Z: f64 = 1.959_964 + 0.841_621;
+    let n = (delta != 0.0).then(|| 2.0 * Z * Z * (vc + vt) / (delta * delta));
+    (n, delta)
 }
 
 /// Each arm's list for each user, through the serving code (forced arm).
@@ -315,30 +370,33 @@ pub fn simulate(
 
     // A/A: the control's lists on both sides.
     let same = [lists[0].clone(), lists[0].clone()];
-    let (mut fixed, mut peek, mut seq, mut cup, mut srm) = (0, 0, 0, 0, 0);
-    for seed in 0..opts.seeds {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed as u64);
-        let mut draws = everyone.clone();
-        draws.shuffle(&mut rng);
-        let aa = seeded(e, seed, ExperimentMode::Ab, "aa");
-        let entries = run(&aa, &draws, users, &same, &mut rng);
-        let entries = through_log(entries, &opts.log_dir.join(format!("aa-{seed}")))?;
-        let r = report_of(&entries, &aa, &x)?;
-        let b = &r.arms[1];
-        fixed += usize::from(b.p_value.unwrap_or(1.0) < 0.05);
-        seq += usize::from(b.sequential_p_value.unwrap_or(1.0) < 0.05);
-        cup += usize::from(b.cuped.as_ref().is_some_and(|c| c.p_value < 0.05));
-        srm += usize::from(r.srm_flag);
-        // A look after every 10% of users: the even checkpoints of 20.
-        peek += usize::from(
-            r.over_time
-                .iter()
-                .skip(1)
-                .step_by(2)
-                .any(|c| c.lift_ci[0] > 0.0 || c.lift_ci[1] < 0.0),
-        );
-        bar.inc(1);
-    }
+    let aa_runs: Vec<Report> = (0..opts.seeds)
+        .into_par_iter()
+        .map(|seed| {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed as u64);
+            let mut draws = everyone.clone();
+            draws.shuffle(&mut rng);
+            let aa = seeded(e, seed, ExperimentMode::Ab, "aa");
+            let entries = run(&aa, &draws, users, &same, &mut rng);
+            let entries = through_log(entries, &opts.log_dir.join(format!("aa-{seed}")))?;
+            bar.inc(1);
+            report_of(&entries, &aa, &x)
+        })
+        .collect::<Result<_>>()?;
+    let hits = |f: &dyn Fn(&Report) -> bool| aa_runs.iter().filter(|r| f(r)).count();
+    let p_below = |p: Option<f64>| p.is_some_and(|p| p < 0.05);
+    let fixed = hits(&|r| p_below(r.arms[1].p_value));
+    let seq = hits(&|r| p_below(r.arms[1].sequential_p_value));
+    let cup = hits(&|r| p_below(r.arms[1].cuped.as_ref().map(|c| c.p_value)));
+    let srm = hits(&|r| r.srm_flag);
+    // A look after every 10% of users: the even checkpoints of 20.
+    let peek = hits(&|r| {
+        r.over_time
+            .iter()
+            .skip(1)
+            .step_by(2)
+            .any(|c| c.lift_ci[0] > 0.0 || c.lift_ci[1] < 0.0)
+    });
     let aa = AaResult {
         seeds: opts.seeds,
         users: users.len(),
@@ -350,20 +408,22 @@ pub fn simulate(
     };
 
     // A/B and interleaving over the same users.
-    let mut runs = Vec::new();
-    for seed in 0..opts.seeds {
-        let mut rng = ChaCha8Rng::seed_from_u64(1_000_000 + seed as u64);
-        let mut draws = everyone.clone();
-        draws.shuffle(&mut rng);
-        let ab = seeded(e, seed, ExperimentMode::Ab, "ab");
-        let entries = run(&ab, &draws, users, &lists, &mut rng);
-        let entries = through_log(entries, &opts.log_dir.join(format!("ab-{seed}")))?;
-        let r = report_of(&entries, &ab, &x)?;
-        let il = seeded(e, seed, ExperimentMode::Interleave, "il");
-        let ri = report_of(&run(&il, &draws, users, &lists, &mut rng), &il, &x)?;
-        runs.push((r, ri));
-        bar.inc(1);
-    }
+    let runs: Vec<(Report, Report)> = (0..opts.seeds)
+        .into_par_iter()
+        .map(|seed| {
+            let mut rng = ChaCha8Rng::seed_from_u64(1_000_000 + seed as u64);
+            let mut draws = everyone.clone();
+            draws.shuffle(&mut rng);
+            let ab = seeded(e, seed, ExperimentMode::Ab, "ab");
+            let entries = run(&ab, &draws, users, &lists, &mut rng);
+            let entries = through_log(entries, &opts.log_dir.join(format!("ab-{seed}")))?;
+            let r = report_of(&entries, &ab, &x)?;
+            let il = seeded(e, seed, ExperimentMode::Interleave, "il");
+            let ri = report_of(&run(&il, &draws, users, &lists, &mut rng), &il, &x)?;
+            bar.inc(1);
+            Ok((r, ri))
+        })
+        .collect::<Result<_>>()?;
     bar.finish_and_clear();
     let lift = median(runs.iter().filter_map(|r| r.0.arms[1].lift).collect());
     let sign = if lift < 0.0 { -1.0 } else { 1.0 };
@@ -418,37 +478,39 @@ pub fn simulate(
             format!("{}: power with {n} users", e.name),
             opts.progress,
         );
-        let (mut ab_hits, mut cuped_hits, mut il_hits) = (0, 0, 0);
-        for seed in 0..opts.power_seeds {
-            let mut rng = ChaCha8Rng::seed_from_u64(((n as u64) << 32) + seed as u64);
-            let draws: Vec<(String, usize)> = (0..n)
-                .map(|j| {
-                    let u = rng.gen_range(0..users.len());
-                    (format!("{}#{j}", users[u].id), u)
-                })
-                .collect();
-            let xs: Covariates = draws
-                .iter()
-                .map(|(sim, u)| (sim.clone(), users[*u].covariate))
-                .collect();
-            let ab = seeded(e, seed, ExperimentMode::Ab, &format!("p{n}-"));
-            let r = report_of(&run(&ab, &draws, users, &lists, &mut rng), &ab, &xs)?;
-            let b = &r.arms[1];
-            ab_hits += usize::from(b.p_value.unwrap_or(1.0) < 0.05 && agrees(b.lift));
-            cuped_hits += usize::from(
-                b.cuped
-                    .as_ref()
-                    .is_some_and(|c| c.p_value < 0.05 && c.lift * sign > 0.0),
-            );
-            let il = seeded(e, seed, ExperimentMode::Interleave, &format!("q{n}-"));
-            let ri = report_of(&run(&il, &draws, users, &lists, &mut rng), &il, &xs)?;
-            il_hits += usize::from(
-                ri.interleaving
-                    .as_ref()
-                    .is_some_and(|i| i.p_value < 0.05 && i.preference * sign > 0.0),
-            );
-            bar.inc(1);
-        }
+        let outcomes: Vec<[bool; 3]> = (0..opts.power_seeds)
+            .into_par_iter()
+            .map(|seed| {
+                let mut rng = ChaCha8Rng::seed_from_u64(((n as u64) << 32) + seed as u64);
+                let draws: Vec<(String, usize)> = (0..n)
+                    .map(|j| {
+                        let u = rng.gen_range(0..users.len());
+                        (format!("{}#{j}", users[u].id), u)
+                    })
+                    .collect();
+                let xs: Covariates = draws
+                    .iter()
+                    .map(|(sim, u)| (sim.clone(), users[*u].covariate))
+                    .collect();
+                let ab = seeded(e, seed, ExperimentMode::Ab, &format!("p{n}-"));
+                let r = report_of(&run(&ab, &draws, users, &lists, &mut rng), &ab, &xs)?;
+                let b = &r.arms[1];
+                let il = seeded(e, seed, ExperimentMode::Interleave, &format!("q{n}-"));
+                let ri = report_of(&run(&il, &draws, users, &lists, &mut rng), &il, &xs)?;
+                bar.inc(1);
+                Ok([
+                    b.p_value.unwrap_or(1.0) < 0.05 && agrees(b.lift),
+                    b.cuped
+                        .as_ref()
+                        .is_some_and(|c| c.p_value < 0.05 && c.lift * sign > 0.0),
+                    ri.interleaving
+                        .as_ref()
+                        .is_some_and(|i| i.p_value < 0.05 && i.preference * sign > 0.0),
+                ])
+            })
+            .collect::<Result<_>>()?;
+        let count = |i: usize| outcomes.iter().filter(|o| o[i]).count();
+        let (ab_hits, cuped_hits, il_hits) = (count(0), count(1), count(2));
         bar.finish_and_clear();
         let p = PowerPoint {
             users: n,
@@ -471,7 +533,10 @@ pub fn simulate(
         }
         n *= 2;
     }
+    let (analytic, delta) = ab_users_analytic(users, &lists);
     Ok(ExperimentSim {
+        users_needed_ab_analytic: analytic,
+        expected_ctr_difference: delta,
         experiment: e.name.clone(),
         arms: [e.arms[0].name.clone(), e.arms[1].name.clone()],
         users: users.len(),

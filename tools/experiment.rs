@@ -308,6 +308,8 @@ fn plot_lift(r: &vecrec::analysis::Report, path: &std::path::Path) -> anyhow::Re
         .configure_mesh()
         .x_desc("users seen")
         .y_desc("lift, %")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{y:.0}"))
         .label_style(("sans-serif", 15))
         .draw()?;
     let band: Vec<(f64, f64)> = pts
@@ -321,7 +323,7 @@ fn plot_lift(r: &vecrec::analysis::Report, path: &std::path::Path) -> anyhow::Re
             pts.iter().map(|p| (p.0, p.1)),
             BLUE.stroke_width(2),
         ))?
-        .label("lift")
+        .label("lift (band: 95% interval)")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.stroke_width(2)));
     chart.draw_series(LineSeries::new(
         [(0.0, 0.0), (x_max * 1.02, 0.0)],
@@ -439,9 +441,12 @@ fn print_sim(e: &vecrec::simulation::ExperimentSim) {
         );
     }
     println!(
-        "  users for 80% power: A/B {}, A/B with CUPED {}, interleaving {}",
+        "  users for 80% power: A/B {}, A/B with CUPED {}, interleaving {}; A/B by the normal approximation from the expected CTRs (difference {:+.5}): {}",
         need(e.users_needed_ab),
         need(e.users_needed_ab_cuped),
-        need(e.users_needed_interleaving)
+        need(e.users_needed_interleaving),
+        e.expected_ctr_difference,
+        e.users_needed_ab_analytic
+            .map_or_else(|| "—".into(), |n| format!("{n:.0}"))
     );
 }

@@ -5,7 +5,7 @@
 # benches/experiments/simulate.toml (the full pipeline against popularity
 # alone; the reranker at its weight against none).
 #
-#   benches/experiments/run.sh                  # 200 seeds, 100 per power point
+#   benches/experiments/run.sh     # 1,000 A/A and A/B seeds, 100 per power point (~6 min)
 #   SEEDS=40 POWER_SEEDS=20 benches/experiments/run.sh   # a quick look
 #
 # The TRAIN index is built once under .cache/bench-data/simulate (REBUILD=1
@@ -19,7 +19,7 @@ SHARED="${VECREC_SHARED:-$REPO/../shared}"
 ML="$SHARED/datasets/ml-latest-small"
 WORK="$REPO/.cache/bench-data/simulate"
 OUT="$REPO/benches/experiments/results"
-SEEDS="${SEEDS:-200}"
+SEEDS="${SEEDS:-1000}"
 POWER_SEEDS="${POWER_SEEDS:-100}"
 MAX_USERS="${MAX_USERS:-102400}"
 
