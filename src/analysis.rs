@@ -47,8 +47,15 @@ pub struct ArmReport {
     pub ctr_ci: [f64; 2],
     /// Users with at least one click.
     pub users_with_click: usize,
+    /// Their share of the arm's users.
+    pub click_user_rate: f64,
+    /// 95% interval of `click_user_rate` (normal approximation over users).
+    pub click_user_rate_ci: [f64; 2],
     /// Mean of 1 / position over clicks.
     pub mrr: f64,
+    /// 95% interval of `mrr` (delta method over users: a ratio of each
+    /// user's sum of 1 / position to their clicks).
+    pub mrr_ci: [f64; 2],
     /// Relative lift of CTR over the control (treatment arms only).
     pub lift: Option<f64>,
     /// 95% interval of `lift`.
@@ -505,7 +512,20 @@ pub fn report_with(
             let cuped = (a > 0 && !interleave && covariates.is_some())
                 .then(|| cuped(&with_x(a), &with_x(0)))
                 .flatten();
+            let n_users = s.len().max(1) as f64;
+            let with_click = s.values().filter(|u| u.clicks > 0).count();
+            let rate = with_click as f64 / n_users;
+            let rate_half = Z95 * (rate * (1.0 - rate) / n_users).sqrt();
+            let rr = ratio(
+                &s.values()
+                    .map(|u| (u.rr, u.clicks as f64))
+                    .collect::<Vec<_>>(),
+            );
+            let rr_half = Z95 * rr.var.sqrt();
             ArmReport {
+                click_user_rate: rate,
+                click_user_rate_ci: [rate - rate_half, rate + rate_half],
+                mrr_ci: [rr.value - rr_half, rr.value + rr_half],
                 name: arm.clone(),
                 share: *share,
                 users: s.len(),
@@ -514,7 +534,7 @@ pub fn report_with(
                 clicks,
                 ctr: r.value,
                 ctr_ci: [r.value - half, r.value + half],
-                users_with_click: s.values().filter(|u| u.clicks > 0).count(),
+                users_with_click: with_click,
                 mrr: if clicks > 0 {
                     s.values().map(|u| u.rr).sum::<f64>() / clicks as f64
                 } else {
@@ -646,7 +666,14 @@ mod tests {
         assert!(c.ctr_ci[0] < c.ctr && c.ctr < c.ctr_ci[1]);
         assert_eq!(b.clicks, 266);
         assert_eq!(c.users_with_click, 133);
+        assert!((c.click_user_rate - 133.0 / 400.0).abs() < 1e-12);
+        let half = 1.959_964 * (133.0 / 400.0 * (267.0 / 400.0) / 400.0f64).sqrt();
+        assert!((c.click_user_rate_ci[1] - c.click_user_rate - half).abs() < 1e-6);
         assert!((c.mrr - 1.0).abs() < 1e-12, "every click at position 1");
+        assert!(
+            (c.mrr_ci[1] - c.mrr_ci[0]).abs() < 1e-9,
+            "no spread when every click is at 1"
+        );
         let lift = b.lift.unwrap();
         assert!((lift - (266.0 / 133.0 - 1.0)).abs() < 1e-9);
         assert!(b.lift_ci.unwrap()[0] > 0.0);

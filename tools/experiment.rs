@@ -19,7 +19,7 @@ use clap::{Parser, Subcommand};
         event that names its request_id, under INDEX/experiments/. The report gives per arm: \
         users, requests, exposed items, clicks, CTR (clicks / exposed items) with a 95% interval \
         computed over users (the unit of assignment, by the delta method), users with a click, \
-        mean reciprocal rank of clicks; per treatment: relative lift over the control with its \
+        mean reciprocal rank of clicks, each with its interval; per treatment: relative lift over the control with its \
         interval, a fixed-horizon p-value and an always-valid sequential (mSPRT) p-value that \
         stays valid however often the report is read; a sample-ratio-mismatch check of users per \
         arm against the shares (flagged below p = 0.001); in interleaving mode, per-user wins, \
@@ -214,6 +214,16 @@ fn report(
             a.lift_ci.map_or_else(|| "—".into(), ci),
             fmt_p(a.p_value),
             fmt_p(a.sequential_p_value),
+        );
+        println!(
+            "{:<16} users with a click {} ({:.3} [{:.3}, {:.3}]), mrr 95% [{:.4}, {:.4}]",
+            "",
+            a.users_with_click,
+            a.click_user_rate,
+            a.click_user_rate_ci[0],
+            a.click_user_rate_ci[1],
+            a.mrr_ci[0],
+            a.mrr_ci[1]
         );
         if let Some(c) = &a.cuped {
             println!(
