@@ -28,7 +28,7 @@ pub(super) fn observe(rpc: &'static str, started: Instant, err: Option<&Status>)
 }
 
 /// The gRPC status code's canonical name, as metrics labels use it.
-pub(super) fn code_name(code: tonic::Code) -> &'static str {
+pub fn code_name(code: tonic::Code) -> &'static str {
     use tonic::Code as C;
     match code {
         C::Ok => "OK",
