@@ -389,6 +389,18 @@ impl Engine {
         })
     }
 
+    /// The mean vector of the live items named in `ids`, if any is there.
+    fn live_profile(&self, ids: &[String]) -> Option<Vec<f32>> {
+        let view = self.view()?;
+        let mut v = vec![0f32; self.index.store().dim()];
+        let mut n = 0usize;
+        for item in ids.iter().filter_map(|id| view.item(id)) {
+            v.iter_mut().zip(&item.vector).for_each(|(a, b)| *a += b);
+            n += 1;
+        }
+        (n > 0).then(|| v.into_iter().map(|x| x / n as f32).collect())
+    }
+
     /// Items for a user known by id or by an explicit history.
     pub fn recommend(&self, who: UserRef<'_>, opts: &RecommendOptions) -> Result<Vec<Scored>> {
         let k = self.check_k(opts.k)?;
@@ -512,7 +524,10 @@ impl Engine {
         }
         let vector = match precomputed {
             Some(v) => v.to_vec(),
+            // A history of live items only (upserted since the generation
+            // was built) is described by their vectors.
             None => profile(store, &history, &self.cfg.users)
+                .or_else(|| self.live_profile(&live_seen))
                 .ok_or_else(|| Error::invalid("the history carries no positive weight"))?,
         };
         opts.deadline.check("search")?;

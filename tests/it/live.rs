@@ -335,28 +335,46 @@ async fn acknowledged_writes_survive_sigkill() {
     let mut server = start_server(&root, 25);
     let mut client = connect(&server.url).await;
     check(&mut client, &acked).await;
-    // Events through gRPC: a new user's answer excludes what they saw.
-    let seen = acked.iter().find(|x| *x.1).unwrap().0.clone();
+    // Events through gRPC: a new user's answer excludes what they saw, an
+    // item of the generation or one upserted since (live only, so its vector
+    // alone describes the user).
     client
-        .record_events(pb::RecordEventsRequest {
-            events: vec![pb::Event {
-                user_id: "crash-user".into(),
-                item_id: seen.clone(),
+        .upsert_items(pb::UpsertItemsRequest {
+            items: vec![pb::Item {
+                id: "after-the-crashes".into(),
+                title: "Written after the last restart".into(),
+                text: "an item only the write-ahead log holds".into(),
                 ..Default::default()
             }],
         })
         .await
         .unwrap();
-    let recs = client
-        .recommend(pb::RecommendRequest {
-            user_id: "crash-user".into(),
-            k: 20,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(recs.get_ref().items.len(), 20);
-    assert!(recs.get_ref().items.iter().all(|s| s.item_id != seen));
+    let in_generation = items[0].id.clone();
+    for (user, seen) in [
+        ("crash-user-1", in_generation.as_str()),
+        ("crash-user-2", "after-the-crashes"),
+    ] {
+        client
+            .record_events(pb::RecordEventsRequest {
+                events: vec![pb::Event {
+                    user_id: user.into(),
+                    item_id: seen.into(),
+                    ..Default::default()
+                }],
+            })
+            .await
+            .unwrap();
+        let recs = client
+            .recommend(pb::RecommendRequest {
+                user_id: user.into(),
+                k: 20,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(recs.get_ref().items.len(), 20, "{user}");
+        assert!(recs.get_ref().items.iter().all(|s| s.item_id != seen));
+    }
     let bad = client
         .record_events(pb::RecordEventsRequest {
             events: vec![pb::Event {
