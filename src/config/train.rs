@@ -13,8 +13,12 @@ pub struct TrainOptions {
     pub ease_lambda: f32,
     /// Weights kept per EASE row. Default 500.
     pub ease_keep: usize,
-    /// Largest catalogue EASE is solved for; beyond it, the most popular items. Default 20000.
+    /// Most items (with an interaction) EASE is solved for exactly; above
+    /// it, the neighbourhood approximation. Default 10000 (2.4 GB while solving).
     pub ease_max_items: usize,
+    /// Items each EASE column is regressed on in the neighbourhood
+    /// approximation. Default 128.
+    pub ease_neighbours: usize,
     /// Steps after an item that count as its transitions. Default 5.
     pub transitions_window: usize,
     /// Weights kept per transitions row. Default 200.
@@ -27,6 +31,9 @@ pub struct TrainOptions {
     pub two_tower: TwoTowerOptions,
     /// The cross-attention reranker.
     pub reranker: DinOptions,
+    /// Most users whose held-out interactions the learned fusion is fitted
+    /// on (a stable sample by user id beyond it). Default 5000.
+    pub fusion_fit_users: usize,
 }
 
 impl Default for TrainOptions {
@@ -34,13 +41,15 @@ impl Default for TrainOptions {
         Self {
             ease_lambda: 100.0,
             ease_keep: 500,
-            ease_max_items: 20_000,
+            ease_max_items: 10_000,
+            ease_neighbours: 128,
             transitions_window: 5,
             transitions_keep: 200,
             als: AlsOptions::default(),
             neural: true,
             two_tower: TwoTowerOptions::default(),
             reranker: DinOptions::default(),
+            fusion_fit_users: 5_000,
         }
     }
 }

@@ -21,6 +21,7 @@ use crate::pipeline::embed_catalog;
 mod metrics;
 mod protocol;
 mod report;
+mod neighbourhood;
 mod stages;
 mod tuning;
 
@@ -96,6 +97,7 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
     };
     let (users, profile, grid) = run.content_profile()?;
     let (lambda, ease_decay, plain_lambda) = run.ease(&users)?;
+    let ease_neighbours = run.ease_neighbourhood(&users, plain_lambda)?;
     let als = run.als(&users, lambda)?;
     let fused = run.fusion(&users, lambda, ease_decay, &als)?;
     let chosen = stages::Chosen {
@@ -104,6 +106,7 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
         users,
         lambda,
         plain_lambda,
+        ease_neighbours,
         als,
         fused,
     };

@@ -67,6 +67,9 @@ pub struct EvalReport {
     pub ablation: Vec<AblationRow>,
     /// Full pipeline minus vecrec's own EASE (λ chosen on validation, no recency), per user.
     pub paired_vs_ease: PairedDiff,
+    /// vecrec's neighbourhood approximation of EASE minus exact EASE (both
+    /// plain: binary history, the same λ), per user.
+    pub neighbourhood_vs_exact: PairedDiff,
     /// The chosen content-profile setting.
     pub chosen: GridPoint,
     /// Every validated content-profile setting.
@@ -119,6 +122,11 @@ pub fn table(r: &EvalReport) -> String {
     let p = &r.paired_vs_ease;
     s.push_str(&format!(
         "paired NDCG@10 difference, full pipeline − {}: {:+.4} ± {:.4} (95%, {} users)\n",
+        p.baseline, p.mean, p.ci95, p.users
+    ));
+    let p = &r.neighbourhood_vs_exact;
+    s.push_str(&format!(
+        "paired NDCG@10 difference, EASE's neighbourhood approximation − {}: {:+.4} ± {:.4} (95%, {} users)\n",
         p.baseline, p.mean, p.ci95, p.users
     ));
     for (name, a) in [

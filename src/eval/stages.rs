@@ -54,6 +54,8 @@ pub(super) struct Chosen {
     pub(super) users: UserConfig,
     pub(super) lambda: f32,
     pub(super) plain_lambda: f32,
+    /// Neighbours of the EASE approximation, chosen on validation.
+    pub(super) ease_neighbours: usize,
     pub(super) als: AlsOptions,
     pub(super) fused: Fused,
 }
@@ -70,15 +72,28 @@ impl Run<'_> {
         learn: Option<&HybridConfig>,
         neural: bool,
     ) -> Result<f64> {
+        let train = TrainOptions {
+            ease_lambda: lambda,
+            als: als.clone(),
+            neural,
+            ..self.cfg.train.clone()
+        };
+        self.build_train(interactions, users, train, learn)
+    }
+
+    /// Builds the evaluation generation from `interactions` with these
+    /// training options; returns the seconds spent training sources.
+    pub(super) fn build_train(
+        &self,
+        interactions: &[Triple],
+        users: &UserConfig,
+        train: TrainOptions,
+        learn: Option<&HybridConfig>,
+    ) -> Result<f64> {
         let bo = BuildOptions {
             users: users.clone(),
             progress: self.opts.progress,
-            train: Some(TrainOptions {
-                ease_lambda: lambda,
-                als: als.clone(),
-                neural,
-                ..self.cfg.train.clone()
-            }),
+            train: Some(train),
             learn_fusion: learn.cloned(),
             ..Default::default()
         };
@@ -614,6 +629,9 @@ impl Run<'_> {
                 metrics: ease.summary,
             },
         );
+        let (row, neighbourhood_vs_exact) =
+            self.ease_neighbourhood_test(&c, &als_chosen, &ease.per_user_ndcg10)?;
+        ablation.insert(1, row);
         let (chosen, grid, val_auc) = (c.profile, c.grid, c.fused.val_auc);
         let trials = std::mem::take(&mut self.trials);
         Ok(EvalReport {
@@ -627,6 +645,7 @@ impl Run<'_> {
                 ci95: ci,
                 users: n,
             },
+            neighbourhood_vs_exact,
             chosen,
             validation_grid: grid,
             chosen_hybrid,

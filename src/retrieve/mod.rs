@@ -1,12 +1,8 @@
 //! Candidate sources trained from interactions and stored in the generation:
 //!
-//! - **EASE** (Steck, "Embarrassingly Shallow Autoencoders for Sparse Data",
-//!   WWW 2019): the closed form `B = I − P·diag(1/diag P)`, `P = (XᵀX + λI)⁻¹`,
-//!   solved by a Cholesky factorisation (faer). It needs an items × items
-//!   dense matrix, so it is limited to [`TrainOptions::ease_max_items`] items
-//!   (20,000 by default, ~3.2 GB in f64 while training); larger catalogues
-//!   fall back to their most popular items, and the other sources cover the
-//!   rest. Each row of `B` is pruned to its `ease_keep` largest weights.
+//! - **EASE** ([`ease`]): the closed form up to
+//!   [`TrainOptions::ease_max_items`] items, a neighbourhood approximation
+//!   above; each row pruned to its `ease_keep` largest weights.
 //! - **Transitions**: item-to-item co-occurrence in time order: item `b`
 //!   following item `a` within `window` steps of a user's history adds `1/gap`
 //!   (time decay by position), rows normalised by `sum + 1`.
@@ -20,18 +16,16 @@
 //! source scores `Σ_j x_j · row_j`.
 
 pub mod als;
+pub mod ease;
 pub mod sparse;
 pub mod two_tower;
 
 use std::collections::HashMap;
 
-use faer::linalg::solvers::DenseSolveCore;
-use faer::{Mat, Side};
 use rayon::prelude::*;
 
 pub use crate::config::TrainOptions;
-use crate::error::{Error, Result};
-use sparse::prune_row;
+pub use ease::train_ease;
 
 /// Interaction counts per item.
 pub fn popularity(histories: &[Vec<u32>], n: usize) -> Vec<f32> {
@@ -42,79 +36,6 @@ pub fn popularity(histories: &[Vec<u32>], n: usize) -> Vec<f32> {
         }
     }
     c
-}
-
-/// EASE rows (pruned), one per item of the catalogue of `n` items.
-pub fn train_ease(
-    histories: &[Vec<u32>],
-    n: usize,
-    opts: &TrainOptions,
-) -> Result<Vec<Vec<(u32, f32)>>> {
-    let lambda_ok = opts.ease_lambda > 0.0 && opts.ease_lambda.is_finite();
-    if !lambda_ok {
-        return Err(Error::invalid(format!(
-            "ease_lambda must be > 0, got {}",
-            opts.ease_lambda
-        )));
-    }
-    // The items EASE covers: all, or the most popular ones.
-    let pop = popularity(histories, n);
-    let mut items: Vec<u32> = (0..n as u32).filter(|&i| pop[i as usize] > 0.0).collect();
-    if items.len() > opts.ease_max_items {
-        items.sort_by(|a, b| pop[*b as usize].total_cmp(&pop[*a as usize]).then(a.cmp(b)));
-        items.truncate(opts.ease_max_items);
-        items.sort_unstable();
-        tracing::warn!(
-            kept = items.len(),
-            n,
-            "EASE limited to the most popular items"
-        );
-    }
-    let m = items.len();
-    let local: HashMap<u32, usize> = items.iter().enumerate().map(|(k, &i)| (i, k)).collect();
-    let mut g = Mat::<f64>::zeros(m, m);
-    for h in histories {
-        let mut l: Vec<usize> = h.iter().filter_map(|i| local.get(i).copied()).collect();
-        l.sort_unstable();
-        l.dedup();
-        for &a in &l {
-            for &b in &l {
-                g[(a, b)] += 1.0;
-            }
-        }
-    }
-    for d in 0..m {
-        g[(d, d)] += opts.ease_lambda as f64;
-    }
-    let p = g
-        .llt(Side::Lower)
-        .map_err(|e| Error::invalid(format!("EASE: Gram matrix is not positive definite: {e:?}")))?
-        .inverse();
-    drop(g);
-    let diag: Vec<f64> = (0..m).map(|j| p[(j, j)]).collect();
-    let local_rows: Vec<Vec<(u32, f32)>> = (0..m)
-        .into_par_iter()
-        .map(|a| {
-            let row: Vec<f32> = (0..m)
-                .map(|b| {
-                    if a == b {
-                        0.0
-                    } else {
-                        (-p[(a, b)] / diag[b]) as f32
-                    }
-                })
-                .collect();
-            prune_row(&row, opts.ease_keep)
-                .into_iter()
-                .map(|(b, w)| (items[b as usize], w))
-                .collect()
-        })
-        .collect();
-    let mut rows = vec![Vec::new(); n];
-    for (k, r) in local_rows.into_iter().enumerate() {
-        rows[items[k] as usize] = r;
-    }
-    Ok(rows)
 }
 
 /// Time-ordered co-occurrence rows.
