@@ -22,6 +22,12 @@ use vecrec_index::HnswParams;
 /// it reopens). A failed build leaves nothing behind. The newest --keep
 /// generations are kept.
 ///
+/// Texts embedded by the previous build into the same --out are taken from
+/// its embedding cache (`<out>/embedding-cache/`, keyed by a hash of the model
+/// files and the text), so a rebuild embeds only new or changed texts. Every
+/// model is trained once. At the end a table gives each stage's time and
+/// peak memory (also as JSON with --report F).
+///
 /// Inputs (see README, "Data formats"): --catalog FILE (.jsonl or .csv) and
 /// --interactions FILE (.csv: user,item,timestamp[,event][,weight]); or
 /// --movielens DIR (ml-latest-small layout: every rated movie, ratings ≥ 4 as
@@ -56,7 +62,13 @@ struct Args {
     /// Skip training the interaction-based sources (EASE, transitions): content only.
     #[arg(long)]
     content_only: bool,
-    /// No progress bars.
+    /// Embed every text, ignoring (and not writing) the embedding cache.
+    #[arg(long)]
+    no_embedding_cache: bool,
+    /// Write the build's report (counts, per-stage seconds and peak memory) as JSON to this file.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// No progress bars and no stage table.
     #[arg(long)]
     quiet: bool,
 }
@@ -94,11 +106,20 @@ fn run() -> anyhow::Result<()> {
         progress: !a.quiet,
         train: (!a.content_only).then(|| cfg.train.clone()),
         learn_fusion: (!a.content_only).then(|| cfg.hybrid.clone()),
+        embedding_cache: !a.no_embedding_cache,
     };
     let report =
         build(&a.out, &encoder, &items, &interactions, &opts).context("building the index")?;
+    if !a.quiet {
+        eprint!("{}", vecrec::pipeline::stage_table(&report.stages));
+    }
+    if let Some(path) = &a.report {
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, json + "\n")
+            .with_context(|| format!("writing the report to {}", path.display()))?;
+    }
     println!(
-        "built {} ({} items, {} users, {} interactions{}) in {:.1}s: embedding {:.1}s ({:.0} texts/s), hnsw {:.1}s, sources {:.1}s",
+        "built {} ({} items, {} users, {} interactions{}) in {:.1}s: embedding {:.1}s ({} embedded at {:.0} texts/s, {} from the cache), hnsw {:.1}s, sources {:.1}s; peak RSS {:.0} MiB",
         report.generation.display(),
         report.items,
         report.users,
@@ -110,9 +131,12 @@ fn run() -> anyhow::Result<()> {
         },
         start.elapsed().as_secs_f64(),
         report.embed_seconds,
+        report.embedded,
         report.texts_per_second,
+        report.reused_embeddings,
         report.hnsw_seconds,
-        report.train_seconds
+        report.train_seconds,
+        report.peak_rss_mib
     );
     Ok(())
 }

@@ -86,6 +86,7 @@ pub(crate) struct Core {
     has_token_type_ids: bool,
     dim: usize,
     batch_size: usize,
+    max_tokens: usize,
     files: EncoderFiles,
 }
 
@@ -137,6 +138,11 @@ impl Encoder {
     /// Dimension of the embeddings.
     pub fn dim(&self) -> usize {
         self.core.dim()
+    }
+
+    /// Tokens kept of a text (longer ones are truncated).
+    pub fn max_tokens(&self) -> usize {
+        self.core.max_tokens
     }
 
     /// The files in use.
@@ -245,6 +251,7 @@ impl Core {
             has_token_type_ids,
             dim: 0,
             batch_size: cfg.batch_size,
+            max_tokens: cfg.max_tokens,
             files,
         };
         let dim = core.encode(&["dimension probe"], &|_| {})?[0].len();

@@ -104,7 +104,16 @@ pub const LIVE_ITEM: u32 = u32::MAX;
 impl Engine {
     /// Opens the live generation under `root`.
     pub fn open(root: &Path, cfg: Config, encoder: Option<Arc<Encoder>>) -> Result<Self> {
-        let index = Index::open_current(root)?;
+        Self::with_index(Index::open_current(root)?, cfg, encoder)
+    }
+
+    /// Opens the generation directory `dir`, live or not (the build fits
+    /// fusion on the generation it is writing).
+    pub fn open_generation(dir: &Path, cfg: Config, encoder: Option<Arc<Encoder>>) -> Result<Self> {
+        Self::with_index(Index::open(dir)?, cfg, encoder)
+    }
+
+    fn with_index(index: Index, cfg: Config, encoder: Option<Arc<Encoder>>) -> Result<Self> {
         let store = index.store();
         let users = UserProfiles::open(index.dir(), store.len(), store.dim())?;
         if let Some(enc) = &encoder {

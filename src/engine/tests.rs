@@ -281,3 +281,74 @@ fn every_source_finds_its_weight_by_its_name() {
     let sources: Vec<&str> = Source::ALL.iter().map(|s| s.name()).collect();
     assert_eq!(names, sources);
 }
+
+/// The learned fusion is fitted on the models the build trained: the
+/// sources are trained once per build (the fit used to train a second copy
+/// of every model on a holdout), and the fitted model serves.
+#[test]
+fn a_build_with_learned_fusion_trains_every_model_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (items, vectors) = catalogue();
+    let opts = BuildOptions {
+        progress: false,
+        train: Some(TrainOptions {
+            neural: false,
+            als: AlsOptions {
+                factors: 8,
+                iterations: 5,
+                ..Default::default()
+            },
+            ..Default::default()
+        }),
+        learn_fusion: Some(HybridConfig::default()),
+        ..Default::default()
+    };
+    crate::pipeline::TRAININGS.with(|t| t.set(0));
+    let report = build_generation(
+        dir.path(),
+        &items,
+        &vectors,
+        &interactions(),
+        &opts,
+        Default::default(),
+    )
+    .unwrap();
+    assert_eq!(crate::pipeline::TRAININGS.with(|t| t.get()), 1);
+    let names: Vec<&str> = report.stages.iter().map(|s| s.stage.as_str()).collect();
+    assert_eq!(
+        names,
+        ["hnsw", "profiles", "ease", "transitions", "als", "fusion-fit", "commit"]
+    );
+    let fit = &report.stages[5].work;
+    assert!(fit.starts_with("30 of 30 users"), "{fit}");
+    // Nothing of a second build is left beside the generation.
+    let entries: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        entries.iter().all(|e| e == "CURRENT" || e.starts_with("gen-")),
+        "{entries:?}"
+    );
+    let cfg = Config {
+        hybrid: HybridConfig {
+            fusion: FusionMethod::Learned,
+            ..HybridConfig::default()
+        },
+        ..Config::default()
+    };
+    let e = Engine::open(dir.path(), cfg, None).unwrap();
+    assert!(e.has_learned_fusion());
+    let got = e
+        .recommend(
+            UserRef::Id("user4"),
+            &RecommendOptions {
+                k: 5,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(got.len(), 5);
+    // Users of category b (u % 3 == 1) get category-b items first.
+    assert_eq!(category(&e, &got[0].id), "b");
+}

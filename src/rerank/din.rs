@@ -261,6 +261,19 @@ impl Din {
         retrieve: Option<&(dyn Fn(usize, usize) -> Vec<u32> + Sync)>,
         opts: &DinOptions,
     ) -> (Self, f32) {
+        Self::train_with_progress(histories, emb, e, popularity, retrieve, opts, &|_| {})
+    }
+
+    /// [`Din::train`], calling `progress` with the epochs done as they end.
+    pub fn train_with_progress(
+        histories: &[Vec<u32>],
+        emb: &[f32],
+        e: usize,
+        popularity: &[f32],
+        retrieve: Option<&(dyn Fn(usize, usize) -> Vec<u32> + Sync)>,
+        opts: &DinOptions,
+        progress: &dyn Fn(usize),
+    ) -> (Self, f32) {
         use rayon::prelude::*;
         let mut model = Self::new(e, opts);
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.seed ^ 0x5eed);
@@ -330,7 +343,10 @@ impl Din {
         let mut opt = Adam::new(opts.lr, 1e-4);
         let mut last = 0.0;
         let l = opts.history;
-        for _ in 0..opts.epochs {
+        for epoch in 0..opts.epochs {
+            if epoch > 0 {
+                progress(epoch);
+            }
             examples.shuffle(&mut rng);
             let mut total = 0.0;
             let mut batches = 0;

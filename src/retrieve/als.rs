@@ -82,6 +82,16 @@ pub fn solve_row(y: &[f32], yty: &[f64], observed: &[u32], opts: &AlsOptions) ->
 
 /// Trains ALS on `histories` (per user, item ids) over `n_items` items.
 pub fn train(histories: &[Vec<u32>], n_items: usize, opts: &AlsOptions) -> Result<AlsModel> {
+    train_with_progress(histories, n_items, opts, &|_| {})
+}
+
+/// [`train`], calling `progress` with the iterations done after each one.
+pub fn train_with_progress(
+    histories: &[Vec<u32>],
+    n_items: usize,
+    opts: &AlsOptions,
+    progress: &dyn Fn(usize),
+) -> Result<AlsModel> {
     let f = opts.factors;
     if f == 0 || f > 512 || opts.iterations == 0 || opts.regularization < 0.0 || opts.alpha < 0.0 {
         return Err(Error::invalid(format!("invalid ALS options {opts:?}")));
@@ -107,7 +117,7 @@ pub fn train(histories: &[Vec<u32>], n_items: usize, opts: &AlsOptions) -> Resul
         .map(|_| rng.gen_range(-scale..scale))
         .collect();
     let mut user_f = vec![0f32; users.len() * f];
-    for _ in 0..opts.iterations {
+    for it in 0..opts.iterations {
         let yty = gram(&item_f, f);
         user_f = users
             .par_iter()
@@ -118,6 +128,7 @@ pub fn train(histories: &[Vec<u32>], n_items: usize, opts: &AlsOptions) -> Resul
             .par_iter()
             .flat_map_iter(|us| solve_row(&user_f, &xtx, us, opts))
             .collect();
+        progress(it + 1);
     }
     Ok(AlsModel {
         factors: f,

@@ -102,6 +102,17 @@ impl TwoTower {
         d: usize,
         opts: &TwoTowerOptions,
     ) -> (Self, f32) {
+        Self::train_with_progress(histories, features, d, opts, &|_| {})
+    }
+
+    /// [`TwoTower::train`], calling `progress` with the epochs done after each one.
+    pub fn train_with_progress(
+        histories: &[Vec<u32>],
+        features: &[f32],
+        d: usize,
+        opts: &TwoTowerOptions,
+        progress: &dyn Fn(usize),
+    ) -> (Self, f32) {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.seed);
         let mut model = Self {
             opts: opts.clone(),
@@ -140,7 +151,10 @@ impl TwoTower {
         let mut order: Vec<usize> = (0..pairs.len()).collect();
         let mut opt = Adam::new(opts.lr, 1e-4);
         let mut last = 0.0;
-        for _ in 0..opts.epochs {
+        for epoch in 0..opts.epochs {
+            if epoch > 0 {
+                progress(epoch);
+            }
             order.shuffle(&mut rng);
             let mut total = 0.0;
             let mut batches = 0;

@@ -158,3 +158,98 @@ fn ann_bench_prints_json_lines() {
     assert!(rows[2]["recall@10"].as_f64().unwrap() >= 0.95);
     assert!(rows[2]["qps"].as_f64().unwrap() > 0.0);
 }
+
+/// `vecrec-build` into the same root twice, six of 600 titles changed in
+/// between: the second build embeds those six, takes the rest from the
+/// embedding cache, and its vectors match a build that embeds everything.
+/// The report (`--report`) names every stage with its time and memory.
+#[test]
+fn a_rebuild_embeds_only_changed_texts() {
+    let s = crate::common::sample_index();
+    let dir = tempfile::tempdir().unwrap();
+    let lines: Vec<String> = std::fs::read_to_string(s.data.join("catalog.jsonl"))
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let changed: Vec<String> = lines
+        .iter()
+        .enumerate()
+        .map(|(k, l)| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            if k % 100 == 0 {
+                let t = v["title"].as_str().unwrap().to_owned();
+                v["title"] = format!("{t} (special edition)").into();
+            }
+            v.to_string()
+        })
+        .collect();
+    std::fs::write(dir.path().join("changed.jsonl"), changed.join("\n") + "\n").unwrap();
+    let distinct: std::collections::HashSet<String> =
+        vecrec::catalog::read_catalog(&s.data.join("catalog.jsonl"))
+            .unwrap()
+            .iter()
+            .map(|i| i.embedding_text())
+            .collect();
+    let run = |catalog: &std::path::Path, out: &str, extra: &[&str]| {
+        let report = dir.path().join(format!("{out}-{}.json", extra.len()));
+        let o = bin("vecrec-build")
+            .args(["--quiet", "--content-only", "--catalog"])
+            .arg(catalog)
+            .arg("--interactions")
+            .arg(s.data.join("interactions.csv"))
+            .arg("--out")
+            .arg(dir.path().join(out))
+            .arg("--report")
+            .arg(&report)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let line = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(line.contains("peak RSS"), "{line}");
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(report).unwrap()).unwrap();
+        r
+    };
+    let first = run(&s.data.join("catalog.jsonl"), "a", &[]);
+    assert_eq!(first["embedded"], distinct.len());
+    assert_eq!(first["reused_embeddings"], 0);
+    let stages: Vec<&str> = first["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stage"].as_str().unwrap())
+        .collect();
+    assert_eq!(stages, ["embedding", "hnsw", "profiles", "commit"]);
+    assert!(first["peak_rss_mib"].as_f64().unwrap() > 50.0, "{first}");
+
+    let second = run(&dir.path().join("changed.jsonl"), "a", &[]);
+    assert_eq!(second["embedded"], 6, "{second}");
+    assert_eq!(second["reused_embeddings"], lines.len() - 6);
+    let all = run(
+        &dir.path().join("changed.jsonl"),
+        "b",
+        &["--no-embedding-cache"],
+    );
+    assert_eq!(all["embedded"], lines.len());
+    assert!(!dir.path().join("b/embedding-cache").exists());
+    let open = |root: &str| {
+        vecrec_index::VectorStore::open(
+            &vecrec_index::generation::current_generation(&dir.path().join(root)).unwrap(),
+            true,
+        )
+        .unwrap()
+    };
+    let (cached, fresh) = (open("a"), open("b"));
+    assert_eq!(cached.len(), fresh.len());
+    let worst = cached
+        .vectors()
+        .iter()
+        .zip(fresh.vectors())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    // Texts batched with different neighbours pad differently; the
+    // vectors agree to float noise.
+    assert!(worst < 1e-4, "cached vectors differ by up to {worst}");
+}

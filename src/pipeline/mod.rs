@@ -1,0 +1,594 @@
+//! The bulk build: catalogue + interactions → embeddings → a new index
+//! generation with item vectors, HNSW graph, user profiles and every trained
+//! source, switched in atomically. `vecrec-build` and `vecrec-eval` both call
+//! it.
+//!
+//! Every model is trained once per build: the learned fusion is fitted on
+//! the models just trained ([`fusion_fit`]). Texts whose vectors the
+//! previous build already made are taken from the embedding cache
+//! ([`cache`]). Each stage's time and peak memory are recorded
+//! ([`stages`]).
+
+pub mod cache;
+mod fusion_fit;
+pub mod stages;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use vecrec_index::generation::{prune, GenerationWriter};
+use vecrec_index::{write_index, HnswParams, Metric, StoreBuilder, VectorStore};
+
+use crate::catalog::{CatalogItem, Interaction};
+use crate::config::UserConfig;
+use crate::encoder::Encoder;
+use crate::error::Result;
+use crate::layout::{
+    GenerationInfo, TwoTowerMeta, ALS_DIR, ALS_USERS_FILE, FUSION_FILE, TWO_TOWER_DIR,
+    TWO_TOWER_META_FILE, USER_TOWER_FILE,
+};
+use crate::retrieve::sparse::SparseRows;
+use crate::users::write_profiles;
+pub use stages::{bar, spinner, stage_table, StageReport, Stages};
+
+/// Options of a build.
+#[derive(Clone, Debug)]
+pub struct BuildOptions {
+    /// HNSW parameters.
+    pub hnsw: HnswParams,
+    /// How user profiles are made.
+    pub users: UserConfig,
+    /// Generations kept after the build (the live one always stays).
+    pub keep_generations: usize,
+    /// Draw progress bars on stderr.
+    pub progress: bool,
+    /// Training of the interaction-based sources; `None` skips them (content only).
+    pub train: Option<crate::retrieve::TrainOptions>,
+    /// Fit the learned fusion model on a temporal holdout of the interactions,
+    /// scoring candidates with these hybrid settings; `None` skips it.
+    pub learn_fusion: Option<crate::config::HybridConfig>,
+    /// Take the vectors of texts embedded by an earlier build from the
+    /// index root's embedding cache, and keep this build's there.
+    pub embedding_cache: bool,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        Self {
+            hnsw: HnswParams::default(),
+            users: UserConfig::default(),
+            keep_generations: 3,
+            progress: true,
+            train: Some(crate::retrieve::TrainOptions::default()),
+            learn_fusion: Some(crate::config::HybridConfig::default()),
+            embedding_cache: true,
+        }
+    }
+}
+
+/// What a build did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BuildReport {
+    /// The new generation directory.
+    pub generation: PathBuf,
+    /// Items indexed.
+    pub items: usize,
+    /// Users with a profile.
+    pub users: usize,
+    /// Interactions used.
+    pub interactions: usize,
+    /// Interactions skipped because their item is not in the catalogue.
+    pub skipped_unknown_items: usize,
+    /// Texts run through the encoder.
+    pub embedded: usize,
+    /// Texts whose vectors came from the embedding cache.
+    pub reused_embeddings: usize,
+    /// Seconds spent embedding (cache included).
+    pub embed_seconds: f64,
+    /// Texts run through the encoder per second of encoding.
+    pub texts_per_second: f64,
+    /// Seconds spent building the graph.
+    pub hnsw_seconds: f64,
+    /// Seconds spent training the sources and fitting fusion.
+    pub train_seconds: f64,
+    /// Seconds for the whole build.
+    pub total_seconds: f64,
+    /// The peak resident memory of the process during the build, MiB.
+    pub peak_rss_mib: f64,
+    /// Each stage's time and peak memory, in order.
+    pub stages: Vec<StageReport>,
+}
+
+/// The stages that train models (for [`BuildReport::train_seconds`]).
+const TRAIN_STAGES: &[&str] = &[
+    "ease",
+    "transitions",
+    "als",
+    "two-tower",
+    "reranker",
+    "fusion-fit",
+];
+
+/// Embeds the catalogue's texts with a progress bar.
+pub fn embed_catalog(
+    encoder: &Encoder,
+    items: &[CatalogItem],
+    progress: bool,
+) -> Result<Vec<Vec<f32>>> {
+    let texts: Vec<String> = items.iter().map(CatalogItem::embedding_text).collect();
+    let pb = bar(texts.len(), "embedding", progress);
+    let v = encoder.encode_with_progress(&texts, &|d| pb.set_position(d as u64))?;
+    pb.finish_and_clear();
+    Ok(v)
+}
+
+/// What [`embed_cached`] did.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Embedded {
+    /// Texts run through the encoder.
+    pub encoded: usize,
+    /// Texts taken from the cache.
+    pub reused: usize,
+    /// Seconds inside the encoder.
+    pub encode_seconds: f64,
+}
+
+/// Embeds the catalogue's texts, taking those embedded by the last build
+/// from the cache under `root` and writing this build's vectors back. Equal
+/// texts are embedded once.
+pub fn embed_cached(
+    root: &Path,
+    encoder: &Encoder,
+    items: &[CatalogItem],
+    progress: bool,
+) -> Result<(Vec<Vec<f32>>, Embedded)> {
+    let dir = root.join(cache::CACHE_DIR);
+    let fp = cache::fingerprint(encoder)?;
+    let old = cache::EmbeddingCache::open(&dir, &fp, encoder.dim());
+    let texts: Vec<String> = items.iter().map(CatalogItem::embedding_text).collect();
+    let keys: Vec<cache::Key> = texts.iter().map(|t| cache::key(&fp, t)).collect();
+    // The first item of every text the cache lacks.
+    let mut first: HashMap<cache::Key, usize> = HashMap::new();
+    let mut todo: Vec<usize> = Vec::new();
+    for (i, k) in keys.iter().enumerate() {
+        if old.get(k).is_none() && !first.contains_key(k) {
+            first.insert(*k, todo.len());
+            todo.push(i);
+        }
+    }
+    let t = Instant::now();
+    let pb = bar(todo.len(), "embedding", progress);
+    let batch: Vec<&str> = todo.iter().map(|&i| texts[i].as_str()).collect();
+    let fresh = encoder.encode_with_progress(&batch, &|d| pb.set_position(d as u64))?;
+    pb.finish_and_clear();
+    let encode_seconds = t.elapsed().as_secs_f64();
+    let mut reused = 0;
+    let vectors: Vec<Vec<f32>> = keys
+        .iter()
+        .map(|k| match old.get(k) {
+            Some(v) => {
+                reused += 1;
+                v.to_vec()
+            }
+            None => fresh[first[k]].clone(),
+        })
+        .collect();
+    drop((old, fresh));
+    if let Err(e) = cache::write(&dir, &fp, &keys, &vectors) {
+        tracing::warn!(error = %e, "the embedding cache could not be written; the next build embeds every text");
+    }
+    Ok((
+        vectors,
+        Embedded {
+            encoded: todo.len(),
+            reused,
+            encode_seconds,
+        },
+    ))
+}
+
+/// A user's history: (item row, weight), oldest first.
+type History = Vec<(u32, f32)>;
+
+/// Builds a new generation under `root` from items, their vectors and interactions.
+pub fn build_generation(
+    root: &Path,
+    items: &[CatalogItem],
+    vectors: &[Vec<f32>],
+    interactions: &[Interaction],
+    opts: &BuildOptions,
+    info: GenerationInfo,
+) -> Result<BuildReport> {
+    build_generation_with(
+        root,
+        items,
+        vectors,
+        interactions,
+        opts,
+        info,
+        Stages::new(),
+    )
+}
+
+/// [`build_generation`], adding to the stages already recorded.
+fn build_generation_with(
+    root: &Path,
+    items: &[CatalogItem],
+    vectors: &[Vec<f32>],
+    interactions: &[Interaction],
+    opts: &BuildOptions,
+    info: GenerationInfo,
+    mut stages: Stages,
+) -> Result<BuildReport> {
+    let start = Instant::now();
+    let dim = vectors.first().map_or(0, Vec::len);
+    let writer = GenerationWriter::begin(root)?;
+    let info = GenerationInfo {
+        users: Some(opts.users.clone()),
+        ..info
+    };
+    let manifest = stages.run("hnsw", || {
+        let mut sb = StoreBuilder::new(dim, Metric::Cosine)?;
+        for (item, v) in items.iter().zip(vectors) {
+            sb.add(&item.id, v, item.meta.clone())?;
+        }
+        let pb = bar(items.len(), "hnsw", opts.progress);
+        let m = write_index(writer.dir(), &sb, &opts.hnsw, info.to_json(), &|d| {
+            pb.set_position(d as u64)
+        })?;
+        pb.finish_and_clear();
+        Ok((m, format!("{} items × {dim}", items.len())))
+    })?;
+
+    let store = VectorStore::open(writer.dir(), false)?;
+    let (users, skipped, with_profile) = stages.run("profiles", || {
+        let (users, skipped) = histories(&store, interactions);
+        let n = write_profiles(writer.dir(), &store, &users, &opts.users)?;
+        let work = format!("{} users, {} interactions", users.len(), interactions.len() - skipped);
+        Ok(((users, skipped, n), work))
+    })?;
+    if let Some(train) = &opts.train {
+        train_sources(writer.dir(), &store, &users, train, opts, &mut stages)?;
+    }
+    if let (Some(train), Some(hybrid)) = (&opts.train, &opts.learn_fusion) {
+        stages.run("fusion-fit", || {
+            let (model, work) =
+                fusion_fit::fit(writer.dir(), &users, opts, train, hybrid)?;
+            if let Some(model) = &model {
+                vecrec_index::format::write_json(&writer.dir().join(FUSION_FILE), model)?;
+            }
+            Ok(((), work))
+        })?;
+    }
+    drop(store);
+    let generation = stages.run("commit", || {
+        let g = writer.commit()?;
+        prune(root, opts.keep_generations)?;
+        Ok((g, String::new()))
+    })?;
+    let peak_rss_mib = stages.peak_mib();
+    let train_seconds = stages.seconds_of(TRAIN_STAGES);
+    Ok(BuildReport {
+        generation,
+        items: items.len(),
+        users: with_profile,
+        interactions: interactions.len() - skipped,
+        skipped_unknown_items: skipped,
+        embedded: 0,
+        reused_embeddings: 0,
+        embed_seconds: 0.0,
+        texts_per_second: 0.0,
+        hnsw_seconds: manifest.hnsw_build_seconds,
+        train_seconds,
+        total_seconds: start.elapsed().as_secs_f64(),
+        peak_rss_mib,
+        stages: stages.into_list(),
+    })
+}
+
+/// Per user, oldest first (ties by item row), interactions with items the
+/// store does not hold skipped; users sorted by id. Returns the histories
+/// and the number skipped.
+fn histories(store: &VectorStore, interactions: &[Interaction]) -> (Vec<(String, History)>, usize) {
+    let mut by_user: HashMap<&str, Vec<(i64, u32, f32)>> = HashMap::new();
+    let mut skipped = 0;
+    for it in interactions {
+        match store.internal_id(&it.item) {
+            Some(i) => by_user
+                .entry(&it.user)
+                .or_default()
+                .push((it.timestamp, i, it.weight)),
+            None => skipped += 1,
+        }
+    }
+    if skipped > 0 {
+        tracing::warn!(
+            skipped,
+            "interactions name items that are not in the catalogue; skipped"
+        );
+    }
+    let mut users: Vec<(String, History)> = by_user
+        .into_iter()
+        .map(|(u, mut h)| {
+            h.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+            (
+                u.to_owned(),
+                h.into_iter().map(|(_, i, w)| (i, w)).collect(),
+            )
+        })
+        .collect();
+    users.sort_by(|a, b| a.0.cmp(&b.0));
+    (users, skipped)
+}
+
+#[cfg(test)]
+thread_local! {
+    /// How many times this thread trained the sources (for the test that
+    /// a build trains every model once).
+    pub(crate) static TRAININGS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Trains every interaction-based source into the generation directory
+/// `dir`, one stage each.
+fn train_sources(
+    dir: &Path,
+    store: &VectorStore,
+    users: &[(String, History)],
+    train: &crate::retrieve::TrainOptions,
+    opts: &BuildOptions,
+    stages: &mut Stages,
+) -> Result<()> {
+    #[cfg(test)]
+    TRAININGS.with(|t| t.set(t.get() + 1));
+    let histories: Vec<Vec<u32>> = users
+        .iter()
+        .map(|u| u.1.iter().map(|x| x.0).collect())
+        .collect();
+    let n = store.len();
+    stages.run("ease", || {
+        let sp = spinner("ease (dense solve)", opts.progress);
+        let (ease, kind) = crate::retrieve::ease::train_ease_kind(&histories, n, train)?;
+        SparseRows::write(dir, crate::layout::EASE_ROWS, &ease)?;
+        sp.finish_and_clear();
+        let with = ease.iter().filter(|r| !r.is_empty()).count();
+        let how = match kind {
+            crate::retrieve::ease::EaseKind::Exact => "exact".to_owned(),
+            crate::retrieve::ease::EaseKind::Neighbourhood => {
+                format!("neighbourhood of {}", train.ease_neighbours)
+            }
+        };
+        Ok(((), format!("{how}, {with} items with weights")))
+    })?;
+    stages.run("transitions", || {
+        let t = crate::retrieve::train_transitions(&histories, n, train);
+        SparseRows::write(dir, crate::layout::TRANSITIONS_ROWS, &t)?;
+        let nnz: usize = t.iter().map(Vec::len).sum();
+        Ok(((), format!("{nnz} weights")))
+    })?;
+    let als = stages.run("als", || {
+        let pb = bar(train.als.iterations, "als", opts.progress);
+        let als = crate::retrieve::als::train_with_progress(&histories, n, &train.als, &|d| {
+            pb.set_position(d as u64)
+        })?;
+        pb.finish_and_clear();
+        write_als(dir, store, &als, &opts.hnsw, opts.progress)?;
+        let work = format!("{} factors, {} iterations", als.factors, train.als.iterations);
+        Ok((als, work))
+    })?;
+    if train.neural {
+        write_neural(dir, store, &als, &histories, train, opts, stages)?;
+    }
+    Ok(())
+}
+
+/// Writes the ALS item factors as an inner-product index under `dir/als/` and
+/// the user factors as `dir/als_users.bin`.
+fn write_als(
+    dir: &Path,
+    store: &VectorStore,
+    model: &crate::retrieve::als::AlsModel,
+    hnsw: &HnswParams,
+    progress: bool,
+) -> Result<()> {
+    let f = model.factors;
+    write_sub_index(
+        &dir.join(ALS_DIR),
+        store,
+        &model.items,
+        f,
+        hnsw,
+        serde_json::json!({"als_factors": f}),
+        bar(store.len(), "als hnsw", progress),
+    )?;
+    let users = model.users.len() / f.max(1);
+    let mut w = vecrec_index::format::FileWriter::create(
+        &dir.join(ALS_USERS_FILE),
+        vecrec_index::format::Kind::VECTORS,
+        [f as u64, users as u64, Metric::InnerProduct.code(), 0, 0],
+    )?;
+    w.write_pod(&model.users)?;
+    w.finish()?;
+    Ok(())
+}
+
+/// Writes per-item vectors (`store.len() × dim`, in store order, same ids)
+/// as an inner-product index in the directory `sub`, advancing `pb` as the
+/// graph is built.
+fn write_sub_index(
+    sub: &Path,
+    store: &VectorStore,
+    rows: &[f32],
+    dim: usize,
+    hnsw: &HnswParams,
+    extra: serde_json::Value,
+    pb: indicatif::ProgressBar,
+) -> Result<()> {
+    let mut sb = StoreBuilder::new(dim, Metric::InnerProduct)?;
+    for (i, v) in rows.chunks_exact(dim).take(store.len()).enumerate() {
+        sb.add(store.external_id(i as u32), v, Default::default())?;
+    }
+    std::fs::create_dir_all(sub).map_err(|e| crate::error::Error::io(sub, e))?;
+    write_index(sub, &sb, hnsw, extra, &|d| pb.set_position(d as u64))?;
+    pb.finish_and_clear();
+    Ok(())
+}
+
+/// Writes a serialised model in the envelope.
+pub fn write_model(path: &Path, bytes: &[u8]) -> Result<()> {
+    Ok(vecrec_index::format::write_file(
+        path,
+        vecrec_index::format::Kind::MODEL,
+        [bytes.len() as u64, 0, 0, 0, 0],
+        bytes,
+    )?)
+}
+
+/// Trains the two-tower user encoder and the cross-attention reranker and
+/// writes them into the generation, a stage each: item embeddings as an
+/// inner-product index under `two_tower/`, the user tower and the reranker
+/// as ONNX.
+fn write_neural(
+    dir: &Path,
+    store: &VectorStore,
+    als: &crate::retrieve::als::AlsModel,
+    histories: &[Vec<u32>],
+    train: &crate::retrieve::TrainOptions,
+    opts: &BuildOptions,
+    stages: &mut Stages,
+) -> Result<()> {
+    use crate::rerank::din::Din;
+    use crate::retrieve::two_tower::{item_features, TwoTower};
+    let dc = store.dim();
+    let features = item_features(store.vectors(), dc, &als.items, als.factors);
+    let input = dc + als.factors;
+    let e = train.two_tower.dim;
+    let (tower, emb) = stages.run("two-tower", || {
+        let t = Instant::now();
+        let pb = bar(train.two_tower.epochs, "two-tower", opts.progress);
+        let (tower, loss) =
+            TwoTower::train_with_progress(histories, &features, input, &train.two_tower, &|d| {
+                pb.set_position(d as u64)
+            });
+        pb.finish_and_clear();
+        let emb = tower.item_vectors(&features);
+        write_sub_index(
+            &dir.join(TWO_TOWER_DIR),
+            store,
+            &emb,
+            e,
+            &opts.hnsw,
+            serde_json::json!({"two_tower_dim": e}),
+            bar(store.len(), "tt hnsw", opts.progress),
+        )?;
+        write_model(&dir.join(USER_TOWER_FILE), &tower.user_onnx())?;
+        let train_seconds = t.elapsed().as_secs_f64();
+        vecrec_index::format::write_json(
+            &dir.join(TWO_TOWER_META_FILE),
+            &TwoTowerMeta {
+                options: train.two_tower.clone(),
+                input,
+                train_loss: loss,
+                train_seconds,
+            },
+        )?;
+        tracing::info!(
+            loss,
+            seconds = train_seconds,
+            "two-tower user encoder trained"
+        );
+        let work = format!("{} epochs, loss {loss:.4}", train.two_tower.epochs);
+        Ok(((tower, emb), work))
+    })?;
+    stages.run("reranker", || {
+        let t = Instant::now();
+        let pop = crate::retrieve::popularity(histories, store.len());
+        // Hard negatives: the two-tower model's best unseen items for each prefix.
+        let pool = train.reranker.hard_pool;
+        let retrieve = |u: usize, t: usize| -> Vec<u32> {
+            let user = tower.user_vector(&features, &histories[u][..t]);
+            let scores: Vec<f32> = emb
+                .chunks_exact(e)
+                .map(|row| row.iter().zip(&user).map(|(a, b)| a * b).sum())
+                .collect();
+            crate::retrieve::top_n(&scores, pool, &|_| true)
+                .into_iter()
+                .map(|x| x.0)
+                .collect()
+        };
+        let pb = bar(train.reranker.epochs, "reranker", opts.progress);
+        let (din, loss) = Din::train_with_progress(
+            histories,
+            &emb,
+            e,
+            &pop,
+            Some(&retrieve),
+            &train.reranker,
+            &|d| pb.set_position(d as u64),
+        );
+        pb.finish_and_clear();
+        write_model(&dir.join(crate::layout::DIN_FILE), &din.onnx())?;
+        vecrec_index::format::write_json(
+            &dir.join(crate::layout::DIN_META_FILE),
+            &crate::rerank::DinMeta {
+                history: train.reranker.history,
+                embed: e,
+                train_loss: loss,
+            },
+        )?;
+        tracing::info!(
+            loss,
+            seconds = t.elapsed().as_secs_f64(),
+            "cross-attention reranker trained"
+        );
+        Ok(((), format!("{} epochs, loss {loss:.4}", train.reranker.epochs)))
+    })
+}
+
+/// The whole build: embed (through the embedding cache unless
+/// `opts.embedding_cache` is off), then [`build_generation`].
+pub fn build(
+    root: &Path,
+    encoder: &Encoder,
+    items: &[CatalogItem],
+    interactions: &[Interaction],
+    opts: &BuildOptions,
+) -> Result<BuildReport> {
+    let t = Instant::now();
+    let mut stages = Stages::new();
+    let (vectors, done) = stages.run("embedding", || {
+        let (v, done) = if opts.embedding_cache {
+            embed_cached(root, encoder, items, opts.progress)?
+        } else {
+            let t = Instant::now();
+            let v = embed_catalog(encoder, items, opts.progress)?;
+            let done = Embedded {
+                encoded: items.len(),
+                reused: 0,
+                encode_seconds: t.elapsed().as_secs_f64(),
+            };
+            (v, done)
+        };
+        let work = format!(
+            "{} texts: {} embedded, {} from the cache",
+            items.len(),
+            done.encoded,
+            done.reused
+        );
+        Ok(((v, done), work))
+    })?;
+    let embed_seconds = t.elapsed().as_secs_f64();
+    let info = GenerationInfo {
+        encoder_model: Some(encoder.files().model.display().to_string()),
+        encoder_dim: Some(encoder.dim()),
+        ..Default::default()
+    };
+    let mut report =
+        build_generation_with(root, items, &vectors, interactions, opts, info, stages)?;
+    report.embedded = done.encoded;
+    report.reused_embeddings = done.reused;
+    report.embed_seconds = embed_seconds;
+    report.texts_per_second = done.encoded as f64 / done.encode_seconds.max(1e-9);
+    report.total_seconds = t.elapsed().as_secs_f64();
+    Ok(report)
+}
