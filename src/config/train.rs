@@ -17,7 +17,7 @@ pub struct TrainOptions {
     /// it, the neighbourhood approximation. Default 10000 (2.4 GB while solving).
     pub ease_max_items: usize,
     /// Items each EASE column is regressed on in the neighbourhood
-    /// approximation. Default 128.
+    /// approximation. Default 64, chosen on ml-latest-small validation.
     pub ease_neighbours: usize,
     /// Steps after an item that count as its transitions. Default 5.
     pub transitions_window: usize,
@@ -42,7 +42,7 @@ impl Default for TrainOptions {
             ease_lambda: 100.0,
             ease_keep: 500,
             ease_max_items: 10_000,
-            ease_neighbours: 128,
+            ease_neighbours: 64,
             transitions_window: 5,
             transitions_keep: 200,
             als: AlsOptions::default(),

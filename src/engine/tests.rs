@@ -58,10 +58,9 @@ fn interactions() -> Vec<Interaction> {
     out
 }
 
-fn engine() -> (tempfile::TempDir, Engine) {
-    let dir = tempfile::tempdir().unwrap();
-    let (items, vectors) = catalogue();
-    let opts = BuildOptions {
+/// Build options with small, fast models (no neural ones).
+fn small_build(learn_fusion: Option<HybridConfig>) -> BuildOptions {
+    BuildOptions {
         progress: false,
         train: Some(TrainOptions {
             neural: false,
@@ -72,9 +71,15 @@ fn engine() -> (tempfile::TempDir, Engine) {
             },
             ..Default::default()
         }),
-        learn_fusion: None,
+        learn_fusion,
         ..Default::default()
-    };
+    }
+}
+
+fn engine() -> (tempfile::TempDir, Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let (items, vectors) = catalogue();
+    let opts = small_build(None);
     build_generation(
         dir.path(),
         &items,
@@ -289,20 +294,7 @@ fn every_source_finds_its_weight_by_its_name() {
 fn a_build_with_learned_fusion_trains_every_model_once() {
     let dir = tempfile::tempdir().unwrap();
     let (items, vectors) = catalogue();
-    let opts = BuildOptions {
-        progress: false,
-        train: Some(TrainOptions {
-            neural: false,
-            als: AlsOptions {
-                factors: 8,
-                iterations: 5,
-                ..Default::default()
-            },
-            ..Default::default()
-        }),
-        learn_fusion: Some(HybridConfig::default()),
-        ..Default::default()
-    };
+    let opts = small_build(Some(HybridConfig::default()));
     crate::pipeline::TRAININGS.with(|t| t.set(0));
     let report = build_generation(
         dir.path(),
@@ -317,7 +309,15 @@ fn a_build_with_learned_fusion_trains_every_model_once() {
     let names: Vec<&str> = report.stages.iter().map(|s| s.stage.as_str()).collect();
     assert_eq!(
         names,
-        ["hnsw", "profiles", "ease", "transitions", "als", "fusion-fit", "commit"]
+        [
+            "hnsw",
+            "profiles",
+            "ease",
+            "transitions",
+            "als",
+            "fusion-fit",
+            "commit"
+        ]
     );
     let fit = &report.stages[5].work;
     assert!(fit.starts_with("30 of 30 users"), "{fit}");
@@ -327,7 +327,9 @@ fn a_build_with_learned_fusion_trains_every_model_once() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert!(
-        entries.iter().all(|e| e == "CURRENT" || e.starts_with("gen-")),
+        entries
+            .iter()
+            .all(|e| e == "CURRENT" || e.starts_with("gen-")),
         "{entries:?}"
     );
     let cfg = Config {

@@ -19,9 +19,9 @@ use crate::movielens::{split, write_split, MovieLens};
 use crate::pipeline::embed_catalog;
 
 mod metrics;
+mod neighbourhood;
 mod protocol;
 mod report;
-mod neighbourhood;
 mod stages;
 mod tuning;
 

@@ -77,7 +77,11 @@ impl Run<'_> {
         let (k, lambda) = (c.ease_neighbours, c.plain_lambda);
         let train = self.approximated(lambda, k, als);
         self.build_train(&self.sp.train, &self.cfg.users, train, None)?;
-        let approx = score(&self.plain_ease(self.cfg.clone())?, &self.sp.test, &Who::Stored)?;
+        let approx = score(
+            &self.plain_ease(self.cfg.clone())?,
+            &self.sp.test,
+            &Who::Stored,
+        )?;
         let (m, ci, n) = mean(
             approx
                 .per_user_ndcg10

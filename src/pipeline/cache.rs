@@ -70,7 +70,10 @@ pub struct EmbeddingCache {
 }
 
 fn file_name(fingerprint: &[u8; 32]) -> String {
-    let hex: String = fingerprint[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let hex: String = fingerprint[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     format!("{hex}.vec")
 }
 
@@ -147,7 +150,12 @@ impl EmbeddingCache {
 
 /// Writes the cache of `fingerprint` under `dir`: one entry per distinct
 /// key, the first of equal keys kept. Other files in `dir` are removed.
-pub fn write(dir: &Path, fingerprint: &[u8; 32], keys: &[Key], vectors: &[Vec<f32>]) -> Result<PathBuf> {
+pub fn write(
+    dir: &Path,
+    fingerprint: &[u8; 32],
+    keys: &[Key],
+    vectors: &[Vec<f32>],
+) -> Result<PathBuf> {
     let dim = vectors.first().map_or(0, Vec::len);
     let mut seen = std::collections::HashSet::new();
     let take: Vec<usize> = (0..keys.len()).filter(|&i| seen.insert(keys[i])).collect();
@@ -200,7 +208,11 @@ mod tests {
         assert!(!dir.path().join("stale.vec").exists());
         let c = EmbeddingCache::open(dir.path(), &fp, 2);
         assert_eq!(c.len(), 2, "one entry per distinct text");
-        assert_eq!(c.get(&keys[0]), Some(&[1.0, 2.0][..]), "the first of equal keys");
+        assert_eq!(
+            c.get(&keys[0]),
+            Some(&[1.0, 2.0][..]),
+            "the first of equal keys"
+        );
         assert_eq!(c.get(&keys[1]), Some(&[3.0, 4.0][..]));
         assert_eq!(c.get(&key(&fp, "c")), None);
         // Another model's fingerprint keys nothing here, and a width it was

@@ -77,8 +77,12 @@ pub(super) fn fit(
             let hist = &h[..cut];
             let seen: HashSet<u32> = hist.iter().map(|e| e.0).collect();
             let truth: HashSet<u32> = h[cut..].iter().map(|e| e.0).collect();
-            let lists =
-                engine.candidate_lists(hist, None, &|i| !seen.contains(&i), FusionMethod::Learned)?;
+            let lists = engine.candidate_lists(
+                hist,
+                None,
+                &|i| !seen.contains(&i),
+                FusionMethod::Learned,
+            )?;
             let mut rows: Vec<(u32, Vec<f32>)> = features(&names, &lists).into_iter().collect();
             // Hash order must not reach the fit's sums.
             rows.sort_unstable_by_key(|r| r.0);

@@ -59,12 +59,15 @@ pub fn train_ease(
     Ok(train_ease_kind(histories, n, opts)?.0)
 }
 
+/// Pruned sparse rows, one per item: (item, weight).
+pub type Rows = Vec<Vec<(u32, f32)>>;
+
 /// [`train_ease`], also saying which variant ran.
 pub fn train_ease_kind(
     histories: &[Vec<u32>],
     n: usize,
     opts: &TrainOptions,
-) -> Result<(Vec<Vec<(u32, f32)>>, EaseKind)> {
+) -> Result<(Rows, EaseKind)> {
     let lambda_ok = opts.ease_lambda > 0.0 && opts.ease_lambda.is_finite();
     if !lambda_ok {
         return Err(Error::invalid(format!(
@@ -145,7 +148,6 @@ fn exact(
     Ok(rows)
 }
 
-
 /// The sparse Gram matrix `XᵀX` of binary histories: per item, the items
 /// it co-occurs with (itself included) and in how many histories, by column.
 pub fn sparse_gram(users: &[Vec<u32>], n: usize) -> Vec<Vec<(u32, f32)>> {
@@ -187,11 +189,7 @@ fn gram_at(row: &[(u32, f32)], b: u32) -> f32 {
 }
 
 /// The neighbourhood approximation (see the module header).
-fn neighbourhood(
-    histories: &[Vec<u32>],
-    n: usize,
-    opts: &TrainOptions,
-) -> Vec<Vec<(u32, f32)>> {
+fn neighbourhood(histories: &[Vec<u32>], n: usize, opts: &TrainOptions) -> Vec<Vec<(u32, f32)>> {
     // Binary histories: each user's newest distinct items, sorted.
     let users: Vec<Vec<u32>> = histories
         .par_iter()
@@ -217,8 +215,7 @@ fn neighbourhood(
         .into_par_iter()
         .map(|j| {
             let row = &gram[j];
-            let mut nb: Vec<(u32, f32)> =
-                row.iter().copied().filter(|e| e.0 != j as u32).collect();
+            let mut nb: Vec<(u32, f32)> = row.iter().copied().filter(|e| e.0 != j as u32).collect();
             if nb.len() > k {
                 nb.select_nth_unstable_by(k, |a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
                 nb.truncate(k);
@@ -338,7 +335,7 @@ mod tests {
             }
         }
         assert!(per_column.iter().all(|&c| c <= k), "{per_column:?}");
-        assert!(per_column.iter().any(|&c| c == k));
+        assert!(per_column.contains(&k));
         // The sparse Gram counts co-occurrences: diagonal = popularity.
         let pop = popularity(&users, 23);
         for i in 0..23u32 {
