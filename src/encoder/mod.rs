@@ -200,6 +200,11 @@ impl Encoder {
     }
 }
 
+/// Texts tokenised and sorted by length together in a bulk encode: enough
+/// for batches of similar lengths, few enough that the token ids of a large
+/// catalogue are never all in memory at once.
+const SORT_WINDOW: usize = 8192;
+
 impl Core {
     fn load(cfg: &EncoderConfig, pool: usize, spin: bool) -> Result<Self> {
         let files = EncoderFiles::locate(cfg)?;
@@ -271,8 +276,9 @@ impl Core {
         self.dim
     }
 
-    /// Tokenises `texts` once, sorts them by length and runs them in batches
-    /// of `batch_size`, each padded to its own longest text.
+    /// Tokenises `texts` in windows of [`SORT_WINDOW`], sorts each window by
+    /// length and runs it in batches of `batch_size`, each padded to its own
+    /// longest text.
     pub(crate) fn encode<S: AsRef<str> + Sync>(
         &self,
         texts: &[S],
@@ -291,31 +297,38 @@ impl Core {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
-        let inputs: Vec<&str> = texts.iter().map(|t| t.as_ref()).collect();
-        // A server's batch is tokenised on its worker thread: handing a few
-        // short texts to the rayon pool costs more than it saves.
-        let encodings = if inputs.len() <= self.batch_size {
-            inputs
-                .into_iter()
-                .map(|t| self.tokenizer.encode(t, true))
-                .collect::<std::result::Result<Vec<_>, _>>()
-        } else {
-            self.tokenizer.encode_batch(inputs, true)
-        }
-        .map_err(|e| Error::Encoder(format!("tokenizer: {e}")))?;
-        let mut order: Vec<usize> = (0..encodings.len()).collect();
-        order.sort_by_key(|&i| encodings[i].get_ids().len());
-        let mut out: Vec<Vec<f32>> = vec![Vec::new(); texts.len()];
+        // Texts are tokenised and sorted by length one window at a time, so
+        // a bulk build holds the token ids of one window, not of every text.
+        let mut out: Vec<Vec<f32>> = Vec::with_capacity(texts.len());
         let mut done = 0;
-        for chunk in order.chunks(self.batch_size) {
-            deadline.check("encode")?;
-            let batch: Vec<&tokenizers::Encoding> = chunk.iter().map(|&i| &encodings[i]).collect();
-            let vectors = self.forward(&batch)?;
-            for (&i, v) in chunk.iter().zip(vectors) {
-                out[i] = v;
+        for window in texts.chunks(SORT_WINDOW.max(self.batch_size)) {
+            let inputs: Vec<&str> = window.iter().map(|t| t.as_ref()).collect();
+            // A server's batch is tokenised on its worker thread: handing a
+            // few short texts to the rayon pool costs more than it saves.
+            let encodings = if inputs.len() <= self.batch_size {
+                inputs
+                    .into_iter()
+                    .map(|t| self.tokenizer.encode(t, true))
+                    .collect::<std::result::Result<Vec<_>, _>>()
+            } else {
+                self.tokenizer.encode_batch(inputs, true)
             }
-            done += chunk.len();
-            progress(done);
+            .map_err(|e| Error::Encoder(format!("tokenizer: {e}")))?;
+            let mut order: Vec<usize> = (0..encodings.len()).collect();
+            order.sort_by_key(|&i| encodings[i].get_ids().len());
+            let mut part: Vec<Vec<f32>> = vec![Vec::new(); window.len()];
+            for chunk in order.chunks(self.batch_size) {
+                deadline.check("encode")?;
+                let batch: Vec<&tokenizers::Encoding> =
+                    chunk.iter().map(|&i| &encodings[i]).collect();
+                let vectors = self.forward(&batch)?;
+                for (&i, v) in chunk.iter().zip(vectors) {
+                    part[i] = v;
+                }
+                done += chunk.len();
+                progress(done);
+            }
+            out.extend(part);
         }
         Ok(out)
     }

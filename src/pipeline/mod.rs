@@ -164,16 +164,29 @@ pub fn embed_cached(
     pb.finish_and_clear();
     let encode_seconds = t.elapsed().as_secs_f64();
     let mut reused = 0;
-    let vectors: Vec<Vec<f32>> = keys
-        .iter()
-        .map(|k| match old.get(k) {
+    // Fresh vectors move into place; only a text that occurs twice is copied.
+    let mut fresh: Vec<Option<Vec<f32>>> = fresh.into_iter().map(Some).collect();
+    let mut placed: Vec<usize> = vec![0; fresh.len()];
+    let mut vectors: Vec<Vec<f32>> = Vec::with_capacity(keys.len());
+    for k in &keys {
+        let v = match old.get(k) {
             Some(v) => {
                 reused += 1;
                 v.to_vec()
             }
-            None => fresh[first[k]].clone(),
-        })
-        .collect();
+            None => {
+                let j = first[k];
+                match fresh[j].take() {
+                    Some(v) => {
+                        placed[j] = vectors.len();
+                        v
+                    }
+                    None => vectors[placed[j]].clone(),
+                }
+            }
+        };
+        vectors.push(v);
+    }
     drop((old, fresh));
     if let Err(e) = cache::write(&dir, &fp, &keys, &vectors) {
         tracing::warn!(error = %e, "the embedding cache could not be written; the next build embeds every text");
@@ -245,7 +258,11 @@ fn build_generation_with(
     let (users, skipped, with_profile) = stages.run("profiles", || {
         let (users, skipped) = histories(&store, interactions);
         let n = write_profiles(writer.dir(), &store, &users, &opts.users)?;
-        let work = format!("{} users, {} interactions", users.len(), interactions.len() - skipped);
+        let work = format!(
+            "{} users, {} interactions",
+            users.len(),
+            interactions.len() - skipped
+        );
         Ok(((users, skipped, n), work))
     })?;
     if let Some(train) = &opts.train {
@@ -253,8 +270,7 @@ fn build_generation_with(
     }
     if let (Some(train), Some(hybrid)) = (&opts.train, &opts.learn_fusion) {
         stages.run("fusion-fit", || {
-            let (model, work) =
-                fusion_fit::fit(writer.dir(), &users, opts, train, hybrid)?;
+            let (model, work) = fusion_fit::fit(writer.dir(), &users, opts, train, hybrid)?;
             if let Some(model) = &model {
                 vecrec_index::format::write_json(&writer.dir().join(FUSION_FILE), model)?;
             }
@@ -373,7 +389,10 @@ fn train_sources(
         })?;
         pb.finish_and_clear();
         write_als(dir, store, &als, &opts.hnsw, opts.progress)?;
-        let work = format!("{} factors, {} iterations", als.factors, train.als.iterations);
+        let work = format!(
+            "{} factors, {} iterations",
+            als.factors, train.als.iterations
+        );
         Ok((als, work))
     })?;
     if train.neural {
@@ -541,7 +560,10 @@ fn write_neural(
             seconds = t.elapsed().as_secs_f64(),
             "cross-attention reranker trained"
         );
-        Ok(((), format!("{} epochs, loss {loss:.4}", train.reranker.epochs)))
+        Ok((
+            (),
+            format!("{} epochs, loss {loss:.4}", train.reranker.epochs),
+        ))
     })
 }
 

@@ -340,6 +340,8 @@ impl Din {
                 }
             }
         }
+        // The candidate pools are only needed to draw the hard negatives.
+        drop((pools, positions));
         let mut opt = Adam::new(opts.lr, 1e-4);
         let mut last = 0.0;
         let l = opts.history;

@@ -45,6 +45,44 @@ fn a_vector_does_not_depend_on_its_batch() {
     assert!(enc.encode::<&str>(&[]).unwrap().is_empty());
 }
 
+/// A bulk encode runs in windows of 8,192 texts (so the token ids of a large
+/// catalogue are never all held at once); texts on either side of a window
+/// boundary, and in the last short window, get their own vectors in order.
+#[test]
+fn a_bulk_encode_across_windows_keeps_every_text_in_its_place() {
+    let enc = encoder();
+    let n = 8192 + 5;
+    let texts: Vec<String> = (0..n)
+        .map(|i| match i % 3 {
+            0 => format!("item {i}"),
+            1 => format!("a story about the number {i} and a lighthouse keeper"),
+            _ => format!("{i} apples"),
+        })
+        .collect();
+    let done = std::cell::Cell::new(0);
+    let all = enc
+        .encode_with_progress(&texts, &|d| {
+            assert!(
+                d > done.get() && d <= n,
+                "progress {d} after {}",
+                done.get()
+            );
+            done.set(d);
+        })
+        .unwrap();
+    assert_eq!(all.len(), n);
+    assert_eq!(done.get(), n);
+    for i in [0, 1, 8190, 8191, 8192, 8193, n - 1] {
+        let alone = enc.encode(&[&texts[i]]).unwrap();
+        let d = alone[0]
+            .iter()
+            .zip(&all[i])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(d < 1e-5, "text {i}: {d}");
+    }
+}
+
 #[test]
 fn related_texts_are_closer_than_unrelated_ones() {
     let enc = encoder();
