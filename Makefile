@@ -14,7 +14,7 @@ ADDR ?= 127.0.0.1:50051
 MOVIELENS ?= ../shared/datasets/ml-latest-small
 ENV_SH = . "$(VECREC_CACHE)/env.sh"
 
-.PHONY: help setup build run test fixtures eval lint bench-encoder bench-serving bench-experiments
+.PHONY: help setup build run test fixtures eval lint bench-encoder bench-serving bench-experiments bench-build
 
 help:
 	@echo "make setup     fetch the ONNX Runtime library, the MiniLM model and the Python venv into $(VECREC_CACHE)"
@@ -26,6 +26,7 @@ help:
 	@echo "make bench-encoder  embedding throughput: Rust encoder vs Python onnxruntime on the same texts"
 	@echo "make bench-serving  gRPC over loopback: vecrec vs a Python grpcio+onnxruntime+faiss peer (~25 min)"
 	@echo "make bench-experiments  simulated A/A, A/B and interleaving over MovieLens TEST (~6 min)"
+	@echo "make bench-build    vecrec-build time and peak memory per stage, 3k to 300k items (~75 min; SIZES=\"3000 30000\" for less)"
 	@echo "make lint      cargo fmt --check and clippy with warnings denied"
 
 setup:
@@ -76,3 +77,6 @@ bench-serving: setup
 
 bench-experiments: setup
 	benches/experiments/run.sh
+
+bench-build: setup
+	benches/build/run.sh
