@@ -29,15 +29,17 @@ impl Run<'_> {
         }
     }
 
-    /// Plain EASE alone on an engine over the current generation.
-    fn plain_ease(&self, cfg: Config) -> Result<Engine> {
+    /// Plain EASE (binary history: no recency decay) alone, exact search,
+    /// on an engine over the current generation; the other settings from
+    /// `hybrid`.
+    pub(super) fn plain_ease(&self, cfg: Config, hybrid: &HybridConfig) -> Result<Engine> {
         let mut engine = Engine::open(self.root, cfg, None)?;
         engine.set_exact(true);
         engine.set_hybrid(only(
             Source::Ease,
             &HybridConfig {
                 ease_decay: 1.0,
-                ..self.cfg.hybrid.clone()
+                ..hybrid.clone()
             },
         ));
         Ok(engine)
@@ -50,10 +52,13 @@ impl Run<'_> {
         for k in NEIGHBOURS {
             let train = self.approximated(lambda, k, &als0);
             self.build_train(&self.sp.val_train, users, train, None)?;
-            let engine = self.plain_ease(Config {
-                users: users.clone(),
-                ..self.cfg.clone()
-            })?;
+            let engine = self.plain_ease(
+                Config {
+                    users: users.clone(),
+                    ..self.cfg.clone()
+                },
+                &self.cfg.hybrid,
+            )?;
             let v = score(&engine, &self.sp.val, &self.val)?.summary.ndcg10;
             self.trials.push(Trial {
                 stage: "ease-neighbourhood",
@@ -78,7 +83,7 @@ impl Run<'_> {
         let train = self.approximated(lambda, k, als);
         self.build_train(&self.sp.train, &self.cfg.users, train, None)?;
         let approx = score(
-            &self.plain_ease(self.cfg.clone())?,
+            &self.plain_ease(self.cfg.clone(), &self.cfg.hybrid)?,
             &self.sp.test,
             &Who::Stored,
         )?;

@@ -605,15 +605,7 @@ impl Run<'_> {
 
         // vecrec's own EASE baseline: plain binary history, λ chosen on validation.
         self.build(&self.sp.train, &self.cfg.users, plain_lambda, &als_chosen)?;
-        let mut engine = Engine::open(self.root, self.cfg.clone(), None)?;
-        engine.set_exact(true);
-        engine.set_hybrid(only(
-            Source::Ease,
-            &HybridConfig {
-                ease_decay: 1.0,
-                ..chosen_hybrid.clone()
-            },
-        ));
+        let engine = self.plain_ease(self.cfg.clone(), &chosen_hybrid)?;
         let ease = score(&engine, &self.sp.test, &Who::Stored)?;
         let diffs: Vec<f64> = full
             .per_user_ndcg10

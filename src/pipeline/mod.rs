@@ -13,7 +13,7 @@ pub mod cache;
 mod fusion_fit;
 pub mod stages;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -148,15 +148,11 @@ pub fn embed_cached(
     let old = cache::EmbeddingCache::open(&dir, &fp, encoder.dim());
     let texts: Vec<String> = items.iter().map(CatalogItem::embedding_text).collect();
     let keys: Vec<cache::Key> = texts.iter().map(|t| cache::key(&fp, t)).collect();
-    // The first item of every text the cache lacks.
-    let mut first: HashMap<cache::Key, usize> = HashMap::new();
-    let mut todo: Vec<usize> = Vec::new();
-    for (i, k) in keys.iter().enumerate() {
-        if old.get(k).is_none() && !first.contains_key(k) {
-            first.insert(*k, todo.len());
-            todo.push(i);
-        }
-    }
+    // The first item of every text the cache lacks, in catalogue order.
+    let mut missing: HashSet<cache::Key> = HashSet::new();
+    let todo: Vec<usize> = (0..keys.len())
+        .filter(|&i| old.get(&keys[i]).is_none() && missing.insert(keys[i]))
+        .collect();
     let t = Instant::now();
     let pb = bar(todo.len(), "embedding", progress);
     let batch: Vec<&str> = todo.iter().map(|&i| texts[i].as_str()).collect();
@@ -164,26 +160,20 @@ pub fn embed_cached(
     pb.finish_and_clear();
     let encode_seconds = t.elapsed().as_secs_f64();
     let mut reused = 0;
-    // Fresh vectors move into place; only a text that occurs twice is copied.
-    let mut fresh: Vec<Option<Vec<f32>>> = fresh.into_iter().map(Some).collect();
-    let mut placed: Vec<usize> = vec![0; fresh.len()];
+    // Fresh vectors come in the order of `todo` and move into place; only a
+    // text that occurs twice is copied.
+    let mut fresh = fresh.into_iter();
+    let mut placed: HashMap<cache::Key, usize> = HashMap::new();
     let mut vectors: Vec<Vec<f32>> = Vec::with_capacity(keys.len());
     for k in &keys {
-        let v = match old.get(k) {
-            Some(v) => {
-                reused += 1;
-                v.to_vec()
-            }
-            None => {
-                let j = first[k];
-                match fresh[j].take() {
-                    Some(v) => {
-                        placed[j] = vectors.len();
-                        v
-                    }
-                    None => vectors[placed[j]].clone(),
-                }
-            }
+        let v = if let Some(v) = old.get(k) {
+            reused += 1;
+            v.to_vec()
+        } else if let Some(&at) = placed.get(k) {
+            vectors[at].clone()
+        } else {
+            placed.insert(*k, vectors.len());
+            fresh.next().expect("one fresh vector per missing text")
         };
         vectors.push(v);
     }
@@ -363,7 +353,7 @@ fn train_sources(
         .collect();
     let n = store.len();
     stages.run("ease", || {
-        let sp = spinner("ease (dense solve)", opts.progress);
+        let sp = spinner("ease", opts.progress);
         let (ease, kind) = crate::retrieve::ease::train_ease_kind(&histories, n, train)?;
         SparseRows::write(dir, crate::layout::EASE_ROWS, &ease)?;
         sp.finish_and_clear();

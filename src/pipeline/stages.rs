@@ -60,11 +60,6 @@ impl Stages {
         Ok(value)
     }
 
-    /// Adds a stage measured elsewhere.
-    pub fn push(&mut self, report: StageReport) {
-        self.list.push(report);
-    }
-
     /// The peak over every stage (and before the first).
     pub fn peak_mib(&self) -> f64 {
         self.list
@@ -107,11 +102,6 @@ pub fn stage_table(stages: &[StageReport]) -> String {
 /// `/proc` does not say.
 pub fn peak_rss_mib() -> f64 {
     status_kib("VmHWM:").map_or(0.0, |k| k as f64 / 1024.0)
-}
-
-/// The process's resident memory now (MiB); 0 where `/proc` does not say.
-pub fn rss_mib() -> f64 {
-    status_kib("VmRSS:").map_or(0.0, |k| k as f64 / 1024.0)
 }
 
 fn status_kib(key: &str) -> Option<u64> {
@@ -168,6 +158,11 @@ pub fn spinner(msg: impl Into<std::borrow::Cow<'static, str>>, on: bool) -> Prog
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The process's resident memory now (MiB).
+    fn rss_mib() -> f64 {
+        status_kib("VmRSS:").map_or(0.0, |k| k as f64 / 1024.0)
+    }
 
     /// Memory is measured per process, so the check runs in a child process
     /// of this test binary with no other test beside it.

@@ -264,7 +264,7 @@ impl Din {
         Self::train_with_progress(histories, emb, e, popularity, retrieve, opts, &|_| {})
     }
 
-    /// [`Din::train`], calling `progress` with the epochs done as they end.
+    /// [`Din::train`], calling `progress` with the epochs done after each one.
     pub fn train_with_progress(
         histories: &[Vec<u32>],
         emb: &[f32],
@@ -346,9 +346,6 @@ impl Din {
         let mut last = 0.0;
         let l = opts.history;
         for epoch in 0..opts.epochs {
-            if epoch > 0 {
-                progress(epoch);
-            }
             examples.shuffle(&mut rng);
             let mut total = 0.0;
             let mut batches = 0;
@@ -374,6 +371,7 @@ impl Din {
                 batches += 1;
             }
             last = total / batches.max(1) as f32;
+            progress(epoch + 1);
         }
         (model, last)
     }

@@ -29,7 +29,7 @@ use faer::linalg::solvers::DenseSolveCore;
 use faer::{Mat, Side};
 use rayon::prelude::*;
 
-use super::sparse::prune_row;
+use super::sparse::{prune_row, prune_sparse};
 use super::{popularity, TrainOptions};
 use crate::error::{Error, Result};
 use crate::linalg::solve_spd;
@@ -38,6 +38,9 @@ use crate::linalg::solve_spd;
 /// neighbourhood variant's co-occurrences, so one very long history cannot
 /// make the sparse Gram quadratic in it.
 pub const NEIGHBOURHOOD_HISTORY: usize = 500;
+
+/// Pruned sparse rows, one per item: (item, weight).
+pub type Rows = Vec<Vec<(u32, f32)>>;
 
 /// Which EASE a build trained, and over how many items.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,16 +54,9 @@ pub enum EaseKind {
 /// EASE rows (pruned), one per item of the catalogue of `n` items, exact
 /// when at most `opts.ease_max_items` items have an interaction, the
 /// neighbourhood approximation otherwise (logged).
-pub fn train_ease(
-    histories: &[Vec<u32>],
-    n: usize,
-    opts: &TrainOptions,
-) -> Result<Vec<Vec<(u32, f32)>>> {
+pub fn train_ease(histories: &[Vec<u32>], n: usize, opts: &TrainOptions) -> Result<Rows> {
     Ok(train_ease_kind(histories, n, opts)?.0)
 }
-
-/// Pruned sparse rows, one per item: (item, weight).
-pub type Rows = Vec<Vec<(u32, f32)>>;
 
 /// [`train_ease`], also saying which variant ran.
 pub fn train_ease_kind(
@@ -95,12 +91,7 @@ pub fn train_ease_kind(
 }
 
 /// Exact EASE over the items of `items` (sorted), rows for a catalogue of `n`.
-fn exact(
-    histories: &[Vec<u32>],
-    n: usize,
-    items: Vec<u32>,
-    opts: &TrainOptions,
-) -> Result<Vec<Vec<(u32, f32)>>> {
+fn exact(histories: &[Vec<u32>], n: usize, items: Vec<u32>, opts: &TrainOptions) -> Result<Rows> {
     let m = items.len();
     let local: HashMap<u32, usize> = items.iter().enumerate().map(|(k, &i)| (i, k)).collect();
     let mut g = Mat::<f64>::zeros(m, m);
@@ -123,7 +114,7 @@ fn exact(
         .inverse();
     drop(g);
     let diag: Vec<f64> = (0..m).map(|j| p[(j, j)]).collect();
-    let local_rows: Vec<Vec<(u32, f32)>> = (0..m)
+    let local_rows: Rows = (0..m)
         .into_par_iter()
         .map(|a| {
             let row: Vec<f32> = (0..m)
@@ -150,7 +141,7 @@ fn exact(
 
 /// The sparse Gram matrix `XᵀX` of binary histories: per item, the items
 /// it co-occurs with (itself included) and in how many histories, by column.
-pub fn sparse_gram(users: &[Vec<u32>], n: usize) -> Vec<Vec<(u32, f32)>> {
+pub fn sparse_gram(users: &[Vec<u32>], n: usize) -> Rows {
     let mut by_item: Vec<Vec<u32>> = vec![Vec::new(); n];
     for (u, h) in users.iter().enumerate() {
         for &i in h {
@@ -189,7 +180,7 @@ fn gram_at(row: &[(u32, f32)], b: u32) -> f32 {
 }
 
 /// The neighbourhood approximation (see the module header).
-fn neighbourhood(histories: &[Vec<u32>], n: usize, opts: &TrainOptions) -> Vec<Vec<(u32, f32)>> {
+fn neighbourhood(histories: &[Vec<u32>], n: usize, opts: &TrainOptions) -> Rows {
     // Binary histories: each user's newest distinct items, sorted.
     let users: Vec<Vec<u32>> = histories
         .par_iter()
@@ -211,7 +202,7 @@ fn neighbourhood(histories: &[Vec<u32>], n: usize, opts: &TrainOptions) -> Vec<V
     let lambda = opts.ease_lambda as f64;
     // Column j: (neighbour, weight) = how much a neighbour in a history
     // predicts j.
-    let columns: Vec<Vec<(u32, f32)>> = (0..n)
+    let columns: Rows = (0..n)
         .into_par_iter()
         .map(|j| {
             let row = &gram[j];
@@ -247,24 +238,16 @@ fn neighbourhood(histories: &[Vec<u32>], n: usize, opts: &TrainOptions) -> Vec<V
         })
         .collect();
     drop(gram);
-    // Transpose the columns into rows, then prune each row.
-    let mut rows: Vec<Vec<(u32, f32)>> = vec![Vec::new(); n];
+    // Transpose the columns into rows (pushed in column order, so sorted),
+    // then prune each row.
+    let mut rows: Rows = vec![Vec::new(); n];
     for (j, col) in columns.into_iter().enumerate() {
         for (i, w) in col {
             rows[i as usize].push((j as u32, w));
         }
     }
     rows.into_par_iter()
-        .map(|mut r| {
-            if r.len() > opts.ease_keep {
-                r.select_nth_unstable_by(opts.ease_keep, |a, b| {
-                    b.1.abs().total_cmp(&a.1.abs()).then(a.0.cmp(&b.0))
-                });
-                r.truncate(opts.ease_keep);
-            }
-            r.sort_unstable_by_key(|e| e.0);
-            r
-        })
+        .map(|r| prune_sparse(r, opts.ease_keep))
         .collect()
 }
 

@@ -20,12 +20,18 @@ pub struct SparseRows {
 
 /// Keeps the `keep` entries of largest absolute value of a dense row, dropping zeros.
 pub fn prune_row(row: &[f32], keep: usize) -> Vec<(u32, f32)> {
-    let mut v: Vec<(u32, f32)> = row
+    let v: Vec<(u32, f32)> = row
         .iter()
         .enumerate()
         .filter(|(_, x)| **x != 0.0 && x.is_finite())
         .map(|(i, x)| (i as u32, *x))
         .collect();
+    prune_sparse(v, keep)
+}
+
+/// A sparse row `(column, weight)` cut to its `keep` weights largest in
+/// magnitude (ties by column), sorted by column.
+pub fn prune_sparse(mut v: Vec<(u32, f32)>, keep: usize) -> Vec<(u32, f32)> {
     if v.len() > keep {
         v.select_nth_unstable_by(keep, |a, b| {
             b.1.abs().total_cmp(&a.1.abs()).then(a.0.cmp(&b.0))

@@ -152,9 +152,6 @@ impl TwoTower {
         let mut opt = Adam::new(opts.lr, 1e-4);
         let mut last = 0.0;
         for epoch in 0..opts.epochs {
-            if epoch > 0 {
-                progress(epoch);
-            }
             order.shuffle(&mut rng);
             let mut total = 0.0;
             let mut batches = 0;
@@ -170,6 +167,7 @@ impl TwoTower {
                 batches += 1;
             }
             last = total / batches.max(1) as f32;
+            progress(epoch + 1);
         }
         (model, last)
     }
