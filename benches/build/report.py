@@ -64,18 +64,16 @@ def main():
             f"| {n:,} | {rs[0]['users']:,} | {rs[0]['interactions']:,} | {len(rs)} | {total:.1f} | "
             f"{rest:.1f} | {1000 * rest / n:.2f} | {med([r['peak_rss_mib'] for r in rs]):,.0f} |"
         )
-    lines += ["", "Seconds per stage:", ""]
-    lines.append("| items | " + " | ".join(names) + " |")
-    lines.append("|---|" + "---|" * len(names))
-    for n in sizes:
-        cells = [f"{med([(stage(r, s) or {}).get('seconds') for r in full[n]]):.1f}" for s in names]
-        lines.append(f"| {n:,} | " + " | ".join(cells) + " |")
-    lines += ["", "Peak RSS per stage, MiB:", ""]
-    lines.append("| items | " + " | ".join(names) + " |")
-    lines.append("|---|" + "---|" * len(names))
-    for n in sizes:
-        cells = [f"{med([(stage(r, s) or {}).get('peak_rss_mib') for r in full[n]]):,.0f}" for s in names]
-        lines.append(f"| {n:,} | " + " | ".join(cells) + " |")
+    for title, field, fmt in (
+        ("Seconds per stage:", "seconds", "{:.1f}"),
+        ("Peak RSS per stage, MiB:", "peak_rss_mib", "{:,.0f}"),
+    ):
+        lines += ["", title, ""]
+        lines.append("| items | " + " | ".join(names) + " |")
+        lines.append("|---|" + "---|" * len(names))
+        for n in sizes:
+            cells = [fmt.format(med([(stage(r, s) or {}).get(field) for r in full[n]])) for s in names]
+            lines.append(f"| {n:,} | " + " | ".join(cells) + " |")
     reb = runs["rebuild"]
     if reb:
         lines += ["", "## Rebuild after 1% of the texts changed", ""]

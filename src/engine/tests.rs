@@ -9,7 +9,7 @@ use vecrec_index::ItemMeta;
 use super::*;
 use crate::catalog::{CatalogItem, Interaction};
 use crate::config::{AlsOptions, HybridConfig, TrainOptions};
-use crate::pipeline::{build_generation, BuildOptions};
+use crate::pipeline::{build_generation, BuildOptions, BuildReport};
 
 const CATEGORIES: [&str; 3] = ["a", "b", "c"];
 const ITEMS: usize = 60;
@@ -58,9 +58,11 @@ fn interactions() -> Vec<Interaction> {
     out
 }
 
-/// Build options with small, fast models (no neural ones).
-fn small_build(learn_fusion: Option<HybridConfig>) -> BuildOptions {
-    BuildOptions {
+/// Builds the test catalogue into `root` with small, fast models (no
+/// neural ones).
+fn build_small(root: &std::path::Path, learn_fusion: Option<HybridConfig>) -> BuildReport {
+    let (items, vectors) = catalogue();
+    let opts = BuildOptions {
         progress: false,
         train: Some(TrainOptions {
             neural: false,
@@ -73,22 +75,21 @@ fn small_build(learn_fusion: Option<HybridConfig>) -> BuildOptions {
         }),
         learn_fusion,
         ..Default::default()
-    }
-}
-
-fn engine() -> (tempfile::TempDir, Engine) {
-    let dir = tempfile::tempdir().unwrap();
-    let (items, vectors) = catalogue();
-    let opts = small_build(None);
+    };
     build_generation(
-        dir.path(),
+        root,
         &items,
         &vectors,
         &interactions(),
         &opts,
         Default::default(),
     )
-    .unwrap();
+    .unwrap()
+}
+
+fn engine() -> (tempfile::TempDir, Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    build_small(dir.path(), None);
     let e = Engine::open(dir.path(), Config::default(), None).unwrap();
     (dir, e)
 }
@@ -293,18 +294,8 @@ fn every_source_finds_its_weight_by_its_name() {
 #[test]
 fn a_build_with_learned_fusion_trains_every_model_once() {
     let dir = tempfile::tempdir().unwrap();
-    let (items, vectors) = catalogue();
-    let opts = small_build(Some(HybridConfig::default()));
     crate::pipeline::TRAININGS.with(|t| t.set(0));
-    let report = build_generation(
-        dir.path(),
-        &items,
-        &vectors,
-        &interactions(),
-        &opts,
-        Default::default(),
-    )
-    .unwrap();
+    let report = build_small(dir.path(), Some(HybridConfig::default()));
     assert_eq!(crate::pipeline::TRAININGS.with(|t| t.get()), 1);
     let names: Vec<&str> = report.stages.iter().map(|s| s.stage.as_str()).collect();
     assert_eq!(
