@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use vecrec::config::Config;
-use vecrec::eval::{run, table, EvalOptions};
+use vecrec::eval::{run, table, validate, validation_table, EvalOptions};
 
 /// Evaluate vecrec's recommendations on MovieLens under shared/EVAL.md.
 ///
@@ -37,6 +37,11 @@ struct Args {
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
+    /// Run the validation stages only and print each stage's best validation
+    /// NDCG@10; TEST is never read. Use it to choose between models (an
+    /// encoder, a training change) before reading TEST once.
+    #[arg(long)]
+    validation_only: bool,
 }
 
 fn main() {
@@ -52,6 +57,20 @@ fn main_inner() -> anyhow::Result<()> {
         config: Config::load(a.config.as_deref())?,
         progress: !a.quiet,
     };
+    if a.validation_only {
+        let report = validate(&opts).context("validation failed")?;
+        print!("{}", validation_table(&report));
+        println!(
+            "embedding: {:.0} texts/s; total {:.1}s",
+            report.embed_texts_per_second, report.seconds
+        );
+        if let Some(p) = a.json {
+            let body = serde_json::to_string_pretty(&report)?;
+            std::fs::write(&p, body + "\n").with_context(|| format!("writing {}", p.display()))?;
+            println!("wrote {}", p.display());
+        }
+        return Ok(());
+    }
     let report = run(&opts).context("evaluation failed")?;
     print!("{}", table(&report));
     println!(

@@ -174,18 +174,6 @@ impl Engine {
         &self.cfg
     }
 
-    /// Changes how user vectors are made; precomputed profiles are used only
-    /// when the settings equal the build's.
-    pub fn set_users(&mut self, users: crate::config::UserConfig) {
-        self.use_precomputed = built_users(&self.index).as_ref() == Some(&users);
-        self.cfg.users = users;
-    }
-
-    /// Switches between exact and graph search.
-    pub fn set_exact(&mut self, exact: bool) {
-        self.cfg.search.exact = exact;
-    }
-
     /// The shared encoder, if any (a reopened generation reuses it).
     pub fn encoder_arc(&self) -> Option<Arc<Encoder>> {
         self.encoder.clone()
@@ -247,14 +235,17 @@ impl Engine {
     /// arm's own cross-encoder comes through [`Engine::with_reranker`]).
     pub fn with_config(&self, change: impl FnOnce(&mut Config)) -> Engine {
         let mut e = self.clone();
-        change(&mut e.cfg);
-        e.use_precomputed = built_users(&e.index).as_ref() == Some(&e.cfg.users);
+        e.configure(change);
         e
     }
 
-    /// Changes the hybrid pipeline's settings (validation sweeps use this).
-    pub fn set_hybrid(&mut self, hybrid: crate::config::HybridConfig) {
-        self.cfg.hybrid = hybrid;
+    /// Changes this engine's settings in place, with the same limits as
+    /// [`Engine::with_config`] (validation sweeps use this); precomputed
+    /// user profiles stay in use only while the user settings equal the
+    /// build's.
+    pub fn configure(&mut self, change: impl FnOnce(&mut Config)) {
+        change(&mut self.cfg);
+        self.use_precomputed = built_users(&self.index).as_ref() == Some(&self.cfg.users);
     }
 
     fn learned_model(&self) -> Result<&crate::fusion::LearnedModel> {
@@ -286,11 +277,6 @@ impl Engine {
     pub fn with_reranker(mut self, reranker: Arc<Reranker>) -> Engine {
         self.arm_reranker = Some(reranker);
         self
-    }
-
-    /// Changes the reranking settings other than the kind (validation sweeps use this).
-    pub fn set_rerank_weight(&mut self, weight: f32) {
-        self.cfg.rerank.weight = weight;
     }
 
     /// Whether the reranker runs for a request fused with `method`.

@@ -177,7 +177,7 @@ fn the_fusion_sees_one_list_per_weighted_source_and_no_reranker_without_one() {
         popularity_weight: 1.0,
         ..e.config().hybrid.clone()
     };
-    e.set_hybrid(hybrid);
+    e.configure(|c| c.hybrid = hybrid);
     let lists = e
         .candidate_lists(&history, Some(u), &|_| true, FusionMethod::Geometric)
         .unwrap();
@@ -224,10 +224,7 @@ fn without_an_encoder_text_calls_fail_and_item_calls_answer() {
 #[test]
 fn the_content_pipeline_serves_when_hybrid_is_off() {
     let (_dir, mut e) = engine();
-    e.set_hybrid(HybridConfig {
-        enabled: false,
-        ..e.config().hybrid.clone()
-    });
+    e.configure(|c| c.hybrid.enabled = false);
     assert!(!e.is_hybrid());
     let history = ["item0".to_owned(), "item3".to_owned()];
     let got = e

@@ -21,13 +21,17 @@ use crate::pipeline::embed_catalog;
 mod metrics;
 mod neighbourhood;
 mod protocol;
+mod refit;
 mod report;
 mod stages;
 mod tuning;
 
 pub use metrics::{summarise, user_metrics, Summary, UserMetrics, KS};
 use protocol::{tempfile_dir, Who};
-pub use report::{table, AblationRow, EvalReport, GridPoint, PairedDiff, Trial};
+pub use report::{
+    table, validation_table, AblationRow, EvalReport, GridPoint, PairedDiff, Trial,
+    ValidationReport,
+};
 pub use tuning::{
     FusionGrid, HeadAuc, ALS_GRID, DECAYS, FUSION_WEIGHTS, LAMBDAS, MAX_ITEMS, RERANK_WEIGHTS,
     SOURCE_DECAYS,
@@ -48,8 +52,25 @@ pub struct EvalOptions {
     pub progress: bool,
 }
 
-/// Runs the whole evaluation.
+/// Runs the whole evaluation: validation, then the refit on TRAIN and TEST.
 pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
+    validated(opts, |run, chosen, tps, start| run.test(chosen, tps, start))
+}
+
+/// Runs the validation stages only and never reads TEST: for model choices
+/// (an encoder, a training change) that must be made on validation data.
+pub fn validate(opts: &EvalOptions) -> Result<ValidationReport> {
+    validated(opts, |run, chosen, tps, start| {
+        Ok(run.validation_report(chosen, tps, start))
+    })
+}
+
+/// Reads the data, embeds it once, runs every validation stage and hands
+/// what they chose to `finish`.
+fn validated<T>(
+    opts: &EvalOptions,
+    finish: impl FnOnce(stages::Run<'_>, stages::Chosen, f64, Instant) -> Result<T>,
+) -> Result<T> {
     let start = Instant::now();
     let ml = MovieLens::load(&opts.movielens)?;
     let sp = split(&ml.positives);
@@ -110,5 +131,5 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
         als,
         fused,
     };
-    run.test(chosen, tps, start)
+    finish(run, chosen, tps, start)
 }

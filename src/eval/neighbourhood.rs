@@ -34,14 +34,16 @@ impl Run<'_> {
     /// `hybrid`.
     pub(super) fn plain_ease(&self, cfg: Config, hybrid: &HybridConfig) -> Result<Engine> {
         let mut engine = Engine::open(self.root, cfg, None)?;
-        engine.set_exact(true);
-        engine.set_hybrid(only(
-            Source::Ease,
-            &HybridConfig {
-                ease_decay: 1.0,
-                ..hybrid.clone()
-            },
-        ));
+        engine.configure(|c| c.search.exact = true);
+        engine.configure(|c| {
+            c.hybrid = only(
+                Source::Ease,
+                &HybridConfig {
+                    ease_decay: 1.0,
+                    ..hybrid.clone()
+                },
+            )
+        });
         Ok(engine)
     }
 

@@ -98,6 +98,57 @@ pub struct EvalReport {
     pub pipeline: &'static str,
 }
 
+/// What a validation-only run measured (`vecrec-eval --validation-only`):
+/// TEST is never read.
+#[derive(Clone, Debug, Serialize)]
+pub struct ValidationReport {
+    /// The chosen content-profile setting.
+    pub chosen: GridPoint,
+    /// Every validated content-profile setting.
+    pub validation_grid: Vec<GridPoint>,
+    /// Every validated source and fusion setting, in order.
+    pub trials: Vec<Trial>,
+    /// The chosen hybrid settings.
+    pub chosen_hybrid: crate::config::HybridConfig,
+    /// The chosen weight of the reranker's list.
+    pub chosen_rerank_weight: f32,
+    /// The reranker's AUC on validation heads.
+    pub reranker_auc_validation: HeadAuc,
+    /// Item texts embedded per second.
+    pub embed_texts_per_second: f64,
+    /// Seconds of the whole run.
+    pub seconds: f64,
+}
+
+/// The best validation NDCG@10 of each stage, in the order the stages ran.
+pub fn validation_table(r: &ValidationReport) -> String {
+    let mut best: Vec<(&str, f64, String)> = vec![(
+        "content_profile",
+        r.chosen.val_ndcg10,
+        format!("decay={} max_items={}", r.chosen.decay, r.chosen.max_items),
+    )];
+    for t in &r.trials {
+        match best.iter_mut().find(|(stage, ..)| *stage == t.stage) {
+            Some(b) if t.val_ndcg10 > b.1 => (b.1, b.2) = (t.val_ndcg10, t.setting.clone()),
+            Some(_) => {}
+            None => best.push((t.stage, t.val_ndcg10, t.setting.clone())),
+        }
+    }
+    let mut s = String::from("| stage (validation) | best NDCG@10 | at |\n|---|---|---|\n");
+    for (stage, v, at) in best {
+        s.push_str(&format!("| {stage} | {v:.4} | {at} |\n"));
+    }
+    let a = &r.reranker_auc_validation;
+    s.push_str(&format!(
+        "reranker AUC on validation heads ({} pairs): reranker {:.4}, fusion score {:.4}; {} settings tried; TEST not read\n",
+        a.pairs,
+        a.reranker,
+        a.fusion,
+        r.validation_grid.len() + r.trials.len()
+    ));
+    s
+}
+
 /// The table printed by `vecrec-eval`, with the peers' figures from EVAL.md.
 pub fn table(r: &EvalReport) -> String {
     let mut s = String::new();

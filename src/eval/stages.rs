@@ -1,16 +1,15 @@
 //! The stages of an evaluation, in the order they choose settings on
 //! validation (content profile, EASE, ALS, transitions and fusion, the
-//! reranker), then the refit on TRAIN and the one scoring of TEST.
+//! reranker); `refit.rs` continues from what they chose.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::time::Instant;
 
 use rayon::prelude::*;
 
-use super::metrics::{mean, user_metrics, KS};
+use super::metrics::{user_metrics, KS};
 use super::protocol::{score, truth_sets, Who};
-use super::report::{AblationRow, EvalReport, GridPoint, PairedDiff, Trial};
+use super::report::{GridPoint, Trial};
 use super::tuning::{
     argmax, fused_ndcg10, head_auc, only, with_weights, HeadAuc, ALS_GRID, DECAYS, FUSION_WEIGHTS,
     LAMBDAS, MAX_ITEMS, RERANK_WEIGHTS, SOURCE_DECAYS,
@@ -63,7 +62,7 @@ pub(super) struct Chosen {
 impl Run<'_> {
     /// Builds the evaluation generation from `interactions`; returns the
     /// seconds spent training sources.
-    fn build_with(
+    pub(super) fn build_with(
         &self,
         interactions: &[Triple],
         users: &UserConfig,
@@ -110,7 +109,13 @@ impl Run<'_> {
 
     /// The source-by-source stages need no neural models; they are trained
     /// from the fusion stage on.
-    fn build(&self, i: &[Triple], u: &UserConfig, l: f32, a: &AlsOptions) -> Result<f64> {
+    pub(super) fn build(
+        &self,
+        i: &[Triple],
+        u: &UserConfig,
+        l: f32,
+        a: &AlsOptions,
+    ) -> Result<f64> {
         self.build_with(i, u, l, a, None, false)
     }
 
@@ -138,15 +143,17 @@ impl Run<'_> {
             &als0,
         )?;
         let mut engine = Engine::open(self.root, self.cfg.clone(), None)?;
-        engine.set_exact(true);
-        engine.set_hybrid(HybridConfig {
-            enabled: false,
-            ..self.cfg.hybrid.clone()
+        engine.configure(|c| c.search.exact = true);
+        engine.configure(|c| {
+            c.hybrid = HybridConfig {
+                enabled: false,
+                ..self.cfg.hybrid.clone()
+            }
         });
         let mut grid = Vec::new();
         for &decay in &DECAYS {
             for &max_items in &MAX_ITEMS {
-                engine.set_users(UserConfig { decay, max_items });
+                engine.configure(|c| c.users = UserConfig { decay, max_items });
                 let s = score(&engine, &self.sp.val, &self.val)?;
                 grid.push(GridPoint {
                     decay,
@@ -186,15 +193,17 @@ impl Run<'_> {
                 },
                 None,
             )?;
-            engine.set_exact(true);
+            engine.configure(|c| c.search.exact = true);
             for &decay in &SOURCE_DECAYS {
-                engine.set_hybrid(only(
-                    Source::Ease,
-                    &HybridConfig {
-                        ease_decay: decay,
-                        ..self.cfg.hybrid.clone()
-                    },
-                ));
+                engine.configure(|c| {
+                    c.hybrid = only(
+                        Source::Ease,
+                        &HybridConfig {
+                            ease_decay: decay,
+                            ..self.cfg.hybrid.clone()
+                        },
+                    )
+                });
                 let v = score(&engine, &self.sp.val, &self.val)?.summary.ndcg10;
                 self.trials.push(Trial {
                     stage: "ease",
@@ -226,8 +235,8 @@ impl Run<'_> {
             };
             self.build(&self.sp.val_train, users, lambda, &als)?;
             let mut engine = Engine::open(self.root, self.with_als(users, &als), None)?;
-            engine.set_exact(true);
-            engine.set_hybrid(only(Source::Als, &self.cfg.hybrid));
+            engine.configure(|c| c.search.exact = true);
+            engine.configure(|c| c.hybrid = only(Source::Als, &self.cfg.hybrid));
             let v = score(&engine, &self.sp.val, &self.val)?.summary.ndcg10;
             self.trials.push(Trial {
                 stage: "als",
@@ -252,9 +261,9 @@ impl Run<'_> {
         // 4. Transitions decay, transitions alone; then the fusion sweep on cached source lists.
         self.build_with(&self.sp.val_train, users, lambda, als_chosen, None, true)?;
         let mut engine = Engine::open(self.root, self.with_als(users, als_chosen), None)?;
-        engine.set_exact(true);
-        engine.set_rerank_weight(0.0);
-        engine.set_hybrid(only(Source::TwoTower, &self.cfg.hybrid));
+        engine.configure(|c| c.search.exact = true);
+        engine.configure(|c| c.rerank.weight = 0.0);
+        engine.configure(|c| c.hybrid = only(Source::TwoTower, &self.cfg.hybrid));
         self.trials.push(Trial {
             stage: "two_tower",
             setting: "alone".into(),
@@ -262,13 +271,15 @@ impl Run<'_> {
         });
         let mut tr_trials = Vec::new();
         for &decay in &SOURCE_DECAYS {
-            engine.set_hybrid(only(
-                Source::Transitions,
-                &HybridConfig {
-                    transitions_decay: decay,
-                    ..self.cfg.hybrid.clone()
-                },
-            ));
+            engine.configure(|c| {
+                c.hybrid = only(
+                    Source::Transitions,
+                    &HybridConfig {
+                        transitions_decay: decay,
+                        ..self.cfg.hybrid.clone()
+                    },
+                )
+            });
             let v = score(&engine, &self.sp.val, &self.val)?.summary.ndcg10;
             self.trials.push(Trial {
                 stage: "transitions",
@@ -284,7 +295,7 @@ impl Run<'_> {
             enabled: true,
             ..self.cfg.hybrid.clone()
         };
-        engine.set_hybrid(tuned.clone());
+        engine.configure(|c| c.hybrid = tuned.clone());
         let truth = truth_sets(&engine, &self.sp.val)?;
         let store = engine.index().store();
         let cached_hist: Vec<Vec<(u32, f32)>> = truth
@@ -490,168 +501,6 @@ impl Run<'_> {
             rerank_weight,
             learned_wins,
             val_auc,
-        })
-    }
-
-    /// Stage 6: refit on TRAIN with the chosen settings and score TEST once per row.
-    pub(super) fn test(mut self, c: Chosen, tps: f64, start: Instant) -> Result<EvalReport> {
-        let als_chosen = c.als.clone();
-        let (lambda, plain_lambda) = (c.lambda, c.plain_lambda);
-        let chosen_hybrid = c.fused.hybrid.clone();
-        let (rerank_weight, learned_wins) = (c.fused.rerank_weight, c.fused.learned_wins);
-        let users = c.users.clone();
-        // 6. Refit on TRAIN with the chosen settings; score TEST once per row.
-        let train_seconds = self.build_with(
-            &self.sp.train,
-            &users,
-            lambda,
-            &als_chosen,
-            learned_wins.then_some(&chosen_hybrid),
-            true,
-        )?;
-        self.cfg.users = users;
-        self.cfg.hybrid = chosen_hybrid.clone();
-        self.cfg.rerank.weight = rerank_weight;
-        let mut engine = Engine::open(self.root, self.cfg.clone(), None)?;
-        engine.set_exact(true);
-        let full = score(&engine, &self.sp.test, &Who::Stored)?;
-        engine.set_exact(false);
-        let full_hnsw = score(&engine, &self.sp.test, &Who::Stored)?;
-        engine.set_exact(true);
-        let mut ablation = Vec::new();
-        engine.set_rerank_weight(0.0);
-        for s in Source::ALL {
-            engine.set_hybrid(only(s, &chosen_hybrid));
-            let r = score(&engine, &self.sp.test, &Who::Stored)?;
-            ablation.push(AblationRow {
-                model: format!("{} alone", s.name()),
-                metrics: r.summary,
-            });
-        }
-        engine.set_hybrid(HybridConfig {
-            enabled: false,
-            ..chosen_hybrid.clone()
-        });
-        let content_only = score(&engine, &self.sp.test, &Who::Stored)?;
-        ablation.push(AblationRow {
-            model: "content-only pipeline (issue 2)".into(),
-            metrics: content_only.summary,
-        });
-        let pre_method = if learned_wins {
-            FusionMethod::Geometric
-        } else {
-            chosen_hybrid.fusion
-        };
-        engine.set_hybrid(HybridConfig {
-            fusion: pre_method,
-            ..chosen_hybrid.clone()
-        });
-        let no_rerank = score(&engine, &self.sp.test, &Who::Stored)?;
-        ablation.push(AblationRow {
-            model: format!("fusion of all sources ({}), no reranker", pre_method.name()),
-            metrics: no_rerank.summary,
-        });
-        ablation.push(AblationRow {
-            model: if learned_wins {
-                "full pipeline: sources + reranker, learned fusion".into()
-            } else {
-                format!(
-                    "full pipeline: sources + reranker (weight {rerank_weight}), {} fusion",
-                    chosen_hybrid.fusion.name()
-                )
-            },
-            metrics: full.summary.clone(),
-        });
-        // The reranker's AUC on TEST: every user's head of the fusion without it.
-        let test_truth = truth_sets(&engine, &self.sp.test)?;
-        let test_hist: Vec<Vec<(u32, f32)>> = test_truth
-            .iter()
-            .map(|(u, _)| {
-                engine
-                    .users()
-                    .lookup(&u.to_string())
-                    .map(|n| engine.users().history(n))
-                    .unwrap_or_default()
-            })
-            .collect();
-        let test_cached: Vec<(Vec<SourceList>, &HashSet<u32>)> = test_truth
-            .par_iter()
-            .zip(&test_hist)
-            .map(|((_, t), hist)| {
-                let seen: HashSet<u32> = hist.iter().map(|h| h.0).collect();
-                let lists =
-                    engine.source_lists(hist, None, &Source::ALL, &|i| !seen.contains(&i))?;
-                Ok((lists, t))
-            })
-            .collect::<Result<_>>()?;
-        let chosen_weights = chosen_hybrid.weights();
-        let test_reranked: Vec<SourceList> = test_cached
-            .par_iter()
-            .zip(&test_hist)
-            .map(|((lists, _), hist)| {
-                engine.rerank_head(hist, &with_weights(lists, &chosen_weights), pre_method)
-            })
-            .collect::<Result<_>>()?;
-        let test_auc = head_auc(
-            &test_cached,
-            &test_reranked,
-            pre_method,
-            &chosen_weights,
-            chosen_hybrid.rrf_k,
-        );
-        drop(test_reranked);
-        drop(test_cached);
-        drop(engine);
-
-        // vecrec's own EASE baseline: plain binary history, λ chosen on validation.
-        self.build(&self.sp.train, &self.cfg.users, plain_lambda, &als_chosen)?;
-        let engine = self.plain_ease(self.cfg.clone(), &chosen_hybrid)?;
-        let ease = score(&engine, &self.sp.test, &Who::Stored)?;
-        let diffs: Vec<f64> = full
-            .per_user_ndcg10
-            .iter()
-            .zip(&ease.per_user_ndcg10)
-            .map(|(a, b)| a - b)
-            .collect();
-        let (mean_diff, ci, n) = mean(diffs.into_iter());
-        ablation.insert(
-            0,
-            AblationRow {
-                model: format!("EASE (vecrec's own, λ={plain_lambda}, binary history)"),
-                metrics: ease.summary,
-            },
-        );
-        let (row, neighbourhood_vs_exact) =
-            self.ease_neighbourhood_test(&c, &als_chosen, &ease.per_user_ndcg10)?;
-        ablation.insert(1, row);
-        let (chosen, grid, val_auc) = (c.profile, c.grid, c.fused.val_auc);
-        let trials = std::mem::take(&mut self.trials);
-        Ok(EvalReport {
-            test: full.summary,
-            test_hnsw: full_hnsw.summary,
-            hnsw_ef: self.cfg.search.ef,
-            ablation,
-            paired_vs_ease: PairedDiff {
-                baseline: format!("EASE λ={plain_lambda}"),
-                mean: mean_diff,
-                ci95: ci,
-                users: n,
-            },
-            neighbourhood_vs_exact,
-            chosen,
-            validation_grid: grid,
-            chosen_hybrid,
-            chosen_rerank_weight: rerank_weight,
-            reranker_auc_validation: val_auc,
-            reranker_auc_test: test_auc,
-            chosen_ease_lambda: lambda,
-            chosen_als: als_chosen,
-            trials,
-            embed_texts_per_second: tps,
-            train_seconds,
-            seconds: start.elapsed().as_secs_f64(),
-            pipeline:
-                "hybrid: EASE + transitions + ALS + content + popularity + two-tower candidates, fused, the head reranked by the cross-attention reranker",
         })
     }
 }

@@ -212,7 +212,7 @@ fn the_build_stores_both_models_and_the_engine_serves_them() {
     };
     let with = engine.recommend(UserRef::Id("u0001"), &opts).unwrap();
     let mut off = Engine::open(&s.root, cfg, Some(encoder())).unwrap();
-    off.set_rerank_weight(0.0);
+    off.configure(|c| c.rerank.weight = 0.0);
     let without = off.recommend(UserRef::Id("u0001"), &opts).unwrap();
     assert_eq!(with.len(), 10);
     assert_ne!(
