@@ -50,6 +50,27 @@ pub fn pooling_weights(len: usize, opts: &TwoTowerOptions) -> (usize, Vec<f32>) 
     (start, w)
 }
 
+/// The pooled histories of a batch of training pairs `(user, target
+/// position)`, one row each, pooled in parallel.
+fn pooled_batch(
+    chunk: &[usize],
+    pairs: &[(usize, usize)],
+    histories: &[Vec<u32>],
+    features: &[f32],
+    d: usize,
+    opts: &TwoTowerOptions,
+) -> Array2<f32> {
+    let rows: Vec<Vec<f32>> = chunk
+        .par_iter()
+        .map(|&k| {
+            let (u, t) = pairs[k];
+            let (start, w) = pooling_weights(t, opts);
+            pool(features, d, &histories[u][start..t], &w)
+        })
+        .collect();
+    Array2::from_shape_vec((chunk.len(), d), rows.concat()).expect("every pooled row has d values")
+}
+
 /// The pooled history features `Σ wⱼ xⱼ / Σ wⱼ`.
 fn pool(features: &[f32], d: usize, items: &[u32], weights: &[f32]) -> Vec<f32> {
     let mut h = vec![0f32; d];
@@ -141,13 +162,6 @@ impl TwoTower {
             .iter()
             .map(|c| (c.max(0.5) / pairs.len() as f32).ln())
             .collect();
-        let pooled: Vec<Vec<f32>> = pairs
-            .par_iter()
-            .map(|&(u, t)| {
-                let (start, w) = pooling_weights(t, opts);
-                pool(features, d, &histories[u][start..t], &w)
-            })
-            .collect();
         let mut order: Vec<usize> = (0..pairs.len()).collect();
         let mut opt = Adam::new(opts.lr, 1e-4);
         let mut last = 0.0;
@@ -163,7 +177,12 @@ impl TwoTower {
                     .iter()
                     .map(|&k| histories[pairs[k].0][pairs[k].1])
                     .collect();
-                total += model.step(chunk, &pooled, &targets, features, &logq, &mut opt);
+                // Pooled per batch, not once for every pair up front: all
+                // pairs' pooled rows would take pairs × d floats (2.7 GB at
+                // 1.5 million pairs), recomputing them costs a few seconds
+                // an epoch.
+                let h = pooled_batch(chunk, &pairs, histories, features, d, opts);
+                total += model.step(&h, &targets, features, &logq, &mut opt);
                 batches += 1;
             }
             last = total / batches.max(1) as f32;
@@ -185,32 +204,30 @@ impl TwoTower {
     /// One optimisation step on a batch; returns its loss.
     fn step(
         &mut self,
-        chunk: &[usize],
-        pooled: &[Vec<f32>],
+        h: &Array2<f32>,
         targets: &[u32],
         features: &[f32],
         logq: &[f32],
         opt: &mut Adam,
     ) -> f32 {
-        let loss = self.backward(chunk, pooled, targets, features, logq);
+        let loss = self.backward(h, targets, features, logq);
         opt.step(&mut self.params_mut());
         loss
     }
 
-    /// The loss of a batch; leaves every parameter's gradient in `Param::g`.
+    /// The loss of a batch (`h`: the pooled history of each row, `targets`:
+    /// its target item); leaves every parameter's gradient in `Param::g`.
     fn backward(
         &mut self,
-        chunk: &[usize],
-        pooled: &[Vec<f32>],
+        h: &Array2<f32>,
         targets: &[u32],
         features: &[f32],
         logq: &[f32],
     ) -> f32 {
-        let b = chunk.len();
+        let b = h.nrows();
         let d = self.input;
-        let h = Array2::from_shape_fn((b, d), |(r, c)| pooled[chunk[r]][c]);
         let x = Array2::from_shape_fn((b, d), |(r, c)| features[targets[r] as usize * d + c]);
-        let fw = self.user_forward(&h);
+        let fw = self.user_forward(h);
         let mut e = x.dot(&self.item.view());
         let e_norms = normalize_rows(&mut e);
         let tau = self.opts.temperature;
@@ -407,19 +424,19 @@ mod tests {
         // from the origin, where the normalisation is not differentiable.
         model.b1.w.iter_mut().for_each(|b| *b = 0.1);
         model.b2.w = vec![0.3, -0.2, 0.25, 0.1];
-        let pooled: Vec<Vec<f32>> = (0..6)
-            .map(|u| pool(&features, d, &histories[u][..5], &[1.0, 0.9, 0.8, 0.7, 0.6]))
+        let pooled: Vec<f32> = (0..6)
+            .flat_map(|u| pool(&features, d, &histories[u][..5], &[1.0, 0.9, 0.8, 0.7, 0.6]))
             .collect();
+        let h = Array2::from_shape_vec((6, d), pooled).unwrap();
         let targets: Vec<u32> = (0..6).map(|u| histories[u][5]).collect();
-        let chunk: Vec<usize> = (0..6).collect();
         let logq = vec![0.0f32; features.len() / d];
         let loss_at = |m: &TwoTower| {
             let mut c = m.clone();
-            c.backward(&chunk, &pooled, &targets, &features, &logq) as f64
+            c.backward(&h, &targets, &features, &logq) as f64
         };
         let analytic: Vec<Vec<f32>> = {
             let mut c = model.clone();
-            c.backward(&chunk, &pooled, &targets, &features, &logq);
+            c.backward(&h, &targets, &features, &logq);
             c.params_mut().iter().map(|p| p.g.clone()).collect()
         };
         for (p, k) in [(0usize, 3usize), (1, 5), (2, 1), (3, 2), (4, 0)] {
