@@ -28,6 +28,13 @@ pub use crate::config::DinOptions;
 use crate::nn::onnx::{Attr, Dim, GraphBuilder, FLOAT};
 use crate::nn::{Adam, Param};
 
+/// Examples in one part of a training batch. A batch's parts run their
+/// forward and backward passes in parallel and their gradients are averaged
+/// by size (the loss is a mean over independent examples, so this is the
+/// batch's gradient up to the order of the sums). The part size is fixed,
+/// not one part per thread, so a model trains the same on every machine.
+const PART: usize = 128;
+
 /// Names of the per-candidate features, in input order.
 pub const FEATURES: [&str; 1] = ["log_popularity"];
 
@@ -344,29 +351,12 @@ impl Din {
         drop((pools, positions));
         let mut opt = Adam::new(opts.lr, 1e-4);
         let mut last = 0.0;
-        let l = opts.history;
         for epoch in 0..opts.epochs {
             examples.shuffle(&mut rng);
             let mut total = 0.0;
             let mut batches = 0;
             for chunk in examples.chunks(opts.batch.max(1)) {
-                let mut hist = Array2::zeros((chunk.len() * l, e));
-                let mut mask = vec![0f32; chunk.len() * l];
-                for (r, &(u, t, _, _)) in chunk.iter().enumerate() {
-                    let (h, m) = history_slots(emb, e, &histories[u][..t], l);
-                    hist.slice_axis_mut(Axis(0), Slice::from(r * l..(r + 1) * l))
-                        .assign(&h);
-                    mask[r * l..(r + 1) * l].copy_from_slice(&m);
-                }
-                let items: Vec<u32> = chunk.iter().map(|x| x.2).collect();
-                let batch = Batch {
-                    history: hist,
-                    mask,
-                    candidates: gather(emb, e, &items),
-                    features: features(popularity, &items),
-                };
-                let labels: Vec<f32> = chunk.iter().map(|x| x.3).collect();
-                total += model.backward(&batch, &labels);
+                total += model.parted_backward(chunk, histories, emb, e, popularity, PART);
                 opt.step(&mut model.params_mut());
                 batches += 1;
             }
@@ -374,6 +364,59 @@ impl Din {
             progress(epoch + 1);
         }
         (model, last)
+    }
+
+    /// [`Din::backward`] over training examples `(user, target position,
+    /// item, label)`, in parts of `part` run in parallel, each on its own
+    /// copy of the model; the parts' gradients and losses are averaged by
+    /// size, which is the whole batch's (up to the order of the sums: the
+    /// loss is a mean over independent examples).
+    fn parted_backward(
+        &mut self,
+        chunk: &[(usize, usize, u32, f32)],
+        histories: &[Vec<u32>],
+        emb: &[f32],
+        e: usize,
+        popularity: &[f32],
+        part: usize,
+    ) -> f32 {
+        use rayon::prelude::*;
+        let l = self.opts.history;
+        let parts: Vec<(usize, f32, Din)> = chunk
+            .par_chunks(part.max(1))
+            .map(|part| {
+                let mut hist = Array2::zeros((part.len() * l, e));
+                let mut mask = vec![0f32; part.len() * l];
+                for (r, &(u, t, _, _)) in part.iter().enumerate() {
+                    let (h, m) = history_slots(emb, e, &histories[u][..t], l);
+                    hist.slice_axis_mut(Axis(0), Slice::from(r * l..(r + 1) * l))
+                        .assign(&h);
+                    mask[r * l..(r + 1) * l].copy_from_slice(&m);
+                }
+                let items: Vec<u32> = part.iter().map(|x| x.2).collect();
+                let batch = Batch {
+                    history: hist,
+                    mask,
+                    candidates: gather(emb, e, &items),
+                    features: features(popularity, &items),
+                };
+                let labels: Vec<f32> = part.iter().map(|x| x.3).collect();
+                let mut copy = self.clone();
+                let loss = copy.backward(&batch, &labels);
+                (part.len(), loss, copy)
+            })
+            .collect();
+        let mut total = 0.0;
+        let mut params = self.params_mut();
+        params.iter_mut().for_each(|p| p.zero_grad());
+        for (n, loss, mut copy) in parts {
+            let share = n as f32 / chunk.len() as f32;
+            total += loss * share;
+            for (p, q) in params.iter_mut().zip(copy.params_mut()) {
+                p.g.iter_mut().zip(&q.g).for_each(|(g, x)| *g += share * x);
+            }
+        }
+        total
     }
 
     /// The model as ONNX: inputs `history` (`hb × L × E`, newest first),

@@ -16,7 +16,9 @@
 //! the user tower is exported to ONNX ([`TwoTower::user_onnx`]) and served
 //! through ONNX Runtime like the sentence encoder.
 
-use ndarray::{Array2, Axis};
+use std::ops::Range;
+
+use ndarray::{Array1, Array2, ArrayView2, Axis, Slice};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rayon::prelude::*;
@@ -81,6 +83,21 @@ fn pool(features: &[f32], d: usize, items: &[u32], weights: &[f32]) -> Vec<f32> 
     }
     h.iter_mut().for_each(|v| *v /= total);
     h
+}
+
+/// Rows in one part of a training batch (see [`TwoTower::backward`]); fixed,
+/// not one part per thread, so a model trains the same on every machine.
+const PART: usize = 128;
+
+/// One part's share of the loss and the gradients.
+struct UserGrads {
+    loss: f32,
+    w1: Array2<f32>,
+    b1: Array1<f32>,
+    w2: Array2<f32>,
+    b2: Array1<f32>,
+    /// Gradient of every row's item vector (`batch × dim`).
+    de: Array2<f32>,
 }
 
 struct UserForward {
@@ -210,66 +227,126 @@ impl TwoTower {
         logq: &[f32],
         opt: &mut Adam,
     ) -> f32 {
-        let loss = self.backward(h, targets, features, logq);
+        let loss = self.backward(h, targets, features, logq, PART);
         opt.step(&mut self.params_mut());
         loss
     }
 
     /// The loss of a batch (`h`: the pooled history of each row, `targets`:
     /// its target item); leaves every parameter's gradient in `Param::g`.
+    ///
+    /// Rows run in parts of `part` ([`PART`] in training) in parallel: the item tower and the user
+    /// tower are row by row, and the in-batch softmax of a row needs only its
+    /// own user vector and every row's item vector, so each part computes its
+    /// rows' softmax, its share of every gradient and its share of the item
+    /// vectors' gradient; the shares are summed in part order.
     fn backward(
         &mut self,
         h: &Array2<f32>,
         targets: &[u32],
         features: &[f32],
         logq: &[f32],
+        part: usize,
     ) -> f32 {
         let b = h.nrows();
         let d = self.input;
-        let x = Array2::from_shape_fn((b, d), |(r, c)| features[targets[r] as usize * d + c]);
-        let fw = self.user_forward(h);
-        let mut e = x.dot(&self.item.view());
-        let e_norms = normalize_rows(&mut e);
         let tau = self.opts.temperature;
-        let mut logits = fw.u.dot(&e.t()) / tau;
-        for r in 0..b {
-            for c in 0..b {
-                if r != c && targets[r] == targets[c] {
-                    logits[[r, c]] = f32::NEG_INFINITY;
-                } else {
-                    logits[[r, c]] -= logq[targets[c] as usize];
+        let part = part.max(1);
+        let ranges: Vec<Range<usize>> = (0..b)
+            .step_by(part)
+            .map(|lo| lo..(lo + part).min(b))
+            .collect();
+        // Item tower, forward.
+        let items: Vec<(Array2<f32>, Array2<f32>, Vec<f32>)> = ranges
+            .par_iter()
+            .map(|rows| {
+                let x = Array2::from_shape_fn((rows.len(), d), |(r, c)| {
+                    features[targets[rows.start + r] as usize * d + c]
+                });
+                let mut e = x.dot(&self.item.view());
+                let norms = normalize_rows(&mut e);
+                (x, e, norms)
+            })
+            .collect();
+        let views: Vec<ArrayView2<'_, f32>> = items.iter().map(|x| x.1.view()).collect();
+        let e = ndarray::concatenate(Axis(0), &views).expect("parts share the width");
+        // User tower, softmax and the user tower's backward, per part.
+        let parts: Vec<UserGrads> = ranges
+            .par_iter()
+            .map(|rows| {
+                let hp = h.slice_axis(Axis(0), Slice::from(rows.clone())).to_owned();
+                let fw = self.user_forward(&hp);
+                let mut logits = fw.u.dot(&e.t()) / tau;
+                let mut loss = 0.0;
+                for (r, mut row) in logits.rows_mut().into_iter().enumerate() {
+                    let own = rows.start + r;
+                    for (c, v) in row.iter_mut().enumerate() {
+                        if c != own && targets[own] == targets[c] {
+                            *v = f32::NEG_INFINITY;
+                        } else {
+                            *v -= logq[targets[c] as usize];
+                        }
+                    }
+                    // Softmax; loss = −log p(own target).
+                    let m = row.fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+                    row.mapv_inplace(|v| (v - m).exp());
+                    let z = row.sum();
+                    row.mapv_inplace(|v| v / z);
+                    loss -= row[own].max(1e-30).ln();
+                    row[own] -= 1.0;
                 }
-            }
-        }
-        // Softmax per row; loss = −log p(own target).
-        let mut loss = 0.0;
-        for (r, mut row) in logits.rows_mut().into_iter().enumerate() {
-            let m = row.fold(f32::NEG_INFINITY, |a, &v| a.max(v));
-            row.mapv_inplace(|v| (v - m).exp());
-            let z = row.sum();
-            row.mapv_inplace(|v| v / z);
-            loss -= row[r].max(1e-30).ln();
-            row[r] -= 1.0;
-        }
-        let ds = logits / b as f32;
-        let du = ds.dot(&e) / tau;
-        let de = ds.t().dot(&fw.u) / tau;
-        // User tower backward.
-        let d_out = normalize_rows_backward(&fw.u, &fw.norms, &du);
-        self.w2.grad_mut().assign(&fw.a.t().dot(&d_out));
-        self.b2.g = d_out.sum_axis(Axis(0)).to_vec();
-        let mut da = d_out.dot(&self.w2.view().t());
-        da.zip_mut_with(&fw.a, |g, a| {
-            if *a <= 0.0 {
-                *g = 0.0
-            }
+                let ds = logits / b as f32;
+                let du = ds.dot(&e) / tau;
+                let de = ds.t().dot(&fw.u) / tau;
+                let d_out = normalize_rows_backward(&fw.u, &fw.norms, &du);
+                let w2 = fw.a.t().dot(&d_out);
+                let b2 = d_out.sum_axis(Axis(0));
+                let mut da = d_out.dot(&self.w2.view().t());
+                da.zip_mut_with(&fw.a, |g, a| {
+                    if *a <= 0.0 {
+                        *g = 0.0
+                    }
+                });
+                UserGrads {
+                    loss,
+                    w1: hp.t().dot(&da),
+                    b1: da.sum_axis(Axis(0)),
+                    w2,
+                    b2,
+                    de,
+                }
+            })
+            .collect();
+        let sum = parts.into_iter().reduce(|mut acc, p| {
+            acc.loss += p.loss;
+            acc.w1 += &p.w1;
+            acc.b1 += &p.b1;
+            acc.w2 += &p.w2;
+            acc.b2 += &p.b2;
+            acc.de += &p.de;
+            acc
         });
-        self.w1.grad_mut().assign(&h.t().dot(&da));
-        self.b1.g = da.sum_axis(Axis(0)).to_vec();
-        // Item tower backward.
-        let d_e = normalize_rows_backward(&e, &e_norms, &de);
-        self.item.grad_mut().assign(&x.t().dot(&d_e));
-        loss / b as f32
+        let sum = sum.expect("a batch has rows");
+        self.w1.grad_mut().assign(&sum.w1);
+        self.b1.g = sum.b1.to_vec();
+        self.w2.grad_mut().assign(&sum.w2);
+        self.b2.g = sum.b2.to_vec();
+        // Item tower, backward.
+        let item_parts: Vec<Array2<f32>> = ranges
+            .par_iter()
+            .zip(&items)
+            .map(|(rows, (x, e, norms))| {
+                let de = sum.de.slice_axis(Axis(0), Slice::from(rows.clone()));
+                x.t()
+                    .dot(&normalize_rows_backward(e, norms, &de.to_owned()))
+            })
+            .collect();
+        let mut item = self.item.grad_mut();
+        item.fill(0.0);
+        for g in &item_parts {
+            item += g;
+        }
+        sum.loss / b as f32
     }
 
     /// The user tower as an ONNX model: inputs `history` (`batch × len ×
@@ -432,13 +509,31 @@ mod tests {
         let logq = vec![0.0f32; features.len() / d];
         let loss_at = |m: &TwoTower| {
             let mut c = m.clone();
-            c.backward(&h, &targets, &features, &logq) as f64
+            c.backward(&h, &targets, &features, &logq, 6) as f64
         };
-        let analytic: Vec<Vec<f32>> = {
+        let grads = |part: usize| -> (f32, Vec<Vec<f32>>) {
             let mut c = model.clone();
-            c.backward(&h, &targets, &features, &logq);
-            c.params_mut().iter().map(|p| p.g.clone()).collect()
+            let loss = c.backward(&h, &targets, &features, &logq, part);
+            (loss, c.params_mut().iter().map(|p| p.g.clone()).collect())
         };
+        let (loss, analytic) = grads(6);
+        // In parts of 2 or 4 rows (the parallel path training takes), the
+        // same loss and gradients up to the order of the sums.
+        for part in [2, 4] {
+            let (l, g) = grads(part);
+            assert!(
+                (l - loss).abs() < 1e-6,
+                "part {part}: loss {l} against {loss}"
+            );
+            for (p, (a, b)) in analytic.iter().zip(&g).enumerate() {
+                for (x, y) in a.iter().zip(b) {
+                    assert!(
+                        (x - y).abs() < 1e-6 + 1e-4 * x.abs(),
+                        "part {part}, param {p}: {y} against {x}"
+                    );
+                }
+            }
+        }
         for (p, k) in [(0usize, 3usize), (1, 5), (2, 1), (3, 2), (4, 0)] {
             let eps = 1e-2f32;
             let orig = model.params_mut()[p].w[k];

@@ -32,6 +32,44 @@ fn toy() -> (Vec<Vec<u32>>, Vec<f32>, usize, Vec<f32>) {
 }
 
 #[test]
+fn a_batch_in_parts_has_the_whole_batchs_gradient() {
+    let (histories, emb, e, pop) = toy();
+    let opts = DinOptions {
+        attention: 4,
+        hidden: 5,
+        history: 4,
+        ..Default::default()
+    };
+    let model = Din::new(e, &opts);
+    let chunk: Vec<(usize, usize, u32, f32)> = (0..7)
+        .map(|r| (r, 2 + r % 3, (r * 4 + 1) as u32, (r % 2) as f32))
+        .collect();
+    let grads = |part: usize| -> (f32, Vec<Vec<f32>>) {
+        let mut c = model.clone();
+        let loss = c.parted_backward(&chunk, &histories, &emb, e, &pop, part);
+        (loss, c.params_mut().iter().map(|p| p.g.clone()).collect())
+    };
+    let (loss, whole) = grads(chunk.len());
+    assert!(whole.iter().flatten().any(|g| g.abs() > 1e-6));
+    // Parts of unequal sizes (3 + 3 + 1, 2 + 2 + 2 + 1) are weighted by size.
+    for part in [2, 3] {
+        let (l, g) = grads(part);
+        assert!(
+            (l - loss).abs() < 1e-6,
+            "part {part}: loss {l} against {loss}"
+        );
+        for (p, (a, b)) in whole.iter().zip(&g).enumerate() {
+            for (x, y) in a.iter().zip(b) {
+                assert!(
+                    (x - y).abs() < 1e-6 + 1e-4 * x.abs(),
+                    "part {part}, param {p}: {y} against {x}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn gradients_match_finite_differences() {
     let (histories, emb, e, pop) = toy();
     let opts = DinOptions {
