@@ -59,26 +59,26 @@ fn main_inner() -> anyhow::Result<()> {
     };
     if a.validation_only {
         let report = validate(&opts).context("validation failed")?;
-        print!("{}", validation_table(&report));
-        println!(
-            "embedding: {:.0} texts/s; total {:.1}s",
-            report.embed_texts_per_second, report.seconds
-        );
-        if let Some(p) = a.json {
-            let body = serde_json::to_string_pretty(&report)?;
-            std::fs::write(&p, body + "\n").with_context(|| format!("writing {}", p.display()))?;
-            println!("wrote {}", p.display());
-        }
-        return Ok(());
+        let (tps, seconds) = (report.embed_texts_per_second, report.seconds);
+        return print_report(&validation_table(&report), tps, seconds, &report, a.json);
     }
     let report = run(&opts).context("evaluation failed")?;
-    print!("{}", table(&report));
-    println!(
-        "embedding: {:.0} texts/s; total {:.1}s",
-        report.embed_texts_per_second, report.seconds
-    );
-    if let Some(p) = a.json {
-        let body = serde_json::to_string_pretty(&report)?;
+    let (tps, seconds) = (report.embed_texts_per_second, report.seconds);
+    print_report(&table(&report), tps, seconds, &report, a.json)
+}
+
+/// Prints the table and the timing line, and writes the JSON if asked.
+fn print_report(
+    table: &str,
+    texts_per_second: f64,
+    seconds: f64,
+    report: &impl serde::Serialize,
+    json: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    print!("{table}");
+    println!("embedding: {texts_per_second:.0} texts/s; total {seconds:.1}s");
+    if let Some(p) = json {
+        let body = serde_json::to_string_pretty(report)?;
         std::fs::write(&p, body + "\n").with_context(|| format!("writing {}", p.display()))?;
         println!("wrote {}", p.display());
     }

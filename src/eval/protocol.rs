@@ -7,8 +7,9 @@ use std::path::PathBuf;
 use rayon::prelude::*;
 
 use super::metrics::{summarise, user_metrics, Summary, UserMetrics, KS};
-use crate::engine::{Engine, RecommendOptions, UserRef};
+use crate::engine::{Engine, RecommendOptions, Source, UserRef};
 use crate::error::{Error, Result};
+use crate::fusion::SourceList;
 use crate::movielens::Triple;
 
 /// Who is scored and against what.
@@ -82,4 +83,23 @@ pub(super) fn tempfile_dir() -> Result<TempDir> {
     let p = std::env::temp_dir().join(format!("vecrec-eval-{}", std::process::id()));
     std::fs::create_dir_all(&p).map_err(|e| Error::io(&p, e))?;
     Ok(TempDir(p))
+}
+
+/// Every source's list for each held-out user (paired with their held-out
+/// set), seen items excluded: computed once so that fusion sweeps need not
+/// query the sources again.
+pub(super) fn cached_source_lists<'a>(
+    engine: &Engine,
+    truth: &'a [(u32, HashSet<u32>)],
+    histories: &[Vec<(u32, f32)>],
+) -> Result<Vec<(Vec<SourceList>, &'a HashSet<u32>)>> {
+    truth
+        .par_iter()
+        .zip(histories)
+        .map(|((_, t), hist)| {
+            let seen: HashSet<u32> = hist.iter().map(|h| h.0).collect();
+            let lists = engine.source_lists(hist, None, &Source::ALL, &|i| !seen.contains(&i))?;
+            Ok((lists, t))
+        })
+        .collect()
 }

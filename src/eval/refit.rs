@@ -2,13 +2,12 @@
 //! the one scoring of TEST (or, for `--validation-only`, the report of what
 //! validation chose, TEST unread).
 
-use std::collections::HashSet;
 use std::time::Instant;
 
 use rayon::prelude::*;
 
 use super::metrics::mean;
-use super::protocol::{score, truth_sets, Who};
+use super::protocol::{cached_source_lists, score, truth_sets, Who};
 use super::report::{AblationRow, EvalReport, PairedDiff, ValidationReport};
 use super::stages::{Chosen, Run};
 use super::tuning::{head_auc, only, with_weights};
@@ -117,16 +116,7 @@ impl Run<'_> {
                     .unwrap_or_default()
             })
             .collect();
-        let test_cached: Vec<(Vec<SourceList>, &HashSet<u32>)> = test_truth
-            .par_iter()
-            .zip(&test_hist)
-            .map(|((_, t), hist)| {
-                let seen: HashSet<u32> = hist.iter().map(|h| h.0).collect();
-                let lists =
-                    engine.source_lists(hist, None, &Source::ALL, &|i| !seen.contains(&i))?;
-                Ok((lists, t))
-            })
-            .collect::<Result<_>>()?;
+        let test_cached = cached_source_lists(&engine, &test_truth, &test_hist)?;
         let chosen_weights = chosen_hybrid.weights();
         let test_reranked: Vec<SourceList> = test_cached
             .par_iter()

@@ -2,13 +2,13 @@
 //! validation (content profile, EASE, ALS, transitions and fusion, the
 //! reranker); `refit.rs` continues from what they chose.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 
 use rayon::prelude::*;
 
 use super::metrics::{user_metrics, KS};
-use super::protocol::{score, truth_sets, Who};
+use super::protocol::{cached_source_lists, score, truth_sets, Who};
 use super::report::{GridPoint, Trial};
 use super::tuning::{
     argmax, fused_ndcg10, head_auc, only, with_weights, HeadAuc, ALS_GRID, DECAYS, FUSION_WEIGHTS,
@@ -313,16 +313,7 @@ impl Run<'_> {
                     .collect()
             })
             .collect::<Result<_>>()?;
-        let cached: Vec<(Vec<SourceList>, &HashSet<u32>)> = truth
-            .par_iter()
-            .zip(&cached_hist)
-            .map(|((_, t), hist)| {
-                let seen: HashSet<u32> = hist.iter().map(|h| h.0).collect();
-                let lists =
-                    engine.source_lists(hist, None, &Source::ALL, &|i| !seen.contains(&i))?;
-                Ok((lists, t))
-            })
-            .collect::<Result<_>>()?;
+        let cached = cached_source_lists(&engine, &truth, &cached_hist)?;
         let mut fusion_trials = Vec::new();
         let (wt, wc, wp, wa, w2) = FUSION_WEIGHTS;
         let mut combos: Vec<SourceWeights> = Vec::new();

@@ -31,15 +31,20 @@ fn toy() -> (Vec<Vec<u32>>, Vec<f32>, usize, Vec<f32>) {
     (histories, emb, e, pop)
 }
 
-#[test]
-fn a_batch_in_parts_has_the_whole_batchs_gradient() {
-    let (histories, emb, e, pop) = toy();
-    let opts = DinOptions {
+/// A small reranker for the gradient checks.
+fn small() -> DinOptions {
+    DinOptions {
         attention: 4,
         hidden: 5,
         history: 4,
         ..Default::default()
-    };
+    }
+}
+
+#[test]
+fn a_batch_in_parts_has_the_whole_batchs_gradient() {
+    let (histories, emb, e, pop) = toy();
+    let opts = small();
     let model = Din::new(e, &opts);
     let chunk: Vec<(usize, usize, u32, f32)> = (0..7)
         .map(|r| (r, 2 + r % 3, (r * 4 + 1) as u32, (r % 2) as f32))
@@ -72,12 +77,7 @@ fn a_batch_in_parts_has_the_whole_batchs_gradient() {
 #[test]
 fn gradients_match_finite_differences() {
     let (histories, emb, e, pop) = toy();
-    let opts = DinOptions {
-        attention: 4,
-        hidden: 5,
-        history: 4,
-        ..Default::default()
-    };
+    let opts = small();
     let mut model = Din::new(e, &opts);
     // Non-zero recency biases so their gradient is exercised too.
     model.pos.w = vec![0.3, -0.2, 0.1, 0.05];
