@@ -34,8 +34,8 @@ impl Run<'_> {
     /// `hybrid`.
     pub(super) fn plain_ease(&self, cfg: Config, hybrid: &HybridConfig) -> Result<Engine> {
         let mut engine = Engine::open(self.root, cfg, None)?;
-        engine.configure(|c| c.search.exact = true);
         engine.configure(|c| {
+            c.search.exact = true;
             c.hybrid = only(
                 Source::Ease,
                 &HybridConfig {

@@ -55,9 +55,11 @@ impl Run<'_> {
         let full = score(&engine, &self.sp.test, &Who::Stored)?;
         engine.configure(|c| c.search.exact = false);
         let full_hnsw = score(&engine, &self.sp.test, &Who::Stored)?;
-        engine.configure(|c| c.search.exact = true);
+        engine.configure(|c| {
+            c.search.exact = true;
+            c.rerank.weight = 0.0;
+        });
         let mut ablation = Vec::new();
-        engine.configure(|c| c.rerank.weight = 0.0);
         for s in Source::ALL {
             engine.configure(|c| c.hybrid = only(s, &chosen_hybrid));
             let r = score(&engine, &self.sp.test, &Who::Stored)?;

@@ -143,12 +143,9 @@ impl Run<'_> {
             &als0,
         )?;
         let mut engine = Engine::open(self.root, self.cfg.clone(), None)?;
-        engine.configure(|c| c.search.exact = true);
         engine.configure(|c| {
-            c.hybrid = HybridConfig {
-                enabled: false,
-                ..self.cfg.hybrid.clone()
-            }
+            c.search.exact = true;
+            c.hybrid.enabled = false;
         });
         let mut grid = Vec::new();
         for &decay in &DECAYS {
@@ -235,8 +232,10 @@ impl Run<'_> {
             };
             self.build(&self.sp.val_train, users, lambda, &als)?;
             let mut engine = Engine::open(self.root, self.with_als(users, &als), None)?;
-            engine.configure(|c| c.search.exact = true);
-            engine.configure(|c| c.hybrid = only(Source::Als, &self.cfg.hybrid));
+            engine.configure(|c| {
+                c.search.exact = true;
+                c.hybrid = only(Source::Als, &self.cfg.hybrid);
+            });
             let v = score(&engine, &self.sp.val, &self.val)?.summary.ndcg10;
             self.trials.push(Trial {
                 stage: "als",
@@ -261,9 +260,11 @@ impl Run<'_> {
         // 4. Transitions decay, transitions alone; then the fusion sweep on cached source lists.
         self.build_with(&self.sp.val_train, users, lambda, als_chosen, None, true)?;
         let mut engine = Engine::open(self.root, self.with_als(users, als_chosen), None)?;
-        engine.configure(|c| c.search.exact = true);
-        engine.configure(|c| c.rerank.weight = 0.0);
-        engine.configure(|c| c.hybrid = only(Source::TwoTower, &self.cfg.hybrid));
+        engine.configure(|c| {
+            c.search.exact = true;
+            c.rerank.weight = 0.0;
+            c.hybrid = only(Source::TwoTower, &self.cfg.hybrid);
+        });
         self.trials.push(Trial {
             stage: "two_tower",
             setting: "alone".into(),
