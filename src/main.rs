@@ -13,7 +13,7 @@ use vecrec::engine::Engine;
 ///
 /// Serves `vecrec.v1.Recommender` (Recommend, SimilarItems, SearchText, Embed,
 /// GetItem), `grpc.health.v1.Health` and server reflection over an index built
-/// by `vecrec-build`.
+/// by `vecrec-build`; `vecrec embed` embeds a file of texts offline.
 #[derive(Parser)]
 #[command(version, about, long_about)]
 struct Cli {
@@ -35,38 +35,65 @@ enum Command {
     /// Runtime library are found in .cache/ (written by `make setup`) unless
     /// configured. The line `listening on ADDR` on stdout tells the bound
     /// address (useful with port 0).
-    Serve {
-        /// Index root directory written by `vecrec-build --out`.
-        #[arg(long)]
-        index: PathBuf,
-        /// Address to listen on, e.g. 127.0.0.1:50051 (port 0 picks a free port).
-        #[arg(long)]
-        addr: Option<String>,
-        /// TOML configuration file (see README, "Configuration").
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Encoder sessions, each with its own worker thread and one ONNX
-        /// Runtime thread (encoder.sessions; default: one per core). The texts
-        /// of concurrent SearchText, Embed and UpsertItems calls are joined
-        /// into one forward pass per session.
-        #[arg(long)]
-        encoder_sessions: Option<usize>,
-        /// Serve Prometheus metrics (`GET /metrics`) on this address, e.g.
-        /// 127.0.0.1:9100 (server.metrics_addr; default: off).
-        #[arg(long)]
-        metrics_addr: Option<String>,
-        /// Most requests worked on at once, over all connections
-        /// (server.max_concurrent_requests; default: four per core). Beyond it
-        /// up to server.max_queued_requests wait, and the rest are answered
-        /// RESOURCE_EXHAUSTED at once.
-        #[arg(long)]
-        max_concurrent_requests: Option<usize>,
-        /// Serve a non-loopback address without TLS and bearer tokens.
-        /// Without this flag the server refuses to: anyone who can reach the
-        /// port could read and change the catalogue (README, "Security").
-        #[arg(long)]
-        insecure: bool,
-    },
+    Serve(ServeArgs),
+    /// Embed texts with the server's encoder, offline: one text per line of
+    /// --texts in, one unit-length vector per line out, written to --out as
+    /// .fvecs (TEXMEX: per vector a little-endian i32 dimension, then the
+    /// f32 values), the format `vecrec-ann-bench` reads. The vectors are the
+    /// ones SearchText and Embed compute for the same texts.
+    Embed(EmbedArgs),
+}
+
+// `vecrec serve`'s flags (the variant's doc comment is its help).
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Index root directory written by `vecrec-build --out`.
+    #[arg(long)]
+    index: PathBuf,
+    /// Address to listen on, e.g. 127.0.0.1:50051 (port 0 picks a free port).
+    #[arg(long)]
+    addr: Option<String>,
+    /// TOML configuration file (see README, "Configuration").
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Encoder sessions, each with its own worker thread and one ONNX
+    /// Runtime thread (encoder.sessions; default: one per core). The texts
+    /// of concurrent SearchText, Embed and UpsertItems calls are joined
+    /// into one forward pass per session.
+    #[arg(long)]
+    encoder_sessions: Option<usize>,
+    /// Serve Prometheus metrics (`GET /metrics`) on this address, e.g.
+    /// 127.0.0.1:9100 (server.metrics_addr; default: off).
+    #[arg(long)]
+    metrics_addr: Option<String>,
+    /// Most requests worked on at once, over all connections
+    /// (server.max_concurrent_requests; default: four per core). Beyond it
+    /// up to server.max_queued_requests wait, and the rest are answered
+    /// RESOURCE_EXHAUSTED at once.
+    #[arg(long)]
+    max_concurrent_requests: Option<usize>,
+    /// Serve a non-loopback address without TLS and bearer tokens.
+    /// Without this flag the server refuses to: anyone who can reach the
+    /// port could read and change the catalogue (README, "Security").
+    #[arg(long)]
+    insecure: bool,
+}
+
+// `vecrec embed`'s flags.
+#[derive(clap::Args)]
+struct EmbedArgs {
+    /// UTF-8 text file, one text per line; an empty line is an error.
+    #[arg(long)]
+    texts: PathBuf,
+    /// Output .fvecs file (written atomically).
+    #[arg(long)]
+    out: PathBuf,
+    /// TOML configuration file (its [encoder] section is used).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
 }
 
 fn main() {
@@ -74,7 +101,57 @@ fn main() {
 }
 
 fn run() -> anyhow::Result<()> {
-    let Command::Serve {
+    match Cli::parse().command {
+        Command::Serve(args) => serve(args),
+        Command::Embed(args) => embed(&args),
+    }
+}
+
+/// `vecrec embed`: every line of `texts` through the bulk encoder into `out`.
+fn embed(args: &EmbedArgs) -> anyhow::Result<()> {
+    let EmbedArgs {
+        texts,
+        out,
+        config,
+        quiet,
+    } = args;
+    let quiet = *quiet;
+    let cfg = Config::load(config.as_deref())?;
+    cfg.validate()?;
+    let raw = std::fs::read_to_string(texts)
+        .with_context(|| format!("reading {} (UTF-8 text, one per line)", texts.display()))?;
+    let lines: Vec<&str> = raw.lines().collect();
+    if let Some(i) = lines.iter().position(|l| l.trim().is_empty()) {
+        anyhow::bail!(
+            "{}: line {} is empty; every line must hold a text",
+            texts.display(),
+            i + 1
+        );
+    }
+    if lines.is_empty() {
+        anyhow::bail!("{}: no texts", texts.display());
+    }
+    let encoder =
+        Encoder::load(&cfg.encoder, vecrec::config::cores()).context("loading the encoder")?;
+    let pb = vecrec::pipeline::stages::bar(lines.len(), "embedding", !quiet);
+    let vectors = encoder.encode_with_progress(&lines, &|done| pb.set_position(done as u64))?;
+    pb.finish_and_clear();
+    let dim = encoder.dim();
+    let flat: Vec<f32> = vectors.into_iter().flatten().collect();
+    vecrec_index::texmex::write_fvecs(out, &flat, dim)
+        .with_context(|| format!("writing {}", out.display()))?;
+    if !quiet {
+        eprintln!(
+            "{} vectors of {dim} dimensions written to {}",
+            lines.len(),
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let ServeArgs {
         index,
         addr,
         config,
@@ -82,7 +159,7 @@ fn run() -> anyhow::Result<()> {
         metrics_addr,
         max_concurrent_requests,
         insecure,
-    } = Cli::parse().command;
+    } = args;
     let mut cfg = Config::load(config.as_deref())?;
     if let Some(a) = addr {
         cfg.server.addr = a;
