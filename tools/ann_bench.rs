@@ -13,14 +13,23 @@ use vecrec_index::{texmex, HnswParams, Metric};
 
 /// Benchmark an ANN backend on TEXMEX files (.fvecs/.bvecs base and queries, .ivecs ground truth).
 ///
-/// Prints JSON lines: first a build line (`build_s`, `mem_mb` = resident memory
-/// of a fresh process after opening the on-disk index and running the sweep,
-/// `open_s` = time from the start of the reopen to the first answer, `open_mb`
-/// = resident memory at that first answer), then
-/// one line per ef (`ef`, `recall@10`, `qps` single-threaded), then, with
+/// Prints JSON lines: first a build line, then one line per ef (`ef`,
+/// `recall@10`, `qps`: queries one at a time on one thread), then, with
 /// `--selectivity`, one line per (selectivity, ef) of filtered search (a
 /// seeded pseudo-random subset of that share of the rows passes; recall
 /// against brute force over the subset).
+///
+/// The build line: `build_s` (vectors already loaded), `disk_mb` (the
+/// index's files), and from a fresh process that reopens the index and runs
+/// the sweep: `mem_mb` (its resident memory after the sweep), `rss_delta_mb`
+/// (that minus its resident memory before it opened the index, queries and
+/// ground truth already loaded), `resident_mb` (its anonymous memory growth
+/// plus the index files' pages in the page cache after the sweep, by mincore:
+/// what the index holds in memory, mapped or read through, counted once; the
+/// files' cached pages are dropped right after the open, so pages left from
+/// writing them do not count), `open_s` (start of the reopen to the first
+/// answer, page cache warm) and `open_mb`. `benches/ann/peers.py` measures
+/// its contenders the same way.
 #[derive(Parser)]
 #[command(name = "vecrec-ann-bench", version, about, long_about)]
 struct Args {
@@ -58,13 +67,17 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     threads: usize,
     /// Compute the own HNSW build's distances on the f32 vectors instead of
-    /// their int8 codes (the default; searches are unaffected).
+    /// their int8 codes (the default; searches are unaffected). The lines
+    /// then name the backend with `+f32-build` appended.
     #[arg(long)]
     build_on_floats: bool,
     /// Comma-separated shares of rows passing a filter (e.g. 0.01,0.1,0.5) for
     /// the filtered-search sweep; none by default.
     #[arg(long, value_delimiter = ',')]
     selectivity: Vec<f64>,
+    /// Round number, copied into every line (for interleaved repeats).
+    #[arg(long, default_value_t = 1)]
+    round: usize,
     /// Where to write the index (a temporary directory if unset).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -82,15 +95,90 @@ fn main() {
     }
 }
 
-fn rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/statm")
+/// A memory line of /proc/self/status (`VmRSS`, `RssAnon`) in MB.
+fn status_mb(key: &str) -> f64 {
+    std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.split_whitespace()
-                .nth(1)
-                .and_then(|x| x.parse::<f64>().ok())
+            s.lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
         })
-        .map_or(0.0, |pages| pages * 4096.0 / 1e6)
+        .map_or(0.0, |kb| kb * 1024.0 / 1e6)
+}
+
+/// Every file under `dir`.
+fn files_under(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let p = e?.path();
+        if p.is_dir() {
+            out.extend(files_under(&p)?);
+        } else {
+            out.push(p);
+        }
+    }
+    Ok(out)
+}
+
+/// MB of `path` in the page cache now: mincore over a fresh read-only
+/// mapping, which faults nothing in.
+fn cached_mb(path: &Path) -> anyhow::Result<f64> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len() as usize;
+    if len == 0 {
+        return Ok(0.0);
+    }
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as usize;
+    // SAFETY: a fresh shared read-only mapping of an open file of `len`
+    // bytes; only its address is used (by mincore), never dereferenced.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        )
+    };
+    if addr == libc::MAP_FAILED {
+        bail!(
+            "mmap {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    let mut vec = vec![0u8; len.div_ceil(page)];
+    // SAFETY: `addr` maps `len` bytes and `vec` holds one byte per page of them.
+    let rc = unsafe { libc::mincore(addr, len, vec.as_mut_ptr()) };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: unmaps exactly the mapping made above.
+    unsafe { libc::munmap(addr, len) };
+    if rc != 0 {
+        bail!("mincore {}: {err}", path.display());
+    }
+    let pages = vec.iter().filter(|&&b| b & 1 == 1).count();
+    Ok((pages * page) as f64 / 1e6)
+}
+
+/// Drops `path`'s clean pages that no process maps from the page cache.
+fn drop_cached(path: &Path) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path)?;
+    f.sync_all()?;
+    // SAFETY: a valid open descriptor; advice only, no memory is touched.
+    let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    if rc != 0 {
+        bail!(
+            "posix_fadvise {}: {}",
+            path.display(),
+            std::io::Error::from_raw_os_error(rc)
+        );
+    }
+    Ok(())
 }
 
 fn run() -> anyhow::Result<()> {
@@ -110,8 +198,13 @@ fn run() -> anyhow::Result<()> {
             backend.feature().unwrap_or_default()
         );
     }
+    let label = if a.build_on_floats {
+        format!("{}+f32-build", a.backend)
+    } else {
+        a.backend.clone()
+    };
     if let Some(dir) = &a.search_only {
-        return search(&a, &backend, dir);
+        return search(&a, &label, &backend, dir);
     }
     // FAISS threads with OpenMP, which reads this before its first parallel
     // region: the build uses `--threads`, the search process one thread.
@@ -140,6 +233,10 @@ fn run() -> anyhow::Result<()> {
     pool.install(|| backends::build(&backend, &gen, &base, dim, metric, &params))?;
     let build_s = t.elapsed().as_secs_f64();
     drop(base);
+    let mut disk_bytes = 0;
+    for f in files_under(&gen)? {
+        disk_bytes += std::fs::metadata(&f)?.len();
+    }
     // Reopen and search in a fresh process, so memory and cold start are honest.
     let exe = std::env::current_exe()?;
     let out = Command::new(exe)
@@ -160,9 +257,11 @@ fn run() -> anyhow::Result<()> {
     println!(
         "{}",
         serde_json::json!({
-            "backend": a.backend, "event": "build", "n": n, "dim": dim, "m": a.m,
+            "backend": label, "event": "build", "round": a.round, "n": n, "dim": dim, "m": a.m,
             "ef_construction": a.ef_construction, "threads": a.threads, "build_s": build_s,
-            "mem_mb": first["mem_mb"], "open_s": first["open_s"], "open_mb": first["open_mb"],
+            "disk_mb": disk_bytes as f64 / 1e6, "mem_mb": first["mem_mb"],
+            "rss_delta_mb": first["rss_delta_mb"], "resident_mb": first["resident_mb"],
+            "open_s": first["open_s"], "open_mb": first["open_mb"],
         })
     );
     for l in lines {
@@ -197,17 +296,22 @@ fn qps(
     Ok(done as f64 / t.elapsed().as_secs_f64())
 }
 
-fn search(a: &Args, backend: &Backend, gen: &Path) -> anyhow::Result<()> {
+fn search(a: &Args, label: &str, backend: &Backend, gen: &Path) -> anyhow::Result<()> {
     let (queries, qdim) = texmex::read_vectors(&a.queries)?;
     let (gt, gdim) = texmex::read_ivecs(&a.gt)?;
     if gdim < K {
         bail!("ground truth has {gdim} neighbours per query, need {K}");
     }
+    let (rss0, anon0) = (status_mb("VmRSS"), status_mb("RssAnon"));
     let t = Instant::now();
     let index: Box<dyn AnnIndex> = backends::open(backend, gen)?;
     index.search(&queries[..qdim], K, a.ef[0], None)?;
     let open_s = t.elapsed().as_secs_f64();
-    let open_mb = rss_mb();
+    let open_mb = status_mb("VmRSS");
+    let files = files_under(gen)?;
+    for f in &files {
+        drop_cached(f)?;
+    }
     let nq = queries.len() / qdim;
     let mut rows = Vec::new();
     let efs: Vec<usize> = if *backend == Backend::Exact {
@@ -230,10 +334,16 @@ fn search(a: &Args, backend: &Backend, gen: &Path) -> anyhow::Result<()> {
             Ok(())
         })?;
         rows.push(serde_json::json!({
-            "backend": a.backend, "ef": ef, "recall@10": hits as f64 / (nq * K) as f64, "qps": qps,
+            "backend": label, "round": a.round, "ef": ef,
+            "recall@10": hits as f64 / (nq * K) as f64, "qps": qps,
         }));
     }
-    let mem_mb = rss_mb();
+    let mem_mb = status_mb("VmRSS");
+    let mut cached = 0.0;
+    for f in &files {
+        cached += cached_mb(f)?;
+    }
+    let resident_mb = status_mb("RssAnon") - anon0 + cached;
     if !a.selectivity.is_empty() {
         // Filtered ground truth: brute force over the passing rows.
         let exact = if *backend == Backend::Exact {
@@ -265,7 +375,7 @@ fn search(a: &Args, backend: &Backend, gen: &Path) -> anyhow::Result<()> {
                 for (q, t) in queries.chunks_exact(qdim).zip(&truth) {
                     let got = index.search(q, K, ef, Some(&f))?;
                     if got.iter().any(|n| !f(n.id)) {
-                        bail!("{}: a filtered result fails the filter", a.backend);
+                        bail!("{label}: a filtered result fails the filter");
                     }
                     hits += got.iter().filter(|n| t.contains(&n.id)).count();
                     total += t.len();
@@ -275,7 +385,7 @@ fn search(a: &Args, backend: &Backend, gen: &Path) -> anyhow::Result<()> {
                     Ok(())
                 })?;
                 rows.push(serde_json::json!({
-                    "backend": a.backend, "selectivity": s, "ef": ef,
+                    "backend": label, "round": a.round, "selectivity": s, "ef": ef,
                     "recall@10": hits as f64 / total.max(1) as f64, "qps": qps,
                 }));
             }
@@ -283,7 +393,10 @@ fn search(a: &Args, backend: &Backend, gen: &Path) -> anyhow::Result<()> {
     }
     println!(
         "{}",
-        serde_json::json!({"mem_mb": mem_mb, "open_s": open_s, "open_mb": open_mb})
+        serde_json::json!({
+            "mem_mb": mem_mb, "rss_delta_mb": mem_mb - rss0, "resident_mb": resident_mb,
+            "open_s": open_s, "open_mb": open_mb,
+        })
     );
     for r in rows {
         println!("{r}");

@@ -122,7 +122,6 @@ pub struct Index {
     /// What the background verification of a lazy open found wrong.
     damage: Arc<OnceLock<String>>,
     verifier: Mutex<Option<std::thread::JoinHandle<()>>>,
-    rescore_reads: bool,
 }
 
 impl Index {
@@ -225,16 +224,7 @@ impl Index {
             codes,
             damage: Arc::new(OnceLock::new()),
             verifier: Mutex::new(None),
-            rescore_reads: false,
         })
-    }
-
-    /// Makes [`Index::search_quantized`] read the rows it rescores with
-    /// positioned reads instead of through the memory map: a few syscalls per
-    /// query, and the f32 matrix then stays in the page cache instead of
-    /// becoming resident in the process (only the codes and the graph do).
-    pub fn set_rescore_reads(&mut self, on: bool) {
-        self.rescore_reads = on;
     }
 
     /// Whether the generation holds int8 codes for [`Index::search_quantized`].
@@ -287,16 +277,6 @@ impl Index {
     /// first) and keeps the best `k`.
     fn rescore(&self, q: &[f32], mut found: Vec<Neighbor>, k: usize) -> Result<Vec<Neighbor>> {
         let metric = self.store.metric();
-        if self.rescore_reads {
-            let mut row = vec![0f32; q.len()];
-            for n in &mut found {
-                self.store.read_vector(n.id, &mut row)?;
-                n.distance = metric.distance(q, &row);
-            }
-            found.sort_by(|a, b| a.distance.total_cmp(&b.distance).then(a.id.cmp(&b.id)));
-            found.truncate(k);
-            return Ok(found);
-        }
         let lines = prefetch_lines(q.len() * 4);
         for n in &found {
             crate::simd::prefetch(self.store.vector(n.id), lines);

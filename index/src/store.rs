@@ -174,8 +174,6 @@ pub struct VectorStore {
     items: StringTable,
     index: OnceLock<HashMap<String, u32>>,
     metas: OnceLock<Vec<ItemMeta>>,
-    /// The vectors file for positioned reads ([`VectorStore::read_vector`]).
-    file: std::fs::File,
 }
 
 impl VectorStore {
@@ -211,10 +209,7 @@ impl VectorStore {
                 ),
             });
         }
-        let path = dir.join(VECTORS_FILE);
-        let file = std::fs::File::open(&path).map_err(|e| IndexError::io(&path, e))?;
         let store = Self {
-            file,
             dir: dir.to_owned(),
             vectors,
             dim,
@@ -304,24 +299,6 @@ impl VectorStore {
     pub fn vector(&self, i: u32) -> &[f32] {
         let i = i as usize;
         &self.vectors()[i * self.dim..(i + 1) * self.dim]
-    }
-
-    /// Copies row `i` into `out` with a positioned read of the file instead
-    /// of the memory map: the bytes pass through the page cache but are not
-    /// mapped into the process, so a caller that reads only a few rows per
-    /// query (rescoring) does not make the whole matrix resident.
-    pub fn read_vector(&self, i: u32, out: &mut [f32]) -> Result<()> {
-        use std::os::unix::fs::FileExt;
-        if i as usize >= self.count || out.len() != self.dim {
-            return Err(IndexError::InvalidParameter {
-                name: "row",
-                reason: format!("row {i} of {} with a buffer of {}", self.count, out.len()),
-            });
-        }
-        let at = (crate::format::HEADER_LEN + i as usize * self.dim * 4) as u64;
-        self.file
-            .read_exact_at(bytemuck::cast_slice_mut(out), at)
-            .map_err(|e| IndexError::io(self.dir.join(VECTORS_FILE), e))
     }
 
     /// External id of row `i`.

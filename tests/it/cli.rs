@@ -21,6 +21,7 @@ fn bin(name: &str) -> Command {
 fn every_binary_explains_itself() {
     let mut binaries = vec![
         ("vecrec", vec!["serve", "--help"], "--index"),
+        ("vecrec", vec!["embed", "--help"], "--texts"),
         ("vecrec-build", vec!["--help"], "--movielens"),
         ("vecrec-eval", vec!["--help"], "--write-split"),
         ("vecrec-sample", vec!["--help"], "--seed"),
@@ -127,6 +128,57 @@ pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 /// The ANN benchmark tool prints a build line and one line per ef, and the
 /// default graph reaches recall@10 ≥ 0.95 at ef = 64 on bigann10k.
 #[cfg(feature = "ann-bench")]
+/// `vecrec embed` writes, per line, the vector the encoder gives that text
+/// (the same as SearchText's), and names an empty line instead of writing.
+#[test]
+fn embed_writes_one_vector_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let texts = [
+        "a quiet film about the sea",
+        "space opera with robots",
+        "a cookbook",
+    ];
+    let input = dir.path().join("texts.txt");
+    std::fs::write(&input, texts.join("\n") + "\n").unwrap();
+    let out = dir.path().join("v.fvecs");
+    let run = bin("vecrec")
+        .args(["embed", "--quiet", "--texts"])
+        .arg(&input)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let (got, dim) = vecrec_index::texmex::read_vectors(&out).unwrap();
+    let want = crate::common::encoder().encode(&texts).unwrap();
+    assert_eq!(dim, want[0].len());
+    assert_eq!(got.len(), texts.len() * dim);
+    for (row, w) in got.chunks_exact(dim).zip(&want) {
+        let diff = row
+            .iter()
+            .zip(w)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(diff < 1e-4, "vector differs from the encoder's by {diff}");
+    }
+    std::fs::write(&input, "one\n\nthree\n").unwrap();
+    let bad = dir.path().join("bad.fvecs");
+    let run = bin("vecrec")
+        .args(["embed", "--quiet", "--texts"])
+        .arg(&input)
+        .arg("--out")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!run.status.success());
+    assert!(String::from_utf8_lossy(&run.stderr).contains("line 2 is empty"));
+    assert!(!bad.exists());
+}
+
 #[test]
 fn ann_bench_prints_json_lines() {
     let d = crate::common::shared().join("datasets/ann-bigann10k");
@@ -151,9 +203,25 @@ fn ann_bench_prints_json_lines() {
         .collect();
     assert_eq!(rows.len(), 3);
     assert_eq!(rows[0]["event"], "build");
-    for key in ["build_s", "mem_mb", "open_s"] {
+    for key in [
+        "build_s",
+        "mem_mb",
+        "open_s",
+        "disk_mb",
+        "rss_delta_mb",
+        "resident_mb",
+    ] {
         assert!(rows[0][key].as_f64().unwrap() > 0.0, "{key}");
     }
+    // The index's working set: more than nothing (its graph alone is about
+    // 1.3 MB), at most the process's growth plus every byte of its files.
+    let mb = |k: &str| rows[0][k].as_f64().unwrap();
+    let resident = mb("resident_mb");
+    assert!(
+        resident > 1.0 && resident <= mb("rss_delta_mb") + mb("disk_mb") + 1.0,
+        "{}",
+        rows[0]
+    );
     assert_eq!(rows[2]["ef"], 64);
     assert!(rows[2]["recall@10"].as_f64().unwrap() >= 0.95);
     assert!(rows[2]["qps"].as_f64().unwrap() > 0.0);
