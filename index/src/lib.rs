@@ -24,7 +24,6 @@ pub mod quant;
 pub mod scorer;
 mod simd;
 pub mod store;
-#[cfg(feature = "backends")]
 pub mod texmex;
 pub mod wal;
 
