@@ -103,22 +103,21 @@ fn main() {
 fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => serve(args),
-        Command::Embed(args) => embed(&args),
+        Command::Embed(args) => embed(args),
     }
 }
 
 /// `vecrec embed`: every line of `texts` through the bulk encoder into `out`.
-fn embed(args: &EmbedArgs) -> anyhow::Result<()> {
+fn embed(args: EmbedArgs) -> anyhow::Result<()> {
     let EmbedArgs {
         texts,
         out,
         config,
         quiet,
     } = args;
-    let quiet = *quiet;
     let cfg = Config::load(config.as_deref())?;
     cfg.validate()?;
-    let raw = std::fs::read_to_string(texts)
+    let raw = std::fs::read_to_string(&texts)
         .with_context(|| format!("reading {} (UTF-8 text, one per line)", texts.display()))?;
     let lines: Vec<&str> = raw.lines().collect();
     if let Some(i) = lines.iter().position(|l| l.trim().is_empty()) {
@@ -138,7 +137,7 @@ fn embed(args: &EmbedArgs) -> anyhow::Result<()> {
     pb.finish_and_clear();
     let dim = encoder.dim();
     let flat: Vec<f32> = vectors.into_iter().flatten().collect();
-    vecrec_index::texmex::write_fvecs(out, &flat, dim)
+    vecrec_index::texmex::write_fvecs(&out, &flat, dim)
         .with_context(|| format!("writing {}", out.display()))?;
     if !quiet {
         eprintln!(
