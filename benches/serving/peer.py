@@ -53,7 +53,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("VECREC_CACHE", REPO / ".cache"))
-DEFAULT_MODEL = os.environ.get("VECREC_MODEL", str(CACHE / "models/minilm/model.onnx"))
+# The model as published (vecrec itself runs its W8A8 rewrite, $VECREC_MODEL;
+# benches/serving/run.sh also runs this peer on that file, as a separate row).
+DEFAULT_MODEL = os.environ.get("VECREC_MODEL_STOCK", str(CACHE / "models/minilm/model.onnx"))
 DEFAULT_TOKENIZER = os.environ.get("VECREC_TOKENIZER", str(CACHE / "models/minilm/tokenizer.json"))
 DEFAULT_MOVIELENS = REPO.parent / "shared/datasets/ml-latest-small"
 
@@ -782,7 +784,8 @@ def parse_args(argv=None):
                     "(vecrec.v1.Recommender) served with grpcio + onnxruntime + faiss on the "
                     "same model and MovieLens data.",
         epilog="Prints 'peer listening on ADDR' on stdout once it serves; SIGTERM/SIGINT stop it. "
-               "Model and tokenizer default to $VECREC_MODEL / $VECREC_TOKENIZER, else "
+               "Model and tokenizer default to $VECREC_MODEL_STOCK (the model as published, "
+               "not vecrec's W8A8 rewrite) / $VECREC_TOKENIZER, else "
                "$VECREC_CACHE/models/minilm/ (VECREC_CACHE defaults to <repo>/.cache).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--movielens", type=Path, default=DEFAULT_MOVIELENS,

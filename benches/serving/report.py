@@ -68,7 +68,9 @@ def main(raw_path, out_dir):
       "vecrec serves the ml-latest-small hybrid index (SimilarItems, SearchText, Embed, "
       "Recommend hybrid) and the `--content-only` index (Recommend against the peer); "
       "the peer (benches/serving/peer.py: grpcio + onnxruntime + faiss HNSW M16 efSearch 64, "
-      "same int8 MiniLM and catalogue) implements vecrec's proto. Reproduce: "
+      "same int8 MiniLM as published, same catalogue) implements vecrec's proto; vecrec "
+      "runs its W8A8 rewrite of that model (scripts/quantize_activations.py), and "
+      "`peer-a8` is the peer running that rewrite too. Reproduce: "
       "`benches/serving/run.sh`.\n")
 
     w("## Closed loop\n")
@@ -84,6 +86,19 @@ def main(raw_path, out_dir):
             name = RPC_NAMES[rpc] + (" (content-only index)" if rpc == "recommend" else "")
             w(f"| {name} | {c} | {fmt_rps(ra)} | {fmt_ms(med(a, 'p50_ms'))} | {fmt_ms(med(a, 'p99_ms'))} "
               f"| {fmt_rps(rb)} | {fmt_ms(med(b, 'p50_ms'))} | {fmt_ms(med(b, 'p99_ms'))} | {ra / rb:.2f}x |")
+    w("")
+    w("The peer on vecrec's W8A8 graph (`peer-a8`: the same server, model file "
+      "`model-a8.onnx`), for the encoder-bound RPCs:\n")
+    w("| RPC | concurrency | peer-a8 req/s | p50 ms | p99 ms | vecrec / peer-a8 |")
+    w("|---|---:|---:|---:|---:|---:|")
+    for rpc in ["search", "embed"]:
+        for c in [1, 8, 32]:
+            a, b = closed.get(("vecrec-hybrid", rpc, c)), closed.get(("peer-a8", rpc, c))
+            if not a or not b:
+                continue
+            ra, rb = med(a, "achieved_rps"), med(b, "achieved_rps")
+            w(f"| {RPC_NAMES[rpc]} | {c} | {fmt_rps(rb)} | {fmt_ms(med(b, 'p50_ms'))} | "
+              f"{fmt_ms(med(b, 'p99_ms'))} | {ra / rb:.2f}x |")
     w("")
     w("Recommend on the hybrid index (all sources, reranker on), vecrec alone:\n")
     w("| concurrency | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms |")
@@ -133,7 +148,7 @@ def main(raw_path, out_dir):
     (Path(out_dir) / "serving.md").write_text("\n".join(out) + "\n")
 
     fig, axes = plt.subplots(1, 4, figsize=(20, 4.8))
-    styles = {"vecrec-hybrid": "C0-o", "vecrec-content": "C2-s", "peer": "C3-^"}
+    styles = {"vecrec-hybrid": "C0-o", "vecrec-content": "C2-s", "peer": "C3-^", "peer-a8": "C1-v"}
     for ax, rpc in zip(axes, ["similar", "search", "embed", "recommend"]):
         for label, style in styles.items():
             pts = sorted((med(rs, "achieved_rps"), med(rs, "p99_ms"), med(rs, "p50_ms"))

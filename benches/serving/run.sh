@@ -12,7 +12,10 @@
 # content-only index, and the peer in its best configuration for each RPC,
 # chosen by a sweep on this machine: asyncio grpc with one 2-thread ONNX
 # Runtime session for SimilarItems and Recommend, and with one session per
-# core and dynamic batching, as vecrec does, for SearchText and Embed); then ROUNDS interleaved rounds (the order of
+# core and dynamic batching, as vecrec does, for SearchText and Embed; the
+# peer runs the model as published, and for SearchText and Embed a fifth
+# server, `peer-a8`, runs the peer on vecrec's own W8A8 rewrite of it, to
+# show what the graph alone is worth); then ROUNDS interleaved rounds (the order of
 # vecrec and the peer alternates from round to round) of
 #   - closed loop, concurrency 1 / 8 / 32: SimilarItems, SearchText, Embed (16
 #     texts) and Recommend (content-only index against the peer; the hybrid
@@ -41,6 +44,7 @@ P_HYBRID=50071
 P_CONTENT=50072
 P_PEER=50073
 P_PEER_BATCH=50074
+P_PEER_A8=50075
 LOAD="$REPO/target/release/vecrec-load"
 RATINGS="$ML/ratings.csv"
 QUERIES="$HERE/queries.txt"
@@ -61,6 +65,11 @@ echo "== release build"
 cargo build --release --bins --quiet
 
 mkdir -p "$DATA" "$OUT"
+# Indexes built with another encoder model are rebuilt.
+model_sum="$(sha256sum "$VECREC_MODEL" | cut -d' ' -f1)"
+if [[ "$(cat "$DATA/model.sha256" 2>/dev/null)" != "$model_sum" ]]; then
+    REBUILD=1
+fi
 if [[ "${REBUILD:-0}" == 1 || ! -d "$DATA/hybrid" ]]; then
     echo "== hybrid index"
     rm -rf "$DATA/hybrid"
@@ -71,6 +80,7 @@ if [[ "${REBUILD:-0}" == 1 || ! -d "$DATA/content" ]]; then
     rm -rf "$DATA/content"
     target/release/vecrec-build --movielens "$ML" --content-only --out "$DATA/content"
 fi
+echo "$model_sum" >"$DATA/model.sha256"
 
 PIDS=()
 cleanup() {
@@ -105,9 +115,13 @@ wait_for "$OUT/peer.log" "peer listening on"
 "$VENV/bin/python" "$HERE/peer.py" --movielens "$ML" --addr "127.0.0.1:$P_PEER_BATCH" \
     --server aio --batching >"$OUT/peer-batching.log" 2>&1 &
 PIDS+=($!)
+wait_for "$OUT/peer-batching.log" "peer listening on"
+"$VENV/bin/python" "$HERE/peer.py" --movielens "$ML" --addr "127.0.0.1:$P_PEER_A8" \
+    --server aio --batching --model "$VECREC_MODEL" >"$OUT/peer-a8.log" 2>&1 &
+PIDS+=($!)
 wait_for "$OUT/vecrec-hybrid.log" "listening on"
 wait_for "$OUT/vecrec-content.log" "listening on"
-wait_for "$OUT/peer-batching.log" "peer listening on"
+wait_for "$OUT/peer-a8.log" "peer listening on"
 
 RAW="$OUT/raw.jsonl"
 : >"$RAW"
@@ -129,7 +143,7 @@ pairs() {
     case $1 in
         recommend) echo "vecrec-content:$P_CONTENT peer:$P_PEER vecrec-hybrid:$P_HYBRID" ;;
         similar) echo "vecrec-hybrid:$P_HYBRID peer:$P_PEER" ;;
-        *) echo "vecrec-hybrid:$P_HYBRID peer:$P_PEER_BATCH" ;;
+        *) echo "vecrec-hybrid:$P_HYBRID peer:$P_PEER_BATCH peer-a8:$P_PEER_A8" ;;
     esac
 }
 

@@ -163,7 +163,10 @@ pub fn cores() -> usize {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EncoderConfig {
-    /// The sentence-encoder ONNX model. Default: `$VECREC_MODEL`, else `.cache/models/minilm/model.onnx`.
+    /// The sentence-encoder ONNX model. Default: `$VECREC_MODEL`, else
+    /// `.cache/models/minilm/model-a8.onnx` (the int8 model with its weight
+    /// products on per-token int8 activations, written by `make setup`;
+    /// `model.onnx` next to it is the model as shipped).
     pub model: Option<PathBuf>,
     /// Its `tokenizer.json`. Default: `$VECREC_TOKENIZER`, else next to the model.
     pub tokenizer: Option<PathBuf>,

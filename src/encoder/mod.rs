@@ -42,7 +42,7 @@ impl EncoderFiles {
         let model = locate(
             cfg.model.as_deref(),
             &["VECREC_MODEL"],
-            "models/minilm/model.onnx",
+            "models/minilm/model-a8.onnx",
             "the sentence-encoder ONNX model",
         )?;
         let tokenizer = match &cfg.tokenizer {

@@ -10,6 +10,13 @@ fn vectors_match_the_python_reference() {
     let sentences: Vec<String> = serde_json::from_value(fx["sentences"].clone()).unwrap();
     let want: Vec<Vec<f32>> = serde_json::from_value(fx["vectors"].clone()).unwrap();
     let enc = encoder();
+    let model_sha = sha256_hex(&enc.files().model);
+    assert_eq!(
+        fx["model_sha256"].as_str().unwrap(),
+        model_sha,
+        "the fixture was made from another model than {} (run `make fixtures`)",
+        enc.files().model.display()
+    );
     assert_eq!(enc.dim(), fx["dim"].as_u64().unwrap() as usize);
     let got = enc.encode(&sentences).unwrap();
     let mut worst = 0f32;
@@ -23,6 +30,52 @@ fn vectors_match_the_python_reference() {
     }
     eprintln!("largest difference to Python onnxruntime: {worst:e}");
     assert!(worst <= 1e-4, "largest difference {worst} > 1e-4");
+}
+
+fn sha256_hex(path: &std::path::Path) -> String {
+    use sha2::Digest;
+    let bytes = std::fs::read(path).unwrap();
+    sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The encoder runs the model with its weight products on per-token int8
+/// activations (scripts/quantize_activations.py); its vectors stay close to
+/// those of the model as published, which `make setup` keeps beside it.
+#[test]
+fn the_w8a8_rewrite_stays_close_to_the_published_model() {
+    let enc = encoder();
+    let stock_path = enc.files().model.with_file_name("model.onnx");
+    assert_ne!(
+        stock_path,
+        enc.files().model,
+        "the encoder should load model-a8.onnx"
+    );
+    let mut cfg = vecrec::config::Config::default().encoder;
+    cfg.model = Some(stock_path);
+    let stock = vecrec::encoder::Encoder::load(&cfg, 1).unwrap();
+    let texts = [
+        "space adventure",
+        "A young farm boy joins a rebellion to rescue a princess from an evil galactic empire.",
+        "romantic comedy set in new york",
+        "Toy Story (1995) | Adventure|Animation|Children|Comedy|Fantasy | pixar, fun",
+        "a documentary about deep sea creatures and the scientists who study them",
+    ];
+    let a8 = enc.encode(&texts).unwrap();
+    let f32_act = stock.encode(&texts).unwrap();
+    let mut worst = 1f32;
+    for (a, b) in a8.iter().zip(&f32_act) {
+        let cos: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+        worst = worst.min(cos);
+    }
+    eprintln!("lowest cosine between the W8A8 and the published model: {worst}");
+    assert!(worst > 0.99, "lowest cosine {worst}");
+    assert!(
+        worst < 0.999_999,
+        "the two models gave the same vectors: is the rewrite loaded?"
+    );
 }
 
 #[test]
