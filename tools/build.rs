@@ -99,7 +99,7 @@ fn run() -> anyhow::Result<()> {
         hnsw: HnswParams {
             m: a.m,
             ef_construction: a.ef_construction,
-            ..Default::default()
+            ..BuildOptions::default().hnsw
         },
         users: cfg.users.clone(),
         keep_generations: a.keep,

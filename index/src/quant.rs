@@ -27,6 +27,9 @@ use crate::Metric;
 /// File of the int8 codes in a generation.
 pub const CODES_FILE: &str = "codes.bin";
 
+/// Candidates per result that a quantised search rescores exactly.
+pub const OVERSAMPLE: usize = 3;
+
 /// The scale of a store: the 99.99th percentile of |x| (over at most 1M
 /// sampled values) divided by 127.
 pub fn scale_of(vectors: &[f32]) -> f32 {

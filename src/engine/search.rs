@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 
+use vecrec_index::quant::OVERSAMPLE;
 use vecrec_index::ItemMeta;
 
 use super::{admissible, timed, Engine, Scored, LIVE_ITEM};
@@ -41,6 +42,25 @@ impl Engine {
         Ok(self.index.store().vector(self.item(id)?).to_vec())
     }
 
+    /// The catalogue index's search: on its int8 codes when the generation
+    /// has them (the graph walked on a quarter of the bytes, the best
+    /// [`OVERSAMPLE`]`·k` rescored exactly with the f32 rows: about twice
+    /// the queries/s of the f32 walk at the same recall, benches/ann), else
+    /// on the f32 vectors.
+    pub(super) fn ann(
+        &self,
+        query: &[f32],
+        params: &vecrec_index::SearchParams,
+        accept: Option<&dyn Fn(u32) -> bool>,
+    ) -> Result<(Vec<vecrec_index::Neighbor>, vecrec_index::Plan)> {
+        Ok(if self.index.has_codes() {
+            self.index
+                .search_quantized(query, params, OVERSAMPLE, accept)?
+        } else {
+            self.index.search(query, params, accept)?
+        })
+    }
+
     /// Nearest items to `query`: the graph (or exact) search over the
     /// generation, minus `exclude` and anything deleted or replaced since,
     /// merged with the items upserted since (except `exclude_ids`).
@@ -70,7 +90,7 @@ impl Engine {
         let accept = |i: u32| admissible(store, exclude, filter, i);
         let need_filter = !exclude.is_empty() || filter.is_some();
         let params = self.search_params(k);
-        let (found, _plan) = self.index.search(
+        let (found, _plan) = self.ann(
             query,
             &params,
             if need_filter { Some(&accept) } else { None },

@@ -401,7 +401,7 @@ impl Engine {
                             },
                         };
                         let params = self.search_params(n);
-                        let (found, _) = self.index.search(&v, &params, Some(accept))?;
+                        let (found, _) = self.ann(&v, &params, Some(accept))?;
                         let metric = self.index.store().metric();
                         found
                             .into_iter()

@@ -35,7 +35,9 @@ pub use stages::{bar, spinner, stage_table, StageReport, Stages};
 /// Options of a build.
 #[derive(Clone, Debug)]
 pub struct BuildOptions {
-    /// HNSW parameters.
+    /// HNSW parameters. The catalogue's index is written with int8 codes
+    /// (`quantize`, default true here), which the server walks and then
+    /// rescores exactly; the ALS and two-tower sub-indexes never have codes.
     pub hnsw: HnswParams,
     /// How user profiles are made.
     pub users: UserConfig,
@@ -56,7 +58,10 @@ pub struct BuildOptions {
 impl Default for BuildOptions {
     fn default() -> Self {
         Self {
-            hnsw: HnswParams::default(),
+            hnsw: HnswParams {
+                quantize: true,
+                ..HnswParams::default()
+            },
             users: UserConfig::default(),
             keep_generations: 3,
             progress: true,
@@ -438,7 +443,12 @@ fn write_sub_index(
         sb.add(store.external_id(i as u32), v, Default::default())?;
     }
     std::fs::create_dir_all(sub).map_err(|e| crate::error::Error::io(sub, e))?;
-    write_index(sub, &sb, hnsw, extra, &|d| pb.set_position(d as u64))?;
+    // Searched on their f32 vectors only (their codes would go unread).
+    let hnsw = HnswParams {
+        quantize: false,
+        ..*hnsw
+    };
+    write_index(sub, &sb, &hnsw, extra, &|d| pb.set_position(d as u64))?;
     pb.finish_and_clear();
     Ok(())
 }

@@ -231,8 +231,7 @@ pub fn open(backend: &Backend, dir: &Path) -> Result<Box<dyn AnnIndex>> {
     })
 }
 
-/// Candidates per result that quantised search rescores.
-pub const OVERSAMPLE: usize = 3;
+pub use crate::quant::OVERSAMPLE;
 
 /// The own graph; with an oversampling factor, searched on its codes.
 struct OwnHnsw(Index, usize, &'static str);
