@@ -116,6 +116,13 @@ impl Scorer for CodeScorer<'_> {
         }
     }
     #[inline]
+    fn distance4(&self, ids: [u32; 4]) -> [f32; 4] {
+        match self.codes.kind {
+            CodeKind::Int8 => self.codes.distance4(self.metric, self.query, ids),
+            CodeKind::F16 => ids.map(|i| self.distance(i)),
+        }
+    }
+    #[inline]
     fn prefetch(&self, i: u32) {
         match self.codes.kind {
             CodeKind::Int8 => crate::simd::prefetch(self.codes.row(i), self.lines),

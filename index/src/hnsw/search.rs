@@ -138,11 +138,16 @@ pub(super) fn greedy<S: Scorer + ?Sized, N: FnMut(u32, &mut Vec<u32>)>(
         for &nb in scratch.iter() {
             dist.prefetch(nb);
         }
-        for &nb in scratch.iter() {
-            let d = dist.distance(nb);
-            if d < cur.0 {
-                cur = Cand(d, nb);
-                changed = true;
+        // Four distances at a time, as in the beam search (the last group
+        // padded with its first id): the descent costs a good part of a
+        // query at small ef.
+        for g in scratch.chunks(4) {
+            let ds = dist.distance4([g[0], g[1 % g.len()], g[2 % g.len()], g[3 % g.len()]]);
+            for (&d, &nb) in ds.iter().zip(g) {
+                if d < cur.0 {
+                    cur = Cand(d, nb);
+                    changed = true;
+                }
             }
         }
         if !changed {
