@@ -125,9 +125,6 @@ pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     }
 }
 
-/// The ANN benchmark tool prints a build line and one line per ef, and the
-/// default graph reaches recall@10 ≥ 0.95 at ef = 64 on bigann10k.
-#[cfg(feature = "ann-bench")]
 /// `vecrec embed` writes, per line, the vector the encoder gives that text
 /// (the same as SearchText's), and names an empty line instead of writing.
 #[test]
@@ -179,6 +176,9 @@ fn embed_writes_one_vector_per_line() {
     assert!(!bad.exists());
 }
 
+/// The ANN benchmark tool prints a build line and one line per ef, and the
+/// default graph reaches recall@10 ≥ 0.95 at ef = 64 on bigann10k.
+#[cfg(feature = "ann-bench")]
 #[test]
 fn ann_bench_prints_json_lines() {
     let d = crate::common::shared().join("datasets/ann-bigann10k");

@@ -139,8 +139,7 @@ pub(super) fn greedy<S: Scorer + ?Sized, N: FnMut(u32, &mut Vec<u32>)>(
             dist.prefetch(nb);
         }
         // Four distances at a time, as in the beam search (the last group
-        // padded with its first id): the descent costs a good part of a
-        // query at small ef.
+        // padded with its first id).
         for g in scratch.chunks(4) {
             let ds = dist.distance4([g[0], g[1 % g.len()], g[2 % g.len()], g[3 % g.len()]]);
             for (&d, &nb) in ds.iter().zip(g) {
