@@ -171,7 +171,11 @@ async fn answer(
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(REQUESTS, "Requests answered, by rpc and gRPC status code");
-    describe_histogram!(REQUEST_SECONDS, Unit::Seconds, "Request latency by rpc");
+    describe_histogram!(
+        REQUEST_SECONDS,
+        Unit::Seconds,
+        "Request latency by rpc and status code"
+    );
     describe_histogram!(
         STAGE_SECONDS,
         Unit::Seconds,

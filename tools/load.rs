@@ -456,44 +456,64 @@ async fn drive(a: Args, work: Arc<Workload>) -> anyhow::Result<()> {
             }
         }
         Some(rate) => {
+            // The schedule runs on a thread of its own: tokio's timer rounds
+            // a sleep up to the next millisecond, which would send requests
+            // up to 1 ms late and count that as server latency, while a
+            // thread's sleep wakes within the kernel's timer slack (50 µs).
             let interval = Duration::from_secs_f64(1.0 / rate);
             let outstanding = Arc::new(AtomicUsize::new(0));
-            let mut rng = ChaCha8Rng::seed_from_u64(a.seed);
-            let mut i: u64 = 0;
-            let mut tasks = tokio::task::JoinSet::new();
-            loop {
-                let due = start + interval.mul_f64(i as f64);
-                if due >= end {
-                    break;
-                }
-                let now = Instant::now();
-                if due > now {
-                    tokio::time::sleep_until(due.into()).await;
-                }
-                i += 1;
-                if outstanding.load(Ordering::Relaxed) >= a.max_outstanding {
-                    if due >= measure_from {
-                        tally.requests.fetch_add(1, Ordering::Relaxed);
-                        tally.error("CLIENT_BACKLOG");
+            let runtime = tokio::runtime::Handle::current();
+            let (max_outstanding, seed) = (a.max_outstanding, a.seed);
+            let (work, tally2, outstanding2) = (work.clone(), tally.clone(), outstanding.clone());
+            let schedule = std::thread::Builder::new()
+                .name("vecrec-load-schedule".into())
+                .spawn(move || {
+                    let (tally, outstanding) = (tally2, outstanding2);
+                    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                    let mut i: u64 = 0;
+                    loop {
+                        let due = start + interval.mul_f64(i as f64);
+                        if due >= end {
+                            break;
+                        }
+                        let now = Instant::now();
+                        if due > now {
+                            std::thread::sleep(due - now);
+                        }
+                        i += 1;
+                        if outstanding.load(Ordering::Relaxed) >= max_outstanding {
+                            if due >= measure_from {
+                                tally.requests.fetch_add(1, Ordering::Relaxed);
+                                tally.error("CLIENT_BACKLOG");
+                            }
+                            continue;
+                        }
+                        outstanding.fetch_add(1, Ordering::Relaxed);
+                        let mut client = clients[(i as usize) % clients.len()].clone();
+                        let (work, tally, outstanding) =
+                            (work.clone(), tally.clone(), outstanding.clone());
+                        let mut req_rng = ChaCha8Rng::seed_from_u64(rng.gen());
+                        runtime.spawn(async move {
+                            let r = work.call(&mut client, &mut req_rng).await;
+                            if due >= measure_from {
+                                // From the intended start, not the actual send.
+                                tally.record(r, due.elapsed());
+                            }
+                            outstanding.fetch_sub(1, Ordering::Relaxed);
+                        });
                     }
-                    continue;
-                }
-                outstanding.fetch_add(1, Ordering::Relaxed);
-                let mut client = clients[(i as usize) % clients.len()].clone();
-                let (work, tally, outstanding) = (work.clone(), tally.clone(), outstanding.clone());
-                let mut req_rng = ChaCha8Rng::seed_from_u64(rng.gen());
-                tasks.spawn(async move {
-                    let r = work.call(&mut client, &mut req_rng).await;
-                    if due >= measure_from {
-                        // From the intended start, not the actual send.
-                        tally.record(r, due.elapsed());
-                    }
-                    outstanding.fetch_sub(1, Ordering::Relaxed);
-                });
-                // Reap finished tasks so the set stays small.
-                while tasks.try_join_next().is_some() {}
+                })
+                .context("cannot start the schedule thread")?;
+            tokio::task::spawn_blocking(move || schedule.join())
+                .await?
+                .map_err(|_| anyhow::anyhow!("the schedule thread panicked"))?;
+            // Every call carries a deadline, so the last answers come within
+            // it; the bound only guards against a call that never returns.
+            let last =
+                Instant::now() + Duration::from_millis(a.timeout_ms) + Duration::from_secs(5);
+            while outstanding.load(Ordering::Relaxed) > 0 && Instant::now() < last {
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            while tasks.join_next().await.is_some() {}
         }
     }
     let h = tally.latency_us.lock().clone();

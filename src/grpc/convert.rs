@@ -23,7 +23,9 @@ pub(super) fn observe_refusal(e: &Error) {
 pub(super) fn observe(rpc: &'static str, started: Instant, err: Option<&Status>) {
     let code = err.map_or(tonic::Code::Ok, Status::code);
     metrics::counter!(telemetry::REQUESTS, "rpc" => rpc, "code" => code_name(code)).increment(1);
-    metrics::histogram!(telemetry::REQUEST_SECONDS, "rpc" => rpc)
+    // By code too: under overload the refusals' short or long waits would
+    // otherwise hide the latency of the requests that were served.
+    metrics::histogram!(telemetry::REQUEST_SECONDS, "rpc" => rpc, "code" => code_name(code))
         .record(started.elapsed().as_secs_f64());
 }
 

@@ -386,7 +386,7 @@ async fn metrics_are_scraped_during_load() {
     // Other tests in this binary serve too: the gauge shows some index.
     assert!(value(&after, "vecrec_items ") > 0.0, "{after}");
     for series in [
-        r#"vecrec_request_duration_seconds_count{rpc="SearchText"}"#,
+        r#"vecrec_request_duration_seconds_count{rpc="SearchText",code="OK"}"#,
         r#"vecrec_stage_duration_seconds_count{stage="encode"}"#,
         r#"vecrec_stage_duration_seconds_count{stage="source_ease"}"#,
         r#"vecrec_stage_duration_seconds_count{stage="source_two_tower"}"#,
@@ -396,9 +396,9 @@ async fn metrics_are_scraped_during_load() {
     ] {
         assert!(value(&after, series) > 0.0, "{series} missing in\n{after}");
     }
-    assert!(
-        after.contains("vecrec_request_duration_seconds_bucket{rpc=\"Recommend\",le=\"0.001\"}")
-    );
+    assert!(after.contains(
+        "vecrec_request_duration_seconds_bucket{rpc=\"Recommend\",code=\"OK\",le=\"0.001\"}"
+    ));
     server.shut_down().await;
 }
 
