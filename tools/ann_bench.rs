@@ -34,7 +34,8 @@ use vecrec_index::{texmex, HnswParams, Metric};
 #[command(name = "vecrec-ann-bench", version, about, long_about)]
 struct Args {
     /// Backend: `hnsw` (vecrec's own), `hnsw-int8` (the same graph walked on
-    /// int8 codes, rescored exactly), `exact` (brute force), `hnsw_rs` (the
+    /// int8 codes, rescored exactly), `hnsw-int8-codes` (walked and ranked
+    /// on the codes alone, no f32 row read), `hnsw-f16`, `exact` (brute force), `hnsw_rs` (the
     /// hnsw_rs crate; build with `--features hnsw_rs`) or `faiss:<factory>`
     /// with any FAISS index-factory string, e.g. `faiss:HNSW16`,
     /// `faiss:IVF1024,PQ48` (build with `--features faiss`; `--ef` is
@@ -75,6 +76,10 @@ struct Args {
     /// the filtered-search sweep; none by default.
     #[arg(long, value_delimiter = ',')]
     selectivity: Vec<f64>,
+    /// Threads sharing the timed search passes (queries split among them);
+    /// recall is measured the same either way. Copied into every line.
+    #[arg(long, default_value_t = 1)]
+    search_threads: usize,
     /// Round number, copied into every line (for interleaved repeats).
     #[arg(long, default_value_t = 1)]
     round: usize,
@@ -187,7 +192,7 @@ fn run() -> anyhow::Result<()> {
         Metric::parse(&a.metric).with_context(|| format!("unknown metric {:?}", a.metric))?;
     let backend = Backend::parse(&a.backend).with_context(|| {
         format!(
-            "unknown backend {:?} (hnsw, hnsw-int8, exact, hnsw_rs, faiss:<factory>, faiss-gpu:<factory>)",
+            "unknown backend {:?} (hnsw, hnsw-int8, hnsw-int8-codes, hnsw-f16, exact, hnsw_rs, faiss:<factory>, faiss-gpu:<factory>)",
             a.backend
         )
     })?;
@@ -258,7 +263,8 @@ fn run() -> anyhow::Result<()> {
         "{}",
         serde_json::json!({
             "backend": label, "event": "build", "round": a.round, "n": n, "dim": dim, "m": a.m,
-            "ef_construction": a.ef_construction, "threads": a.threads, "build_s": build_s,
+            "ef_construction": a.ef_construction, "threads": a.threads,
+            "search_threads": a.search_threads, "build_s": build_s,
             "disk_mb": disk_bytes as f64 / 1e6, "mem_mb": first["mem_mb"],
             "rss_delta_mb": first["rss_delta_mb"], "resident_mb": first["resident_mb"],
             "open_s": first["open_s"], "open_mb": first["open_mb"],
@@ -280,16 +286,39 @@ fn passes(i: u32, s: f64) -> bool {
     ((h >> 11) as f64 / (1u64 << 53) as f64) < s
 }
 
-/// Timed passes of `f` over all queries until at least 0.5 s have gone by; queries/s.
+/// Timed passes of `f` over all queries until at least 0.5 s have gone by,
+/// each pass shared by `threads` threads (query `i` on thread `i % threads`);
+/// queries/s.
 fn qps(
     queries: &[f32],
     dim: usize,
-    f: &dyn Fn(&[f32]) -> anyhow::Result<()>,
+    threads: usize,
+    f: &(dyn Fn(&[f32]) -> anyhow::Result<()> + Sync),
 ) -> anyhow::Result<f64> {
     let (mut done, t) = (0usize, Instant::now());
+    let threads = threads.max(1);
     while t.elapsed().as_secs_f64() < 0.5 {
-        for q in queries.chunks_exact(dim) {
-            f(q)?;
+        if threads == 1 {
+            for q in queries.chunks_exact(dim) {
+                f(q)?;
+            }
+        } else {
+            std::thread::scope(|s| {
+                let parts: Vec<_> = (0..threads)
+                    .map(|j| {
+                        s.spawn(move || -> anyhow::Result<()> {
+                            for q in queries.chunks_exact(dim).skip(j).step_by(threads) {
+                                f(q)?;
+                            }
+                            Ok(())
+                        })
+                    })
+                    .collect();
+                parts.into_iter().try_for_each(|p| {
+                    p.join()
+                        .map_err(|_| anyhow::anyhow!("a search thread panicked"))?
+                })
+            })?;
         }
         done += queries.len() / dim;
     }
@@ -308,6 +337,7 @@ fn search(a: &Args, label: &str, backend: &Backend, gen: &Path) -> anyhow::Resul
     index.search(&queries[..qdim], K, a.ef[0], None)?;
     let open_s = t.elapsed().as_secs_f64();
     let open_mb = status_mb("VmRSS");
+    index.settle()?;
     let files = files_under(gen)?;
     for f in &files {
         drop_cached(f)?;
@@ -329,12 +359,12 @@ fn search(a: &Args, label: &str, backend: &Backend, gen: &Path) -> anyhow::Resul
                 .filter(|n| truth.contains(&(n.id as i32)))
                 .count();
         }
-        let qps = qps(&queries, qdim, &|q| {
+        let qps = qps(&queries, qdim, a.search_threads, &|q| {
             std::hint::black_box(index.search(q, K, ef, None)?);
             Ok(())
         })?;
         rows.push(serde_json::json!({
-            "backend": label, "round": a.round, "ef": ef,
+            "backend": label, "round": a.round, "ef": ef, "search_threads": a.search_threads,
             "recall@10": hits as f64 / (nq * K) as f64, "qps": qps,
         }));
     }
@@ -380,12 +410,13 @@ fn search(a: &Args, label: &str, backend: &Backend, gen: &Path) -> anyhow::Resul
                     hits += got.iter().filter(|n| t.contains(&n.id)).count();
                     total += t.len();
                 }
-                let qps = qps(&queries, qdim, &|q| {
+                let qps = qps(&queries, qdim, a.search_threads, &|q| {
                     std::hint::black_box(index.search(q, K, ef, Some(&f))?);
                     Ok(())
                 })?;
                 rows.push(serde_json::json!({
                     "backend": label, "round": a.round, "selectivity": s, "ef": ef,
+                    "search_threads": a.search_threads,
                     "recall@10": hits as f64 / total.max(1) as f64, "qps": qps,
                 }));
             }

@@ -8,7 +8,8 @@ refine stage; usearch with f32, f16 and i8 vectors.
 
 Every contender is timed alike: the module is imported and the vectors
 loaded before the build timer starts; the build uses --threads threads. The
-index is saved, then searched in a fresh process on one thread: ef (or
+index is saved, then searched in a fresh process on one thread (or on
+--search-threads threads, for the batch table): ef (or
 nprobe) is set before the timer, and each timed pass is one batch call with
 all the queries (so no Python per-query cost is timed; vecrec's own search
 is timed one query at a time in a Rust loop, which has none either).
@@ -179,19 +180,20 @@ def search(backend, a, path, dim, n):
     queries = np.ascontiguousarray(prepare(read_vecs(a.queries), a.metric))
     gt = read_vecs(a.gt)[:, :K]
     rss0, anon0 = status_mb("VmRSS"), status_mb("RssAnon")
+    st = a.search_threads
     t = time.perf_counter()
     if backend == "hnswlib":
         idx = lib.Index(space={"l2": "l2", "cosine": "cosine", "ip": "ip"}[a.metric], dim=dim)
         idx.load_index(path, max_elements=n)
-        idx.set_num_threads(1)
+        idx.set_num_threads(st)
 
         def set_ef(ef):
             idx.set_ef(max(ef, K))
 
         def batch(qs):
-            return idx.knn_query(qs, k=K, num_threads=1)[0]
+            return idx.knn_query(qs, k=K, num_threads=st)[0]
     elif backend.startswith("faiss"):
-        lib.omp_set_num_threads(1)
+        lib.omp_set_num_threads(st)
         idx = lib.read_index(path, lib.IO_FLAG_MMAP)
         inner = lib.downcast_index(idx.base_index) if backend.endswith("refine") else idx
         if backend.endswith("refine"):
@@ -212,7 +214,7 @@ def search(backend, a, path, dim, n):
             idx.expansion_search = max(ef, K)
 
         def batch(qs):
-            return idx.search(qs, K, threads=1).keys
+            return idx.search(qs, K, threads=st).keys
     set_ef(a.ef[0])
     batch(queries[:1])
     open_s = time.perf_counter() - t
@@ -229,7 +231,8 @@ def search(backend, a, path, dim, n):
             done += len(queries)
             if time.perf_counter() - t >= 0.5:
                 break
-        rows.append({"backend": backend, "ef": ef, "recall@10": hits / (len(queries) * K),
+        rows.append({"backend": backend, "ef": ef, "search_threads": st,
+                     "recall@10": hits / (len(queries) * K),
                      "qps": done / (time.perf_counter() - t)})
     rss_delta = status_mb("VmRSS") - rss0
     resident = status_mb("RssAnon") - anon0 + cached_mb(path)
@@ -250,6 +253,8 @@ def main():
     p.add_argument("--ef-construction", type=int, default=200)
     p.add_argument("--ef", default="10,16,32,64,128,256", type=lambda s: [int(x) for x in s.split(",")])
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--search-threads", type=int, default=1,
+                   help="threads of the timed batch searches (one by default)")
     p.add_argument("--round", type=int, default=1, help="round number, copied into every line")
     p.add_argument("--search-only", help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, help=argparse.SUPPRESS)
@@ -272,7 +277,8 @@ def main():
         out = child.stdout.splitlines()
     first = json.loads(out[0])
     print(json.dumps({"backend": a.backend, "event": "build", "round": a.round, "n": n, "dim": dim, "m": a.m,
-                      "ef_construction": a.ef_construction, "threads": a.threads, "build_s": build_s,
+                      "ef_construction": a.ef_construction, "threads": a.threads,
+                      "search_threads": a.search_threads, "build_s": build_s,
                       "disk_mb": disk_mb, **first}))
     for line in out[1:]:
         print(json.dumps({**json.loads(line), "round": a.round}))

@@ -58,6 +58,11 @@ def main():
         else:
             sweeps[b][rnd].append((row["recall@10"], row["qps"], row["ef"]))
     rounds = max((len(r) for r in sweeps.values()), default=0)
+    threads = max((r.get("search_threads", 1) for v in builds.values() for r in v), default=1)
+    searching = ("searches on one thread (vecrec one query at a time in Rust, the peers one batch call of all "
+                 "queries per pass" if threads == 1 else
+                 f"searches on {threads} threads (vecrec's queries split over {threads} threads in Rust, the "
+                 f"peers one batch call of all queries per pass with {threads} threads")
     fmt = lambda x, spec: "-" if x is None else format(x, spec)
 
     def qps_at(b, t):
@@ -67,8 +72,7 @@ def main():
     best = {t: max((med[(b, t)] or 0 for b in sweeps if b in PEERS), default=0) for t in (0.95, 0.99)}
     ratio = lambda q, t: None if q is None or not best[t] else q / best[t]
     lines = [f"# ANN benchmark: {name}", "",
-             f"Hardware: {hw}. M=16, ef_construction=200, k=10, builds with 2 threads, searches on one thread "
-             "(vecrec one query at a time in Rust, the peers one batch call of all queries per pass, ef set before "
+             f"Hardware: {hw}. M=16, ef_construction=200, k=10, builds with 2 threads, {searching}, ef set before "
              f"the timer). {rounds} interleaved round(s): medians, lowest–highest in brackets.",
              "Memory in MB: `disk` the index's files; `RSS Δ` the search process's growth from before it opened the "
              "index to after the sweep; `resident` its anonymous growth plus the index files' pages in the page cache "

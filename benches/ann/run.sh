@@ -3,11 +3,13 @@
 #
 #   benches/ann/run.sh [debian60k|bigann10k|fmnistsmall|clustered200k]   (default debian60k)
 #   ROUNDS=1 benches/ann/run.sh bigann10k                                 (fewer rounds)
+#   SEARCH_THREADS=2 benches/ann/run.sh debian60k     (the batch table: results/<set>-t2.*)
 #
 # vecrec's own HNSW through `vecrec-ann-bench`: `hnsw` (f32 vectors; its
 # build computes distances on int8 codes), `hnsw+f32-build` (the same, built
 # on the f32 vectors), `hnsw-int8` (the graph walked on int8 codes, 3x
-# oversampled, rescored exactly from the f32 rows), `hnsw-f16`
+# oversampled, rescored exactly from the f32 rows), `hnsw-int8-codes` (the
+# same walk, answers ranked on the codes alone: no f32 row is read), `hnsw-f16`
 # (half-precision copies, the best k rescored); `faiss:HNSW16` (vecrec's FAISS
 # backend, FAISS built from source) and the hnsw_rs crate through the same
 # tool. The peers from PyPI through benches/ann/peers.py: hnswlib, faiss-cpu
@@ -19,7 +21,10 @@
 # timer, imports before the build timer. ROUNDS (default 3) rounds run
 # interleaved (every contender once per round); the report takes medians
 # and spreads. vecrec's backends also run the filtered sweep at 1%, 10% and
-# 50% selectivity in round 1.
+# 50% selectivity in round 1. With SEARCH_THREADS=N the timed passes use N
+# threads (vecrec splits the queries over N threads, the peers' batch calls
+# get N threads), the filtered sweep and the f32-build, FAISS-from-source
+# and hnsw_rs rows are left out, and the files are named <set>-tN.
 #
 # Sets: debian60k (real sentence embeddings: Debian package descriptions
 # embedded by vecrec's own encoder, make_sentences.py; needs the apt lists,
@@ -35,6 +40,9 @@ SET="${1:-debian60k}"
 SHARED="${VECREC_SHARED:-$REPO/../shared}"
 CACHE="${VECREC_CACHE:-$REPO/.cache}"
 ROUNDS="${ROUNDS:-3}"
+ST="${SEARCH_THREADS:-1}"
+NAME="$SET"
+[[ "$ST" != 1 ]] && NAME="$SET-t$ST"
 case "$SET" in
   bigann10k) D="$SHARED/datasets/ann-bigann10k"; B="$D/bigann10k_base.bvecs"; Q="$D/bigann10k_query.bvecs"; G="$D/bigann10k_groundtruth.ivecs"; METRIC=l2 ;;
   fmnistsmall) D="$SHARED/datasets/ann-fmnistsmall"; B="$D/fmnistsmall_base.fvecs"; Q="$D/fmnistsmall_query.fvecs"; G="$D/fmnistsmall_groundtruth.ivecs"; METRIC=l2 ;;
@@ -68,15 +76,17 @@ FEATURES=ann-bench
 (cd "$REPO" && cargo build --release -q --features "$FEATURES" --bin vecrec-ann-bench)
 OUT="$REPO/benches/ann/results"
 mkdir -p "$OUT"
-ARGS=(--base "$B" --queries "$Q" --gt "$G" --metric "$METRIC" --m 16 --ef-construction 200 --ef 10,16,24,32,48,64,96,128,256 --threads 2)
+ARGS=(--base "$B" --queries "$Q" --gt "$G" --metric "$METRIC" --m 16 --ef-construction 200 --ef 10,16,24,32,48,64,96,128,256 --threads 2 --search-threads "$ST")
+if [[ "$ST" != 1 ]]; then RS=0; FAISS=0; fi
 BENCH="$REPO/target/release/vecrec-ann-bench"
 {
   for round in $(seq 1 "$ROUNDS"); do
     SEL=()
-    (( round == 1 )) && SEL=(--selectivity 0.01,0.1,0.5)
+    (( round == 1 && ST == 1 )) && SEL=(--selectivity 0.01,0.1,0.5)
     "$BENCH" --backend hnsw "${ARGS[@]}" --round "$round" "${SEL[@]}"
-    "$BENCH" --backend hnsw --build-on-floats "${ARGS[@]}" --round "$round"
+    if [[ "$ST" == 1 ]]; then "$BENCH" --backend hnsw --build-on-floats "${ARGS[@]}" --round "$round"; fi
     "$BENCH" --backend hnsw-int8 "${ARGS[@]}" --round "$round" "${SEL[@]}"
+    "$BENCH" --backend hnsw-int8-codes "${ARGS[@]}" --round "$round"
     "$BENCH" --backend hnsw-f16 "${ARGS[@]}" --round "$round"
     if [[ "$FAISS" != 0 ]]; then "$BENCH" --backend faiss:HNSW16 "${ARGS[@]}" --round "$round"; fi
     if [[ "$RS" != 0 ]]; then "$BENCH" --backend hnsw_rs "${ARGS[@]}" --round "$round"; fi
@@ -84,8 +94,8 @@ BENCH="$REPO/target/release/vecrec-ann-bench"
       "$VENV/bin/python" "$REPO/benches/ann/peers.py" --backend "$b" "${ARGS[@]}" --round "$round"
     done
   done
-} | tee "$OUT/$SET.jsonl"
+} | tee "$OUT/$NAME.jsonl"
 CPU="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
 PEERS="$(grep -v '^#' "$REPO/benches/ann/requirements.txt" | grep -E 'hnswlib|faiss|usearch' | tr '\n' ' ')"
-"$VENV/bin/python" "$REPO/benches/ann/report.py" "$OUT/$SET.jsonl" "$SET" \
+"$VENV/bin/python" "$REPO/benches/ann/report.py" "$OUT/$NAME.jsonl" "$NAME" \
   "$(nproc) cores ($CPU), $(uname -m), $(free -g | awk '/Mem:/ {print $2}') GiB; peers from PyPI: $PEERS"

@@ -236,8 +236,10 @@ impl Index {
     /// `min(oversample·k, beam)` candidates are rescored with the exact f32
     /// distances and the best `k` returned. Filters follow the planner of
     /// [`Index::search`]; its exact plan scans the passing rows' codes and
-    /// rescores the best `oversample·k`. `params.exact` searches the f32
-    /// vectors exactly; so does an index without codes.
+    /// rescores the best `oversample·k`. `oversample` 0 rescores nothing: the
+    /// answer is ranked by the codes' distances and no f32 row is read, so
+    /// only the codes and the graph need to be in memory. `params.exact`
+    /// searches the f32 vectors exactly; so does an index without codes.
     pub fn search_quantized(
         &self,
         query: &[f32],
@@ -260,17 +262,24 @@ impl Index {
         let metric = self.store.metric();
         let dist = crate::scorer::CodeScorer::new(codes, metric, &qc, &q);
         let wide = params.k * oversample.max(1);
+        let finish = |found: Vec<Neighbor>| {
+            if oversample == 0 {
+                Ok(found)
+            } else {
+                self.rescore(&q, found, params.k)
+            }
+        };
         if let Some(f) = accept.filter(|f| self.exact_is_cheaper(f, params)) {
             // The exact plan on the codes: every passing row scored on its
             // int8 codes (a quarter of the bytes of its vector), the best
             // `oversample·k` rescored exactly.
             let n = self.store.len() as u32;
             let found = exact::top_k(wide, (0..n).filter(|&i| f(i)), |i| dist.distance(i));
-            return Ok((self.rescore(&q, found, params.k)?, Plan::Exact));
+            return Ok((finish(found)?, Plan::Exact));
         }
         let beam = params.ef.max(params.k);
         let found = self.hnsw.search(&dist, wide.min(beam), beam, accept);
-        Ok((self.rescore(&q, found, params.k)?, Plan::Hnsw))
+        Ok((finish(found)?, Plan::Hnsw))
     }
 
     /// Replaces approximate distances by exact ones (prefetching the rows

@@ -16,6 +16,13 @@ pub trait AnnIndex: Send + Sync {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// Waits for work the open left running in the background (vecrec's
+    /// checksum verification reads every file once); a benchmark calls it
+    /// before it drops the files' cached pages, so what it then counts as
+    /// resident is what searching keeps there.
+    fn settle(&self) -> Result<()> {
+        Ok(())
+    }
     /// The `k` nearest rows to `query` that `accept` allows, nearest first.
     fn search(
         &self,
