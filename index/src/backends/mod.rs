@@ -361,6 +361,7 @@ mod tests {
         for b in [
             Backend::Hnsw,
             Backend::HnswInt8,
+            Backend::HnswInt8Codes,
             Backend::HnswF16,
             Backend::Exact,
             Backend::HnswRs,
@@ -373,5 +374,66 @@ mod tests {
         assert_eq!(Backend::parse("faiss-gpu: "), None);
         assert_eq!(Backend::parse("annoy"), None);
         assert_eq!(Backend::Faiss("HNSW16".into()).feature(), Some("faiss"));
+    }
+
+    /// The codes-only walk answers from the codes: with a beam wider than
+    /// the store it returns exactly the best `k` by code distance, with
+    /// those distances, while the rescoring walk returns f32 distances.
+    #[test]
+    fn the_codes_only_walk_ranks_by_code_distances() {
+        use rand::{Rng, SeedableRng};
+
+        use crate::hnsw::HnswParams;
+        use crate::quant::{encode, Codes};
+        use crate::Metric;
+
+        let (n, dim, k) = (300usize, 24usize, 10usize);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let v: Vec<f32> = (0..n * dim).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        let params = HnswParams {
+            m: 8,
+            ef_construction: 64,
+            ..Default::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (codes_dir, rescored_dir) = (dir.path().join("codes"), dir.path().join("rescored"));
+        for (b, d) in [
+            (Backend::HnswInt8Codes, &codes_dir),
+            (Backend::HnswInt8, &rescored_dir),
+        ] {
+            std::fs::create_dir_all(d).unwrap();
+            super::build(&b, d, &v, dim, Metric::L2, &params).unwrap();
+        }
+        let codes_only = super::open(&Backend::HnswInt8Codes, &codes_dir).unwrap();
+        let rescored = super::open(&Backend::HnswInt8, &rescored_dir).unwrap();
+        let codes = Codes::open(&codes_dir, n, dim, true).unwrap().unwrap();
+        let mut qc = Vec::new();
+        let mut differ = 0;
+        for qi in 0..20 {
+            let q: Vec<f32> = (0..dim).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            encode(&q, codes.scale(), &mut qc);
+            let mut by_code: Vec<(f32, u32)> = (0..n as u32)
+                .map(|i| (codes.distance(Metric::L2, &qc, i), i))
+                .collect();
+            by_code.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            let got = codes_only.search(&q, k, 2 * n, None).unwrap();
+            let got_d: Vec<f32> = got.iter().map(|x| x.distance).collect();
+            let want_d: Vec<f32> = by_code[..k].iter().map(|x| x.0).collect();
+            assert_eq!(got_d, want_d, "query {qi}");
+            for x in &got {
+                assert_eq!(x.distance, codes.distance(Metric::L2, &qc, x.id));
+            }
+            let exact = rescored.search(&q, k, 2 * n, None).unwrap();
+            let row = |i: u32| &v[i as usize * dim..(i as usize + 1) * dim];
+            for x in &exact {
+                assert!((x.distance - Metric::L2.distance(&q, row(x.id))).abs() < 1e-4);
+            }
+            differ += got
+                .iter()
+                .zip(&exact)
+                .filter(|(a, b)| a.distance != b.distance)
+                .count();
+        }
+        assert!(differ > 0, "code distances never differed from exact ones");
     }
 }
