@@ -66,7 +66,8 @@ fixtures: setup
 
 eval: build
 	mkdir -p out
-	$(ENV_SH); target/release/vecrec-eval --movielens $(MOVIELENS) --json out/eval.json
+	$(ENV_SH); target/release/vecrec-eval --movielens $(MOVIELENS) --json out/eval.json \
+		$$(test -f benches/peers/results/peers.json && echo --peers benches/peers/results/peers.json)
 
 lint:
 	$(CARGO) fmt --all -- --check

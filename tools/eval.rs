@@ -37,6 +37,12 @@ struct Args {
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
+    /// The peers' figures on the same split, as `benches/peers/run.sh`
+    /// writes them (benches/peers/results/peers.json): the table lists them
+    /// and gives the full pipeline's paired per-user difference against the
+    /// best of them. Without it the table quotes EVAL.md's figures.
+    #[arg(long)]
+    peers: Option<PathBuf>,
     /// Run the validation stages only and print each stage's best validation
     /// NDCG@10; TEST is never read. Use it to choose between models (an
     /// encoder, a training change) before reading TEST once.
@@ -56,6 +62,7 @@ fn main_inner() -> anyhow::Result<()> {
         work_dir: a.work_dir,
         config: Config::load(a.config.as_deref())?,
         progress: !a.quiet,
+        peers: a.peers,
     };
     if a.validation_only {
         let report = validate(&opts).context("validation failed")?;

@@ -20,6 +20,7 @@ use crate::pipeline::embed_catalog;
 
 mod metrics;
 mod neighbourhood;
+mod peers;
 mod protocol;
 mod refit;
 mod report;
@@ -27,6 +28,7 @@ mod stages;
 mod tuning;
 
 pub use metrics::{summarise, user_metrics, Summary, UserMetrics, KS};
+pub use peers::{PeerFile, PeerRow};
 use protocol::{tempfile_dir, Who};
 pub use report::{
     table, validation_table, AblationRow, EvalReport, GridPoint, PairedDiff, Trial,
@@ -50,11 +52,18 @@ pub struct EvalOptions {
     pub config: Config,
     /// Draw progress bars.
     pub progress: bool,
+    /// The peers' figures on the same split (`benches/peers/results/peers.json`):
+    /// the report lists them and pairs the full pipeline with the best.
+    pub peers: Option<PathBuf>,
 }
 
 /// Runs the whole evaluation: validation, then the refit on TRAIN and TEST.
 pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
-    validated(opts, |run, chosen, tps, start| run.test(chosen, tps, start))
+    // Read before hours of work, so a bad file fails at once.
+    let peers = opts.peers.as_deref().map(PeerFile::load).transpose()?;
+    validated(opts, |run, chosen, tps, start| {
+        run.test(chosen, tps, start, peers.as_ref())
+    })
 }
 
 /// Runs the validation stages only and never reads TEST: for model choices

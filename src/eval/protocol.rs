@@ -42,6 +42,8 @@ pub(super) fn truth_sets(engine: &Engine, held_out: &[Triple]) -> Result<Vec<(u3
 pub(super) struct Scoring {
     pub(super) summary: Summary,
     pub(super) per_user_ndcg10: Vec<f64>,
+    /// The users of `per_user_ndcg10`, in its order (MovieLens ids).
+    pub(super) users: Vec<u32>,
 }
 
 /// Scores every user that has held-out items through `engine.recommend`.
@@ -67,6 +69,7 @@ pub(super) fn score(engine: &Engine, held_out: &[Triple], who: &Who) -> Result<S
     Ok(Scoring {
         summary: summarise(&per_user, &tops, engine.index().store().len()),
         per_user_ndcg10: per_user.iter().map(|m| m.ndcg[0]).collect(),
+        users: truth.iter().map(|(u, _)| *u).collect(),
     })
 }
 

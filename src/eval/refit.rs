@@ -7,6 +7,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use super::metrics::mean;
+use super::peers::PeerFile;
 use super::protocol::{cached_source_lists, score, truth_sets, Who};
 use super::report::{AblationRow, EvalReport, PairedDiff, ValidationReport};
 use super::stages::{Chosen, Run};
@@ -32,7 +33,13 @@ impl Run<'_> {
     }
 
     /// Stage 6: refit on TRAIN with the chosen settings and score TEST once per row.
-    pub(super) fn test(mut self, c: Chosen, tps: f64, start: Instant) -> Result<EvalReport> {
+    pub(super) fn test(
+        mut self,
+        c: Chosen,
+        tps: f64,
+        start: Instant,
+        peers: Option<&PeerFile>,
+    ) -> Result<EvalReport> {
         let als_chosen = c.als.clone();
         let (lambda, plain_lambda) = (c.lambda, c.plain_lambda);
         let chosen_hybrid = c.fused.hybrid.clone();
@@ -149,6 +156,9 @@ impl Run<'_> {
             .map(|(a, b)| a - b)
             .collect();
         let (mean_diff, ci, n) = mean(diffs.into_iter());
+        let paired_vs_best_peer = peers
+            .map(|p| p.paired_with_best(&full.users, &full.per_user_ndcg10))
+            .transpose()?;
         ablation.insert(
             0,
             AblationRow {
@@ -173,6 +183,8 @@ impl Run<'_> {
                 users: n,
             },
             neighbourhood_vs_exact,
+            paired_vs_best_peer,
+            peers: peers.map(PeerFile::rows).unwrap_or_default(),
             chosen,
             validation_grid: grid,
             chosen_hybrid,

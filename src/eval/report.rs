@@ -70,6 +70,11 @@ pub struct EvalReport {
     /// vecrec's neighbourhood approximation of EASE minus exact EASE (both
     /// plain: binary history, the same λ), per user.
     pub neighbourhood_vs_exact: PairedDiff,
+    /// Full pipeline minus the best peer of `peers`, per user (when a peers
+    /// file was given).
+    pub paired_vs_best_peer: Option<PairedDiff>,
+    /// The peers' TEST NDCG@10 from the peers file (empty without one).
+    pub peers: Vec<super::PeerRow>,
     /// The chosen content-profile setting.
     pub chosen: GridPoint,
     /// Every validated content-profile setting.
@@ -169,7 +174,25 @@ pub fn table(r: &EvalReport) -> String {
             x.ndcg10, x.ndcg10_ci95, x.ndcg20, x.recall10, x.recall20, x.precision10, x.f1_10, x.hit10, x.map10, x.coverage10
         ));
     }
-    s.push_str("\nPeers (EVAL.md, same protocol, NDCG@10): Popularity 0.0680 · ItemKNN 0.0929 · EASE 0.1047 ± 0.0117 · ALS 0.1064 ± 0.0119 · MiniLM content 0.0181 · EASE+MiniLM 0.1069 ± 0.0124\n");
+    if r.peers.is_empty() {
+        s.push_str("\nPeers (EVAL.md, same protocol, NDCG@10): Popularity 0.0680 · ItemKNN 0.0929 · EASE 0.1047 ± 0.0117 · ALS 0.1064 ± 0.0119 · MiniLM content 0.0181 · EASE+MiniLM 0.1069 ± 0.0124\n");
+    } else {
+        let listed: Vec<String> = r
+            .peers
+            .iter()
+            .map(|p| format!("{} {:.4} ± {:.4}", p.name, p.ndcg10, p.ci95))
+            .collect();
+        s.push_str(&format!(
+            "\nPeers (benches/peers, this split, TEST NDCG@10): {}\n",
+            listed.join(" · ")
+        ));
+    }
+    if let Some(p) = &r.paired_vs_best_peer {
+        s.push_str(&format!(
+            "paired NDCG@10 difference, full pipeline − the best peer, {}: {:+.4} ± {:.4} (95%, {} users)\n",
+            p.baseline, p.mean, p.ci95, p.users
+        ));
+    }
     let p = &r.paired_vs_ease;
     s.push_str(&format!(
         "paired NDCG@10 difference, full pipeline − {}: {:+.4} ± {:.4} (95%, {} users)\n",
