@@ -107,6 +107,7 @@ fn run() -> anyhow::Result<()> {
         train: (!a.content_only).then(|| cfg.train.clone()),
         learn_fusion: (!a.content_only).then(|| cfg.hybrid.clone()),
         embedding_cache: !a.no_embedding_cache,
+        head_hybrid: Some(cfg.hybrid.clone()),
     };
     let report =
         build(&a.out, &encoder, &items, &interactions, &opts).context("building the index")?;

@@ -350,16 +350,29 @@ impl Engine {
         } else {
             method
         };
-        let head: Vec<u32> = fuse(pre_method, lists, self.cfg.hybrid.rrf_k)
+        let (head, fused): (Vec<u32>, Vec<f32>) = fuse(pre_method, lists, self.cfg.hybrid.rrf_k)
             .into_iter()
             .take(self.cfg.rerank.candidates)
-            .map(|e| e.0)
-            .collect();
-        self.rerank_list(history, &head)
+            .unzip();
+        self.rerank_with(history, &head, &fused, lists)
     }
 
-    /// The reranker's scores of `candidates` as a ranked list.
+    /// The reranker's scores of `candidates` as a ranked list, with nothing
+    /// known of how they were chosen but their order (a head reranker sees
+    /// no source scores).
     pub fn rerank_list(&self, history: &[(u32, f32)], candidates: &[u32]) -> Result<SourceList> {
+        self.rerank_with(history, candidates, &[], &[])
+    }
+
+    /// The reranker's scores of the head `candidates` (with their `fused`
+    /// scores, fused from `lists`) as a ranked list.
+    fn rerank_with(
+        &self,
+        history: &[(u32, f32)],
+        candidates: &[u32],
+        fused: &[f32],
+        lists: &[SourceList],
+    ) -> Result<SourceList> {
         let trained = self.trained.as_ref();
         let reranker = self
             .reranker()
@@ -369,6 +382,8 @@ impl Engine {
         let scores = reranker.score(&RerankInput {
             history: &ids,
             candidates,
+            fused,
+            lists,
             embeddings: trained
                 .and_then(|t| t.two_tower.as_ref())
                 .map_or(empty, |tt| tt.index.store().vectors()),
@@ -381,6 +396,40 @@ impl Engine {
             name: RERANKER,
             weight: self.cfg.rerank.weight,
             items,
+        })
+    }
+
+    /// The hybrid answer for a history before its cut to `k`: every
+    /// candidate the sources propose among the items `accept` lets through,
+    /// reranked and fused by `method`, best first. `Recommend` is this, cut;
+    /// the evaluator calls it to rank among a chosen set of items (the new
+    /// items of the cold-start protocol).
+    pub fn fused_candidates(
+        &self,
+        history: &[(u32, f32)],
+        user: Option<u32>,
+        accept: &(dyn Fn(u32) -> bool + Sync),
+        method: FusionMethod,
+    ) -> Result<Vec<(u32, f32)>> {
+        self.fused_within(history, user, accept, method, Deadline::NONE)
+    }
+
+    fn fused_within(
+        &self,
+        history: &[(u32, f32)],
+        user: Option<u32>,
+        accept: &(dyn Fn(u32) -> bool + Sync),
+        method: FusionMethod,
+        deadline: Deadline,
+    ) -> Result<Vec<(u32, f32)>> {
+        let lists = self.candidate_lists_within(history, user, accept, method, deadline)?;
+        deadline.check("fusion")?;
+        timed("fusion", || {
+            Ok::<_, Error>(if method == FusionMethod::Learned {
+                self.learned_model()?.fuse(&lists)
+            } else {
+                fuse(method, &lists, self.cfg.hybrid.rrf_k)
+            })
         })
     }
 
@@ -497,16 +546,7 @@ impl Engine {
             let filter = opts.filter.as_ref().filter(|f| !f.is_empty());
             let accept = |i: u32| admissible(store, &exclude, filter, i);
             let method = opts.fusion.unwrap_or(self.cfg.hybrid.fusion);
-            let lists =
-                self.candidate_lists_within(&history, user_number, &accept, method, opts.deadline)?;
-            opts.deadline.check("fusion")?;
-            let fused = timed("fusion", || {
-                Ok::<_, Error>(if method == FusionMethod::Learned {
-                    self.learned_model()?.fuse(&lists)
-                } else {
-                    fuse(method, &lists, self.cfg.hybrid.rrf_k)
-                })
-            })?;
+            let fused = self.fused_within(&history, user_number, &accept, method, opts.deadline)?;
             return Ok(fused
                 .into_iter()
                 .take(k)

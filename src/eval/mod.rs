@@ -18,6 +18,7 @@ use crate::error::Result;
 use crate::movielens::{split, write_split, MovieLens};
 use crate::pipeline::embed_catalog;
 
+mod cold;
 mod metrics;
 mod neighbourhood;
 mod peers;
@@ -27,6 +28,7 @@ mod report;
 mod stages;
 mod tuning;
 
+pub use cold::{ColdReport, ColdRow};
 pub use metrics::{summarise, user_metrics, Summary, UserMetrics, KS};
 pub use peers::{PeerFile, PeerRow};
 use protocol::{tempfile_dir, Who};
@@ -130,6 +132,16 @@ fn validated<T>(
     let ease_neighbours = run.ease_neighbourhood(&users, plain_lambda)?;
     let als = run.als(&users, lambda)?;
     let fused = run.fusion(&users, lambda, ease_decay, &als)?;
+    let cold_validation = run.cold_start(
+        "validation",
+        &sp.val_train,
+        &sp.val,
+        &users,
+        lambda,
+        &als,
+        &fused.hybrid,
+        fused.rerank_weight,
+    )?;
     let chosen = stages::Chosen {
         grid,
         profile,
@@ -139,6 +151,7 @@ fn validated<T>(
         ease_neighbours,
         als,
         fused,
+        cold_validation,
     };
     finish(run, chosen, tps, start)
 }

@@ -27,6 +27,7 @@ impl Run<'_> {
             chosen_hybrid: c.fused.hybrid,
             chosen_rerank_weight: c.fused.rerank_weight,
             reranker_auc_validation: c.fused.val_auc,
+            cold_validation: c.cold_validation,
             embed_texts_per_second: tps,
             seconds: start.elapsed().as_secs_f64(),
         }
@@ -46,6 +47,8 @@ impl Run<'_> {
         let (rerank_weight, learned_wins) = (c.fused.rerank_weight, c.fused.learned_wins);
         let users = c.users.clone();
         // 6. Refit on TRAIN with the chosen settings; score TEST once per row.
+        // The reranker learns to order the chosen fusion's heads.
+        self.cfg.hybrid = chosen_hybrid.clone();
         let train_seconds = self.build_with(
             &self.sp.train,
             &users,
@@ -98,6 +101,21 @@ impl Run<'_> {
             }
         });
         let no_rerank = score(&engine, &self.sp.test, &Who::Stored)?;
+        let (m, ci, n) = mean(
+            full.per_user_ndcg10
+                .iter()
+                .zip(&no_rerank.per_user_ndcg10)
+                .map(|(a, b)| a - b),
+        );
+        let paired_reranker = PairedDiff {
+            baseline: format!(
+                "the same fusion ({}) without the reranker",
+                pre_method.name()
+            ),
+            mean: m,
+            ci95: ci,
+            users: n,
+        };
         ablation.push(AblationRow {
             model: format!("fusion of all sources ({}), no reranker", pre_method.name()),
             metrics: no_rerank.summary,
@@ -169,6 +187,17 @@ impl Run<'_> {
         let (row, neighbourhood_vs_exact) =
             self.ease_neighbourhood_test(&c, &als_chosen, &ease.per_user_ndcg10)?;
         ablation.insert(1, row);
+        let cold_test = self.cold_start(
+            "TEST",
+            &self.sp.train,
+            &self.sp.test,
+            &c.users,
+            lambda,
+            &als_chosen,
+            &chosen_hybrid,
+            rerank_weight,
+        )?;
+        let cold_validation = c.cold_validation.clone();
         let (chosen, grid, val_auc) = (c.profile, c.grid, c.fused.val_auc);
         let trials = std::mem::take(&mut self.trials);
         Ok(EvalReport {
@@ -191,6 +220,9 @@ impl Run<'_> {
             chosen_rerank_weight: rerank_weight,
             reranker_auc_validation: val_auc,
             reranker_auc_test: test_auc,
+            paired_reranker,
+            cold_validation,
+            cold_test,
             chosen_ease_lambda: lambda,
             chosen_als: als_chosen,
             trials,

@@ -87,6 +87,12 @@ pub struct EvalReport {
     pub reranker_auc_validation: HeadAuc,
     /// The reranker's AUC on TEST heads (the model trained on TRAIN).
     pub reranker_auc_test: HeadAuc,
+    /// Full pipeline minus the same fusion without the reranker, per user.
+    pub paired_reranker: PairedDiff,
+    /// The cold-start protocol on validation.
+    pub cold_validation: super::ColdReport,
+    /// The cold-start protocol on TEST.
+    pub cold_test: super::ColdReport,
     /// The chosen EASE λ.
     pub chosen_ease_lambda: f32,
     /// The chosen ALS settings.
@@ -119,6 +125,8 @@ pub struct ValidationReport {
     pub chosen_rerank_weight: f32,
     /// The reranker's AUC on validation heads.
     pub reranker_auc_validation: HeadAuc,
+    /// The cold-start protocol on validation.
+    pub cold_validation: super::ColdReport,
     /// Item texts embedded per second.
     pub embed_texts_per_second: f64,
     /// Seconds of the whole run.
@@ -150,6 +158,26 @@ pub fn validation_table(r: &ValidationReport) -> String {
         a.reranker,
         a.fusion,
         r.validation_grid.len() + r.trials.len()
+    ));
+    s.push_str(&cold_table(&r.cold_validation));
+    s
+}
+
+/// The cold-start protocol's rows.
+pub fn cold_table(c: &super::ColdReport) -> String {
+    let mut s = format!(
+        "\nNew items ({}, cold start): {} items made new ({} fit interactions dropped), {} users ranking only them\n| model | NDCG@10 | Recall@20 |\n|---|---|---|\n",
+        c.split, c.new_items, c.dropped_interactions, c.users
+    );
+    for r in &c.rows {
+        s.push_str(&format!(
+            "| {} | {:.4} ± {:.4} | {:.4} |\n",
+            r.model, r.ndcg10, r.ci95, r.recall20
+        ));
+    }
+    s.push_str(&format!(
+        "full pipeline / content-only NDCG@10: {:.2}×\n",
+        c.ratio_to_content
     ));
     s
 }
@@ -198,6 +226,11 @@ pub fn table(r: &EvalReport) -> String {
         "paired NDCG@10 difference, full pipeline − {}: {:+.4} ± {:.4} (95%, {} users)\n",
         p.baseline, p.mean, p.ci95, p.users
     ));
+    let p = &r.paired_reranker;
+    s.push_str(&format!(
+        "paired NDCG@10 difference, full pipeline − {}: {:+.4} ± {:.4} (95%, {} users)\n",
+        p.baseline, p.mean, p.ci95, p.users
+    ));
     let p = &r.neighbourhood_vs_exact;
     s.push_str(&format!(
         "paired NDCG@10 difference, EASE's neighbourhood approximation − {}: {:+.4} ± {:.4} (95%, {} users)\n",
@@ -232,5 +265,7 @@ pub fn table(r: &EvalReport) -> String {
         h.two_tower_weight,
         r.chosen_rerank_weight
     ));
+    s.push_str(&cold_table(&r.cold_validation));
+    s.push_str(&cold_table(&r.cold_test));
     s
 }

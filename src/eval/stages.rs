@@ -57,6 +57,8 @@ pub(super) struct Chosen {
     pub(super) ease_neighbours: usize,
     pub(super) als: AlsOptions,
     pub(super) fused: Fused,
+    /// The cold-start protocol on validation, at the chosen settings.
+    pub(super) cold_validation: super::ColdReport,
 }
 
 impl Run<'_> {
@@ -89,11 +91,25 @@ impl Run<'_> {
         train: TrainOptions,
         learn: Option<&HybridConfig>,
     ) -> Result<f64> {
+        self.build_train_heads(interactions, users, train, learn, &self.cfg.hybrid)
+    }
+
+    /// [`Run::build_train`], the reranker learning to order the heads of
+    /// the fusion `heads`.
+    pub(super) fn build_train_heads(
+        &self,
+        interactions: &[Triple],
+        users: &UserConfig,
+        train: TrainOptions,
+        learn: Option<&HybridConfig>,
+        heads: &HybridConfig,
+    ) -> Result<f64> {
         let bo = BuildOptions {
             users: users.clone(),
             progress: self.opts.progress,
             train: Some(train),
             learn_fusion: learn.cloned(),
+            head_hybrid: Some(heads.clone()),
             ..Default::default()
         };
         let r = build_generation(

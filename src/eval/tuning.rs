@@ -34,7 +34,7 @@ pub const FUSION_WEIGHTS: FusionGrid = (
 );
 
 /// Weights of the reranker's list tried on validation.
-pub const RERANK_WEIGHTS: [f32; 7] = [0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0];
+pub const RERANK_WEIGHTS: [f32; 9] = [0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0];
 
 /// ALS (regularisation, alpha) tried on validation.
 pub const ALS_GRID: [(f32, f32); 6] = [

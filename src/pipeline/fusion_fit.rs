@@ -29,7 +29,7 @@ use crate::fusion::{features, FusionMethod, LearnedModel};
 use crate::retrieve::TrainOptions;
 
 /// A stable 64-bit hash of a user id (FNV-1a), for the sample of users.
-fn stable_hash(s: &str) -> u64 {
+pub(super) fn stable_hash(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
     })

@@ -11,6 +11,7 @@
 
 pub mod cache;
 mod fusion_fit;
+mod rerank_fit;
 pub mod stages;
 
 use std::collections::{HashMap, HashSet};
@@ -53,6 +54,19 @@ pub struct BuildOptions {
     /// Take the vectors of texts embedded by an earlier build from the
     /// index root's embedding cache, and keep this build's there.
     pub embedding_cache: bool,
+    /// The hybrid settings whose fused head the reranker learns to order
+    /// (`train.reranker.listwise`); `None`: the defaults. The learned
+    /// fusion pre-ranks with geometric fusion, as the engine does.
+    pub head_hybrid: Option<crate::config::HybridConfig>,
+}
+
+/// How a build trains the reranker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Rerank {
+    /// As `train.reranker.listwise` says.
+    AsConfigured,
+    /// Not at all (the scratch build of the reranker's held-out heads).
+    Skip,
 }
 
 impl Default for BuildOptions {
@@ -68,6 +82,7 @@ impl Default for BuildOptions {
             train: Some(crate::retrieve::TrainOptions::default()),
             learn_fusion: Some(crate::config::HybridConfig::default()),
             embedding_cache: true,
+            head_hybrid: None,
         }
     }
 }
@@ -111,9 +126,20 @@ const TRAIN_STAGES: &[&str] = &[
     "transitions",
     "als",
     "two-tower",
+    "rerank-holdout",
     "reranker",
     "fusion-fit",
 ];
+
+/// What the reranker stage of a build trains on.
+enum RerankPlan {
+    /// No reranker.
+    None,
+    /// (History prefix → next item) pairs with sampled negatives.
+    Sequences,
+    /// Held-out fused heads ([`rerank_fit`]), with the sources their features follow.
+    Heads(Vec<crate::rerank::din::HeadExample>, Vec<String>),
+}
 
 /// Embeds the catalogue's texts with a progress bar.
 pub fn embed_catalog(
@@ -208,7 +234,7 @@ pub fn build_generation(
     opts: &BuildOptions,
     info: GenerationInfo,
 ) -> Result<BuildReport> {
-    build_generation_with(
+    build_generation_inner(
         root,
         items,
         vectors,
@@ -216,11 +242,13 @@ pub fn build_generation(
         opts,
         info,
         Stages::new(),
+        Rerank::AsConfigured,
     )
 }
 
 /// [`build_generation`], adding to the stages already recorded.
-fn build_generation_with(
+#[allow(clippy::too_many_arguments)]
+fn build_generation_inner(
     root: &Path,
     items: &[CatalogItem],
     vectors: &[Vec<f32>],
@@ -228,6 +256,7 @@ fn build_generation_with(
     opts: &BuildOptions,
     info: GenerationInfo,
     mut stages: Stages,
+    rerank: Rerank,
 ) -> Result<BuildReport> {
     let start = Instant::now();
     let dim = vectors.first().map_or(0, Vec::len);
@@ -261,7 +290,18 @@ fn build_generation_with(
         Ok(((users, skipped, n), work))
     })?;
     if let Some(train) = &opts.train {
-        train_sources(writer.dir(), &store, &users, train, opts, &mut stages)?;
+        let plan = if rerank == Rerank::Skip || !train.neural {
+            RerankPlan::None
+        } else if train.reranker.listwise {
+            stages.run("rerank-holdout", || {
+                let (heads, sources, work) =
+                    rerank_fit::heads(root, items, vectors, &users, opts, train)?;
+                Ok((RerankPlan::Heads(heads, sources), work))
+            })?
+        } else {
+            RerankPlan::Sequences
+        };
+        train_sources(writer.dir(), &store, &users, train, opts, plan, &mut stages)?;
     }
     if let (Some(train), Some(hybrid)) = (&opts.train, &opts.learn_fusion) {
         stages.run("fusion-fit", || {
@@ -348,6 +388,7 @@ fn train_sources(
     users: &[(String, History)],
     train: &crate::retrieve::TrainOptions,
     opts: &BuildOptions,
+    rerank: RerankPlan,
     stages: &mut Stages,
 ) -> Result<()> {
     #[cfg(test)]
@@ -391,7 +432,7 @@ fn train_sources(
         Ok((als, work))
     })?;
     if train.neural {
-        write_neural(dir, store, &als, &histories, train, opts, stages)?;
+        write_neural(dir, store, &als, &histories, train, opts, rerank, stages)?;
     }
     Ok(())
 }
@@ -467,6 +508,7 @@ pub fn write_model(path: &Path, bytes: &[u8]) -> Result<()> {
 /// writes them into the generation, a stage each: item embeddings as an
 /// inner-product index under `two_tower/`, the user tower and the reranker
 /// as ONNX.
+#[allow(clippy::too_many_arguments)]
 fn write_neural(
     dir: &Path,
     store: &VectorStore,
@@ -474,6 +516,7 @@ fn write_neural(
     histories: &[Vec<u32>],
     train: &crate::retrieve::TrainOptions,
     opts: &BuildOptions,
+    rerank: RerankPlan,
     stages: &mut Stages,
 ) -> Result<()> {
     use crate::rerank::din::Din;
@@ -486,7 +529,7 @@ fn write_neural(
         let t = Instant::now();
         let pb = bar(train.two_tower.epochs, "two-tower", opts.progress);
         let (tower, loss) =
-            TwoTower::train_with_progress(histories, &features, input, &train.two_tower, &|d| {
+            TwoTower::train_split(histories, &features, input, dc, &train.two_tower, &|d| {
                 pb.set_position(d as u64)
             });
         pb.finish_and_clear();
@@ -519,50 +562,83 @@ fn write_neural(
         let work = format!("{} epochs, loss {loss:.4}", train.two_tower.epochs);
         Ok(((tower, emb), work))
     })?;
+    if let RerankPlan::None = rerank {
+        return Ok(());
+    }
     stages.run("reranker", || {
         let t = Instant::now();
-        let pop = crate::retrieve::popularity(histories, store.len());
-        // Hard negatives: the two-tower model's best unseen items for each prefix.
-        let pool = train.reranker.hard_pool;
-        let retrieve = |u: usize, t: usize| -> Vec<u32> {
-            let user = tower.user_vector(&features, &histories[u][..t]);
-            let scores: Vec<f32> = emb
-                .chunks_exact(e)
-                .map(|row| row.iter().zip(&user).map(|(a, b)| a * b).sum())
-                .collect();
-            crate::retrieve::top_n(&scores, pool, &|_| true)
-                .into_iter()
-                .map(|x| x.0)
-                .collect()
+        let opts_r = &train.reranker;
+        let (din, loss, meta_extra) = match rerank {
+            RerankPlan::Heads(heads, sources) => {
+                let pb = bar(opts_r.head_epochs, "reranker", opts.progress);
+                let (din, loss) =
+                    Din::train_heads(&heads, &emb, e, opts_r, &|d| pb.set_position(d as u64));
+                pb.finish_and_clear();
+                let features = crate::rerank::din::head_feature_names(&sources);
+                (din, loss, (sources, features, "heads", heads.len()))
+            }
+            _ => {
+                let pop = crate::retrieve::popularity(histories, store.len());
+                // Hard negatives: the two-tower model's best unseen items for each prefix.
+                let pool = opts_r.hard_pool;
+                let retrieve = |u: usize, t: usize| -> Vec<u32> {
+                    let user = tower.user_vector(&features, &histories[u][..t]);
+                    let scores: Vec<f32> = emb
+                        .chunks_exact(e)
+                        .map(|row| row.iter().zip(&user).map(|(a, b)| a * b).sum())
+                        .collect();
+                    crate::retrieve::top_n(&scores, pool, &|_| true)
+                        .into_iter()
+                        .map(|x| x.0)
+                        .collect()
+                };
+                let pb = bar(opts_r.epochs, "reranker", opts.progress);
+                let (din, loss) = Din::train_with_progress(
+                    histories,
+                    &emb,
+                    e,
+                    &pop,
+                    Some(&retrieve),
+                    opts_r,
+                    &|d| pb.set_position(d as u64),
+                );
+                pb.finish_and_clear();
+                let features = crate::rerank::din::FEATURES
+                    .iter()
+                    .map(|f| (*f).to_owned())
+                    .collect();
+                (din, loss, (Vec::new(), features, "sequences", 0))
+            }
         };
-        let pb = bar(train.reranker.epochs, "reranker", opts.progress);
-        let (din, loss) = Din::train_with_progress(
-            histories,
-            &emb,
-            e,
-            &pop,
-            Some(&retrieve),
-            &train.reranker,
-            &|d| pb.set_position(d as u64),
-        );
-        pb.finish_and_clear();
+        let (sources, features, trained_on, heads) = meta_extra;
         write_model(&dir.join(crate::layout::DIN_FILE), &din.onnx())?;
         vecrec_index::format::write_json(
             &dir.join(crate::layout::DIN_META_FILE),
             &crate::rerank::DinMeta {
-                history: train.reranker.history,
+                history: opts_r.history,
                 embed: e,
                 train_loss: loss,
+                sources,
+                features,
+                trained_on: trained_on.to_owned(),
+                heads,
             },
         )?;
         tracing::info!(
             loss,
+            trained_on,
+            heads,
             seconds = t.elapsed().as_secs_f64(),
             "cross-attention reranker trained"
         );
+        let epochs = if heads > 0 {
+            opts_r.head_epochs
+        } else {
+            opts_r.epochs
+        };
         Ok((
             (),
-            format!("{} epochs, loss {loss:.4}", train.reranker.epochs),
+            format!("{epochs} epochs on {trained_on}, loss {loss:.4}"),
         ))
     })
 }
@@ -605,8 +681,16 @@ pub fn build(
         encoder_dim: Some(encoder.dim()),
         ..Default::default()
     };
-    let mut report =
-        build_generation_with(root, items, &vectors, interactions, opts, info, stages)?;
+    let mut report = build_generation_inner(
+        root,
+        items,
+        &vectors,
+        interactions,
+        opts,
+        info,
+        stages,
+        Rerank::AsConfigured,
+    )?;
     report.embedded = done.encoded;
     report.reused_embeddings = done.reused;
     report.embed_seconds = embed_seconds;

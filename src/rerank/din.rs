@@ -25,6 +25,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 pub use crate::config::DinOptions;
+use crate::fusion::SourceList;
 use crate::nn::onnx::{Attr, Dim, GraphBuilder, FLOAT};
 use crate::nn::{Adam, Param};
 
@@ -45,6 +46,9 @@ pub struct Din {
     pub opts: DinOptions,
     /// Item-embedding width E.
     pub embed: usize,
+    /// Per-candidate features F ([`FEATURES`] for a model trained on
+    /// sequences, [`head_feature_names`] for one trained on fused heads).
+    pub features: usize,
     wq: Param,
     wk: Param,
     wv: Param,
@@ -109,15 +113,110 @@ pub fn gather(emb: &[f32], e: usize, items: &[u32]) -> Array2<f32> {
     Array2::from_shape_fn((items.len(), e), |(r, c)| emb[items[r] as usize * e + c])
 }
 
+/// The features of a head reranker besides the sources' own
+/// ([`crate::fusion::FEATURES_PER_SOURCE`] per source: min-max score and
+/// reciprocal rank in that source's list, 0 when it did not propose the
+/// item): the fused score (min-max over the head), the reciprocal rank in the
+/// head, the item's log popularity (scaled by the most popular item's) and
+/// the log of the history's length (scaled by log 1001, capped at 1).
+pub const HEAD_FEATURES: [&str; 4] = [
+    "fused_score",
+    "fused_rrank",
+    "log_popularity",
+    "log_history",
+];
+
+/// The feature names of a head reranker over `sources`, in input order.
+pub fn head_feature_names(sources: &[String]) -> Vec<String> {
+    sources
+        .iter()
+        .flat_map(|s| [format!("{s}_score"), format!("{s}_rrank")])
+        .chain(HEAD_FEATURES.iter().map(|f| (*f).to_owned()))
+        .collect()
+}
+
+/// The features of every item of `head` (items with their fused scores,
+/// best first): what `lists` (the sources' candidate lists, by name) said of
+/// it for each of `sources` (lists of weight 0 count as absent), then
+/// [`HEAD_FEATURES`].
+pub fn head_features(
+    sources: &[String],
+    lists: &[SourceList],
+    head: &[(u32, f32)],
+    popularity: &[f32],
+    history_len: usize,
+) -> Array2<f32> {
+    let per = crate::fusion::FEATURES_PER_SOURCE;
+    let width = sources.len() * per + HEAD_FEATURES.len();
+    // A list of weight 0 takes no part in the fusion (the engine does not
+    // even compute it unless the learned fusion asks for every source).
+    let weighted: Vec<SourceList> = lists.iter().filter(|l| l.weight > 0.0).cloned().collect();
+    let by_item = crate::fusion::features(sources, &weighted);
+    let (lo, hi) = head
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), x| {
+            (a.min(x.1), b.max(x.1))
+        });
+    let max_pop = popularity.iter().fold(0f32, |a, &b| a.max(b));
+    let pop_scale = (1.0 + max_pop).ln().max(1e-6);
+    let hist = ((1.0 + history_len as f32).ln() / 1001f32.ln()).min(1.0);
+    let mut out = Array2::zeros((head.len(), width));
+    for (r, &(item, score)) in head.iter().enumerate() {
+        let mut row = out.row_mut(r);
+        if let Some(f) = by_item.get(&item) {
+            for (k, v) in f.iter().enumerate() {
+                row[k] = *v;
+            }
+        }
+        let base = sources.len() * per;
+        row[base] = if hi > lo {
+            (score - lo) / (hi - lo)
+        } else {
+            1.0
+        };
+        row[base + 1] = 1.0 / (r + 1) as f32;
+        row[base + 2] = popularity
+            .get(item as usize)
+            .map_or(0.0, |p| (1.0 + p).ln() / pop_scale);
+        row[base + 3] = hist;
+    }
+    out
+}
+
+/// One fused head of a held-out user, for listwise training: the history
+/// the sources saw, the head they and the fusion produced, its features
+/// ([`head_features`]) and its labels (1 for the items the user went on to
+/// take).
+#[derive(Clone, Debug)]
+pub struct HeadExample {
+    /// History item numbers, oldest first.
+    pub history: Vec<u32>,
+    /// The head's items, best fused first.
+    pub candidates: Vec<u32>,
+    /// `candidates × F` features.
+    pub features: Array2<f32>,
+    /// One label per candidate.
+    pub labels: Vec<f32>,
+}
+
+/// Heads per optimiser step of [`Din::train_heads`].
+const HEADS_PER_STEP: usize = 8;
+
 impl Din {
-    /// An untrained model.
+    /// An untrained model over the sequence features ([`FEATURES`]).
     pub fn new(embed: usize, opts: &DinOptions) -> Self {
+        Self::with_features(embed, FEATURES.len(), opts)
+    }
+
+    /// An untrained model over `features` per-candidate features.
+    pub fn with_features(embed: usize, features: usize, opts: &DinOptions) -> Self {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.seed);
         let a = opts.attention;
-        let zin = 3 * a + FEATURES.len();
+        let zin = 3 * a + features;
         Self {
             opts: opts.clone(),
             embed,
+            features,
             wq: Param::glorot(embed, a, &mut rng),
             wk: Param::glorot(embed, a, &mut rng),
             wv: Param::glorot(embed, a, &mut rng),
@@ -202,10 +301,8 @@ impl Din {
 
     /// Mean logistic loss of a batch with `labels`; leaves the gradients in the parameters.
     fn backward(&mut self, batch: &Batch, labels: &[f32]) -> f32 {
-        let (a, l) = (self.opts.attention, self.opts.history);
         let fw = self.forward(batch);
         let b = labels.len();
-        let hb = batch.mask.len() / l;
         let mut loss = 0.0;
         let dy = Array2::from_shape_fn((b, 1), |(r, _)| {
             let y = fw.logits[r];
@@ -214,7 +311,51 @@ impl Din {
             loss += y.max(0.0) + (-y.abs()).exp().ln_1p() - labels[r] * y;
             (p - labels[r]) / b as f32
         });
-        self.w2.grad_mut().assign(&fw.hidden.t().dot(&dy));
+        self.backprop(batch, &fw, &dy);
+        loss / b as f32
+    }
+
+    /// The listwise loss of one head (one history shared by every candidate,
+    /// `labels` 1 for the items the user went on to take): the cross-entropy
+    /// between the softmax of the logits over the head and the labels
+    /// normalised to sum to one (ListNet's top-one form, Cao et al. 2007),
+    /// plus `head_pointwise` times the mean logistic loss over the head (it
+    /// orders the whole head, where the softmax attends to its top).
+    /// Leaves the gradients in the parameters; a head without a positive has
+    /// loss 0 and no gradient.
+    fn backward_list(&mut self, batch: &Batch, labels: &[f32]) -> f32 {
+        let fw = self.forward(batch);
+        let b = labels.len();
+        let total: f32 = labels.iter().sum();
+        if total <= 0.0 || b == 0 {
+            self.params_mut().iter_mut().for_each(|p| p.zero_grad());
+            return 0.0;
+        }
+        let m = fw.logits.iter().fold(f32::NEG_INFINITY, |x, &y| x.max(y));
+        let z: f32 = fw.logits.iter().map(|y| (y - m).exp()).sum();
+        let log_z = m + z.ln();
+        let pw = self.opts.head_pointwise;
+        let mut loss = 0.0;
+        let dy = Array2::from_shape_fn((b, 1), |(r, _)| {
+            let (y, t) = (fw.logits[r], labels[r]);
+            let log_p = y - log_z;
+            loss -= t / total * log_p;
+            // The pointwise term: the mean logistic loss over the head.
+            loss += pw * (y.max(0.0) + (-y.abs()).exp().ln_1p() - t * y) / b as f32;
+            let sig = 1.0 / (1.0 + (-y).exp());
+            log_p.exp() - t / total + pw * (sig - t) / b as f32
+        });
+        self.backprop(batch, &fw, &dy);
+        loss
+    }
+
+    /// Back-propagates `dy` (the loss's gradient by each logit) through the
+    /// forward pass `fw` of `batch`, leaving the gradients in the parameters.
+    fn backprop(&mut self, batch: &Batch, fw: &Forward, dy: &Array2<f32>) {
+        let (a, l) = (self.opts.attention, self.opts.history);
+        let b = fw.logits.len();
+        let hb = batch.mask.len() / l;
+        self.w2.grad_mut().assign(&fw.hidden.t().dot(dy));
         self.b2.g = dy.sum_axis(Axis(0)).to_vec();
         let mut dh = dy.dot(&self.w2.view().t());
         dh.zip_mut_with(&fw.hidden, |g, h| {
@@ -252,7 +393,6 @@ impl Din {
         self.wk.grad_mut().assign(&batch.history.t().dot(&dk));
         self.wv.grad_mut().assign(&batch.history.t().dot(&dv));
         self.wq.grad_mut().assign(&batch.candidates.t().dot(&dq));
-        loss / b as f32
     }
 
     /// Trains on `histories` (item numbers, oldest first) over item embeddings
@@ -366,6 +506,57 @@ impl Din {
         (model, last)
     }
 
+    /// Trains a head reranker on `heads` (the fused heads of held-out users,
+    /// each with its features and labels) over item embeddings `emb`
+    /// (`items × E`), minimising the listwise loss of
+    /// [`Din::backward_list`] with Adam for `opts.head_epochs` passes,
+    /// [`HEADS_PER_STEP`] heads a step, the heads of a step in parallel.
+    /// Calls `progress` with the epochs done; returns the model and the last
+    /// epoch's mean loss.
+    pub fn train_heads(
+        heads: &[HeadExample],
+        emb: &[f32],
+        e: usize,
+        opts: &DinOptions,
+        progress: &dyn Fn(usize),
+    ) -> (Self, f32) {
+        use rayon::prelude::*;
+        let f = heads.first().map_or(0, |h| h.features.ncols());
+        let mut model = Self::with_features(e, f, opts);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.seed ^ 0x11e4d);
+        let mut order: Vec<usize> = (0..heads.len()).collect();
+        let mut opt = Adam::new(opts.lr, 1e-4);
+        let mut last = 0.0;
+        for epoch in 0..opts.head_epochs {
+            order.shuffle(&mut rng);
+            let mut total = 0.0;
+            for step in order.chunks(HEADS_PER_STEP) {
+                let parts: Vec<(f32, Din)> = step
+                    .par_iter()
+                    .map(|&k| {
+                        let mut copy = model.clone();
+                        let loss = copy
+                            .backward_list(&heads[k].batch(emb, e, opts.history), &heads[k].labels);
+                        (loss, copy)
+                    })
+                    .collect();
+                let share = 1.0 / step.len() as f32;
+                let mut params = model.params_mut();
+                params.iter_mut().for_each(|p| p.zero_grad());
+                for (loss, mut copy) in parts {
+                    total += loss;
+                    for (p, q) in params.iter_mut().zip(copy.params_mut()) {
+                        p.g.iter_mut().zip(&q.g).for_each(|(g, x)| *g += share * x);
+                    }
+                }
+                opt.step(&mut params);
+            }
+            last = total / heads.len().max(1) as f32;
+            progress(epoch + 1);
+        }
+        (model, last)
+    }
+
     /// [`Din::backward`] over training examples `(user, target position,
     /// item, label)`, in parts of `part` run in parallel, each on its own
     /// copy of the model; the parts' gradients and losses are averaged by
@@ -429,7 +620,7 @@ impl Din {
             self.opts.history,
             self.opts.hidden,
         );
-        let f = FEATURES.len();
+        let f = self.features;
         let mut g = GraphBuilder::new("vecrec_din_reranker");
         let hist = g.input(
             "history",
@@ -536,6 +727,19 @@ pub fn auc(scored: &[(f32, bool)]) -> f64 {
         return 0.5;
     }
     (rank_sum - pos * (pos + 1.0) / 2.0) / (pos * neg)
+}
+
+impl HeadExample {
+    /// The head as one batch: its history shared by every candidate.
+    pub fn batch(&self, emb: &[f32], e: usize, history: usize) -> Batch {
+        let (h, mask) = history_slots(emb, e, &self.history, history);
+        Batch {
+            history: h,
+            mask,
+            candidates: gather(emb, e, &self.candidates),
+            features: self.features.clone(),
+        }
+    }
 }
 
 #[cfg(test)]

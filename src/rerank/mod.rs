@@ -36,6 +36,35 @@ pub struct DinMeta {
     pub embed: usize,
     /// Training loss of the last epoch.
     pub train_loss: f32,
+    /// The sources whose scores and ranks are features, in order (empty
+    /// for a model trained on sequences, which sees popularity only).
+    #[serde(default)]
+    pub sources: Vec<String>,
+    /// The feature names, in input order.
+    #[serde(default = "sequence_features")]
+    pub features: Vec<String>,
+    /// How it was trained: `heads` (listwise on held-out fused heads) or
+    /// `sequences`.
+    #[serde(default = "sequences")]
+    pub trained_on: String,
+    /// Held-out heads it was trained on (0 for `sequences`).
+    #[serde(default)]
+    pub heads: usize,
+}
+
+fn sequence_features() -> Vec<String> {
+    din::FEATURES.iter().map(|f| (*f).to_owned()).collect()
+}
+
+fn sequences() -> String {
+    "sequences".into()
+}
+
+impl DinMeta {
+    /// Whether the model reads the head's features ([`din::head_features`]).
+    pub fn on_heads(&self) -> bool {
+        self.trained_on == "heads"
+    }
 }
 
 /// A loaded reranker.
@@ -66,8 +95,13 @@ pub enum Reranker {
 pub struct RerankInput<'a> {
     /// History item numbers, oldest first.
     pub history: &'a [u32],
-    /// Candidate item numbers.
+    /// Candidate item numbers, the fused head's order.
     pub candidates: &'a [u32],
+    /// The fused score of each candidate (empty: only the order is known).
+    pub fused: &'a [f32],
+    /// The sources' candidate lists the head was fused from (empty when
+    /// the candidates came from elsewhere: every source feature is 0).
+    pub lists: &'a [crate::fusion::SourceList],
     /// Item embeddings of the two towers (`items × embed`).
     pub embeddings: &'a [f32],
     /// Interaction count per item.
@@ -176,7 +210,31 @@ impl Reranker {
                 let (hist, mask) =
                     din::history_slots(input.embeddings, e, input.history, meta.history);
                 let cands = din::gather(input.embeddings, e, input.candidates);
-                let feats = din::features(input.popularity, input.candidates);
+                let feats = if meta.on_heads() {
+                    let n = input.candidates.len();
+                    let head: Vec<(u32, f32)> = input
+                        .candidates
+                        .iter()
+                        .enumerate()
+                        .map(|(r, &i)| (i, input.fused.get(r).copied().unwrap_or((n - r) as f32)))
+                        .collect();
+                    din::head_features(
+                        &meta.sources,
+                        input.lists,
+                        &head,
+                        input.popularity,
+                        input.history.len(),
+                    )
+                } else {
+                    din::features(input.popularity, input.candidates)
+                };
+                if feats.ncols() != meta.features.len() {
+                    return Err(Error::Config(format!(
+                        "the reranker expects {} features, {} were computed",
+                        meta.features.len(),
+                        feats.ncols()
+                    )));
+                }
                 let b = input.candidates.len();
                 let (_, out) = model.run(vec![
                     (
@@ -190,10 +248,7 @@ impl Reranker {
                     ),
                     (
                         "features",
-                        Input::F32(
-                            vec![b, din::FEATURES.len()],
-                            feats.as_slice().unwrap_or(&[]),
-                        ),
+                        Input::F32(vec![b, feats.ncols()], feats.as_slice().unwrap_or(&[])),
                     ),
                 ])?;
                 check_len(out, b)

@@ -21,7 +21,7 @@ use std::ops::Range;
 use half::f16;
 use ndarray::{Array1, Array2, ArrayView2, Axis, Slice};
 use rand::seq::SliceRandom;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
 pub use crate::config::TwoTowerOptions;
@@ -158,6 +158,24 @@ impl TwoTower {
         opts: &TwoTowerOptions,
         progress: &dyn Fn(usize),
     ) -> (Self, f32) {
+        Self::train_split(histories, features, d, d, opts, progress)
+    }
+
+    /// [`TwoTower::train_with_progress`] over features whose columns from
+    /// `collab_from` on are collaborative (the ALS factors of
+    /// [`item_features`]: zero for an item without interactions): with
+    /// probability `opts.collab_dropout` a target item's collaborative
+    /// columns are zeroed in its item tower, so the tower learns to place an
+    /// item from its content alone (DropoutNet, Volkovs et al., NeurIPS 2017).
+    pub fn train_split(
+        histories: &[Vec<u32>],
+        features: &[f32],
+        d: usize,
+        collab_from: usize,
+        opts: &TwoTowerOptions,
+        progress: &dyn Fn(usize),
+    ) -> (Self, f32) {
+        let mut drop_rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.seed ^ 0xd0);
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.seed);
         let mut model = Self {
             opts: opts.clone(),
@@ -205,7 +223,21 @@ impl TwoTower {
                 let h = Array2::from_shape_fn((chunk.len(), d), |(r, c)| {
                     pooled[chunk[r] * d + c].to_f32()
                 });
-                total += model.step(&h, &targets, features, &logq, &mut opt);
+                let dropped: Vec<usize> = if opts.collab_dropout > 0.0 && collab_from < d {
+                    chunk
+                        .iter()
+                        .map(|_| {
+                            if drop_rng.gen::<f32>() < opts.collab_dropout {
+                                collab_from
+                            } else {
+                                d
+                            }
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                total += model.step(&h, &targets, &dropped, features, &logq, &mut opt);
                 batches += 1;
             }
             last = total / batches.max(1) as f32;
@@ -229,11 +261,12 @@ impl TwoTower {
         &mut self,
         h: &Array2<f32>,
         targets: &[u32],
+        keep: &[usize],
         features: &[f32],
         logq: &[f32],
         opt: &mut Adam,
     ) -> f32 {
-        let loss = self.backward(h, targets, features, logq, PART);
+        let loss = self.backward(h, targets, keep, features, logq, PART);
         opt.step(&mut self.params_mut());
         loss
     }
@@ -250,6 +283,7 @@ impl TwoTower {
         &mut self,
         h: &Array2<f32>,
         targets: &[u32],
+        keep: &[usize],
         features: &[f32],
         logq: &[f32],
         part: usize,
@@ -266,8 +300,13 @@ impl TwoTower {
         let items: Vec<(Array2<f32>, Array2<f32>, Vec<f32>)> = ranges
             .par_iter()
             .map(|rows| {
+                // A row's columns from `keep[row]` on are zeroed (dropout).
                 let x = Array2::from_shape_fn((rows.len(), d), |(r, c)| {
-                    features[targets[rows.start + r] as usize * d + c]
+                    if keep.get(rows.start + r).is_some_and(|&k| c >= k) {
+                        0.0
+                    } else {
+                        features[targets[rows.start + r] as usize * d + c]
+                    }
                 });
                 let mut e = x.dot(&self.item.view());
                 let norms = normalize_rows(&mut e);
@@ -446,7 +485,6 @@ pub fn item_features(content: &[f32], dc: usize, als: &[f32], df: usize) -> Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::Rng;
 
     /// Items in 4 clusters; each user walks inside one cluster, so the next
     /// item is predictable from the history's cluster.
@@ -493,6 +531,78 @@ mod tests {
         assert!(hr > 0.9, "hit rate {hr}");
     }
 
+    /// The dropout zeroes a target's collaborative columns in the item
+    /// tower: their rows of the item weights get no gradient from it, and a
+    /// model trained with it places items from their content columns alone.
+    #[test]
+    fn collaborative_dropout_trains_the_tower_on_content_alone() {
+        let (histories, mut features, d) = planted();
+        let opts = TwoTowerOptions {
+            dim: 4,
+            hidden: 6,
+            epochs: 0,
+            ..Default::default()
+        };
+        let (mut model, _) = TwoTower::train(&histories, &features, d, &opts);
+        let pooled: Vec<f32> = (0..6)
+            .flat_map(|u| pool(&features, d, &histories[u][..5], &[1.0; 5]))
+            .collect();
+        let h = Array2::from_shape_vec((6, d), pooled).unwrap();
+        let targets: Vec<u32> = (0..6).map(|u| histories[u][5]).collect();
+        let logq = vec![0.0f32; features.len() / d];
+        model.backward(&h, &targets, &[4; 6], &features, &logq, 6);
+        let g = &model.item.g;
+        assert!(g[..4 * opts.dim].iter().any(|x| x.abs() > 1e-6));
+        assert!(g[4 * opts.dim..].iter().all(|&x| x == 0.0));
+        // Without dropout the same columns do get a gradient.
+        model.backward(&h, &targets, &[], &features, &logq, 6);
+        assert!(model.item.g[4 * opts.dim..].iter().any(|x| x.abs() > 1e-6));
+
+        // Columns 4.. carry the clusters too, and the model is trained to
+        // do without them: new items (those columns zero) still land in
+        // their cluster.
+        for i in 0..features.len() / d {
+            features[i * d + 4 + i % 4] += 1.0;
+        }
+        let opts = TwoTowerOptions {
+            dim: 8,
+            hidden: 16,
+            epochs: 30,
+            batch: 64,
+            lr: 0.01,
+            collab_dropout: 0.8,
+            ..Default::default()
+        };
+        let (model, _) = TwoTower::train_split(&histories, &features, d, 4, &opts, &|_| {});
+        let mut cold = features.clone();
+        for i in 0..cold.len() / d {
+            cold[i * d + 4..(i + 1) * d]
+                .iter_mut()
+                .for_each(|x| *x = 0.0);
+        }
+        let items = model.item_vectors(&cold);
+        let pairs = (0..40).filter(|u| {
+            let user = model.user_vector(&features, &histories[*u][..10]);
+            let c = u % 4;
+            // The best-scored new item is of the user's cluster.
+            let best = (0..80)
+                .max_by(|&a, &b| {
+                    let s = |i: usize| -> f32 {
+                        items[i * 8..(i + 1) * 8]
+                            .iter()
+                            .zip(&user)
+                            .map(|(x, y)| x * y)
+                            .sum()
+                    };
+                    s(a).total_cmp(&s(b))
+                })
+                .unwrap();
+            best % 4 == c
+        });
+        let hits = pairs.count();
+        assert!(hits >= 36, "{hits} of 40 users");
+    }
+
     #[test]
     fn gradients_match_finite_differences() {
         let (histories, features, d) = planted();
@@ -515,11 +625,11 @@ mod tests {
         let logq = vec![0.0f32; features.len() / d];
         let loss_at = |m: &TwoTower| {
             let mut c = m.clone();
-            c.backward(&h, &targets, &features, &logq, 6) as f64
+            c.backward(&h, &targets, &[], &features, &logq, 6) as f64
         };
         let grads = |part: usize| -> (f32, Vec<Vec<f32>>) {
             let mut c = model.clone();
-            let loss = c.backward(&h, &targets, &features, &logq, part);
+            let loss = c.backward(&h, &targets, &[], &features, &logq, part);
             (loss, c.params_mut().iter().map(|p| p.g.clone()).collect())
         };
         let (loss, analytic) = grads(6);

@@ -10,7 +10,9 @@ use rand::{Rng, SeedableRng};
 use vecrec::config::Config;
 use vecrec::engine::{Engine, RecommendOptions, Source, UserRef};
 use vecrec::nn::onnx::{Attr, Dim, GraphBuilder, FLOAT, INT64};
-use vecrec::rerank::din::{features, gather, history_slots, Batch, Din, DinOptions};
+use vecrec::rerank::din::{
+    features, gather, head_feature_names, history_slots, Batch, Din, DinOptions, HeadExample,
+};
 use vecrec::rerank::{RerankConfig, RerankKind};
 use vecrec::retrieve::two_tower::{pooling_weights, TwoTower, TwoTowerOptions};
 use vecrec::runtime::{locate_ort, Device, Input, ModelSource, OnnxModel};
@@ -184,6 +186,74 @@ fn the_reranker_served_by_ort_matches_the_rust_model() {
     assert!(diff <= 1e-4, "largest difference {diff}");
 }
 
+/// The reranker trained on fused heads (more features, the listwise loss)
+/// is served by ONNX Runtime as its Rust forward pass computes it.
+#[test]
+fn the_head_reranker_served_by_ort_matches_the_rust_model() {
+    let (n, e) = (150, 16);
+    let (emb, histories) = data(n, e, 40);
+    let sources: Vec<String> = vec!["ease".into(), "two_tower".into(), "als".into()];
+    let f = head_feature_names(&sources).len();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(21);
+    let heads: Vec<HeadExample> = histories
+        .iter()
+        .map(|h| {
+            let cands: Vec<u32> = (0..30).map(|_| rng.gen_range(0..n as u32)).collect();
+            HeadExample {
+                history: h[..h.len() / 2].to_vec(),
+                features: ndarray::Array2::from_shape_fn((cands.len(), f), |_| {
+                    rng.gen_range(0.0..1.0)
+                }),
+                labels: cands
+                    .iter()
+                    .map(|i| f32::from(u8::from(h.contains(i))))
+                    .collect(),
+                candidates: cands,
+            }
+        })
+        .collect();
+    let opts = DinOptions {
+        attention: 8,
+        hidden: 16,
+        history: 6,
+        head_epochs: 2,
+        ..Default::default()
+    };
+    let (model, loss) = Din::train_heads(&heads, &emb, e, &opts, &|_| {});
+    assert!(loss.is_finite());
+    assert_eq!(model.features, f);
+    let onnx = served(&model.onnx());
+    for head in &heads[..3] {
+        let b = head.batch(&emb, e, opts.history);
+        let (_, out) = onnx
+            .run(vec![
+                (
+                    "history",
+                    Input::F32(vec![1, opts.history, e], b.history.as_slice().unwrap()),
+                ),
+                ("history_mask", Input::F32(vec![1, opts.history], &b.mask)),
+                (
+                    "candidate",
+                    Input::F32(
+                        vec![b.candidates.nrows(), e],
+                        b.candidates.as_slice().unwrap(),
+                    ),
+                ),
+                (
+                    "features",
+                    Input::F32(
+                        vec![b.candidates.nrows(), f],
+                        b.features.as_slice().unwrap(),
+                    ),
+                ),
+            ])
+            .unwrap();
+        let diff = max_diff(&out, &model.score(&b));
+        eprintln!("head reranker, Rust vs ONNX Runtime: largest difference {diff:e}");
+        assert!(diff <= 1e-4, "largest difference {diff}");
+    }
+}
+
 #[test]
 fn the_build_stores_both_models_and_the_engine_serves_them() {
     let s = sample_index();
@@ -192,6 +262,23 @@ fn the_build_stores_both_models_and_the_engine_serves_them() {
     let engine = Engine::open(&s.root, cfg.clone(), Some(encoder())).unwrap();
     let reranker = engine.reranker().expect("the build trains a reranker");
     assert_eq!(reranker.name(), "din");
+    // By default it is trained on the fused heads of held-out users, with
+    // every source's score and rank among its features.
+    let meta: vecrec::rerank::DinMeta =
+        vecrec_index::format::read_json(&engine.index().dir().join(vecrec::layout::DIN_META_FILE))
+            .unwrap();
+    assert_eq!(meta.trained_on, "heads");
+    assert!(meta.heads > 0, "{meta:?}");
+    assert!(meta.train_loss.is_finite());
+    let names: Vec<String> = Source::ALL.iter().map(|s| s.name().to_owned()).collect();
+    assert_eq!(meta.sources, names);
+    assert_eq!(meta.features, head_feature_names(&names));
+    // No scratch build is left behind in the index root.
+    assert!(std::fs::read_dir(&s.root).unwrap().all(|d| !d
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .contains("rerank-holdout")));
     let u = engine.users().lookup("u0001").unwrap();
     let hist = engine.users().history(u);
     let seen: std::collections::HashSet<u32> = hist.iter().map(|h| h.0).collect();
@@ -205,6 +292,20 @@ fn the_build_stores_both_models_and_the_engine_serves_them() {
     let rr = engine.rerank_list(&hist, &cands).unwrap();
     assert_eq!(rr.items.len(), 50);
     assert!(rr.items.iter().all(|(_, s)| s.is_finite()));
+    // Over the sources' lists it sees their scores: the same items score
+    // otherwise than with their order alone.
+    let head = engine
+        .rerank_head(&hist, &lists, vecrec::config::FusionMethod::Geometric)
+        .unwrap();
+    let alone = engine
+        .rerank_list(&hist, &head.items.iter().map(|e| e.0).collect::<Vec<_>>())
+        .unwrap();
+    let by = |l: &vecrec::fusion::SourceList| {
+        let mut v = l.items.clone();
+        v.sort_by_key(|e| e.0);
+        v
+    };
+    assert_ne!(by(&head), by(&alone));
     // Reranking changes the answer, and a zero weight turns it off.
     let opts = RecommendOptions {
         k: 10,

@@ -165,3 +165,167 @@ fn auc_of_hand_made_scores() {
     let v = auc(&[(0.1, false), (0.4, true), (0.5, false), (0.8, true)]);
     assert!((v - 0.75).abs() < 1e-12);
 }
+
+/// A head of `n` candidates for one history, with random features and the
+/// given labels.
+fn toy_head(history: &[u32], n: usize, f: usize, positives: &[usize]) -> HeadExample {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    HeadExample {
+        history: history.to_vec(),
+        candidates: (0..n as u32).map(|i| i * 2 + 1).collect(),
+        features: Array2::from_shape_fn((n, f), |_| rng.gen_range(0.0..1.0)),
+        labels: (0..n)
+            .map(|r| f32::from(u8::from(positives.contains(&r))))
+            .collect(),
+    }
+}
+
+#[test]
+fn the_listwise_gradient_matches_finite_differences() {
+    let (histories, emb, e, _) = toy();
+    let opts = DinOptions {
+        head_pointwise: 0.5,
+        ..small()
+    };
+    let f = 3;
+    let mut model = Din::with_features(e, f, &opts);
+    model.pos.w = vec![0.3, -0.2, 0.1, 0.05];
+    let head = toy_head(&histories[3][..3], 6, f, &[1, 4]);
+    let batch = head.batch(&emb, e, opts.history);
+    let mut c = model.clone();
+    let loss = c.backward_list(&batch, &head.labels);
+    // Two positives of six: the loss is at least ln 3 (the labels' entropy).
+    assert!(loss >= 3f32.ln() - 1e-5, "loss {loss}");
+    let analytic: Vec<Vec<f32>> = c.params_mut().iter().map(|p| p.g.clone()).collect();
+    for (p, k) in [
+        (0usize, 2usize),
+        (1, 7),
+        (2, 3),
+        (3, 1),
+        (4, 10),
+        (4, 3 * opts.attention + 1),
+        (5, 2),
+        (6, 3),
+    ] {
+        let eps = 1e-2f32;
+        let orig = model.params_mut()[p].w[k];
+        model.params_mut()[p].w[k] = orig + eps;
+        let up = model.clone().backward_list(&batch, &head.labels) as f64;
+        model.params_mut()[p].w[k] = orig - eps;
+        let down = model.clone().backward_list(&batch, &head.labels) as f64;
+        model.params_mut()[p].w[k] = orig;
+        let fd = (up - down) / (2.0 * eps as f64);
+        let an = analytic[p][k] as f64;
+        assert!(
+            (fd - an).abs() < 1e-3 + 0.05 * an.abs(),
+            "param {p}[{k}]: finite difference {fd}, analytic {an}"
+        );
+    }
+    // The bias moves every logit alike: the softmax alone does not see it.
+    let mut listwise = Din::with_features(
+        e,
+        f,
+        &DinOptions {
+            head_pointwise: 0.0,
+            ..small()
+        },
+    );
+    listwise.backward_list(&batch, &head.labels);
+    assert!(listwise.b2.g[0].abs() < 1e-6, "{}", listwise.b2.g[0]);
+    assert!(analytic[7][0].abs() > 1e-4, "{}", analytic[7][0]);
+    // A head without a positive teaches nothing.
+    let none = toy_head(&histories[3][..3], 6, f, &[]);
+    let mut c = model.clone();
+    assert_eq!(
+        c.backward_list(&none.batch(&emb, e, opts.history), &none.labels),
+        0.0
+    );
+    assert!(c.params_mut().iter().all(|p| p.g.iter().all(|&g| g == 0.0)));
+}
+
+#[test]
+fn trained_on_heads_it_learns_which_feature_marks_the_positives() {
+    let (histories, emb, e, _) = toy();
+    let f = 2;
+    // The positive is the candidate whose first feature is largest; the
+    // second feature is noise, and the head order says nothing.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+    let heads: Vec<HeadExample> = (0..80)
+        .map(|u| {
+            let n = 12;
+            let features = Array2::from_shape_fn((n, f), |_| rng.gen_range(0.0..1.0f32));
+            let best = (0..n)
+                .max_by(|&a, &b| features[[a, 0]].total_cmp(&features[[b, 0]]))
+                .unwrap();
+            HeadExample {
+                history: histories[u][..5].to_vec(),
+                candidates: (0..n as u32).map(|i| (i * 5 + u as u32) % 60).collect(),
+                features,
+                labels: (0..n).map(|r| f32::from(u8::from(r == best))).collect(),
+            }
+        })
+        .collect();
+    let (train, held) = heads.split_at(60);
+    let opts = DinOptions {
+        attention: 4,
+        hidden: 8,
+        history: 4,
+        head_epochs: 30,
+        lr: 0.01,
+        ..Default::default()
+    };
+    let (model, loss) = Din::train_heads(train, &emb, e, &opts, &|_| {});
+    assert_eq!(model.features, f);
+    assert!(loss.is_finite() && loss < 12f32.ln(), "loss {loss}");
+    let top1 = held
+        .iter()
+        .filter(|h| {
+            let s = model.score(&h.batch(&emb, e, opts.history));
+            let best = (0..s.len()).max_by(|&a, &b| s[a].total_cmp(&s[b])).unwrap();
+            h.labels[best] > 0.0
+        })
+        .count();
+    // Chance is 1 in 12.
+    assert!(top1 >= 14, "{top1} of {} held-out heads", held.len());
+}
+
+#[test]
+fn head_features_follow_the_sources_lists() {
+    let sources: Vec<String> = vec!["ease".into(), "als".into()];
+    let lists = vec![
+        SourceList {
+            name: "ease",
+            weight: 1.0,
+            items: vec![(7, 2.0), (3, 1.0), (5, 0.0)],
+        },
+        // A list of weight 0 is not part of the fusion: absent.
+        SourceList {
+            name: "als",
+            weight: 0.0,
+            items: vec![(3, 9.0)],
+        },
+    ];
+    let head = [(3u32, 0.9f32), (7, 0.5), (9, 0.1)];
+    let pop = vec![0.0, 0.0, 0.0, 3.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+    let x = head_features(&sources, &lists, &head, &pop, 9);
+    let names = head_feature_names(&sources);
+    assert_eq!(x.ncols(), names.len());
+    assert_eq!(
+        names[..4],
+        ["ease_score", "ease_rrank", "als_score", "als_rrank"]
+    );
+    // Item 3: second in EASE's list (min-max 0.5, rank 2), absent from ALS.
+    assert_eq!(x.row(0).to_vec()[..4], [0.5, 0.5, 0.0, 0.0]);
+    // Item 7: EASE's first.
+    assert_eq!(x.row(1).to_vec()[..2], [1.0, 1.0]);
+    // Item 9: in no list.
+    assert_eq!(x.row(2).to_vec()[..4], [0.0; 4]);
+    // Fused min-max score and rank in the head.
+    for (r, want) in [1.0, 0.5, 0.0].into_iter().enumerate() {
+        assert!((x[[r, 4]] - want).abs() < 1e-6, "{}", x[[r, 4]]);
+    }
+    assert_eq!([x[[0, 5]], x[[1, 5]]], [1.0, 0.5]);
+    // Popularity scaled by the most popular item's; history length log-scaled.
+    assert!((x[[0, 6]] - 1.0).abs() < 1e-6 && x[[1, 6]] == 0.0);
+    assert!((x[[0, 7]] - 10f32.ln() / 1001f32.ln()).abs() < 1e-6);
+}

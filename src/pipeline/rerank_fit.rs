@@ -1,0 +1,187 @@
+//! The reranker's training set, made the way production rankers are
+//! trained: on what it will rerank.
+//!
+//! The newest ceil(n/5) interactions of every user with n ≥ 2 are held out
+//! (the rule of EVAL.md). Every source is trained a second time, on the older
+//! interactions only, into a scratch generation beside the one being
+//! written; each held-out user's older interactions then go through that
+//! generation exactly as a request would (sources, then the fusion of
+//! `BuildOptions::head_hybrid`), and the fused head (`rerank.candidates`
+//! items) becomes one training example: its items, their features
+//! ([`din::head_features`]) and labels (whether the user went on to take
+//! the item). Unlike the learned fusion's fit ([`super::fusion_fit`]), no
+//! model has seen the held-out interactions, so the sources' scores are as
+//! accurate as they are on new behaviour; the price is a second training of
+//! the sources.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use rayon::prelude::*;
+
+use super::{bar, History, Rerank};
+use crate::catalog::{CatalogItem, Interaction};
+use crate::config::{Config, FusionMethod};
+use crate::engine::{Engine, Source};
+use crate::error::{Error, Result};
+use crate::fusion::fuse;
+use crate::rerank::din::{self, HeadExample};
+use crate::retrieve::TrainOptions;
+
+/// A scratch directory, removed when dropped.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    /// `.rerank-holdout-<pid>` under `parent`, emptied first.
+    fn new(parent: &Path) -> Result<Self> {
+        let p = parent.join(format!(".rerank-holdout-{}", std::process::id()));
+        if p.exists() {
+            std::fs::remove_dir_all(&p).map_err(|e| Error::io(&p, e))?;
+        }
+        std::fs::create_dir_all(&p).map_err(|e| Error::io(&p, e))?;
+        Ok(Self(p))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The held-out heads of `users` (histories oldest first, items numbered as
+/// in `items`), with the source names their features follow. Builds and
+/// removes a scratch generation under `scratch`. Returns the heads with at
+/// least one held-out item, the sources, and a description of the work.
+pub(super) fn heads(
+    scratch: &Path,
+    items: &[CatalogItem],
+    vectors: &[Vec<f32>],
+    users: &[(String, History)],
+    opts: &super::BuildOptions,
+    train: &TrainOptions,
+) -> Result<(Vec<HeadExample>, Vec<String>, String)> {
+    let mut held: Vec<(&str, &History, usize)> = users
+        .iter()
+        .filter(|(_, h)| h.len() >= 2)
+        .map(|(u, h)| (u.as_str(), h, h.len() - h.len().div_ceil(5)))
+        .collect();
+    let sources: Vec<String> = Source::ALL.iter().map(|s| s.name().to_owned()).collect();
+    if held.is_empty() {
+        return Ok((Vec::new(), sources, "no user with two interactions".into()));
+    }
+    let all = held.len();
+    if held.len() > train.reranker.head_users {
+        held.sort_by_key(|(u, _, _)| (super::fusion_fit::stable_hash(u), *u));
+        held.truncate(train.reranker.head_users);
+        held.sort_by_key(|(u, _, _)| *u);
+    }
+    let cut_of: std::collections::HashMap<&str, usize> =
+        held.iter().map(|(u, _, c)| (*u, *c)).collect();
+    // Every user's older interactions (all of them for users not held out),
+    // in order: a timestamp per position keeps the order the build sorts by.
+    let older: Vec<Interaction> = users
+        .iter()
+        .flat_map(|(u, h)| {
+            let keep = cut_of.get(u.as_str()).copied().unwrap_or(h.len());
+            h[..keep]
+                .iter()
+                .enumerate()
+                .map(move |(t, &(i, w))| Interaction {
+                    user: u.clone(),
+                    item: items[i as usize].id.clone(),
+                    timestamp: t as i64,
+                    event: None,
+                    weight: w,
+                })
+        })
+        .collect();
+    let dir = Scratch::new(scratch)?;
+    let inner = super::BuildOptions {
+        keep_generations: 1,
+        learn_fusion: None,
+        embedding_cache: false,
+        ..opts.clone()
+    };
+    let report = super::build_generation_inner(
+        dir.path(),
+        items,
+        vectors,
+        &older,
+        &inner,
+        Default::default(),
+        super::Stages::new(),
+        Rerank::Skip,
+    )?;
+    let hybrid = opts.head_hybrid.clone().unwrap_or_default();
+    let method = match hybrid.fusion {
+        FusionMethod::Learned => FusionMethod::Geometric,
+        m => m,
+    };
+    let cfg = Config {
+        users: opts.users.clone(),
+        hybrid: crate::config::HybridConfig {
+            fusion: method,
+            ..hybrid
+        },
+        train: train.clone(),
+        ..Default::default()
+    };
+    let take = cfg.rerank.candidates;
+    let rrf_k = cfg.hybrid.rrf_k;
+    let engine = Engine::open_generation(&report.generation, cfg, None)?;
+    let histories: Vec<Vec<u32>> = users
+        .iter()
+        .map(|(u, h)| {
+            let keep = cut_of.get(u.as_str()).copied().unwrap_or(h.len());
+            h[..keep].iter().map(|x| x.0).collect()
+        })
+        .collect();
+    let popularity = crate::retrieve::popularity(&histories, items.len());
+    let pb = bar(held.len(), "rerank heads", opts.progress);
+    let heads: Vec<HeadExample> = held
+        .par_iter()
+        .map(|&(_, h, cut)| {
+            let hist = &h[..cut];
+            let seen: HashSet<u32> = hist.iter().map(|e| e.0).collect();
+            let truth: HashSet<u32> = h[cut..].iter().map(|e| e.0).collect();
+            let lists = engine.candidate_lists(hist, None, &|i| !seen.contains(&i), method)?;
+            let head: Vec<(u32, f32)> =
+                fuse(method, &lists, rrf_k).into_iter().take(take).collect();
+            pb.inc(1);
+            let labels: Vec<f32> = head
+                .iter()
+                .map(|(i, _)| f32::from(u8::from(truth.contains(i))))
+                .collect();
+            if !labels.iter().any(|&y| y > 0.0) {
+                return Ok(None);
+            }
+            Ok(Some(HeadExample {
+                history: hist.iter().map(|e| e.0).collect(),
+                candidates: head.iter().map(|e| e.0).collect(),
+                features: din::head_features(&sources, &lists, &head, &popularity, hist.len()),
+                labels,
+            }))
+        })
+        .collect::<Result<Vec<Option<HeadExample>>>>()?
+        .into_iter()
+        .flatten()
+        .collect();
+    pb.finish_and_clear();
+    drop(engine);
+    let positives: usize = heads
+        .iter()
+        .map(|h| h.labels.iter().filter(|&&y| y > 0.0).count())
+        .sum();
+    let work = format!(
+        "{} of {all} users held out, sources trained on {} interactions; {} heads with a positive ({positives} positives)",
+        held.len(),
+        older.len(),
+        heads.len()
+    );
+    Ok((heads, sources, work))
+}
