@@ -404,17 +404,8 @@ impl Engine {
     /// reranked and fused by `method`, best first. `Recommend` is this, cut;
     /// the evaluator calls it to rank among a chosen set of items (the new
     /// items of the cold-start protocol).
+    /// `deadline` is checked before each stage.
     pub fn fused_candidates(
-        &self,
-        history: &[(u32, f32)],
-        user: Option<u32>,
-        accept: &(dyn Fn(u32) -> bool + Sync),
-        method: FusionMethod,
-    ) -> Result<Vec<(u32, f32)>> {
-        self.fused_within(history, user, accept, method, Deadline::NONE)
-    }
-
-    fn fused_within(
         &self,
         history: &[(u32, f32)],
         user: Option<u32>,
@@ -546,7 +537,8 @@ impl Engine {
             let filter = opts.filter.as_ref().filter(|f| !f.is_empty());
             let accept = |i: u32| admissible(store, &exclude, filter, i);
             let method = opts.fusion.unwrap_or(self.cfg.hybrid.fusion);
-            let fused = self.fused_within(&history, user_number, &accept, method, opts.deadline)?;
+            let fused =
+                self.fused_candidates(&history, user_number, &accept, method, opts.deadline)?;
             return Ok(fused
                 .into_iter()
                 .take(k)

@@ -175,7 +175,13 @@ impl Run<'_> {
                     let seen: HashSet<u32> = hist.iter().map(|h| h.0).collect();
                     let accept = |i: u32| cold_rows.contains(&i) && !seen.contains(&i);
                     let ranked: Vec<u32> = engine
-                        .fused_candidates(&hist, user, &accept, method)?
+                        .fused_candidates(
+                            &hist,
+                            user,
+                            &accept,
+                            method,
+                            crate::deadline::Deadline::NONE,
+                        )?
                         .into_iter()
                         .take(20)
                         .map(|e| e.0)

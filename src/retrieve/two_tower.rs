@@ -509,6 +509,29 @@ mod tests {
         (histories, features, d)
     }
 
+    /// An untrained small model (dim 4, hidden 6) and a batch of six users'
+    /// pooled histories (five items, recency-weighted) with their next
+    /// items, no logQ correction.
+    fn small_batch(
+        histories: &[Vec<u32>],
+        features: &[f32],
+        d: usize,
+    ) -> (TwoTower, Array2<f32>, Vec<u32>, Vec<f32>) {
+        let opts = TwoTowerOptions {
+            dim: 4,
+            hidden: 6,
+            epochs: 0,
+            ..Default::default()
+        };
+        let (model, _) = TwoTower::train(histories, features, d, &opts);
+        let pooled: Vec<f32> = (0..6)
+            .flat_map(|u| pool(features, d, &histories[u][..5], &[1.0, 0.9, 0.8, 0.7, 0.6]))
+            .collect();
+        let h = Array2::from_shape_vec((6, d), pooled).unwrap();
+        let targets: Vec<u32> = (0..6).map(|u| histories[u][5]).collect();
+        (model, h, targets, vec![0.0f32; features.len() / d])
+    }
+
     #[test]
     fn learns_a_planted_cluster_structure() {
         let (histories, features, d) = planted();
@@ -537,26 +560,15 @@ mod tests {
     #[test]
     fn collaborative_dropout_trains_the_tower_on_content_alone() {
         let (histories, mut features, d) = planted();
-        let opts = TwoTowerOptions {
-            dim: 4,
-            hidden: 6,
-            epochs: 0,
-            ..Default::default()
-        };
-        let (mut model, _) = TwoTower::train(&histories, &features, d, &opts);
-        let pooled: Vec<f32> = (0..6)
-            .flat_map(|u| pool(&features, d, &histories[u][..5], &[1.0; 5]))
-            .collect();
-        let h = Array2::from_shape_vec((6, d), pooled).unwrap();
-        let targets: Vec<u32> = (0..6).map(|u| histories[u][5]).collect();
-        let logq = vec![0.0f32; features.len() / d];
+        let dim = 4;
+        let (mut model, h, targets, logq) = small_batch(&histories, &features, d);
         model.backward(&h, &targets, &[4; 6], &features, &logq, 6);
         let g = &model.item.g;
-        assert!(g[..4 * opts.dim].iter().any(|x| x.abs() > 1e-6));
-        assert!(g[4 * opts.dim..].iter().all(|&x| x == 0.0));
+        assert!(g[..4 * dim].iter().any(|x| x.abs() > 1e-6));
+        assert!(g[4 * dim..].iter().all(|&x| x == 0.0));
         // Without dropout the same columns do get a gradient.
         model.backward(&h, &targets, &[], &features, &logq, 6);
-        assert!(model.item.g[4 * opts.dim..].iter().any(|x| x.abs() > 1e-6));
+        assert!(model.item.g[4 * dim..].iter().any(|x| x.abs() > 1e-6));
 
         // Columns 4.. carry the clusters too, and the model is trained to
         // do without them: new items (those columns zero) still land in
@@ -606,23 +618,11 @@ mod tests {
     #[test]
     fn gradients_match_finite_differences() {
         let (histories, features, d) = planted();
-        let opts = TwoTowerOptions {
-            dim: 4,
-            hidden: 6,
-            epochs: 0,
-            ..Default::default()
-        };
-        let (mut model, _) = TwoTower::train(&histories, &features, d, &opts);
+        let (mut model, h, targets, logq) = small_batch(&histories, &features, d);
         // Positive biases keep every hidden unit active and every output away
         // from the origin, where the normalisation is not differentiable.
         model.b1.w.iter_mut().for_each(|b| *b = 0.1);
         model.b2.w = vec![0.3, -0.2, 0.25, 0.1];
-        let pooled: Vec<f32> = (0..6)
-            .flat_map(|u| pool(&features, d, &histories[u][..5], &[1.0, 0.9, 0.8, 0.7, 0.6]))
-            .collect();
-        let h = Array2::from_shape_vec((6, d), pooled).unwrap();
-        let targets: Vec<u32> = (0..6).map(|u| histories[u][5]).collect();
-        let logq = vec![0.0f32; features.len() / d];
         let loss_at = |m: &TwoTower| {
             let mut c = m.clone();
             c.backward(&h, &targets, &[], &features, &logq, 6) as f64

@@ -49,6 +49,29 @@ fn data(n: usize, d: usize, users: usize) -> (Vec<f32>, Vec<Vec<u32>>) {
     (features, histories)
 }
 
+/// The served reranker's scores of a batch (`hb` histories of `l` slots).
+fn run_din(onnx: &OnnxModel, b: &Batch, hb: usize, l: usize, e: usize) -> Vec<f32> {
+    let n = b.candidates.nrows();
+    let (_, out) = onnx
+        .run(vec![
+            (
+                "history",
+                Input::F32(vec![hb, l, e], b.history.as_slice().unwrap()),
+            ),
+            ("history_mask", Input::F32(vec![hb, l], &b.mask)),
+            (
+                "candidate",
+                Input::F32(vec![n, e], b.candidates.as_slice().unwrap()),
+            ),
+            (
+                "features",
+                Input::F32(vec![n, b.features.ncols()], b.features.as_slice().unwrap()),
+            ),
+        ])
+        .unwrap();
+    out
+}
+
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter()
@@ -124,32 +147,7 @@ fn the_reranker_served_by_ort_matches_the_rust_model() {
     let (model, _) = Din::train(&histories, &emb, e, &pop, None, &opts);
     let onnx = served(&model.onnx());
     let l = opts.history;
-    let run = |b: &Batch, hb: usize| {
-        let (_, out) = onnx
-            .run(vec![
-                (
-                    "history",
-                    Input::F32(vec![hb, l, e], b.history.as_slice().unwrap()),
-                ),
-                ("history_mask", Input::F32(vec![hb, l], &b.mask)),
-                (
-                    "candidate",
-                    Input::F32(
-                        vec![b.candidates.nrows(), e],
-                        b.candidates.as_slice().unwrap(),
-                    ),
-                ),
-                (
-                    "features",
-                    Input::F32(
-                        vec![b.candidates.nrows(), b.features.ncols()],
-                        b.features.as_slice().unwrap(),
-                    ),
-                ),
-            ])
-            .unwrap();
-        out
-    };
+    let run = |b: &Batch, hb: usize| run_din(&onnx, b, hb, l, e);
     // One history shared by 40 candidates (serving), including a history
     // shorter than the slots (padding).
     for h in [&histories[0], &histories[7][..2].to_vec()] {
@@ -225,29 +223,7 @@ fn the_head_reranker_served_by_ort_matches_the_rust_model() {
     let onnx = served(&model.onnx());
     for head in &heads[..3] {
         let b = head.batch(&emb, e, opts.history);
-        let (_, out) = onnx
-            .run(vec![
-                (
-                    "history",
-                    Input::F32(vec![1, opts.history, e], b.history.as_slice().unwrap()),
-                ),
-                ("history_mask", Input::F32(vec![1, opts.history], &b.mask)),
-                (
-                    "candidate",
-                    Input::F32(
-                        vec![b.candidates.nrows(), e],
-                        b.candidates.as_slice().unwrap(),
-                    ),
-                ),
-                (
-                    "features",
-                    Input::F32(
-                        vec![b.candidates.nrows(), f],
-                        b.features.as_slice().unwrap(),
-                    ),
-                ),
-            ])
-            .unwrap();
+        let out = run_din(&onnx, &b, 1, opts.history, e);
         let diff = max_diff(&out, &model.score(&b));
         eprintln!("head reranker, Rust vs ONNX Runtime: largest difference {diff:e}");
         assert!(diff <= 1e-4, "largest difference {diff}");
