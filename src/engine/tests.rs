@@ -342,3 +342,68 @@ fn a_build_with_learned_fusion_trains_every_model_once() {
     // Users of category b (u % 3 == 1) get category-b items first.
     assert_eq!(category(&e, &got[0].id), "b");
 }
+
+/// A listwise reranker needs held-out heads with a positive; when no user
+/// has two interactions there are none, and the build trains the reranker
+/// on sequences instead of writing a model with no features.
+#[test]
+fn without_held_out_heads_the_reranker_is_trained_on_sequences() {
+    let dir = tempfile::tempdir().unwrap();
+    let (items, vectors) = catalogue();
+    let once: Vec<Interaction> = (0..USERS)
+        .map(|u| Interaction {
+            user: format!("user{u}"),
+            item: format!("item{}", u % ITEMS),
+            timestamp: 0,
+            event: None,
+            weight: 1.0,
+        })
+        .collect();
+    let opts = BuildOptions {
+        progress: false,
+        train: Some(TrainOptions {
+            als: AlsOptions {
+                factors: 8,
+                iterations: 2,
+                ..Default::default()
+            },
+            two_tower: crate::config::TwoTowerOptions {
+                epochs: 1,
+                ..Default::default()
+            },
+            reranker: crate::config::DinOptions {
+                epochs: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        }),
+        learn_fusion: None,
+        ..Default::default()
+    };
+    assert!(opts.train.as_ref().unwrap().reranker.listwise);
+    let report = build_generation(
+        dir.path(),
+        &items,
+        &vectors,
+        &once,
+        &opts,
+        Default::default(),
+    )
+    .unwrap();
+    let holdout = report
+        .stages
+        .iter()
+        .find(|s| s.stage == "rerank-holdout")
+        .unwrap();
+    assert!(
+        holdout.work.contains("no user with two interactions"),
+        "{}",
+        holdout.work
+    );
+    let meta: crate::rerank::DinMeta =
+        vecrec_index::format::read_json(&report.generation.join(crate::layout::DIN_META_FILE))
+            .unwrap();
+    assert_eq!(meta.trained_on, "sequences");
+    assert_eq!(meta.features, ["log_popularity"]);
+    assert!(report.generation.join(crate::layout::DIN_FILE).is_file());
+}

@@ -569,7 +569,9 @@ fn write_neural(
         let t = Instant::now();
         let opts_r = &train.reranker;
         let (din, loss, meta_extra) = match rerank {
-            RerankPlan::Heads(heads, sources) => {
+            // No held-out head had a positive (users with one interaction
+            // each, say): nothing to learn an order from, so the sequences.
+            RerankPlan::Heads(heads, sources) if !heads.is_empty() => {
                 let pb = bar(opts_r.head_epochs, "reranker", opts.progress);
                 let (din, loss) =
                     Din::train_heads(&heads, &emb, e, opts_r, &|d| pb.set_position(d as u64));
