@@ -166,12 +166,8 @@ impl Run<'_> {
             let per_user: Vec<(f64, f64)> = truth
                 .par_iter()
                 .map(|(u, t)| {
-                    let hist = engine
-                        .users()
-                        .lookup(&u.to_string())
-                        .map(|n| engine.users().history(n))
-                        .unwrap_or_default();
                     let user = engine.users().lookup(&u.to_string());
+                    let hist = user.map(|n| engine.users().history(n)).unwrap_or_default();
                     let seen: HashSet<u32> = hist.iter().map(|h| h.0).collect();
                     let accept = |i: u32| cold_rows.contains(&i) && !seen.contains(&i);
                     let ranked: Vec<u32> = engine
