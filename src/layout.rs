@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{TwoTowerOptions, UserConfig};
+use crate::config::{SequenceOptions, TwoTowerOptions, UserConfig};
 
 /// The live-update log under an index root (not inside a generation).
 pub const WAL_FILE: &str = "wal/wal.log";
@@ -34,6 +34,14 @@ pub const TWO_TOWER_DIR: &str = "two_tower";
 pub const USER_TOWER_FILE: &str = "user_tower.onnx.bin";
 /// File of the two-tower settings ([`TwoTowerMeta`]).
 pub const TWO_TOWER_META_FILE: &str = "two_tower.json";
+
+/// Sub-directory of a generation holding the sequence model's item table
+/// as an inner-product index.
+pub const SEQUENCE_DIR: &str = "sequence";
+/// File of the sequence model's network (ONNX bytes in the envelope).
+pub const SEQUENCE_MODEL_FILE: &str = "sequence.onnx.bin";
+/// File of the sequence model's settings ([`SequenceMeta`]).
+pub const SEQUENCE_META_FILE: &str = "sequence.json";
 
 /// File of the cross-attention reranker (ONNX bytes in the envelope).
 pub const DIN_FILE: &str = "reranker.onnx.bin";
@@ -104,6 +112,19 @@ pub struct TwoTowerMeta {
     /// Item-feature width (content + ALS factors).
     pub input: usize,
     /// Mean in-batch softmax loss of the last epoch.
+    pub train_loss: f32,
+    /// Seconds spent training.
+    pub train_seconds: f64,
+}
+
+/// What a generation records about its sequence model.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct SequenceMeta {
+    /// The options it was trained with (history length, width).
+    pub options: SequenceOptions,
+    /// Training windows.
+    pub windows: usize,
+    /// Mean sampled-softmax loss of the last epoch.
     pub train_loss: f32,
     /// Seconds spent training.
     pub train_seconds: f64,

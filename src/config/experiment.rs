@@ -82,6 +82,8 @@ pub struct ArmConfig {
     pub als_weight: Option<f32>,
     /// `hybrid.two_tower_weight`.
     pub two_tower_weight: Option<f32>,
+    /// `hybrid.sequence_weight`.
+    pub sequence_weight: Option<f32>,
     /// `rerank.kind`: `din` (the generation's cross-attention model) or
     /// `cross_encoder` (this arm's `cross_encoder_model`).
     pub rerank_kind: Option<RerankKind>,
@@ -114,6 +116,7 @@ impl ArmConfig {
         set(&mut h.popularity_weight, self.popularity_weight);
         set(&mut h.als_weight, self.als_weight);
         set(&mut h.two_tower_weight, self.two_tower_weight);
+        set(&mut h.sequence_weight, self.sequence_weight);
         set(&mut cfg.rerank.weight, self.rerank_weight);
         if let Some(k) = self.rerank_kind {
             cfg.rerank.kind = k;
@@ -129,7 +132,7 @@ impl ArmConfig {
         }
     }
 
-    fn weights(&self) -> [(&'static str, Option<f32>); 7] {
+    fn weights(&self) -> [(&'static str, Option<f32>); 8] {
         [
             ("rerank_weight", self.rerank_weight),
             ("ease_weight", self.ease_weight),
@@ -138,6 +141,7 @@ impl ArmConfig {
             ("popularity_weight", self.popularity_weight),
             ("als_weight", self.als_weight),
             ("two_tower_weight", self.two_tower_weight),
+            ("sequence_weight", self.sequence_weight),
         ]
     }
 }

@@ -33,6 +33,9 @@ pub struct HybridConfig {
     pub als_weight: f32,
     /// Weight of the two-tower source. Default 1.
     pub two_tower_weight: f32,
+    /// Weight of the self-attentive sequence source (trained when
+    /// `train.sequence.enabled`). Default 0.
+    pub sequence_weight: f32,
     /// Recency decay of the history for EASE, in (0, 1]. Default 0.8.
     pub ease_decay: f32,
     /// Recency decay of the history for transitions, in (0, 1]. Default 0.7.
@@ -52,6 +55,7 @@ impl Default for HybridConfig {
             popularity_weight: 0.0,
             als_weight: 0.25,
             two_tower_weight: 1.0,
+            sequence_weight: 0.0,
             ease_decay: 0.8,
             transitions_decay: 0.7,
         }
@@ -74,11 +78,13 @@ pub struct SourceWeights {
     pub als: f32,
     /// Two-tower.
     pub two_tower: f32,
+    /// Self-attentive sequence model.
+    pub sequence: f32,
 }
 
 impl SourceWeights {
     /// Each weight with its source's name, in the engine's source order.
-    pub fn named(&self) -> [(&'static str, f32); 6] {
+    pub fn named(&self) -> [(&'static str, f32); 7] {
         [
             ("ease", self.ease),
             ("transitions", self.transitions),
@@ -86,6 +92,7 @@ impl SourceWeights {
             ("popularity", self.popularity),
             ("als", self.als),
             ("two_tower", self.two_tower),
+            ("sequence", self.sequence),
         ]
     }
 
@@ -118,6 +125,7 @@ impl HybridConfig {
             popularity: self.popularity_weight,
             als: self.als_weight,
             two_tower: self.two_tower_weight,
+            sequence: self.sequence_weight,
         }
     }
 
@@ -130,6 +138,7 @@ impl HybridConfig {
             popularity_weight: w.popularity,
             als_weight: w.als,
             two_tower_weight: w.two_tower,
+            sequence_weight: w.sequence,
             ..self.clone()
         }
     }
@@ -240,17 +249,19 @@ mod tests {
             popularity: 5.0,
             als: 6.0,
             two_tower: 7.0,
+            sequence: 8.0,
         };
         let changed = h.with_weights(w);
         assert_eq!(changed.weights(), w);
         assert_eq!(changed.als_weight, 6.0);
         assert_eq!(changed.rrf_k, h.rrf_k);
         assert_eq!(w.by_name("two_tower"), Some(7.0));
+        assert_eq!(w.by_name("sequence"), Some(8.0));
         assert_eq!(w.by_name("transitions"), Some(3.0));
         assert_eq!(w.by_name("reranker"), None);
         assert_eq!(
             w.to_string(),
-            "ease=2 transitions=3 content=4 popularity=5 als=6 two_tower=7"
+            "ease=2 transitions=3 content=4 popularity=5 als=6 two_tower=7 sequence=8"
         );
     }
 }

@@ -22,7 +22,7 @@ mod train;
 pub use experiment::{ArmConfig, ExperimentConfig, ExperimentMode};
 pub use hybrid::{FusionMethod, HybridConfig, RerankConfig, RerankKind, SourceWeights};
 pub use security::SecurityConfig;
-pub use train::{AlsOptions, DinOptions, TrainOptions, TwoTowerOptions};
+pub use train::{AlsOptions, DinOptions, SequenceOptions, TrainOptions, TwoTowerOptions};
 
 /// The whole configuration.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -431,6 +431,7 @@ impl Config {
             ("popularity_weight", h.popularity_weight),
             ("als_weight", h.als_weight),
             ("two_tower_weight", h.two_tower_weight),
+            ("sequence_weight", h.sequence_weight),
         ] {
             if !(w >= 0.0 && w.is_finite()) {
                 return bad(format!(

@@ -1,5 +1,6 @@
 //! Training hyper-parameters of the bulk build: the item-item models (EASE,
-//! transitions), ALS, the two-tower user encoder and the reranker. Plain
+//! transitions), ALS, the two-tower user encoder, the sequence model and
+//! the reranker. Plain
 //! data read from `[train]`; the code that uses them lives in `retrieve/`,
 //! `rerank/` and `build`.
 
@@ -25,10 +26,13 @@ pub struct TrainOptions {
     pub transitions_keep: usize,
     /// Implicit ALS; its item factors get their own HNSW index.
     pub als: AlsOptions,
-    /// Train the neural models (two-tower user encoder and reranker). Default true.
+    /// Train the neural models (two-tower user encoder, sequence model and
+    /// reranker). Default true.
     pub neural: bool,
     /// The two-tower user encoder.
     pub two_tower: TwoTowerOptions,
+    /// The self-attentive sequential source (SASRec).
+    pub sequence: SequenceOptions,
     /// The cross-attention reranker.
     pub reranker: DinOptions,
     /// Most users whose held-out interactions the learned fusion is fitted
@@ -48,6 +52,7 @@ impl Default for TrainOptions {
             als: AlsOptions::default(),
             neural: true,
             two_tower: TwoTowerOptions::default(),
+            sequence: SequenceOptions::default(),
             reranker: DinOptions::default(),
             fusion_fit_users: 5_000,
         }
@@ -136,6 +141,72 @@ impl Default for TwoTowerOptions {
             max_pairs_per_user: 64,
             seed: 7,
             collab_dropout: 0.8,
+        }
+    }
+}
+
+/// Hyper-parameters of the self-attentive sequential source
+/// ([`crate::retrieve::sequence`]).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SequenceOptions {
+    /// Train it (with `neural`). Default false: on ml-latest-small's
+    /// validation split the fusion gains nothing from it (reciprocal-rank
+    /// fusion with it at weight 0.25 / 0.5 / 1 / 2 / 4: 0.1500 / 0.1490 /
+    /// 0.1492 / 0.1457 / 0.1331, without it 0.1523), so a build spends its
+    /// training time (28 s on TRAIN) only when asked; `vecrec-eval` always
+    /// trains it. Serve it with `hybrid.sequence_weight` or an experiment
+    /// arm's `sequence_weight`.
+    pub enabled: bool,
+    /// Width of the item embeddings and of every layer. Default 64
+    /// (validation: 96 0.1099 against 0.1107).
+    pub dim: usize,
+    /// Newest items of a history it reads. Default 50.
+    pub max_len: usize,
+    /// Transformer blocks (self-attention and feed-forward). Default 2
+    /// (validation: 1 block 0.1073 against 0.1107).
+    pub blocks: usize,
+    /// Hidden width of the feed-forward layers. Default 128.
+    pub hidden: usize,
+    /// Passes over the training windows. Default 40 (ml-latest-small
+    /// validation, the source alone, 1,024 negatives: 30 epochs 0.1065, 40
+    /// 0.1107; with 256 negatives 20 / 40 / 60 / 80 / 100 epochs 0.0823 /
+    /// 0.1004 / 0.0948 / 0.1023 / 0.1008).
+    pub epochs: usize,
+    /// Windows per batch. Default 64 (validation, 256 negatives: 32 0.0991,
+    /// 64 0.1004).
+    pub batch: usize,
+    /// Items drawn uniformly per batch as the softmax's negatives. Default
+    /// 1024 (validation at 40 epochs: 256 0.1004, 1024 0.1107, 2048 0.1117,
+    /// 4096 0.1085; training time grows with it).
+    pub negatives: usize,
+    /// Adam learning rate. Default 0.001.
+    pub lr: f32,
+    /// Dropout of the input embeddings. Default 0.1 (validation, 1,024
+    /// negatives: 0.1 0.1165, 0.2 0.1107, 0.3 0.1113; 0 with 2,048
+    /// negatives 0.1020 against 0.1117 at 0.2).
+    pub dropout: f32,
+    /// Decoupled weight decay per step. Default 0.0001.
+    pub weight_decay: f32,
+    /// Seed of the initial weights, the batch order, the negatives and the dropout.
+    pub seed: u64,
+}
+
+impl Default for SequenceOptions {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            dim: 64,
+            max_len: 50,
+            blocks: 2,
+            hidden: 128,
+            epochs: 40,
+            batch: 64,
+            negatives: 1024,
+            lr: 0.001,
+            dropout: 0.1,
+            weight_decay: 1e-4,
+            seed: 11,
         }
     }
 }

@@ -35,17 +35,21 @@ pub enum Source {
     /// The two-tower user encoder's vector, searched among the item tower's
     /// embeddings in their own HNSW index.
     TwoTower,
+    /// The self-attentive sequence model's vector of the history, searched
+    /// among its item table in its own HNSW index.
+    Sequence,
 }
 
 impl Source {
     /// All sources.
-    pub const ALL: [Source; 6] = [
+    pub const ALL: [Source; 7] = [
         Source::Ease,
         Source::Transitions,
         Source::Content,
         Source::Popularity,
         Source::Als,
         Source::TwoTower,
+        Source::Sequence,
     ];
 
     /// Stable name.
@@ -57,6 +61,7 @@ impl Source {
             Source::Popularity => "popularity",
             Source::Als => "als",
             Source::TwoTower => "two_tower",
+            Source::Sequence => "sequence",
         }
     }
 
@@ -69,6 +74,7 @@ impl Source {
             Source::Popularity => w.popularity,
             Source::Als => w.als,
             Source::TwoTower => w.two_tower,
+            Source::Sequence => w.sequence,
         }
     }
 
@@ -81,6 +87,7 @@ impl Source {
             Source::Popularity => "source_popularity",
             Source::Als => "source_als",
             Source::TwoTower => "source_two_tower",
+            Source::Sequence => "source_sequence",
         }
     }
 }
@@ -108,11 +115,40 @@ pub(super) struct Trained {
     pub(super) learned: Option<crate::fusion::LearnedModel>,
     /// The two-tower model, when the build trained one.
     pub(super) two_tower: Option<TwoTowerServing>,
+    /// The sequence model, when the build trained one.
+    pub(super) sequence: Option<SequenceServing>,
     /// The generation's cross-attention reranker, opened whenever the
     /// generation holds one (an experiment's arm may pick it).
     pub(super) din: Option<Arc<Reranker>>,
     /// The config's cross-encoder, when `rerank.kind` is `cross_encoder`.
     pub(super) cross_encoder: Option<Arc<Reranker>>,
+}
+
+/// A learned source's parts in generation `dir`: the index under `sub`,
+/// the settings in `meta_file`, the ONNX model in `model_file` (checksummed
+/// envelope), loaded into a pool of 2 single-thread sessions.
+fn open_learned<M: serde::de::DeserializeOwned>(
+    dir: &Path,
+    sub: &Path,
+    meta_file: &'static str,
+    model_file: &'static str,
+    ort: &Path,
+) -> Result<(Index, M, OnnxModel)> {
+    let index = Index::open(sub)?;
+    let meta: M = vecrec_index::format::read_json(&dir.join(meta_file))?;
+    let file = vecrec_index::format::CheckedFile::open(
+        &dir.join(model_file),
+        vecrec_index::format::Kind::MODEL,
+        true,
+    )?;
+    let model = OnnxModel::load(
+        ort,
+        ModelSource::Bytes(model_file, file.payload()),
+        2,
+        1,
+        Device::Cpu,
+    )?;
+    Ok((index, meta, model))
 }
 
 /// The served two-tower model.
@@ -138,20 +174,12 @@ impl TwoTowerServing {
         if !sub.is_dir() {
             return Ok(None);
         }
-        let index = Index::open(&sub)?;
-        let meta: crate::layout::TwoTowerMeta =
-            vecrec_index::format::read_json(&dir.join(crate::layout::TWO_TOWER_META_FILE))?;
-        let file = vecrec_index::format::CheckedFile::open(
-            &dir.join(crate::layout::USER_TOWER_FILE),
-            vecrec_index::format::Kind::MODEL,
-            true,
-        )?;
-        let user = OnnxModel::load(
+        let (index, meta, user) = open_learned::<crate::layout::TwoTowerMeta>(
+            dir,
+            &sub,
+            crate::layout::TWO_TOWER_META_FILE,
+            crate::layout::USER_TOWER_FILE,
             ort,
-            ModelSource::Bytes(crate::layout::USER_TOWER_FILE, file.payload()),
-            2,
-            1,
-            Device::Cpu,
         )?;
         let features = crate::retrieve::two_tower::item_features(
             content.vectors(),
@@ -196,6 +224,64 @@ impl TwoTowerServing {
     }
 }
 
+/// The served sequence model.
+#[derive(Debug)]
+pub(super) struct SequenceServing {
+    /// Its item table (inner product).
+    pub(super) index: Index,
+    /// The network through ONNX Runtime.
+    pub(super) model: OnnxModel,
+    pub(super) meta: crate::layout::SequenceMeta,
+}
+
+impl SequenceServing {
+    fn open(dir: &Path, items: usize, ort: &Path) -> Result<Option<Self>> {
+        let sub = dir.join(crate::layout::SEQUENCE_DIR);
+        if !sub.is_dir() {
+            return Ok(None);
+        }
+        let (index, meta, model) = open_learned::<crate::layout::SequenceMeta>(
+            dir,
+            &sub,
+            crate::layout::SEQUENCE_META_FILE,
+            crate::layout::SEQUENCE_MODEL_FILE,
+            ort,
+        )?;
+        if index.store().len() != items || index.store().dim() != meta.options.dim {
+            return Err(Error::Config(format!(
+                "{}: the sequence model's table holds {} rows of {} values; this generation has {items} items and the model was trained with {}",
+                dir.display(),
+                index.store().len(),
+                index.store().dim(),
+                meta.options.dim
+            )));
+        }
+        Ok(Some(Self { index, model, meta }))
+    }
+
+    /// The model's vector for a history (oldest first; the newest
+    /// `max_len` items are read); `None` when empty.
+    pub(super) fn user_vector(&self, history: &[u32]) -> Result<Option<Vec<f32>>> {
+        if history.is_empty() {
+            return Ok(None);
+        }
+        let ids = &history[history.len().saturating_sub(self.meta.options.max_len)..];
+        let store = self.index.store();
+        let d = store.dim();
+        let table = store.vectors();
+        let mut x = Vec::with_capacity(ids.len() * d);
+        for &i in ids {
+            x.extend_from_slice(&table[i as usize * d..(i as usize + 1) * d]);
+        }
+        let mask = crate::retrieve::sequence::causal_mask(ids.len());
+        let (_, u) = self.model.run(vec![
+            ("history", Input::F32(vec![1, ids.len(), d], &x)),
+            ("mask", Input::F32(vec![ids.len(), ids.len()], &mask)),
+        ])?;
+        Ok(Some(u))
+    }
+}
+
 impl Trained {
     /// Opens the trained sources of the generation `index`; `None` for a
     /// content-only generation.
@@ -225,7 +311,8 @@ impl Trained {
                 .into());
             }
             let als_gram = crate::retrieve::als::gram(als.store().vectors(), f);
-            let has_neural = index.dir().join(crate::layout::TWO_TOWER_DIR).is_dir();
+            let has_neural = index.dir().join(crate::layout::TWO_TOWER_DIR).is_dir()
+                || index.dir().join(crate::layout::SEQUENCE_DIR).is_dir();
             let has_din = index.dir().join(crate::layout::DIN_FILE).is_file();
             let wants_cross = cfg.rerank.kind == RerankKind::CrossEncoder;
             let ort = if has_neural || has_din || wants_cross {
@@ -239,6 +326,18 @@ impl Trained {
                 Some(o) => TwoTowerServing::open(index.dir(), store, &als, o)?,
                 None => None,
             };
+            let sequence = match &ort {
+                Some(o) => SequenceServing::open(index.dir(), n, o)?,
+                None => None,
+            };
+            if sequence.is_none() && cfg.hybrid.sequence_weight > 0.0 {
+                tracing::warn!(
+                    generation = %index.dir().display(),
+                    "hybrid.sequence_weight is {} but this generation has no sequence model: \
+                     the source answers nothing; rebuild with [train.sequence] enabled = true",
+                    cfg.hybrid.sequence_weight
+                );
+            }
             let cross_encoder = match (cfg.rerank.kind, &ort) {
                 (RerankKind::CrossEncoder, Some(o)) => {
                     Some(Arc::new(open_cross_encoder(cfg, &cfg.rerank, o)?))
@@ -270,6 +369,7 @@ impl Trained {
                     }
                 },
                 two_tower,
+                sequence,
                 din,
                 cross_encoder,
             }))
@@ -377,6 +477,17 @@ impl Engine {
                             Some(u) => {
                                 let params = self.search_params(n);
                                 let (found, _) = tt.index.search(&u, &params, Some(accept))?;
+                                found.into_iter().map(|f| (f.id, -f.distance)).collect()
+                            }
+                        },
+                    },
+                    Source::Sequence => match &trained.sequence {
+                        None => Vec::new(),
+                        Some(sq) => match sq.user_vector(&ids)? {
+                            None => Vec::new(),
+                            Some(u) => {
+                                let params = self.search_params(n);
+                                let (found, _) = sq.index.search(&u, &params, Some(accept))?;
                                 found.into_iter().map(|f| (f.id, -f.distance)).collect()
                             }
                         },

@@ -276,6 +276,7 @@ fn every_source_finds_its_weight_by_its_name() {
         popularity: 4.0,
         als: 5.0,
         two_tower: 6.0,
+        sequence: 7.0,
     };
     for s in Source::ALL {
         assert_eq!(w.by_name(s.name()), Some(s.weight_in(&w)), "{}", s.name());

@@ -38,7 +38,7 @@ pub use report::{
 };
 pub use tuning::{
     FusionGrid, HeadAuc, ALS_GRID, DECAYS, FUSION_WEIGHTS, LAMBDAS, MAX_ITEMS, RERANK_WEIGHTS,
-    SOURCE_DECAYS,
+    SEQUENCE_WEIGHTS, SOURCE_DECAYS,
 };
 
 /// Options of an evaluation run.
@@ -91,6 +91,8 @@ fn validated<T>(
     }
     let mut cfg = opts.config.clone();
     cfg.limits.max_history = usize::MAX;
+    // Every source is measured, the sequence model too.
+    cfg.train.sequence.enabled = true;
     cfg.limits.max_k = cfg.limits.max_k.max(KS[1]);
     let encoder = Encoder::load(&cfg.encoder, 1)?;
     let t = Instant::now();

@@ -247,7 +247,7 @@ pub fn table(r: &EvalReport) -> String {
     }
     let h = &r.chosen_hybrid;
     s.push_str(&format!(
-        "chosen on validation ({} settings): content profile decay={} max_items={}; EASE λ={} decay={}; transitions decay={}; ALS reg={} alpha={}; fusion {} with weights ease={} transitions={} content={} popularity={} als={} two_tower={}; reranker weight {}\n",
+        "chosen on validation ({} settings): content profile decay={} max_items={}; EASE λ={} decay={}; transitions decay={}; ALS reg={} alpha={}; fusion {} with weights ease={} transitions={} content={} popularity={} als={} two_tower={} sequence={}; reranker weight {}\n",
         r.validation_grid.len() + r.trials.len(),
         r.chosen.decay,
         r.chosen.max_items,
@@ -263,6 +263,7 @@ pub fn table(r: &EvalReport) -> String {
         h.popularity_weight,
         h.als_weight,
         h.two_tower_weight,
+        h.sequence_weight,
         r.chosen_rerank_weight
     ));
     s.push_str(&cold_table(&r.cold_validation));

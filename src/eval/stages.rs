@@ -12,7 +12,7 @@ use super::protocol::{cached_source_lists, score, truth_sets, Who};
 use super::report::{GridPoint, Trial};
 use super::tuning::{
     argmax, fused_ndcg10, head_auc, only, with_weights, HeadAuc, ALS_GRID, DECAYS, FUSION_WEIGHTS,
-    LAMBDAS, MAX_ITEMS, RERANK_WEIGHTS, SOURCE_DECAYS,
+    LAMBDAS, MAX_ITEMS, RERANK_WEIGHTS, SEQUENCE_WEIGHTS, SOURCE_DECAYS,
 };
 use super::EvalOptions;
 use crate::config::{AlsOptions, Config, HybridConfig, SourceWeights, TrainOptions, UserConfig};
@@ -276,16 +276,21 @@ impl Run<'_> {
         // 4. Transitions decay, transitions alone; then the fusion sweep on cached source lists.
         self.build_with(&self.sp.val_train, users, lambda, als_chosen, None, true)?;
         let mut engine = Engine::open(self.root, self.with_als(users, als_chosen), None)?;
-        engine.configure(|c| {
-            c.search.exact = true;
-            c.rerank.weight = 0.0;
-            c.hybrid = only(Source::TwoTower, &self.cfg.hybrid);
-        });
-        self.trials.push(Trial {
-            stage: "two_tower",
-            setting: "alone".into(),
-            val_ndcg10: score(&engine, &self.sp.val, &self.val)?.summary.ndcg10,
-        });
+        for (source, stage) in [
+            (Source::TwoTower, "two_tower"),
+            (Source::Sequence, "sequence"),
+        ] {
+            engine.configure(|c| {
+                c.search.exact = true;
+                c.rerank.weight = 0.0;
+                c.hybrid = only(source, &self.cfg.hybrid);
+            });
+            self.trials.push(Trial {
+                stage,
+                setting: "alone".into(),
+                val_ndcg10: score(&engine, &self.sp.val, &self.val)?.summary.ndcg10,
+            });
+        }
         let mut tr_trials = Vec::new();
         for &decay in &SOURCE_DECAYS {
             engine.configure(|c| {
@@ -346,36 +351,49 @@ impl Run<'_> {
                                 popularity: p,
                                 als: a,
                                 two_tower: tt,
+                                sequence: 0.0,
                             });
                         }
                     }
                 }
             }
         }
+        let ndcg_of = |method: FusionMethod, weights: &SourceWeights| {
+            cached
+                .par_iter()
+                .map(|(lists, truth)| {
+                    fused_ndcg10(method, &with_weights(lists, weights), tuned.rrf_k, truth)
+                })
+                .sum::<f64>()
+                / cached.len().max(1) as f64
+        };
+        let trial = |trials: &mut Vec<Trial>, method: FusionMethod, weights: SourceWeights| {
+            let ndcg = ndcg_of(method, &weights);
+            trials.push(Trial {
+                stage: "fusion",
+                setting: format!("{} {weights}", method.name()),
+                val_ndcg10: ndcg,
+            });
+            ((method, weights), ndcg)
+        };
         for method in FusionMethod::ALL {
             for &weights in &combos {
-                {
-                    {
-                        let ndcg: f64 = cached
-                            .par_iter()
-                            .map(|(lists, truth)| {
-                                fused_ndcg10(
-                                    method,
-                                    &with_weights(lists, &weights),
-                                    tuned.rrf_k,
-                                    truth,
-                                )
-                            })
-                            .sum::<f64>()
-                            / cached.len().max(1) as f64;
-                        self.trials.push(Trial {
-                            stage: "fusion",
-                            setting: format!("{} {weights}", method.name()),
-                            val_ndcg10: ndcg,
-                        });
-                        fusion_trials.push(((method, weights), ndcg));
-                    }
-                }
+                fusion_trials.push(trial(&mut self.trials, method, weights));
+            }
+        }
+        // The sequence source on top of each method's best weights.
+        for method in FusionMethod::ALL {
+            let best = argmax(
+                &fusion_trials
+                    .iter()
+                    .filter(|t| t.0 .0 == method)
+                    .map(|t| (t.0 .1, t.1))
+                    .collect::<Vec<_>>(),
+            )?
+            .0;
+            for &sequence in &SEQUENCE_WEIGHTS {
+                let t = trial(&mut self.trials, method, SourceWeights { sequence, ..best });
+                fusion_trials.push(t);
             }
         }
         let ((method, weights), _) = argmax(&fusion_trials)?;

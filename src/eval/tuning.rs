@@ -33,6 +33,11 @@ pub const FUSION_WEIGHTS: FusionGrid = (
     [0.0, 0.25, 0.5, 1.0],
 );
 
+/// Weights of the sequence source tried on top of each fusion method's best
+/// weights from [`FUSION_WEIGHTS`] (a full grid with it would take four times
+/// as long).
+pub const SEQUENCE_WEIGHTS: [f32; 5] = [0.25, 0.5, 1.0, 2.0, 4.0];
+
 /// Weights of the reranker's list tried on validation.
 pub const RERANK_WEIGHTS: [f32; 9] = [0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0];
 
@@ -58,6 +63,7 @@ pub(super) fn only(
         popularity_weight: (source == Source::Popularity) as u8 as f32,
         als_weight: (source == Source::Als) as u8 as f32,
         two_tower_weight: (source == Source::TwoTower) as u8 as f32,
+        sequence_weight: (source == Source::Sequence) as u8 as f32,
         ..base.clone()
     }
 }

@@ -148,6 +148,35 @@ pub fn normalize_rows_backward(
     dx
 }
 
+/// Test helper: asserts, at each `(p, k)` of `at`, that the analytic
+/// gradient `analytic[p][k]` matches the central finite difference of
+/// `loss` in value `k` of parameter `p` (`params` lists a model's
+/// parameters in a fixed order).
+#[cfg(test)]
+pub(crate) fn assert_finite_differences<M>(
+    model: &mut M,
+    params: fn(&mut M) -> Vec<&mut Param>,
+    at: &[(usize, usize)],
+    analytic: &[Vec<f32>],
+    loss: impl Fn(&M) -> f64,
+) {
+    let eps = 1e-2f32;
+    for &(p, k) in at {
+        let orig = params(model)[p].w[k];
+        params(model)[p].w[k] = orig + eps;
+        let up = loss(model);
+        params(model)[p].w[k] = orig - eps;
+        let down = loss(model);
+        params(model)[p].w[k] = orig;
+        let fd = (up - down) / (2.0 * eps as f64);
+        let an = analytic[p][k] as f64;
+        assert!(
+            (fd - an).abs() < 2e-3 + 0.05 * an.abs(),
+            "param {p}[{k}]: finite difference {fd}, analytic {an}"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

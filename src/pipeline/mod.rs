@@ -126,6 +126,7 @@ const TRAIN_STAGES: &[&str] = &[
     "transitions",
     "als",
     "two-tower",
+    "sequence",
     "rerank-holdout",
     "reranker",
     "fusion-fit",
@@ -504,6 +505,55 @@ pub fn write_model(path: &Path, bytes: &[u8]) -> Result<()> {
     )?)
 }
 
+/// Trains the self-attentive sequence model from the item `features`
+/// (`items × input`) and writes it into the generation: its item table as
+/// an inner-product index under `sequence/`, the network as ONNX.
+#[allow(clippy::too_many_arguments)]
+fn write_sequence(
+    dir: &Path,
+    store: &VectorStore,
+    features: &[f32],
+    input: usize,
+    histories: &[Vec<u32>],
+    train: &crate::retrieve::TrainOptions,
+    opts: &BuildOptions,
+    stages: &mut Stages,
+) -> Result<()> {
+    use crate::retrieve::sequence::{item_init, windows, Sasrec};
+    let s = &train.sequence;
+    stages.run("sequence", || {
+        let t = Instant::now();
+        let init = item_init(features, input, s.dim, s.seed);
+        let pb = bar(s.epochs, "sequence", opts.progress);
+        let (model, loss) = Sasrec::train(histories, init, s, &|d| pb.set_position(d as u64));
+        pb.finish_and_clear();
+        write_sub_index(
+            &dir.join(crate::layout::SEQUENCE_DIR),
+            store,
+            model.item_vectors(),
+            s.dim,
+            &opts.hnsw,
+            serde_json::json!({"sequence_dim": s.dim}),
+            bar(store.len(), "seq hnsw", opts.progress),
+        )?;
+        write_model(&dir.join(crate::layout::SEQUENCE_MODEL_FILE), &model.onnx())?;
+        let n_windows = windows(histories, s.max_len).len();
+        let train_seconds = t.elapsed().as_secs_f64();
+        vecrec_index::format::write_json(
+            &dir.join(crate::layout::SEQUENCE_META_FILE),
+            &crate::layout::SequenceMeta {
+                options: s.clone(),
+                windows: n_windows,
+                train_loss: loss,
+                train_seconds,
+            },
+        )?;
+        tracing::info!(loss, seconds = train_seconds, "sequence model trained");
+        let work = format!("{} epochs, {n_windows} windows, loss {loss:.4}", s.epochs);
+        Ok(((), work))
+    })
+}
+
 /// Trains the two-tower user encoder and the cross-attention reranker and
 /// writes them into the generation, a stage each: item embeddings as an
 /// inner-product index under `two_tower/`, the user tower and the reranker
@@ -562,6 +612,9 @@ fn write_neural(
         let work = format!("{} epochs, loss {loss:.4}", train.two_tower.epochs);
         Ok(((tower, emb), work))
     })?;
+    if train.sequence.enabled {
+        write_sequence(dir, store, &features, input, histories, train, opts, stages)?;
+    }
     if let RerankPlan::None = rerank {
         return Ok(());
     }

@@ -101,10 +101,17 @@ pub(super) fn heads(
         })
         .collect();
     let dir = Scratch::new(scratch)?;
+    let hybrid = opts.head_hybrid.clone().unwrap_or_default();
+    // A source the heads do not fuse need not be trained again.
+    let mut scratch_train = train.clone();
+    if hybrid.sequence_weight == 0.0 && hybrid.fusion != FusionMethod::Learned {
+        scratch_train.sequence.enabled = false;
+    }
     let inner = super::BuildOptions {
         keep_generations: 1,
         learn_fusion: None,
         embedding_cache: false,
+        train: Some(scratch_train),
         ..opts.clone()
     };
     let report = super::build_generation_inner(
@@ -117,7 +124,6 @@ pub(super) fn heads(
         super::Stages::new(),
         Rerank::Skip,
     )?;
-    let hybrid = opts.head_hybrid.clone().unwrap_or_default();
     let method = match hybrid.fusion {
         FusionMethod::Learned => FusionMethod::Geometric,
         m => m,

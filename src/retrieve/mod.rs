@@ -17,6 +17,7 @@
 
 pub mod als;
 pub mod ease;
+pub mod sequence;
 pub mod sparse;
 pub mod two_tower;
 

@@ -650,20 +650,12 @@ mod tests {
                 }
             }
         }
-        for (p, k) in [(0usize, 3usize), (1, 5), (2, 1), (3, 2), (4, 0)] {
-            let eps = 1e-2f32;
-            let orig = model.params_mut()[p].w[k];
-            model.params_mut()[p].w[k] = orig + eps;
-            let up = loss_at(&model);
-            model.params_mut()[p].w[k] = orig - eps;
-            let down = loss_at(&model);
-            model.params_mut()[p].w[k] = orig;
-            let fd = (up - down) / (2.0 * eps as f64);
-            let an = analytic[p][k] as f64;
-            assert!(
-                (fd - an).abs() < 2e-3 + 0.05 * an.abs(),
-                "param {p}[{k}]: finite difference {fd}, analytic {an}"
-            );
-        }
+        crate::nn::assert_finite_differences(
+            &mut model,
+            |m| m.params_mut().into_iter().collect(),
+            &[(0, 3), (1, 5), (2, 1), (3, 2), (4, 0)],
+            &analytic,
+            loss_at,
+        );
     }
 }

@@ -55,8 +55,11 @@ pub fn sample_index() -> &'static SampleIndex {
         let root = dir.path().join("index");
         let items = read_catalog(&data.join("catalog.jsonl")).unwrap();
         let inter = read_interactions(&data.join("interactions.csv")).unwrap();
+        let mut train = vecrec::config::TrainOptions::default();
+        train.sequence.enabled = true;
         let opts = BuildOptions {
             progress: false,
+            train: Some(train),
             ..Default::default()
         };
         build(&root, &encoder(), &items, &inter, &opts).unwrap();

@@ -1,5 +1,5 @@
-//! The neural models: the Rust-trained two-tower user encoder and
-//! cross-attention reranker give the same numbers when served from their
+//! The neural models: the Rust-trained two-tower user encoder, sequence
+//! model and cross-attention reranker give the same numbers when served from their
 //! exported ONNX through ONNX Runtime (within 1e-4); the build stores both in
 //! the generation and the engine serves them; a user-supplied text
 //! cross-encoder is fed (context, item) pairs the way it expects.
@@ -14,6 +14,7 @@ use vecrec::rerank::din::{
     features, gather, head_feature_names, history_slots, Batch, Din, DinOptions, HeadExample,
 };
 use vecrec::rerank::{RerankConfig, RerankKind};
+use vecrec::retrieve::sequence::{causal_mask, Sasrec, SequenceOptions};
 use vecrec::retrieve::two_tower::{pooling_weights, TwoTower, TwoTowerOptions};
 use vecrec::runtime::{locate_ort, Device, Input, ModelSource, OnnxModel};
 
@@ -78,6 +79,55 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         .zip(b)
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
+}
+
+/// The sequence model's vector for histories shorter than, equal to and
+/// longer than its window, from the exported graph and from Rust.
+#[test]
+fn the_sequence_model_served_by_ort_matches_the_rust_model() {
+    let (n, d) = (60, 8);
+    let (_, histories) = data(n, d, 40);
+    let opts = SequenceOptions {
+        dim: 12,
+        max_len: 9,
+        hidden: 20,
+        epochs: 3,
+        batch: 8,
+        negatives: 16,
+        ..Default::default()
+    };
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
+    let init: Vec<f32> = (0..n * opts.dim)
+        .map(|_| rng.gen_range(-1.0..1.0))
+        .collect();
+    let (model, loss) = Sasrec::train(&histories, init, &opts, &|_| {});
+    assert!(loss.is_finite());
+    let onnx = served(&model.onnx());
+    let table = model.item_vectors();
+    let mut checked = 0;
+    for h in histories.iter().filter(|h| h.len() >= 2).take(12) {
+        for cut in [1, h.len().min(opts.max_len), h.len()] {
+            let hist = &h[..cut];
+            let ids = &hist[hist.len().saturating_sub(opts.max_len)..];
+            let x: Vec<f32> = ids
+                .iter()
+                .flat_map(|&i| table[i as usize * opts.dim..(i as usize + 1) * opts.dim].to_vec())
+                .collect();
+            let mask = causal_mask(ids.len());
+            let (shape, got) = onnx
+                .run(vec![
+                    ("history", Input::F32(vec![1, ids.len(), opts.dim], &x)),
+                    ("mask", Input::F32(vec![ids.len(), ids.len()], &mask)),
+                ])
+                .unwrap();
+            assert_eq!(shape, vec![1, opts.dim]);
+            let want = model.user_vector(hist).unwrap();
+            let diff = max_diff(&got, &want);
+            assert!(diff <= 1e-4, "history of {cut}: largest difference {diff}");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 36);
 }
 
 #[test]
@@ -264,6 +314,29 @@ fn the_build_stores_both_models_and_the_engine_serves_them() {
     assert_eq!(lists[0].items.len(), cfg.hybrid.candidates);
     assert!(lists[0].items.iter().all(|(i, _)| !seen.contains(i)));
     assert!(lists[0].items.windows(2).all(|w| w[0].1 >= w[1].1));
+    // The sequence model is stored and served the same way, and it answers
+    // with another list than the two-tower model.
+    let seq = engine
+        .source_lists(&hist, Some(u), &[Source::Sequence], &|i| !seen.contains(&i))
+        .unwrap();
+    assert_eq!(seq[0].name, "sequence");
+    assert_eq!(seq[0].items.len(), cfg.hybrid.candidates);
+    assert!(seq[0].items.iter().all(|(i, _)| !seen.contains(i)));
+    assert!(seq[0].items.windows(2).all(|w| w[0].1 >= w[1].1));
+    assert_ne!(
+        seq[0]
+            .items
+            .iter()
+            .map(|e| e.0)
+            .take(10)
+            .collect::<Vec<_>>(),
+        lists[0]
+            .items
+            .iter()
+            .map(|e| e.0)
+            .take(10)
+            .collect::<Vec<_>>()
+    );
     let cands: Vec<u32> = lists[0].items.iter().map(|e| e.0).take(50).collect();
     let rr = engine.rerank_list(&hist, &cands).unwrap();
     assert_eq!(rr.items.len(), 50);
