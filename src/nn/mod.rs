@@ -102,22 +102,41 @@ impl Adam {
 
     /// One step over `params` with their accumulated gradients, which are then cleared.
     pub fn step(&mut self, params: &mut [&mut Param]) {
-        const B1: f32 = 0.9;
-        const B2: f32 = 0.999;
-        const EPS: f32 = 1e-8;
         self.t += 1;
-        let c1 = 1.0 - B1.powi(self.t);
-        let c2 = 1.0 - B2.powi(self.t);
         for p in params.iter_mut() {
             for k in 0..p.w.len() {
                 let g = p.g[k];
-                p.m[k] = B1 * p.m[k] + (1.0 - B1) * g;
-                p.v[k] = B2 * p.v[k] + (1.0 - B2) * g * g;
-                let step = (p.m[k] / c1) / ((p.v[k] / c2).sqrt() + EPS);
-                p.w[k] -= self.lr * (step + self.weight_decay * p.w[k]);
+                self.update(p, k, g);
             }
             p.zero_grad();
         }
+    }
+
+    /// The update of [`Adam::step`] for the rows of a table that have a
+    /// gradient (`rows`: row number and its gradient, `p.cols` values),
+    /// after `step` of the same batch, whose count it uses; the other rows
+    /// and their moments stay as they are ("lazy" Adam, for an embedding
+    /// table of which a batch touches a few rows).
+    pub fn step_rows(&self, p: &mut Param, rows: &[(u32, Vec<f32>)]) {
+        for (i, g) in rows {
+            let base = *i as usize * p.cols;
+            for (c, &gv) in g.iter().enumerate().take(p.cols) {
+                self.update(p, base + c, gv);
+            }
+        }
+    }
+
+    fn update(&self, p: &mut Param, k: usize, g: f32) {
+        const B1: f32 = 0.9;
+        const B2: f32 = 0.999;
+        const EPS: f32 = 1e-8;
+        let t = self.t.max(1);
+        let c1 = 1.0 - B1.powi(t);
+        let c2 = 1.0 - B2.powi(t);
+        p.m[k] = B1 * p.m[k] + (1.0 - B1) * g;
+        p.v[k] = B2 * p.v[k] + (1.0 - B2) * g * g;
+        let step = (p.m[k] / c1) / ((p.v[k] / c2).sqrt() + EPS);
+        p.w[k] -= self.lr * (step + self.weight_decay * p.w[k]);
     }
 }
 
@@ -204,6 +223,25 @@ mod tests {
                 assert!((fd - dx[[r, k]]).abs() < 1e-3, "{fd} vs {}", dx[[r, k]]);
             }
         }
+    }
+
+    /// A row with a gradient moves as a dense step would move it; rows
+    /// without one keep their values, though a dense step would decay them.
+    #[test]
+    fn a_lazy_step_updates_only_the_rows_with_a_gradient() {
+        let start = vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let mut dense = Param::from_values(3, 2, start.clone());
+        let mut lazy = dense.clone();
+        dense.g = vec![0.0, 0.0, 0.5, -0.5, 0.0, 0.0];
+        Adam::new(0.1, 0.01).step(&mut [&mut dense]);
+        let mut opt = Adam::new(0.1, 0.01);
+        opt.step(&mut []);
+        opt.step_rows(&mut lazy, &[(1, vec![0.5, -0.5])]);
+        assert_eq!(lazy.w[2..4], dense.w[2..4]);
+        assert_ne!(lazy.w[2..4], start[2..4]);
+        assert_eq!(lazy.w[..2], start[..2]);
+        assert_eq!(lazy.w[4..], start[4..]);
+        assert_ne!(dense.w[..2], start[..2]);
     }
 
     #[test]

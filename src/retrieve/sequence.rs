@@ -29,6 +29,8 @@
 //! the network is exported to ONNX ([`Sasrec::onnx`]) and its output at the
 //! last position is the user's vector.
 
+use std::collections::BTreeMap;
+
 use ndarray::{Array1, Array2, ArrayView2, Axis, Slice};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -136,17 +138,29 @@ impl BlockGrads {
     }
 }
 
-/// Gradients of the whole model; the item table's as a dense matrix.
+/// Gradients of the whole model; the item table's only for the rows the
+/// batch touched (a catalogue's table is large, a batch's rows few), in
+/// row order.
 struct Grads {
-    items: Array2<f32>,
+    dim: usize,
+    items: BTreeMap<u32, Vec<f32>>,
     pos: Array2<f32>,
     blocks: Vec<BlockGrads>,
     loss: f64,
 }
 
 impl Grads {
+    /// The gradient of item `i`'s row.
+    fn item(&mut self, i: u32) -> ndarray::ArrayViewMut1<'_, f32> {
+        let d = self.dim;
+        ndarray::ArrayViewMut1::from(&mut self.items.entry(i).or_insert_with(|| vec![0.0; d])[..])
+    }
+
     fn add(&mut self, o: &Self) {
-        self.items += &o.items;
+        for (&i, row) in &o.items {
+            self.item(i)
+                .zip_mut_with(&ndarray::ArrayView1::from(&row[..]), |a, b| *a += b);
+        }
         self.pos += &o.pos;
         for (a, b) in self.blocks.iter_mut().zip(&o.blocks) {
             a.add(b);
@@ -313,6 +327,8 @@ pub struct Sasrec {
     items: Param,
     pos: Param,
     blocks: Vec<Block>,
+    /// The item table's gradient from the last backward pass, by row.
+    item_grads: Vec<(u32, Vec<f32>)>,
 }
 
 /// Forward results of one window.
@@ -340,6 +356,7 @@ impl Sasrec {
             blocks: (0..opts.blocks)
                 .map(|_| Block::new(d, opts.hidden, &mut rng))
                 .collect(),
+            item_grads: Vec::new(),
         }
     }
 
@@ -428,13 +445,13 @@ impl Sasrec {
             // d loss / d pos-logit = (p − 1) · weight.
             let dpos = (p_pos - 1.0) * weight;
             dh.row_mut(r).scaled_add(dpos, &self.item(tg));
-            g.items.row_mut(tg as usize).scaled_add(dpos, &h.row(r));
+            g.item(tg).scaled_add(dpos, &h.row(r));
         }
         // `logits` now holds d loss / d neg-logit.
         dh += &logits.dot(en);
         let den = logits.t().dot(h);
         for (k, &j) in negs.iter().enumerate() {
-            g.items.row_mut(j as usize).scaled_add(1.0, &den.row(k));
+            g.item(j).scaled_add(1.0, &den.row(k));
         }
         let mut dx = layer_norm_backward(h, &fw.h_inv, &dh);
         for (b, (blk, cache)) in self.blocks.iter().zip(&fw.blocks).enumerate().rev() {
@@ -445,7 +462,7 @@ impl Sasrec {
         }
         let off = self.opts.max_len - t;
         for (r, &i) in ids.iter().enumerate() {
-            g.items.row_mut(i as usize).scaled_add(1.0, &dx.row(r));
+            g.item(i).scaled_add(1.0, &dx.row(r));
             g.pos.row_mut(off + r).scaled_add(1.0, &dx.row(r));
         }
     }
@@ -453,7 +470,8 @@ impl Sasrec {
     fn zero_grads(&self) -> Grads {
         let d = self.opts.dim;
         Grads {
-            items: Array2::zeros((self.items.rows, d)),
+            dim: d,
+            items: BTreeMap::new(),
             pos: Array2::zeros((self.opts.max_len, d)),
             blocks: vec![BlockGrads::zeros(d, self.opts.hidden); self.blocks.len()],
             loss: 0.0,
@@ -461,7 +479,8 @@ impl Sasrec {
     }
 
     /// The mean loss of a batch of windows over `histories` against the
-    /// negatives `negs`; the gradients are left in every `Param::g`.
+    /// negatives `negs`; the gradients are left in every dense `Param::g`
+    /// and, for the item table, in `item_grads`.
     /// `masks` holds each window's dropout mask (or nothing).
     fn backward(
         &mut self,
@@ -506,7 +525,7 @@ impl Sasrec {
         for p in it {
             sum.add(&p);
         }
-        self.items.g = sum.items.into_raw_vec_and_offset().0;
+        self.item_grads = sum.items.into_iter().collect();
         self.pos.g = sum.pos.into_raw_vec_and_offset().0;
         for (b, g) in self.blocks.iter_mut().zip(sum.blocks) {
             b.wq.g = g.wq.into_raw_vec_and_offset().0;
@@ -520,6 +539,29 @@ impl Sasrec {
         sum.loss as f32
     }
 
+    /// One Adam step: every dense parameter, and the item table's rows
+    /// that have a gradient.
+    fn step(&mut self, opt: &mut Adam) {
+        let mut dense: Vec<&mut Param> = vec![&mut self.pos];
+        for b in &mut self.blocks {
+            dense.extend(b.params_mut());
+        }
+        opt.step(&mut dense);
+        opt.step_rows(&mut self.items, &self.item_grads);
+    }
+
+    /// The item table's gradient from the last backward pass, dense.
+    #[cfg(test)]
+    fn dense_item_grad(&self) -> Vec<f32> {
+        let d = self.opts.dim;
+        let mut g = vec![0.0; self.items.w.len()];
+        for (i, row) in &self.item_grads {
+            g[*i as usize * d..(*i as usize + 1) * d].copy_from_slice(row);
+        }
+        g
+    }
+
+    #[cfg(test)]
     fn params_mut(&mut self) -> Vec<&mut Param> {
         let mut p = vec![&mut self.items, &mut self.pos];
         for b in &mut self.blocks {
@@ -576,7 +618,7 @@ impl Sasrec {
                     Vec::new()
                 };
                 total += model.backward(histories, batch, &negs, &masks, PART);
-                opt.step(&mut model.params_mut());
+                model.step(&mut opt);
                 batches += 1;
             }
             last = total / batches.max(1) as f32;
@@ -687,17 +729,25 @@ pub fn item_init(features: &[f32], d: usize, dim: usize, seed: u64) -> Vec<f32> 
     }
     let x = ArrayView2::from_shape((n, d), features).expect("n × d");
     let mean = x.mean_axis(Axis(0)).expect("rows");
-    let xc = &x - &mean;
+    // The centred rows times q, without a centred copy of the features
+    // (a large catalogue's features take as much memory again).
+    let centred_times = |q: &Array2<f32>| x.dot(q) - mean.dot(q);
     let k = dim.min(d);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mut q = Array2::from_shape_fn((d, k), |_| rng.gen_range(-1.0f32..1.0));
     orthonormalize(&mut q);
     for _ in 0..4 {
-        let z = xc.dot(&q);
-        q = xc.t().dot(&z);
+        let z = centred_times(&q);
+        // (x − 1·meanᵀ)ᵀ z = xᵀz − mean · (1ᵀz)
+        let col_sums = z.sum_axis(Axis(0));
+        q = x.t().dot(&z)
+            - &mean
+                .view()
+                .insert_axis(Axis(1))
+                .dot(&col_sums.view().insert_axis(Axis(0)));
         orthonormalize(&mut q);
     }
-    let proj = xc.dot(&q);
+    let proj = centred_times(&q);
     let mean_norm = proj
         .rows()
         .into_iter()
@@ -839,6 +889,7 @@ mod tests {
         };
         let mut analytic_model = model.clone();
         analytic_model.backward(&histories, &batch, &negs, &masks, PART);
+        analytic_model.items.g = analytic_model.dense_item_grad();
         let analytic: Vec<Vec<f32>> = analytic_model
             .params_mut()
             .iter()
@@ -847,6 +898,7 @@ mod tests {
         // Parts of one window: the same gradients summed in another order.
         let mut one = model.clone();
         one.backward(&histories, &batch, &negs, &masks, 1);
+        one.items.g = one.dense_item_grad();
         for (a, b) in analytic.iter().zip(one.params_mut().iter().map(|p| &p.g)) {
             for (x, y) in a.iter().zip(b) {
                 assert!((x - y).abs() < 1e-5 + 1e-4 * x.abs(), "{x} vs {y}");
