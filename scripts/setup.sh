@@ -65,6 +65,13 @@ PyYAML==6.0.4
 tqdm==4.70.1
 truststore==0.10.5
 typing_extensions==4.16.0
+kubernetes-validate==1.37.0
+attrs==26.1.0
+importlib_resources==7.1.0
+jsonschema==4.26.0
+jsonschema-specifications==2025.9.1
+referencing==0.37.0
+rpds-py==2026.9.1
 EOF
 )"
 

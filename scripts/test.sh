@@ -9,6 +9,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 cargo fmt --all --check
+scripts/k8s-check.sh
 cargo clippy --workspace --all-targets --features hnsw_rs,faiss -- -D warnings
 cargo build --features cuda --bins
 cargo check -p vecrec-index --features faiss-gpu

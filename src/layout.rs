@@ -7,6 +7,8 @@
 //! The `vecrec-index` crate owns the names of its own files (the manifest,
 //! the HNSW graph, vectors, ids, item metadata, the `CURRENT` pointer).
 
+use std::path::{Path, PathBuf};
+
 use serde::{Deserialize, Serialize};
 
 use crate::config::{SequenceOptions, TwoTowerOptions, UserConfig};
@@ -78,6 +80,20 @@ pub struct GenerationInfo {
     /// Its vector width.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub encoder_dim: Option<usize>,
+    /// Which part of a partitioned catalogue this generation holds (`None`:
+    /// the whole catalogue).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard: Option<ShardInfo>,
+}
+
+/// A shard of a partitioned build: the items `id` with
+/// [`shard_of`]`(id, of) == index`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardInfo {
+    /// This shard, from 0.
+    pub index: usize,
+    /// How many shards the catalogue was split into.
+    pub of: usize,
 }
 
 impl GenerationInfo {
@@ -130,6 +146,25 @@ pub struct SequenceMeta {
     pub train_seconds: f64,
 }
 
+/// FNV-1a of a string: the same on every machine and in every build, so
+/// what it decides (which users a fit holds out, which shard owns an item)
+/// never depends on the order things were read in.
+pub fn stable_hash(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The shard of `shards` that owns the item `id` (see docs/scale-out.md).
+pub fn shard_of(id: &str, shards: usize) -> usize {
+    (stable_hash(id) % shards.max(1) as u64) as usize
+}
+
+/// The index root of shard `i` under a partitioned build's root.
+pub fn shard_root(root: &Path, i: usize) -> PathBuf {
+    root.join(format!("shard-{i}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,5 +194,19 @@ mod tests {
         // A damaged record reads as the default instead of failing the open.
         let bad = serde_json::json!({ "wal_seq": "many" });
         assert_eq!(GenerationInfo::from_json(&bad), GenerationInfo::default());
+    }
+
+    #[test]
+    fn shard_assignment_is_fnv1a_and_spreads_items() {
+        // The published FNV-1a 64 test vectors.
+        assert_eq!(stable_hash(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(stable_hash("a"), 0xaf63_dc4c_8601_ec8c);
+        let mut counts = [0usize; 3];
+        for i in 0..3000 {
+            counts[shard_of(&format!("item-{i}"), 3)] += 1;
+        }
+        assert!(counts.iter().all(|&c| (800..1200).contains(&c)), "{counts:?}");
+        assert_eq!(shard_of("anything", 1), 0);
+        assert_eq!(shard_root(Path::new("/x"), 2), Path::new("/x/shard-2"));
     }
 }

@@ -30,6 +30,7 @@ pub mod nn;
 pub mod pipeline;
 pub mod rerank;
 pub mod retrieve;
+pub mod route;
 pub mod runtime;
 pub mod sample;
 pub mod serving;

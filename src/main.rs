@@ -42,6 +42,51 @@ enum Command {
     /// f32 values), the format `vecrec-ann-bench` reads. The vectors are the
     /// ones SearchText and Embed compute for the same texts.
     Embed(EmbedArgs),
+    /// Serve a partitioned index (`vecrec-build --shards N`) as one: the
+    /// same gRPC API, each call sent to one replica of every shard
+    /// (`vecrec serve --index OUT/shard-<i>`) and the answers merged, so
+    /// with exact search they are what one node over the whole catalogue
+    /// would answer.
+    ///
+    /// A failed call is retried on another replica of its shard, a slow one
+    /// hedged to a second after route.hedge_after_ms; when every replica of
+    /// a shard is down the answer comes from the others with `partial` set
+    /// (or UNAVAILABLE, route.on_missing_shard = "fail"). Replica names
+    /// that are not IP addresses are looked up in DNS every
+    /// route.resolve_interval_ms (one Kubernetes headless Service per
+    /// shard). Settings: --config's [route] and [users] sections (the
+    /// latter must match the build's), then these flags. Prints
+    /// `listening on ADDR` on stdout.
+    Route(RouteArgs),
+}
+
+// `vecrec route`'s flags.
+#[derive(clap::Args)]
+struct RouteArgs {
+    /// The replicas of one shard, comma-separated host:port; give it once
+    /// per shard, shard 0 first (route.shards).
+    #[arg(long = "shard", value_name = "HOST:PORT[,HOST:PORT...]")]
+    shards: Vec<String>,
+    /// Address to listen on, e.g. 127.0.0.1:50050 (port 0 picks a free port).
+    #[arg(long)]
+    addr: Option<String>,
+    /// TOML configuration file (see README, "Configuration").
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Send a call that has not been answered after this many
+    /// milliseconds to a second replica too (route.hedge_after_ms; 0: off).
+    #[arg(long)]
+    hedge_after_ms: Option<u64>,
+    /// `partial` or `fail`: what to answer when a shard has no live
+    /// replica (route.on_missing_shard).
+    #[arg(long)]
+    on_missing_shard: Option<String>,
+    /// Serve Prometheus metrics (`GET /metrics`) on this address.
+    #[arg(long)]
+    metrics_addr: Option<String>,
+    /// Serve a non-loopback address without TLS and bearer tokens.
+    #[arg(long)]
+    insecure: bool,
 }
 
 // `vecrec serve`'s flags (the variant's doc comment is its help).
@@ -104,7 +149,67 @@ fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => serve(args),
         Command::Embed(args) => embed(args),
+        Command::Route(args) => route(args),
     }
+}
+
+/// `vecrec route`: the front tier over the shards' servers.
+fn route(args: RouteArgs) -> anyhow::Result<()> {
+    let mut cfg = Config::load(args.config.as_deref())?;
+    if !args.shards.is_empty() {
+        cfg.route.shards = args
+            .shards
+            .iter()
+            .map(|s| {
+                s.split(',')
+                    .map(str::trim)
+                    .filter(|x| !x.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .collect();
+    }
+    if let Some(a) = args.addr {
+        cfg.server.addr = a;
+    }
+    if let Some(h) = args.hedge_after_ms {
+        cfg.route.hedge_after_ms = h;
+    }
+    if let Some(m) = args.on_missing_shard {
+        cfg.route.on_missing_shard = match m.as_str() {
+            "partial" => vecrec::config::MissingShard::Partial,
+            "fail" => vecrec::config::MissingShard::Fail,
+            other => anyhow::bail!("--on-missing-shard must be partial or fail, not {other:?}"),
+        };
+    }
+    if let Some(a) = args.metrics_addr {
+        cfg.server.metrics_addr = Some(a);
+    }
+    cfg.validate()?;
+    if cfg.server.metrics_addr.is_some() {
+        vecrec::telemetry::recorder()?;
+        vecrec::route::describe_metrics();
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        if let Some(a) = &cfg.server.metrics_addr {
+            let addr = a.parse().context("server.metrics_addr")?;
+            let local = vecrec::telemetry::serve(addr).await?;
+            println!("metrics on http://{local}/metrics");
+        }
+        let router = vecrec::route::Router::new(&cfg).await?;
+        let listener =
+            vecrec::grpc::bind_with_backlog(&cfg.server.addr, cfg.server.listen_backlog)?;
+        let local = listener.local_addr()?;
+        vecrec::grpc::check_exposure(local, &cfg.security, args.insecure)?;
+        println!("listening on {local}");
+        tracing::info!(%local, shards = router.shards(), "routing vecrec.v1.Recommender");
+        vecrec::route::serve(router, listener, &cfg, shutdown_signal()).await?;
+        tracing::info!("shut down cleanly");
+        Ok(())
+    })
 }
 
 /// `vecrec embed`: every line of `texts` through the bulk encoder into `out`.

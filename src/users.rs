@@ -30,13 +30,25 @@ const WEIGHT_BOUND: u32 = 0x7F80_0000;
 /// The weighted-mean profile of `history` (internal ids with weights, oldest
 /// first), or `None` when no weight is positive. Not normalised.
 pub fn profile(store: &VectorStore, history: &[(u32, f32)], cfg: &UserConfig) -> Option<Vec<f32>> {
-    let mut v = vec![0f32; store.dim()];
+    profile_of(&|i| store.vector(i), store.dim(), history, cfg)
+}
+
+/// [`profile`] over vectors found by `vector` (of `dim` dimensions): the
+/// same sums in the same order, so the same bits, wherever the rows live (a
+/// router fetches them from the shards that own them).
+pub fn profile_of<'a>(
+    vector: &dyn Fn(u32) -> &'a [f32],
+    dim: usize,
+    history: &[(u32, f32)],
+    cfg: &UserConfig,
+) -> Option<Vec<f32>> {
+    let mut v = vec![0f32; dim];
     let mut total = 0f32;
     let mut w = 1f32;
     for &(item, weight) in history.iter().rev().take(cfg.max_items) {
         let ww = w * weight;
         if ww > 0.0 {
-            for (a, b) in v.iter_mut().zip(store.vector(item)) {
+            for (a, b) in v.iter_mut().zip(vector(item)) {
                 *a += ww * b;
             }
             total += ww;
@@ -57,6 +69,21 @@ pub fn write_profiles(
     users: &[(String, Vec<(u32, f32)>)],
     cfg: &UserConfig,
 ) -> Result<usize> {
+    let vectors: Vec<Option<Vec<f32>>> =
+        users.iter().map(|(_, h)| profile(store, h, cfg)).collect();
+    write_users(dir, store.dim(), users, &vectors)
+}
+
+/// Writes the user files with the given profiles (`None`: no profile), one
+/// per user; a shard stores every user's profile made over the whole
+/// catalogue beside histories of its own items. Returns how many users
+/// have a profile.
+pub fn write_users(
+    dir: &Path,
+    dim: usize,
+    users: &[(String, Vec<(u32, f32)>)],
+    profiles: &[Option<Vec<f32>>],
+) -> Result<usize> {
     let ids: Vec<&str> = users.iter().map(|u| u.0.as_str()).collect();
     StringTable::write(&dir.join(IDS), &ids)?;
     let hist: Vec<Vec<u32>> = users
@@ -72,17 +99,11 @@ pub fn write_profiles(
     let mut w = FileWriter::create(
         &dir.join(VECTORS),
         Kind::VECTORS,
-        [
-            store.dim() as u64,
-            users.len() as u64,
-            Metric::Cosine.code(),
-            0,
-            0,
-        ],
+        [dim as u64, users.len() as u64, Metric::Cosine.code(), 0, 0],
     )?;
     let mut with_profile = 0;
-    for (_, h) in users {
-        let mut v = profile(store, h, cfg).unwrap_or_else(|| vec![0.0; store.dim()]);
+    for p in profiles {
+        let mut v = p.clone().unwrap_or_else(|| vec![0.0; dim]);
         if vecrec_index::distance::normalize(&mut v) {
             with_profile += 1;
         }

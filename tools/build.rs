@@ -10,7 +10,7 @@ use vecrec::catalog::{read_catalog, read_interactions};
 use vecrec::config::Config;
 use vecrec::encoder::Encoder;
 use vecrec::movielens::MovieLens;
-use vecrec::pipeline::{build, BuildOptions};
+use vecrec::pipeline::{build, build_shards, BuildOptions};
 use vecrec_index::HnswParams;
 
 /// Build a new vecrec index generation from a catalogue and an interaction log.
@@ -65,6 +65,19 @@ struct Args {
     /// Embed every text, ignoring (and not writing) the embedding cache.
     #[arg(long)]
     no_embedding_cache: bool,
+    /// Split the catalogue into this many shards by a stable hash of each
+    /// item's id and write one index root per shard, OUT/shard-<i>/, each
+    /// served by its own `vecrec serve` behind `vecrec route`
+    /// (docs/scale-out.md). Every user's profile is made over the whole
+    /// catalogue and stored in every shard. Content index only: needs
+    /// --content-only.
+    #[arg(long, requires = "content_only")]
+    shards: Option<usize>,
+    /// With --shards: build only this shard (0-based), e.g. one pod of an
+    /// indexed Job; the whole catalogue is still embedded (through the
+    /// embedding cache under --out) for the users' profiles.
+    #[arg(long, requires = "shards")]
+    shard: Option<usize>,
     /// Write the build's report (counts, per-stage seconds and peak memory) as JSON to this file.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -109,6 +122,42 @@ fn run() -> anyhow::Result<()> {
         embedding_cache: !a.no_embedding_cache,
         head_hybrid: Some(cfg.hybrid.clone()),
     };
+    if let Some(shards) = a.shards {
+        let reports = build_shards(
+            &a.out,
+            &encoder,
+            &items,
+            &interactions,
+            &opts,
+            shards,
+            a.shard,
+        )
+        .context("building the shards")?;
+        if !a.quiet {
+            if let Some(last) = reports.last() {
+                eprint!("{}", vecrec::pipeline::stage_table(&last.stages));
+            }
+        }
+        if let Some(path) = &a.report {
+            let json = serde_json::to_string_pretty(&reports)?;
+            std::fs::write(path, json + "\n")
+                .with_context(|| format!("writing the report to {}", path.display()))?;
+        }
+        for r in &reports {
+            println!(
+                "built {} ({} items, {} users with a profile)",
+                r.generation.display(),
+                r.items,
+                r.users
+            );
+        }
+        println!(
+            "{} of {shards} shards built in {:.1}s",
+            reports.len(),
+            start.elapsed().as_secs_f64()
+        );
+        return Ok(());
+    }
     let report =
         build(&a.out, &encoder, &items, &interactions, &opts).context("building the index")?;
     if !a.quiet {

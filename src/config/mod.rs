@@ -16,11 +16,13 @@ use crate::error::{Error, Result};
 
 mod experiment;
 mod hybrid;
+mod route;
 mod security;
 mod train;
 
 pub use experiment::{ArmConfig, ExperimentConfig, ExperimentMode};
 pub use hybrid::{FusionMethod, HybridConfig, RerankConfig, RerankKind, SourceWeights};
+pub use route::{MissingShard, RouteConfig};
 pub use security::SecurityConfig;
 pub use train::{AlsOptions, DinOptions, SequenceOptions, TrainOptions, TwoTowerOptions};
 
@@ -50,6 +52,8 @@ pub struct Config {
     pub security: SecurityConfig,
     /// A/B and interleaving experiments over `Recommend` (`[[experiments]]`).
     pub experiments: Vec<ExperimentConfig>,
+    /// The front tier of a partitioned index (`vecrec route`).
+    pub route: RouteConfig,
 }
 
 /// Network settings, admission control and metrics.

@@ -35,7 +35,7 @@ impl Engine {
     }
 
     /// The vector of an item, live updates included.
-    pub(super) fn item_vector(&self, id: &str) -> Result<Vec<f32>> {
+    pub fn item_vector(&self, id: &str) -> Result<Vec<f32>> {
         if let Some(x) = self.view().as_ref().and_then(|v| v.item(id)) {
             return Ok(x.vector.clone());
         }
@@ -137,6 +137,44 @@ impl Engine {
         timed("search", || {
             self.search(&v, k, &own, &[item.to_owned()], filter)
         })
+    }
+
+    /// Items nearest to a given vector, except the items named in
+    /// `exclude` (unknown ids are ignored). What a router sends every shard
+    /// to answer SimilarItems, SearchText and a history's Recommend.
+    pub fn search_vector(
+        &self,
+        vector: &[f32],
+        k: usize,
+        filter: Option<&Filter>,
+        exclude: &[String],
+    ) -> Result<Vec<Scored>> {
+        let k = self.check_k(k)?;
+        let dim = self.index.store().dim();
+        if vector.len() != dim {
+            return Err(Error::invalid(format!(
+                "vector has {} values; this index's vectors have {dim}",
+                vector.len()
+            )));
+        }
+        if !vector.iter().all(|x| x.is_finite()) || vector.iter().all(|x| *x == 0.0) {
+            return Err(Error::invalid(
+                "vector must be finite and not all zero (it is compared by cosine)",
+            ));
+        }
+        if exclude.len() > self.cfg.limits.max_history {
+            return Err(Error::invalid(format!(
+                "exclude has {} ids, over the limit of {}",
+                exclude.len(),
+                self.cfg.limits.max_history
+            )));
+        }
+        let store = self.index.store();
+        let own: HashSet<u32> = exclude
+            .iter()
+            .filter_map(|id| store.internal_id(id))
+            .collect();
+        timed("search", || self.search(vector, k, &own, exclude, filter))
     }
 
     /// Items nearest to a text query.

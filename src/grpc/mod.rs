@@ -355,6 +355,7 @@ impl Recommender for Service {
             request_id,
             experiment,
             arm,
+            partial: false,
         }))
     }
 
@@ -376,7 +377,10 @@ impl Recommender for Service {
                 ))
             })
             .await?;
-        Ok(Response::new(pb::SimilarItemsResponse { items }))
+        Ok(Response::new(pb::SimilarItemsResponse {
+            items,
+            partial: false,
+        }))
     }
 
     async fn search_text(
@@ -395,7 +399,36 @@ impl Recommender for Service {
                 ))
             })
             .await?;
-        Ok(Response::new(pb::SearchTextResponse { items }))
+        Ok(Response::new(pb::SearchTextResponse {
+            items,
+            partial: false,
+        }))
+    }
+
+    async fn search_vector(
+        &self,
+        req: Request<pb::SearchVectorRequest>,
+    ) -> Result<Response<pb::SearchVectorResponse>, Status> {
+        let deadline = self.deadline(&req);
+        let r = req.into_inner();
+        let limits = self.limits();
+        validate::filter(&limits, r.filter.as_ref())?;
+        for id in &r.exclude {
+            validate::id(&limits, "exclude", id)?;
+        }
+        let filter = to_filter(r.filter)?;
+        let items = self
+            .run("SearchVector", Work::Inline, deadline, move |e, _| {
+                Ok(scored(
+                    e,
+                    e.search_vector(&r.vector, r.k as usize, filter.as_ref(), &r.exclude)?,
+                ))
+            })
+            .await?;
+        Ok(Response::new(pb::SearchVectorResponse {
+            items,
+            partial: false,
+        }))
     }
 
     async fn embed(
@@ -539,14 +572,23 @@ impl Recommender for Service {
         req: Request<pb::GetItemRequest>,
     ) -> Result<Response<pb::GetItemResponse>, Status> {
         let started = Instant::now();
-        let id = req.into_inner().id;
+        let r = req.into_inner();
+        let id = r.id;
         let engine = self.slot.get();
         let meta = validate::id(&engine.config().limits, "id", &id)
             .and_then(|()| Ok(engine.index().check_damage()?))
             .and_then(|()| engine.item_meta(&id))
+            .and_then(|meta| {
+                let vector = if r.with_vector {
+                    engine.item_vector(&id)?
+                } else {
+                    Vec::new()
+                };
+                Ok((meta, vector))
+            })
             .map_err(Status::from);
         observe("GetItem", started, meta.as_ref().err());
-        let meta = meta?;
+        let (meta, vector) = meta?;
         Ok(Response::new(pb::GetItemResponse {
             id,
             title: meta.title,
@@ -554,6 +596,7 @@ impl Recommender for Service {
             categories: meta.categories,
             tags: meta.tags,
             numeric: meta.numeric.into_iter().collect(),
+            vector,
         }))
     }
 }

@@ -26,14 +26,8 @@ use crate::config::HybridConfig;
 use crate::engine::{Engine, Source, RERANKER};
 use crate::error::Result;
 use crate::fusion::{features, FusionMethod, LearnedModel};
+use crate::layout::stable_hash;
 use crate::retrieve::TrainOptions;
-
-/// A stable 64-bit hash of a user id (FNV-1a), for the sample of users.
-pub(super) fn stable_hash(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-    })
-}
 
 /// Fits the learned fusion on the generation in `dir` (written, not yet
 /// committed) over `users`' histories (oldest first). Returns `None` when

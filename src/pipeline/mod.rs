@@ -12,6 +12,7 @@
 pub mod cache;
 mod fusion_fit;
 mod rerank_fit;
+mod shards;
 pub mod stages;
 
 use std::collections::{HashMap, HashSet};
@@ -31,6 +32,7 @@ use crate::layout::{
 };
 use crate::retrieve::sparse::SparseRows;
 use crate::users::write_profiles;
+pub use shards::build_shards;
 pub use stages::{bar, spinner, stage_table, StageReport, Stages};
 
 /// Options of a build.
@@ -343,10 +345,18 @@ fn build_generation_inner(
 /// store does not hold skipped; users sorted by id. Returns the histories
 /// and the number skipped.
 fn histories(store: &VectorStore, interactions: &[Interaction]) -> (Vec<(String, History)>, usize) {
+    histories_by(&|id| store.internal_id(id), interactions)
+}
+
+/// [`histories`] with items numbered by `row` (`None`: not in the catalogue).
+fn histories_by(
+    row: &dyn Fn(&str) -> Option<u32>,
+    interactions: &[Interaction],
+) -> (Vec<(String, History)>, usize) {
     let mut by_user: HashMap<&str, Vec<(i64, u32, f32)>> = HashMap::new();
     let mut skipped = 0;
     for it in interactions {
-        match store.internal_id(&it.item) {
+        match row(&it.item) {
             Some(i) => by_user
                 .entry(&it.user)
                 .or_default()

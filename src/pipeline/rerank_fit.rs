@@ -76,7 +76,7 @@ pub(super) fn heads(
     }
     let all = held.len();
     if held.len() > train.reranker.head_users {
-        held.sort_by_key(|(u, _, _)| (super::fusion_fit::stable_hash(u), *u));
+        held.sort_by_key(|(u, _, _)| (crate::layout::stable_hash(u), *u));
         held.truncate(train.reranker.head_users);
         held.sort_by_key(|(u, _, _)| *u);
     }

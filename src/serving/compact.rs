@@ -24,6 +24,14 @@ pub fn compact(root: &Path, engine: &Engine) -> Result<Option<PathBuf>> {
     let live = engine
         .live()
         .ok_or_else(|| Error::Config("live updates are off".into()))?;
+    if let Some(s) = GenerationInfo::of(engine.index().manifest()).shard {
+        // A rebuild here would remake the users' profiles from this shard's
+        // items alone, and its answers would stop matching one node's.
+        return Err(Error::Config(format!(
+            "shard {} of {} is not compacted (its users' profiles span every shard):              rebuild with vecrec-build --shards to fold the log in",
+            s.index, s.of
+        )));
+    }
     let (items, vectors, interactions, last) = {
         let view = live.view(engine.applied_seq());
         if view.is_empty() {

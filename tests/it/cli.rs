@@ -22,7 +22,8 @@ fn every_binary_explains_itself() {
     let mut binaries = vec![
         ("vecrec", vec!["serve", "--help"], "--index"),
         ("vecrec", vec!["embed", "--help"], "--texts"),
-        ("vecrec-build", vec!["--help"], "--movielens"),
+        ("vecrec", vec!["route", "--help"], "--on-missing-shard"),
+        ("vecrec-build", vec!["--help"], "--shards"),
         ("vecrec-eval", vec!["--help"], "--write-split"),
         ("vecrec-sample", vec!["--help"], "--seed"),
         ("vecrec-admin", vec!["wal", "repair", "--help"], "--salvage"),

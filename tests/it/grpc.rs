@@ -91,6 +91,7 @@ async fn every_rpc_answers_and_bad_input_gets_the_right_code() {
         let got = c
             .get_item(pb::GetItemRequest {
                 id: i.item_id.clone(),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -121,7 +122,10 @@ async fn every_rpc_answers_and_bad_input_gets_the_right_code() {
     assert!(r.embeddings.iter().all(|v| v.values.len() == 384));
 
     let g = c
-        .get_item(pb::GetItemRequest { id: item.clone() })
+        .get_item(pb::GetItemRequest {
+            id: item.clone(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -131,7 +135,10 @@ async fn every_rpc_answers_and_bad_input_gets_the_right_code() {
 
     // Bad input.
     let err = c
-        .get_item(pb::GetItemRequest { id: "nope".into() })
+        .get_item(pb::GetItemRequest {
+            id: "nope".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err:?}");

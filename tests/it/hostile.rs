@@ -126,6 +126,7 @@ async fn the_findings_hostile_writes_are_refused_before_the_log() {
     let s = c
         .get_item(pb::GetItemRequest {
             id: "x".repeat(3 << 20),
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -25,6 +25,7 @@ const LAYERS: &[&[&str]] = &[
     &["pipeline"],
     &["serving", "eval"],
     &["grpc", "simulation"],
+    &["route"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

@@ -212,7 +212,12 @@ async fn check(
     acked: &HashMap<String, bool>,
 ) {
     for (id, present) in acked {
-        let got = client.get_item(pb::GetItemRequest { id: id.clone() }).await;
+        let got = client
+            .get_item(pb::GetItemRequest {
+                id: id.clone(),
+                ..Default::default()
+            })
+            .await;
         match (present, got) {
             (true, Ok(r)) => assert_eq!(&r.get_ref().id, id),
             (false, Err(s)) => assert_eq!(s.code(), tonic::Code::NotFound, "{id}"),

@@ -13,5 +13,6 @@ mod movielens;
 mod neural;
 mod pipeline;
 mod python_client;
+mod route;
 mod security;
 mod serving;

@@ -77,7 +77,10 @@ async fn tokens_decide_who_reads_and_who_writes() {
     cfg.security.write_burst = 2.0;
     let (addr, _stop) = serve_live(root, cfg).await;
     let ch = plain(addr).await;
-    let get = || pb::GetItemRequest { id: item.clone() };
+    let get = || pb::GetItemRequest {
+        id: item.clone(),
+        ..Default::default()
+    };
     let del = |id: &str| pb::DeleteItemsRequest {
         ids: vec![id.to_owned()],
     };
@@ -360,7 +363,12 @@ async fn connections_are_bounded_and_idle_ones_closed() {
     // Their places are free again.
     let mut c = RecommenderClient::new(plain(addr).await);
     let item = first_item(dir.path());
-    c.get_item(pb::GetItemRequest { id: item }).await.unwrap();
+    c.get_item(pb::GetItemRequest {
+        id: item,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
 }
 
 /// Reads until the server closes the connection (or resets it).
@@ -442,7 +450,10 @@ async fn damage_while_serving_is_found_and_answered_data_loss() {
     assert_eq!(s.code(), Code::DataLoss, "{s:?}");
     assert!(s.message().contains("vectors.bin"), "{}", s.message());
     let s = c
-        .get_item(pb::GetItemRequest { id: item.clone() })
+        .get_item(pb::GetItemRequest {
+            id: item.clone(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(s.code(), Code::DataLoss);

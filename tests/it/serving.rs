@@ -335,6 +335,7 @@ async fn metrics_are_scraped_during_load() {
                 let _ = c
                     .get_item(pb::GetItemRequest {
                         id: "no-such-item".into(),
+                        ..Default::default()
                     })
                     .await;
             }

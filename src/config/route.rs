@@ -1,0 +1,61 @@
+//! `[route]`: the front tier of a partitioned index (`vecrec route`).
+
+use serde::{Deserialize, Serialize};
+
+/// What the router does when every replica of a shard has failed a call.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MissingShard {
+    /// Answer from the other shards and set `partial` in the response (and
+    /// count it in `vecrec_route_partial_total`).
+    #[default]
+    Partial,
+    /// Answer `UNAVAILABLE` at once.
+    Fail,
+}
+
+/// The router's shards and how it calls them.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouteConfig {
+    /// The replicas of each shard, shard 0 first, as `host:port`. A host
+    /// that is not an IP address is looked up in DNS, and every address it
+    /// resolves to is a replica (a Kubernetes headless Service per shard
+    /// gives one per ready pod); looked up again every
+    /// `resolve_interval_ms`. Default: none (`vecrec route --shard` sets
+    /// them).
+    pub shards: Vec<Vec<String>>,
+    /// How long one shard may take to answer a request (retries and hedges
+    /// included), in milliseconds; the client's shorter deadline wins.
+    /// Default 2000.
+    pub shard_timeout_ms: u64,
+    /// A call to a replica that has not answered after this many
+    /// milliseconds is sent to a second replica as well, and the first
+    /// answer wins (0: no hedging). Default 20.
+    pub hedge_after_ms: u64,
+    /// A replica that refused a connection or reset one is tried last for
+    /// this many milliseconds. Default 1000.
+    pub down_for_ms: u64,
+    /// Timeout of a new connection to a replica, in milliseconds. Default 500.
+    pub connect_timeout_ms: u64,
+    /// How often replica names are looked up again, in milliseconds.
+    /// Default 5000.
+    pub resolve_interval_ms: u64,
+    /// `partial` (answer from the other shards and say so) or `fail`
+    /// (`UNAVAILABLE`) when a shard has no live replica. Default `partial`.
+    pub on_missing_shard: MissingShard,
+}
+
+impl Default for RouteConfig {
+    fn default() -> Self {
+        Self {
+            shards: Vec::new(),
+            shard_timeout_ms: 2000,
+            hedge_after_ms: 20,
+            down_for_ms: 1000,
+            connect_timeout_ms: 500,
+            resolve_interval_ms: 5000,
+            on_missing_shard: MissingShard::Partial,
+        }
+    }
+}

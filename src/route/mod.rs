@@ -1,0 +1,883 @@
+//! `vecrec route`: the stateless front tier of a partitioned index
+//! (`vecrec-build --shards N`). It serves the same `vecrec.v1.Recommender`
+//! API as one node by fanning each call out to one replica of every shard
+//! and merging their top-k, so with exact search its answers are one
+//! node's (see docs/scale-out.md):
+//!
+//! - `Recommend` for a user id: every shard holds every user's profile made
+//!   over the whole catalogue and answers for its own items; the lists are
+//!   merged by score. For an explicit history the router fetches the
+//!   history items' vectors from the shards that own them, makes the
+//!   profile exactly as one node does ([`crate::users::profile_of`]) and
+//!   sends it to every shard as `SearchVector`.
+//! - `SimilarItems`: the item's vector from its shard, then `SearchVector`
+//!   everywhere; `SearchText`: the query embedded by one shard, then the same.
+//! - `GetItem` goes to the owning shard, `Embed` to any; `UpsertItems` and
+//!   `DeleteItems` to every replica of the owning shard (all must take the
+//!   write). `RecordEvents` is refused: the users' state is not partitioned
+//!   yet.
+//!
+//! A replica is chosen round-robin among those not marked down; a call
+//! that fails with a transport-level status is retried on the next replica,
+//! and one slower than `route.hedge_after_ms` is sent to a second replica,
+//! the first answer winning. A shard with no live replica makes the answer
+//! `partial` (or `UNAVAILABLE`, as `route.on_missing_shard` says).
+//!
+//! Replicas are named `host:port`; a host that is not an IP address is
+//! looked up in DNS every `route.resolve_interval_ms`, each address it
+//! resolves to a replica (one Kubernetes headless Service per shard).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, RwLock};
+use tokio::task::JoinSet;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Response, Status};
+
+use crate::config::{Config, MissingShard, RouteConfig, UserConfig};
+use crate::deadline::parse_grpc_timeout;
+use crate::grpc::pb;
+use crate::grpc::pb::recommender_client::RecommenderClient;
+use crate::grpc::pb::recommender_server::{Recommender, RecommenderServer};
+use crate::layout::shard_of;
+use crate::telemetry;
+
+type Client = RecommenderClient<Channel>;
+
+/// Calls retried on another replica of the same shard.
+pub const ROUTE_RETRIES: &str = "vecrec_route_retries_total";
+/// Calls hedged to a second replica.
+pub const ROUTE_HEDGES: &str = "vecrec_route_hedges_total";
+/// Answers merged without some shard (`partial`), by rpc.
+pub const ROUTE_PARTIAL: &str = "vecrec_route_partial_total";
+/// Shards that failed a call on every replica, by shard.
+pub const ROUTE_SHARD_FAILED: &str = "vecrec_route_shard_failures_total";
+
+/// One replica of a shard.
+#[derive(Clone, Debug)]
+struct Replica {
+    addr: SocketAddr,
+    client: Client,
+}
+
+/// One shard: its replica names, the replicas they resolve to, and when
+/// each replica was last seen failing.
+#[derive(Debug)]
+struct Shard {
+    index: usize,
+    names: Vec<String>,
+    replicas: RwLock<Vec<Replica>>,
+    down_until: Mutex<HashMap<SocketAddr, Instant>>,
+    next: AtomicUsize,
+}
+
+impl Shard {
+    /// Replicas in the order to try them: round-robin among those not
+    /// marked down, then the ones marked down.
+    fn order(&self) -> Vec<Replica> {
+        let all = self.replicas.read().clone();
+        if all.is_empty() {
+            return all;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % all.len();
+        let now = Instant::now();
+        let down = self.down_until.lock();
+        let (mut up, mut out): (Vec<Replica>, Vec<Replica>) = all[start..]
+            .iter()
+            .chain(&all[..start])
+            .cloned()
+            .partition(|r| down.get(&r.addr).is_none_or(|t| *t <= now));
+        up.append(&mut out);
+        up
+    }
+
+    fn mark_down(&self, addr: SocketAddr, for_: Duration) {
+        self.down_until.lock().insert(addr, Instant::now() + for_);
+    }
+
+    fn mark_up(&self, addr: SocketAddr) {
+        let mut d = self.down_until.lock();
+        if !d.is_empty() {
+            d.remove(&addr);
+        }
+    }
+}
+
+/// The router's state, shared by its calls.
+#[derive(Debug)]
+struct Inner {
+    shards: Vec<Shard>,
+    cfg: RouteConfig,
+    users: UserConfig,
+    channels: Mutex<HashMap<SocketAddr, Channel>>,
+    next_any: AtomicUsize,
+}
+
+/// The front tier: a `Recommender` over the shards of a partitioned index.
+#[derive(Clone, Debug)]
+pub struct Router {
+    inner: Arc<Inner>,
+}
+
+/// Whether a failed call may succeed on another replica: the replica (or
+/// the way to it) failed, not the request.
+fn retryable(s: &Status) -> bool {
+    matches!(
+        s.code(),
+        Code::Unavailable
+            | Code::Unknown
+            | Code::Cancelled
+            | Code::DeadlineExceeded
+            | Code::ResourceExhausted
+            | Code::Internal
+            | Code::DataLoss
+    )
+}
+
+/// The time left before the caller's `grpc-timeout`, if it sent one.
+fn client_deadline<R>(req: &Request<R>) -> Option<Duration> {
+    req.metadata()
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout)
+}
+
+impl Router {
+    /// A router over `cfg.route.shards` (resolved now, and again every
+    /// `route.resolve_interval_ms` by [`Router::keep_resolving`]). Replicas
+    /// are connected on first use.
+    pub async fn new(cfg: &Config) -> anyhow::Result<Self> {
+        let route = cfg.route.clone();
+        if route.shards.is_empty() {
+            anyhow::bail!(
+                "no shards: give --shard host:port[,host:port...] once per shard, shard 0 first"
+            );
+        }
+        if let Some(i) = route.shards.iter().position(Vec::is_empty) {
+            anyhow::bail!("shard {i} has no replica");
+        }
+        if route.shard_timeout_ms == 0 {
+            anyhow::bail!("route.shard_timeout_ms must be at least 1");
+        }
+        let shards = route
+            .shards
+            .iter()
+            .enumerate()
+            .map(|(index, names)| Shard {
+                index,
+                names: names.clone(),
+                replicas: RwLock::new(Vec::new()),
+                down_until: Mutex::new(HashMap::new()),
+                next: AtomicUsize::new(0),
+            })
+            .collect();
+        let router = Router {
+            inner: Arc::new(Inner {
+                shards,
+                cfg: route,
+                users: cfg.users.clone(),
+                channels: Mutex::new(HashMap::new()),
+                next_any: AtomicUsize::new(0),
+            }),
+        };
+        router.resolve().await?;
+        Ok(router)
+    }
+
+    /// How many shards the catalogue is split into.
+    pub fn shards(&self) -> usize {
+        self.inner.shards.len()
+    }
+
+    /// Looks every replica name up again; a name that does not resolve
+    /// keeps the addresses it had (and is logged).
+    async fn resolve(&self) -> anyhow::Result<()> {
+        let inner = &self.inner;
+        for shard in &inner.shards {
+            let mut addrs: Vec<SocketAddr> = Vec::new();
+            for name in &shard.names {
+                match name.parse::<SocketAddr>() {
+                    Ok(a) => addrs.push(a),
+                    Err(_) => match tokio::net::lookup_host(name.as_str()).await {
+                        Ok(found) => addrs.extend(found),
+                        Err(e) => {
+                            tracing::warn!(shard = shard.index, %name, error = %e, "cannot resolve a replica name; keeping its last addresses");
+                            let old = shard.replicas.read();
+                            addrs.extend(old.iter().map(|r| r.addr));
+                        }
+                    },
+                }
+            }
+            addrs.sort();
+            addrs.dedup();
+            let replicas = addrs
+                .into_iter()
+                .map(|addr| {
+                    Ok(Replica {
+                        addr,
+                        client: RecommenderClient::new(self.channel(addr)?)
+                            .max_decoding_message_size(64 << 20),
+                    })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            *shard.replicas.write() = replicas;
+        }
+        Ok(())
+    }
+
+    /// Looks the replica names up every `route.resolve_interval_ms`, for as
+    /// long as the process runs.
+    pub async fn keep_resolving(self) {
+        let every = Duration::from_millis(self.inner.cfg.resolve_interval_ms.max(100));
+        loop {
+            tokio::time::sleep(every).await;
+            if let Err(e) = self.resolve().await {
+                tracing::warn!(error = %e, "resolving the replicas failed");
+            }
+        }
+    }
+
+    /// The (lazily connected, shared) channel to `addr`.
+    fn channel(&self, addr: SocketAddr) -> anyhow::Result<Channel> {
+        let mut channels = self.inner.channels.lock();
+        if let Some(c) = channels.get(&addr) {
+            return Ok(c.clone());
+        }
+        let c = Endpoint::from_shared(format!("http://{addr}"))?
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_millis(self.inner.cfg.connect_timeout_ms))
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .connect_lazy();
+        channels.insert(addr, c.clone());
+        Ok(c)
+    }
+
+    /// The shard's answer to `call`, from the first replica that gives one
+    /// within the shard's time: retried on the next replica after a
+    /// transport-level failure, hedged to a second after
+    /// `route.hedge_after_ms`.
+    async fn call<T, F, Fut>(&self, s: usize, limit: Option<Duration>, call: F) -> Result<T, Status>
+    where
+        T: Send + 'static,
+        F: Fn(Client, Duration) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>> + Send + 'static,
+    {
+        let cfg = &self.inner.cfg;
+        let shard = &self.inner.shards[s];
+        let order = shard.order();
+        if order.is_empty() {
+            return Err(Status::unavailable(format!(
+                "shard {s} has no replica (none of {:?} resolved)",
+                shard.names
+            )));
+        }
+        let budget =
+            Duration::from_millis(cfg.shard_timeout_ms).min(limit.unwrap_or(Duration::MAX));
+        let until = Instant::now() + budget;
+        let hedge = Duration::from_millis(cfg.hedge_after_ms);
+        let mut tries: JoinSet<(SocketAddr, Result<Response<T>, Status>)> = JoinSet::new();
+        let mut next = 0usize;
+        let launch = |tries: &mut JoinSet<_>, next: &mut usize| {
+            let r = &order[*next];
+            *next += 1;
+            let left = until.saturating_duration_since(Instant::now());
+            let fut = call(r.client.clone(), left);
+            let addr = r.addr;
+            tries.spawn(async move { (addr, fut.await) });
+        };
+        launch(&mut tries, &mut next);
+        let mut last: Option<Status> = None;
+        loop {
+            let can_hedge = cfg.hedge_after_ms > 0 && next < order.len();
+            tokio::select! {
+                done = tries.join_next() => {
+                    let Some(done) = done else {
+                        // Nothing in flight and nothing left to try.
+                        break;
+                    };
+                    let (addr, result) = match done {
+                        Ok(x) => x,
+                        Err(e) => return Err(Status::internal(format!("a call to shard {s} panicked: {e}"))),
+                    };
+                    match result {
+                        Ok(r) => {
+                            shard.mark_up(addr);
+                            return Ok(r.into_inner());
+                        }
+                        Err(st) if retryable(&st) => {
+                            if matches!(st.code(), Code::Unavailable | Code::Unknown | Code::Internal) {
+                                shard.mark_down(addr, Duration::from_millis(cfg.down_for_ms));
+                            }
+                            tracing::debug!(shard = s, %addr, status = %st, "a replica failed a call");
+                            last = Some(st);
+                            if next < order.len() && Instant::now() < until {
+                                metrics::counter!(ROUTE_RETRIES, "shard" => s.to_string()).increment(1);
+                                launch(&mut tries, &mut next);
+                            } else if tries.is_empty() {
+                                break;
+                            }
+                        }
+                        Err(st) => return Err(st),
+                    }
+                }
+                _ = tokio::time::sleep(hedge), if can_hedge => {
+                    metrics::counter!(ROUTE_HEDGES, "shard" => s.to_string()).increment(1);
+                    launch(&mut tries, &mut next);
+                }
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(until)) => {
+                    last = Some(Status::deadline_exceeded(format!("shard {s} did not answer within {} ms", budget.as_millis())));
+                    break;
+                }
+            }
+        }
+        tries.abort_all();
+        metrics::counter!(ROUTE_SHARD_FAILED, "shard" => s.to_string()).increment(1);
+        let last = last.unwrap_or_else(|| Status::unavailable("no replica answered"));
+        Err(Status::new(
+            last.code(),
+            format!(
+                "shard {s}: every replica failed; the last said: {}",
+                last.message()
+            ),
+        ))
+    }
+
+    /// `call` on every shard at once; each shard's answer or failure, in
+    /// shard order.
+    async fn everywhere<T, F, Fut>(
+        &self,
+        limit: Option<Duration>,
+        call: F,
+    ) -> Vec<Result<T, Status>>
+    where
+        T: Send + 'static,
+        F: Fn(Client, Duration) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<Response<T>, Status>> + Send + 'static,
+    {
+        let mut set = JoinSet::new();
+        for s in 0..self.shards() {
+            let me = self.clone();
+            let call = call.clone();
+            set.spawn(async move { (s, me.call(s, limit, call).await) });
+        }
+        let mut out: Vec<Option<Result<T, Status>>> = (0..self.shards()).map(|_| None).collect();
+        while let Some(done) = set.join_next().await {
+            match done {
+                Ok((s, r)) => out[s] = Some(r),
+                Err(e) => tracing::error!(error = %e, "a shard call panicked"),
+            }
+        }
+        out.into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(Status::internal("a shard call panicked"))))
+            .collect()
+    }
+
+    /// `call` on one shard, any: the next in turn, then the others.
+    async fn anywhere<T, F, Fut>(&self, limit: Option<Duration>, call: F) -> Result<T, Status>
+    where
+        T: Send + 'static,
+        F: Fn(Client, Duration) -> Fut + Clone,
+        Fut: Future<Output = Result<Response<T>, Status>> + Send + 'static,
+    {
+        let n = self.shards();
+        let start = self.inner.next_any.fetch_add(1, Ordering::Relaxed) % n;
+        let mut last = Status::unavailable("no shard");
+        for s in (start..n).chain(0..start) {
+            match self.call(s, limit, call.clone()).await {
+                Ok(r) => return Ok(r),
+                Err(st) if retryable(&st) => last = st,
+                Err(st) => return Err(st),
+            }
+        }
+        Err(last)
+    }
+
+    /// The shards' lists merged into the best `k`, and whether a shard was
+    /// missing; a request error (the same on every shard) is returned as is.
+    fn merge(
+        &self,
+        rpc: &'static str,
+        answers: Vec<Result<Vec<pb::ScoredItem>, Status>>,
+        k: u32,
+    ) -> Result<(Vec<pb::ScoredItem>, bool), Status> {
+        let k = if k == 0 { 10 } else { k as usize };
+        let mut items = Vec::new();
+        let mut missing = Vec::new();
+        for (s, a) in answers.into_iter().enumerate() {
+            match a {
+                Ok(list) => items.extend(list),
+                Err(st) if retryable(&st) => missing.push((s, st)),
+                Err(st) => return Err(st),
+            }
+        }
+        if !missing.is_empty() {
+            let all = missing.len() == self.shards();
+            if all || self.inner.cfg.on_missing_shard == MissingShard::Fail {
+                let (s, st) = missing.swap_remove(0);
+                return Err(Status::unavailable(format!(
+                    "shard {s} has no live replica ({}){}",
+                    st.message(),
+                    if all {
+                        ", nor has any other shard"
+                    } else {
+                        "; route.on_missing_shard = \"fail\""
+                    }
+                )));
+            }
+            metrics::counter!(ROUTE_PARTIAL, "rpc" => rpc).increment(1);
+        }
+        items.sort_by(|a, b| {
+            b.score
+                .total_cmp(&a.score)
+                .then_with(|| a.item_id.cmp(&b.item_id))
+        });
+        items.dedup_by(|a, b| a.item_id == b.item_id);
+        items.truncate(k);
+        Ok((items, !missing.is_empty()))
+    }
+
+    /// The shard that owns item `id`.
+    fn owner(&self, id: &str) -> usize {
+        shard_of(id, self.shards())
+    }
+
+    /// `SearchVector` on every shard, merged.
+    async fn search_everywhere(
+        &self,
+        rpc: &'static str,
+        req: pb::SearchVectorRequest,
+        limit: Option<Duration>,
+    ) -> Result<(Vec<pb::ScoredItem>, bool), Status> {
+        let k = req.k;
+        let req = Arc::new(req);
+        let answers = self
+            .everywhere(limit, move |mut c: Client, left| {
+                let mut r = Request::new((*req).clone());
+                r.set_timeout(left);
+                async move { c.search_vector(r).await }
+            })
+            .await;
+        let answers = answers.into_iter().map(|a| a.map(|r| r.items)).collect();
+        self.merge(rpc, answers, k)
+    }
+
+    /// The stored vector of item `id`, from the shard that owns it.
+    async fn item_vector(&self, id: &str, limit: Option<Duration>) -> Result<Vec<f32>, Status> {
+        let id = id.to_owned();
+        let r = self
+            .call(self.owner(&id), limit, move |mut c: Client, left| {
+                let mut r = Request::new(pb::GetItemRequest {
+                    id: id.clone(),
+                    with_vector: true,
+                });
+                r.set_timeout(left);
+                async move { c.get_item(r).await }
+            })
+            .await?;
+        Ok(r.vector)
+    }
+
+    /// A write of `items` (ids first) sent to every replica of the shards
+    /// that own them; `send` makes one shard's request. Returns the sum of
+    /// the shards' counts and the largest sequence.
+    async fn write_everywhere<I, T, F, Fut>(
+        &self,
+        items: Vec<I>,
+        id: fn(&I) -> &str,
+        send: F,
+    ) -> Result<(u32, u64), Status>
+    where
+        I: Clone + Send + 'static,
+        T: Send + 'static,
+        F: Fn(Client, Vec<I>) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>> + Send + 'static,
+        T: WriteAnswer,
+    {
+        let mut by_shard: Vec<Vec<I>> = vec![Vec::new(); self.shards()];
+        for it in items {
+            let s = self.owner(id(&it));
+            by_shard[s].push(it);
+        }
+        let mut set = JoinSet::new();
+        for (s, part) in by_shard
+            .into_iter()
+            .enumerate()
+            .filter(|(_, p)| !p.is_empty())
+        {
+            let replicas = self.inner.shards[s].replicas.read().clone();
+            if replicas.is_empty() {
+                return Err(Status::unavailable(format!(
+                    "shard {s} has no replica to write to"
+                )));
+            }
+            for r in replicas {
+                let fut = send(r.client.clone(), part.clone());
+                set.spawn(async move { (s, r.addr, fut.await) });
+            }
+        }
+        let mut count: HashMap<usize, u32> = HashMap::new();
+        let mut seq = 0u64;
+        let mut failed: Option<Status> = None;
+        while let Some(done) = set.join_next().await {
+            let (s, addr, r) =
+                done.map_err(|e| Status::internal(format!("a write panicked: {e}")))?;
+            match r {
+                Ok(r) => {
+                    let (n, q) = r.into_inner().counts();
+                    count.insert(s, n);
+                    seq = seq.max(q);
+                }
+                Err(st) => {
+                    tracing::warn!(shard = s, %addr, status = %st, "a replica did not take a write");
+                    failed.get_or_insert(Status::new(
+                        st.code(),
+                        format!(
+                            "replica {addr} of shard {s} did not take the write ({}); other \
+                             replicas may have: retry the whole call (writes are idempotent)",
+                            st.message()
+                        ),
+                    ));
+                }
+            }
+        }
+        match failed {
+            Some(st) => Err(st),
+            None => Ok((count.values().sum(), seq)),
+        }
+    }
+}
+
+/// What a write call answers: how many it took, and its log sequence.
+trait WriteAnswer {
+    fn counts(&self) -> (u32, u64);
+}
+
+impl WriteAnswer for pb::UpsertItemsResponse {
+    fn counts(&self) -> (u32, u64) {
+        (self.upserted, self.sequence)
+    }
+}
+
+impl WriteAnswer for pb::DeleteItemsResponse {
+    fn counts(&self) -> (u32, u64) {
+        (self.deleted, self.sequence)
+    }
+}
+
+/// Counts and times one routed call, as the server does for its own.
+fn observed<T>(rpc: &'static str, started: Instant, r: Result<T, Status>) -> Result<T, Status> {
+    let code = match &r {
+        Ok(_) => "OK",
+        Err(st) => crate::grpc::code_name(st.code()),
+    };
+    metrics::counter!(telemetry::REQUESTS, "rpc" => rpc, "code" => code).increment(1);
+    metrics::histogram!(telemetry::REQUEST_SECONDS, "rpc" => rpc, "code" => code)
+        .record(started.elapsed().as_secs_f64());
+    r
+}
+
+#[tonic::async_trait]
+impl Recommender for Router {
+    async fn recommend(
+        &self,
+        req: Request<pb::RecommendRequest>,
+    ) -> Result<Response<pb::RecommendResponse>, Status> {
+        let started = Instant::now();
+        let limit = client_deadline(&req);
+        let r = req.into_inner();
+        let result = async {
+            if r.history.is_empty() {
+                if r.user_id.trim().is_empty() {
+                    return Err(Status::invalid_argument(
+                        "give a user_id or a non-empty history",
+                    ));
+                }
+                let k = r.k;
+                let req = Arc::new(r);
+                let answers = self
+                    .everywhere(limit, move |mut c: Client, left| {
+                        let mut q = Request::new((*req).clone());
+                        q.set_timeout(left);
+                        async move { c.recommend(q).await }
+                    })
+                    .await;
+                let first = answers
+                    .iter()
+                    .find_map(|a| a.as_ref().ok())
+                    .map(|a| (a.request_id.clone(), a.experiment.clone(), a.arm.clone()));
+                let lists = answers.into_iter().map(|a| a.map(|r| r.items)).collect();
+                let (items, partial) = self.merge("Recommend", lists, k)?;
+                let (request_id, experiment, arm) = first.unwrap_or_default();
+                return Ok(pb::RecommendResponse {
+                    items,
+                    request_id,
+                    experiment,
+                    arm,
+                    partial,
+                });
+            }
+            // An explicit history: its profile, made here from the owners' rows.
+            let mut set = JoinSet::new();
+            for (i, id) in r.history.iter().enumerate() {
+                let me = self.clone();
+                let id = id.clone();
+                set.spawn(async move { (i, me.item_vector(&id, limit).await) });
+            }
+            let mut rows: Vec<Vec<f32>> = vec![Vec::new(); r.history.len()];
+            while let Some(done) = set.join_next().await {
+                let (i, v) = done.map_err(|e| Status::internal(e.to_string()))?;
+                rows[i] = v?;
+            }
+            let dim = rows.first().map_or(0, Vec::len);
+            let history: Vec<(u32, f32)> = (0..rows.len() as u32).map(|i| (i, 1.0)).collect();
+            let vector =
+                crate::users::profile_of(&|i| &rows[i as usize], dim, &history, &self.inner.users)
+                    .ok_or_else(|| {
+                        Status::invalid_argument("the history carries no positive weight")
+                    })?;
+            let (items, partial) = self
+                .search_everywhere(
+                    "Recommend",
+                    pb::SearchVectorRequest {
+                        vector,
+                        k: r.k,
+                        filter: r.filter,
+                        exclude: if r.include_seen {
+                            Vec::new()
+                        } else {
+                            r.history
+                        },
+                    },
+                    limit,
+                )
+                .await?;
+            Ok(pb::RecommendResponse {
+                items,
+                partial,
+                ..Default::default()
+            })
+        }
+        .await;
+        observed("Recommend", started, result).map(Response::new)
+    }
+
+    async fn similar_items(
+        &self,
+        req: Request<pb::SimilarItemsRequest>,
+    ) -> Result<Response<pb::SimilarItemsResponse>, Status> {
+        let started = Instant::now();
+        let limit = client_deadline(&req);
+        let r = req.into_inner();
+        let result = async {
+            let vector = self.item_vector(&r.item_id, limit).await?;
+            let (items, partial) = self
+                .search_everywhere(
+                    "SimilarItems",
+                    pb::SearchVectorRequest {
+                        vector,
+                        k: r.k,
+                        filter: r.filter,
+                        exclude: vec![r.item_id],
+                    },
+                    limit,
+                )
+                .await?;
+            Ok(pb::SimilarItemsResponse { items, partial })
+        }
+        .await;
+        observed("SimilarItems", started, result).map(Response::new)
+    }
+
+    async fn search_text(
+        &self,
+        req: Request<pb::SearchTextRequest>,
+    ) -> Result<Response<pb::SearchTextResponse>, Status> {
+        let started = Instant::now();
+        let limit = client_deadline(&req);
+        let r = req.into_inner();
+        let result = async {
+            let query = r.query.clone();
+            let embedded = self
+                .anywhere(limit, move |mut c: Client, left| {
+                    let mut q = Request::new(pb::EmbedRequest {
+                        texts: vec![query.clone()],
+                    });
+                    q.set_timeout(left);
+                    async move { c.embed(q).await }
+                })
+                .await?;
+            let vector = embedded
+                .embeddings
+                .into_iter()
+                .next()
+                .map(|e| e.values)
+                .ok_or_else(|| Status::internal("a shard embedded no vector"))?;
+            let (items, partial) = self
+                .search_everywhere(
+                    "SearchText",
+                    pb::SearchVectorRequest {
+                        vector,
+                        k: r.k,
+                        filter: r.filter,
+                        exclude: Vec::new(),
+                    },
+                    limit,
+                )
+                .await?;
+            Ok(pb::SearchTextResponse { items, partial })
+        }
+        .await;
+        observed("SearchText", started, result).map(Response::new)
+    }
+
+    async fn search_vector(
+        &self,
+        req: Request<pb::SearchVectorRequest>,
+    ) -> Result<Response<pb::SearchVectorResponse>, Status> {
+        let started = Instant::now();
+        let limit = client_deadline(&req);
+        let result = self
+            .search_everywhere("SearchVector", req.into_inner(), limit)
+            .await
+            .map(|(items, partial)| pb::SearchVectorResponse { items, partial });
+        observed("SearchVector", started, result).map(Response::new)
+    }
+
+    async fn embed(
+        &self,
+        req: Request<pb::EmbedRequest>,
+    ) -> Result<Response<pb::EmbedResponse>, Status> {
+        let started = Instant::now();
+        let limit = client_deadline(&req);
+        let r = Arc::new(req.into_inner());
+        let result = self
+            .anywhere(limit, move |mut c: Client, left| {
+                let mut q = Request::new((*r).clone());
+                q.set_timeout(left);
+                async move { c.embed(q).await }
+            })
+            .await;
+        observed("Embed", started, result).map(Response::new)
+    }
+
+    async fn get_item(
+        &self,
+        req: Request<pb::GetItemRequest>,
+    ) -> Result<Response<pb::GetItemResponse>, Status> {
+        let started = Instant::now();
+        let limit = client_deadline(&req);
+        let r = Arc::new(req.into_inner());
+        let owner = self.owner(&r.id);
+        let result = self
+            .call(owner, limit, move |mut c: Client, left| {
+                let mut q = Request::new((*r).clone());
+                q.set_timeout(left);
+                async move { c.get_item(q).await }
+            })
+            .await;
+        observed("GetItem", started, result).map(Response::new)
+    }
+
+    async fn upsert_items(
+        &self,
+        req: Request<pb::UpsertItemsRequest>,
+    ) -> Result<Response<pb::UpsertItemsResponse>, Status> {
+        let started = Instant::now();
+        let items = req.into_inner().items;
+        let result = self
+            .write_everywhere(
+                items,
+                |i: &pb::Item| i.id.as_str(),
+                |mut c: Client, items| async move {
+                    c.upsert_items(pb::UpsertItemsRequest { items }).await
+                },
+            )
+            .await
+            .map(|(upserted, sequence)| pb::UpsertItemsResponse { upserted, sequence });
+        observed("UpsertItems", started, result).map(Response::new)
+    }
+
+    async fn delete_items(
+        &self,
+        req: Request<pb::DeleteItemsRequest>,
+    ) -> Result<Response<pb::DeleteItemsResponse>, Status> {
+        let started = Instant::now();
+        let ids = req.into_inner().ids;
+        let result = self
+            .write_everywhere(ids, |i: &String| i.as_str(), |mut c: Client, ids| async move {
+                c.delete_items(pb::DeleteItemsRequest { ids }).await
+            })
+            .await
+            .map(|(deleted, sequence)| pb::DeleteItemsResponse { deleted, sequence });
+        observed("DeleteItems", started, result).map(Response::new)
+    }
+
+    async fn record_events(
+        &self,
+        _req: Request<pb::RecordEventsRequest>,
+    ) -> Result<Response<pb::RecordEventsResponse>, Status> {
+        observed(
+            "RecordEvents",
+            Instant::now(),
+            Err(Status::unimplemented(
+                "RecordEvents is not routed: the users' profiles are made at build time over \
+                 every shard, and the shards cannot update them from events yet; send events to \
+                 the interactions file of the next `vecrec-build --shards` run",
+            )),
+        )
+    }
+}
+
+/// Serves the router on `listener` until `shutdown` completes, with the
+/// standard health service (SERVING while it runs).
+pub async fn serve(
+    router: Router,
+    listener: tokio::net::TcpListener,
+    cfg: &Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<RecommenderServer<Router>>()
+        .await;
+    let tls = crate::grpc::Tls::new(&cfg.security)?;
+    let auth = crate::grpc::auth::Auth::new(&cfg.security)?;
+    let resolver = tokio::spawn(router.clone().keep_resolving());
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(cfg.server.max_concurrent_streams)
+        .http2_adaptive_window(Some(true))
+        .layer(crate::grpc::auth::AuthLayer(auth))
+        .add_service(health_service)
+        .add_service(RecommenderServer::new(router))
+        .serve_with_incoming_shutdown(crate::grpc::incoming(listener, &cfg.server, tls), shutdown)
+        .await?;
+    resolver.abort();
+    Ok(())
+}
+
+/// Registers the router's metrics' help texts.
+pub fn describe_metrics() {
+    use metrics::describe_counter;
+    describe_counter!(
+        ROUTE_RETRIES,
+        "Shard calls retried on another replica, by shard"
+    );
+    describe_counter!(
+        ROUTE_HEDGES,
+        "Shard calls hedged to a second replica, by shard"
+    );
+    describe_counter!(
+        ROUTE_PARTIAL,
+        "Answers merged without a shard that had no live replica, by rpc"
+    );
+    describe_counter!(
+        ROUTE_SHARD_FAILED,
+        "Shard calls that failed on every replica, by shard"
+    );
+}

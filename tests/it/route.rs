@@ -1,0 +1,433 @@
+//! A partitioned index behind `vecrec route`, as processes on loopback: a
+//! sample catalogue split into 3 shards × 2 replicas (each replica its own
+//! copy of its shard, as each pod has its own volume) against one node over
+//! the whole catalogue, both with exact search. Every load loop is bounded
+//! in count and time.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tonic::transport::Channel;
+use tonic::Code;
+use vecrec::catalog::{read_catalog, read_interactions};
+use vecrec::grpc::pb;
+use vecrec::grpc::pb::recommender_client::RecommenderClient;
+use vecrec::layout::shard_of;
+use vecrec::pipeline::{build, build_shards, BuildOptions};
+use vecrec::sample::{generate, write_sample, SampleConfig};
+
+use crate::cli::copy_dir;
+use crate::common::{encoder, first_line};
+
+type Client = RecommenderClient<Channel>;
+
+const SHARDS: usize = 3;
+
+/// A child process, killed (SIGKILL) when dropped.
+struct Proc {
+    child: Child,
+    addr: String,
+    metrics: Option<String>,
+}
+
+impl Proc {
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    async fn client(&self) -> Client {
+        RecommenderClient::connect(format!("http://{}", self.addr))
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Starts a `vecrec` subcommand and reads the address (and metrics
+/// address) it prints.
+fn start(args: &[&str]) -> Proc {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vecrec"))
+        .args(args)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = first_line(&mut child);
+    let mut metrics = None;
+    if let Some(m) = line.strip_prefix("metrics on http://") {
+        metrics = Some(m.trim_end_matches("/metrics").to_owned());
+        line = first_line(&mut child);
+    }
+    let addr = line
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("vecrec {args:?} did not start: {line:?}"))
+        .to_owned();
+    Proc {
+        child,
+        addr,
+        metrics,
+    }
+}
+
+fn serve(root: &Path, config: &Path) -> Proc {
+    start(&[
+        "serve",
+        "--index",
+        root.to_str().unwrap(),
+        "--addr",
+        "127.0.0.1:0",
+        "--config",
+        config.to_str().unwrap(),
+    ])
+}
+
+fn route(replicas: &[Vec<String>], extra: &[&str]) -> Proc {
+    let mut args = vec!["route".to_owned(), "--addr".into(), "127.0.0.1:0".into()];
+    for r in replicas {
+        args.push("--shard".into());
+        args.push(r.join(","));
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    start(&args)
+}
+
+fn ids(items: &[pb::ScoredItem]) -> Vec<String> {
+    items.iter().map(|i| i.item_id.clone()).collect()
+}
+
+/// The lists are the same items in the same order with the same scores
+/// (up to the last bits of a float).
+fn assert_same(what: &str, one: &[pb::ScoredItem], routed: &[pb::ScoredItem]) {
+    assert_eq!(ids(one), ids(routed), "{what}");
+    for (a, b) in one.iter().zip(routed) {
+        assert!(
+            (a.score - b.score).abs() < 1e-5,
+            "{what}: {a:?} against {b:?}"
+        );
+    }
+}
+
+/// Scrapes a Prometheus endpoint and returns the summed value of every
+/// series of `metric`.
+fn scrape(addr: &str, metric: &str) -> f64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body.lines()
+        .filter(|l| l.starts_with(metric) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_replicas() {
+    // The data and both builds: one node, and 3 shards from the same rows.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("sample");
+    let cfg = SampleConfig {
+        seed: 11,
+        items: 600,
+        users: 60,
+        min_history: 10,
+        max_history: 30,
+    };
+    write_sample(&generate(&cfg).unwrap(), &data).unwrap();
+    let items = read_catalog(&data.join("catalog.jsonl")).unwrap();
+    let inter = read_interactions(&data.join("interactions.csv")).unwrap();
+    let opts = BuildOptions {
+        progress: false,
+        train: None,
+        learn_fusion: None,
+        ..Default::default()
+    };
+    let one_root = dir.path().join("one");
+    build(&one_root, &encoder(), &items, &inter, &opts).unwrap();
+    let parts = dir.path().join("parts");
+    let reports = build_shards(&parts, &encoder(), &items, &inter, &opts, SHARDS, None).unwrap();
+    assert_eq!(reports.len(), SHARDS);
+    for (s, r) in reports.iter().enumerate() {
+        let owned = items
+            .iter()
+            .filter(|i| shard_of(&i.id, SHARDS) == s)
+            .count();
+        assert!(owned > 0, "shard {s} owns no item");
+        assert_eq!(r.items, owned, "shard {s}");
+    }
+    // A build with trained sources is refused, as is a shard out of range.
+    let trained = BuildOptions {
+        train: Some(Default::default()),
+        ..opts.clone()
+    };
+    let e = build_shards(&parts, &encoder(), &items, &inter, &trained, SHARDS, None).unwrap_err();
+    assert!(e.to_string().contains("--content-only"), "{e}");
+    let e = build_shards(&parts, &encoder(), &items, &inter, &opts, SHARDS, Some(3)).unwrap_err();
+    assert!(e.to_string().contains("out of range"), "{e}");
+
+    let config = dir.path().join("exact.toml");
+    std::fs::write(&config, "[search]\nexact = true\n").unwrap();
+    let one = serve(&one_root, &config);
+    // Two replicas per shard, each on its own copy of the shard's root.
+    let mut replicas: Vec<Vec<Proc>> = Vec::new();
+    for s in 0..SHARDS {
+        let shard_root = vecrec::layout::shard_root(&parts, s);
+        let mut procs = Vec::new();
+        for r in 0..2 {
+            let copy = dir.path().join(format!("shard-{s}-replica-{r}"));
+            copy_dir(&shard_root, &copy);
+            procs.push(serve(&copy, &config));
+        }
+        replicas.push(procs);
+    }
+    let names: Vec<Vec<String>> = replicas
+        .iter()
+        .map(|ps| ps.iter().map(|p| p.addr.clone()).collect())
+        .collect();
+    let router = route(&names, &["--metrics-addr", "127.0.0.1:0"]);
+    let mut one_c = one.client().await;
+    let mut rc = router.client().await;
+
+    // The same answers as one node.
+    let some_items: Vec<String> = items.iter().step_by(30).map(|i| i.id.clone()).collect();
+    for id in &some_items {
+        let req = pb::SimilarItemsRequest {
+            item_id: id.clone(),
+            k: 10,
+            filter: None,
+        };
+        let a = one_c.similar_items(req.clone()).await.unwrap().into_inner();
+        let b = rc.similar_items(req).await.unwrap().into_inner();
+        assert!(!b.partial);
+        assert_same(&format!("SimilarItems {id}"), &a.items, &b.items);
+        let owners: std::collections::HashSet<usize> = b
+            .items
+            .iter()
+            .map(|i| shard_of(&i.item_id, SHARDS))
+            .collect();
+        assert!(
+            owners.len() > 1,
+            "the answer should span shards: {owners:?}"
+        );
+    }
+    for q in [
+        "a quiet film about the sea",
+        "space adventure",
+        "cooking for friends",
+    ] {
+        let req = pb::SearchTextRequest {
+            query: q.into(),
+            k: 10,
+            filter: None,
+        };
+        let a = one_c.search_text(req.clone()).await.unwrap().into_inner();
+        let b = rc.search_text(req).await.unwrap().into_inner();
+        assert_same(&format!("SearchText {q}"), &a.items, &b.items);
+    }
+    let mut users: Vec<&str> = inter.iter().map(|i| i.user.as_str()).collect();
+    users.sort_unstable();
+    users.dedup();
+    for u in &users {
+        let req = pb::RecommendRequest {
+            user_id: u.to_string(),
+            k: 10,
+            ..Default::default()
+        };
+        let a = one_c.recommend(req.clone()).await.unwrap().into_inner();
+        let b = rc.recommend(req).await.unwrap().into_inner();
+        assert_same(&format!("Recommend {u}"), &a.items, &b.items);
+    }
+    for h in 0..5 {
+        let history: Vec<String> = items
+            .iter()
+            .skip(h * 7)
+            .step_by(41)
+            .take(6)
+            .map(|i| i.id.clone())
+            .collect();
+        let req = pb::RecommendRequest {
+            history,
+            k: 10,
+            ..Default::default()
+        };
+        let a = one_c.recommend(req.clone()).await.unwrap().into_inner();
+        let b = rc.recommend(req).await.unwrap().into_inner();
+        assert_same(&format!("Recommend history {h}"), &a.items, &b.items);
+    }
+    let got = rc
+        .get_item(pb::GetItemRequest {
+            id: items[5].id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.id, items[5].id);
+    let unknown = rc
+        .recommend(pb::RecommendRequest {
+            user_id: "nobody-at-all".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+
+    // Load through the router while one replica of every shard is killed.
+    let done = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    const CALLS: usize = 1500;
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for w in 0..4 {
+        let mut c = router.client().await;
+        let (done, failed) = (done.clone(), failed.clone());
+        let users: Vec<String> = users.iter().map(|u| u.to_string()).collect();
+        let some_items = some_items.clone();
+        workers.push(tokio::spawn(async move {
+            let mut i = w;
+            while done.load(Ordering::Relaxed) < CALLS
+                && started.elapsed() < Duration::from_secs(90)
+            {
+                let ok = if i % 2 == 0 {
+                    c.recommend(pb::RecommendRequest {
+                        user_id: users[i % users.len()].clone(),
+                        k: 10,
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|r| !r.into_inner().partial)
+                } else {
+                    c.similar_items(pb::SimilarItemsRequest {
+                        item_id: some_items[i % some_items.len()].clone(),
+                        k: 10,
+                        filter: None,
+                    })
+                    .await
+                    .map(|r| !r.into_inner().partial)
+                };
+                if !matches!(ok, Ok(true)) {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+                i += 4;
+            }
+        }));
+    }
+    while done.load(Ordering::Relaxed) < 300 && started.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for procs in &mut replicas {
+        procs[0].kill();
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert!(
+        done.load(Ordering::Relaxed) >= CALLS,
+        "the load did not finish in time"
+    );
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "calls failed or came back partial while one replica of each shard was killed"
+    );
+    let metrics = router.metrics.clone().unwrap();
+    assert!(scrape(&metrics, "vecrec_route_retries_total") >= 1.0);
+
+    // Shard 0 with no live replica: partial answers from the others.
+    replicas[0][1].kill();
+    let other = some_items
+        .iter()
+        .find(|id| shard_of(id, SHARDS) != 0)
+        .unwrap()
+        .clone();
+    let b = rc
+        .similar_items(pb::SimilarItemsRequest {
+            item_id: other.clone(),
+            k: 10,
+            filter: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(b.partial, "a missing shard must be said");
+    assert_eq!(b.items.len(), 10);
+    assert!(b.items.iter().all(|i| shard_of(&i.item_id, SHARDS) != 0));
+    assert!(scrape(&metrics, "vecrec_route_partial_total") >= 1.0);
+    // Or UNAVAILABLE, as configured.
+    let strict = route(&names, &["--on-missing-shard", "fail"]);
+    let err = strict
+        .client()
+        .await
+        .similar_items(pb::SimilarItemsRequest {
+            item_id: other,
+            k: 10,
+            filter: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("shard 0"), "{err:?}");
+}
+
+/// The block scalar `key: |` of a YAML file, unindented.
+fn yaml_block(text: &str, key: &str) -> String {
+    let mut lines = text.lines().skip_while(|l| l.trim() != format!("{key}: |"));
+    let head = lines
+        .next()
+        .unwrap_or_else(|| panic!("no {key} in the config map"));
+    let indent = head.len() - head.trim_start().len() + 2;
+    lines
+        .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() >= indent)
+        .map(|l| l.get(indent..).unwrap_or("").to_owned() + "\n")
+        .collect()
+}
+
+#[test]
+fn the_kubernetes_config_map_holds_configs_vecrec_accepts() {
+    let k8s = crate::common::repo().join("deploy/k8s");
+    let map = std::fs::read_to_string(k8s.join("config.yaml")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let shard_files = std::fs::read_dir(&k8s)
+        .unwrap()
+        .filter(|f| {
+            let name = f.as_ref().unwrap().file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("shard-") && name.ends_with(".yaml")
+        })
+        .count();
+    for key in ["vecrec.toml", "router.toml"] {
+        let path = dir.path().join(key);
+        std::fs::write(&path, yaml_block(&map, key)).unwrap();
+        let cfg = vecrec::config::Config::load(Some(&path))
+            .unwrap_or_else(|e| panic!("{key} does not load: {e}"));
+        cfg.validate().unwrap();
+        if key == "router.toml" {
+            assert_eq!(
+                cfg.route.shards.len(),
+                shard_files,
+                "one entry per shard manifest"
+            );
+            for (i, s) in cfg.route.shards.iter().enumerate() {
+                assert_eq!(s, &vec![format!("vecrec-shard-{i}:50051")]);
+            }
+        } else {
+            assert!(
+                !cfg.live.enabled,
+                "shards serve the shared volume read-only"
+            );
+        }
+    }
+}
