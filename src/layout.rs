@@ -205,7 +205,10 @@ mod tests {
         for i in 0..3000 {
             counts[shard_of(&format!("item-{i}"), 3)] += 1;
         }
-        assert!(counts.iter().all(|&c| (800..1200).contains(&c)), "{counts:?}");
+        assert!(
+            counts.iter().all(|&c| (800..1200).contains(&c)),
+            "{counts:?}"
+        );
         assert_eq!(shard_of("anything", 1), 0);
         assert_eq!(shard_root(Path::new("/x"), 2), Path::new("/x/shard-2"));
     }

@@ -194,11 +194,7 @@ fn route(args: RouteArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        if let Some(a) = &cfg.server.metrics_addr {
-            let addr = a.parse().context("server.metrics_addr")?;
-            let local = vecrec::telemetry::serve(addr).await?;
-            println!("metrics on http://{local}/metrics");
-        }
+        serve_metrics(&cfg).await?;
         let router = vecrec::route::Router::new(&cfg).await?;
         let listener =
             vecrec::grpc::bind_with_backlog(&cfg.server.addr, cfg.server.listen_backlog)?;
@@ -301,11 +297,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        if let Some(a) = &cfg.server.metrics_addr {
-            let addr = a.parse().context("server.metrics_addr")?;
-            let local = vecrec::telemetry::serve(addr).await?;
-            println!("metrics on http://{local}/metrics");
-        }
+        serve_metrics(&cfg).await?;
         let listener =
             vecrec::grpc::bind_with_backlog(&cfg.server.addr, cfg.server.listen_backlog)?;
         let local = listener.local_addr()?;
@@ -328,6 +320,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!("shut down cleanly");
         Ok(())
     })
+}
+
+/// Serves `GET /metrics` on server.metrics_addr, when set, and says where.
+async fn serve_metrics(cfg: &Config) -> anyhow::Result<()> {
+    if let Some(a) = &cfg.server.metrics_addr {
+        let addr = a.parse().context("server.metrics_addr")?;
+        let local = vecrec::telemetry::serve(addr).await?;
+        println!("metrics on http://{local}/metrics");
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -122,6 +122,36 @@ pub struct BuildReport {
     pub stages: Vec<StageReport>,
 }
 
+impl BuildReport {
+    /// The report of a generation of `(items, users with a profile)` from
+    /// `(interactions used, skipped)`, whose graph took `hnsw_seconds`,
+    /// started at `start`; nothing embedded or trained yet, no stages.
+    fn indexed(
+        generation: PathBuf,
+        (items, users): (usize, usize),
+        (interactions, skipped): (usize, usize),
+        hnsw_seconds: f64,
+        start: Instant,
+    ) -> Self {
+        Self {
+            generation,
+            items,
+            users,
+            interactions,
+            skipped_unknown_items: skipped,
+            embedded: 0,
+            reused_embeddings: 0,
+            embed_seconds: 0.0,
+            texts_per_second: 0.0,
+            hnsw_seconds,
+            train_seconds: 0.0,
+            total_seconds: start.elapsed().as_secs_f64(),
+            peak_rss_mib: 0.0,
+            stages: Vec::new(),
+        }
+    }
+}
+
 /// The stages that train models (for [`BuildReport::train_seconds`]).
 const TRAIN_STAGES: &[&str] = &[
     "ease",
@@ -323,22 +353,17 @@ fn build_generation_inner(
     })?;
     let peak_rss_mib = stages.peak_mib();
     let train_seconds = stages.seconds_of(TRAIN_STAGES);
-    Ok(BuildReport {
+    let mut report = BuildReport::indexed(
         generation,
-        items: items.len(),
-        users: with_profile,
-        interactions: interactions.len() - skipped,
-        skipped_unknown_items: skipped,
-        embedded: 0,
-        reused_embeddings: 0,
-        embed_seconds: 0.0,
-        texts_per_second: 0.0,
-        hnsw_seconds: manifest.hnsw_build_seconds,
-        train_seconds,
-        total_seconds: start.elapsed().as_secs_f64(),
-        peak_rss_mib,
-        stages: stages.into_list(),
-    })
+        (items.len(), with_profile),
+        (interactions.len() - skipped, skipped),
+        manifest.hnsw_build_seconds,
+        start,
+    );
+    report.train_seconds = train_seconds;
+    report.peak_rss_mib = peak_rss_mib;
+    report.stages = stages.into_list();
+    Ok(report)
 }
 
 /// Per user, oldest first (ties by item row), interactions with items the

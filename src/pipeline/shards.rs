@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::time::Instant;
 
 use vecrec_index::generation::{prune, GenerationWriter};
 use vecrec_index::{write_index, Metric, StoreBuilder};
@@ -81,7 +82,7 @@ pub fn build_shards(
     let owner: Vec<usize> = items.iter().map(|it| shard_of(&it.id, shards)).collect();
     let mut reports = Vec::new();
     for s in (0..shards).filter(|s| only.is_none_or(|o| o == *s)) {
-        let t = std::time::Instant::now();
+        let t = Instant::now();
         let dir = shard_root(root, s);
         let writer = GenerationWriter::begin(&dir)?;
         let info = GenerationInfo {
@@ -127,22 +128,15 @@ pub fn build_shards(
         })?;
         let generation = writer.commit()?;
         prune(&dir, opts.keep_generations)?;
-        reports.push(BuildReport {
+        let mut report = BuildReport::indexed(
             generation,
-            items: local.iter().flatten().count(),
-            users: with_profile,
-            interactions: interactions.len() - skipped,
-            skipped_unknown_items: skipped,
-            embedded: 0,
-            reused_embeddings: 0,
-            embed_seconds: 0.0,
-            texts_per_second: 0.0,
-            hnsw_seconds: manifest.hnsw_build_seconds,
-            train_seconds: 0.0,
-            total_seconds: t.elapsed().as_secs_f64(),
-            peak_rss_mib: stages.peak_mib(),
-            stages: Vec::new(),
-        });
+            (local.iter().flatten().count(), with_profile),
+            (interactions.len() - skipped, skipped),
+            manifest.hnsw_build_seconds,
+            t,
+        );
+        report.peak_rss_mib = stages.peak_mib();
+        reports.push(report);
     }
     if let Some(last) = reports.last_mut() {
         last.stages = stages.into_list();

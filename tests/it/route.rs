@@ -284,6 +284,67 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
         .unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound);
 
+    // Writes go to every replica of the owning shard, and only there.
+    let fresh = pb::Item {
+        id: "routed-new-item".into(),
+        title: "A lighthouse keeper's winter".into(),
+        text: "A quiet film about the sea, a lighthouse and a long winter.".into(),
+        ..Default::default()
+    };
+    let owner = shard_of(&fresh.id, SHARDS);
+    let up = rc
+        .upsert_items(pb::UpsertItemsRequest {
+            items: vec![fresh.clone()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(up.upserted, 1);
+    for (s, procs) in replicas.iter().enumerate() {
+        for p in procs {
+            let got = p
+                .client()
+                .await
+                .get_item(pb::GetItemRequest {
+                    id: fresh.id.clone(),
+                    ..Default::default()
+                })
+                .await;
+            assert_eq!(got.is_ok(), s == owner, "shard {s} replica {}", p.addr);
+        }
+    }
+    let found = rc
+        .search_text(pb::SearchTextRequest {
+            query: fresh.text.clone(),
+            k: 3,
+            filter: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(found.items[0].item_id, fresh.id);
+    let gone = rc
+        .delete_items(pb::DeleteItemsRequest {
+            ids: vec![fresh.id.clone()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(gone.deleted, 1);
+    let err = rc
+        .get_item(pb::GetItemRequest {
+            id: fresh.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let events = rc
+        .record_events(pb::RecordEventsRequest { events: vec![] })
+        .await
+        .unwrap_err();
+    assert_eq!(events.code(), Code::Unimplemented);
+
     // Load through the router while one replica of every shard is killed.
     let done = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));

@@ -1,0 +1,121 @@
+"""Writes results/route.md and results/route.png from results/raw.jsonl and
+results/ndcg.json (benches/route/run.sh): medians over the rounds, and every
+fault round."""
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+out = Path(sys.argv[1])
+rows = [json.loads(line) for line in (out / "raw.jsonl").read_text().splitlines() if line.strip()]
+nd = json.loads((out / "ndcg.json").read_text())
+rounds = sorted({r["round"] for r in rows})
+
+
+def med(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def errs(r):
+    return sum(r["errors"].values())
+
+
+lines = [
+    "# One node against 3 shards × 2 replicas behind `vecrec route`",
+    "",
+    "ml-latest-small, content pipeline, everything on one 2-core machine over loopback "
+    "(7 servers, the router and the load generator share the cores). "
+    f"Reproduce: `benches/route/run.sh` ({len(rounds)} rounds).",
+    "",
+    "## Quality: TEST NDCG@10 (built on TRAIN, exact search)",
+    "",
+    "| | NDCG@10 | 95% half-width |",
+    "|---|---:|---:|",
+    f"| one node | {nd['one_node_ndcg10']:.4f} | {nd['one_node_half_width']:.4f} |",
+    f"| router over 3 shards | {nd['routed_ndcg10']:.4f} | {nd['routed_half_width']:.4f} |",
+    "",
+    f"{nd['users']} TEST users; paired difference (router − one node) {nd['paired_difference']:+.4f}; "
+    f"identical top-10 lists for {nd['identical_lists']} of {nd['users']} users. "
+    "Both use the server's default profile settings (the newest 20 items, decay 0.7); "
+    "`vecrec-eval`'s content-only row (0.0181) uses the newest 2, as chosen on validation.",
+    "",
+    "## Latency: closed loop, concurrency 8 (HNSW search; medians of the rounds)",
+    "",
+    "| rpc | server | req/s | p50 ms | p99 ms | errors |",
+    "|---|---|---:|---:|---:|---:|",
+]
+for rpc in ("similar", "recommend"):
+    for who in ("one", "router"):
+        rs = [r for r in rows if r["kind"] == "normal" and r["rpc"] == rpc and r["label"] == who]
+        name = "one node" if who == "one" else "router, 3 × 2"
+        lines.append(
+            f"| {rpc} | {name} | {med([r['achieved_rps'] for r in rs]):,.0f} | "
+            f"{med([r['p50_ms'] for r in rs]):.2f} | {med([r['p99_ms'] for r in rs]):.2f} | "
+            f"{sum(errs(r) for r in rs)} |"
+        )
+lines += [
+    "",
+    "## Faults: Recommend through the router while one replica of every shard is SIGKILLed",
+    "",
+    "Each round: a run of the same length before the fault, then one in which a replica of "
+    "each of the 3 shards is killed part-way.",
+    "",
+    "| round | req/s before | p99 ms before | req/s during | p99 ms during | p99 ratio | failed during |",
+    "|---:|---:|---:|---:|---:|---:|---:|",
+]
+ratios = []
+for rd in rounds:
+    b = [r for r in rows if r["round"] == rd and r["kind"] == "before-fault"]
+    f = [r for r in rows if r["round"] == rd and r["kind"] == "fault"]
+    if not (b and f):
+        continue
+    b, f = b[0], f[0]
+    ratio = f["p99_ms"] / b["p99_ms"]
+    ratios.append(ratio)
+    lines.append(
+        f"| {rd} | {b['achieved_rps']:,.0f} | {b['p99_ms']:.2f} | {f['achieved_rps']:,.0f} | "
+        f"{f['p99_ms']:.2f} | {ratio:.2f}× | {errs(f)} |"
+    )
+lines += [
+    "",
+    f"Median p99 ratio during the fault: {med(ratios):.2f}×.",
+    "",
+    "![latency of one node and the router; p99 before and during the fault](route.png)",
+    "",
+]
+(out / "route.md").write_text("\n".join(lines))
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+labels, p50, p99 = [], [], []
+for rpc in ("similar", "recommend"):
+    for who in ("one", "router"):
+        rs = [r for r in rows if r["kind"] == "normal" and r["rpc"] == rpc and r["label"] == who]
+        labels.append(f"{rpc}\n{'one node' if who == 'one' else 'router 3×2'}")
+        p50.append(med([r["p50_ms"] for r in rs]))
+        p99.append(med([r["p99_ms"] for r in rs]))
+x = range(len(labels))
+a.bar([i - 0.2 for i in x], p50, 0.4, label="p50")
+a.bar([i + 0.2 for i in x], p99, 0.4, label="p99")
+a.set_xticks(list(x), labels)
+a.set_ylabel("ms (closed loop, concurrency 8)")
+a.set_title("one node against the router")
+a.legend()
+before = [r["p99_ms"] for rd in rounds for r in rows if r["round"] == rd and r["kind"] == "before-fault"]
+during = [r["p99_ms"] for rd in rounds for r in rows if r["round"] == rd and r["kind"] == "fault"]
+b.plot(rounds[: len(before)], before, "o-", label="before the fault")
+b.plot(rounds[: len(during)], during, "s-", label="a replica of every shard killed")
+b.set_xticks(rounds)
+b.set_xlabel("round")
+b.set_ylabel("router Recommend p99, ms")
+b.set_ylim(bottom=0)
+b.set_title("p99 through the router under SIGKILL")
+b.legend()
+fig.tight_layout()
+fig.savefig(out / "route.png", dpi=110)
+print("\n".join(lines))

@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# One node against 3 shards x 2 replicas behind `vecrec route`, on loopback,
+# ml-latest-small, content pipeline:
+#   1. quality: TEST NDCG@10 through the router and from one node, both built
+#      on TRAIN with exact search (benches/route/ndcg.py; reads TEST once);
+#   2. latency: vecrec-load closed loop at concurrency 8, SimilarItems and
+#      Recommend, one node and router interleaved, ROUNDS rounds (HNSW search);
+#   3. faults: the same Recommend load on the router while one replica of
+#      every shard is killed with SIGKILL KILL_AT seconds in (killed replicas
+#      restarted between rounds).
+# Writes results/raw.jsonl, results/ndcg.json, results/route.md and results/route.png.
+#
+#   benches/route/run.sh                  # about 6 minutes on 2 cores
+#   ROUNDS=1 DUR=5 benches/route/run.sh   # a quick look
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$REPO"
+HERE="$REPO/benches/route"
+SHARED="${VECREC_SHARED:-$REPO/../shared}"
+ML="$SHARED/datasets/ml-latest-small"
+SPLIT="$ML/split"
+DATA="$REPO/.cache/bench-data/route"
+OUT="$HERE/results"
+ROUNDS="${ROUNDS:-3}"
+DUR="${DUR:-10}"
+WARM="${WARM:-2}"
+FAULT_DUR="${FAULT_DUR:-16}"
+KILL_AT="${KILL_AT:-8}"
+SHARDS=3
+LOAD="$REPO/target/release/vecrec-load"
+BIN="$REPO/target/release/vecrec"
+
+[[ -d "$SPLIT" ]] || { echo "error: $SPLIT not found (set VECREC_SHARED)" >&2; exit 1; }
+[[ -f "$REPO/.cache/env.sh" ]] || scripts/setup.sh
+# shellcheck disable=SC1091
+. "$REPO/.cache/env.sh"
+VENV="$REPO/.cache/route-bench-venv"
+if [[ ! -x "$VENV/bin/python" ]] || ! cmp -s "$HERE/requirements.txt" "$VENV/requirements.txt"; then
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$HERE/requirements.txt"
+    cp "$HERE/requirements.txt" "$VENV/requirements.txt"
+fi
+echo "== release build"
+cargo build --release --bins --quiet
+mkdir -p "$DATA" "$OUT"
+
+echo "== catalogue and TRAIN interactions from $SPLIT"
+"$VECREC_PYTHON" - "$SPLIT" "$DATA" <<'PY'
+import csv, json, sys
+split, data = sys.argv[1:]
+with open(f"{split}/item_text.csv") as f, open(f"{data}/catalog.jsonl", "w") as out:
+    for row in csv.DictReader(f):
+        text = row["text"]
+        out.write(json.dumps({"id": row["item"], "title": text.split(" | ")[0], "text": text}) + "\n")
+PY
+cp "$SPLIT/train.csv" "$DATA/train.csv"
+
+build() { # OUT [flags...]
+    local out=$1; shift
+    rm -rf "$out"
+    target/release/vecrec-build --quiet --content-only --catalog "$DATA/catalog.jsonl" \
+        --interactions "$DATA/train.csv" --out "$out" "$@" >/dev/null
+}
+echo "== one node and $SHARDS shards"
+build "$DATA/one"
+build "$DATA/parts" --shards "$SHARDS"
+for s in $(seq 0 $((SHARDS - 1))); do
+    for r in 0 1; do
+        rm -rf "$DATA/replica-$s-$r"
+        cp -r "$DATA/parts/shard-$s" "$DATA/replica-$s-$r"
+    done
+done
+printf '[search]\nexact = true\n' >"$DATA/exact.toml"
+: >"$DATA/hnsw.toml"
+
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+# start NAME ARGS...: starts `vecrec ARGS`, waits for its address, sets ADDR_<NAME> and PID_<NAME>.
+start() {
+    local name=$1; shift
+    local log="$DATA/$name.log"
+    "$BIN" "$@" >"$log" 2>&1 &
+    local pid=$!
+    PIDS+=("$pid")
+    for _ in $(seq 1 600); do
+        if grep -q "^listening on " "$log"; then
+            printf -v "ADDR_$name" '%s' "$(sed -n 's/^listening on //p' "$log")"
+            printf -v "PID_$name" '%s' "$pid"
+            return 0
+        fi
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    echo "error: vecrec $* did not start:" >&2; tail -5 "$log" >&2; exit 1
+}
+
+# servers CONFIG: one node, every replica and the router, under CONFIG.
+servers() {
+    cleanup; PIDS=()
+    start one serve --index "$DATA/one" --addr 127.0.0.1:0 --config "$1"
+    local shard_args=()
+    for s in $(seq 0 $((SHARDS - 1))); do
+        start "r${s}_0" serve --index "$DATA/replica-$s-0" --addr 127.0.0.1:0 --config "$1"
+        start "r${s}_1" serve --index "$DATA/replica-$s-1" --addr 127.0.0.1:0 --config "$1"
+        local a="ADDR_r${s}_0" b="ADDR_r${s}_1"
+        shard_args+=(--shard "${!a},${!b}")
+    done
+    start router route --addr 127.0.0.1:0 "${shard_args[@]}"
+}
+
+echo "== NDCG@10 on TEST, exact search"
+servers "$DATA/exact.toml"
+"$VECREC_PYTHON" "$HERE/ndcg.py" --split "$SPLIT" --one "$ADDR_one" --routed "$ADDR_router" \
+    --out "$OUT/ndcg.json"
+
+RAW="$OUT/raw.jsonl"
+: >"$RAW"
+load() { # ROUND KIND LABEL ADDR RPC DURATION
+    local line
+    line=$("$LOAD" --addr "$4" --rpc "$5" --label "$3" --interactions "$SPLIT/train.csv" \
+        --concurrency 8 --duration "$6" --warmup "$WARM" 2>/dev/null)
+    echo "{\"round\":$1,\"kind\":\"$2\",${line#\{}" >>"$RAW"
+    echo "  $line"
+}
+
+echo "== latency and faults, HNSW search"
+for round in $(seq 1 "$ROUNDS"); do
+    servers "$DATA/hnsw.toml"
+    echo "round $round"
+    for rpc in similar recommend; do
+        if (( round % 2 )); then order="one router"; else order="router one"; fi
+        for who in $order; do
+            a="ADDR_$who"
+            load "$round" normal "$who" "${!a}" "$rpc" "$DUR"
+        done
+    done
+    load "$round" before-fault router "$ADDR_router" recommend "$FAULT_DUR"
+    ( sleep "$((WARM + KILL_AT))"
+      for s in $(seq 0 $((SHARDS - 1))); do p="PID_r${s}_0"; kill -9 "${!p}"; done ) &
+    killer=$!
+    load "$round" fault router "$ADDR_router" recommend "$FAULT_DUR"
+    wait "$killer"
+done
+cleanup; PIDS=()
+"$VENV/bin/python" "$HERE/report.py" "$OUT"
