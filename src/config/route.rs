@@ -41,6 +41,10 @@ pub struct RouteConfig {
     /// How often replica names are looked up again, in milliseconds.
     /// Default 5000.
     pub resolve_interval_ms: u64,
+    /// Requests the router works on at once; beyond it up to
+    /// `server.max_queued_requests` wait and the rest are answered
+    /// `RESOURCE_EXHAUSTED` at once, as on one node. Default 256.
+    pub max_in_flight: usize,
     /// `partial` (answer from the other shards and say so) or `fail`
     /// (`UNAVAILABLE`) when a shard has no live replica. Default `partial`.
     pub on_missing_shard: MissingShard,
@@ -55,6 +59,7 @@ impl Default for RouteConfig {
             down_for_ms: 1000,
             connect_timeout_ms: 500,
             resolve_interval_ms: 5000,
+            max_in_flight: 256,
             on_missing_shard: MissingShard::Partial,
         }
     }

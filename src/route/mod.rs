@@ -39,8 +39,9 @@ use tokio::task::JoinSet;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
+use crate::admission::{Admission, Permit};
 use crate::config::{Config, MissingShard, RouteConfig, UserConfig};
-use crate::deadline::parse_grpc_timeout;
+use crate::deadline::{parse_grpc_timeout, Deadline};
 use crate::grpc::pb;
 use crate::grpc::pb::recommender_client::RecommenderClient;
 use crate::grpc::pb::recommender_server::{Recommender, RecommenderServer};
@@ -57,6 +58,8 @@ pub const ROUTE_HEDGES: &str = "vecrec_route_hedges_total";
 pub const ROUTE_PARTIAL: &str = "vecrec_route_partial_total";
 /// Shards that failed a call on every replica, by shard.
 pub const ROUTE_SHARD_FAILED: &str = "vecrec_route_shard_failures_total";
+/// Time for a shard's answer (retries and hedges included), by shard.
+pub const ROUTE_SHARD_SECONDS: &str = "vecrec_route_shard_call_seconds";
 
 /// One replica of a shard.
 #[derive(Clone, Debug)]
@@ -116,6 +119,8 @@ struct Inner {
     users: UserConfig,
     channels: Mutex<HashMap<SocketAddr, Channel>>,
     next_any: AtomicUsize,
+    /// The bound on requests in progress and waiting.
+    admission: Arc<Admission>,
 }
 
 /// The front tier: a `Recommender` over the shards of a partitioned index.
@@ -176,6 +181,12 @@ impl Router {
                 next: AtomicUsize::new(0),
             })
             .collect();
+        let admission = Admission::new(
+            "route",
+            route.max_in_flight,
+            cfg.server.max_queued_requests,
+            None,
+        );
         let router = Router {
             inner: Arc::new(Inner {
                 shards,
@@ -183,6 +194,7 @@ impl Router {
                 users: cfg.users.clone(),
                 channels: Mutex::new(HashMap::new()),
                 next_any: AtomicUsize::new(0),
+                admission,
             }),
         };
         router.resolve().await?;
@@ -192,6 +204,12 @@ impl Router {
     /// How many shards the catalogue is split into.
     pub fn shards(&self) -> usize {
         self.inner.shards.len()
+    }
+
+    /// A place for a call of `rpc` (due in `limit`), or `RESOURCE_EXHAUSTED`.
+    async fn admit(&self, rpc: &'static str, limit: Option<Duration>) -> Result<Permit, Status> {
+        let deadline = limit.map_or(Deadline::NONE, Deadline::after);
+        Ok(self.inner.admission.admit(rpc, deadline).await?)
     }
 
     /// Looks every replica name up again; a name that does not resolve
@@ -279,7 +297,8 @@ impl Router {
         }
         let budget =
             Duration::from_millis(cfg.shard_timeout_ms).min(limit.unwrap_or(Duration::MAX));
-        let until = Instant::now() + budget;
+        let started = Instant::now();
+        let until = started + budget;
         let hedge = Duration::from_millis(cfg.hedge_after_ms);
         let mut tries: JoinSet<(SocketAddr, Result<Response<T>, Status>)> = JoinSet::new();
         let mut next = 0usize;
@@ -308,6 +327,8 @@ impl Router {
                     match result {
                         Ok(r) => {
                             shard.mark_up(addr);
+                            metrics::histogram!(ROUTE_SHARD_SECONDS, "shard" => s.to_string())
+                                .record(started.elapsed().as_secs_f64());
                             return Ok(r.into_inner());
                         }
                         Err(st) if retryable(&st) => {
@@ -592,6 +613,7 @@ impl Recommender for Router {
         let limit = client_deadline(&req);
         let r = req.into_inner();
         let result = async {
+            let _place = self.admit("Recommend", limit).await?;
             if r.history.is_empty() {
                 if r.user_id.trim().is_empty() {
                     return Err(Status::invalid_argument(
@@ -675,6 +697,7 @@ impl Recommender for Router {
         let limit = client_deadline(&req);
         let r = req.into_inner();
         let result = async {
+            let _place = self.admit("SimilarItems", limit).await?;
             let vector = self.item_vector(&r.item_id, limit).await?;
             let (items, partial) = self
                 .search_everywhere(
@@ -702,6 +725,7 @@ impl Recommender for Router {
         let limit = client_deadline(&req);
         let r = req.into_inner();
         let result = async {
+            let _place = self.admit("SearchText", limit).await?;
             let query = r.query.clone();
             let embedded = self
                 .anywhere(limit, move |mut c: Client, left| {
@@ -742,10 +766,13 @@ impl Recommender for Router {
     ) -> Result<Response<pb::SearchVectorResponse>, Status> {
         let started = Instant::now();
         let limit = client_deadline(&req);
-        let result = self
-            .search_everywhere("SearchVector", req.into_inner(), limit)
-            .await
-            .map(|(items, partial)| pb::SearchVectorResponse { items, partial });
+        let result = async {
+            let _place = self.admit("SearchVector", limit).await?;
+            self.search_everywhere("SearchVector", req.into_inner(), limit)
+                .await
+                .map(|(items, partial)| pb::SearchVectorResponse { items, partial })
+        }
+        .await;
         observed("SearchVector", started, result).map(Response::new)
     }
 
@@ -756,13 +783,16 @@ impl Recommender for Router {
         let started = Instant::now();
         let limit = client_deadline(&req);
         let r = Arc::new(req.into_inner());
-        let result = self
-            .anywhere(limit, move |mut c: Client, left| {
+        let result = async {
+            let _place = self.admit("Embed", limit).await?;
+            self.anywhere(limit, move |mut c: Client, left| {
                 let mut q = Request::new((*r).clone());
                 q.set_timeout(left);
                 async move { c.embed(q).await }
             })
-            .await;
+            .await
+        }
+        .await;
         observed("Embed", started, result).map(Response::new)
     }
 
@@ -774,13 +804,16 @@ impl Recommender for Router {
         let limit = client_deadline(&req);
         let r = Arc::new(req.into_inner());
         let owner = self.owner(&r.id);
-        let result = self
-            .call(owner, limit, move |mut c: Client, left| {
+        let result = async {
+            let _place = self.admit("GetItem", limit).await?;
+            self.call(owner, limit, move |mut c: Client, left| {
                 let mut q = Request::new((*r).clone());
                 q.set_timeout(left);
                 async move { c.get_item(q).await }
             })
-            .await;
+            .await
+        }
+        .await;
         observed("GetItem", started, result).map(Response::new)
     }
 
@@ -789,17 +822,22 @@ impl Recommender for Router {
         req: Request<pb::UpsertItemsRequest>,
     ) -> Result<Response<pb::UpsertItemsResponse>, Status> {
         let started = Instant::now();
+        let limit = client_deadline(&req);
         let items = req.into_inner().items;
-        let result = self
-            .write_everywhere(
-                items,
-                |i: &pb::Item| i.id.as_str(),
-                |mut c: Client, items| async move {
-                    c.upsert_items(pb::UpsertItemsRequest { items }).await
-                },
-            )
-            .await
-            .map(|(upserted, sequence)| pb::UpsertItemsResponse { upserted, sequence });
+        let place = self.admit("UpsertItems", limit).await;
+        let result = match place {
+            Err(st) => Err(st),
+            Ok(_place) => self
+                .write_everywhere(
+                    items,
+                    |i: &pb::Item| i.id.as_str(),
+                    |mut c: Client, items| async move {
+                        c.upsert_items(pb::UpsertItemsRequest { items }).await
+                    },
+                )
+                .await
+                .map(|(upserted, sequence)| pb::UpsertItemsResponse { upserted, sequence }),
+        };
         observed("UpsertItems", started, result).map(Response::new)
     }
 
@@ -808,13 +846,22 @@ impl Recommender for Router {
         req: Request<pb::DeleteItemsRequest>,
     ) -> Result<Response<pb::DeleteItemsResponse>, Status> {
         let started = Instant::now();
+        let limit = client_deadline(&req);
         let ids = req.into_inner().ids;
-        let result = self
-            .write_everywhere(ids, |i: &String| i.as_str(), |mut c: Client, ids| async move {
-                c.delete_items(pb::DeleteItemsRequest { ids }).await
-            })
-            .await
-            .map(|(deleted, sequence)| pb::DeleteItemsResponse { deleted, sequence });
+        let place = self.admit("DeleteItems", limit).await;
+        let result = match place {
+            Err(st) => Err(st),
+            Ok(_place) => self
+                .write_everywhere(
+                    ids,
+                    |i: &String| i.as_str(),
+                    |mut c: Client, ids| async move {
+                        c.delete_items(pb::DeleteItemsRequest { ids }).await
+                    },
+                )
+                .await
+                .map(|(deleted, sequence)| pb::DeleteItemsResponse { deleted, sequence }),
+        };
         observed("DeleteItems", started, result).map(Response::new)
     }
 
@@ -879,5 +926,10 @@ pub fn describe_metrics() {
     describe_counter!(
         ROUTE_SHARD_FAILED,
         "Shard calls that failed on every replica, by shard"
+    );
+    metrics::describe_histogram!(
+        ROUTE_SHARD_SECONDS,
+        metrics::Unit::Seconds,
+        "Time for a shard's answer, retries and hedges included, by shard"
     );
 }

@@ -284,6 +284,46 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
         .unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound);
 
+    // The router bounds its own work: one call at a time, no line.
+    let tight = dir.path().join("tight.toml");
+    std::fs::write(
+        &tight,
+        "[route]\nmax_in_flight = 1\n[server]\nmax_queued_requests = 0\n",
+    )
+    .unwrap();
+    let narrow = route(&names, &["--config", tight.to_str().unwrap()]);
+    let mut clients = Vec::new();
+    for _ in 0..16 {
+        clients.push(narrow.client().await);
+    }
+    let mut calls = tokio::task::JoinSet::new();
+    for (i, mut c) in clients.into_iter().enumerate() {
+        let id = some_items[i % some_items.len()].clone();
+        calls.spawn(async move {
+            c.similar_items(pb::SimilarItemsRequest {
+                item_id: id,
+                k: 10,
+                filter: None,
+            })
+            .await
+            .map(|_| ())
+            .map_err(|e| e.code())
+        });
+    }
+    let answers: Vec<Result<(), Code>> = calls.join_all().await;
+    assert!(answers.iter().any(Result::is_ok), "{answers:?}");
+    assert!(
+        answers.contains(&Err(Code::ResourceExhausted)),
+        "16 calls at once through a router with one place: {answers:?}"
+    );
+    assert!(
+        answers
+            .iter()
+            .all(|a| matches!(a, Ok(()) | Err(Code::ResourceExhausted))),
+        "{answers:?}"
+    );
+    drop(narrow);
+
     // Writes go to every replica of the owning shard, and only there.
     let fresh = pb::Item {
         id: "routed-new-item".into(),
