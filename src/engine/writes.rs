@@ -38,6 +38,7 @@ impl Engine {
     pub fn upsert_items(&self, items: Vec<CatalogItem>) -> Result<u64> {
         let live = self.live_or_err()?;
         self.check_batch("items", items.len())?;
+        let shard = crate::layout::GenerationInfo::of(self.index.manifest()).shard;
         let mut seen = HashSet::new();
         for (k, it) in items.iter().enumerate() {
             if it.id.trim().is_empty() {
@@ -50,6 +51,15 @@ impl Engine {
                 )));
             }
             self.check_text(&format!("items[{k}] title and text"), &it.embedding_text())?;
+            if let Some(s) = shard {
+                let owner = crate::layout::shard_of(&it.id, s.of);
+                if owner != s.index {
+                    return Err(Error::FailedPrecondition(format!(
+                        "items[{k}] {:?} belongs to shard {owner} of {}, and this server holds                          shard {}: write through `vecrec route`",
+                        it.id, s.of, s.index
+                    )));
+                }
+            }
         }
         let texts: Vec<String> = items.iter().map(CatalogItem::embedding_text).collect();
         let vectors = self.encoder()?.encode(&texts)?;

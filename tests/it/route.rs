@@ -353,6 +353,18 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
             assert_eq!(got.is_ok(), s == owner, "shard {s} replica {}", p.addr);
         }
     }
+    // A shard refuses an item it does not own (a write that bypassed the router).
+    let stranger = &replicas[(owner + 1) % SHARDS][0];
+    let refused = stranger
+        .client()
+        .await
+        .upsert_items(pb::UpsertItemsRequest {
+            items: vec![fresh.clone()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("vecrec route"), "{refused:?}");
     let found = rc
         .search_text(pb::SearchTextRequest {
             query: fresh.text.clone(),
@@ -384,6 +396,43 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
         .await
         .unwrap_err();
     assert_eq!(events.code(), Code::Unimplemented);
+
+    // A replica that hangs (SIGSTOP) is hedged around: every call answers.
+    let stopped = replicas[1][0].child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-STOP", &stopped])
+        .status()
+        .unwrap()
+        .success());
+    let hedges_before = scrape(
+        router.metrics.as_ref().unwrap(),
+        "vecrec_route_hedges_total",
+    );
+    for id in some_items.iter().take(12) {
+        let b = rc
+            .similar_items(pb::SimilarItemsRequest {
+                item_id: id.clone(),
+                k: 10,
+                filter: None,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!b.partial && b.items.len() == 10);
+    }
+    assert!(Command::new("kill")
+        .args(["-CONT", &stopped])
+        .status()
+        .unwrap()
+        .success());
+    let hedges = scrape(
+        router.metrics.as_ref().unwrap(),
+        "vecrec_route_hedges_total",
+    );
+    assert!(
+        hedges > hedges_before,
+        "no call was hedged around the stopped replica"
+    );
 
     // Load through the router while one replica of every shard is killed.
     let done = Arc::new(AtomicUsize::new(0));
