@@ -322,3 +322,25 @@ fn a_rebuild_embeds_only_changed_texts() {
     // vectors agree to float noise.
     assert!(worst < 1e-4, "cached vectors differ by up to {worst}");
 }
+
+/// The README's configuration reference is a file vecrec accepts: every
+/// key it shows exists, in the section it shows it in.
+#[test]
+fn the_readme_configuration_block_loads() {
+    let readme = std::fs::read_to_string(crate::common::repo().join("README.md")).unwrap();
+    let section = &readme[readme
+        .find("## Configuration")
+        .expect("a Configuration section")..];
+    let start = section.find("```toml\n").expect("a toml block") + "```toml\n".len();
+    let block = &section[start..start + section[start..].find("```").unwrap()];
+    assert!(
+        block.contains("[route]") && block.contains("[encoder]"),
+        "{block}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("readme.toml");
+    std::fs::write(&path, block).unwrap();
+    let cfg = vecrec::config::Config::load(Some(&path))
+        .unwrap_or_else(|e| panic!("README's configuration block does not load: {e}"));
+    cfg.validate().unwrap();
+}
