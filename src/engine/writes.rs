@@ -55,7 +55,8 @@ impl Engine {
                 let owner = crate::layout::shard_of(&it.id, s.of);
                 if owner != s.index {
                     return Err(Error::FailedPrecondition(format!(
-                        "items[{k}] {:?} belongs to shard {owner} of {}, and this server holds                          shard {}: write through `vecrec route`",
+                        "items[{k}] {:?} belongs to shard {owner} of {}, and this server holds \
+                         shard {}: write through `vecrec route`",
                         it.id, s.of, s.index
                     )));
                 }

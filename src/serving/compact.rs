@@ -28,7 +28,8 @@ pub fn compact(root: &Path, engine: &Engine) -> Result<Option<PathBuf>> {
         // A rebuild here would remake the users' profiles from this shard's
         // items alone, and its answers would stop matching one node's.
         return Err(Error::Config(format!(
-            "shard {} of {} is not compacted (its users' profiles span every shard):              rebuild with vecrec-build --shards to fold the log in",
+            "shard {} of {} is not compacted (its users' profiles span every shard): \
+             rebuild with vecrec-build --shards to fold the log in",
             s.index, s.of
         )));
     }

@@ -147,3 +147,12 @@ pub fn favourites(data: &Path) -> Vec<(String, Vec<String>)> {
         })
         .collect()
 }
+
+/// Taken by the tests that load the machine hard (many server processes)
+/// or assert on a service's behaviour under load, so that no two of them
+/// share the two cores at once: the route test's ten processes starved a
+/// load test's SearchText past its 10 s deadline when they overlapped.
+pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}

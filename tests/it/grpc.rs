@@ -241,6 +241,7 @@ async fn every_rpc_answers_and_bad_input_gets_the_right_code() {
 /// failed requests.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_generation_is_swapped_in_under_load() {
+    let _alone = crate::common::heavy().await;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Arc;
     use vecrec::catalog::{read_catalog, read_interactions};

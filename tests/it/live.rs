@@ -232,6 +232,7 @@ async fn check(
 /// there. `VECREC_CRASH_ROUNDS` sets the rounds (default 50).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_sigkill() {
+    let _alone = crate::common::heavy().await;
     let rounds: usize = std::env::var("VECREC_CRASH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())

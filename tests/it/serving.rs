@@ -104,6 +104,7 @@ async fn accepted_connections_have_nodelay_and_keepalive() {
 /// RESOURCE_EXHAUSTED for the rest, at once, and nothing else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn beyond_capacity_calls_are_refused_at_once() {
+    let _alone = crate::common::heavy().await;
     let mut cfg = Config::default();
     cfg.server.max_concurrent_requests = 1;
     cfg.server.max_queued_requests = 0;
@@ -152,6 +153,7 @@ async fn beyond_capacity_calls_are_refused_at_once() {
 /// the deadline itself and cancel first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_past_its_deadline_stops_before_its_work() {
+    let _alone = crate::common::heavy().await;
     let mut cfg = Config::default();
     cfg.server.max_concurrent_requests = 1;
     cfg.server.max_queued_requests = 8;
@@ -291,6 +293,7 @@ fn the_engine_stops_at_the_first_stage_past_the_deadline() {
 /// served generation's gauges.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_are_scraped_during_load() {
+    let _alone = crate::common::heavy().await;
     let metrics = vecrec::telemetry::serve("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();

@@ -27,7 +27,7 @@ from grpc_reflection.v1alpha import reflection_pb2
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent / "scripts"))
 from vecrec_stubs import load_stubs  # noqa: E402
 SERVICE = "vecrec.v1.Recommender"
-METHODS = {"Recommend", "SimilarItems", "SearchText", "Embed", "GetItem",
+METHODS = {"Recommend", "SimilarItems", "SearchText", "SearchVector", "Embed", "GetItem",
            "UpsertItems", "DeleteItems", "RecordEvents"}
 LIVE_ID = "py-live-item-1"
 UNKNOWN_ID = "vecrec-test-no-such-item-7f3a"
@@ -175,6 +175,18 @@ def main() -> int:
         scores = [item.score for item in reply.items]
         expect(all(b <= a + 1e-6 for a, b in zip(scores, scores[1:])), f"scores are {scores}")
         return f"top {state['item']!r}"
+
+    @check("SearchVector: the query's embedding gives SearchText's answer")
+    def _():
+        vector = stub.Embed(pb2.EmbedRequest(texts=[QUERY]), timeout=TIMEOUT_S).embeddings[0].values
+        by_vector = stub.SearchVector(pb2.SearchVectorRequest(vector=vector, k=K), timeout=TIMEOUT_S)
+        by_text = stub.SearchText(pb2.SearchTextRequest(query=QUERY, k=K), timeout=TIMEOUT_S)
+        got = [i.item_id for i in by_vector.items]
+        want = [i.item_id for i in by_text.items]
+        expect(got == want, f"SearchVector gave {got}, SearchText {want}")
+        expect_code(lambda: stub.SearchVector(pb2.SearchVectorRequest(vector=[1.0, 2.0], k=K), timeout=TIMEOUT_S),
+                    grpc.StatusCode.INVALID_ARGUMENT)
+        return f"{len(got)} items"
 
     @check("GetItem: the top search hit, with a title")
     def _():
