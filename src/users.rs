@@ -69,20 +69,21 @@ pub fn write_profiles(
     users: &[(String, Vec<(u32, f32)>)],
     cfg: &UserConfig,
 ) -> Result<usize> {
-    let vectors: Vec<Option<Vec<f32>>> =
-        users.iter().map(|(_, h)| profile(store, h, cfg)).collect();
-    write_users(dir, store.dim(), users, &vectors)
+    write_users(dir, store.dim(), users, &|u| {
+        profile(store, &users[u].1, cfg)
+    })
 }
 
-/// Writes the user files with the given profiles (`None`: no profile), one
-/// per user; a shard stores every user's profile made over the whole
+/// Writes the user files with the profile `profile(u)` of user `u` (`None`:
+/// no profile), each made as it is written, so no more than one is held at
+/// a time; a shard stores every user's profile made over the whole
 /// catalogue beside histories of its own items. Returns how many users
 /// have a profile.
 pub fn write_users(
     dir: &Path,
     dim: usize,
     users: &[(String, Vec<(u32, f32)>)],
-    profiles: &[Option<Vec<f32>>],
+    profile: &dyn Fn(usize) -> Option<Vec<f32>>,
 ) -> Result<usize> {
     let ids: Vec<&str> = users.iter().map(|u| u.0.as_str()).collect();
     StringTable::write(&dir.join(IDS), &ids)?;
@@ -102,8 +103,8 @@ pub fn write_users(
         [dim as u64, users.len() as u64, Metric::Cosine.code(), 0, 0],
     )?;
     let mut with_profile = 0;
-    for p in profiles {
-        let mut v = p.clone().unwrap_or_else(|| vec![0.0; dim]);
+    for u in 0..users.len() {
+        let mut v = profile(u).unwrap_or_else(|| vec![0.0; dim]);
         if vecrec_index::distance::normalize(&mut v) {
             with_profile += 1;
         }

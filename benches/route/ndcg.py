@@ -49,7 +49,6 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         pb2, pb2_grpc = load_stubs(tmp)
         scores = {}
-        identical = 0
         lists = {}
         for name, addr in (("one", a.one), ("routed", a.routed)):
             stub = pb2_grpc.RecommenderStub(grpc.insecure_channel(addr))

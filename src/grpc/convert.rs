@@ -20,7 +20,7 @@ pub(super) fn observe_refusal(e: &Error) {
 }
 
 /// Counts an answer of `rpc` by status code and records its latency.
-pub(super) fn observe(rpc: &'static str, started: Instant, err: Option<&Status>) {
+pub fn observe(rpc: &'static str, started: Instant, err: Option<&Status>) {
     let code = err.map_or(tonic::Code::Ok, Status::code);
     metrics::counter!(telemetry::REQUESTS, "rpc" => rpc, "code" => code_name(code)).increment(1);
     // By code too: under overload the refusals' short or long waits would

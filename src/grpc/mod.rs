@@ -28,10 +28,10 @@ mod status;
 mod validate;
 
 pub use conn::{bind_with_backlog, incoming, raise_open_file_limit, Conn, ConnInfo, Tls};
-pub use convert::code_name;
+pub use convert::{code_name, observe};
 pub use server::{bind, check_exposure, serve, serve_with_config_file};
 
-use convert::{fusion_method, observe, observe_refusal, scored, served_items, to_filter};
+use convert::{fusion_method, observe_refusal, scored, served_items, to_filter};
 use server::{deadline_margin, Arrived};
 
 use std::sync::Arc;

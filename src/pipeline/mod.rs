@@ -733,18 +733,16 @@ fn write_neural(
     })
 }
 
-/// The whole build: embed (through the embedding cache unless
-/// `opts.embedding_cache` is off), then [`build_generation`].
-pub fn build(
+/// The "embedding" stage of a build: every item's vector, through the
+/// embedding cache under `root` unless `opts.embedding_cache` is off.
+fn embed_stage(
     root: &Path,
     encoder: &Encoder,
     items: &[CatalogItem],
-    interactions: &[Interaction],
     opts: &BuildOptions,
-) -> Result<BuildReport> {
-    let t = Instant::now();
-    let mut stages = Stages::new();
-    let (vectors, done) = stages.run("embedding", || {
+    stages: &mut Stages,
+) -> Result<(Vec<Vec<f32>>, Embedded)> {
+    stages.run("embedding", || {
         let (v, done) = if opts.embedding_cache {
             embed_cached(root, encoder, items, opts.progress)?
         } else {
@@ -764,7 +762,21 @@ pub fn build(
             done.reused
         );
         Ok(((v, done), work))
-    })?;
+    })
+}
+
+/// The whole build: embed (through the embedding cache unless
+/// `opts.embedding_cache` is off), then [`build_generation`].
+pub fn build(
+    root: &Path,
+    encoder: &Encoder,
+    items: &[CatalogItem],
+    interactions: &[Interaction],
+    opts: &BuildOptions,
+) -> Result<BuildReport> {
+    let t = Instant::now();
+    let mut stages = Stages::new();
+    let (vectors, done) = embed_stage(root, encoder, items, opts, &mut stages)?;
     let embed_seconds = t.elapsed().as_secs_f64();
     let info = GenerationInfo {
         encoder_model: Some(encoder.files().model.display().to_string()),

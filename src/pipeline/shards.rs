@@ -18,7 +18,7 @@ use std::time::Instant;
 use vecrec_index::generation::{prune, GenerationWriter};
 use vecrec_index::{write_index, Metric, StoreBuilder};
 
-use super::{bar, embed_cached, embed_catalog, histories_by, BuildOptions, BuildReport, Stages};
+use super::{bar, embed_stage, histories_by, BuildOptions, BuildReport, Stages};
 use crate::catalog::{CatalogItem, Interaction};
 use crate::encoder::Encoder;
 use crate::error::{Error, Result};
@@ -54,15 +54,7 @@ pub fn build_shards(
         ));
     }
     let mut stages = Stages::new();
-    let vectors = stages.run("embedding", || {
-        let v = if opts.embedding_cache {
-            std::fs::create_dir_all(root).map_err(|e| vecrec_index::IndexError::io(root, e))?;
-            embed_cached(root, encoder, items, opts.progress)?.0
-        } else {
-            embed_catalog(encoder, items, opts.progress)?
-        };
-        Ok((v, format!("{} texts", items.len())))
-    })?;
+    let (vectors, embedded) = embed_stage(root, encoder, items, opts, &mut stages)?;
     let dim = encoder.dim();
     // Rows of the whole catalogue, as one node numbers them, so histories
     // (and so profiles) come out in the same order with the same ties.
@@ -123,7 +115,7 @@ pub fn build_shards(
                     (u.clone(), h)
                 })
                 .collect();
-            let n = write_users(writer.dir(), dim, &own, &profiles)?;
+            let n = write_users(writer.dir(), dim, &own, &|u| profiles[u].clone())?;
             Ok((n, format!("{} users", own.len())))
         })?;
         let generation = writer.commit()?;
@@ -136,6 +128,9 @@ pub fn build_shards(
             t,
         );
         report.peak_rss_mib = stages.peak_mib();
+        report.embedded = embedded.encoded;
+        report.reused_embeddings = embedded.reused;
+        report.texts_per_second = embedded.encoded as f64 / embedded.encode_seconds.max(1e-9);
         reports.push(report);
     }
     if let Some(last) = reports.last_mut() {

@@ -46,7 +46,6 @@ use crate::grpc::pb;
 use crate::grpc::pb::recommender_client::RecommenderClient;
 use crate::grpc::pb::recommender_server::{Recommender, RecommenderServer};
 use crate::layout::shard_of;
-use crate::telemetry;
 
 type Client = RecommenderClient<Channel>;
 
@@ -104,10 +103,7 @@ impl Shard {
     }
 
     fn mark_up(&self, addr: SocketAddr) {
-        let mut d = self.down_until.lock();
-        if !d.is_empty() {
-            d.remove(&addr);
-        }
+        self.down_until.lock().remove(&addr);
     }
 }
 
@@ -479,8 +475,7 @@ impl Router {
         let req = Arc::new(req);
         let answers = self
             .everywhere(limit, move |mut c: Client, left| {
-                let mut r = Request::new((*req).clone());
-                r.set_timeout(left);
+                let r = due((*req).clone(), left);
                 async move { c.search_vector(r).await }
             })
             .await;
@@ -493,11 +488,13 @@ impl Router {
         let id = id.to_owned();
         let r = self
             .call(self.owner(&id), limit, move |mut c: Client, left| {
-                let mut r = Request::new(pb::GetItemRequest {
-                    id: id.clone(),
-                    with_vector: true,
-                });
-                r.set_timeout(left);
+                let r = due(
+                    pb::GetItemRequest {
+                        id: id.clone(),
+                        with_vector: true,
+                    },
+                    left,
+                );
                 async move { c.get_item(r).await }
             })
             .await?;
@@ -593,13 +590,14 @@ impl WriteAnswer for pb::DeleteItemsResponse {
 
 /// Counts and times one routed call, as the server does for its own.
 fn observed<T>(rpc: &'static str, started: Instant, r: Result<T, Status>) -> Result<T, Status> {
-    let code = match &r {
-        Ok(_) => "OK",
-        Err(st) => crate::grpc::code_name(st.code()),
-    };
-    metrics::counter!(telemetry::REQUESTS, "rpc" => rpc, "code" => code).increment(1);
-    metrics::histogram!(telemetry::REQUEST_SECONDS, "rpc" => rpc, "code" => code)
-        .record(started.elapsed().as_secs_f64());
+    crate::grpc::observe(rpc, started, r.as_ref().err());
+    r
+}
+
+/// `msg` as a request due in `left` (sent as its grpc-timeout).
+fn due<Q>(msg: Q, left: Duration) -> Request<Q> {
+    let mut r = Request::new(msg);
+    r.set_timeout(left);
     r
 }
 
@@ -624,8 +622,7 @@ impl Recommender for Router {
                 let req = Arc::new(r);
                 let answers = self
                     .everywhere(limit, move |mut c: Client, left| {
-                        let mut q = Request::new((*req).clone());
-                        q.set_timeout(left);
+                        let q = due((*req).clone(), left);
                         async move { c.recommend(q).await }
                     })
                     .await;
@@ -729,10 +726,12 @@ impl Recommender for Router {
             let query = r.query.clone();
             let embedded = self
                 .anywhere(limit, move |mut c: Client, left| {
-                    let mut q = Request::new(pb::EmbedRequest {
-                        texts: vec![query.clone()],
-                    });
-                    q.set_timeout(left);
+                    let q = due(
+                        pb::EmbedRequest {
+                            texts: vec![query.clone()],
+                        },
+                        left,
+                    );
                     async move { c.embed(q).await }
                 })
                 .await?;
@@ -786,8 +785,7 @@ impl Recommender for Router {
         let result = async {
             let _place = self.admit("Embed", limit).await?;
             self.anywhere(limit, move |mut c: Client, left| {
-                let mut q = Request::new((*r).clone());
-                q.set_timeout(left);
+                let q = due((*r).clone(), left);
                 async move { c.embed(q).await }
             })
             .await
@@ -807,8 +805,7 @@ impl Recommender for Router {
         let result = async {
             let _place = self.admit("GetItem", limit).await?;
             self.call(owner, limit, move |mut c: Client, left| {
-                let mut q = Request::new((*r).clone());
-                q.set_timeout(left);
+                let q = due((*r).clone(), left);
                 async move { c.get_item(q).await }
             })
             .await
