@@ -81,6 +81,11 @@ pub struct ServerConfig {
     /// ARCHITECTURE.md); 0 refuses at once every request that finds no
     /// free place. Default 32.
     pub max_queued_requests: usize,
+    /// Requests worked on at once in each line while it is overloaded (its
+    /// line full within the last 100 ms); 0 means one per core. With a
+    /// request always waiting, more places add little throughput and
+    /// much latency. Default 0.
+    pub overload_in_flight: usize,
     /// Longest wait for a free place in milliseconds; a request that waited
     /// longer is answered `RESOURCE_EXHAUSTED` (0: only its deadline bounds
     /// the wait). Default 0.
@@ -124,6 +129,7 @@ impl Default for ServerConfig {
             max_concurrent_requests: 0,
             max_cpu_requests: 0,
             max_queued_requests: 32,
+            overload_in_flight: 0,
             max_queue_wait_ms: 0,
             max_concurrent_streams: 256,
             tcp_keepalive_s: 60,
@@ -152,6 +158,15 @@ impl ServerConfig {
     /// [`ServerConfig::max_cpu_requests`] with 0 resolved to one per core.
     pub fn cpu_limit(&self) -> usize {
         match self.max_cpu_requests {
+            0 => cores(),
+            n => n,
+        }
+    }
+
+    /// Requests worked on at once in a line while it is overloaded (each
+    /// line's own limit caps it).
+    pub fn overload_limit(&self) -> usize {
+        match self.overload_in_flight {
             0 => cores(),
             n => n,
         }

@@ -117,10 +117,17 @@ impl Service {
             admission: Admission::new(
                 "requests",
                 cfg.in_flight_limit(),
+                cfg.overload_limit(),
                 cfg.max_queued_requests,
                 max_wait,
             ),
-            cpu: Admission::new("cpu", cfg.cpu_limit(), cfg.max_queued_requests, max_wait),
+            cpu: Admission::new(
+                "cpu",
+                cfg.cpu_limit(),
+                cfg.overload_limit(),
+                cfg.max_queued_requests,
+                max_wait,
+            ),
             default_timeout: Duration::from_millis(cfg.request_timeout_ms),
             rates,
             experiments: Arc::new(experiments),

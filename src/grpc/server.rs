@@ -81,6 +81,7 @@ pub async fn serve_with_config_file(
     tracing::info!(
         in_flight = service.admission().in_flight_limit(),
         cpu_in_flight = service.cpu_admission().in_flight_limit(),
+        overloaded_in_flight = service.admission().overload_limit(),
         queue = cfg.max_queued_requests,
         connections = cfg.max_connections,
         tls = tls.enabled(),

@@ -180,6 +180,8 @@ impl Router {
         let admission = Admission::new(
             "route",
             route.max_in_flight,
+            // The router waits on shards, not cores: no lower limit under overload.
+            route.max_in_flight,
             cfg.server.max_queued_requests,
             None,
         );
