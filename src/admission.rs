@@ -35,7 +35,8 @@
 //! always waiting, more places add little throughput and much latency (by
 //! Little's law, places over throughput: eight SearchText calls in the
 //! encoder's batches took four times as long as one). Freed places are not
-//! handed on until the count is down to it.
+//! handed on until the count is down to it; places so left free when the
+//! overload ends go to those in line before any newcomer.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -239,7 +240,16 @@ impl Admission {
         let (tell, told) = oneshot::channel();
         let id = {
             let mut s = self.state.lock();
-            if s.in_flight < self.limit_now(&s, arrived) {
+            let limit = self.limit_now(&s, arrived);
+            // Places left free when an overload ended go to those in line
+            // first, oldest first, not to this newcomer.
+            while s.in_flight < limit {
+                let Some(w) = s.line.pop_front() else { break };
+                if w.tell.send(Ok(())).is_ok() {
+                    s.in_flight += 1;
+                }
+            }
+            if s.in_flight < limit {
                 s.in_flight += 1;
                 self.gauges(&s);
                 return Ok(Permit::new(self));
@@ -536,6 +546,43 @@ mod tests {
         drop(p2);
         let second = waiting.remove(0).await.unwrap();
         assert!(second.is_ok(), "{second:?}");
+        assert_eq!((a.in_flight(), a.queued()), (0, 0));
+    }
+
+    /// Places left free when an overload ends go to the line before a
+    /// newcomer.
+    #[tokio::test]
+    async fn after_an_overload_the_line_goes_first() {
+        let a = Admission::new("t", 2, 1, 1, None);
+        let p1 = a.admit("t", Deadline::NONE).await.unwrap();
+        let p2 = a.admit("t", Deadline::NONE).await.unwrap();
+        let mut waiting = Vec::new();
+        for _ in 0..2 {
+            let a2 = a.clone();
+            waiting.push(tokio::spawn(
+                async move { a2.admit("t", Deadline::NONE).await },
+            ));
+            until_queued(&a, 1).await;
+        }
+        assert!(waiting.remove(0).await.unwrap().is_err());
+        drop(p1);
+        assert_eq!((a.in_flight(), a.queued()), (1, 1));
+        tokio::time::sleep(LIFO_HOLD + Duration::from_millis(20)).await;
+        // The overload is over; the newcomer finds a free place but the
+        // waiter gets it, and the newcomer waits.
+        let a2 = a.clone();
+        let newcomer =
+            tokio::spawn(async move { a2.admit("t", Deadline::NONE).await.map(|_p| ()) });
+        let served = tokio::time::timeout(Duration::from_secs(5), waiting.remove(0))
+            .await
+            .expect("the waiter was passed over")
+            .unwrap()
+            .unwrap();
+        until_queued(&a, 1).await;
+        assert!(!newcomer.is_finished());
+        drop(p2);
+        assert!(newcomer.await.unwrap().is_ok());
+        drop(served);
         assert_eq!((a.in_flight(), a.queued()), (0, 0));
     }
 
