@@ -488,6 +488,23 @@ mod tests {
         assert_eq!((a.in_flight(), a.queued()), (0, 0));
     }
 
+    /// Overloads a line of one place in line whose places are all taken:
+    /// two waiters arrive, the first is displaced (asserted), and the
+    /// second's call is returned, still waiting.
+    async fn overload(a: &Arc<Admission>) -> tokio::task::JoinHandle<Result<Permit>> {
+        let mut waiting = Vec::new();
+        for _ in 0..2 {
+            let a2 = a.clone();
+            waiting.push(tokio::spawn(
+                async move { a2.admit("t", Deadline::NONE).await },
+            ));
+            until_queued(a, 1).await;
+        }
+        let first = waiting.remove(0).await.unwrap();
+        assert!(matches!(first, Err(Error::Overloaded(_))), "{first:?}");
+        waiting.remove(0)
+    }
+
     /// While overloaded, a freed place goes to the newest waiter only if it
     /// has waited no longer than a place is usually held; otherwise every
     /// waiter is shed and the place is freed.
@@ -497,20 +514,10 @@ mod tests {
         // One short service sets the average to well under the waits below.
         drop(a.admit("t", Deadline::NONE).await.unwrap());
         let p = a.admit("t", Deadline::NONE).await.unwrap();
-        let mut waiting = Vec::new();
-        for _ in 0..2 {
-            let a2 = a.clone();
-            waiting.push(tokio::spawn(async move {
-                a2.admit("t", Deadline::NONE).await.map(|_| ())
-            }));
-            until_queued(&a, 1).await;
-        }
-        // The first was displaced by the second: the line is overloaded.
-        let first = waiting.remove(0).await.unwrap();
-        assert!(matches!(first, Err(Error::Overloaded(_))), "{first:?}");
+        let second = overload(&a).await;
         tokio::time::sleep(MIN_OVERLOAD_WAIT * 20).await;
         drop(p);
-        let second = waiting.remove(0).await.unwrap();
+        let second = second.await.unwrap();
         let Err(Error::Overloaded(why)) = second else {
             panic!("served after waiting too long: {second:?}");
         };
@@ -527,16 +534,7 @@ mod tests {
         let p2 = a.admit("t", Deadline::NONE).await.unwrap();
         // Places held much longer than the waits below, so none is stale.
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let mut waiting = Vec::new();
-        for _ in 0..2 {
-            let a2 = a.clone();
-            waiting.push(tokio::spawn(async move {
-                a2.admit("t", Deadline::NONE).await.map(|_p| ())
-            }));
-            until_queued(&a, 1).await;
-        }
-        let first = waiting.remove(0).await.unwrap();
-        assert!(matches!(first, Err(Error::Overloaded(_))), "{first:?}");
+        let second = overload(&a).await;
         drop(p1);
         assert_eq!(
             (a.in_flight(), a.queued()),
@@ -544,8 +542,9 @@ mod tests {
             "the place was handed on"
         );
         drop(p2);
-        let second = waiting.remove(0).await.unwrap();
+        let second = second.await.unwrap();
         assert!(second.is_ok(), "{second:?}");
+        drop(second);
         assert_eq!((a.in_flight(), a.queued()), (0, 0));
     }
 
@@ -556,15 +555,7 @@ mod tests {
         let a = Admission::new("t", 2, 1, 1, None);
         let p1 = a.admit("t", Deadline::NONE).await.unwrap();
         let p2 = a.admit("t", Deadline::NONE).await.unwrap();
-        let mut waiting = Vec::new();
-        for _ in 0..2 {
-            let a2 = a.clone();
-            waiting.push(tokio::spawn(
-                async move { a2.admit("t", Deadline::NONE).await },
-            ));
-            until_queued(&a, 1).await;
-        }
-        assert!(waiting.remove(0).await.unwrap().is_err());
+        let waiter = overload(&a).await;
         drop(p1);
         assert_eq!((a.in_flight(), a.queued()), (1, 1));
         tokio::time::sleep(LIFO_HOLD + Duration::from_millis(20)).await;
@@ -573,7 +564,7 @@ mod tests {
         let a2 = a.clone();
         let newcomer =
             tokio::spawn(async move { a2.admit("t", Deadline::NONE).await.map(|_p| ()) });
-        let served = tokio::time::timeout(Duration::from_secs(5), waiting.remove(0))
+        let served = tokio::time::timeout(Duration::from_secs(5), waiter)
             .await
             .expect("the waiter was passed over")
             .unwrap()
