@@ -20,9 +20,9 @@
 //!
 //! Ranks are 1-based; results are sorted best first, ties towards the lower id.
 
-use std::collections::HashMap;
-
 use serde::{Deserialize, Serialize};
+
+use crate::ids::IdMap;
 
 pub use crate::config::FusionMethod;
 
@@ -98,24 +98,36 @@ pub fn fuse(method: FusionMethod, lists: &[SourceList], rrf_k: f32) -> Vec<(u32,
         .iter()
         .filter(|l| l.weight > 0.0 && !l.items.is_empty())
         .collect();
-    // Each list's contributions as a map, and what it gives an item it lacks.
-    let parts: Vec<(HashMap<u32, f32>, f32, f32)> = active
-        .iter()
-        .map(|l| {
-            let (c, missing) = contributions(method, l, rrf_k);
-            (c.into_iter().collect(), missing, l.weight)
-        })
-        .collect();
-    let mut fused: HashMap<u32, f32> = parts
-        .iter()
-        .flat_map(|p| p.0.keys().map(|&i| (i, 0.0)))
-        .collect();
-    for (present, missing, w) in &parts {
-        for (i, total) in fused.iter_mut() {
-            *total += w * present.get(i).copied().unwrap_or(*missing);
+    // Every candidate gets a slot (in order of first appearance); each list
+    // then writes its contribution per slot, what it gives an item it lacks
+    // everywhere else, and is added in list order.
+    let mut slot: IdMap<usize> = IdMap::with_capacity_and_hasher(
+        active.iter().map(|l| l.items.len()).sum(),
+        Default::default(),
+    );
+    let mut ids: Vec<u32> = Vec::new();
+    for l in &active {
+        for &(i, _) in &l.items {
+            slot.entry(i).or_insert_with(|| {
+                ids.push(i);
+                ids.len() - 1
+            });
         }
     }
-    let mut out: Vec<(u32, f32)> = fused.into_iter().collect();
+    let mut totals = vec![0f32; ids.len()];
+    let mut value = vec![0f32; ids.len()];
+    for l in &active {
+        let (present, missing) = contributions(method, l, rrf_k);
+        value.fill(missing);
+        // A list naming an item twice counts its later entry.
+        for (i, c) in present {
+            value[slot[&i]] = c;
+        }
+        for (t, v) in totals.iter_mut().zip(&value) {
+            *t += l.weight * v;
+        }
+    }
+    let mut out: Vec<(u32, f32)> = ids.into_iter().zip(totals).collect();
     out.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     out
 }
@@ -135,21 +147,35 @@ pub struct LearnedModel {
 }
 
 /// The feature vectors of every candidate in `lists`, for the sources named in `sources`.
-pub fn features(sources: &[String], lists: &[SourceList]) -> HashMap<u32, Vec<f32>> {
-    let mut out: HashMap<u32, Vec<f32>> = HashMap::new();
+pub fn features(sources: &[String], lists: &[SourceList]) -> IdMap<Vec<f32>> {
+    let mut out: IdMap<Vec<f32>> = IdMap::default();
     let width = sources.len() * FEATURES_PER_SOURCE;
+    for_each_feature(sources, lists.iter(), |i, j, score, rrank| {
+        let f = out.entry(i).or_insert_with(|| vec![0.0; width]);
+        f[j] = score;
+        f[j + 1] = rrank;
+    });
+    out
+}
+
+/// Calls `f(item, column, min-max score, reciprocal rank)` for every entry
+/// of the first list in `lists` named like each of `sources` (`column` is
+/// the source's first feature column), in list order: the features
+/// [`features`] collects, written wherever the caller keeps them.
+pub fn for_each_feature<'a>(
+    sources: &[String],
+    lists: impl Iterator<Item = &'a SourceList> + Clone,
+    mut f: impl FnMut(u32, usize, f32, f32),
+) {
     for (k, name) in sources.iter().enumerate() {
-        let Some(list) = lists.iter().find(|l| l.name == name) else {
+        let Some(list) = lists.clone().find(|l| l.name == name) else {
             continue;
         };
         let (mm, _) = contributions(FusionMethod::WeightedMinmax, list, 0.0);
         for (r, (i, v)) in mm.into_iter().enumerate() {
-            let f = out.entry(i).or_insert_with(|| vec![0.0; width]);
-            f[k * FEATURES_PER_SOURCE] = v;
-            f[k * FEATURES_PER_SOURCE + 1] = 1.0 / (r + 1) as f32;
+            f(i, k * FEATURES_PER_SOURCE, v, 1.0 / (r + 1) as f32);
         }
     }
-    out
 }
 
 impl LearnedModel {

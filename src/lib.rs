@@ -22,6 +22,7 @@ pub mod exposure;
 pub mod filter;
 pub mod fusion;
 pub mod grpc;
+pub mod ids;
 pub mod layout;
 pub mod linalg;
 pub mod live;

@@ -19,7 +19,7 @@
 //! source. The trained sources (EASE, ALS, transitions, two-tower) learn about
 //! new items only at the next compaction, which retrains them.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -194,7 +194,7 @@ impl View<'_> {
     }
 
     /// Internal ids of the generation's items that were deleted or replaced since.
-    pub fn masked(&self, store: &VectorStore) -> HashSet<u32> {
+    pub fn masked<S: FromIterator<u32>>(&self, store: &VectorStore) -> S {
         self.delta
             .deleted
             .iter()

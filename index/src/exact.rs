@@ -1,67 +1,70 @@
 //! Exact (brute-force) k-nearest-neighbour search: the oracle every ANN index is
 //! checked against, and the plan for selective filters.
 
-use std::collections::BinaryHeap;
-
 use crate::distance::Metric;
 use crate::hnsw::Neighbor;
+use crate::scorer::{RowScorer, Scorer};
 
-/// (distance, id) ordered by distance then id.
-#[derive(PartialEq)]
-struct Entry(f32, u32);
-impl Eq for Entry {}
-impl PartialOrd for Entry {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Entry {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        self.0.total_cmp(&o.0).then(self.1.cmp(&o.1))
-    }
-}
-
-/// The `k` rows of `vectors` (row-major, `dim` columns) nearest to `query`
-/// among the rows `candidates` yields, ties broken towards the lower id.
-pub fn search_ids(
-    vectors: &[f32],
-    dim: usize,
-    metric: Metric,
-    query: &[f32],
+/// The `k` rows among `candidates` nearest under `scorer`, nearest first,
+/// ties broken towards the lower id. Rows are scored four at a time ([`Scorer::distance4`])
+/// and collected into a buffer of up to `2k` that is cut back to the best
+/// `k` when full, so a row costs one comparison against the `k`-th best
+/// kept so far instead of a heap operation.
+pub fn scan<S: Scorer + ?Sized>(
     k: usize,
     candidates: impl Iterator<Item = u32>,
-) -> Vec<Neighbor> {
-    top_k(k, candidates, |i| {
-        metric.distance(query, &vectors[i as usize * dim..(i as usize + 1) * dim])
-    })
-}
-
-/// The `k` rows among `candidates` with the smallest `distance`, nearest
-/// first, ties broken towards the lower id.
-pub fn top_k(
-    k: usize,
-    candidates: impl Iterator<Item = u32>,
-    distance: impl Fn(u32) -> f32,
+    scorer: &S,
 ) -> Vec<Neighbor> {
     if k == 0 {
         return Vec::new();
     }
-    let mut heap: BinaryHeap<Entry> = BinaryHeap::with_capacity(k + 1);
-    for i in candidates {
-        let e = Entry(distance(i), i);
-        if heap.len() < k {
-            heap.push(e);
-        } else if heap.peek().is_some_and(|w| e < *w) {
-            heap.pop();
-            heap.push(e);
+    let cmp = |a: &(f32, u32), b: &(f32, u32)| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1));
+    let mut kept: Vec<(f32, u32)> = Vec::with_capacity(2 * k);
+    // The k-th best kept after the last cut; a row no better is skipped.
+    let mut bound: Option<(f32, u32)> = None;
+    let mut offer = |kept: &mut Vec<(f32, u32)>, e: (f32, u32)| {
+        if bound.is_some_and(|b| cmp(&e, &b).is_ge()) {
+            return;
+        }
+        kept.push(e);
+        if kept.len() == 2 * k {
+            kept.select_nth_unstable_by(k - 1, cmp);
+            kept.truncate(k);
+            bound = kept.iter().copied().max_by(cmp);
+        }
+    };
+    let mut ids = candidates;
+    loop {
+        let mut four = [0u32; 4];
+        let mut got = 0;
+        for slot in four.iter_mut() {
+            match ids.next() {
+                Some(i) => {
+                    *slot = i;
+                    got += 1;
+                }
+                None => break,
+            }
+        }
+        if got == 4 {
+            let d = scorer.distance4(four);
+            for j in 0..4 {
+                offer(&mut kept, (d[j], four[j]));
+            }
+        } else {
+            for &i in &four[..got] {
+                offer(&mut kept, (scorer.distance(i), i));
+            }
+            break;
         }
     }
-    heap.into_sorted_vec()
-        .into_iter()
-        .map(|e| Neighbor {
-            id: e.1,
-            distance: e.0,
-        })
+    if kept.len() > k {
+        kept.select_nth_unstable_by(k - 1, cmp);
+        kept.truncate(k);
+    }
+    kept.sort_unstable_by(cmp);
+    kept.into_iter()
+        .map(|(distance, id)| Neighbor { id, distance })
         .collect()
 }
 
@@ -75,9 +78,10 @@ pub fn search(
     accept: Option<&dyn Fn(u32) -> bool>,
 ) -> Vec<Neighbor> {
     let n = (vectors.len() / dim.max(1)) as u32;
+    let scorer = RowScorer::new(query, vectors, dim, metric);
     match accept {
-        Some(f) => search_ids(vectors, dim, metric, query, k, (0..n).filter(|&i| f(i))),
-        None => search_ids(vectors, dim, metric, query, k, 0..n),
+        Some(f) => scan(k, (0..n).filter(|&i| f(i)), &scorer),
+        None => scan(k, 0..n, &scorer),
     }
 }
 
@@ -88,7 +92,8 @@ mod tests {
 
     proptest! {
         #[test]
-        fn matches_full_sort(data in proptest::collection::vec(-5f32..5.0, 3..300), k in 0usize..20) {
+        // Small integers: every kernel sums them exactly, and many rows tie.
+        fn matches_full_sort(data in proptest::collection::vec((-5i32..5).prop_map(|x| x as f32), 3..300), k in 0usize..20) {
             let dim = 3;
             let n = data.len() / dim;
             let vectors = &data[..n * dim];
@@ -100,6 +105,24 @@ mod tests {
             all.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
             let want: Vec<u32> = all.iter().take(k).map(|x| x.1).collect();
             prop_assert_eq!(got.iter().map(|x| x.id).collect::<Vec<_>>(), want);
+        }
+
+        /// The buffered scan keeps exactly the k best by (distance, id) of
+        /// the rows it is offered, in order, whatever k is against the row count
+        /// (the buffer is cut several times when k is small).
+        #[test]
+        fn scan_matches_full_sort(
+            scores in proptest::collection::vec(0u8..20, 0..500),
+            k in 0usize..40,
+            step in 1usize..4,
+        ) {
+            let dist = |i: u32| scores[i as usize] as f32;
+            let rows = (0..scores.len() as u32).step_by(step);
+            let got = scan(k, rows.clone(), &dist);
+            let mut all: Vec<(f32, u32)> = rows.map(|i| (dist(i), i)).collect();
+            all.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            all.truncate(k);
+            prop_assert_eq!(got.iter().map(|x| (x.distance, x.id)).collect::<Vec<_>>(), all);
         }
     }
 }

@@ -13,7 +13,7 @@ use crate::exact;
 use crate::format::{read_json, write_json, FORMAT_VERSION};
 use crate::generation::current_generation;
 use crate::hnsw::{self, Hnsw, HnswParams, Neighbor};
-use crate::scorer::{prefetch_lines, RowScorer, Scorer};
+use crate::scorer::{prefetch_lines, RowScorer};
 use crate::store::{StoreBuilder, VectorStore};
 
 /// File name of the generation manifest.
@@ -274,7 +274,7 @@ impl Index {
             // int8 codes (a quarter of the bytes of its vector), the best
             // `oversample·k` rescored exactly.
             let n = self.store.len() as u32;
-            let found = exact::top_k(wide, (0..n).filter(|&i| f(i)), |i| dist.distance(i));
+            let found = exact::scan(wide, (0..n).filter(|&i| f(i)), &dist);
             return Ok((finish(found)?, Plan::Exact));
         }
         let beam = params.ef.max(params.k);

@@ -1,7 +1,6 @@
 //! The engine: one opened index generation, its user profiles and the encoder,
 //! answering the queries the gRPC service and the evaluation both run.
 
-use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -13,6 +12,7 @@ use crate::encoder::Encoder;
 use crate::error::{Error, Result};
 use crate::filter::Filter;
 use crate::fusion::{fuse, FusionMethod, SourceList};
+use crate::ids::IdSet;
 use crate::layout::GenerationInfo;
 use crate::live::Live;
 use crate::rerank::{RerankInput, Reranker};
@@ -71,7 +71,7 @@ fn built_users(index: &Index) -> Option<crate::config::UserConfig> {
 /// Whether item `i` may be answered: not excluded, and passing the filter if any.
 fn admissible(
     store: &vecrec_index::VectorStore,
-    exclude: &HashSet<u32>,
+    exclude: &IdSet,
     filter: Option<&Filter>,
     i: u32,
 ) -> bool {
@@ -515,8 +515,8 @@ impl Engine {
                 (h, None, None)
             }
         };
-        let mut exclude: HashSet<u32> = if opts.include_seen {
-            HashSet::new()
+        let mut exclude: IdSet = if opts.include_seen {
+            IdSet::default()
         } else {
             history.iter().map(|h| h.0).collect()
         };
@@ -527,7 +527,7 @@ impl Engine {
         // read lock behind a waiting writer would deadlock (the lock is fair).
         let masked = match &view {
             Some(v) if self.is_hybrid() && !v.is_empty() => v.masked(store),
-            _ => HashSet::new(),
+            _ => IdSet::default(),
         };
         drop(view);
         if self.is_hybrid() {

@@ -11,6 +11,7 @@ use super::{admissible, timed, Engine, Scored, LIVE_ITEM};
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::filter::Filter;
+use crate::ids::IdSet;
 
 impl Engine {
     /// Internal id of an item of the generation, or `NotFound` (also for
@@ -68,7 +69,7 @@ impl Engine {
         &self,
         query: &[f32],
         k: usize,
-        exclude: &HashSet<u32>,
+        exclude: &IdSet,
         exclude_ids: &[String],
         filter: Option<&Filter>,
     ) -> Result<Vec<Scored>> {
@@ -81,8 +82,8 @@ impl Engine {
                 masked = exclude
                     .iter()
                     .copied()
-                    .chain(v.masked(store))
-                    .collect::<HashSet<u32>>();
+                    .chain(v.masked::<Vec<u32>>(store))
+                    .collect::<IdSet>();
                 &masked
             }
             _ => exclude,
@@ -133,7 +134,7 @@ impl Engine {
     ) -> Result<Vec<Scored>> {
         let k = self.check_k(k)?;
         let v = self.item_vector(item)?;
-        let own: HashSet<u32> = self.index.store().internal_id(item).into_iter().collect();
+        let own: IdSet = self.index.store().internal_id(item).into_iter().collect();
         timed("search", || {
             self.search(&v, k, &own, &[item.to_owned()], filter)
         })
@@ -170,7 +171,7 @@ impl Engine {
             )));
         }
         let store = self.index.store();
-        let own: HashSet<u32> = exclude
+        let own: IdSet = exclude
             .iter()
             .filter_map(|id| store.internal_id(id))
             .collect();
@@ -205,7 +206,7 @@ impl Engine {
             .unwrap_or_default();
         deadline.check("search")?;
         timed("search", || {
-            self.search(&v, k, &HashSet::new(), &[], filter)
+            self.search(&v, k, &IdSet::default(), &[], filter)
         })
     }
 

@@ -26,6 +26,7 @@ use rand::{Rng, SeedableRng};
 
 pub use crate::config::DinOptions;
 use crate::fusion::SourceList;
+use crate::ids::IdMap;
 use crate::nn::onnx::{Attr, Dim, GraphBuilder, FLOAT};
 use crate::nn::{Adam, Param};
 
@@ -150,8 +151,19 @@ pub fn head_features(
     let width = sources.len() * per + HEAD_FEATURES.len();
     // A list of weight 0 takes no part in the fusion (the engine does not
     // even compute it unless the learned fusion asks for every source).
-    let weighted: Vec<SourceList> = lists.iter().filter(|l| l.weight > 0.0).cloned().collect();
-    let by_item = crate::fusion::features(sources, &weighted);
+    let weighted = lists.iter().filter(|l| l.weight > 0.0);
+    let mut out = Array2::zeros((head.len(), width));
+    let mut row_of: IdMap<usize> = IdMap::with_capacity_and_hasher(head.len(), Default::default());
+    for (r, &(item, _)) in head.iter().enumerate() {
+        // An item twice in the head: every copy gets its features.
+        row_of.entry(item).or_insert(r);
+    }
+    crate::fusion::for_each_feature(sources, weighted, |item, j, score, rrank| {
+        if let Some(&r) = row_of.get(&item) {
+            out[[r, j]] = score;
+            out[[r, j + 1]] = rrank;
+        }
+    });
     let (lo, hi) = head
         .iter()
         .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), x| {
@@ -160,14 +172,13 @@ pub fn head_features(
     let max_pop = popularity.iter().fold(0f32, |a, &b| a.max(b));
     let pop_scale = (1.0 + max_pop).ln().max(1e-6);
     let hist = ((1.0 + history_len as f32).ln() / 1001f32.ln()).min(1.0);
-    let mut out = Array2::zeros((head.len(), width));
     for (r, &(item, score)) in head.iter().enumerate() {
-        let mut row = out.row_mut(r);
-        if let Some(f) = by_item.get(&item) {
-            for (k, v) in f.iter().enumerate() {
-                row[k] = *v;
+        if let Some(&first) = row_of.get(&item).filter(|&&first| first != r) {
+            for j in 0..sources.len() * per {
+                out[[r, j]] = out[[first, j]];
             }
         }
+        let mut row = out.row_mut(r);
         let base = sources.len() * per;
         row[base] = if hi > lo {
             (score - lo) / (hi - lo)

@@ -91,21 +91,39 @@ pub fn recency_weights(history: &[u32], decay: f32) -> Vec<(u32, f32)> {
 
 /// The `n` best entries of a dense score vector that `accept` allows, best
 /// first, ties towards the lower id; entries that are not finite or are zero
-/// are not candidates.
+/// are not candidates. `accept` is asked only of the best entries, in order,
+/// until `n` pass (a head of `2n`, widened fourfold while too few of it
+/// pass), not of every entry: it is a set lookup per call, and EASE scores
+/// most of a small catalogue.
 pub fn top_n(scores: &[f32], n: usize, accept: &dyn Fn(u32) -> bool) -> Vec<(u32, f32)> {
     let mut v: Vec<(u32, f32)> = scores
         .iter()
         .enumerate()
-        .filter(|(i, s)| s.is_finite() && **s != 0.0 && accept(*i as u32))
+        .filter(|(_, s)| s.is_finite() && **s != 0.0)
         .map(|(i, s)| (i as u32, *s))
         .collect();
     let cmp = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-    if v.len() > n {
-        v.select_nth_unstable_by(n, cmp);
-        v.truncate(n);
+    let mut head = n.saturating_mul(2).max(16);
+    loop {
+        let whole = head >= v.len();
+        let part = if whole {
+            &mut v[..]
+        } else {
+            v.select_nth_unstable_by(head, cmp);
+            &mut v[..head]
+        };
+        part.sort_unstable_by(cmp);
+        let out: Vec<(u32, f32)> = part
+            .iter()
+            .copied()
+            .filter(|e| accept(e.0))
+            .take(n)
+            .collect();
+        if out.len() == n || whole {
+            return out;
+        }
+        head = head.saturating_mul(4);
     }
-    v.sort_unstable_by(cmp);
-    v
 }
 
 #[cfg(test)]
@@ -178,6 +196,29 @@ mod tests {
         assert!((w(0, 1) - 1.0 / 2.5).abs() < 1e-6);
         assert!((w(0, 2) - 0.5 / 2.5).abs() < 1e-6);
         assert!(rows[2].is_empty());
+    }
+
+    proptest::proptest! {
+        /// `top_n` equals filtering every entry, then sorting: whatever share
+        /// of the entries `accept` refuses (the head is widened) and with ties.
+        #[test]
+        fn top_n_matches_filter_then_sort(
+            scores in proptest::collection::vec(-3i8..4, 0..400),
+            n in 0usize..60,
+            refuse_below in 0u32..400,
+        ) {
+            let s: Vec<f32> = scores.iter().map(|&x| x as f32).collect();
+            let accept = |i: u32| i >= refuse_below;
+            let mut want: Vec<(u32, f32)> = s
+                .iter()
+                .enumerate()
+                .filter(|(i, x)| **x != 0.0 && accept(*i as u32))
+                .map(|(i, x)| (i as u32, *x))
+                .collect();
+            want.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            want.truncate(n);
+            proptest::prop_assert_eq!(top_n(&s, n, &accept), want);
+        }
     }
 
     #[test]

@@ -39,7 +39,7 @@ pub fn compact(root: &Path, engine: &Engine) -> Result<Option<PathBuf>> {
             return Ok(None);
         }
         let store = engine.index().store();
-        let masked = view.masked(store);
+        let masked: HashSet<u32> = view.masked(store);
         let mut items = Vec::new();
         let mut vectors = Vec::new();
         for i in 0..store.len() as u32 {

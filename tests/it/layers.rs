@@ -9,7 +9,7 @@ use std::path::Path;
 
 /// The layers, lowest first, as ARCHITECTURE.md lists them.
 const LAYERS: &[&[&str]] = &[
-    &["error", "telemetry", "filter", "linalg"],
+    &["error", "telemetry", "filter", "linalg", "ids"],
     &["config", "deadline", "catalog"],
     &[
         "layout",
