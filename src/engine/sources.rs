@@ -558,3 +558,17 @@ impl Drop for Busy {
         IN_SOURCES.fetch_sub(1, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod busy_tests {
+    use super::Busy;
+
+    /// While one request is computing its sources, another is not alone (so
+    /// it runs its own one after another), whatever other threads do.
+    #[test]
+    fn a_second_request_is_not_alone() {
+        let _first = Busy::enter();
+        let second = Busy::enter();
+        assert!(!second.alone);
+    }
+}
