@@ -301,6 +301,35 @@ mod tests {
         out
     }
 
+    /// The fusion as it was written before slots (each list as a map, every
+    /// candidate looked up in each), kept to show the slots change no bit.
+    fn fuse_by_maps(method: FusionMethod, lists: &[SourceList], rrf_k: f32) -> Vec<(u32, f32)> {
+        use std::collections::HashMap;
+        let active: Vec<&SourceList> = lists
+            .iter()
+            .filter(|l| l.weight > 0.0 && !l.items.is_empty())
+            .collect();
+        let parts: Vec<(HashMap<u32, f32>, f32, f32)> = active
+            .iter()
+            .map(|l| {
+                let (c, missing) = contributions(method, l, rrf_k);
+                (c.into_iter().collect(), missing, l.weight)
+            })
+            .collect();
+        let mut fused: HashMap<u32, f32> = parts
+            .iter()
+            .flat_map(|p| p.0.keys().map(|&i| (i, 0.0)))
+            .collect();
+        for (present, missing, w) in &parts {
+            for (i, total) in fused.iter_mut() {
+                *total += w * present.get(i).copied().unwrap_or(*missing);
+            }
+        }
+        let mut out: Vec<(u32, f32)> = fused.into_iter().collect();
+        out.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        out
+    }
+
     fn arb_list() -> impl Strategy<Value = Vec<(u32, f32)>> {
         proptest::collection::vec((0u32..40, -5f32..5f32), 0..25)
     }
@@ -316,6 +345,16 @@ mod tests {
             for (g, w) in got.iter().zip(&want) {
                 prop_assert!((g.1 - w.1).abs() <= 1e-4 * (1.0 + w.1.abs()), "{:?} vs {:?}", g, w);
             }
+        }
+
+        /// Bit for bit the fusion by maps, with items twice in a list (the
+        /// later entry counts), three lists, and lists of weight 0.
+        #[test]
+        fn slots_match_maps_bit_for_bit(a in arb_list(), b in arb_list(), c in arb_list(), wa in 0f32..2.0, wb in 0f32..2.0, m in 0usize..5) {
+            let method = FusionMethod::ALL[m];
+            let raw = |name, weight, items: &[(u32, f32)]| SourceList { name, weight, items: items.to_vec() };
+            let lists = vec![raw("a", wa, &a), raw("b", wb, &b), raw("c", 0.0, &c), raw("d", 1.0, &c)];
+            prop_assert_eq!(fuse(method, &lists, 60.0), fuse_by_maps(method, &lists, 60.0));
         }
 
         /// With one list, every method keeps its order (rank-based ones exactly).

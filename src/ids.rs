@@ -1,5 +1,5 @@
 //! Sets and maps keyed by internal item numbers, hashed with `foldhash`
-//! (seeded per process) instead of the standard SipHash: a Recommend call
+//! (randomly seeded, like the standard hasher) instead of SipHash: a Recommend call
 //! asks "is this item excluded?" tens of thousands of times (the planner's
 //! sample, every node a filtered graph walk visits, every scored row), and
 //! SipHash made up about a sixth of the server's CPU under load.

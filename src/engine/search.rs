@@ -76,14 +76,11 @@ impl Engine {
         let store = self.index.store();
         let filter = filter.filter(|f| !f.is_empty());
         let view = self.view();
-        let masked;
+        let mut masked: IdSet;
         let exclude = match &view {
             Some(v) if !v.is_empty() => {
-                masked = exclude
-                    .iter()
-                    .copied()
-                    .chain(v.masked::<Vec<u32>>(store))
-                    .collect::<IdSet>();
+                masked = v.masked(store);
+                masked.extend(exclude.iter().copied());
                 &masked
             }
             _ => exclude,

@@ -91,10 +91,11 @@ pub fn recency_weights(history: &[u32], decay: f32) -> Vec<(u32, f32)> {
 
 /// The `n` best entries of a dense score vector that `accept` allows, best
 /// first, ties towards the lower id; entries that are not finite or are zero
-/// are not candidates. `accept` is asked only of the best entries, in order,
-/// until `n` pass (a head of `2n`, widened fourfold while too few of it
-/// pass), not of every entry: it is a set lookup per call, and EASE scores
-/// most of a small catalogue.
+/// are not candidates. `accept` (a set lookup per call) is asked of the best
+/// entries only, band by band in order (2n, then four times wider each time),
+/// until `n` pass, not of every entry EASE scores; once a band would cover a
+/// quarter of what is left, the rest is filtered whole. Each entry is asked
+/// at most once.
 pub fn top_n(scores: &[f32], n: usize, accept: &dyn Fn(u32) -> bool) -> Vec<(u32, f32)> {
     let mut v: Vec<(u32, f32)> = scores
         .iter()
@@ -103,27 +104,37 @@ pub fn top_n(scores: &[f32], n: usize, accept: &dyn Fn(u32) -> bool) -> Vec<(u32
         .map(|(i, s)| (i as u32, *s))
         .collect();
     let cmp = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-    let mut head = n.saturating_mul(2).max(16);
-    loop {
-        let whole = head >= v.len();
-        let part = if whole {
-            &mut v[..]
-        } else {
-            v.select_nth_unstable_by(head, cmp);
-            &mut v[..head]
-        };
-        part.sort_unstable_by(cmp);
-        let out: Vec<(u32, f32)> = part
-            .iter()
-            .copied()
-            .filter(|e| accept(e.0))
-            .take(n)
-            .collect();
-        if out.len() == n || whole {
-            return out;
+    let mut out: Vec<(u32, f32)> = Vec::with_capacity(n);
+    let mut band = n.saturating_mul(2).max(16);
+    let mut rest = &mut v[..];
+    while out.len() < n && !rest.is_empty() {
+        if band.saturating_mul(4) >= rest.len() {
+            let need = n - out.len();
+            let mut pass: Vec<(u32, f32)> = rest.iter().copied().filter(|e| accept(e.0)).collect();
+            if pass.len() > need {
+                pass.select_nth_unstable_by(need, cmp);
+                pass.truncate(need);
+            }
+            pass.sort_unstable_by(cmp);
+            out.extend(pass);
+            break;
         }
-        head = head.saturating_mul(4);
+        // The band's entries all rank above every entry after it.
+        rest.select_nth_unstable_by(band, cmp);
+        let (head, tail) = rest.split_at_mut(band);
+        head.sort_unstable_by(cmp);
+        for e in head.iter() {
+            if out.len() == n {
+                break;
+            }
+            if accept(e.0) {
+                out.push(*e);
+            }
+        }
+        rest = tail;
+        band = band.saturating_mul(4);
     }
+    out
 }
 
 #[cfg(test)]
@@ -199,25 +210,40 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// `top_n` equals filtering every entry, then sorting: whatever share
-        /// of the entries `accept` refuses (the head is widened) and with ties.
+        /// `top_n` equals filtering every entry, then sorting, whatever share
+        /// of the entries `accept` refuses (the bands widen), with ties,
+        /// NaN and infinities; no entry is asked about twice.
         #[test]
         fn top_n_matches_filter_then_sort(
             scores in proptest::collection::vec(-3i8..4, 0..400),
             n in 0usize..60,
             refuse_below in 0u32..400,
         ) {
-            let s: Vec<f32> = scores.iter().map(|&x| x as f32).collect();
-            let accept = |i: u32| i >= refuse_below;
+            // -3 stands for NaN and 3 for infinity: neither is a candidate.
+            let s: Vec<f32> = scores
+                .iter()
+                .map(|&x| match x {
+                    -3 => f32::NAN,
+                    3 => f32::INFINITY,
+                    x => x as f32,
+                })
+                .collect();
+            let asked = std::cell::RefCell::new(std::collections::HashSet::new());
+            let accept = |i: u32| {
+                assert!(asked.borrow_mut().insert(i), "row {i} asked twice");
+                i >= refuse_below
+            };
             let mut want: Vec<(u32, f32)> = s
                 .iter()
                 .enumerate()
-                .filter(|(i, x)| **x != 0.0 && accept(*i as u32))
+                .filter(|(i, x)| x.is_finite() && **x != 0.0 && *i as u32 >= refuse_below)
                 .map(|(i, x)| (i as u32, *x))
                 .collect();
             want.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
             want.truncate(n);
             proptest::prop_assert_eq!(top_n(&s, n, &accept), want);
+            // Only candidates are asked about.
+            proptest::prop_assert!(asked.borrow().iter().all(|&i| s[i as usize].is_finite() && s[i as usize] != 0.0));
         }
     }
 

@@ -329,3 +329,39 @@ fn head_features_follow_the_sources_lists() {
     assert!((x[[0, 6]] - 1.0).abs() < 1e-6 && x[[1, 6]] == 0.0);
     assert!((x[[0, 7]] - 10f32.ln() / 1001f32.ln()).abs() < 1e-6);
 }
+
+proptest::proptest! {
+    /// The source features of every head row are those of the map
+    /// `fusion::features` builds over the lists of positive weight (as the
+    /// function computed them before it wrote the head's rows directly),
+    /// with items twice in a list, twice in the head, in no list, and two
+    /// lists of one name (the first counts).
+    #[test]
+    fn head_rows_match_the_feature_map(
+        a in proptest::collection::vec((0u32..30, -5i32..5), 0..20),
+        b in proptest::collection::vec((0u32..30, -5i32..5), 0..20),
+        c in proptest::collection::vec((0u32..30, -5i32..5), 0..20),
+        wb in 0u8..2,
+        head in proptest::collection::vec(0u32..35, 0..25),
+    ) {
+        let list = |name: &'static str, weight: f32, items: &[(u32, i32)]| SourceList {
+            name,
+            weight,
+            items: items.iter().map(|&(i, s)| (i, s as f32)).collect(),
+        };
+        let lists = vec![
+            list("ease", 1.0, &a),
+            list("als", wb as f32, &b),
+            list("ease", 1.0, &c),
+        ];
+        let sources: Vec<String> = vec!["ease".into(), "als".into()];
+        let head: Vec<(u32, f32)> = head.iter().enumerate().map(|(r, &i)| (i, -(r as f32))).collect();
+        let x = head_features(&sources, &lists, &head, &[1.0; 35], 4);
+        let positive: Vec<SourceList> = lists.iter().filter(|l| l.weight > 0.0).cloned().collect();
+        let map = crate::fusion::features(&sources, &positive);
+        for (r, (item, _)) in head.iter().enumerate() {
+            let want = map.get(item).cloned().unwrap_or_else(|| vec![0.0; 4]);
+            proptest::prop_assert_eq!(x.row(r).to_vec()[..4].to_vec(), want);
+        }
+    }
+}
