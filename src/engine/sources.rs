@@ -433,6 +433,15 @@ impl Engine {
             }
             top_n(&acc, n, accept)
         };
+        // An inner-product index's best items for a vector, by score
+        // (nothing without a vector).
+        let by_vector = |index: &Index, v: Option<Vec<f32>>| -> Result<Vec<(u32, f32)>> {
+            let Some(v) = v else {
+                return Ok(Vec::new());
+            };
+            let (found, _) = index.search(&v, &self.search_params(n), Some(accept))?;
+            Ok(found.into_iter().map(|f| (f.id, -f.distance)).collect())
+        };
         let one = |&s: &Source| -> Result<SourceList> {
             let started = std::time::Instant::now();
             let list = match s {
@@ -459,35 +468,16 @@ impl Engine {
                             )
                         }
                     };
-                    if x.iter().all(|v| *v == 0.0) {
-                        Vec::new()
-                    } else {
-                        let params = self.search_params(n);
-                        let (found, _) = trained.als.search(&x, &params, Some(accept))?;
-                        found.into_iter().map(|f| (f.id, -f.distance)).collect()
-                    }
+                    let x = Some(x).filter(|x| x.iter().any(|v| *v != 0.0));
+                    by_vector(&trained.als, x)?
                 }
                 Source::TwoTower => match &trained.two_tower {
                     None => Vec::new(),
-                    Some(tt) => match tt.user_vector(&ids)? {
-                        None => Vec::new(),
-                        Some(u) => {
-                            let params = self.search_params(n);
-                            let (found, _) = tt.index.search(&u, &params, Some(accept))?;
-                            found.into_iter().map(|f| (f.id, -f.distance)).collect()
-                        }
-                    },
+                    Some(tt) => by_vector(&tt.index, tt.user_vector(&ids)?)?,
                 },
                 Source::Sequence => match &trained.sequence {
                     None => Vec::new(),
-                    Some(sq) => match sq.user_vector(&ids)? {
-                        None => Vec::new(),
-                        Some(u) => {
-                            let params = self.search_params(n);
-                            let (found, _) = sq.index.search(&u, &params, Some(accept))?;
-                            found.into_iter().map(|f| (f.id, -f.distance)).collect()
-                        }
-                    },
+                    Some(sq) => by_vector(&sq.index, sq.user_vector(&ids)?)?,
                 },
                 Source::Content => {
                     let pre = if self.use_precomputed {
