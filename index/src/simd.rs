@@ -3,17 +3,18 @@
 //! (`#[target_feature]`), chosen per call by `is_x86_feature_detected!`
 //! (a cached flag test). The loops are written so LLVM vectorises them: 16
 //! independent f32 accumulators, i.e. two 8-lane registers, which hide the
-//! latency of the fused multiply-adds.
+//! latency of the fused multiply-adds. The int8 dot products have explicit
+//! kernels: `vpmaddubsw` on AVX2, `vpdpbusd` on AVX-512 VNNI.
 //!
 //! It also holds [`prefetch`], the software prefetch the graph searches issue
 //! for the vectors they are about to score.
 //!
 //! # Safety
 //! The `unsafe` here calls a `#[target_feature(enable = "avx2,fma")]` (or
-//! `"avx512f,avx512bw,avx512vnni"`) function, which is sound exactly when
-//! the running CPU supports those features; every call is guarded by
-//! `is_x86_feature_detected!` for each of them. The VNNI kernels' unaligned
-//! loads stay inside their slices.
+//! `"avx2"`, or `"avx512f,avx512bw,avx512vnni"`) function, which is sound
+//! exactly when the running CPU supports those features; every call is
+//! guarded by `is_x86_feature_detected!` for each of them. The explicit
+//! kernels' unaligned loads stay inside their slices.
 //! The prefetch instruction reads nothing and cannot fault.
 
 const W: usize = 16;
@@ -230,11 +231,6 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub(super) fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
-        super::dot_i8_body(a, b)
-    }
-
-    #[target_feature(enable = "avx2,fma")]
     pub(super) fn dot4(q: &[f32], rows: [&[f32]; 4]) -> [f32; 4] {
         super::dot4_body(q, rows, true)
     }
@@ -255,9 +251,90 @@ mod avx2 {
     }
 }
 
+/// Int8 dot products on AVX2 with `vpmaddubsw`, 32 codes a step against the
+/// 16 of the widening `pmaddwd` loop. `vpmaddubsw` multiplies unsigned by
+/// signed bytes, so the product `a·b` is taken as `|a| · (b·sign a)`
+/// (`vpabsb`, `vpsignb`); its pairs of products are summed in i16, which
+/// cannot overflow while the codes stay in −127..=127 (at most
+/// 2·127·127 = 32,258). That is every code [`crate::quant::encode`] writes;
+/// a −128 (a damaged file) gives a wrong sum, never undefined behaviour.
+#[cfg(target_arch = "x86_64")]
+mod avx2_i8 {
+    use std::arch::x86_64::*;
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn hsum(v: __m256i) -> i32 {
+        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+        _mm_cvtsi128_si32(s)
+    }
+
+    /// `Σ a·b` for codes in −127..=127.
+    #[target_feature(enable = "avx2")]
+    pub(super) fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
+        let n = a.len().min(b.len());
+        let full = n / 32 * 32;
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = _mm256_setzero_si256();
+        let mut i = 0;
+        while i < full {
+            // SAFETY: `i + 32 <= n` bytes of both slices; unaligned loads.
+            let (va, vb) = unsafe {
+                (
+                    _mm256_loadu_si256(a.as_ptr().add(i).cast()),
+                    _mm256_loadu_si256(b.as_ptr().add(i).cast()),
+                )
+            };
+            let p = _mm256_maddubs_epi16(_mm256_abs_epi8(va), _mm256_sign_epi8(vb, va));
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, ones));
+            i += 32;
+        }
+        let mut s = hsum(acc);
+        for j in full..n {
+            s += a[j] as i32 * b[j] as i32;
+        }
+        s
+    }
+
+    /// `Σ q·r` for four rows at once (codes in −127..=127): `|q|` is taken
+    /// once per step for all four, and their four chains overlap.
+    #[target_feature(enable = "avx2")]
+    pub(super) fn dot_i8_4(q: &[i8], rows: [&[i8]; 4]) -> [i32; 4] {
+        let n = q.len();
+        let rows = rows.map(|r| &r[..n]);
+        let full = n / 32 * 32;
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_si256(); 4];
+        let mut i = 0;
+        while i < full {
+            // SAFETY: `i + 32 <= n` bytes of the query and of every row
+            // (each cut to `n` above); unaligned loads.
+            let vq = unsafe { _mm256_loadu_si256(q.as_ptr().add(i).cast()) };
+            let uq = _mm256_abs_epi8(vq);
+            for (a, r) in acc.iter_mut().zip(rows) {
+                // SAFETY: as above.
+                let vr = unsafe { _mm256_loadu_si256(r.as_ptr().add(i).cast()) };
+                let p = _mm256_maddubs_epi16(uq, _mm256_sign_epi8(vr, vq));
+                *a = _mm256_add_epi32(*a, _mm256_madd_epi16(p, ones));
+            }
+            i += 32;
+        }
+        let mut out = acc.map(|a| hsum(a));
+        for (o, r) in out.iter_mut().zip(rows) {
+            for j in full..n {
+                *o += q[j] as i32 * r[j] as i32;
+            }
+        }
+        out
+    }
+}
+
 /// Int8 kernels on AVX-512 VNNI (`vpdpbusd`, `vpdpwssd`): 64 codes per
-/// instruction against the 16 of the AVX2 build's `pmaddwd` loop. The sums
-/// are exact integers, so they equal the other builds' bit for bit.
+/// instruction against the 32 of the AVX2 kernels. The sums are exact
+/// integers, so they equal the other builds' bit for bit (for the dot
+/// products, over the codes −127..=127 that the AVX2 kernels take).
 #[cfg(target_arch = "x86_64")]
 mod vnni {
     use std::arch::x86_64::*;
@@ -397,6 +474,12 @@ fn has_vnni() -> bool {
 
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
+fn has_avx2() -> bool {
+    std::is_x86_feature_detected!("avx2")
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
 fn has_avx2_fma() -> bool {
     std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
 }
@@ -438,7 +521,7 @@ dispatch!(
 dispatch!(
     /// [`dot_i8`] of `q` with four rows (each at least as long as `q`).
     dot_i8_4(&[i8], [&[i8]; 4]) -> [i32; 4]: has_vnni => vnni::dot_i8_4,
-    else |q, rows: [&[i8]; 4]| rows.map(|r| dot_i8_avx2(q, &r[..q.len()]))
+    else dot_i8_4_avx2
 );
 dispatch!(
     /// [`l2_i8`] of `q` to four rows (each at least as long as `q`).
@@ -450,8 +533,13 @@ dispatch!(
     l2_i8_avx2(&[i8], &[i8]) -> i32: has_avx2_fma => avx2::l2_i8, else l2_i8_body
 );
 dispatch!(
-    /// [`dot_i8`] without AVX-512 VNNI.
-    dot_i8_avx2(&[i8], &[i8]) -> i32: has_avx2_fma => avx2::dot_i8, else dot_i8_body
+    /// [`dot_i8`] without AVX-512 VNNI (codes in −127..=127 on AVX2).
+    dot_i8_avx2(&[i8], &[i8]) -> i32: has_avx2 => avx2_i8::dot_i8, else dot_i8_body
+);
+dispatch!(
+    /// [`dot_i8_4`] without AVX-512 VNNI (codes in −127..=127 on AVX2).
+    dot_i8_4_avx2(&[i8], [&[i8]; 4]) -> [i32; 4]: has_avx2 => avx2_i8::dot_i8_4,
+    else |q, rows: [&[i8]; 4]| rows.map(|r| dot_i8_body(q, &r[..q.len()]))
 );
 dispatch!(
     /// Dot products of `q` with four rows (each at least as long as `q`).
@@ -502,12 +590,14 @@ mod tests {
     use super::*;
 
     /// Every int8 build gives the exact integer sums of the scalar loop, at
-    /// lengths with and without a tail, at the extremes of the code range.
+    /// lengths with and without a tail, at the extremes of the code range
+    /// (−127..=127 for the dot products, the codes `quant::encode` writes;
+    /// the whole i8 range for L2 and for the VNNI dot products).
     #[test]
     fn int8_kernels_are_exact() {
-        for n in [1usize, 31, 32, 63, 64, 65, 128, 384, 385, 1000] {
-            let a: Vec<i8> = (0..n).map(|i| (i * 73 % 256) as u8 as i8).collect();
-            let b: Vec<i8> = (0..n)
+        for n in [1usize, 31, 32, 33, 63, 64, 65, 128, 384, 385, 1000] {
+            let full_range: Vec<i8> = (0..n).map(|i| (i * 73 % 256) as u8 as i8).collect();
+            let b_full: Vec<i8> = (0..n)
                 .map(|i| {
                     if i % 7 == 0 {
                         i8::MIN
@@ -516,22 +606,49 @@ mod tests {
                     }
                 })
                 .collect();
-            let (dot0, l20) = (dot_i8_body(&a, &b), l2_i8_body(&a, &b));
-            assert_eq!(dot_i8(&a, &b), dot0, "dot, n {n}");
-            assert_eq!(l2_i8(&a, &b), l20, "l2, n {n}");
-            assert_eq!(dot_i8_avx2(&a, &b), dot0, "dot avx2, n {n}");
+            let codes = |v: &[i8]| -> Vec<i8> { v.iter().map(|&x| x.max(-127)).collect() };
+            for (a, b) in [
+                (codes(&full_range), codes(&b_full)),
+                (vec![127; n], vec![-127; n]),
+                (vec![-127; n], vec![-127; n]),
+                (vec![127; n], vec![127; n]),
+            ] {
+                let dot0 = dot_i8_body(&a, &b);
+                assert_eq!(dot_i8(&a, &b), dot0, "dot, n {n}");
+                assert_eq!(dot_i8_avx2(&a, &b), dot0, "dot avx2, n {n}");
+                let rows: [Vec<i8>; 4] = std::array::from_fn(|k| {
+                    b.iter()
+                        .map(|x| x.wrapping_add(k as i8 * 37).max(-127))
+                        .collect()
+                });
+                let refs = [&rows[0][..], &rows[1][..], &rows[2][..], &rows[3][..]];
+                let want_dot = refs.map(|r| dot_i8_body(&a, r));
+                assert_eq!(dot_i8_4(&a, refs), want_dot, "dot4, n {n}");
+                assert_eq!(dot_i8_4_avx2(&a, refs), want_dot, "dot4 avx2, n {n}");
+            }
+            let (a, b) = (&full_range, &b_full);
+            let l20 = l2_i8_body(a, b);
+            assert_eq!(l2_i8(a, b), l20, "l2, n {n}");
+            assert_eq!(l2_i8_avx2(a, b), l20, "l2 avx2, n {n}");
             let rows: [Vec<i8>; 4] =
                 std::array::from_fn(|k| b.iter().map(|x| x.wrapping_add(k as i8 * 37)).collect());
             let refs = [&rows[0][..], &rows[1][..], &rows[2][..], &rows[3][..]];
-            let want_dot = refs.map(|r| dot_i8_body(&a, r));
-            let want_l2 = refs.map(|r| l2_i8_body(&a, r));
-            assert_eq!(dot_i8_4(&a, refs), want_dot, "dot4, n {n}");
-            assert_eq!(l2_i8_4(&a, refs), want_l2, "l2 4, n {n}");
-            assert_eq!(l2_i8_avx2(&a, &b), l20, "l2 avx2, n {n}");
-            let ext = vec![i8::MIN; n];
-            let top = vec![i8::MAX; n];
-            assert_eq!(dot_i8(&ext, &ext), dot_i8_body(&ext, &ext), "n {n}");
+            assert_eq!(
+                l2_i8_4(a, refs),
+                refs.map(|r| l2_i8_body(a, r)),
+                "l2 4, n {n}"
+            );
+            let (ext, top) = (vec![i8::MIN; n], vec![i8::MAX; n]);
             assert_eq!(l2_i8(&ext, &top), l2_i8_body(&ext, &top), "n {n}");
+            #[cfg(target_arch = "x86_64")]
+            if has_vnni() {
+                // SAFETY: the CPU has AVX-512 VNNI (checked just above).
+                let (d, d4) = unsafe { (vnni::dot_i8(a, b), vnni::dot_i8_4(a, refs)) };
+                assert_eq!(d, dot_i8_body(a, b), "vnni dot, n {n}");
+                assert_eq!(d4, refs.map(|r| dot_i8_body(a, r)), "vnni dot4, n {n}");
+            }
+            // A −128 (a damaged codes file) may give another sum, but any sum.
+            let _ = (dot_i8(&ext, &ext), dot_i8_4(&ext, [&ext[..]; 4]));
         }
     }
 
