@@ -231,8 +231,10 @@ fn embed(args: EmbedArgs) -> anyhow::Result<()> {
     if lines.is_empty() {
         anyhow::bail!("{}: no texts", texts.display());
     }
-    let encoder =
-        Encoder::load(&cfg.encoder, vecrec::config::cores()).context("loading the encoder")?;
+    // One session with every core's intra-op thread, as `vecrec-build`
+    // embeds: the bulk encoder runs one batch at a time, so a session per
+    // core left all but one idle (110 texts/s on 2 cores).
+    let encoder = Encoder::load(&cfg.encoder, 1).context("loading the encoder")?;
     let pb = vecrec::pipeline::stages::bar(lines.len(), "embedding", !quiet);
     let vectors = encoder.encode_with_progress(&lines, &|done| pb.set_position(done as u64))?;
     pb.finish_and_clear();
