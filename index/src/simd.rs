@@ -251,6 +251,16 @@ mod avx2 {
     }
 }
 
+/// `Σ a·b` over the codes from `from` on: the tail the vector kernels leave.
+#[inline(always)]
+fn dot_i8_tail(a: &[i8], b: &[i8], from: usize) -> i32 {
+    a[from..]
+        .iter()
+        .zip(&b[from..])
+        .map(|(&x, &y)| x as i32 * y as i32)
+        .sum()
+}
+
 /// Int8 dot products on AVX2 with `vpmaddubsw`, 32 codes a step against the
 /// 16 of the widening `pmaddwd` loop. `vpmaddubsw` multiplies unsigned by
 /// signed bytes, so the product `a·b` is taken as `|a| · (b·sign a)`
@@ -291,11 +301,7 @@ mod avx2_i8 {
             acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, ones));
             i += 32;
         }
-        let mut s = hsum(acc);
-        for j in full..n {
-            s += a[j] as i32 * b[j] as i32;
-        }
-        s
+        hsum(acc) + super::dot_i8_tail(a, b, full)
     }
 
     /// `Σ q·r` for four rows at once (codes in −127..=127): `|q|` is taken
@@ -323,9 +329,7 @@ mod avx2_i8 {
         }
         let mut out = acc.map(|a| hsum(a));
         for (o, r) in out.iter_mut().zip(rows) {
-            for j in full..n {
-                *o += q[j] as i32 * r[j] as i32;
-            }
+            *o += super::dot_i8_tail(q, r, full);
         }
         out
     }
@@ -363,11 +367,8 @@ mod vnni {
             sum_b = _mm512_dpbusd_epi32(sum_b, ones, vb);
             i += 64;
         }
-        let mut s = _mm512_reduce_add_epi32(acc) - 128 * _mm512_reduce_add_epi32(sum_b);
-        for j in full..n {
-            s += a[j] as i32 * b[j] as i32;
-        }
-        s
+        _mm512_reduce_add_epi32(acc) - 128 * _mm512_reduce_add_epi32(sum_b)
+            + super::dot_i8_tail(a, b, full)
     }
 
     /// `Σ q·r` for four rows at once: the rows are the flipped (unsigned)
@@ -398,9 +399,7 @@ mod vnni {
         let correction = 128 * _mm512_reduce_add_epi32(sum_q);
         let mut out = acc.map(|a| _mm512_reduce_add_epi32(a) - correction);
         for (o, r) in out.iter_mut().zip(rows) {
-            for j in full..n {
-                *o += q[j] as i32 * r[j] as i32;
-            }
+            *o += super::dot_i8_tail(q, r, full);
         }
         out
     }
