@@ -651,7 +651,11 @@ mod tests {
             // A −128 in the first operand (the query) is exact on AVX2 too.
             let row = codes(&b_full);
             let q_min = vec![i8::MIN; n];
-            assert_eq!(dot_i8_avx2(&q_min, &row), dot_i8_body(&q_min, &row), "n {n}");
+            assert_eq!(
+                dot_i8_avx2(&q_min, &row),
+                dot_i8_body(&q_min, &row),
+                "n {n}"
+            );
             assert_eq!(
                 dot_i8_4_avx2(&q_min, [&row[..]; 4]),
                 [dot_i8_body(&q_min, &row); 4],
