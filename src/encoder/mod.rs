@@ -103,7 +103,10 @@ impl std::fmt::Debug for Encoder {
 impl Encoder {
     /// Loads tokenizer and model as `cfg` says, with `pool` sessions that
     /// share the cores (`cfg.threads` intra-op threads each when set), and no
-    /// batching: for bulk work, which batches itself.
+    /// batching: for bulk work, which batches itself. One call encodes its
+    /// batches one after another on one session, so more than one session
+    /// helps only callers encoding at the same time; a lone bulk job wants
+    /// `pool` 1 (every core's threads on its one session).
     pub fn load(cfg: &EncoderConfig, pool: usize) -> Result<Self> {
         let core = Core::load(cfg, pool.max(1), true)?;
         Ok(Self {
