@@ -53,6 +53,20 @@ pub const DIN_META_FILE: &str = "reranker.json";
 /// File of the learned fusion model.
 pub const FUSION_FILE: &str = "fusion_lr.bin";
 
+/// File of a shard's slice of the trained sources ([`SlicedMeta`]): its
+/// presence makes a shard generation answer `ShardSources`.
+pub const SLICED_FILE: &str = "sliced.json";
+
+/// What a shard's slice of a partitioned hybrid build was cut from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SlicedMeta {
+    /// Items of the whole catalogue: the rows of the sliced EASE and
+    /// transitions matrices, numbered as the front generation numbers them.
+    pub front_items: usize,
+    /// The front generation the slice was cut from (its directory name).
+    pub front_generation: String,
+}
+
 /// User ids of the stored profiles.
 pub const USER_IDS_FILE: &str = "users.bin";
 /// Each user's history (item rows).
@@ -163,6 +177,13 @@ pub fn shard_of(id: &str, shards: usize) -> usize {
 /// The index root of shard `i` under a partitioned build's root.
 pub fn shard_root(root: &Path, i: usize) -> PathBuf {
     root.join(format!("shard-{i}"))
+}
+
+/// The index root of the front tier's generation in a partitioned hybrid
+/// build under `root`: one node's generation over the whole catalogue,
+/// whose users, models, fusion and reranker `vecrec route --front` serves.
+pub fn front_root(root: &Path) -> PathBuf {
+    root.join("front")
 }
 
 #[cfg(test)]

@@ -87,6 +87,13 @@ struct RouteArgs {
     /// Serve a non-loopback address without TLS and bearer tokens.
     #[arg(long)]
     insecure: bool,
+    /// The front generation's index root of a partitioned hybrid build
+    /// (`<out>/front` of `vecrec-build --shards N` with training): the
+    /// router then serves the hybrid Recommend, with the users' side,
+    /// fusion and reranking here and each source's lists from the shards
+    /// (route.front).
+    #[arg(long, value_name = "DIR")]
+    front: Option<PathBuf>,
 }
 
 // `vecrec serve`'s flags (the variant's doc comment is its help).
@@ -174,6 +181,9 @@ fn route(args: RouteArgs) -> anyhow::Result<()> {
     }
     if let Some(h) = args.hedge_after_ms {
         cfg.route.hedge_after_ms = h;
+    }
+    if let Some(f) = args.front {
+        cfg.route.front = Some(f);
     }
     if let Some(m) = args.on_missing_shard {
         cfg.route.on_missing_shard = match m.as_str() {

@@ -69,13 +69,17 @@ struct Args {
     /// item's id and write one index root per shard, OUT/shard-<i>/, each
     /// served by its own `vecrec serve` behind `vecrec route`
     /// (docs/scale-out.md). Every user's profile is made over the whole
-    /// catalogue and stored in every shard. Content index only: needs
-    /// --content-only.
-    #[arg(long, requires = "content_only")]
+    /// catalogue and stored in every shard. With training (no
+    /// --content-only), one node's generation over the whole catalogue is
+    /// built first as OUT/front/ (served by `vecrec route --front`: users,
+    /// models, fusion, reranker), and each shard also gets its items' slice
+    /// of every trained source.
+    #[arg(long)]
     shards: Option<usize>,
     /// With --shards: build only this shard (0-based), e.g. one pod of an
     /// indexed Job; the whole catalogue is still embedded (through the
-    /// embedding cache under --out) for the users' profiles.
+    /// embedding cache under --out) for the users' profiles, and with
+    /// training the front generation is built again to slice it.
     #[arg(long, requires = "shards")]
     shard: Option<usize>,
     /// Write the build's report (counts, per-stage seconds and peak memory) as JSON to this file.

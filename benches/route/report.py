@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 out = Path(sys.argv[1])
+hybrid = out.name == "hybrid"
 rows = [json.loads(line) for line in (out / "raw.jsonl").read_text().splitlines() if line.strip()]
 nd = json.loads((out / "ndcg.json").read_text())
 rounds = sorted({r["round"] for r in rows})
@@ -24,9 +25,19 @@ def errs(r):
 lines = [
     "# One node against 3 shards × 2 replicas behind `vecrec route`",
     "",
-    "ml-latest-small, content pipeline, everything on one 2-core machine over loopback "
+    (
+        "ml-latest-small, hybrid pipeline (the shards sliced from one node's generation, "
+        "`front/`, which the router serves with `--front` and which is the one node), "
+        if hybrid
+        else "ml-latest-small, content pipeline, "
+    )
+    + "everything on one 2-core machine over loopback "
     "(7 servers, the router and the load generator share the cores). "
-    f"Reproduce: `benches/route/run.sh` ({len(rounds)} rounds).",
+    + (
+        f"Reproduce: `PIPELINE=hybrid benches/route/run.sh` ({len(rounds)} rounds)."
+        if hybrid
+        else f"Reproduce: `benches/route/run.sh` ({len(rounds)} rounds)."
+    ),
     "",
     "## Quality: TEST NDCG@10 (built on TRAIN, exact search)",
     "",
@@ -37,8 +48,12 @@ lines = [
     "",
     f"{nd['users']} TEST users; paired difference (router − one node) {nd['paired_difference']:+.4f}; "
     f"identical top-10 lists for {nd['identical_lists']} of {nd['users']} users. "
-    "Both use the server's default profile settings (the newest 20 items, decay 0.7); "
-    "`vecrec-eval`'s content-only row (0.0181) uses the newest 2, as chosen on validation.",
+    + (
+        "Both use the server's default settings, not `vecrec-eval`'s tuned ones."
+        if hybrid
+        else "Both use the server's default profile settings (the newest 20 items, decay 0.7); "
+        "`vecrec-eval`'s content-only row (0.0181) uses the newest 2, as chosen on validation."
+    ),
     "",
     "## Latency: closed loop, concurrency 8 (HNSW search; medians of the rounds)",
     "",

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # One node against 3 shards x 2 replicas behind `vecrec route`, on loopback,
-# ml-latest-small, content pipeline:
+# ml-latest-small, the content pipeline (PIPELINE=content, the default) or
+# the hybrid one (PIPELINE=hybrid: the shards sliced from one node's
+# generation, OUT/front, which the router serves with --front and which is
+# the one node):
 #   1. quality: TEST NDCG@10 through the router and from one node, both built
 #      on TRAIN with exact search (benches/route/ndcg.py; reads TEST once);
 #   2. latency: vecrec-load closed loop at concurrency 8, SimilarItems and
@@ -8,9 +11,11 @@
 #   3. faults: the same Recommend load on the router while one replica of
 #      every shard is killed with SIGKILL KILL_AT seconds in (killed replicas
 #      restarted between rounds).
-# Writes results/raw.jsonl, results/ndcg.json, results/route.md and results/route.png.
+# Writes raw.jsonl, ndcg.json, route.md and route.png under results/ (the
+# content pipeline) or results/hybrid/.
 #
 #   benches/route/run.sh                  # about 6 minutes on 2 cores
+#   PIPELINE=hybrid benches/route/run.sh  # about 12 minutes
 #   ROUNDS=1 DUR=5 benches/route/run.sh   # a quick look
 set -euo pipefail
 
@@ -20,8 +25,12 @@ HERE="$REPO/benches/route"
 SHARED="${VECREC_SHARED:-$REPO/../shared}"
 ML="$SHARED/datasets/ml-latest-small"
 SPLIT="$ML/split"
-DATA="$REPO/.cache/bench-data/route"
-OUT="$HERE/results"
+PIPELINE="${PIPELINE:-content}"
+case "$PIPELINE" in
+    content) DATA="$REPO/.cache/bench-data/route"; OUT="$HERE/results"; ONLY=(--content-only) ;;
+    hybrid) DATA="$REPO/.cache/bench-data/route-hybrid"; OUT="$HERE/results/hybrid"; ONLY=() ;;
+    *) echo "error: PIPELINE must be content or hybrid, not $PIPELINE" >&2; exit 1 ;;
+esac
 ROUNDS="${ROUNDS:-3}"
 DUR="${DUR:-10}"
 WARM="${WARM:-2}"
@@ -59,12 +68,21 @@ cp "$SPLIT/train.csv" "$DATA/train.csv"
 build() { # OUT [flags...]
     local out=$1; shift
     rm -rf "$out"
-    target/release/vecrec-build --quiet --content-only --catalog "$DATA/catalog.jsonl" \
+    target/release/vecrec-build --quiet "${ONLY[@]}" --catalog "$DATA/catalog.jsonl" \
         --interactions "$DATA/train.csv" --out "$out" "$@" >/dev/null
 }
-echo "== one node and $SHARDS shards"
-build "$DATA/one"
-build "$DATA/parts" --shards "$SHARDS"
+echo "== one node and $SHARDS shards ($PIPELINE)"
+FRONT=()
+if [[ $PIPELINE == content ]]; then
+    build "$DATA/one"
+    build "$DATA/parts" --shards "$SHARDS"
+    ONE="$DATA/one"
+else
+    # The front generation is one node's build over the whole catalogue.
+    build "$DATA/parts" --shards "$SHARDS"
+    ONE="$DATA/parts/front"
+    FRONT=(--front "$ONE")
+fi
 for s in $(seq 0 $((SHARDS - 1))); do
     for r in 0 1; do
         rm -rf "$DATA/replica-$s-$r"
@@ -103,7 +121,7 @@ start() {
 # servers CONFIG: one node, every replica and the router, under CONFIG.
 servers() {
     cleanup; PIDS=()
-    start one serve --index "$DATA/one" --addr 127.0.0.1:0 --config "$1"
+    start one serve --index "$ONE" --addr 127.0.0.1:0 --config "$1"
     local shard_args=()
     for s in $(seq 0 $((SHARDS - 1))); do
         start "r${s}_0" serve --index "$DATA/replica-$s-0" --addr 127.0.0.1:0 --config "$1"
@@ -111,7 +129,7 @@ servers() {
         local a="ADDR_r${s}_0" b="ADDR_r${s}_1"
         shard_args+=(--shard "${!a},${!b}")
     done
-    start router route --addr 127.0.0.1:0 "${shard_args[@]}"
+    start router route --addr 127.0.0.1:0 --config "$1" "${FRONT[@]}" "${shard_args[@]}"
 }
 
 echo "== NDCG@10 on TEST, exact search"

@@ -48,6 +48,13 @@ pub struct RouteConfig {
     /// `partial` (answer from the other shards and say so) or `fail`
     /// (`UNAVAILABLE`) when a shard has no live replica. Default `partial`.
     pub on_missing_shard: MissingShard,
+    /// The front generation's index root of a partitioned hybrid build
+    /// (`<out>/front`, written by `vecrec-build --shards N` with training):
+    /// with it the router serves the hybrid `Recommend`, computing the
+    /// users' side and the fusion and reranking itself and asking each
+    /// shard for its sources' lists (`ShardSources`). Default: none (the
+    /// content pipeline).
+    pub front: Option<std::path::PathBuf>,
 }
 
 impl Default for RouteConfig {
@@ -61,6 +68,7 @@ impl Default for RouteConfig {
             resolve_interval_ms: 5000,
             max_in_flight: 256,
             on_missing_shard: MissingShard::Partial,
+            front: None,
         }
     }
 }

@@ -19,11 +19,14 @@ use crate::rerank::{RerankInput, Reranker};
 use crate::users::{profile, UserProfiles};
 
 mod search;
+mod shard;
 mod sources;
 #[cfg(test)]
 mod tests;
 mod writes;
 
+use shard::Sliced;
+pub use shard::{FrontQuery, ShardQuery};
 pub(crate) use sources::open_cross_encoder;
 pub use sources::Source;
 use sources::{timed, Trained};
@@ -95,6 +98,9 @@ pub struct Engine {
     live: Option<Arc<Live>>,
     applied_seq: u64,
     arm_reranker: Option<Arc<Reranker>>,
+    /// A shard's slice of the trained sources, on a shard of a partitioned
+    /// hybrid build.
+    sliced: Option<Arc<Sliced>>,
 }
 
 /// The `internal` id of an item upserted since the generation was built (it
@@ -132,6 +138,7 @@ impl Engine {
             );
         }
         let trained = Trained::open(&index, &users, &cfg)?;
+        let sliced = Sliced::open(&index, &users)?;
         tracing::info!(
             hybrid = trained.is_some(),
             generation = %index.dir().display(),
@@ -151,6 +158,7 @@ impl Engine {
             live: None,
             applied_seq,
             arm_reranker: None,
+            sliced: sliced.map(Arc::new),
         })
     }
 
@@ -318,21 +326,56 @@ impl Engine {
         deadline: Deadline,
     ) -> Result<Vec<SourceList>> {
         deadline.check("sources")?;
-        let which: Vec<Source> = if method == FusionMethod::Learned {
+        let mut lists = self.source_lists(history, user, &self.wanted_sources(method), accept)?;
+        self.push_reranked(history, &mut lists, method, deadline)?;
+        Ok(lists)
+    }
+
+    /// The sources a fusion by `method` reads: all for the learned model,
+    /// those of weight above 0 otherwise, in [`Source::ALL`]'s order.
+    pub fn wanted_sources(&self, method: FusionMethod) -> Vec<Source> {
+        if method == FusionMethod::Learned {
             Source::ALL.to_vec()
         } else {
             Source::ALL
                 .into_iter()
                 .filter(|s| self.weight(*s) > 0.0)
                 .collect()
-        };
-        let mut lists = self.source_lists(history, user, &which, accept)?;
+        }
+    }
+
+    /// Adds the reranker's list of the head to the sources' `lists` when the
+    /// reranker runs for `method` (see [`Engine::candidate_lists`]).
+    pub fn push_reranked(
+        &self,
+        history: &[(u32, f32)],
+        lists: &mut Vec<SourceList>,
+        method: FusionMethod,
+        deadline: Deadline,
+    ) -> Result<()> {
         if self.reranks(method) {
             deadline.check("rerank")?;
-            let reranked = timed("rerank", || self.rerank_head(history, &lists, method))?;
+            let reranked = timed("rerank", || self.rerank_head(history, lists, method))?;
             lists.push(reranked);
         }
-        Ok(lists)
+        Ok(())
+    }
+
+    /// The final fusion of every list by `method`, best first.
+    pub fn fuse_lists(
+        &self,
+        lists: &[SourceList],
+        method: FusionMethod,
+        deadline: Deadline,
+    ) -> Result<Vec<(u32, f32)>> {
+        deadline.check("fusion")?;
+        timed("fusion", || {
+            Ok(if method == FusionMethod::Learned {
+                self.learned_model()?.fuse(lists)
+            } else {
+                fuse(method, lists, self.cfg.hybrid.rrf_k)
+            })
+        })
     }
 
     /// The rerank stage of `Recommend` over given source lists: the head
@@ -414,14 +457,7 @@ impl Engine {
         deadline: Deadline,
     ) -> Result<Vec<(u32, f32)>> {
         let lists = self.candidate_lists_within(history, user, accept, method, deadline)?;
-        deadline.check("fusion")?;
-        timed("fusion", || {
-            Ok::<_, Error>(if method == FusionMethod::Learned {
-                self.learned_model()?.fuse(&lists)
-            } else {
-                fuse(method, &lists, self.cfg.hybrid.rrf_k)
-            })
-        })
+        self.fuse_lists(&lists, method, deadline)
     }
 
     /// The mean vector of the live items named in `ids`, if any is there.

@@ -66,6 +66,11 @@ impl Source {
         }
     }
 
+    /// The source called [`Source::name`] `name`.
+    pub fn from_name(name: &str) -> Option<Source> {
+        Source::ALL.into_iter().find(|s| s.name() == name)
+    }
+
     /// Its fusion weight in `w`.
     pub fn weight_in(self, w: &SourceWeights) -> f32 {
         match self {
@@ -287,7 +292,9 @@ impl Trained {
     /// Opens the trained sources of the generation `index`; `None` for a
     /// content-only generation.
     pub(super) fn open(index: &Index, users: &UserProfiles, cfg: &Config) -> Result<Option<Self>> {
-        if !SparseRows::exists(index.dir(), crate::layout::EASE_ROWS) {
+        if !SparseRows::exists(index.dir(), crate::layout::EASE_ROWS)
+            || index.dir().join(crate::layout::SLICED_FILE).is_file()
+        {
             return Ok(None);
         }
         let store = index.store();
@@ -417,95 +424,14 @@ impl Engine {
         accept: &(dyn Fn(u32) -> bool + Sync),
     ) -> Result<Vec<SourceList>> {
         use rayon::prelude::*;
-        let trained = self.trained.as_ref().ok_or_else(|| {
-            Error::Config(
-                "this generation has no trained sources; rebuild it with vecrec-build".into(),
-            )
-        })?;
-        let h = &self.cfg.hybrid;
-        let n = h.candidates;
+        let trained = self.trained()?;
         let ids: Vec<u32> = history.iter().map(|e| e.0).collect();
-        let items = self.index.store().len();
-        let dense = |rows: &SparseRows, decay: f32| {
-            let mut acc = vec![0f32; items];
-            for (i, w) in recency_weights(&ids, decay) {
-                rows.axpy(i, w, &mut acc);
-            }
-            top_n(&acc, n, accept)
-        };
-        // An inner-product index's best items for a vector, by score
-        // (nothing without a vector).
-        let by_vector = |index: &Index, v: Option<Vec<f32>>| -> Result<Vec<(u32, f32)>> {
-            let Some(v) = v else {
-                return Ok(Vec::new());
-            };
-            let (found, _) = index.search(&v, &self.search_params(n), Some(accept))?;
-            Ok(found.into_iter().map(|f| (f.id, -f.distance)).collect())
-        };
+        let tables = trained.tables();
         let one = |&s: &Source| -> Result<SourceList> {
             let started = std::time::Instant::now();
-            let list = match s {
-                Source::Ease => dense(&trained.ease, h.ease_decay),
-                Source::Transitions => dense(&trained.transitions, h.transitions_decay),
-                Source::Popularity => top_n(&trained.popularity, n, accept),
-                Source::Als => {
-                    let f = trained.als.store().dim();
-                    let x = match user {
-                        Some(u) => trained.als_users[u as usize * f..(u as usize + 1) * f].to_vec(),
-                        None => {
-                            let mut obs = ids.clone();
-                            obs.sort_unstable();
-                            obs.dedup();
-                            let opts = crate::retrieve::als::AlsOptions {
-                                factors: f,
-                                ..self.cfg.train.als.clone()
-                            };
-                            crate::retrieve::als::solve_row(
-                                trained.als.store().vectors(),
-                                &trained.als_gram,
-                                &obs,
-                                &opts,
-                            )
-                        }
-                    };
-                    let x = Some(x).filter(|x| x.iter().any(|v| *v != 0.0));
-                    by_vector(&trained.als, x)?
-                }
-                Source::TwoTower => match &trained.two_tower {
-                    None => Vec::new(),
-                    Some(tt) => by_vector(&tt.index, tt.user_vector(&ids)?)?,
-                },
-                Source::Sequence => match &trained.sequence {
-                    None => Vec::new(),
-                    Some(sq) => by_vector(&sq.index, sq.user_vector(&ids)?)?,
-                },
-                Source::Content => {
-                    let pre = if self.use_precomputed {
-                        user.and_then(|u| self.users.vector(u))
-                    } else {
-                        None
-                    };
-                    let v = match pre {
-                        Some(v) => v.to_vec(),
-                        None => match profile(self.index.store(), history, &self.cfg.users) {
-                            Some(v) => v,
-                            None => {
-                                return Ok(SourceList {
-                                    name: s.name(),
-                                    weight: self.weight(s),
-                                    items: Vec::new(),
-                                })
-                            }
-                        },
-                    };
-                    let params = self.search_params(n);
-                    let (found, _) = self.ann(&v, &params, Some(accept))?;
-                    let metric = self.index.store().metric();
-                    found
-                        .into_iter()
-                        .map(|f| (f.id, metric.score(f.distance)))
-                        .collect()
-                }
+            let list = match self.user_input(s, history, user)? {
+                Some(input) => self.item_list(&tables, s, &ids, &input, accept)?,
+                None => Vec::new(),
             };
             telemetry::stage(s.stage(), started.elapsed().as_secs_f64());
             Ok(SourceList {
@@ -521,10 +447,157 @@ impl Engine {
             which.iter().map(one).collect()
         }
     }
+
+    fn trained(&self) -> Result<&Trained> {
+        self.trained.as_deref().ok_or_else(|| {
+            Error::Config(
+                "this generation has no trained sources; rebuild it with vecrec-build".into(),
+            )
+        })
+    }
+
+    /// What source `s` needs from the user's side for a history (internal
+    /// ids with weights, oldest first): the vector it searches with (the
+    /// profile, the ALS factors, the user tower's or the sequence model's
+    /// output), an empty one for the sources that read the history
+    /// itself, `None` when the user gives it nothing to search with.
+    /// `user` is the user's number when the history is the stored one.
+    /// This half of a source needs the users and the models; the front tier
+    /// of a partitioned index computes it once and sends it to every shard.
+    pub fn user_input(
+        &self,
+        s: Source,
+        history: &[(u32, f32)],
+        user: Option<u32>,
+    ) -> Result<Option<Vec<f32>>> {
+        let trained = self.trained()?;
+        let ids = || history.iter().map(|e| e.0).collect::<Vec<u32>>();
+        Ok(match s {
+            Source::Ease | Source::Transitions | Source::Popularity => Some(Vec::new()),
+            Source::Als => {
+                let f = trained.als.store().dim();
+                let x = match user {
+                    Some(u) => trained.als_users[u as usize * f..(u as usize + 1) * f].to_vec(),
+                    None => {
+                        let mut obs = ids();
+                        obs.sort_unstable();
+                        obs.dedup();
+                        let opts = crate::retrieve::als::AlsOptions {
+                            factors: f,
+                            ..self.cfg.train.als.clone()
+                        };
+                        crate::retrieve::als::solve_row(
+                            trained.als.store().vectors(),
+                            &trained.als_gram,
+                            &obs,
+                            &opts,
+                        )
+                    }
+                };
+                Some(x).filter(|x| x.iter().any(|v| *v != 0.0))
+            }
+            Source::TwoTower => match &trained.two_tower {
+                None => None,
+                Some(tt) => tt.user_vector(&ids())?,
+            },
+            Source::Sequence => match &trained.sequence {
+                None => None,
+                Some(sq) => sq.user_vector(&ids())?,
+            },
+            Source::Content => {
+                let pre = if self.use_precomputed {
+                    user.and_then(|u| self.users.vector(u))
+                } else {
+                    None
+                };
+                match pre {
+                    Some(v) => Some(v.to_vec()),
+                    None => profile(self.index.store(), history, &self.cfg.users),
+                }
+            }
+        })
+    }
+
+    /// The items' half of source `s`: its `hybrid.candidates` best items
+    /// among this generation's items that `accept` lets through, by score,
+    /// for the history `ids` (the catalogue's item numbers, oldest first)
+    /// and the user's `input` from [`Engine::user_input`]. One node runs it
+    /// over its whole catalogue; a shard over its own items, with the
+    /// same scores, so the merged lists are one node's.
+    pub(super) fn item_list(
+        &self,
+        tables: &ItemTables<'_>,
+        s: Source,
+        ids: &[u32],
+        input: &[f32],
+        accept: &(dyn Fn(u32) -> bool + Sync),
+    ) -> Result<Vec<(u32, f32)>> {
+        let n = self.cfg.hybrid.candidates;
+        let h = &self.cfg.hybrid;
+        let items = self.index.store().len();
+        let dense = |rows: &SparseRows, decay: f32| {
+            let mut acc = vec![0f32; items];
+            for (i, w) in recency_weights(ids, decay) {
+                rows.axpy(i, w, &mut acc);
+            }
+            top_n(&acc, n, accept)
+        };
+        // An inner-product index's best items for a vector, by score.
+        let by_vector = |index: &Index, v: &[f32]| -> Result<Vec<(u32, f32)>> {
+            let (found, _) = index.search(v, &self.search_params(n), Some(accept))?;
+            Ok(found.into_iter().map(|f| (f.id, -f.distance)).collect())
+        };
+        Ok(match s {
+            Source::Ease => dense(tables.ease, h.ease_decay),
+            Source::Transitions => dense(tables.transitions, h.transitions_decay),
+            Source::Popularity => top_n(tables.popularity, n, accept),
+            Source::Als => by_vector(tables.als, input)?,
+            Source::TwoTower => match tables.two_tower {
+                None => Vec::new(),
+                Some(index) => by_vector(index, input)?,
+            },
+            Source::Sequence => match tables.sequence {
+                None => Vec::new(),
+                Some(index) => by_vector(index, input)?,
+            },
+            Source::Content => {
+                let (found, _) = self.ann(input, &self.search_params(n), Some(accept))?;
+                let metric = self.index.store().metric();
+                found
+                    .into_iter()
+                    .map(|f| (f.id, metric.score(f.distance)))
+                    .collect()
+            }
+        })
+    }
+}
+
+/// The item-side tables the sources search: a whole generation's, or a
+/// shard's slice of them ([`Sliced`]).
+pub(super) struct ItemTables<'a> {
+    pub(super) ease: &'a SparseRows,
+    pub(super) transitions: &'a SparseRows,
+    pub(super) popularity: &'a [f32],
+    pub(super) als: &'a Index,
+    pub(super) two_tower: Option<&'a Index>,
+    pub(super) sequence: Option<&'a Index>,
+}
+
+impl Trained {
+    pub(super) fn tables(&self) -> ItemTables<'_> {
+        ItemTables {
+            ease: &self.ease,
+            transitions: &self.transitions,
+            popularity: &self.popularity,
+            als: &self.als,
+            two_tower: self.two_tower.as_ref().map(|t| &t.index),
+            sequence: self.sequence.as_ref().map(|t| &t.index),
+        }
+    }
 }
 
 /// Requests computing their source lists at this moment, in this process.
-static IN_SOURCES: AtomicUsize = AtomicUsize::new(0);
+pub(super) static IN_SOURCES: AtomicUsize = AtomicUsize::new(0);
 
 /// One request counted in a counter (the engine's: [`IN_SOURCES`]) while it
 /// lives. A request that no other Recommend call is computing its sources
@@ -533,13 +606,13 @@ static IN_SOURCES: AtomicUsize = AtomicUsize::new(0);
 /// one after another, which saves handing each to the thread pool and
 /// waiting for it (about 12% more Recommend calls a second at concurrency 8
 /// on 2 cores, measured interleaved with `vecrec-load`).
-struct Busy<'a> {
+pub(super) struct Busy<'a> {
     count: &'a AtomicUsize,
-    alone: bool,
+    pub(super) alone: bool,
 }
 
 impl<'a> Busy<'a> {
-    fn enter(count: &'a AtomicUsize) -> Self {
+    pub(super) fn enter(count: &'a AtomicUsize) -> Self {
         Busy {
             count,
             alone: count.fetch_add(1, Ordering::Relaxed) == 0,

@@ -6,7 +6,7 @@
 //! presents `authorization: Bearer <token>`; its hash is compared with every
 //! stored hash in constant time (no early exit, so the time does not tell
 //! how much of a hash matched). Roles nest: `read` may call Recommend,
-//! SimilarItems, SearchText, SearchVector, Embed, GetItem and reflection; `write` also
+//! SimilarItems, SearchText, SearchVector, Embed, GetItem, ShardSources and reflection; `write` also
 //! UpsertItems, DeleteItems and RecordEvents; `admin` anything, including
 //! methods added later that name no role. Health is open to all, so load
 //! balancers need no token. No token: `UNAUTHENTICATED`; too weak a role:
@@ -34,7 +34,7 @@ use crate::error::{Error, Result};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
-    /// Recommend, SimilarItems, SearchText, SearchVector, Embed, GetItem, reflection.
+    /// Recommend, SimilarItems, SearchText, SearchVector, Embed, GetItem, ShardSources, reflection.
     Read,
     /// Also UpsertItems, DeleteItems, RecordEvents.
     Write,
@@ -229,9 +229,8 @@ pub fn required_role(path: &str) -> Option<Role> {
         }
         "vecrec.v1.Recommender" => Some(match method {
             "UpsertItems" | "DeleteItems" | "RecordEvents" => Role::Write,
-            "Recommend" | "SimilarItems" | "SearchText" | "SearchVector" | "Embed" | "GetItem" => {
-                Role::Read
-            }
+            "Recommend" | "SimilarItems" | "SearchText" | "SearchVector" | "Embed" | "GetItem"
+            | "ShardSources" => Role::Read,
             _ => Role::Admin,
         }),
         _ => Some(Role::Admin),

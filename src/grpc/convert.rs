@@ -53,7 +53,7 @@ pub fn code_name(code: tonic::Code) -> &'static str {
     }
 }
 
-pub(super) fn to_filter(f: Option<pb::AttributeFilter>) -> Result<Option<Filter>, Error> {
+pub(crate) fn to_filter(f: Option<pb::AttributeFilter>) -> Result<Option<Filter>, Error> {
     let Some(f) = f else { return Ok(None) };
     let ranges = f
         .ranges
@@ -84,7 +84,7 @@ pub(super) fn to_filter(f: Option<pb::AttributeFilter>) -> Result<Option<Filter>
     }))
 }
 
-pub(super) fn fusion_method(code: i32) -> Result<Option<crate::fusion::FusionMethod>, Error> {
+pub(crate) fn fusion_method(code: i32) -> Result<Option<crate::fusion::FusionMethod>, Error> {
     use crate::fusion::FusionMethod as F;
     Ok(match pb::Fusion::try_from(code) {
         Ok(pb::Fusion::Default) => None,
@@ -98,7 +98,7 @@ pub(super) fn fusion_method(code: i32) -> Result<Option<crate::fusion::FusionMet
     })
 }
 
-pub(super) fn scored(engine: &Engine, items: Vec<Scored>) -> Vec<pb::ScoredItem> {
+pub(crate) fn scored(engine: &Engine, items: Vec<Scored>) -> Vec<pb::ScoredItem> {
     items
         .into_iter()
         .map(|s| scored_item(engine, s, String::new()))

@@ -22,7 +22,7 @@
 
 pub mod auth;
 mod conn;
-mod convert;
+pub(crate) mod convert;
 mod server;
 mod status;
 mod validate;
@@ -42,7 +42,7 @@ use tonic::{Request, Response, Status};
 use crate::admission::Admission;
 use crate::config::ServerConfig;
 use crate::deadline::{parse_grpc_timeout, Deadline};
-use crate::engine::{Engine, RecommendOptions, UserRef};
+use crate::engine::{Engine, RecommendOptions, ShardQuery, Source, UserRef};
 use crate::error::Error;
 use crate::serving::{experiments, EngineSlot};
 use crate::telemetry;
@@ -571,6 +571,44 @@ impl Recommender for Service {
         Ok(Response::new(pb::RecordEventsResponse {
             recorded: n,
             sequence,
+        }))
+    }
+
+    async fn shard_sources(
+        &self,
+        req: Request<pb::ShardSourcesRequest>,
+    ) -> Result<Response<pb::ShardSourcesResponse>, Status> {
+        let deadline = self.deadline(&req);
+        let r = req.into_inner();
+        validate::shard_sources(&self.limits(), &r)?;
+        let q = ShardQuery {
+            history: r.history,
+            inputs: r
+                .inputs
+                .into_iter()
+                .filter_map(|i| Source::from_name(&i.source).map(|s| (s, i.vector)))
+                .collect(),
+            exclude: r.exclude,
+            filter: to_filter(r.filter)?,
+            front_generation: r.front_generation,
+        };
+        let lists = self
+            .run("ShardSources", Work::Cpu, deadline, move |e, _| {
+                e.shard_lists(&q)
+            })
+            .await?;
+        Ok(Response::new(pb::ShardSourcesResponse {
+            lists: lists
+                .into_iter()
+                .map(|(s, items)| {
+                    let (item_ids, scores) = items.into_iter().unzip();
+                    pb::SourceItems {
+                        source: s.name().to_owned(),
+                        item_ids,
+                        scores,
+                    }
+                })
+                .collect(),
         }))
     }
 

@@ -103,6 +103,46 @@ pub(super) fn recommend(limits: &Limits, r: &pb::RecommendRequest) -> Result {
     filter(limits, r.filter.as_ref())
 }
 
+/// A front tier's ShardSources request: known sources, once each, finite
+/// vectors of bounded width, bounded ids and filter.
+pub(super) fn shard_sources(limits: &Limits, r: &pb::ShardSourcesRequest) -> Result {
+    let mut seen = Vec::new();
+    for (i, input) in r.inputs.iter().enumerate() {
+        let s = crate::engine::Source::from_name(&input.source).ok_or_else(|| {
+            Error::invalid(format!(
+                "inputs[{i}].source: no source called {:?}",
+                input.source
+            ))
+        })?;
+        if seen.contains(&s) {
+            return Err(Error::invalid(format!(
+                "inputs[{i}].source: {} is asked twice",
+                input.source
+            )));
+        }
+        seen.push(s);
+        if input.vector.len() > MAX_VECTOR {
+            return Err(Error::invalid(format!(
+                "inputs[{i}].vector has {} values, over the limit of {MAX_VECTOR}",
+                input.vector.len()
+            )));
+        }
+        if let Some(bad) = input.vector.iter().find(|x| !x.is_finite()) {
+            return Err(Error::invalid(format!(
+                "inputs[{i}].vector holds {bad}: every value must be finite"
+            )));
+        }
+    }
+    // As many as a user's history holds (the message size bounds them).
+    for (i, x) in r.exclude.iter().enumerate() {
+        id(limits, &format!("exclude[{i}]"), x)?;
+    }
+    filter(limits, r.filter.as_ref())
+}
+
+/// The widest user-side vector a shard accepts.
+const MAX_VECTOR: usize = 4096;
+
 /// An item to upsert: id, attribute lists and names bounded, numbers finite.
 /// (Title and text lengths are the engine's check, with the batch size.)
 pub(super) fn item(limits: &Limits, k: usize, it: &pb::Item) -> Result {

@@ -485,7 +485,7 @@ fn write_als(
     let f = model.factors;
     write_sub_index(
         &dir.join(ALS_DIR),
-        store,
+        &store_ids(store),
         &model.items,
         f,
         hnsw,
@@ -503,12 +503,19 @@ fn write_als(
     Ok(())
 }
 
-/// Writes per-item vectors (`store.len() × dim`, in store order, same ids)
-/// as an inner-product index in the directory `sub`, advancing `pb` as the
-/// graph is built.
-fn write_sub_index(
+/// The external ids of `store`'s items, in store order.
+fn store_ids(store: &VectorStore) -> Vec<&str> {
+    (0..store.len() as u32)
+        .map(|i| store.external_id(i))
+        .collect()
+}
+
+/// Writes per-item vectors (a row of `dim` values for each of `ids`, in that
+/// order) as an inner-product index in the directory `sub`, advancing `pb`
+/// as the graph is built.
+pub(super) fn write_sub_index(
     sub: &Path,
-    store: &VectorStore,
+    ids: &[&str],
     rows: &[f32],
     dim: usize,
     hnsw: &HnswParams,
@@ -516,8 +523,8 @@ fn write_sub_index(
     pb: indicatif::ProgressBar,
 ) -> Result<()> {
     let mut sb = StoreBuilder::new(dim, Metric::InnerProduct)?;
-    for (i, v) in rows.chunks_exact(dim).take(store.len()).enumerate() {
-        sb.add(store.external_id(i as u32), v, Default::default())?;
+    for (id, v) in ids.iter().zip(rows.chunks_exact(dim)) {
+        sb.add(id, v, Default::default())?;
     }
     std::fs::create_dir_all(sub).map_err(|e| crate::error::Error::io(sub, e))?;
     // Searched on their f32 vectors only (their codes would go unread).
@@ -564,7 +571,7 @@ fn write_sequence(
         pb.finish_and_clear();
         write_sub_index(
             &dir.join(crate::layout::SEQUENCE_DIR),
-            store,
+            &store_ids(store),
             model.item_vectors(),
             s.dim,
             &opts.hnsw,
@@ -621,7 +628,7 @@ fn write_neural(
         let emb = tower.item_vectors(&features);
         write_sub_index(
             &dir.join(TWO_TOWER_DIR),
-            store,
+            &store_ids(store),
             &emb,
             e,
             &opts.hnsw,

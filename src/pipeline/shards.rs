@@ -7,23 +7,33 @@
 //! A shard holds its own items' vectors, graph, int8 codes and metadata,
 //! and every user: the profile made over the *whole* catalogue (so a shard
 //! scores its items for a user exactly as one node would) beside the
-//! history of its own items (which the answer leaves out as seen). The
-//! content pipeline only: the interaction-trained sources are not sliced
-//! yet, so a build with training is refused.
+//! history of its own items (which the answer leaves out as seen).
+//!
+//! A build with training first builds one node's generation over the whole
+//! catalogue under `<root>/front/` (the front tier's: users, models,
+//! fusion, reranker) and then *slices* it: each shard also holds its items'
+//! rows of the ALS, two-tower and sequence tables (each an inner-product
+//! index) and the columns of its items in the EASE and transitions
+//! matrices (a row for every item of the catalogue), so it scores its items
+//! for the sources exactly as the front's generation does.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
 use vecrec_index::generation::{prune, GenerationWriter};
-use vecrec_index::{write_index, Metric, StoreBuilder};
+use vecrec_index::{write_index, Index, Metric, StoreBuilder};
 
 use super::{bar, embed_stage, histories_by, BuildOptions, BuildReport, Stages};
 use crate::catalog::{CatalogItem, Interaction};
 use crate::encoder::Encoder;
 use crate::error::{Error, Result};
-use crate::layout::{shard_of, shard_root, GenerationInfo, ShardInfo};
-use crate::users::{profile_of, write_users};
+use crate::layout::{
+    front_root, shard_of, shard_root, GenerationInfo, ShardInfo, SlicedMeta, ALS_DIR, EASE_ROWS,
+    SEQUENCE_DIR, SLICED_FILE, TRANSITIONS_ROWS, TWO_TOWER_DIR,
+};
+use crate::retrieve::sparse::SparseRows;
+use crate::users::{profile_of, write_users, UserProfiles};
 
 /// Builds shard `only` of `shards` (or every shard) under `root`: embeds
 /// the whole catalogue once (through the embedding cache under `root`,
@@ -48,10 +58,7 @@ pub fn build_shards(
         )));
     }
     if opts.train.is_some() || opts.learn_fusion.is_some() {
-        return Err(Error::invalid(
-            "a partitioned build holds the content index only (the trained sources are not \
-             sliced by shard yet): add --content-only",
-        ));
+        return build_sliced(root, encoder, items, interactions, opts, shards, only);
     }
     let mut stages = Stages::new();
     let (vectors, embedded) = embed_stage(root, encoder, items, opts, &mut stages)?;
@@ -71,66 +78,237 @@ pub fn build_shards(
             .collect();
         Ok((p, format!("{} users", users.len())))
     })?;
-    let owner: Vec<usize> = items.iter().map(|it| shard_of(&it.id, shards)).collect();
+    let whole = Whole {
+        items,
+        vectors: &vectors,
+        users: &users,
+        profiles: &profiles,
+        interactions: (interactions.len() - skipped, skipped),
+    };
     let mut reports = Vec::new();
     for s in (0..shards).filter(|s| only.is_none_or(|o| o == *s)) {
-        let t = Instant::now();
-        let dir = shard_root(root, s);
-        let writer = GenerationWriter::begin(&dir)?;
-        let info = GenerationInfo {
-            users: Some(opts.users.clone()),
-            encoder_model: Some(encoder.files().model.display().to_string()),
-            encoder_dim: Some(dim),
-            shard: Some(ShardInfo {
-                index: s,
-                of: shards,
-            }),
-            ..Default::default()
-        };
-        // The shard's row of each of the catalogue's rows it owns.
-        let mut local: Vec<Option<u32>> = vec![None; items.len()];
-        let manifest = stages.run(&format!("shard {s}: hnsw"), || {
-            let mut sb = StoreBuilder::new(dim, Metric::Cosine)?;
-            for (i, (item, v)) in items.iter().zip(&vectors).enumerate() {
-                if owner[i] == s {
-                    local[i] = Some(sb.add(&item.id, v, item.meta.clone())?);
-                }
-            }
-            let n = sb.len();
-            let pb = bar(n, format!("shard {s}"), opts.progress);
-            let m = write_index(writer.dir(), &sb, &opts.hnsw, info.to_json(), &|d| {
-                pb.set_position(d as u64)
-            })?;
-            pb.finish_and_clear();
-            Ok((m, format!("{n} items × {dim}")))
-        })?;
-        let with_profile = stages.run(&format!("shard {s}: users"), || {
-            let own: Vec<(String, Vec<(u32, f32)>)> = users
-                .iter()
-                .map(|(u, h)| {
-                    let h = h
-                        .iter()
-                        .filter_map(|&(i, w)| local[i as usize].map(|l| (l, w)))
-                        .collect();
-                    (u.clone(), h)
-                })
-                .collect();
-            let n = write_users(writer.dir(), dim, &own, &|u| profiles[u].clone())?;
-            Ok((n, format!("{} users", own.len())))
-        })?;
-        let generation = writer.commit()?;
-        prune(&dir, opts.keep_generations)?;
-        let mut report = BuildReport::indexed(
-            generation,
-            (local.iter().flatten().count(), with_profile),
-            (interactions.len() - skipped, skipped),
-            manifest.hnsw_build_seconds,
-            t,
-        );
-        report.peak_rss_mib = stages.peak_mib();
+        let mut report = write_shard(root, encoder, &whole, opts, (s, shards), &mut stages, None)?;
         report.embedded = embedded.encoded;
         report.reused_embeddings = embedded.reused;
         report.texts_per_second = embedded.encoded as f64 / embedded.encode_seconds.max(1e-9);
+        reports.push(report);
+    }
+    if let Some(last) = reports.last_mut() {
+        last.stages = stages.into_list();
+    }
+    Ok(reports)
+}
+
+/// The whole catalogue a shard is cut from, numbered as one node numbers it.
+struct Whole<'a> {
+    items: &'a [CatalogItem],
+    /// One vector per item.
+    vectors: &'a [Vec<f32>],
+    /// Each user's history over the whole catalogue.
+    users: &'a [(String, Vec<(u32, f32)>)],
+    /// Each user's profile over the whole catalogue.
+    profiles: &'a [Option<Vec<f32>>],
+    /// Interactions read and skipped (unknown items).
+    interactions: (usize, usize),
+}
+
+/// Writes what a shard's generation holds beyond its content index, given
+/// the generation's directory and the shard's row of each catalogue row it
+/// owns.
+type Slicer<'a> = dyn Fn(&Path, &[Option<u32>]) -> Result<()> + 'a;
+
+/// Writes shard `s` of `shards` of `whole` as a new generation under its
+/// root: its items' vectors, graph and metadata, every user with the
+/// history of its items; `slice` (given the shard's row of each of the
+/// catalogue's rows it owns) writes what else the generation holds.
+fn write_shard(
+    root: &Path,
+    encoder: &Encoder,
+    whole: &Whole<'_>,
+    opts: &BuildOptions,
+    (s, shards): (usize, usize),
+    stages: &mut Stages,
+    slice: Option<&Slicer<'_>>,
+) -> Result<BuildReport> {
+    let t = Instant::now();
+    let dim = encoder.dim();
+    let items = whole.items;
+    let owner: Vec<usize> = items.iter().map(|it| shard_of(&it.id, shards)).collect();
+    let dir = shard_root(root, s);
+    let writer = GenerationWriter::begin(&dir)?;
+    let info = GenerationInfo {
+        users: Some(opts.users.clone()),
+        encoder_model: Some(encoder.files().model.display().to_string()),
+        encoder_dim: Some(dim),
+        shard: Some(ShardInfo {
+            index: s,
+            of: shards,
+        }),
+        ..Default::default()
+    };
+    // The shard's row of each of the catalogue's rows it owns.
+    let mut local: Vec<Option<u32>> = vec![None; items.len()];
+    let manifest = stages.run(&format!("shard {s}: hnsw"), || {
+        let mut sb = StoreBuilder::new(dim, Metric::Cosine)?;
+        for (i, (item, v)) in items.iter().zip(whole.vectors).enumerate() {
+            if owner[i] == s {
+                local[i] = Some(sb.add(&item.id, v, item.meta.clone())?);
+            }
+        }
+        let n = sb.len();
+        let pb = bar(n, format!("shard {s}"), opts.progress);
+        let m = write_index(writer.dir(), &sb, &opts.hnsw, info.to_json(), &|d| {
+            pb.set_position(d as u64)
+        })?;
+        pb.finish_and_clear();
+        Ok((m, format!("{n} items × {dim}")))
+    })?;
+    let with_profile = stages.run(&format!("shard {s}: users"), || {
+        let own: Vec<(String, Vec<(u32, f32)>)> = whole
+            .users
+            .iter()
+            .map(|(u, h)| {
+                let h = h
+                    .iter()
+                    .filter_map(|&(i, w)| local[i as usize].map(|l| (l, w)))
+                    .collect();
+                (u.clone(), h)
+            })
+            .collect();
+        let n = write_users(writer.dir(), dim, &own, &|u| whole.profiles[u].clone())?;
+        Ok((n, format!("{} users", own.len())))
+    })?;
+    if let Some(slice) = slice {
+        stages.run(&format!("shard {s}: sources"), || {
+            slice(writer.dir(), &local)?;
+            Ok(((), "sliced".to_owned()))
+        })?;
+    }
+    let generation = writer.commit()?;
+    prune(&dir, opts.keep_generations)?;
+    let mut report = BuildReport::indexed(
+        generation,
+        (local.iter().flatten().count(), with_profile),
+        whole.interactions,
+        manifest.hnsw_build_seconds,
+        t,
+    );
+    report.peak_rss_mib = stages.peak_mib();
+    Ok(report)
+}
+
+/// A partitioned build with training: one node's generation over the whole
+/// catalogue under `<root>/front/`, then shard `only` (or every shard) cut
+/// from it.
+fn build_sliced(
+    root: &Path,
+    encoder: &Encoder,
+    items: &[CatalogItem],
+    interactions: &[Interaction],
+    opts: &BuildOptions,
+    shards: usize,
+    only: Option<usize>,
+) -> Result<Vec<BuildReport>> {
+    let front_root = front_root(root);
+    let front_report = super::build(&front_root, encoder, items, interactions, opts)?;
+    let front = Index::open(&front_report.generation)?;
+    let store = front.store();
+    let n = store.len();
+    let dim = store.dim();
+    // The front's items, rows, users and profiles, numbered as it numbers them.
+    let front_items: Vec<CatalogItem> = (0..n as u32)
+        .map(|i| CatalogItem {
+            id: store.external_id(i).to_owned(),
+            meta: store.meta(i).clone(),
+        })
+        .collect();
+    let vectors: Vec<Vec<f32>> = store
+        .vectors()
+        .chunks_exact(dim)
+        .map(<[f32]>::to_vec)
+        .collect();
+    let profiles_file = UserProfiles::open(front.dir(), n, dim)?;
+    let users: Vec<(String, Vec<(u32, f32)>)> = (0..profiles_file.len() as u32)
+        .map(|u| (profiles_file.id(u).to_owned(), profiles_file.history(u)))
+        .collect();
+    let profiles: Vec<Option<Vec<f32>>> = (0..profiles_file.len() as u32)
+        .map(|u| profiles_file.vector(u).map(<[f32]>::to_vec))
+        .collect();
+    let whole = Whole {
+        items: &front_items,
+        vectors: &vectors,
+        users: &users,
+        profiles: &profiles,
+        interactions: (
+            front_report.interactions,
+            front_report.skipped_unknown_items,
+        ),
+    };
+    let dir = front.dir();
+    let ease = SparseRows::open(dir, EASE_ROWS, n)?;
+    let transitions = SparseRows::open(dir, TRANSITIONS_ROWS, n)?;
+    let tables: Vec<(&str, Index)> = [ALS_DIR, TWO_TOWER_DIR, SEQUENCE_DIR]
+        .into_iter()
+        .filter(|sub| dir.join(sub).is_dir())
+        .map(|sub| Ok((sub, Index::open(&dir.join(sub))?)))
+        .collect::<Result<_>>()?;
+    let meta = SlicedMeta {
+        front_items: n,
+        front_generation: dir
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    };
+    let slice = |out: &Path, local: &[Option<u32>]| -> Result<()> {
+        // The front's rows of the shard's items, in the shard's order.
+        let own: Vec<u32> = (0..n as u32)
+            .filter(|&i| local[i as usize].is_some())
+            .collect();
+        let ids: Vec<&str> = own.iter().map(|&i| store.external_id(i)).collect();
+        for (sub, table) in &tables {
+            let d = table.store().dim();
+            let all = table.store().vectors();
+            let rows: Vec<f32> = own
+                .iter()
+                .flat_map(|&i| &all[i as usize * d..(i as usize + 1) * d])
+                .copied()
+                .collect();
+            super::write_sub_index(
+                &out.join(sub),
+                &ids,
+                &rows,
+                d,
+                &opts.hnsw,
+                serde_json::json!({ "sliced_from": sub }),
+                bar(own.len(), format!("{sub} slice"), opts.progress),
+            )?;
+        }
+        for (name, m) in [(EASE_ROWS, &ease), (TRANSITIONS_ROWS, &transitions)] {
+            let rows: Vec<Vec<(u32, f32)>> = (0..n as u32)
+                .map(|h| {
+                    m.row(h)
+                        .into_iter()
+                        .filter_map(|(j, w)| local[j as usize].map(|l| (l, w)))
+                        .collect()
+                })
+                .collect();
+            SparseRows::write(out, name, &rows)?;
+        }
+        vecrec_index::format::write_json(&out.join(SLICED_FILE), &meta)?;
+        Ok(())
+    };
+    let mut stages = Stages::new();
+    let mut reports = Vec::new();
+    for s in (0..shards).filter(|s| only.is_none_or(|o| o == *s)) {
+        let report = write_shard(
+            root,
+            encoder,
+            &whole,
+            opts,
+            (s, shards),
+            &mut stages,
+            Some(&slice),
+        )?;
         reports.push(report);
     }
     if let Some(last) = reports.last_mut() {

@@ -65,7 +65,14 @@ impl SparseRows {
 
     /// Opens and checks a matrix of `n` rows and columns.
     pub fn open(dir: &Path, name: &str, n: usize) -> Result<Self> {
-        let cols = ListTable::open(&dir.join(format!("{name}.cols.bin")), true, n as u32)?;
+        Self::open_shape(dir, name, n, n)
+    }
+
+    /// Opens and checks a matrix of `n` rows and `columns` columns (a
+    /// shard's slice: a row for every item of the catalogue, a column for
+    /// each of the shard's own items).
+    pub fn open_shape(dir: &Path, name: &str, n: usize, columns: usize) -> Result<Self> {
+        let cols = ListTable::open(&dir.join(format!("{name}.cols.bin")), true, columns as u32)?;
         // Any finite f32 bit pattern: u32::MAX excludes nothing useful, checks below catch NaN.
         let vals = ListTable::open(&dir.join(format!("{name}.vals.bin")), true, u32::MAX)?;
         let ok = cols.len() == n
@@ -95,6 +102,21 @@ impl SparseRows {
         {
             acc[c as usize] += scale * f32::from_bits(v);
         }
+    }
+
+    /// Row `i` as (column, weight) pairs, by column.
+    pub fn row(&self, i: u32) -> Vec<(u32, f32)> {
+        let cols = self.cols.get(i as usize);
+        let vals = self.vals.get(i as usize);
+        cols.iter()
+            .zip(vals)
+            .map(|(&c, &v)| (c, f32::from_bits(v)))
+            .collect()
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.cols.len()
     }
 
     /// Number of stored entries.

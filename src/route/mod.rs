@@ -4,6 +4,11 @@
 //! and merging their top-k, so with exact search its answers are one
 //! node's (see docs/scale-out.md):
 //!
+//! - `Recommend` with `route.front` (a partitioned build with training):
+//!   the front generation computes the user's side of every source
+//!   ([`Engine::front_query`]), every shard its sources' best own items
+//!   (`ShardSources`), and the front merges, reranks and fuses them
+//!   ([`Engine::front_answer`]) as one node does.
 //! - `Recommend` for a user id: every shard holds every user's profile made
 //!   over the whole catalogue and answers for its own items; the lists are
 //!   merged by score. For an explicit history the router fetches the
@@ -42,10 +47,12 @@ use tonic::{Code, Request, Response, Status};
 use crate::admission::{Admission, Permit};
 use crate::config::{Config, MissingShard, RouteConfig, UserConfig};
 use crate::deadline::{parse_grpc_timeout, Deadline};
+use crate::engine::{Engine, RecommendOptions, UserRef};
 use crate::grpc::pb;
 use crate::grpc::pb::recommender_client::RecommenderClient;
 use crate::grpc::pb::recommender_server::{Recommender, RecommenderServer};
 use crate::layout::shard_of;
+use crate::serving::EngineSlot;
 
 type Client = RecommenderClient<Channel>;
 
@@ -117,6 +124,11 @@ struct Inner {
     next_any: AtomicUsize,
     /// The bound on requests in progress and waiting.
     admission: Arc<Admission>,
+    /// The front generation of a partitioned hybrid build (`route.front`),
+    /// swapped when its `CURRENT` moves.
+    front: Option<Arc<EngineSlot>>,
+    /// How often the front's `CURRENT` is checked (`server.reload_interval_ms`).
+    reload: Duration,
 }
 
 /// The front tier: a `Recommender` over the shards of a partitioned index.
@@ -185,8 +197,27 @@ impl Router {
             cfg.server.max_queued_requests,
             None,
         );
+        let front = match route.front.clone() {
+            None => None,
+            Some(root) => {
+                let c = cfg.clone();
+                let at = root.clone();
+                let engine =
+                    tokio::task::spawn_blocking(move || Engine::open(&at, c, None)).await??;
+                if !engine.is_hybrid() {
+                    anyhow::bail!(
+                        "route.front {} holds no trained sources (or hybrid.enabled is false): \
+                         give the front of a partitioned build with training",
+                        engine.index().dir().display()
+                    );
+                }
+                Some(Arc::new(EngineSlot::new(&root, Arc::new(engine))))
+            }
+        };
         let router = Router {
             inner: Arc::new(Inner {
+                front,
+                reload: Duration::from_millis(cfg.server.reload_interval_ms),
                 shards,
                 cfg: route,
                 users: cfg.users.clone(),
@@ -426,31 +457,8 @@ impl Router {
         k: u32,
     ) -> Result<(Vec<pb::ScoredItem>, bool), Status> {
         let k = if k == 0 { 10 } else { k as usize };
-        let mut items = Vec::new();
-        let mut missing = Vec::new();
-        for (s, a) in answers.into_iter().enumerate() {
-            match a {
-                Ok(list) => items.extend(list),
-                Err(st) if retryable(&st) => missing.push((s, st)),
-                Err(st) => return Err(st),
-            }
-        }
-        if !missing.is_empty() {
-            let all = missing.len() == self.shards();
-            if all || self.inner.cfg.on_missing_shard == MissingShard::Fail {
-                let (s, st) = missing.swap_remove(0);
-                return Err(Status::unavailable(format!(
-                    "shard {s} has no live replica ({}){}",
-                    st.message(),
-                    if all {
-                        ", nor has any other shard"
-                    } else {
-                        "; route.on_missing_shard = \"fail\""
-                    }
-                )));
-            }
-            metrics::counter!(ROUTE_PARTIAL, "rpc" => rpc).increment(1);
-        }
+        let partial = self.check_missing(rpc, &answers)?;
+        let mut items: Vec<pb::ScoredItem> = answers.into_iter().flatten().flatten().collect();
         items.sort_by(|a, b| {
             b.score
                 .total_cmp(&a.score)
@@ -458,7 +466,122 @@ impl Router {
         });
         items.dedup_by(|a, b| a.item_id == b.item_id);
         items.truncate(k);
-        Ok((items, !missing.is_empty()))
+        Ok((items, partial))
+    }
+
+    /// Whether some shard's answer is missing (`partial`), or the error to
+    /// answer: a request error (the same on every shard) as is, `UNAVAILABLE`
+    /// when every shard is missing or `route.on_missing_shard` is `fail`.
+    fn check_missing<T>(
+        &self,
+        rpc: &'static str,
+        answers: &[Result<T, Status>],
+    ) -> Result<bool, Status> {
+        let mut missing = Vec::new();
+        for (s, a) in answers.iter().enumerate() {
+            match a {
+                Ok(_) => {}
+                Err(st) if retryable(st) => missing.push((s, st)),
+                Err(st) => return Err(st.clone()),
+            }
+        }
+        if missing.is_empty() {
+            return Ok(false);
+        }
+        let all = missing.len() == self.shards();
+        if all || self.inner.cfg.on_missing_shard == MissingShard::Fail {
+            let (s, st) = missing.swap_remove(0);
+            return Err(Status::unavailable(format!(
+                "shard {s} has no live replica ({}){}",
+                st.message(),
+                if all {
+                    ", nor has any other shard"
+                } else {
+                    "; route.on_missing_shard = \"fail\""
+                }
+            )));
+        }
+        metrics::counter!(ROUTE_PARTIAL, "rpc" => rpc).increment(1);
+        Ok(true)
+    }
+
+    /// `Recommend` over a partitioned hybrid build: the user's side on the
+    /// front generation, each source's lists from every shard
+    /// (`ShardSources`), merged, reranked and fused on the front as one
+    /// node does.
+    async fn recommend_sliced(
+        &self,
+        front: Arc<Engine>,
+        r: pb::RecommendRequest,
+        limit: Option<Duration>,
+    ) -> Result<pb::RecommendResponse, Status> {
+        let deadline = limit.map_or(Deadline::NONE, Deadline::after);
+        let opts = RecommendOptions {
+            fusion: crate::grpc::convert::fusion_method(r.fusion)?,
+            k: r.k as usize,
+            include_seen: r.include_seen,
+            filter: crate::grpc::convert::to_filter(r.filter.clone())?,
+            deadline,
+        };
+        let filter = r.filter.clone();
+        let engine = front.clone();
+        let q = tokio::task::spawn_blocking(move || {
+            let who = if !r.history.is_empty() {
+                UserRef::History(&r.history)
+            } else if !r.user_id.trim().is_empty() {
+                UserRef::Id(&r.user_id)
+            } else {
+                return Err(crate::error::Error::invalid(
+                    "give a user_id or a non-empty history",
+                ));
+            };
+            engine.front_query(who, &opts)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))??;
+        let msg = Arc::new(pb::ShardSourcesRequest {
+            history: q.shard.history.clone(),
+            inputs: q
+                .shard
+                .inputs
+                .iter()
+                .map(|(s, v)| pb::SourceInput {
+                    source: s.name().to_owned(),
+                    vector: v.clone(),
+                })
+                .collect(),
+            exclude: q.shard.exclude.clone(),
+            filter,
+            front_generation: q.shard.front_generation.clone(),
+        });
+        let answers = self
+            .everywhere(limit, move |mut c: Client, left| {
+                let m = due((*msg).clone(), left);
+                async move { c.shard_sources(m).await }
+            })
+            .await;
+        let partial = self.check_missing("Recommend", &answers)?;
+        let mut lists: Vec<Vec<(String, f32)>> = vec![Vec::new(); q.sources.len()];
+        for a in answers.into_iter().flatten() {
+            for l in a.lists {
+                let Some(at) = q.sources.iter().position(|s| s.name() == l.source) else {
+                    continue;
+                };
+                lists[at].extend(l.item_ids.into_iter().zip(l.scores));
+            }
+        }
+        let engine = front.clone();
+        let items = tokio::task::spawn_blocking(move || {
+            let scored = engine.front_answer(&q, lists, deadline)?;
+            Ok::<_, crate::error::Error>(crate::grpc::convert::scored(&engine, scored))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(pb::RecommendResponse {
+            items,
+            partial,
+            ..Default::default()
+        })
     }
 
     /// The shard that owns item `id`.
@@ -614,6 +737,9 @@ impl Recommender for Router {
         let r = req.into_inner();
         let result = async {
             let _place = self.admit("Recommend", limit).await?;
+            if let Some(front) = &self.inner.front {
+                return self.recommend_sliced(front.get(), r, limit).await;
+            }
             if r.history.is_empty() {
                 if r.user_id.trim().is_empty() {
                     return Err(Status::invalid_argument(
@@ -864,6 +990,15 @@ impl Recommender for Router {
         observed("DeleteItems", started, result).map(Response::new)
     }
 
+    async fn shard_sources(
+        &self,
+        _req: Request<pb::ShardSourcesRequest>,
+    ) -> Result<Response<pb::ShardSourcesResponse>, Status> {
+        Err(Status::unimplemented(
+            "ShardSources is a shard's call; a router does not answer it",
+        ))
+    }
+
     async fn record_events(
         &self,
         _req: Request<pb::RecordEventsRequest>,
@@ -895,6 +1030,13 @@ pub async fn serve(
     let tls = crate::grpc::Tls::new(&cfg.security)?;
     let auth = crate::grpc::auth::Auth::new(&cfg.security)?;
     let resolver = tokio::spawn(router.clone().keep_resolving());
+    // The front follows its CURRENT as a server follows its index root's.
+    let watcher = match &router.inner.front {
+        Some(slot) if !router.inner.reload.is_zero() => Some(tokio::spawn(
+            crate::serving::slot::watch(slot.clone(), router.inner.reload),
+        )),
+        _ => None,
+    };
     tonic::transport::Server::builder()
         .max_concurrent_streams(cfg.server.max_concurrent_streams)
         .http2_adaptive_window(Some(true))
@@ -904,6 +1046,9 @@ pub async fn serve(
         .serve_with_incoming_shutdown(crate::grpc::incoming(listener, &cfg.server, tls), shutdown)
         .await?;
     resolver.abort();
+    if let Some(w) = watcher {
+        w.abort();
+    }
     Ok(())
 }
 

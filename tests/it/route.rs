@@ -172,13 +172,7 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
         assert!(owned > 0, "shard {s} owns no item");
         assert_eq!(r.items, owned, "shard {s}");
     }
-    // A build with trained sources is refused, as is a shard out of range.
-    let trained = BuildOptions {
-        train: Some(Default::default()),
-        ..opts.clone()
-    };
-    let e = build_shards(&parts, &enc, &items, &inter, &trained, SHARDS, None).unwrap_err();
-    assert!(e.to_string().contains("--content-only"), "{e}");
+    // A shard out of range is refused.
     let e = build_shards(&parts, &enc, &items, &inter, &opts, SHARDS, Some(3)).unwrap_err();
     assert!(e.to_string().contains("out of range"), "{e}");
 
@@ -538,6 +532,270 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
 }
 
 /// The block scalar `key: |` of a YAML file, unindented.
+/// A partitioned build with training: the front generation (one node's,
+/// over the whole catalogue) and 3 shards sliced from it, one replica each,
+/// behind `vecrec route --front`. With exact search every Recommend through
+/// the router is the one node's answer (the front generation served
+/// alone): every user, each fusion method, explicit histories, a filter and
+/// seen items kept; a shard that is gone makes the answer `partial`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sliced_hybrid_build_recommends_through_the_router_as_one_node() {
+    let _alone = crate::common::heavy().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("sample");
+    let cfg = SampleConfig {
+        seed: 13,
+        items: 600,
+        users: 60,
+        min_history: 10,
+        max_history: 30,
+    };
+    write_sample(&generate(&cfg).unwrap(), &data).unwrap();
+    let items = read_catalog(&data.join("catalog.jsonl")).unwrap();
+    let inter = read_interactions(&data.join("interactions.csv")).unwrap();
+    let mut train = vecrec::config::TrainOptions::default();
+    train.sequence.enabled = true;
+    let opts = BuildOptions {
+        progress: false,
+        train: Some(train),
+        ..Default::default()
+    };
+    let enc = Encoder::load(&vecrec::config::Config::default().encoder, 1).unwrap();
+    let parts = dir.path().join("parts");
+    let reports = build_shards(&parts, &enc, &items, &inter, &opts, SHARDS, None).unwrap();
+    assert_eq!(reports.len(), SHARDS);
+    let front = vecrec::layout::front_root(&parts);
+    for (s, r) in reports.iter().enumerate() {
+        let owned = items
+            .iter()
+            .filter(|i| shard_of(&i.id, SHARDS) == s)
+            .count();
+        assert_eq!(r.items, owned, "shard {s}");
+        for f in [vecrec::layout::SLICED_FILE, "als", "two_tower", "sequence"] {
+            assert!(r.generation.join(f).exists(), "shard {s} lacks {f}");
+        }
+    }
+
+    let config = dir.path().join("exact.toml");
+    std::fs::write(&config, "[search]\nexact = true\n").unwrap();
+    let one = serve(&front, &config);
+    let mut shards: Vec<Proc> = (0..SHARDS)
+        .map(|s| serve(&vecrec::layout::shard_root(&parts, s), &config))
+        .collect();
+    let names: Vec<Vec<String>> = shards.iter().map(|p| vec![p.addr.clone()]).collect();
+    let front_arg = front.to_str().unwrap().to_owned();
+    let config_arg = config.to_str().unwrap().to_owned();
+    let router = route(&names, &["--front", &front_arg, "--config", &config_arg]);
+    let mut one_c = one.client().await;
+    let mut rc = router.client().await;
+
+    let mut users: Vec<&str> = inter.iter().map(|i| i.user.as_str()).collect();
+    users.sort_unstable();
+    users.dedup();
+    let mut spanning = 0;
+    for u in &users {
+        let req = pb::RecommendRequest {
+            user_id: u.to_string(),
+            k: 10,
+            ..Default::default()
+        };
+        let a = one_c.recommend(req.clone()).await.unwrap().into_inner();
+        let b = rc.recommend(req).await.unwrap().into_inner();
+        assert!(!b.partial);
+        assert_eq!(a.items.len(), 10, "Recommend {u}");
+        assert_same(&format!("Recommend {u}"), &a.items, &b.items);
+        let owners: std::collections::HashSet<usize> = b
+            .items
+            .iter()
+            .map(|i| shard_of(&i.item_id, SHARDS))
+            .collect();
+        spanning += usize::from(owners.len() > 1);
+    }
+    assert!(spanning > users.len() / 2, "{spanning} answers span shards");
+    for fusion in [
+        pb::Fusion::Rrf,
+        pb::Fusion::Geometric,
+        pb::Fusion::WeightedZscore,
+        pb::Fusion::Learned,
+    ] {
+        for u in users.iter().step_by(7) {
+            let req = pb::RecommendRequest {
+                user_id: u.to_string(),
+                k: 20,
+                fusion: fusion as i32,
+                ..Default::default()
+            };
+            let a = one_c.recommend(req.clone()).await.unwrap().into_inner();
+            let b = rc.recommend(req).await.unwrap().into_inner();
+            assert_same(&format!("Recommend {u} {fusion:?}"), &a.items, &b.items);
+        }
+    }
+    let category = items[0].meta.categories[0].clone();
+    for (h, u) in users.iter().enumerate().step_by(9) {
+        let history: Vec<String> = items
+            .iter()
+            .skip(h)
+            .step_by(37)
+            .take(8)
+            .map(|i| i.id.clone())
+            .collect();
+        for req in [
+            pb::RecommendRequest {
+                history: history.clone(),
+                k: 10,
+                ..Default::default()
+            },
+            pb::RecommendRequest {
+                user_id: u.to_string(),
+                k: 10,
+                filter: Some(pb::AttributeFilter {
+                    categories_any: vec![category.clone()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            pb::RecommendRequest {
+                history,
+                k: 10,
+                include_seen: true,
+                ..Default::default()
+            },
+        ] {
+            let a = one_c.recommend(req.clone()).await.unwrap().into_inner();
+            let b = rc.recommend(req.clone()).await.unwrap().into_inner();
+            assert!(!a.items.is_empty(), "{req:?}");
+            assert_same(&format!("{req:?}"), &a.items, &b.items);
+        }
+    }
+    let unknown = rc
+        .recommend(pb::RecommendRequest {
+            user_id: "nobody-at-all".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+
+    // A shard refuses what it cannot answer; other servers refuse the call.
+    let mut shard_c = shards[0].client().await;
+    let ask = |source: &str, vector: Vec<f32>, history: Vec<u32>| pb::ShardSourcesRequest {
+        history,
+        inputs: vec![pb::SourceInput {
+            source: source.into(),
+            vector,
+        }],
+        ..Default::default()
+    };
+    let ok = shard_c
+        .shard_sources(ask("ease", vec![], vec![0, 1, 2]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ok.lists.len(), 1);
+    assert!(!ok.lists[0].item_ids.is_empty());
+    assert!(ok.lists[0]
+        .item_ids
+        .iter()
+        .all(|id| shard_of(id, SHARDS) == 0));
+    for (bad, why) in [
+        (ask("nonsense", vec![], vec![]), "no source called"),
+        (
+            ask("ease", vec![], vec![items.len() as u32]),
+            "out of range",
+        ),
+        (ask("als", vec![1.0; 3], vec![]), "-wide vector"),
+        (ask("content", vec![f32::NAN; 384], vec![]), "finite"),
+    ] {
+        let e = shard_c.shard_sources(bad).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains(why), "{e:?}");
+    }
+    let e = one_c
+        .shard_sources(ask("ease", vec![], vec![0]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    let e = shard_c
+        .shard_sources(pb::ShardSourcesRequest {
+            front_generation: "gen-999".into(),
+            ..ask("ease", vec![], vec![0])
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("gen-999"), "{e:?}");
+
+    // A rebuild: the shards and the router's front follow their CURRENT
+    // (every 2 s by default), and the router answers again.
+    build_shards(&parts, &enc, &items, &inter, &opts, SHARDS, None).unwrap();
+    let new_front = vecrec_index::generation::current_generation(&front)
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let until = Instant::now() + Duration::from_secs(60);
+    for p in &shards {
+        let mut c = p.client().await;
+        loop {
+            let r = c
+                .shard_sources(pb::ShardSourcesRequest {
+                    front_generation: new_front.clone(),
+                    ..ask("ease", vec![], vec![0])
+                })
+                .await;
+            if r.is_ok() {
+                break;
+            }
+            assert!(Instant::now() < until, "a shard kept its old slice: {r:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let req = pb::RecommendRequest {
+        user_id: users[3].to_string(),
+        k: 10,
+        ..Default::default()
+    };
+    let routed = loop {
+        match rc.recommend(req.clone()).await {
+            Ok(r) => break r.into_inner(),
+            Err(e) => {
+                assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+                assert!(
+                    Instant::now() < until,
+                    "the router kept its old front: {e:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    // The shards refuse the old front's numbers, so an answer means the
+    // router swapped its front in.
+    assert!(!routed.partial);
+    assert_eq!(routed.items.len(), 10);
+
+    let e = rc
+        .shard_sources(ask("ease", vec![], vec![0]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unimplemented, "{e:?}");
+
+    // Shard 2 gone: the others answer, flagged partial, without its items.
+    shards[2].kill();
+    let b = rc
+        .recommend(pb::RecommendRequest {
+            user_id: users[0].to_string(),
+            k: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(b.partial);
+    assert_eq!(b.items.len(), 10);
+    assert!(b.items.iter().all(|i| shard_of(&i.item_id, SHARDS) != 2));
+}
+
 fn yaml_block(text: &str, key: &str) -> String {
     let mut lines = text.lines().skip_while(|l| l.trim() != format!("{key}: |"));
     let head = lines

@@ -1,0 +1,343 @@
+//! A shard of a partitioned hybrid index (docs/scale-out.md): the item-side
+//! half of every trained source over the shard's own items. The front tier
+//! (`vecrec route --front`) computes the user-side half once per request
+//! ([`Engine::user_input`]) and asks every shard for its lists
+//! ([`Engine::shard_lists`]); a shard scores each of its items exactly as
+//! one node scores it, so the merged lists are one node's.
+
+use vecrec_index::Index;
+
+use super::sources::{Busy, ItemTables, Source, IN_SOURCES};
+use super::{admissible, Engine, RecommendOptions, Scored, UserRef};
+use crate::deadline::Deadline;
+use crate::error::{Error, Result};
+use crate::filter::Filter;
+use crate::fusion::{FusionMethod, SourceList};
+use crate::ids::IdSet;
+use crate::layout::{SlicedMeta, ALS_DIR, EASE_ROWS, SEQUENCE_DIR, SLICED_FILE, TRANSITIONS_ROWS};
+use crate::retrieve::popularity;
+use crate::retrieve::sparse::SparseRows;
+use crate::users::UserProfiles;
+
+/// A shard's slice of the trained sources: EASE and transitions with a row
+/// for every item of the catalogue and a column for each own item, the
+/// learned item tables' rows of its own items, its items' popularity.
+#[derive(Debug)]
+pub(super) struct Sliced {
+    ease: SparseRows,
+    transitions: SparseRows,
+    popularity: Vec<f32>,
+    als: Index,
+    two_tower: Option<Index>,
+    sequence: Option<Index>,
+    meta: SlicedMeta,
+}
+
+impl Sliced {
+    /// Opens the slice in generation `index`; `None` when it holds none.
+    pub(super) fn open(index: &Index, users: &UserProfiles) -> Result<Option<Self>> {
+        let dir = index.dir();
+        if !dir.join(SLICED_FILE).is_file() {
+            return Ok(None);
+        }
+        let meta: SlicedMeta = vecrec_index::format::read_json(&dir.join(SLICED_FILE))?;
+        let n = index.store().len();
+        let sub = |name: &str| -> Result<Option<Index>> {
+            let p = dir.join(name);
+            if !p.is_dir() {
+                return Ok(None);
+            }
+            let sub = Index::open(&p)?;
+            if sub.store().len() != n {
+                return Err(Error::Config(format!(
+                    "{}: {} rows for a shard of {n} items",
+                    p.display(),
+                    sub.store().len()
+                )));
+            }
+            Ok(Some(sub))
+        };
+        let als = sub(ALS_DIR)?.ok_or_else(|| {
+            Error::Config(format!(
+                "{}: a sliced shard without ALS rows",
+                dir.display()
+            ))
+        })?;
+        // A user's history in the shard holds its own items only, so the
+        // counts are the catalogue's counts of those items.
+        let histories: Vec<Vec<u32>> = (0..users.len() as u32)
+            .map(|u| users.history(u).iter().map(|h| h.0).collect())
+            .collect();
+        Ok(Some(Self {
+            ease: SparseRows::open_shape(dir, EASE_ROWS, meta.front_items, n)?,
+            transitions: SparseRows::open_shape(dir, TRANSITIONS_ROWS, meta.front_items, n)?,
+            popularity: popularity(&histories, n),
+            als,
+            two_tower: sub(crate::layout::TWO_TOWER_DIR)?,
+            sequence: sub(SEQUENCE_DIR)?,
+            meta,
+        }))
+    }
+
+    fn tables(&self) -> ItemTables<'_> {
+        ItemTables {
+            ease: &self.ease,
+            transitions: &self.transitions,
+            popularity: &self.popularity,
+            als: &self.als,
+            two_tower: self.two_tower.as_ref(),
+            sequence: self.sequence.as_ref(),
+        }
+    }
+
+    /// The width source `s`'s input must have (`None`: any, unread).
+    fn input_width(&self, s: Source, content: usize) -> Option<usize> {
+        match s {
+            Source::Ease | Source::Transitions | Source::Popularity => None,
+            Source::Content => Some(content),
+            Source::Als => Some(self.als.store().dim()),
+            Source::TwoTower => self.two_tower.as_ref().map(|i| i.store().dim()),
+            Source::Sequence => self.sequence.as_ref().map(|i| i.store().dim()),
+        }
+    }
+}
+
+/// One source's best items of a shard: (item id, score), best first.
+pub type ShardList = (Source, Vec<(String, f32)>);
+
+/// What the front tier sends a shard for one Recommend call.
+#[derive(Clone, Debug, Default)]
+pub struct ShardQuery {
+    /// The history as the front generation numbers the catalogue's items,
+    /// oldest first.
+    pub history: Vec<u32>,
+    /// Each source wanted, with its user-side input ([`Engine::user_input`]).
+    pub inputs: Vec<(Source, Vec<f32>)>,
+    /// Items kept out of every list (seen items), by id.
+    pub exclude: Vec<String>,
+    /// Attribute filter.
+    pub filter: Option<Filter>,
+    /// The front generation the history is numbered by (its directory
+    /// name); empty: not checked.
+    pub front_generation: String,
+}
+
+impl Engine {
+    /// Whether this generation is a shard's slice of a hybrid build.
+    pub fn is_sliced(&self) -> bool {
+        self.sliced.is_some()
+    }
+
+    /// A shard's lists for the front tier: for each source of `q`, its
+    /// `hybrid.candidates` best own items (by id, with the score one node
+    /// gives them) among those not excluded, deleted or filtered out.
+    pub fn shard_lists(&self, q: &ShardQuery) -> Result<Vec<ShardList>> {
+        use rayon::prelude::*;
+        let sliced = self.sliced.as_ref().ok_or_else(|| {
+            Error::FailedPrecondition(
+                "this generation is not a shard of a partitioned hybrid build \
+                 (vecrec-build --shards N without --content-only)"
+                    .into(),
+            )
+        })?;
+        if !q.front_generation.is_empty() && q.front_generation != sliced.meta.front_generation {
+            return Err(Error::FailedPrecondition(format!(
+                "this shard was sliced from the front generation {}, the router serves {}: \
+                 point the router and every shard at the same build",
+                sliced.meta.front_generation, q.front_generation
+            )));
+        }
+        if let Some(bad) = q
+            .history
+            .iter()
+            .find(|&&h| h as usize >= sliced.meta.front_items)
+        {
+            return Err(Error::invalid(format!(
+                "history item number {bad} is out of range: the front generation {} has {} items",
+                sliced.meta.front_generation, sliced.meta.front_items
+            )));
+        }
+        let dim = self.index.store().dim();
+        for (s, v) in &q.inputs {
+            if let Some(w) = sliced.input_width(*s, dim).filter(|&w| w != v.len()) {
+                return Err(Error::invalid(format!(
+                    "the {} source takes a {w}-wide vector, not {}",
+                    s.name(),
+                    v.len()
+                )));
+            }
+        }
+        let store = self.index.store();
+        let mut exclude: IdSet = q
+            .exclude
+            .iter()
+            .filter_map(|id| store.internal_id(id))
+            .collect();
+        if let Some(v) = self.view().filter(|v| !v.is_empty()) {
+            exclude.extend(v.masked::<IdSet>(store));
+        }
+        let filter = q.filter.as_ref().filter(|f| !f.is_empty());
+        let accept = |i: u32| admissible(store, &exclude, filter, i);
+        let tables = sliced.tables();
+        let one = |(s, input): &(Source, Vec<f32>)| -> Result<ShardList> {
+            let list = self.item_list(&tables, *s, &q.history, input, &accept)?;
+            Ok((
+                *s,
+                list.into_iter()
+                    .map(|(i, score)| (store.external_id(i).to_owned(), score))
+                    .collect(),
+            ))
+        };
+        let busy = Busy::enter(&IN_SOURCES);
+        if busy.alone {
+            q.inputs.par_iter().map(one).collect()
+        } else {
+            q.inputs.iter().map(one).collect()
+        }
+    }
+}
+
+/// The front tier's half of a Recommend call over a partitioned hybrid
+/// build: the user's side, computed once, and what every shard is sent.
+#[derive(Clone, Debug)]
+pub struct FrontQuery {
+    /// The history, as the front numbers items, with weights, oldest first.
+    pub history: Vec<(u32, f32)>,
+    /// The sources fused, in fusion order.
+    pub sources: Vec<Source>,
+    /// What every shard is sent: the sources with something to search with.
+    pub shard: ShardQuery,
+    /// The fusion method.
+    pub method: FusionMethod,
+    /// Items wanted.
+    pub k: usize,
+}
+
+impl Engine {
+    /// The front tier's side of a Recommend call, on the front generation of
+    /// a partitioned hybrid build: the user's history (a stored user, or an
+    /// explicit history of the catalogue's items), each fused source's
+    /// user-side input ([`Engine::user_input`]) and the seen items to keep
+    /// out. The front serves no live writes, so a user's recorded events
+    /// since the build are not in the history.
+    pub fn front_query(&self, who: UserRef<'_>, opts: &RecommendOptions) -> Result<FrontQuery> {
+        if !self.is_hybrid() {
+            return Err(Error::FailedPrecondition(
+                "the front generation has no trained sources: build with vecrec-build --shards N \
+                 without --content-only"
+                    .into(),
+            ));
+        }
+        let k = self.check_k(opts.k)?;
+        let store = self.index.store();
+        let (history, user) = match who {
+            UserRef::Id(id) => {
+                let u = self.users.lookup(id).ok_or_else(|| Error::NotFound {
+                    kind: "user",
+                    id: id.to_owned(),
+                })?;
+                (self.users.history(u), Some(u))
+            }
+            UserRef::History(items) => {
+                if items.is_empty() {
+                    return Err(Error::invalid("give a user_id or a non-empty history"));
+                }
+                if items.len() > self.cfg.limits.max_history {
+                    return Err(Error::invalid(format!(
+                        "history has {} items, over the limit of {}",
+                        items.len(),
+                        self.cfg.limits.max_history
+                    )));
+                }
+                let h = items
+                    .iter()
+                    .map(|id| self.item(id).map(|i| (i, 1.0)))
+                    .collect::<Result<Vec<_>>>()?;
+                (h, None)
+            }
+        };
+        let method = opts.fusion.unwrap_or(self.cfg.hybrid.fusion);
+        let sources = self.wanted_sources(method);
+        let mut inputs = Vec::new();
+        for &s in &sources {
+            if let Some(v) = self.user_input(s, &history, user)? {
+                inputs.push((s, v));
+            }
+        }
+        let exclude = if opts.include_seen {
+            Vec::new()
+        } else {
+            let mut seen: Vec<u32> = history.iter().map(|h| h.0).collect();
+            seen.sort_unstable();
+            seen.dedup();
+            seen.iter()
+                .map(|&i| store.external_id(i).to_owned())
+                .collect()
+        };
+        Ok(FrontQuery {
+            shard: ShardQuery {
+                history: history.iter().map(|h| h.0).collect(),
+                inputs,
+                exclude,
+                filter: opts.filter.clone(),
+                front_generation: self
+                    .index
+                    .dir()
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            },
+            history,
+            sources,
+            method,
+            k,
+        })
+    }
+
+    /// The answer to `q` from the shards' lists: `lists[s]` holds every
+    /// shard's items of source `q.sources[s]` (any order, by id). Each
+    /// source's lists are merged into its `hybrid.candidates` best (ties by
+    /// the front's item number, as one node breaks them), then reranked and
+    /// fused as one node does. Items the front does not know (upserted to a
+    /// shard since the build) have no place in its tables and are left out.
+    pub fn front_answer(
+        &self,
+        q: &FrontQuery,
+        lists: Vec<Vec<(String, f32)>>,
+        deadline: Deadline,
+    ) -> Result<Vec<Scored>> {
+        let store = self.index.store();
+        let n = self.cfg.hybrid.candidates;
+        let lists: Vec<SourceList> = q
+            .sources
+            .iter()
+            .zip(lists)
+            .map(|(&s, items)| {
+                let mut items: Vec<(u32, f32)> = items
+                    .into_iter()
+                    .filter_map(|(id, score)| store.internal_id(&id).map(|i| (i, score)))
+                    .collect();
+                items.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                items.dedup_by_key(|e| e.0);
+                items.truncate(n);
+                SourceList {
+                    name: s.name(),
+                    weight: self.weight(s),
+                    items,
+                }
+            })
+            .collect();
+        let mut lists = lists;
+        self.push_reranked(&q.history, &mut lists, q.method, deadline)?;
+        let fused = self.fuse_lists(&lists, q.method, deadline)?;
+        Ok(fused
+            .into_iter()
+            .take(q.k)
+            .map(|(i, score)| Scored {
+                internal: i,
+                id: store.external_id(i).to_owned(),
+                score,
+            })
+            .collect())
+    }
+}
