@@ -82,6 +82,13 @@ struct Args {
     /// training the front generation is built again to slice it.
     #[arg(long, requires = "shards")]
     shard: Option<usize>,
+    /// With --shards and --shard: only embed that shard's texts into its
+    /// part of the embedding cache (OUT/embedding-parts/), then stop. Run
+    /// by every pod of a rebuild Job first, it spreads the embedding over
+    /// the pods; each shard's build then takes the vectors from the parts
+    /// (a text no part holds yet is embedded by the build itself).
+    #[arg(long, requires = "shard")]
+    embed_only: bool,
     /// Write the build's report (counts, per-stage seconds and peak memory) as JSON to this file.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -125,7 +132,27 @@ fn run() -> anyhow::Result<()> {
         learn_fusion: (!a.content_only).then(|| cfg.hybrid.clone()),
         embedding_cache: !a.no_embedding_cache,
         head_hybrid: Some(cfg.hybrid.clone()),
+        embedding_parts: None,
     };
+    if let (true, Some(shards), Some(i)) = (a.embed_only, a.shards, a.shard) {
+        let r = vecrec::pipeline::embed_part(&a.out, &encoder, &items, shards, i, !a.quiet)
+            .context("embedding the shard's texts")?;
+        if let Some(path) = &a.report {
+            let json = serde_json::to_string_pretty(&r)?;
+            std::fs::write(path, json + "\n")
+                .with_context(|| format!("writing the report to {}", path.display()))?;
+        }
+        println!(
+            "embedded shard {i} of {shards}: {} texts, {} embedded ({:.0} texts/s), {} from the cache, into {} in {:.1}s",
+            r.texts,
+            r.embedded,
+            r.embedded as f64 / r.encode_seconds.max(1e-9),
+            r.reused,
+            r.path.display(),
+            start.elapsed().as_secs_f64()
+        );
+        return Ok(());
+    }
     if let Some(shards) = a.shards {
         let reports = build_shards(
             &a.out,

@@ -26,6 +26,11 @@ use crate::error::{Error, Result};
 /// The cache's directory under an index root.
 pub const CACHE_DIR: &str = "embedding-cache";
 
+/// The directory of the shards' cache parts under a partitioned build's
+/// root (`vecrec-build --shards N --shard i --embed-only` writes
+/// `<fingerprint>/shard-<i>-of-<N>.vec` there).
+pub const PARTS_DIR: &str = "embedding-parts";
+
 /// A cache key: the first 16 bytes of SHA-256(fingerprint, text).
 pub type Key = [u8; 16];
 
@@ -69,19 +74,60 @@ pub struct EmbeddingCache {
     file: Option<CheckedFile>,
 }
 
-fn file_name(fingerprint: &[u8; 32]) -> String {
-    let hex: String = fingerprint[..8]
+fn short_hex(fingerprint: &[u8; 32]) -> String {
+    fingerprint[..8]
         .iter()
         .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn file_name(fingerprint: &[u8; 32]) -> String {
+    format!("{}.vec", short_hex(fingerprint))
+}
+
+/// The file of shard `i` of `n`'s cache part for `fingerprint` under a
+/// partitioned build's root.
+pub fn part_path(root: &Path, fingerprint: &[u8; 32], i: usize, n: usize) -> PathBuf {
+    root.join(PARTS_DIR)
+        .join(short_hex(fingerprint))
+        .join(format!("shard-{i}-of-{n}.vec"))
+}
+
+/// Every cache part for `fingerprint` under a partitioned build's root,
+/// opened (unreadable ones are logged and skipped).
+pub fn open_parts(root: &Path, fingerprint: &[u8; 32], dim: usize) -> Vec<EmbeddingCache> {
+    let dir = root.join(PARTS_DIR).join(short_hex(fingerprint));
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut paths: Vec<PathBuf> = rd
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "vec"))
         .collect();
-    format!("{hex}.vec")
+    paths.sort();
+    paths
+        .into_iter()
+        .filter_map(|p| match EmbeddingCache::read(&p, dim) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(error = %e, "an embedding cache part is unreadable; its texts are embedded");
+                None
+            }
+        })
+        .collect()
 }
 
 impl EmbeddingCache {
     /// Opens the cache of `fingerprint` under `dir`; empty when there is none
     /// or it cannot be read (logged).
     pub fn open(dir: &Path, fingerprint: &[u8; 32], dim: usize) -> Self {
-        let path = dir.join(file_name(fingerprint));
+        Self::open_file(&dir.join(file_name(fingerprint)), dim)
+    }
+
+    /// Opens the cache file `path`; empty when there is none or it cannot
+    /// be read (logged).
+    pub fn open_file(path: &Path, dim: usize) -> Self {
         let empty = Self {
             dim,
             n: 0,
@@ -91,13 +137,10 @@ impl EmbeddingCache {
         if !path.exists() {
             return empty;
         }
-        match Self::read(&path, dim) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "the embedding cache is unreadable; every text is embedded");
-                empty
-            }
-        }
+        Self::read(path, dim).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "the embedding cache is unreadable; every text is embedded");
+            empty
+        })
     }
 
     fn read(path: &Path, dim: usize) -> Result<Self> {
@@ -156,13 +199,37 @@ pub fn write(
     keys: &[Key],
     vectors: &[Vec<f32>],
 ) -> Result<PathBuf> {
+    let name = file_name(fingerprint);
+    let path = dir.join(&name);
+    write_file(&path, keys, vectors)?;
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_name().to_str() != Some(name.as_str()) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    Ok(path)
+}
+
+/// Writes one cache file at `path` (one entry per distinct key, the first
+/// of equal keys kept) through a temporary file named for this process and
+/// moment, renamed into place, so builds in several pods writing to one
+/// shared volume never share a temporary file.
+pub fn write_file(path: &Path, keys: &[Key], vectors: &[Vec<f32>]) -> Result<()> {
     let dim = vectors.first().map_or(0, Vec::len);
     let mut seen = std::collections::HashSet::new();
     let take: Vec<usize> = (0..keys.len()).filter(|&i| seen.insert(keys[i])).collect();
+    let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let name = file_name(fingerprint);
-    let path = dir.join(&name);
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let name = path
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let tmp = dir.join(format!(".{name}.tmp-{}-{nanos}", std::process::id()));
     let written = (|| -> Result<()> {
         let mut w = FileWriter::create(
             &tmp,
@@ -176,21 +243,14 @@ pub fn write(
             w.write_pod(&vectors[i])?;
         }
         w.finish()?;
-        std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
     })();
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     written?;
     vecrec_index::generation::sync_dir(dir)?;
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            if e.file_name().to_str() != Some(name.as_str()) {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-    }
-    Ok(path)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -224,5 +284,38 @@ mod tests {
         bytes[100] ^= 1;
         std::fs::write(&path, bytes).unwrap();
         assert!(EmbeddingCache::open(dir.path(), &fp, 2).is_empty());
+    }
+
+    #[test]
+    fn parts_of_every_shard_count_leave_other_files_alone_and_skip_damaged_ones() {
+        let root = tempfile::tempdir().unwrap();
+        let fp = [3u8; 32];
+        let (a, b) = (key(&fp, "a"), key(&fp, "b"));
+        let p0 = part_path(root.path(), &fp, 0, 2);
+        let p1 = part_path(root.path(), &fp, 1, 2);
+        write_file(&p0, &[a], &[vec![1.0, 2.0]]).unwrap();
+        write_file(&p1, &[b], &[vec![3.0, 4.0]]).unwrap();
+        assert!(p0.exists() && p1.exists(), "a part leaves the others");
+        let parts = open_parts(root.path(), &fp, 2);
+        assert_eq!(parts.len(), 2);
+        let find = |k: &Key| parts.iter().find_map(|c| c.get(k).map(<[f32]>::to_vec));
+        assert_eq!(find(&a), Some(vec![1.0, 2.0]));
+        assert_eq!(find(&b), Some(vec![3.0, 4.0]));
+        // Another model's parts are not this one's.
+        assert!(open_parts(root.path(), &[4u8; 32], 2).is_empty());
+        // A damaged part is skipped; the other still serves.
+        let mut bytes = std::fs::read(&p1).unwrap();
+        bytes[70] ^= 1;
+        std::fs::write(&p1, bytes).unwrap();
+        let parts = open_parts(root.path(), &fp, 2);
+        assert_eq!(parts.len(), 1);
+        assert!(parts[0].get(&a).is_some());
+        // No temporary file is left behind.
+        let left: Vec<_> = std::fs::read_dir(p0.parent().unwrap())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left.len(), 2, "{left:?}");
     }
 }

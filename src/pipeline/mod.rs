@@ -32,7 +32,7 @@ use crate::layout::{
 };
 use crate::retrieve::sparse::SparseRows;
 use crate::users::write_profiles;
-pub use shards::build_shards;
+pub use shards::{build_shards, embed_part, EmbedPartReport};
 pub use stages::{bar, spinner, stage_table, StageReport, Stages};
 
 /// Options of a build.
@@ -60,6 +60,10 @@ pub struct BuildOptions {
     /// (`train.reranker.listwise`); `None`: the defaults. The learned
     /// fusion pre-ranks with geometric fusion, as the engine does.
     pub head_hybrid: Option<crate::config::HybridConfig>,
+    /// The root of a partitioned build whose shards' embedding cache parts
+    /// (`--embed-only`) the build reads besides its own cache; set by
+    /// [`build_shards`].
+    pub embedding_parts: Option<PathBuf>,
 }
 
 /// How a build trains the reranker.
@@ -85,6 +89,7 @@ impl Default for BuildOptions {
             learn_fusion: Some(crate::config::HybridConfig::default()),
             embedding_cache: true,
             head_hybrid: None,
+            embedding_parts: None,
         }
     }
 }
@@ -199,23 +204,51 @@ pub struct Embedded {
 }
 
 /// Embeds the catalogue's texts, taking those embedded by the last build
-/// from the cache under `root` and writing this build's vectors back. Equal
-/// texts are embedded once.
+/// from the cache under `root` (and, given the root of a partitioned build,
+/// from the shards' cache parts under it: `--embed-only`) and writing this
+/// build's vectors back. Equal texts are embedded once.
 pub fn embed_cached(
     root: &Path,
+    parts: Option<&Path>,
     encoder: &Encoder,
     items: &[CatalogItem],
     progress: bool,
 ) -> Result<(Vec<Vec<f32>>, Embedded)> {
     let dir = root.join(cache::CACHE_DIR);
     let fp = cache::fingerprint(encoder)?;
-    let old = cache::EmbeddingCache::open(&dir, &fp, encoder.dim());
+    let mut caches = vec![cache::EmbeddingCache::open(&dir, &fp, encoder.dim())];
+    if let Some(p) = parts {
+        caches.extend(cache::open_parts(p, &fp, encoder.dim()));
+    }
+    let (vectors, done) = embed_cached_with(&caches, &fp, encoder, items, progress)?;
+    drop(caches);
+    let keys: Vec<cache::Key> = items
+        .iter()
+        .map(|it| cache::key(&fp, &it.embedding_text()))
+        .collect();
+    if let Err(e) = cache::write(&dir, &fp, &keys, &vectors) {
+        tracing::warn!(error = %e, "the embedding cache could not be written; the next build embeds every text");
+    }
+    Ok((vectors, done))
+}
+
+/// Embeds the texts of `items` that none of `caches` (of the encoder's
+/// fingerprint `fp`) holds, once per distinct text, and returns every
+/// item's vector in catalogue order.
+fn embed_cached_with(
+    caches: &[cache::EmbeddingCache],
+    fp: &[u8; 32],
+    encoder: &Encoder,
+    items: &[CatalogItem],
+    progress: bool,
+) -> Result<(Vec<Vec<f32>>, Embedded)> {
+    let old = |k: &cache::Key| caches.iter().find_map(|c| c.get(k));
     let texts: Vec<String> = items.iter().map(CatalogItem::embedding_text).collect();
-    let keys: Vec<cache::Key> = texts.iter().map(|t| cache::key(&fp, t)).collect();
-    // The first item of every text the cache lacks, in catalogue order.
+    let keys: Vec<cache::Key> = texts.iter().map(|t| cache::key(fp, t)).collect();
+    // The first item of every text the caches lack, in catalogue order.
     let mut missing: HashSet<cache::Key> = HashSet::new();
     let todo: Vec<usize> = (0..keys.len())
-        .filter(|&i| old.get(&keys[i]).is_none() && missing.insert(keys[i]))
+        .filter(|&i| old(&keys[i]).is_none() && missing.insert(keys[i]))
         .collect();
     let t = Instant::now();
     let pb = bar(todo.len(), "embedding", progress);
@@ -230,7 +263,7 @@ pub fn embed_cached(
     let mut placed: HashMap<cache::Key, usize> = HashMap::new();
     let mut vectors: Vec<Vec<f32>> = Vec::with_capacity(keys.len());
     for k in &keys {
-        let v = if let Some(v) = old.get(k) {
+        let v = if let Some(v) = old(k) {
             reused += 1;
             v.to_vec()
         } else if let Some(&at) = placed.get(k) {
@@ -241,10 +274,7 @@ pub fn embed_cached(
         };
         vectors.push(v);
     }
-    drop((old, fresh));
-    if let Err(e) = cache::write(&dir, &fp, &keys, &vectors) {
-        tracing::warn!(error = %e, "the embedding cache could not be written; the next build embeds every text");
-    }
+    drop(fresh);
     Ok((
         vectors,
         Embedded {
@@ -751,7 +781,13 @@ fn embed_stage(
 ) -> Result<(Vec<Vec<f32>>, Embedded)> {
     stages.run("embedding", || {
         let (v, done) = if opts.embedding_cache {
-            embed_cached(root, encoder, items, opts.progress)?
+            embed_cached(
+                root,
+                opts.embedding_parts.as_deref(),
+                encoder,
+                items,
+                opts.progress,
+            )?
         } else {
             let t = Instant::now();
             let v = embed_catalog(encoder, items, opts.progress)?;

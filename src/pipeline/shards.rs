@@ -57,6 +57,11 @@ pub fn build_shards(
             "--shard {i} is out of range: shards are numbered 0..{shards}"
         )));
     }
+    // The shards' cache parts (`embed_part`) spare the build their texts.
+    let opts = &BuildOptions {
+        embedding_parts: Some(root.to_owned()),
+        ..opts.clone()
+    };
     if opts.train.is_some() || opts.learn_fusion.is_some() {
         return build_sliced(root, encoder, items, interactions, opts, shards, only);
     }
@@ -97,6 +102,76 @@ pub fn build_shards(
         last.stages = stages.into_list();
     }
     Ok(reports)
+}
+
+/// What [`embed_part`] did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct EmbedPartReport {
+    /// The cache part written.
+    pub path: std::path::PathBuf,
+    /// The shard's distinct texts.
+    pub texts: usize,
+    /// Texts embedded now.
+    pub embedded: usize,
+    /// Texts found in the build's cache or in the part before.
+    pub reused: usize,
+    /// Seconds inside the encoder.
+    pub encode_seconds: f64,
+}
+
+/// Embeds only shard `i` of `shards`'s texts into its cache part under the
+/// partitioned build's `root` (`vecrec-build --shards N --shard i
+/// --embed-only`), taking the texts the build's cache or the part already
+/// hold from there. Every pod of a rebuild Job embeds its own shard's texts
+/// this way, at the same time, and each shard's build then finds every text
+/// in the parts; a text no part holds yet is embedded by the build itself,
+/// so the parts never decide what a build computes, only how fast.
+pub fn embed_part(
+    root: &Path,
+    encoder: &Encoder,
+    items: &[CatalogItem],
+    shards: usize,
+    i: usize,
+    progress: bool,
+) -> Result<EmbedPartReport> {
+    if i >= shards {
+        return Err(Error::invalid(format!(
+            "--shard {i} is out of range: shards are numbered 0..{shards}"
+        )));
+    }
+    let own: Vec<CatalogItem> = items
+        .iter()
+        .filter(|it| shard_of(&it.id, shards) == i)
+        .cloned()
+        .collect();
+    let fp = super::cache::fingerprint(encoder)?;
+    let path = super::cache::part_path(root, &fp, i, shards);
+    let (vectors, done) = super::embed_cached_with(
+        &[
+            super::cache::EmbeddingCache::open(
+                &root.join(super::cache::CACHE_DIR),
+                &fp,
+                encoder.dim(),
+            ),
+            super::cache::EmbeddingCache::open_file(&path, encoder.dim()),
+        ],
+        &fp,
+        encoder,
+        &own,
+        progress,
+    )?;
+    let keys: Vec<super::cache::Key> = own
+        .iter()
+        .map(|it| super::cache::key(&fp, &it.embedding_text()))
+        .collect();
+    super::cache::write_file(&path, &keys, &vectors)?;
+    Ok(EmbedPartReport {
+        path,
+        texts: keys.iter().collect::<std::collections::HashSet<_>>().len(),
+        embedded: done.encoded,
+        reused: done.reused,
+        encode_seconds: done.encode_seconds,
+    })
 }
 
 /// The whole catalogue a shard is cut from, numbered as one node numbers it.

@@ -796,6 +796,72 @@ async fn a_sliced_hybrid_build_recommends_through_the_router_as_one_node() {
     assert!(b.items.iter().all(|i| shard_of(&i.item_id, SHARDS) != 2));
 }
 
+/// `--embed-only`: each shard's pod embeds only its own texts into its
+/// part of the cache; with every part written, a shard's build embeds
+/// nothing and gets the vectors a build without the parts computes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shard_pods_embed_only_their_own_texts_and_the_build_reuses_them() {
+    let _alone = crate::common::heavy().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("sample");
+    let cfg = SampleConfig {
+        seed: 17,
+        items: 150,
+        users: 20,
+        min_history: 5,
+        max_history: 10,
+    };
+    write_sample(&generate(&cfg).unwrap(), &data).unwrap();
+    let items = read_catalog(&data.join("catalog.jsonl")).unwrap();
+    let inter = read_interactions(&data.join("interactions.csv")).unwrap();
+    let enc = Encoder::load(&vecrec::config::Config::default().encoder, 1).unwrap();
+    let opts = BuildOptions {
+        progress: false,
+        train: None,
+        learn_fusion: None,
+        ..Default::default()
+    };
+    let parts = dir.path().join("parts");
+    for s in 0..SHARDS {
+        let r = vecrec::pipeline::embed_part(&parts, &enc, &items, SHARDS, s, false).unwrap();
+        let own: std::collections::HashSet<String> = items
+            .iter()
+            .filter(|i| shard_of(&i.id, SHARDS) == s)
+            .map(|i| i.embedding_text())
+            .collect();
+        assert_eq!(
+            (r.texts, r.embedded, r.reused),
+            (own.len(), own.len(), 0),
+            "shard {s}"
+        );
+        assert!(r.path.exists());
+    }
+    // Again: the part already holds them.
+    let again = vecrec::pipeline::embed_part(&parts, &enc, &items, SHARDS, 1, false).unwrap();
+    assert_eq!(again.embedded, 0);
+    let e = vecrec::pipeline::embed_part(&parts, &enc, &items, SHARDS, SHARDS, false).unwrap_err();
+    assert!(e.to_string().contains("out of range"), "{e}");
+
+    let reports = build_shards(&parts, &enc, &items, &inter, &opts, SHARDS, Some(2)).unwrap();
+    assert_eq!(reports[0].embedded, 0, "every text came from the parts");
+    assert_eq!(reports[0].reused_embeddings, items.len());
+    // The same vectors as a build that embeds everything itself.
+    let plain = dir.path().join("plain");
+    let plain_opts = BuildOptions {
+        embedding_cache: false,
+        ..opts.clone()
+    };
+    let plain_reports =
+        build_shards(&plain, &enc, &items, &inter, &plain_opts, SHARDS, Some(2)).unwrap();
+    assert_eq!(plain_reports[0].embedded, items.len());
+    let a = vecrec_index::Index::open(&reports[0].generation).unwrap();
+    let b = vecrec_index::Index::open(&plain_reports[0].generation).unwrap();
+    assert_eq!(a.store().len(), b.store().len());
+    for (x, y) in a.store().vectors().iter().zip(b.store().vectors()) {
+        assert!((x - y).abs() < 1e-5, "{x} against {y}");
+    }
+}
+
 fn yaml_block(text: &str, key: &str) -> String {
     let mut lines = text.lines().skip_while(|l| l.trim() != format!("{key}: |"));
     let head = lines
