@@ -57,6 +57,10 @@ pub const FUSION_FILE: &str = "fusion_lr.bin";
 /// presence makes a shard generation answer `ShardSources`.
 pub const SLICED_FILE: &str = "sliced.json";
 
+/// File of a shard's items' numbers in the front generation, in the
+/// shard's order (one list of a list table; increasing).
+pub const FRONT_ROWS_FILE: &str = "front_rows.bin";
+
 /// What a shard's slice of a partitioned hybrid build was cut from.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SlicedMeta {

@@ -5,6 +5,7 @@
 //! ([`Engine::shard_lists`]); a shard scores each of its items exactly as
 //! one node scores it, so the merged lists are one node's.
 
+use vecrec_index::format::ListTable;
 use vecrec_index::Index;
 
 use super::sources::{Busy, ItemTables, Source, IN_SOURCES};
@@ -14,7 +15,9 @@ use crate::error::{Error, Result};
 use crate::filter::Filter;
 use crate::fusion::{FusionMethod, SourceList};
 use crate::ids::IdSet;
-use crate::layout::{SlicedMeta, ALS_DIR, EASE_ROWS, SEQUENCE_DIR, SLICED_FILE, TRANSITIONS_ROWS};
+use crate::layout::{
+    SlicedMeta, ALS_DIR, EASE_ROWS, FRONT_ROWS_FILE, SEQUENCE_DIR, SLICED_FILE, TRANSITIONS_ROWS,
+};
 use crate::retrieve::popularity;
 use crate::retrieve::sparse::SparseRows;
 use crate::users::UserProfiles;
@@ -30,6 +33,8 @@ pub(super) struct Sliced {
     als: Index,
     two_tower: Option<Index>,
     sequence: Option<Index>,
+    /// Each own item's number in the front generation, increasing.
+    front_rows: ListTable,
     meta: SlicedMeta,
 }
 
@@ -57,6 +62,17 @@ impl Sliced {
             }
             Ok(Some(sub))
         };
+        let front_rows =
+            ListTable::open(&dir.join(FRONT_ROWS_FILE), true, meta.front_items as u32)?;
+        {
+            let rows = front_rows.get(0);
+            if front_rows.len() != 1 || rows.len() != n || rows.windows(2).any(|w| w[0] >= w[1]) {
+                return Err(Error::Config(format!(
+                    "{}: the front numbers of a shard of {n} items must be {n} increasing numbers",
+                    dir.join(FRONT_ROWS_FILE).display()
+                )));
+            }
+        }
         let als = sub(ALS_DIR)?.ok_or_else(|| {
             Error::Config(format!(
                 "{}: a sliced shard without ALS rows",
@@ -75,6 +91,7 @@ impl Sliced {
             als,
             two_tower: sub(crate::layout::TWO_TOWER_DIR)?,
             sequence: sub(SEQUENCE_DIR)?,
+            front_rows,
             meta,
         }))
     }
@@ -102,8 +119,9 @@ impl Sliced {
     }
 }
 
-/// One source's best items of a shard: (item id, score), best first.
-pub type ShardList = (Source, Vec<(String, f32)>);
+/// One source's best items of a shard: (the front's item number, score),
+/// best first.
+pub type ShardList = (Source, Vec<(u32, f32)>);
 
 /// What the front tier sends a shard for one Recommend call.
 #[derive(Clone, Debug, Default)]
@@ -113,8 +131,8 @@ pub struct ShardQuery {
     pub history: Vec<u32>,
     /// Each source wanted, with its user-side input ([`Engine::user_input`]).
     pub inputs: Vec<(Source, Vec<f32>)>,
-    /// Items kept out of every list (seen items), by id.
-    pub exclude: Vec<String>,
+    /// Items kept out of every list (seen items), as the front numbers them.
+    pub exclude: Vec<u32>,
     /// Attribute filter.
     pub filter: Option<Filter>,
     /// The front generation the history is numbered by (its directory
@@ -168,10 +186,12 @@ impl Engine {
             }
         }
         let store = self.index.store();
+        let front_rows = sliced.front_rows.get(0);
+        // Own items' numbers are increasing: a seen item is found by halving.
         let mut exclude: IdSet = q
             .exclude
             .iter()
-            .filter_map(|id| store.internal_id(id))
+            .filter_map(|f| front_rows.binary_search(f).ok().map(|l| l as u32))
             .collect();
         if let Some(v) = self.view().filter(|v| !v.is_empty()) {
             exclude.extend(v.masked::<IdSet>(store));
@@ -184,7 +204,7 @@ impl Engine {
             Ok((
                 *s,
                 list.into_iter()
-                    .map(|(i, score)| (store.external_id(i).to_owned(), score))
+                    .filter_map(|(i, score)| front_rows.get(i as usize).map(|&f| (f, score)))
                     .collect(),
             ))
         };
@@ -229,7 +249,6 @@ impl Engine {
             ));
         }
         let k = self.check_k(opts.k)?;
-        let store = self.index.store();
         let (history, user) = match who {
             UserRef::Id(id) => {
                 let u = self.users.lookup(id).ok_or_else(|| Error::NotFound {
@@ -270,9 +289,7 @@ impl Engine {
             let mut seen: Vec<u32> = history.iter().map(|h| h.0).collect();
             seen.sort_unstable();
             seen.dedup();
-            seen.iter()
-                .map(|&i| store.external_id(i).to_owned())
-                .collect()
+            seen
         };
         Ok(FrontQuery {
             shard: ShardQuery {
@@ -295,15 +312,15 @@ impl Engine {
     }
 
     /// The answer to `q` from the shards' lists: `lists[s]` holds every
-    /// shard's items of source `q.sources[s]` (any order, by id). Each
-    /// source's lists are merged into its `hybrid.candidates` best (ties by
-    /// the front's item number, as one node breaks them), then reranked and
-    /// fused as one node does. Items the front does not know (upserted to a
-    /// shard since the build) have no place in its tables and are left out.
+    /// shard's items of source `q.sources[s]` (any order, as the front
+    /// numbers them; numbers it does not have are dropped). Each source's
+    /// lists are merged into its `hybrid.candidates` best (ties by the
+    /// item's number, as one node breaks them), then reranked and fused as
+    /// one node does.
     pub fn front_answer(
         &self,
         q: &FrontQuery,
-        lists: Vec<Vec<(String, f32)>>,
+        lists: Vec<Vec<(u32, f32)>>,
         deadline: Deadline,
     ) -> Result<Vec<Scored>> {
         let store = self.index.store();
@@ -315,7 +332,7 @@ impl Engine {
             .map(|(&s, items)| {
                 let mut items: Vec<(u32, f32)> = items
                     .into_iter()
-                    .filter_map(|(id, score)| store.internal_id(&id).map(|i| (i, score)))
+                    .filter(|e| (e.0 as usize) < store.len())
                     .collect();
                 items.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
                 items.dedup_by_key(|e| e.0);

@@ -601,10 +601,10 @@ impl Recommender for Service {
             lists: lists
                 .into_iter()
                 .map(|(s, items)| {
-                    let (item_ids, scores) = items.into_iter().unzip();
+                    let (items, scores) = items.into_iter().unzip();
                     pb::SourceItems {
                         source: s.name().to_owned(),
-                        item_ids,
+                        items,
                         scores,
                     }
                 })

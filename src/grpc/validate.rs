@@ -104,7 +104,8 @@ pub(super) fn recommend(limits: &Limits, r: &pb::RecommendRequest) -> Result {
 }
 
 /// A front tier's ShardSources request: known sources, once each, finite
-/// vectors of bounded width, bounded ids and filter.
+/// vectors of bounded width, a bounded filter (item numbers are checked
+/// against the shard's front by the engine).
 pub(super) fn shard_sources(limits: &Limits, r: &pb::ShardSourcesRequest) -> Result {
     let mut seen = Vec::new();
     for (i, input) in r.inputs.iter().enumerate() {
@@ -132,10 +133,6 @@ pub(super) fn shard_sources(limits: &Limits, r: &pb::ShardSourcesRequest) -> Res
                 "inputs[{i}].vector holds {bad}: every value must be finite"
             )));
         }
-    }
-    // As many as a user's history holds (the message size bounds them).
-    for (i, x) in r.exclude.iter().enumerate() {
-        id(limits, &format!("exclude[{i}]"), x)?;
     }
     filter(limits, r.filter.as_ref())
 }

@@ -30,7 +30,7 @@ use crate::encoder::Encoder;
 use crate::error::{Error, Result};
 use crate::layout::{
     front_root, shard_of, shard_root, GenerationInfo, ShardInfo, SlicedMeta, ALS_DIR, EASE_ROWS,
-    SEQUENCE_DIR, SLICED_FILE, TRANSITIONS_ROWS, TWO_TOWER_DIR,
+    FRONT_ROWS_FILE, SEQUENCE_DIR, SLICED_FILE, TRANSITIONS_ROWS, TWO_TOWER_DIR,
 };
 use crate::retrieve::sparse::SparseRows;
 use crate::users::{profile_of, write_users, UserProfiles};
@@ -369,6 +369,7 @@ fn build_sliced(
                 .collect();
             SparseRows::write(out, name, &rows)?;
         }
+        vecrec_index::format::ListTable::write(&out.join(FRONT_ROWS_FILE), &[&own])?;
         vecrec_index::format::write_json(&out.join(SLICED_FILE), &meta)?;
         Ok(())
     };

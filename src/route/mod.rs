@@ -561,13 +561,13 @@ impl Router {
             })
             .await;
         let partial = self.check_missing("Recommend", &answers)?;
-        let mut lists: Vec<Vec<(String, f32)>> = vec![Vec::new(); q.sources.len()];
+        let mut lists: Vec<Vec<(u32, f32)>> = vec![Vec::new(); q.sources.len()];
         for a in answers.into_iter().flatten() {
             for l in a.lists {
                 let Some(at) = q.sources.iter().position(|s| s.name() == l.source) else {
                     continue;
                 };
-                lists[at].extend(l.item_ids.into_iter().zip(l.scores));
+                lists[at].extend(l.items.into_iter().zip(l.scores));
             }
         }
         let engine = front.clone();

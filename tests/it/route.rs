@@ -692,11 +692,14 @@ async fn a_sliced_hybrid_build_recommends_through_the_router_as_one_node() {
         .unwrap()
         .into_inner();
     assert_eq!(ok.lists.len(), 1);
-    assert!(!ok.lists[0].item_ids.is_empty());
+    assert!(!ok.lists[0].items.is_empty());
+    // Numbered as the front numbers items, every one the shard's own.
+    let front_index = vecrec_index::Index::open_current(&front).unwrap();
     assert!(ok.lists[0]
-        .item_ids
+        .items
         .iter()
-        .all(|id| shard_of(id, SHARDS) == 0));
+        .all(|&i| shard_of(front_index.store().external_id(i), SHARDS) == 0));
+    drop(front_index);
     for (bad, why) in [
         (ask("nonsense", vec![], vec![]), "no source called"),
         (
