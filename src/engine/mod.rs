@@ -220,6 +220,22 @@ impl Engine {
         Ok(())
     }
 
+    /// An explicit history must name at least one item and at most
+    /// `limits.max_history`.
+    fn check_history(&self, items: &[String]) -> Result<()> {
+        if items.is_empty() {
+            return Err(Error::invalid("give a user_id or a non-empty history"));
+        }
+        if items.len() > self.cfg.limits.max_history {
+            return Err(Error::invalid(format!(
+                "history has {} items, over the limit of {}",
+                items.len(),
+                self.cfg.limits.max_history
+            )));
+        }
+        Ok(())
+    }
+
     /// Whether the generation holds trained sources.
     pub fn is_hybrid_capable(&self) -> bool {
         self.trained.is_some()
@@ -522,16 +538,7 @@ impl Engine {
                 }
             }
             UserRef::History(items) => {
-                if items.is_empty() {
-                    return Err(Error::invalid("give a user_id or a non-empty history"));
-                }
-                if items.len() > self.cfg.limits.max_history {
-                    return Err(Error::invalid(format!(
-                        "history has {} items, over the limit of {}",
-                        items.len(),
-                        self.cfg.limits.max_history
-                    )));
-                }
+                self.check_history(items)?;
                 let mut h = Vec::with_capacity(items.len());
                 for id in items {
                     let deleted = view.as_ref().is_some_and(|v| v.is_deleted(id));

@@ -258,16 +258,7 @@ impl Engine {
                 (self.users.history(u), Some(u))
             }
             UserRef::History(items) => {
-                if items.is_empty() {
-                    return Err(Error::invalid("give a user_id or a non-empty history"));
-                }
-                if items.len() > self.cfg.limits.max_history {
-                    return Err(Error::invalid(format!(
-                        "history has {} items, over the limit of {}",
-                        items.len(),
-                        self.cfg.limits.max_history
-                    )));
-                }
+                self.check_history(items)?;
                 let h = items
                     .iter()
                     .map(|id| self.item(id).map(|i| (i, 1.0)))

@@ -103,6 +103,33 @@ fn route(replicas: &[Vec<String>], extra: &[&str]) -> Proc {
     start(&args)
 }
 
+/// A sample catalogue and its interactions, written under `dir`: `items`
+/// items, `users` users with `history` (fewest, most) items each.
+fn sample_data(
+    dir: &Path,
+    seed: u64,
+    items: usize,
+    users: usize,
+    history: (usize, usize),
+) -> (
+    Vec<vecrec::catalog::CatalogItem>,
+    Vec<vecrec::catalog::Interaction>,
+) {
+    let data = dir.join("sample");
+    let cfg = SampleConfig {
+        seed,
+        items,
+        users,
+        min_history: history.0,
+        max_history: history.1,
+    };
+    write_sample(&generate(&cfg).unwrap(), &data).unwrap();
+    (
+        read_catalog(&data.join("catalog.jsonl")).unwrap(),
+        read_interactions(&data.join("interactions.csv")).unwrap(),
+    )
+}
+
 fn ids(items: &[pb::ScoredItem]) -> Vec<String> {
     items.iter().map(|i| i.item_id.clone()).collect()
 }
@@ -139,17 +166,7 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
     let _alone = crate::common::heavy().await;
     // The data and both builds: one node, and 3 shards from the same rows.
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("sample");
-    let cfg = SampleConfig {
-        seed: 11,
-        items: 600,
-        users: 60,
-        min_history: 10,
-        max_history: 30,
-    };
-    write_sample(&generate(&cfg).unwrap(), &data).unwrap();
-    let items = read_catalog(&data.join("catalog.jsonl")).unwrap();
-    let inter = read_interactions(&data.join("interactions.csv")).unwrap();
+    let (items, inter) = sample_data(dir.path(), 11, 600, 60, (10, 30));
     let opts = BuildOptions {
         progress: false,
         train: None,
@@ -542,17 +559,7 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
 async fn a_sliced_hybrid_build_recommends_through_the_router_as_one_node() {
     let _alone = crate::common::heavy().await;
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("sample");
-    let cfg = SampleConfig {
-        seed: 13,
-        items: 600,
-        users: 60,
-        min_history: 10,
-        max_history: 30,
-    };
-    write_sample(&generate(&cfg).unwrap(), &data).unwrap();
-    let items = read_catalog(&data.join("catalog.jsonl")).unwrap();
-    let inter = read_interactions(&data.join("interactions.csv")).unwrap();
+    let (items, inter) = sample_data(dir.path(), 13, 600, 60, (10, 30));
     let mut train = vecrec::config::TrainOptions::default();
     train.sequence.enabled = true;
     let opts = BuildOptions {
@@ -806,17 +813,7 @@ async fn a_sliced_hybrid_build_recommends_through_the_router_as_one_node() {
 async fn shard_pods_embed_only_their_own_texts_and_the_build_reuses_them() {
     let _alone = crate::common::heavy().await;
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("sample");
-    let cfg = SampleConfig {
-        seed: 17,
-        items: 150,
-        users: 20,
-        min_history: 5,
-        max_history: 10,
-    };
-    write_sample(&generate(&cfg).unwrap(), &data).unwrap();
-    let items = read_catalog(&data.join("catalog.jsonl")).unwrap();
-    let inter = read_interactions(&data.join("interactions.csv")).unwrap();
+    let (items, inter) = sample_data(dir.path(), 17, 150, 20, (5, 10));
     let enc = Encoder::load(&vecrec::config::Config::default().encoder, 1).unwrap();
     let opts = BuildOptions {
         progress: false,
