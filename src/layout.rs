@@ -69,6 +69,20 @@ pub struct SlicedMeta {
     pub front_items: usize,
     /// The front generation the slice was cut from (its directory name).
     pub front_generation: String,
+    /// [`ids_digest`] of that front: the numbering the slice's EASE and
+    /// transitions rows and `front_rows.bin` are in.
+    pub front_ids: String,
+}
+
+/// A digest of a generation's item numbering: SHA-256 (first 16 bytes,
+/// hex) of its id table, so two generations that number their items alike
+/// (and only those) agree.
+pub fn ids_digest(generation: &Path) -> crate::error::Result<String> {
+    use sha2::{Digest, Sha256};
+    let path = generation.join(vecrec_index::store::IDS_FILE);
+    let bytes = std::fs::read(&path).map_err(|e| crate::error::Error::io(&path, e))?;
+    let d = Sha256::digest(&bytes);
+    Ok(d[..16].iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// User ids of the stored profiles.

@@ -78,8 +78,8 @@ struct Args {
     shards: Option<usize>,
     /// With --shards: build only this shard (0-based), e.g. one pod of an
     /// indexed Job; the whole catalogue is still embedded (through the
-    /// embedding cache under --out) for the users' profiles, and with
-    /// training the front generation is built again to slice it.
+    /// embedding cache under --out) for the users' profiles. Not with
+    /// training: every shard is cut from the one front generation.
     #[arg(long, requires = "shards")]
     shard: Option<usize>,
     /// With --shards and --shard: only embed that shard's texts into its
@@ -133,6 +133,7 @@ fn run() -> anyhow::Result<()> {
         embedding_cache: !a.no_embedding_cache,
         head_hybrid: Some(cfg.hybrid.clone()),
         embedding_parts: None,
+        publish: true,
     };
     if let (true, Some(shards), Some(i)) = (a.embed_only, a.shards, a.shard) {
         let r = vecrec::pipeline::embed_part(&a.out, &encoder, &items, shards, i, !a.quiet)

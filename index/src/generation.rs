@@ -132,7 +132,18 @@ impl GenerationWriter {
     }
 
     /// Makes the generation durable and live; returns its final directory.
-    pub fn commit(mut self) -> Result<PathBuf> {
+    pub fn commit(self) -> Result<PathBuf> {
+        let root = self.root.clone();
+        let dest = self.commit_unpublished()?;
+        publish(&root, &dest)?;
+        Ok(dest)
+    }
+
+    /// Renames the generation into place (`gen-N`, synced) without moving
+    /// `CURRENT`: servers keep the live one until [`publish`] names this.
+    /// Several roots that must change together (a partitioned build) are
+    /// committed this way, then published one after another.
+    pub fn commit_unpublished(mut self) -> Result<PathBuf> {
         for entry in fs::read_dir(&self.tmp).map_err(|e| IndexError::io(&self.tmp, e))? {
             let path = entry.map_err(|e| IndexError::io(&self.tmp, e))?.path();
             let f = fs::File::open(&path).map_err(|e| IndexError::io(&path, e))?;
@@ -147,9 +158,21 @@ impl GenerationWriter {
         fs::rename(&self.tmp, &dest).map_err(|e| IndexError::io(&dest, e))?;
         self.committed = true;
         sync_dir(&self.root)?;
-        write_atomic(&self.root.join(CURRENT), format!("{name}\n").as_bytes())?;
         Ok(dest)
     }
+}
+
+/// Makes the committed generation `dir` (under `root`) the live one:
+/// `CURRENT` names it, replaced atomically.
+pub fn publish(root: &Path, dir: &Path) -> Result<()> {
+    let name = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| n.starts_with(PREFIX) && dir.parent() == Some(root))
+        .ok_or_else(|| {
+            IndexError::io(dir, std::io::Error::other("not a generation of this root"))
+        })?;
+    write_atomic(&root.join(CURRENT), format!("{name}\n").as_bytes())
 }
 
 impl Drop for GenerationWriter {
@@ -199,6 +222,28 @@ pub fn scrub(dir: &Path) -> Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unpublished_generation_waits_for_publish() {
+        let root = tempfile::tempdir().unwrap();
+        let g1 = GenerationWriter::begin(root.path())
+            .unwrap()
+            .commit()
+            .unwrap();
+        let g2 = GenerationWriter::begin(root.path())
+            .unwrap()
+            .commit_unpublished()
+            .unwrap();
+        assert!(g2.is_dir());
+        assert_eq!(current_generation(root.path()).unwrap(), g1);
+        publish(root.path(), &g2).unwrap();
+        assert_eq!(current_generation(root.path()).unwrap(), g2);
+        let other = tempfile::tempdir().unwrap();
+        assert!(
+            publish(other.path(), &g1).is_err(),
+            "another root's generation"
+        );
+    }
 
     #[test]
     fn commit_switches_and_drop_discards() {

@@ -101,6 +101,8 @@ pub struct Engine {
     /// A shard's slice of the trained sources, on a shard of a partitioned
     /// hybrid build.
     sliced: Option<Arc<Sliced>>,
+    /// The digest of the generation's numbering, once asked for.
+    ids_digest: Arc<std::sync::OnceLock<String>>,
 }
 
 /// The `internal` id of an item upserted since the generation was built (it
@@ -159,6 +161,7 @@ impl Engine {
             applied_seq,
             arm_reranker: None,
             sliced: sliced.map(Arc::new),
+            ids_digest: Arc::default(),
         })
     }
 
@@ -234,6 +237,16 @@ impl Engine {
             )));
         }
         Ok(())
+    }
+
+    /// The digest of the generation's item numbering
+    /// ([`crate::layout::ids_digest`]), read once.
+    pub fn ids_digest(&self) -> Result<String> {
+        if let Some(d) = self.ids_digest.get() {
+            return Ok(d.clone());
+        }
+        let d = crate::layout::ids_digest(self.index.dir())?;
+        Ok(self.ids_digest.get_or_init(|| d).clone())
     }
 
     /// Whether the generation holds trained sources.

@@ -65,8 +65,11 @@ impl Sliced {
         let front_rows =
             ListTable::open(&dir.join(FRONT_ROWS_FILE), true, meta.front_items as u32)?;
         {
-            let rows = front_rows.get(0);
-            if front_rows.len() != 1 || rows.len() != n || rows.windows(2).any(|w| w[0] >= w[1]) {
+            let ok = front_rows.len() == 1 && {
+                let rows = front_rows.get(0);
+                rows.len() == n && rows.windows(2).all(|w| w[0] < w[1])
+            };
+            if !ok {
                 return Err(Error::Config(format!(
                     "{}: the front numbers of a shard of {n} items must be {n} increasing numbers",
                     dir.join(FRONT_ROWS_FILE).display()
@@ -136,8 +139,18 @@ pub struct ShardQuery {
     /// Attribute filter.
     pub filter: Option<Filter>,
     /// The front generation the history is numbered by (its directory
-    /// name); empty: not checked.
+    /// name), for messages.
     pub front_generation: String,
+    /// The digest of that front's numbering ([`crate::layout::ids_digest`]);
+    /// empty: not checked.
+    pub front_ids: String,
+    /// The router's `hybrid.candidates` (0: the shard's own), so the lists
+    /// depend on the router's settings only.
+    pub candidates: usize,
+    /// The router's `hybrid.ease_decay` (0: the shard's own).
+    pub ease_decay: f32,
+    /// The router's `hybrid.transitions_decay` (0: the shard's own).
+    pub transitions_decay: f32,
 }
 
 impl Engine {
@@ -147,8 +160,9 @@ impl Engine {
     }
 
     /// A shard's lists for the front tier: for each source of `q`, its
-    /// `hybrid.candidates` best own items (by id, with the score one node
-    /// gives them) among those not excluded, deleted or filtered out.
+    /// `hybrid.candidates` best own items (as the front numbers them, with
+    /// the score one node gives them) among those not excluded, deleted or
+    /// filtered out.
     pub fn shard_lists(&self, q: &ShardQuery) -> Result<Vec<ShardList>> {
         use rayon::prelude::*;
         let sliced = self.sliced.as_ref().ok_or_else(|| {
@@ -158,10 +172,11 @@ impl Engine {
                     .into(),
             )
         })?;
-        if !q.front_generation.is_empty() && q.front_generation != sliced.meta.front_generation {
+        if !q.front_ids.is_empty() && q.front_ids != sliced.meta.front_ids {
             return Err(Error::FailedPrecondition(format!(
-                "this shard was sliced from the front generation {}, the router serves {}: \
-                 point the router and every shard at the same build",
+                "this shard was sliced from the front generation {}, the router serves {}, \
+                 which numbers the items otherwise: point the router and every shard at the \
+                 same build",
                 sliced.meta.front_generation, q.front_generation
             )));
         }
@@ -199,8 +214,19 @@ impl Engine {
         let filter = q.filter.as_ref().filter(|f| !f.is_empty());
         let accept = |i: u32| admissible(store, &exclude, filter, i);
         let tables = sliced.tables();
+        let engine = self.with_config(|c| {
+            if q.candidates > 0 {
+                c.hybrid.candidates = q.candidates;
+            }
+            if q.ease_decay > 0.0 {
+                c.hybrid.ease_decay = q.ease_decay;
+            }
+            if q.transitions_decay > 0.0 {
+                c.hybrid.transitions_decay = q.transitions_decay;
+            }
+        });
         let one = |(s, input): &(Source, Vec<f32>)| -> Result<ShardList> {
-            let list = self.item_list(&tables, *s, &q.history, input, &accept)?;
+            let list = engine.item_list(&tables, *s, &q.history, input, &accept)?;
             Ok((
                 *s,
                 list.into_iter()
@@ -294,6 +320,10 @@ impl Engine {
                     .file_name()
                     .map(|f| f.to_string_lossy().into_owned())
                     .unwrap_or_default(),
+                front_ids: self.ids_digest()?,
+                candidates: self.cfg.hybrid.candidates,
+                ease_decay: self.cfg.hybrid.ease_decay,
+                transitions_decay: self.cfg.hybrid.transitions_decay,
             },
             history,
             sources,

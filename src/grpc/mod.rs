@@ -591,6 +591,10 @@ impl Recommender for Service {
             exclude: r.exclude,
             filter: to_filter(r.filter)?,
             front_generation: r.front_generation,
+            front_ids: r.front_ids,
+            candidates: r.candidates as usize,
+            ease_decay: r.ease_decay,
+            transitions_decay: r.transitions_decay,
         };
         let lists = self
             .run("ShardSources", Work::Cpu, deadline, move |e, _| {

@@ -134,11 +134,29 @@ pub(super) fn shard_sources(limits: &Limits, r: &pb::ShardSourcesRequest) -> Res
             )));
         }
     }
+    for (what, n) in [("history", r.history.len()), ("exclude", r.exclude.len())] {
+        if n > MAX_SHARD_HISTORY {
+            return Err(Error::invalid(format!(
+                "{what} has {n} items, over the limit of {MAX_SHARD_HISTORY}"
+            )));
+        }
+    }
+    if !(r.ease_decay.is_finite() && r.transitions_decay.is_finite())
+        || r.ease_decay < 0.0
+        || r.transitions_decay < 0.0
+    {
+        return Err(Error::invalid("the decays must be finite and not negative"));
+    }
     filter(limits, r.filter.as_ref())
 }
 
 /// The widest user-side vector a shard accepts.
 const MAX_VECTOR: usize = 4096;
+
+/// The longest history (and seen list) a shard accepts: a stored user's
+/// whole history, which `limits.max_history` (for explicit ones) does not
+/// bound.
+const MAX_SHARD_HISTORY: usize = 100_000;
 
 /// An item to upsert: id, attribute lists and names bounded, numbers finite.
 /// (Title and text lengths are the engine's check, with the batch size.)

@@ -204,7 +204,9 @@ pub fn write(
     write_file(&path, keys, vectors)?;
     if let Ok(rd) = std::fs::read_dir(dir) {
         for e in rd.flatten() {
-            if e.file_name().to_str() != Some(name.as_str()) {
+            // Another build's temporary file (`.name.tmp-…`) stays.
+            let other = e.file_name().to_str().is_some_and(|f| f.starts_with('.'));
+            if e.file_name().to_str() != Some(name.as_str()) && !other {
                 let _ = std::fs::remove_file(e.path());
             }
         }
@@ -215,7 +217,8 @@ pub fn write(
 /// Writes one cache file at `path` (one entry per distinct key, the first
 /// of equal keys kept) through a temporary file named for this process and
 /// moment, renamed into place, so builds in several pods writing to one
-/// shared volume never share a temporary file.
+/// shared volume never share a temporary file (and [`write`] leaves other
+/// builds' temporary files alone).
 pub fn write_file(path: &Path, keys: &[Key], vectors: &[Vec<f32>]) -> Result<()> {
     let dim = vectors.first().map_or(0, Vec::len);
     let mut seen = std::collections::HashSet::new();

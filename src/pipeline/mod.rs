@@ -64,6 +64,11 @@ pub struct BuildOptions {
     /// (`--embed-only`) the build reads besides its own cache; set by
     /// [`build_shards`].
     pub embedding_parts: Option<PathBuf>,
+    /// Move the root's `CURRENT` to the new generation (default). Off, the
+    /// generation is committed beside the live one and the caller
+    /// publishes it ([`vecrec_index::generation::publish`]): a partitioned
+    /// build publishes the front and its shards together.
+    pub publish: bool,
 }
 
 /// How a build trains the reranker.
@@ -90,6 +95,7 @@ impl Default for BuildOptions {
             embedding_cache: true,
             head_hybrid: None,
             embedding_parts: None,
+            publish: true,
         }
     }
 }
@@ -377,7 +383,11 @@ fn build_generation_inner(
     }
     drop(store);
     let generation = stages.run("commit", || {
-        let g = writer.commit()?;
+        let g = if opts.publish {
+            writer.commit()?
+        } else {
+            writer.commit_unpublished()?
+        };
         prune(root, opts.keep_generations)?;
         Ok((g, String::new()))
     })?;

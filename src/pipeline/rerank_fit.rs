@@ -111,6 +111,7 @@ pub(super) fn heads(
         keep_generations: 1,
         learn_fusion: None,
         embedding_cache: false,
+        publish: true,
         train: Some(scratch_train),
         ..opts.clone()
     };

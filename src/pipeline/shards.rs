@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
-use vecrec_index::generation::{prune, GenerationWriter};
+use vecrec_index::generation::{prune, publish, GenerationWriter};
 use vecrec_index::{write_index, Index, Metric, StoreBuilder};
 
 use super::{bar, embed_stage, histories_by, BuildOptions, BuildReport, Stages};
@@ -259,7 +259,12 @@ fn write_shard(
             Ok(((), "sliced".to_owned()))
         })?;
     }
-    let generation = writer.commit()?;
+    // A sliced shard goes live with its front (see `build_sliced`).
+    let generation = if slice.is_some() {
+        writer.commit_unpublished()?
+    } else {
+        writer.commit()?
+    };
     prune(&dir, opts.keep_generations)?;
     let mut report = BuildReport::indexed(
         generation,
@@ -284,12 +289,35 @@ fn build_sliced(
     shards: usize,
     only: Option<usize>,
 ) -> Result<Vec<BuildReport>> {
+    if only.is_some() {
+        return Err(Error::invalid(
+            "a build with training writes the front and every shard together (each shard is cut \
+             from the one front): drop --shard, or add --content-only",
+        ));
+    }
     let front_root = front_root(root);
-    let front_report = super::build(&front_root, encoder, items, interactions, opts)?;
+    // Nothing goes live until every shard is cut: the front and the shards
+    // are published together at the end, so a router and its shards see a
+    // mismatch only for the moments their reloads take.
+    let front_opts = BuildOptions {
+        publish: false,
+        ..opts.clone()
+    };
+    let front_report = super::build(&front_root, encoder, items, interactions, &front_opts)?;
     let front = Index::open(&front_report.generation)?;
     let store = front.store();
     let n = store.len();
     let dim = store.dim();
+    let mut stages = Stages::new();
+    // The shards' content vectors as the front got them, before its store
+    // normalised them (from the embedding cache the front's build just
+    // wrote), so each shard normalises exactly the same numbers.
+    let (raw, _) = embed_stage(&front_root, encoder, items, opts, &mut stages)?;
+    let row: HashMap<&str, usize> = items
+        .iter()
+        .enumerate()
+        .map(|(i, it)| (it.id.as_str(), i))
+        .collect();
     // The front's items, rows, users and profiles, numbered as it numbers them.
     let front_items: Vec<CatalogItem> = (0..n as u32)
         .map(|i| CatalogItem {
@@ -297,11 +325,15 @@ fn build_sliced(
             meta: store.meta(i).clone(),
         })
         .collect();
-    let vectors: Vec<Vec<f32>> = store
-        .vectors()
-        .chunks_exact(dim)
-        .map(<[f32]>::to_vec)
-        .collect();
+    let vectors: Vec<Vec<f32>> = (0..n as u32)
+        .map(|i| {
+            let id = store.external_id(i);
+            row.get(id).map(|&r| raw[r].clone()).ok_or_else(|| {
+                Error::invalid(format!("the front holds {id}, the catalogue does not"))
+            })
+        })
+        .collect::<Result<_>>()?;
+    drop(raw);
     let profiles_file = UserProfiles::open(front.dir(), n, dim)?;
     let users: Vec<(String, Vec<(u32, f32)>)> = (0..profiles_file.len() as u32)
         .map(|u| (profiles_file.id(u).to_owned(), profiles_file.history(u)))
@@ -329,6 +361,7 @@ fn build_sliced(
         .collect::<Result<_>>()?;
     let meta = SlicedMeta {
         front_items: n,
+        front_ids: crate::layout::ids_digest(front.dir())?,
         front_generation: dir
             .file_name()
             .map(|f| f.to_string_lossy().into_owned())
@@ -373,9 +406,8 @@ fn build_sliced(
         vecrec_index::format::write_json(&out.join(SLICED_FILE), &meta)?;
         Ok(())
     };
-    let mut stages = Stages::new();
     let mut reports = Vec::new();
-    for s in (0..shards).filter(|s| only.is_none_or(|o| o == *s)) {
+    for s in 0..shards {
         let report = write_shard(
             root,
             encoder,
@@ -387,6 +419,10 @@ fn build_sliced(
         )?;
         reports.push(report);
     }
+    for (s, r) in reports.iter().enumerate() {
+        publish(&shard_root(root, s), &r.generation)?;
+    }
+    publish(&front_root, &front_report.generation)?;
     if let Some(last) = reports.last_mut() {
         last.stages = stages.into_list();
     }

@@ -553,9 +553,17 @@ impl Router {
             exclude: q.shard.exclude.clone(),
             filter,
             front_generation: q.shard.front_generation.clone(),
+            front_ids: q.shard.front_ids.clone(),
+            candidates: q.shard.candidates as u32,
+            ease_decay: q.shard.ease_decay,
+            transitions_decay: q.shard.transitions_decay,
         });
+        // What is left of the caller's time after the user's side.
+        let left = deadline
+            .instant()
+            .map(|t| t.saturating_duration_since(Instant::now()));
         let answers = self
-            .everywhere(limit, move |mut c: Client, left| {
+            .everywhere(left, move |mut c: Client, left| {
                 let m = due((*msg).clone(), left);
                 async move { c.shard_sources(m).await }
             })

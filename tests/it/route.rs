@@ -548,7 +548,6 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
     assert!(err.message().contains("shard 0"), "{err:?}");
 }
 
-/// The block scalar `key: |` of a YAML file, unindented.
 /// A partitioned build with training: the front generation (one node's,
 /// over the whole catalogue) and 3 shards sliced from it, one replica each,
 /// behind `vecrec route --front`. With exact search every Recommend through
@@ -683,6 +682,38 @@ async fn a_sliced_hybrid_build_recommends_through_the_router_as_one_node() {
         .unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound);
 
+    // Items deleted (through the router on the shards, on the one node
+    // directly) leave both answers alike.
+    let first = rc
+        .recommend(pb::RecommendRequest {
+            user_id: users[1].to_string(),
+            k: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let gone: Vec<String> = first
+        .items
+        .iter()
+        .take(3)
+        .map(|i| i.item_id.clone())
+        .collect();
+    let del = pb::DeleteItemsRequest { ids: gone.clone() };
+    rc.delete_items(del.clone()).await.unwrap();
+    one_c.delete_items(del).await.unwrap();
+    for u in users.iter().take(12) {
+        let req = pb::RecommendRequest {
+            user_id: u.to_string(),
+            k: 10,
+            ..Default::default()
+        };
+        let a = one_c.recommend(req.clone()).await.unwrap().into_inner();
+        let b = rc.recommend(req).await.unwrap().into_inner();
+        assert!(b.items.iter().all(|i| !gone.contains(&i.item_id)), "{b:?}");
+        assert_same(&format!("Recommend {u} after deletes"), &a.items, &b.items);
+    }
+
     // A shard refuses what it cannot answer; other servers refuse the call.
     let mut shard_c = shards[0].client().await;
     let ask = |source: &str, vector: Vec<f32>, history: Vec<u32>| pb::ShardSourcesRequest {
@@ -728,12 +759,16 @@ async fn a_sliced_hybrid_build_recommends_through_the_router_as_one_node() {
     let e = shard_c
         .shard_sources(pb::ShardSourcesRequest {
             front_generation: "gen-999".into(),
+            front_ids: "0123456789abcdef0123456789abcdef".into(),
             ..ask("ease", vec![], vec![0])
         })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
     assert!(e.message().contains("gen-999"), "{e:?}");
+    // A build with training cuts every shard from one front: one shard alone is refused.
+    let e = build_shards(&parts, &enc, &items, &inter, &opts, SHARDS, Some(0)).unwrap_err();
+    assert!(e.to_string().contains("drop --shard"), "{e}");
 
     // A rebuild: the shards and the router's front follow their CURRENT
     // (every 2 s by default), and the router answers again.
@@ -862,6 +897,7 @@ async fn shard_pods_embed_only_their_own_texts_and_the_build_reuses_them() {
     }
 }
 
+/// The block scalar `key: |` of a YAML file, unindented.
 fn yaml_block(text: &str, key: &str) -> String {
     let mut lines = text.lines().skip_while(|l| l.trim() != format!("{key}: |"));
     let head = lines
