@@ -130,6 +130,15 @@ fn sample_data(
     )
 }
 
+/// Recommend `k` items for the stored user `user`.
+fn for_user(user: &str, k: u32) -> pb::RecommendRequest {
+    pb::RecommendRequest {
+        user_id: user.to_owned(),
+        k,
+        ..Default::default()
+    }
+}
+
 fn ids(items: &[pb::ScoredItem]) -> Vec<String> {
     items.iter().map(|i| i.item_id.clone()).collect()
 }
@@ -256,11 +265,7 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
     users.sort_unstable();
     users.dedup();
     for u in &users {
-        let req = pb::RecommendRequest {
-            user_id: u.to_string(),
-            k: 10,
-            ..Default::default()
-        };
+        let req = for_user(u, 10);
         let a = one_c.recommend(req.clone()).await.unwrap().into_inner();
         let b = rc.recommend(req).await.unwrap().into_inner();
         assert_same(&format!("Recommend {u}"), &a.items, &b.items);
@@ -600,11 +605,7 @@ async fn a_sliced_hybrid_build_recommends_through_the_router_as_one_node() {
     users.dedup();
     let mut spanning = 0;
     for u in &users {
-        let req = pb::RecommendRequest {
-            user_id: u.to_string(),
-            k: 10,
-            ..Default::default()
-        };
+        let req = for_user(u, 10);
         let a = one_c.recommend(req.clone()).await.unwrap().into_inner();
         let b = rc.recommend(req).await.unwrap().into_inner();
         assert!(!b.partial);
@@ -685,11 +686,7 @@ async fn a_sliced_hybrid_build_recommends_through_the_router_as_one_node() {
     // Items deleted (through the router on the shards, on the one node
     // directly) leave both answers alike.
     let first = rc
-        .recommend(pb::RecommendRequest {
-            user_id: users[1].to_string(),
-            k: 10,
-            ..Default::default()
-        })
+        .recommend(for_user(users[1], 10))
         .await
         .unwrap()
         .into_inner();
@@ -703,11 +700,7 @@ async fn a_sliced_hybrid_build_recommends_through_the_router_as_one_node() {
     rc.delete_items(del.clone()).await.unwrap();
     one_c.delete_items(del).await.unwrap();
     for u in users.iter().take(12) {
-        let req = pb::RecommendRequest {
-            user_id: u.to_string(),
-            k: 10,
-            ..Default::default()
-        };
+        let req = for_user(u, 10);
         let a = one_c.recommend(req.clone()).await.unwrap().into_inner();
         let b = rc.recommend(req).await.unwrap().into_inner();
         assert!(b.items.iter().all(|i| !gone.contains(&i.item_id)), "{b:?}");
@@ -796,11 +789,7 @@ async fn a_sliced_hybrid_build_recommends_through_the_router_as_one_node() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    let req = pb::RecommendRequest {
-        user_id: users[3].to_string(),
-        k: 10,
-        ..Default::default()
-    };
+    let req = for_user(users[3], 10);
     let routed = loop {
         match rc.recommend(req.clone()).await {
             Ok(r) => break r.into_inner(),
@@ -828,11 +817,7 @@ async fn a_sliced_hybrid_build_recommends_through_the_router_as_one_node() {
     // Shard 2 gone: the others answer, flagged partial, without its items.
     shards[2].kill();
     let b = rc
-        .recommend(pb::RecommendRequest {
-            user_id: users[0].to_string(),
-            k: 10,
-            ..Default::default()
-        })
+        .recommend(for_user(users[0], 10))
         .await
         .unwrap()
         .into_inner();
