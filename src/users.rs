@@ -185,6 +185,13 @@ impl UserProfiles {
         self.ids.get(u as usize)
     }
 
+    /// Every user's history items (no weights), oldest first, by user number.
+    pub fn item_histories(&self) -> Vec<Vec<u32>> {
+        (0..self.len() as u32)
+            .map(|u| self.history(u).iter().map(|h| h.0).collect())
+            .collect()
+    }
+
     /// History with weights, oldest first.
     pub fn history(&self, u: u32) -> Vec<(u32, f32)> {
         self.history

@@ -8,7 +8,7 @@
 use vecrec_index::format::ListTable;
 use vecrec_index::Index;
 
-use super::sources::{Busy, ItemTables, Source, IN_SOURCES};
+use super::sources::{each_source, ItemTables, Source};
 use super::{admissible, Engine, RecommendOptions, Scored, UserRef};
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
@@ -84,9 +84,7 @@ impl Sliced {
         })?;
         // A user's history in the shard holds its own items only, so the
         // counts are the catalogue's counts of those items.
-        let histories: Vec<Vec<u32>> = (0..users.len() as u32)
-            .map(|u| users.history(u).iter().map(|h| h.0).collect())
-            .collect();
+        let histories = users.item_histories();
         Ok(Some(Self {
             ease: SparseRows::open_shape(dir, EASE_ROWS, meta.front_items, n)?,
             transitions: SparseRows::open_shape(dir, TRANSITIONS_ROWS, meta.front_items, n)?,
@@ -154,17 +152,11 @@ pub struct ShardQuery {
 }
 
 impl Engine {
-    /// Whether this generation is a shard's slice of a hybrid build.
-    pub fn is_sliced(&self) -> bool {
-        self.sliced.is_some()
-    }
-
     /// A shard's lists for the front tier: for each source of `q`, its
     /// `hybrid.candidates` best own items (as the front numbers them, with
     /// the score one node gives them) among those not excluded, deleted or
     /// filtered out.
     pub fn shard_lists(&self, q: &ShardQuery) -> Result<Vec<ShardList>> {
-        use rayon::prelude::*;
         let sliced = self.sliced.as_ref().ok_or_else(|| {
             Error::FailedPrecondition(
                 "this generation is not a shard of a partitioned hybrid build \
@@ -234,12 +226,7 @@ impl Engine {
                     .collect(),
             ))
         };
-        let busy = Busy::enter(&IN_SOURCES);
-        if busy.alone {
-            q.inputs.par_iter().map(one).collect()
-        } else {
-            q.inputs.iter().map(one).collect()
-        }
+        each_source(&q.inputs, one)
     }
 }
 
@@ -346,7 +333,7 @@ impl Engine {
     ) -> Result<Vec<Scored>> {
         let store = self.index.store();
         let n = self.cfg.hybrid.candidates;
-        let lists: Vec<SourceList> = q
+        let mut lists: Vec<SourceList> = q
             .sources
             .iter()
             .zip(lists)
@@ -365,7 +352,6 @@ impl Engine {
                 }
             })
             .collect();
-        let mut lists = lists;
         self.push_reranked(&q.history, &mut lists, q.method, deadline)?;
         let fused = self.fuse_lists(&lists, q.method, deadline)?;
         Ok(fused

@@ -300,9 +300,7 @@ impl Trained {
         let store = index.store();
         {
             let n = store.len();
-            let histories: Vec<Vec<u32>> = (0..users.len() as u32)
-                .map(|u| users.history(u).iter().map(|h| h.0).collect())
-                .collect();
+            let histories = users.item_histories();
             let als = Index::open(&index.dir().join(crate::layout::ALS_DIR))?;
             let f = als.store().dim();
             let uf = vecrec_index::format::CheckedFile::open(
@@ -423,7 +421,6 @@ impl Engine {
         which: &[Source],
         accept: &(dyn Fn(u32) -> bool + Sync),
     ) -> Result<Vec<SourceList>> {
-        use rayon::prelude::*;
         let trained = self.trained()?;
         let ids: Vec<u32> = history.iter().map(|e| e.0).collect();
         let tables = trained.tables();
@@ -440,12 +437,7 @@ impl Engine {
                 items: list,
             })
         };
-        let busy = Busy::enter(&IN_SOURCES);
-        if busy.alone {
-            which.par_iter().map(one).collect()
-        } else {
-            which.iter().map(one).collect()
-        }
+        each_source(which, one)
     }
 
     fn trained(&self) -> Result<&Trained> {
@@ -596,8 +588,24 @@ impl Trained {
     }
 }
 
+/// `one` over every source of a request: in parallel when no other request
+/// is computing its sources, one after another while others are (see
+/// [`Busy`]).
+pub(super) fn each_source<T: Sync, R: Send>(
+    items: &[T],
+    one: impl Fn(&T) -> Result<R> + Sync + Send,
+) -> Result<Vec<R>> {
+    use rayon::prelude::*;
+    let busy = Busy::enter(&IN_SOURCES);
+    if busy.alone {
+        items.par_iter().map(one).collect()
+    } else {
+        items.iter().map(one).collect()
+    }
+}
+
 /// Requests computing their source lists at this moment, in this process.
-pub(super) static IN_SOURCES: AtomicUsize = AtomicUsize::new(0);
+static IN_SOURCES: AtomicUsize = AtomicUsize::new(0);
 
 /// One request counted in a counter (the engine's: [`IN_SOURCES`]) while it
 /// lives. A request that no other Recommend call is computing its sources
@@ -606,13 +614,13 @@ pub(super) static IN_SOURCES: AtomicUsize = AtomicUsize::new(0);
 /// one after another, which saves handing each to the thread pool and
 /// waiting for it (about 12% more Recommend calls a second at concurrency 8
 /// on 2 cores, measured interleaved with `vecrec-load`).
-pub(super) struct Busy<'a> {
+struct Busy<'a> {
     count: &'a AtomicUsize,
-    pub(super) alone: bool,
+    alone: bool,
 }
 
 impl<'a> Busy<'a> {
-    pub(super) fn enter(count: &'a AtomicUsize) -> Self {
+    fn enter(count: &'a AtomicUsize) -> Self {
         Busy {
             count,
             alone: count.fetch_add(1, Ordering::Relaxed) == 0,

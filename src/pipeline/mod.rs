@@ -226,12 +226,8 @@ pub fn embed_cached(
     if let Some(p) = parts {
         caches.extend(cache::open_parts(p, &fp, encoder.dim()));
     }
-    let (vectors, done) = embed_cached_with(&caches, &fp, encoder, items, progress)?;
+    let (vectors, keys, done) = embed_cached_with(&caches, &fp, encoder, items, progress)?;
     drop(caches);
-    let keys: Vec<cache::Key> = items
-        .iter()
-        .map(|it| cache::key(&fp, &it.embedding_text()))
-        .collect();
     if let Err(e) = cache::write(&dir, &fp, &keys, &vectors) {
         tracing::warn!(error = %e, "the embedding cache could not be written; the next build embeds every text");
     }
@@ -240,14 +236,14 @@ pub fn embed_cached(
 
 /// Embeds the texts of `items` that none of `caches` (of the encoder's
 /// fingerprint `fp`) holds, once per distinct text, and returns every
-/// item's vector in catalogue order.
+/// item's vector and cache key in catalogue order.
 fn embed_cached_with(
     caches: &[cache::EmbeddingCache],
     fp: &[u8; 32],
     encoder: &Encoder,
     items: &[CatalogItem],
     progress: bool,
-) -> Result<(Vec<Vec<f32>>, Embedded)> {
+) -> Result<(Vec<Vec<f32>>, Vec<cache::Key>, Embedded)> {
     let old = |k: &cache::Key| caches.iter().find_map(|c| c.get(k));
     let texts: Vec<String> = items.iter().map(CatalogItem::embedding_text).collect();
     let keys: Vec<cache::Key> = texts.iter().map(|t| cache::key(fp, t)).collect();
@@ -283,6 +279,7 @@ fn embed_cached_with(
     drop(fresh);
     Ok((
         vectors,
+        keys,
         Embedded {
             encoded: todo.len(),
             reused,
@@ -827,6 +824,18 @@ pub fn build(
     interactions: &[Interaction],
     opts: &BuildOptions,
 ) -> Result<BuildReport> {
+    Ok(build_with_vectors(root, encoder, items, interactions, opts)?.0)
+}
+
+/// [`build`], also returning the catalogue's vectors as the encoder made
+/// them (before the store normalised them), in catalogue order.
+pub(super) fn build_with_vectors(
+    root: &Path,
+    encoder: &Encoder,
+    items: &[CatalogItem],
+    interactions: &[Interaction],
+    opts: &BuildOptions,
+) -> Result<(BuildReport, Vec<Vec<f32>>)> {
     let t = Instant::now();
     let mut stages = Stages::new();
     let (vectors, done) = embed_stage(root, encoder, items, opts, &mut stages)?;
@@ -851,5 +860,5 @@ pub fn build(
     report.embed_seconds = embed_seconds;
     report.texts_per_second = done.encoded as f64 / done.encode_seconds.max(1e-9);
     report.total_seconds = t.elapsed().as_secs_f64();
-    Ok(report)
+    Ok((report, vectors))
 }

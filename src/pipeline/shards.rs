@@ -146,7 +146,7 @@ pub fn embed_part(
         .collect();
     let fp = super::cache::fingerprint(encoder)?;
     let path = super::cache::part_path(root, &fp, i, shards);
-    let (vectors, done) = super::embed_cached_with(
+    let (vectors, keys, done) = super::embed_cached_with(
         &[
             super::cache::EmbeddingCache::open(
                 &root.join(super::cache::CACHE_DIR),
@@ -160,10 +160,6 @@ pub fn embed_part(
         &own,
         progress,
     )?;
-    let keys: Vec<super::cache::Key> = own
-        .iter()
-        .map(|it| super::cache::key(&fp, &it.embedding_text()))
-        .collect();
     super::cache::write_file(&path, &keys, &vectors)?;
     Ok(EmbedPartReport {
         path,
@@ -303,16 +299,15 @@ fn build_sliced(
         publish: false,
         ..opts.clone()
     };
-    let front_report = super::build(&front_root, encoder, items, interactions, &front_opts)?;
+    // The shards' content vectors as the front got them, before its store
+    // normalised them, so each shard normalises exactly the same numbers.
+    let (front_report, raw) =
+        super::build_with_vectors(&front_root, encoder, items, interactions, &front_opts)?;
     let front = Index::open(&front_report.generation)?;
     let store = front.store();
     let n = store.len();
     let dim = store.dim();
     let mut stages = Stages::new();
-    // The shards' content vectors as the front got them, before its store
-    // normalised them (from the embedding cache the front's build just
-    // wrote), so each shard normalises exactly the same numbers.
-    let (raw, _) = embed_stage(&front_root, encoder, items, opts, &mut stages)?;
     let row: HashMap<&str, usize> = items
         .iter()
         .enumerate()

@@ -578,7 +578,7 @@ impl Router {
                 lists[at].extend(l.items.into_iter().zip(l.scores));
             }
         }
-        let engine = front.clone();
+        let engine = front;
         let items = tokio::task::spawn_blocking(move || {
             let scored = engine.front_answer(&q, lists, deadline)?;
             Ok::<_, crate::error::Error>(crate::grpc::convert::scored(&engine, scored))
