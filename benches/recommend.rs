@@ -1,6 +1,7 @@
 //! Latency of one full `Recommend` on the ml-latest-small index: every source
 //! (EASE, transitions, content HNSW search, popularity, ALS, two-tower through
-//! ONNX Runtime; 200 candidates each), fused, the head of 200 reranked by the
+//! ONNX Runtime; `hybrid.candidates` each), fused, the head
+//! (`rerank.candidates`) reranked by the
 //! cross-attention reranker (ONNX Runtime) and fused again, through
 //! `Engine::recommend` — the code the gRPC handler runs. Prints p50/p95/p99
 //! over 3,000 calls (users round robin), with and without the reranker, and

@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 pub struct HybridConfig {
     /// Use the multi-source pipeline when the generation has trained sources. Default true.
     pub enabled: bool,
-    /// Candidates taken from each source. Default 200.
+    /// Candidates taken from each source. Default 200 (100 halves the
+    /// search work but ranked worse on validation: README, "Configuration").
     pub candidates: usize,
     /// How the sources are fused: `weighted_minmax`, `weighted_zscore`,
     /// `geometric`, `rrf`, `borda` or `learned`. Default `geometric`.

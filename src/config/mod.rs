@@ -72,7 +72,8 @@ pub struct ServerConfig {
     pub max_concurrent_requests: usize,
     /// Requests that compute on a thread of their own (Recommend,
     /// DeleteItems, RecordEvents) worked on at once, in a line of their own;
-    /// 0 means one per core. Default 0.
+    /// 0 means one per core and one more, so a core does not idle while a
+    /// finished request's place passes to the next. Default 0.
     pub max_cpu_requests: usize,
     /// Requests that may wait for a free place, in each line. While a line
     /// has room it is first come, first served; when it is full the request
@@ -155,10 +156,11 @@ impl ServerConfig {
 }
 
 impl ServerConfig {
-    /// [`ServerConfig::max_cpu_requests`] with 0 resolved to one per core.
+    /// [`ServerConfig::max_cpu_requests`] with 0 resolved to one per core
+    /// and one more.
     pub fn cpu_limit(&self) -> usize {
         match self.max_cpu_requests {
-            0 => cores(),
+            0 => cores() + 1,
             n => n,
         }
     }

@@ -132,13 +132,14 @@ pub(super) struct Trained {
 
 /// A learned source's parts in generation `dir`: the index under `sub`,
 /// the settings in `meta_file`, the ONNX model in `model_file` (checksummed
-/// envelope), loaded into a pool of 2 single-thread sessions.
+/// envelope), loaded into a pool of `pool` single-thread sessions.
 fn open_learned<M: serde::de::DeserializeOwned>(
     dir: &Path,
     sub: &Path,
     meta_file: &'static str,
     model_file: &'static str,
     ort: &Path,
+    pool: usize,
 ) -> Result<(Index, M, OnnxModel)> {
     let index = Index::open(sub)?;
     let meta: M = vecrec_index::format::read_json(&dir.join(meta_file))?;
@@ -150,7 +151,7 @@ fn open_learned<M: serde::de::DeserializeOwned>(
     let model = OnnxModel::load(
         ort,
         ModelSource::Bytes(model_file, file.payload()),
-        2,
+        pool,
         1,
         Device::Cpu,
     )?;
@@ -167,6 +168,10 @@ pub(super) struct TwoTowerServing {
     pub(super) meta: crate::layout::TwoTowerMeta,
     /// Item features, items × `meta.input`.
     pub(super) features: Vec<f32>,
+    /// The user tower's output for each stored user's stored history, once
+    /// computed: it depends on nothing else, so a user's calls after the
+    /// first skip the model run. Lives as long as the generation is served.
+    stored: Vec<std::sync::OnceLock<Option<Vec<f32>>>>,
 }
 
 impl TwoTowerServing {
@@ -175,6 +180,8 @@ impl TwoTowerServing {
         content: &vecrec_index::VectorStore,
         als: &Index,
         ort: &Path,
+        pool: usize,
+        users: usize,
     ) -> Result<Option<Self>> {
         let sub = dir.join(crate::layout::TWO_TOWER_DIR);
         if !sub.is_dir() {
@@ -186,6 +193,7 @@ impl TwoTowerServing {
             crate::layout::TWO_TOWER_META_FILE,
             crate::layout::USER_TOWER_FILE,
             ort,
+            pool,
         )?;
         let features = crate::retrieve::two_tower::item_features(
             content.vectors(),
@@ -207,7 +215,21 @@ impl TwoTowerServing {
             user,
             meta,
             features,
+            stored: (0..users).map(|_| std::sync::OnceLock::new()).collect(),
         }))
+    }
+
+    /// [`TwoTowerServing::user_vector`] of stored user `u`'s stored
+    /// `history`, computed on the user's first call only.
+    pub(super) fn stored_user_vector(&self, u: u32, history: &[u32]) -> Result<Option<Vec<f32>>> {
+        let Some(slot) = self.stored.get(u as usize) else {
+            return self.user_vector(history);
+        };
+        if let Some(v) = slot.get() {
+            return Ok(v.clone());
+        }
+        let v = self.user_vector(history)?;
+        Ok(slot.get_or_init(|| v).clone())
     }
 
     /// The user tower's vector for a history (oldest first); `None` when empty.
@@ -241,7 +263,7 @@ pub(super) struct SequenceServing {
 }
 
 impl SequenceServing {
-    fn open(dir: &Path, items: usize, ort: &Path) -> Result<Option<Self>> {
+    fn open(dir: &Path, items: usize, ort: &Path, pool: usize) -> Result<Option<Self>> {
         let sub = dir.join(crate::layout::SEQUENCE_DIR);
         if !sub.is_dir() {
             return Ok(None);
@@ -252,6 +274,7 @@ impl SequenceServing {
             crate::layout::SEQUENCE_META_FILE,
             crate::layout::SEQUENCE_MODEL_FILE,
             ort,
+            pool,
         )?;
         if index.store().len() != items || index.store().dim() != meta.options.dim {
             return Err(Error::Config(format!(
@@ -328,12 +351,15 @@ impl Trained {
             } else {
                 None
             };
+            // A session for every Recommend call that may run at once, so
+            // none waits for another's model run.
+            let pool = cfg.server.cpu_limit();
             let two_tower = match &ort {
-                Some(o) => TwoTowerServing::open(index.dir(), store, &als, o)?,
+                Some(o) => TwoTowerServing::open(index.dir(), store, &als, o, pool, users.len())?,
                 None => None,
             };
             let sequence = match &ort {
-                Some(o) => SequenceServing::open(index.dir(), n, o)?,
+                Some(o) => SequenceServing::open(index.dir(), n, o, pool)?,
                 None => None,
             };
             if sequence.is_none() && cfg.hybrid.sequence_weight > 0.0 {
@@ -354,7 +380,7 @@ impl Trained {
                 Some(o) if has_din => Some(Arc::new(Reranker::open_din(
                     index.dir(),
                     o,
-                    2,
+                    pool,
                     cfg.rerank.threads,
                 )?)),
                 _ => None,
@@ -488,9 +514,10 @@ impl Engine {
                 };
                 Some(x).filter(|x| x.iter().any(|v| *v != 0.0))
             }
-            Source::TwoTower => match &trained.two_tower {
-                None => None,
-                Some(tt) => tt.user_vector(&ids())?,
+            Source::TwoTower => match (&trained.two_tower, user) {
+                (None, _) => None,
+                (Some(tt), Some(u)) => tt.stored_user_vector(u, &ids())?,
+                (Some(tt), None) => tt.user_vector(&ids())?,
             },
             Source::Sequence => match &trained.sequence {
                 None => None,

@@ -86,10 +86,11 @@ pub struct Service {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Work {
     /// On the call's own thread (Recommend, DeleteItems, RecordEvents), in
-    /// a line of its own: at most `server.max_cpu_requests` run at once, the
-    /// rest wait in line. More threads than cores only time-slice each other,
-    /// which stretches every request's latency (and the tail most) without
-    /// adding throughput.
+    /// a line of their own: at most `server.max_cpu_requests` run at once
+    /// (one per core and one spare, so no core idles while a finished call's
+    /// place passes to the next), the rest wait in line. More threads than
+    /// that only time-slice each other, which stretches every request's
+    /// latency (and the tail most) without adding throughput.
     Cpu,
     /// So short (one index search, well under a millisecond) that handing
     /// it to another thread costs a good part of its time: runs on the

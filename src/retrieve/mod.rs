@@ -75,12 +75,25 @@ pub fn train_transitions(
         .collect()
 }
 
+/// A decayed history weight below this is left out of
+/// [`recency_weights`]: with the served decays (0.7 and 0.8) that is every
+/// item more than 38 or 61 steps back, whose weights together are under
+/// 5·10⁻⁶ of the newest item's, far below any gap between candidates'
+/// scores that ranks them, while a user with a thousand interactions would
+/// otherwise add a thousand rows to every EASE and transitions score vector
+/// (the slowest calls, at the tail of the latency).
+pub const NEGLIGIBLE_WEIGHT: f32 = 1e-6;
+
 /// The recency-weighted indicator of a history (oldest first): item → decay^steps-back,
-/// the most recent occurrence counting.
+/// the most recent occurrence counting; items whose weight would fall below
+/// [`NEGLIGIBLE_WEIGHT`] are left out (none when `decay` is 1).
 pub fn recency_weights(history: &[u32], decay: f32) -> Vec<(u32, f32)> {
-    let mut seen: HashMap<u32, f32> = HashMap::new();
+    let mut seen: crate::ids::IdMap<f32> = Default::default();
     let mut w = 1f32;
     for &i in history.iter().rev() {
+        if w < NEGLIGIBLE_WEIGHT {
+            break;
+        }
         seen.entry(i).or_insert(w);
         w *= decay;
     }
@@ -95,34 +108,52 @@ pub fn recency_weights(history: &[u32], decay: f32) -> Vec<(u32, f32)> {
 /// entries only, band by band in order (2n, then four times wider each time),
 /// until `n` pass, not of every entry EASE scores; once a band would cover a
 /// quarter of what is left, the rest is filtered whole. Each entry is asked
-/// at most once.
+/// at most once. The first band is picked in one pass with a bounded buffer
+/// ([`best_entries`]); only when too many of it are refused are the rest of
+/// the candidates gathered.
 pub fn top_n(scores: &[f32], n: usize, accept: &dyn Fn(u32) -> bool) -> Vec<(u32, f32)> {
+    let mut out: Vec<(u32, f32)> = Vec::with_capacity(n);
+    if n == 0 {
+        return out;
+    }
+    let mut band = n.saturating_mul(2).max(16);
+    let head = best_entries(scores, band);
+    for e in &head {
+        if accept(e.0) {
+            out.push(*e);
+            if out.len() == n {
+                return out;
+            }
+        }
+    }
+    let Some(last) = head.last().filter(|_| head.len() == band) else {
+        // The band held every candidate.
+        return out;
+    };
     let mut v: Vec<(u32, f32)> = scores
         .iter()
         .enumerate()
-        .filter(|(_, s)| s.is_finite() && **s != 0.0)
         .map(|(i, s)| (i as u32, *s))
+        .filter(|e| is_candidate(e.1) && rank(e, last).is_gt())
         .collect();
-    let cmp = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-    let mut out: Vec<(u32, f32)> = Vec::with_capacity(n);
-    let mut band = n.saturating_mul(2).max(16);
+    band = band.saturating_mul(4);
     let mut rest = &mut v[..];
     while out.len() < n && !rest.is_empty() {
         if band.saturating_mul(4) >= rest.len() {
             let need = n - out.len();
             let mut pass: Vec<(u32, f32)> = rest.iter().copied().filter(|e| accept(e.0)).collect();
             if pass.len() > need {
-                pass.select_nth_unstable_by(need, cmp);
+                pass.select_nth_unstable_by(need, rank);
                 pass.truncate(need);
             }
-            pass.sort_unstable_by(cmp);
+            pass.sort_unstable_by(rank);
             out.extend(pass);
             break;
         }
         // The band's entries all rank above every entry after it.
-        rest.select_nth_unstable_by(band, cmp);
+        rest.select_nth_unstable_by(band, rank);
         let (head, tail) = rest.split_at_mut(band);
-        head.sort_unstable_by(cmp);
+        head.sort_unstable_by(rank);
         for e in head.iter() {
             if out.len() == n {
                 break;
@@ -135,6 +166,43 @@ pub fn top_n(scores: &[f32], n: usize, accept: &dyn Fn(u32) -> bool) -> Vec<(u32
         band = band.saturating_mul(4);
     }
     out
+}
+
+/// Whether a score makes its entry a candidate of [`top_n`].
+fn is_candidate(s: f32) -> bool {
+    s.is_finite() && s != 0.0
+}
+
+/// The order of [`top_n`]: higher score first, ties towards the lower id.
+fn rank(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
+    b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
+}
+
+/// The best `k` candidates of `scores` in [`rank`] order, in one pass: an
+/// entry enters a buffer of `2k` only if it ranks above the `k`-th best kept
+/// at the buffer's last cut, so most entries cost one comparison, and none
+/// is copied into a vector of all candidates.
+fn best_entries(scores: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let mut kept: Vec<(u32, f32)> = Vec::with_capacity(2 * k);
+    let mut bound: Option<(u32, f32)> = None;
+    for (i, &s) in scores.iter().enumerate() {
+        let e = (i as u32, s);
+        if !is_candidate(s) || bound.is_some_and(|b| rank(&e, &b).is_ge()) {
+            continue;
+        }
+        kept.push(e);
+        if kept.len() == 2 * k {
+            kept.select_nth_unstable_by(k - 1, rank);
+            kept.truncate(k);
+            bound = Some(kept[k - 1]);
+        }
+    }
+    if kept.len() > k {
+        kept.select_nth_unstable_by(k - 1, rank);
+        kept.truncate(k);
+    }
+    kept.sort_unstable_by(rank);
+    kept
 }
 
 #[cfg(test)]
@@ -253,6 +321,17 @@ mod tests {
             recency_weights(&[5, 7, 5, 9], 0.5),
             vec![(5, 0.5), (7, 0.25), (9, 1.0)]
         );
+        // A long history keeps its newest items down to the negligible
+        // weight (0.8^61 ≈ 1.2e-6 is kept, 0.8^62 ≈ 9.8e-7 is not); without
+        // decay every item counts.
+        let long: Vec<u32> = (0..1000).collect();
+        let kept = recency_weights(&long, 0.8);
+        assert_eq!(kept.len(), 62);
+        assert_eq!(kept[0].0, 938);
+        assert!((kept[0].1 / 0.8f32.powi(61) - 1.0).abs() < 1e-4);
+        assert_eq!(kept[61], (999, 1.0));
+        assert!(kept.iter().all(|e| e.1 >= NEGLIGIBLE_WEIGHT));
+        assert_eq!(recency_weights(&long, 1.0).len(), 1000);
         let s = [0.0, 3.0, 1.0, 3.0, f32::NAN, 2.0];
         assert_eq!(top_n(&s, 3, &|_| true), vec![(1, 3.0), (3, 3.0), (5, 2.0)]);
         assert_eq!(top_n(&s, 2, &|i| i != 1), vec![(3, 3.0), (5, 2.0)]);

@@ -314,6 +314,18 @@ fn the_build_stores_both_models_and_the_engine_serves_them() {
     assert_eq!(lists[0].items.len(), cfg.hybrid.candidates);
     assert!(lists[0].items.iter().all(|(i, _)| !seen.contains(i)));
     assert!(lists[0].items.windows(2).all(|w| w[0].1 >= w[1].1));
+    // A stored user's tower output is kept after the first call: each
+    // user's kept vector is the one their history gives fresh, and another
+    // user's is another.
+    let v = engine.users().lookup("u0002").unwrap();
+    let tower = |h: &[(u32, f32)], user| engine.user_input(Source::TwoTower, h, user).unwrap();
+    let (hist_v, fresh_u) = (engine.users().history(v), tower(&hist, None));
+    for _ in 0..2 {
+        assert_eq!(tower(&hist, Some(u)), fresh_u);
+        assert_eq!(tower(&hist_v, Some(v)), tower(&hist_v, None));
+    }
+    assert!(fresh_u.is_some());
+    assert_ne!(tower(&hist_v, Some(v)), fresh_u);
     // The sequence model is stored and served the same way, and it answers
     // with another list than the two-tower model.
     let seq = engine
