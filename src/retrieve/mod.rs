@@ -178,31 +178,18 @@ fn rank(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
     b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
 }
 
-/// The best `k` candidates of `scores` in [`rank`] order, in one pass: an
-/// entry enters a buffer of `2k` only if it ranks above the `k`-th best kept
-/// at the buffer's last cut, so most entries cost one comparison, and none
-/// is copied into a vector of all candidates.
+/// The best `k` candidates of `scores` in [`rank`] order, in one pass: the
+/// index's exact scan over the negated scores (its order, nearest first and
+/// ties towards the lower id, is [`rank`]), which lets an entry into its
+/// buffer only if it beats the `k`-th best kept so far, so most entries cost
+/// one comparison and none is copied into a vector of all candidates.
 fn best_entries(scores: &[f32], k: usize) -> Vec<(u32, f32)> {
-    let mut kept: Vec<(u32, f32)> = Vec::with_capacity(2 * k);
-    let mut bound: Option<(u32, f32)> = None;
-    for (i, &s) in scores.iter().enumerate() {
-        let e = (i as u32, s);
-        if !is_candidate(s) || bound.is_some_and(|b| rank(&e, &b).is_ge()) {
-            continue;
-        }
-        kept.push(e);
-        if kept.len() == 2 * k {
-            kept.select_nth_unstable_by(k - 1, rank);
-            kept.truncate(k);
-            bound = Some(kept[k - 1]);
-        }
-    }
-    if kept.len() > k {
-        kept.select_nth_unstable_by(k - 1, rank);
-        kept.truncate(k);
-    }
-    kept.sort_unstable_by(rank);
-    kept
+    let negated = |i: u32| -scores[i as usize];
+    let candidates = (0..scores.len() as u32).filter(|&i| is_candidate(scores[i as usize]));
+    vecrec_index::exact::scan(k, candidates, &negated)
+        .into_iter()
+        .map(|n| (n.id, -n.distance))
+        .collect()
 }
 
 #[cfg(test)]
