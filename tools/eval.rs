@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use vecrec::config::Config;
-use vecrec::eval::{run, table, validate, validation_table, EvalOptions};
+use vecrec::eval::{run, table, validate, validation_table, EvalOptions, Tuned};
 
 /// Evaluate vecrec's recommendations on MovieLens under shared/EVAL.md.
 ///
@@ -48,6 +48,13 @@ struct Args {
     /// encoder, a training change) before reading TEST once.
     #[arg(long)]
     validation_only: bool,
+    /// Write the settings validation chose ([users], [hybrid], the
+    /// reranker's weight, EASE's λ and ALS) as a TOML file for
+    /// `vecrec-build --config` and `vecrec serve --config`, so the index
+    /// built and served from it is the pipeline this run scored. Works with
+    /// --validation-only (TEST unread).
+    #[arg(long)]
+    write_config: Option<PathBuf>,
 }
 
 fn main() {
@@ -67,11 +74,26 @@ fn main_inner() -> anyhow::Result<()> {
     if a.validation_only {
         let report = validate(&opts).context("validation failed")?;
         let (tps, seconds) = (report.embed_texts_per_second, report.seconds);
+        write_config(
+            a.write_config,
+            &report.tuned(),
+            "`vecrec-eval --validation-only`",
+        )?;
         return print_report(&validation_table(&report), tps, seconds, &report, a.json);
     }
     let report = run(&opts).context("evaluation failed")?;
     let (tps, seconds) = (report.embed_texts_per_second, report.seconds);
+    write_config(a.write_config, &report.tuned(), "`vecrec-eval`")?;
     print_report(&table(&report), tps, seconds, &report, a.json)
+}
+
+/// Writes the chosen settings to `path`, if asked.
+fn write_config(path: Option<PathBuf>, tuned: &Tuned, origin: &str) -> anyhow::Result<()> {
+    let Some(p) = path else { return Ok(()) };
+    std::fs::write(&p, tuned.to_toml(origin)?)
+        .with_context(|| format!("writing {}", p.display()))?;
+    println!("wrote the chosen settings to {}", p.display());
+    Ok(())
 }
 
 /// Prints the table and the timing line, and writes the JSON if asked.

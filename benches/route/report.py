@@ -49,7 +49,7 @@ lines = [
     f"{nd['users']} TEST users; paired difference (router − one node) {nd['paired_difference']:+.4f}; "
     f"identical top-10 lists for {nd['identical_lists']} of {nd['users']} users. "
     + (
-        "Both use the server's default settings, not `vecrec-eval`'s tuned ones."
+        "Both use the server's default settings, which are the settings `vecrec-eval` chose on validation (README, Configuration)."
         if hybrid
         else "Both use the server's default profile settings (the newest 20 items, decay 0.7); "
         "`vecrec-eval`'s content-only row (0.0181) uses the newest 2, as chosen on validation."

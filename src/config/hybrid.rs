@@ -18,13 +18,13 @@ pub struct HybridConfig {
     /// search work but ranked worse on validation: README, "Configuration").
     pub candidates: usize,
     /// How the sources are fused: `weighted_minmax`, `weighted_zscore`,
-    /// `geometric`, `rrf`, `borda` or `learned`. Default `geometric`.
+    /// `geometric`, `rrf`, `borda` or `learned`. Default `rrf`.
     pub fusion: FusionMethod,
     /// The `k` of reciprocal-rank fusion. Default 60.
     pub rrf_k: f32,
     /// Weight of the EASE source. Default 1.
     pub ease_weight: f32,
-    /// Weight of the transitions source. Default 0.25.
+    /// Weight of the transitions source. Default 0.5.
     pub transitions_weight: f32,
     /// Weight of the content (BERT vector) source. Default 0.2.
     pub content_weight: f32,
@@ -48,10 +48,10 @@ impl Default for HybridConfig {
         Self {
             enabled: true,
             candidates: 200,
-            fusion: FusionMethod::Geometric,
+            fusion: FusionMethod::Rrf,
             rrf_k: 60.0,
             ease_weight: 1.0,
-            transitions_weight: 0.25,
+            transitions_weight: 0.5,
             content_weight: 0.2,
             popularity_weight: 0.0,
             als_weight: 0.25,
@@ -163,7 +163,7 @@ pub struct RerankConfig {
     /// Which model: `din` or `cross_encoder`. Default `din`.
     pub kind: RerankKind,
     /// Weight of the reranker's list in the fusion; 0 turns reranking off.
-    /// Default 0.25 (chosen on the ml-latest-small validation split).
+    /// Default 1 (chosen on the ml-latest-small validation split).
     pub weight: f32,
     /// How many of the fused candidates are reranked. Default 200.
     pub candidates: usize,
@@ -183,7 +183,7 @@ impl Default for RerankConfig {
     fn default() -> Self {
         Self {
             kind: RerankKind::Din,
-            weight: 0.25,
+            weight: 1.0,
             candidates: 200,
             cross_encoder_model: None,
             cross_encoder_tokenizer: None,

@@ -277,7 +277,8 @@ impl Default for SearchConfig {
 pub struct UserConfig {
     /// Recency decay per step back in the history, in (0, 1]; 1 is a plain mean. Default 0.7.
     pub decay: f32,
-    /// Newest items used; older ones are ignored. Default 20.
+    /// Newest items used; older ones are ignored. Default 2 (chosen on the
+    /// ml-latest-small validation split).
     pub max_items: usize,
 }
 
@@ -285,7 +286,7 @@ impl Default for UserConfig {
     fn default() -> Self {
         Self {
             decay: 0.7,
-            max_items: 20,
+            max_items: 2,
         }
     }
 }

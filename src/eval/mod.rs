@@ -33,8 +33,8 @@ pub use metrics::{summarise, user_metrics, Summary, UserMetrics, KS};
 pub use peers::{PeerFile, PeerRow};
 use protocol::{tempfile_dir, Who};
 pub use report::{
-    table, validation_table, AblationRow, EvalReport, GridPoint, PairedDiff, Trial,
-    ValidationReport,
+    table, validation_table, AblationRow, EvalReport, GridPoint, PairedDiff, Trial, Tuned,
+    TunedRerank, TunedTrain, ValidationReport,
 };
 pub use tuning::{
     FusionGrid, HeadAuc, ALS_GRID, DECAYS, FUSION_WEIGHTS, LAMBDAS, MAX_ITEMS, RERANK_WEIGHTS,

@@ -28,6 +28,8 @@ impl Run<'_> {
             chosen_rerank_weight: c.fused.rerank_weight,
             reranker_auc_validation: c.fused.val_auc,
             cold_validation: c.cold_validation,
+            chosen_ease_lambda: c.lambda,
+            chosen_als: c.als,
             embed_texts_per_second: tps,
             seconds: start.elapsed().as_secs_f64(),
         }

@@ -127,10 +127,112 @@ pub struct ValidationReport {
     pub reranker_auc_validation: HeadAuc,
     /// The cold-start protocol on validation.
     pub cold_validation: super::ColdReport,
+    /// The chosen EASE λ.
+    pub chosen_ease_lambda: f32,
+    /// The chosen ALS settings.
+    pub chosen_als: crate::retrieve::als::AlsOptions,
     /// Item texts embedded per second.
     pub embed_texts_per_second: f64,
     /// Seconds of the whole run.
     pub seconds: f64,
+}
+
+/// The settings validation chose, in the sections of the configuration
+/// file (`vecrec-eval --write-config`): what `vecrec-build --config` and
+/// `vecrec serve --config` need to build and serve the pipeline the
+/// evaluation scored.
+#[derive(Clone, Debug, Serialize)]
+pub struct Tuned {
+    /// `[users]`: the content profile.
+    pub users: crate::config::UserConfig,
+    /// `[hybrid]`: sources, weights, decays and fusion.
+    pub hybrid: crate::config::HybridConfig,
+    /// `[rerank]`: the weight of the reranker's list.
+    pub rerank: TunedRerank,
+    /// `[train]`: EASE's λ and ALS.
+    pub train: TunedTrain,
+}
+
+/// The chosen part of `[rerank]`.
+#[derive(Clone, Debug, Serialize)]
+pub struct TunedRerank {
+    /// Weight of the reranker's list in the fusion.
+    pub weight: f32,
+}
+
+/// The chosen part of `[train]`.
+#[derive(Clone, Debug, Serialize)]
+pub struct TunedTrain {
+    /// EASE's λ.
+    pub ease_lambda: f32,
+    /// `[train.als]`.
+    pub als: crate::retrieve::als::AlsOptions,
+}
+
+impl Tuned {
+    fn new(
+        profile: &GridPoint,
+        hybrid: &crate::config::HybridConfig,
+        rerank_weight: f32,
+        ease_lambda: f32,
+        als: &crate::retrieve::als::AlsOptions,
+    ) -> Self {
+        Tuned {
+            users: crate::config::UserConfig {
+                decay: profile.decay,
+                max_items: profile.max_items,
+            },
+            hybrid: hybrid.clone(),
+            rerank: TunedRerank {
+                weight: rerank_weight,
+            },
+            train: TunedTrain {
+                ease_lambda,
+                als: als.clone(),
+            },
+        }
+    }
+
+    /// The settings as TOML, with a comment naming where they came from.
+    /// Numbers keep their shortest decimal form (`0.2`, not the f32's
+    /// `0.20000000298023224`): they pass through JSON text, whose writer
+    /// prints an f32 in its own shortest form.
+    pub fn to_toml(&self, origin: &str) -> crate::error::Result<String> {
+        let bad = |e: &dyn std::fmt::Display| crate::error::Error::Config(format!("{e}"));
+        let json = serde_json::to_string(self).map_err(|e| bad(&e))?;
+        let value: toml::Value = serde_json::from_str(&json).map_err(|e| bad(&e))?;
+        let body = toml::to_string(&value).map_err(|e| bad(&e))?;
+        Ok(format!(
+            "# The settings {origin} chose on validation. Every other setting\n\
+             # keeps its default; add your own lines to any section.\n\n{body}"
+        ))
+    }
+}
+
+impl EvalReport {
+    /// The settings this run chose, as a configuration.
+    pub fn tuned(&self) -> Tuned {
+        Tuned::new(
+            &self.chosen,
+            &self.chosen_hybrid,
+            self.chosen_rerank_weight,
+            self.chosen_ease_lambda,
+            &self.chosen_als,
+        )
+    }
+}
+
+impl ValidationReport {
+    /// The settings this run chose, as a configuration.
+    pub fn tuned(&self) -> Tuned {
+        Tuned::new(
+            &self.chosen,
+            &self.chosen_hybrid,
+            self.chosen_rerank_weight,
+            self.chosen_ease_lambda,
+            &self.chosen_als,
+        )
+    }
 }
 
 /// The best validation NDCG@10 of each stage, in the order the stages ran.
@@ -269,4 +371,83 @@ pub fn table(r: &EvalReport) -> String {
     s.push_str(&cold_table(&r.cold_validation));
     s.push_str(&cold_table(&r.cold_test));
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, FusionMethod, HybridConfig};
+    use crate::retrieve::als::AlsOptions;
+
+    #[test]
+    fn chosen_settings_load_back_as_the_same_configuration() {
+        let profile = GridPoint {
+            decay: 0.5,
+            max_items: 3,
+            val_ndcg10: 0.03,
+        };
+        let hybrid = HybridConfig {
+            fusion: FusionMethod::Borda,
+            candidates: 150,
+            transitions_weight: 0.35,
+            content_weight: 0.2,
+            sequence_weight: 0.1,
+            ease_decay: 0.9,
+            ..HybridConfig::default()
+        };
+        let als = AlsOptions {
+            factors: 32,
+            regularization: 10.0,
+            alpha: 2.5,
+            ..AlsOptions::default()
+        };
+        let tuned = Tuned::new(&profile, &hybrid, 2.0, 250.0, &als);
+        let text = tuned.to_toml("a test").unwrap();
+        // Shortest decimal forms, not an f32 widened to f64.
+        assert!(text.contains("content_weight = 0.2\n"), "{text}");
+        assert!(text.contains("transitions_weight = 0.35\n"), "{text}");
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("tuned.toml");
+        std::fs::write(&p, &text).unwrap();
+        let cfg = Config::load_with_env(Some(&p), std::iter::empty()).unwrap();
+        assert_eq!(cfg.users.decay, 0.5);
+        assert_eq!(cfg.users.max_items, 3);
+        assert_eq!(cfg.hybrid, hybrid);
+        assert_eq!(cfg.rerank.weight, 2.0);
+        assert_eq!(cfg.train.ease_lambda, 250.0);
+        assert_eq!(cfg.train.als, als);
+        // What the file does not name keeps its default.
+        let d = Config::default();
+        assert_eq!(cfg.rerank.candidates, d.rerank.candidates);
+        assert_eq!(cfg.train.transitions_window, d.train.transitions_window);
+        assert_eq!(cfg.search.ef, d.search.ef);
+    }
+
+    /// The served defaults are the settings the committed evaluation chose on
+    /// validation (README, "Configuration"): a rerun that chooses otherwise
+    /// must move the defaults with it, or `vecrec serve` serves a pipeline
+    /// the report did not score.
+    #[test]
+    fn defaults_are_the_committed_evaluations_choice() {
+        let p = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/benches/eval/results/eval.json"
+        );
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+        let hybrid: HybridConfig = serde_json::from_value(r["chosen_hybrid"].clone()).unwrap();
+        let als: AlsOptions = serde_json::from_value(r["chosen_als"].clone()).unwrap();
+        let d = Config::default();
+        assert_eq!(d.hybrid, hybrid);
+        // JSON keeps an f32's shortest form, so reading it as f32 is exact.
+        let f32_at = |v: &serde_json::Value| v.as_f64().unwrap() as f32;
+        assert_eq!(d.rerank.weight, f32_at(&r["chosen_rerank_weight"]));
+        assert_eq!(d.users.decay, f32_at(&r["chosen"]["decay"]));
+        assert_eq!(
+            d.users.max_items as u64,
+            r["chosen"]["max_items"].as_u64().unwrap()
+        );
+        assert_eq!(d.train.ease_lambda, f32_at(&r["chosen_ease_lambda"]));
+        assert_eq!(d.train.als, als);
+    }
 }
