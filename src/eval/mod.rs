@@ -34,7 +34,7 @@ pub use peers::{PeerFile, PeerRow};
 use protocol::{tempfile_dir, Who};
 pub use report::{
     table, validation_table, AblationRow, EvalReport, GridPoint, PairedDiff, Trial, Tuned,
-    TunedRerank, TunedTrain, ValidationReport,
+    TunedRerank, TunedSequence, TunedTrain, ValidationReport,
 };
 pub use tuning::{
     FusionGrid, HeadAuc, ALS_GRID, DECAYS, FUSION_WEIGHTS, LAMBDAS, MAX_ITEMS, RERANK_WEIGHTS,

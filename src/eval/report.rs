@@ -167,6 +167,17 @@ pub struct TunedTrain {
     pub ease_lambda: f32,
     /// `[train.als]`.
     pub als: crate::retrieve::als::AlsOptions,
+    /// `[train.sequence]`, when the chosen fusion weighs the sequence source:
+    /// the evaluation always trains it, a build only when asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sequence: Option<TunedSequence>,
+}
+
+/// `[train.sequence]` of a tuned configuration.
+#[derive(Clone, Debug, Serialize)]
+pub struct TunedSequence {
+    /// Train the sequence model.
+    pub enabled: bool,
 }
 
 impl Tuned {
@@ -189,6 +200,7 @@ impl Tuned {
             train: TunedTrain {
                 ease_lambda,
                 als: als.clone(),
+                sequence: (hybrid.sequence_weight > 0.0).then_some(TunedSequence { enabled: true }),
             },
         }
     }
@@ -416,6 +428,16 @@ mod tests {
         assert_eq!(cfg.rerank.weight, 2.0);
         assert_eq!(cfg.train.ease_lambda, 250.0);
         assert_eq!(cfg.train.als, als);
+        // A weighed sequence source is trained by the build too.
+        assert!(cfg.train.sequence.enabled);
+        let unweighed = HybridConfig {
+            sequence_weight: 0.0,
+            ..hybrid.clone()
+        };
+        let text = Tuned::new(&profile, &unweighed, 2.0, 250.0, &als)
+            .to_toml("a test")
+            .unwrap();
+        assert!(!text.contains("[train.sequence]"), "{text}");
         // What the file does not name keeps its default.
         let d = Config::default();
         assert_eq!(cfg.rerank.candidates, d.rerank.candidates);
