@@ -221,31 +221,24 @@ impl Tuned {
     }
 }
 
-impl EvalReport {
-    /// The settings this run chose, as a configuration.
-    pub fn tuned(&self) -> Tuned {
-        Tuned::new(
-            &self.chosen,
-            &self.chosen_hybrid,
-            self.chosen_rerank_weight,
-            self.chosen_ease_lambda,
-            &self.chosen_als,
-        )
-    }
+/// `tuned()` for both reports, which name the chosen settings alike.
+macro_rules! tuned_of_report {
+    ($($report:ty),*) => {$(
+        impl $report {
+            /// The settings this run chose, as a configuration.
+            pub fn tuned(&self) -> Tuned {
+                Tuned::new(
+                    &self.chosen,
+                    &self.chosen_hybrid,
+                    self.chosen_rerank_weight,
+                    self.chosen_ease_lambda,
+                    &self.chosen_als,
+                )
+            }
+        }
+    )*};
 }
-
-impl ValidationReport {
-    /// The settings this run chose, as a configuration.
-    pub fn tuned(&self) -> Tuned {
-        Tuned::new(
-            &self.chosen,
-            &self.chosen_hybrid,
-            self.chosen_rerank_weight,
-            self.chosen_ease_lambda,
-            &self.chosen_als,
-        )
-    }
-}
+tuned_of_report!(EvalReport, ValidationReport);
 
 /// The best validation NDCG@10 of each stage, in the order the stages ran.
 pub fn validation_table(r: &ValidationReport) -> String {
