@@ -149,7 +149,7 @@ pub struct Tuned {
     pub hybrid: crate::config::HybridConfig,
     /// `[rerank]`: the weight of the reranker's list.
     pub rerank: TunedRerank,
-    /// `[train]`: EASE's λ and ALS.
+    /// `[train]`: EASE's λ, ALS, and the sequence model when it is weighed.
     pub train: TunedTrain,
 }
 
