@@ -38,6 +38,16 @@
 //! 9.3 ms). Freed places are not handed on until the count is down to it;
 //! places so left free when the overload ends go to those in line before
 //! any newcomer, by the same rule as a freed place.
+//!
+//! Work that runs on the runtime's own threads (SimilarItems) never fills
+//! its line: its place is freed before the next handler runs, so past
+//! saturation its calls wait for a runtime thread instead, where no line
+//! sees them. [`RuntimeLag`] measures that wait (how long a yielding probe
+//! task takes to run again), and while it has stayed above
+//! [`LAG_TARGET`] for [`LAG_INTERVAL`] (behind, not a burst: controlled
+//! delay on the runtime's queue, with "Fail at Scale"'s 5 ms and 100 ms)
+//! such calls are refused as their handlers start, which costs a fraction
+//! of serving them, until the runtime catches up.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -56,6 +66,16 @@ pub const LIFO_HOLD: Duration = Duration::from_millis(100);
 /// The shortest wait after which an overloaded line sheds a waiter instead
 /// of serving it, however short the line's service times.
 pub const MIN_OVERLOAD_WAIT: Duration = Duration::from_micros(500);
+
+/// The runtime's lag below which it counts as keeping up.
+pub const LAG_TARGET: Duration = Duration::from_millis(5);
+
+/// How long the lag must stay above [`LAG_TARGET`] before calls on the
+/// runtime's threads are refused.
+pub const LAG_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How often the probe measures the runtime's lag.
+const LAG_PROBE_EVERY: Duration = Duration::from_millis(5);
 
 /// Weight of the newest service time in the line's moving average.
 const SERVICE_EWMA_WEIGHT: f64 = 0.05;
@@ -302,7 +322,7 @@ impl Admission {
             Some(Ok(Err(Shed::Displaced(waited)))) => {
                 self.shed(rpc, "displaced");
                 Err(Error::Overloaded(format!(
-                    "overloaded: the line of {} was full and this request, the longest waiting \
+                    "the line of {} was full and this request, the longest waiting \
                      ({} ms), gave its place to a newer one; try again later",
                     self.max_queued,
                     waited.as_millis()
@@ -311,7 +331,7 @@ impl Admission {
             Some(Ok(Err(Shed::Stale(waited)))) => {
                 self.shed(rpc, "stale");
                 Err(Error::Overloaded(format!(
-                    "overloaded: this request waited {:.1} ms for a place, longer than a place \
+                    "this request waited {:.1} ms for a place, longer than a place \
                      is usually held, while newer requests were served first; try again later",
                     waited.as_secs_f64() * 1e3
                 )))
@@ -386,6 +406,77 @@ impl Admission {
                 return true;
             }
         }
+    }
+}
+
+/// How far behind the runtime's threads are (see the module's comment).
+#[derive(Debug)]
+pub struct RuntimeLag {
+    state: Mutex<LagState>,
+}
+
+#[derive(Debug)]
+struct LagState {
+    /// When a measured lag was last within [`LAG_TARGET`].
+    calm_at: Instant,
+    /// The last lag measured.
+    last: Duration,
+}
+
+impl RuntimeLag {
+    /// A lag that counts as calm from now.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(LagState {
+                calm_at: Instant::now(),
+                last: Duration::ZERO,
+            }),
+        })
+    }
+
+    /// Records a lag of `lag` measured at `now`.
+    pub fn observe(&self, now: Instant, lag: Duration) {
+        let mut s = self.state.lock();
+        s.last = lag;
+        if lag <= LAG_TARGET {
+            s.calm_at = s.calm_at.max(now);
+        }
+    }
+
+    /// The last lag measured, if at `now` the runtime has been behind for
+    /// longer than [`LAG_INTERVAL`]; `None` while it keeps up.
+    pub fn behind(&self, now: Instant) -> Option<Duration> {
+        let s = self.state.lock();
+        (now.saturating_duration_since(s.calm_at) > LAG_INTERVAL).then_some(s.last.max(LAG_TARGET))
+    }
+
+    /// Measures the lag of the runtime it runs on, every
+    /// [`LAG_PROBE_EVERY`], until dropped: how long a yield takes to be
+    /// polled again, which is how long the tasks queued before it take.
+    pub async fn probe(self: Arc<Self>) {
+        loop {
+            let t = Instant::now();
+            tokio::task::yield_now().await;
+            let now = Instant::now();
+            self.observe(now, now - t);
+            metrics::gauge!(telemetry::RUNTIME_LAG).set((now - t).as_secs_f64());
+            tokio::time::sleep(LAG_PROBE_EVERY).await;
+        }
+    }
+}
+
+impl Admission {
+    /// The refusal of a call of `rpc` on the runtime's threads while the
+    /// runtime is `lag` behind, counted as shed.
+    pub fn refuse_behind(&self, rpc: &'static str, lag: Duration) -> Error {
+        self.shed(rpc, "runtime_behind");
+        Error::Overloaded(format!(
+            "the server's threads are {:.1} ms behind (longer than {} ms for over {} ms); try \
+             again later",
+            lag.as_secs_f64() * 1e3,
+            LAG_TARGET.as_millis(),
+            LAG_INTERVAL.as_millis()
+        ))
     }
 }
 
@@ -605,5 +696,58 @@ mod tests {
         assert_eq!(a.queued(), 0);
         drop(p);
         assert_eq!(a.in_flight(), 0);
+    }
+
+    #[test]
+    fn the_runtime_is_behind_only_after_a_lag_above_target_for_the_interval() {
+        let lag = RuntimeLag::new();
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        lag.observe(ms(1), Duration::from_millis(1));
+        assert_eq!(lag.behind(ms(2)), None);
+        // A burst: long lags, but for less than the interval.
+        lag.observe(ms(20), Duration::from_millis(30));
+        lag.observe(ms(90), Duration::from_millis(40));
+        assert_eq!(lag.behind(ms(95)), None, "a burst is not being behind");
+        // Past the interval since the last calm measurement.
+        lag.observe(ms(150), Duration::from_millis(12));
+        assert_eq!(lag.behind(ms(150)), Some(Duration::from_millis(12)));
+        // One measurement within the target ends it.
+        lag.observe(ms(160), Duration::from_millis(2));
+        assert_eq!(lag.behind(ms(170)), None);
+        // No measurement at all (the probe itself stuck) is behind too.
+        assert!(lag.behind(ms(400)).is_some());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn the_probe_sees_a_runtime_kept_busy_and_its_recovery() {
+        let lag = RuntimeLag::new();
+        let probe = tokio::spawn(lag.clone().probe());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            lag.behind(Instant::now()),
+            None,
+            "an idle runtime is not behind"
+        );
+        // Tasks that hold the only worker for 20 ms each, 12 in a row.
+        let hogs: Vec<_> = (0..12)
+            .map(|_| {
+                tokio::spawn(async {
+                    std::thread::sleep(Duration::from_millis(20));
+                })
+            })
+            .collect();
+        let mut seen = false;
+        for h in hogs {
+            h.await.unwrap();
+            seen |= lag.behind(Instant::now()).is_some();
+        }
+        assert!(seen, "240 ms of a held worker never counted as behind");
+        let t = Instant::now();
+        while lag.behind(Instant::now()).is_some() {
+            assert!(t.elapsed() < Duration::from_secs(5), "never caught up");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        probe.abort();
     }
 }

@@ -23,9 +23,13 @@ pub const STAGE_SECONDS: &str = "vecrec_stage_duration_seconds";
 pub const IN_FLIGHT: &str = "vecrec_requests_in_flight";
 /// Requests waiting for a free place.
 pub const QUEUED: &str = "vecrec_requests_queued";
-/// Requests refused with `RESOURCE_EXHAUSTED` by admission control, by `rpc`
-/// and `reason` (`queue_full`, `queue_wait`).
+/// Requests refused with `RESOURCE_EXHAUSTED` by admission control, by `rpc`,
+/// `line` and `reason` (`no_line`, `displaced`, `stale`, `queue_wait`,
+/// `runtime_behind`).
 pub const SHED: &str = "vecrec_requests_shed_total";
+/// How long the runtime's queued tasks last took to run, in seconds (what a
+/// call waits for a thread before its handler starts).
+pub const RUNTIME_LAG: &str = "vecrec_runtime_lag_seconds";
 /// Requests stopped between stages because their deadline passed, by `stage`.
 pub const DEADLINE_STOPS: &str = "vecrec_deadline_stops_total";
 /// Texts per forward pass of the server's encoder (dynamic batching).
@@ -196,6 +200,11 @@ fn describe() {
         "Checksum scrubs of the served generation, by result"
     );
     describe_gauge!(QUEUED, "Requests waiting for a free place");
+    describe_gauge!(
+        RUNTIME_LAG,
+        Unit::Seconds,
+        "How long the runtime's queued tasks last took to run"
+    );
     describe_counter!(
         SHED,
         "Requests refused with RESOURCE_EXHAUSTED by admission control"

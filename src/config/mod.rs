@@ -91,7 +91,13 @@ pub struct ServerConfig {
     /// longer is answered `RESOURCE_EXHAUSTED` (0: only its deadline bounds
     /// the wait). Default 0.
     pub max_queue_wait_ms: u64,
-    /// HTTP/2 streams one connection may have open. Default 256.
+    /// HTTP/2 streams one connection may have open. Default 100: h2 closes
+    /// a connection (GOAWAY `ENHANCE_YOUR_CALM`) when the small DATA frames
+    /// it holds unread exceed its budget (at least 25,600 bytes of framing
+    /// overhead, 256 less the payload per frame), and a unary call holds one
+    /// such frame until its handler runs, so past saturation, with every
+    /// stream's handler waiting, more than about 100 streams got connections
+    /// closed instead of calls answered.
     pub max_concurrent_streams: u32,
     /// TCP keepalive idle time of accepted connections in seconds (0: off). Default 60.
     pub tcp_keepalive_s: u64,
@@ -132,7 +138,7 @@ impl Default for ServerConfig {
             max_queued_requests: 32,
             overload_in_flight: 0,
             max_queue_wait_ms: 0,
-            max_concurrent_streams: 256,
+            max_concurrent_streams: 100,
             tcp_keepalive_s: 60,
             max_connections: 4096,
             idle_timeout_s: 300,

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use tonic::{Request, Response, Status};
 
-use crate::admission::Admission;
+use crate::admission::{Admission, RuntimeLag};
 use crate::config::ServerConfig;
 use crate::deadline::{parse_grpc_timeout, Deadline};
 use crate::engine::{Engine, RecommendOptions, ShardQuery, Source, UserRef};
@@ -68,6 +68,9 @@ pub struct Service {
     admission: Arc<Admission>,
     /// The line of calls that compute on their own thread (see [`Work`]).
     cpu: Arc<Admission>,
+    /// How far behind the runtime's threads are, which bounds the calls
+    /// that run on them ([`Work::Inline`]).
+    lag: Arc<RuntimeLag>,
     default_timeout: Duration,
     /// Per-caller rates of write calls and events.
     rates: Arc<auth::Rates>,
@@ -94,7 +97,10 @@ enum Work {
     Cpu,
     /// So short (one index search, well under a millisecond) that handing
     /// it to another thread costs a good part of its time: runs on the
-    /// runtime's own thread, of which there is one per core (SimilarItems).
+    /// runtime's own thread, of which there is one per core (SimilarItems,
+    /// SearchVector). Such calls never fill their line (a place is freed
+    /// before the next handler runs), so they are refused while the
+    /// runtime is behind ([`RuntimeLag`]).
     Inline,
     /// Mostly in the encoder's workers (SearchText, Embed, UpsertItems): the
     /// call's thread waits for its batch, and the more such calls wait at
@@ -129,6 +135,7 @@ impl Service {
                 cfg.max_queued_requests,
                 max_wait,
             ),
+            lag: RuntimeLag::new(),
             default_timeout: Duration::from_millis(cfg.request_timeout_ms),
             rates,
             experiments: Arc::new(experiments),
@@ -236,6 +243,12 @@ impl Service {
         &self.cpu
     }
 
+    /// The lag of the runtime the service runs on; its
+    /// [`RuntimeLag::probe`] must run there for it to be measured.
+    pub fn runtime_lag(&self) -> &Arc<RuntimeLag> {
+        &self.lag
+    }
+
     /// The deadline of `req`: its `grpc-timeout`, at most the server's
     /// default, less [`deadline_margin`].
     fn deadline<R>(&self, req: &Request<R>) -> Deadline {
@@ -273,6 +286,11 @@ impl Service {
                 Work::Cpu => &self.cpu,
                 Work::Inline | Work::Encoder => &self.admission,
             };
+            if work == Work::Inline {
+                if let Some(lag) = self.lag.behind(Instant::now()) {
+                    return Err(line.refuse_behind(rpc, lag));
+                }
+            }
             let permit = line.admit(rpc, deadline).await?;
             let engine = self.slot.get();
             engine.index().check_damage()?;

@@ -72,6 +72,7 @@ pub async fn serve_with_config_file(
         .build_v1alpha()?;
     let gauges = tokio::spawn(report_gauges(slot.clone()));
     let service = Service::new(slot, &cfg, experiments);
+    let lag_probe = tokio::spawn(service.runtime_lag().clone().probe());
     let reloader = tokio::spawn(reload_on_hangup(Reload {
         tls: tls.clone(),
         auth: auth.clone(),
@@ -105,6 +106,7 @@ pub async fn serve_with_config_file(
         watcher,
         compactor,
         Some(gauges),
+        Some(lag_probe),
         Some(reloader),
         Some(scrubber),
     ]

@@ -100,6 +100,39 @@ async fn accepted_connections_have_nodelay_and_keepalive() {
     );
 }
 
+/// The server advertises no more streams per connection than h2's smallest
+/// budget of unread small DATA frames holds (25,600 bytes of framing
+/// overhead; a unary call's frame costs up to 251: 256 less the 5-byte
+/// prefix of a gRPC message), so a flood of small calls past saturation is
+/// answered instead of having its connection closed (`ENHANCE_YOUR_CALM`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_limit_fits_h2s_budget_of_unread_small_frames() {
+    let cfg = Config::default();
+    let limit = cfg.server.max_concurrent_streams as usize;
+    assert!(limit * 251 <= 25_600, "{limit} streams a connection");
+    let server = start(cfg).await;
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+    let conn = tokio::spawn(conn);
+    // The server's SETTINGS come in the first exchange after the handshake.
+    let t = Instant::now();
+    loop {
+        client = client.ready().await.unwrap();
+        if client.current_max_send_streams() == limit {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the server advertised {} streams, not {limit}",
+            client.current_max_send_streams()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(client);
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    server.shut_down().await;
+}
+
 /// With one place and no line, a burst of heavy calls gets some answers and
 /// RESOURCE_EXHAUSTED for the rest, at once, and nothing else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
