@@ -258,8 +258,10 @@ impl Service {
             .and_then(|v| v.to_str().ok())
             .and_then(parse_grpc_timeout);
         let timeout = client.map_or(self.default_timeout, |c| c.min(self.default_timeout));
-        // Counted from the call's arrival, as tonic's own timer is, not from
-        // the first poll of the handler, which a loaded machine can delay.
+        // Counted from when the call's task first ran, as tonic's own timer
+        // is (hyper and axum call the service stack lazily, so neither sees
+        // a wait for a runtime thread before it: `RuntimeLag` bounds that),
+        // not from the first poll of the handler.
         let arrived = req
             .extensions()
             .get::<Arrived>()

@@ -245,7 +245,9 @@ pub fn check_exposure(
 }
 
 /// When a call reached the service: stamped by [`stamp_arrival`] in the
-/// same synchronous step in which tonic starts its `grpc-timeout` timer.
+/// same synchronous step in which tonic starts its `grpc-timeout` timer,
+/// which is when the call's task is first polled (after any wait for a
+/// runtime thread: hyper and axum call the service stack lazily).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Arrived(pub(super) Instant);
 
