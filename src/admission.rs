@@ -46,8 +46,10 @@
 //! task takes to run again), and while it has stayed above
 //! [`LAG_TARGET`] for [`LAG_INTERVAL`] (behind, not a burst: controlled
 //! delay on the runtime's queue, with "Fail at Scale"'s 5 ms and 100 ms)
-//! such calls are refused as their handlers start, which costs a fraction
-//! of serving them, until the runtime catches up.
+//! such calls are refused as their handlers start, until the runtime
+//! catches up. (A refusal there saves only the call's own work; for a call
+//! as cheap as SimilarItems, reading and answering it costs nearly as much,
+//! so far past saturation the runtime still cannot keep up.)
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -415,22 +417,21 @@ pub struct RuntimeLag {
     state: Mutex<LagState>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct LagState {
-    /// When a measured lag was last within [`LAG_TARGET`].
-    calm_at: Instant,
+    /// When a measured lag was last within [`LAG_TARGET`] (`None` before
+    /// the first measurement).
+    calm_at: Option<Instant>,
     /// The last lag measured.
     last: Duration,
 }
 
 impl RuntimeLag {
-    /// A lag that counts as calm from now.
+    /// A lag not yet measured, which never counts as behind until
+    /// [`RuntimeLag::probe`] (or [`RuntimeLag::observe`]) measures it.
     pub fn new() -> Arc<Self> {
         Arc::new(Self {
-            state: Mutex::new(LagState {
-                calm_at: Instant::now(),
-                last: Duration::ZERO,
-            }),
+            state: Mutex::new(LagState::default()),
         })
     }
 
@@ -438,16 +439,19 @@ impl RuntimeLag {
     pub fn observe(&self, now: Instant, lag: Duration) {
         let mut s = self.state.lock();
         s.last = lag;
+        let calm_at = *s.calm_at.get_or_insert(now);
         if lag <= LAG_TARGET {
-            s.calm_at = s.calm_at.max(now);
+            s.calm_at = Some(calm_at.max(now));
         }
     }
 
     /// The last lag measured, if at `now` the runtime has been behind for
-    /// longer than [`LAG_INTERVAL`]; `None` while it keeps up.
+    /// longer than [`LAG_INTERVAL`]; `None` while it keeps up or before
+    /// any measurement.
     pub fn behind(&self, now: Instant) -> Option<Duration> {
         let s = self.state.lock();
-        (now.saturating_duration_since(s.calm_at) > LAG_INTERVAL).then_some(s.last.max(LAG_TARGET))
+        let calm_at = s.calm_at?;
+        (now.saturating_duration_since(calm_at) > LAG_INTERVAL).then_some(s.last.max(LAG_TARGET))
     }
 
     /// Measures the lag of the runtime it runs on, every
@@ -703,6 +707,7 @@ mod tests {
         let lag = RuntimeLag::new();
         let t0 = Instant::now();
         let ms = |n: u64| t0 + Duration::from_millis(n);
+        assert_eq!(lag.behind(ms(500)), None, "never measured: not behind");
         lag.observe(ms(1), Duration::from_millis(1));
         assert_eq!(lag.behind(ms(2)), None);
         // A burst: long lags, but for less than the interval.
