@@ -462,8 +462,9 @@ impl RuntimeLag {
             let t = Instant::now();
             tokio::task::yield_now().await;
             let now = Instant::now();
-            self.observe(now, now - t);
-            metrics::gauge!(telemetry::RUNTIME_LAG).set((now - t).as_secs_f64());
+            let lag = now - t;
+            self.observe(now, lag);
+            metrics::gauge!(telemetry::RUNTIME_LAG).set(lag.as_secs_f64());
             tokio::time::sleep(LAG_PROBE_EVERY).await;
         }
     }
