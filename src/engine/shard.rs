@@ -251,9 +251,21 @@ impl Engine {
     /// a partitioned hybrid build: the user's history (a stored user, or an
     /// explicit history of the catalogue's items), each fused source's
     /// user-side input ([`Engine::user_input`]) and the seen items to keep
-    /// out. The front serves no live writes, so a user's recorded events
-    /// since the build are not in the history.
-    pub fn front_query(&self, who: UserRef<'_>, opts: &RecommendOptions) -> Result<FrontQuery> {
+    /// out.
+    ///
+    /// `recorded` holds a stored user's events since the build (item id and
+    /// weight, oldest first), which the shard that keeps them answers
+    /// (`UserEvents`); as on one node they extend the stored history, make
+    /// a user of an id the build never saw, and stop the stored user-side
+    /// vectors from being used. Items the front does not number (upserted to
+    /// a shard since the build) cannot shape the answer and are left out of
+    /// the history; they are never in it anyway (see `SourceItems`).
+    pub fn front_query(
+        &self,
+        who: UserRef<'_>,
+        recorded: &[(String, f32)],
+        opts: &RecommendOptions,
+    ) -> Result<FrontQuery> {
         if !self.is_hybrid() {
             return Err(Error::FailedPrecondition(
                 "the front generation has no trained sources: build with vecrec-build --shards N \
@@ -264,11 +276,26 @@ impl Engine {
         let k = self.check_k(opts.k)?;
         let (history, user) = match who {
             UserRef::Id(id) => {
-                let u = self.users.lookup(id).ok_or_else(|| Error::NotFound {
-                    kind: "user",
-                    id: id.to_owned(),
-                })?;
-                (self.users.history(u), Some(u))
+                let store = self.index.store();
+                let events = recorded
+                    .iter()
+                    .filter_map(|(item, w)| store.internal_id(item).map(|i| (i, *w)));
+                match self.users.lookup(id) {
+                    None if recorded.is_empty() => {
+                        return Err(Error::NotFound {
+                            kind: "user",
+                            id: id.to_owned(),
+                        })
+                    }
+                    None => (events.collect(), None),
+                    // New events: the stored vectors no longer describe the user.
+                    Some(u) if !recorded.is_empty() => {
+                        let mut h = self.users.history(u);
+                        h.extend(events);
+                        (h, None)
+                    }
+                    Some(u) => (self.users.history(u), Some(u)),
+                }
             }
             UserRef::History(items) => {
                 self.check_history(items)?;

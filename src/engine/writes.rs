@@ -78,9 +78,21 @@ impl Engine {
     }
 
     /// Durably records user events; the users' next recommendations use them.
+    ///
+    /// A shard sliced from a front (`vecrec-build --shards N` with training)
+    /// keeps the events of the users whose ids hash to it, for the router
+    /// (`UserEvents`), and those name items of every shard: it checks the
+    /// items it owns, and the router checks the others against the front and
+    /// their owners before it sends them.
     pub fn record_events(&self, events: Vec<Interaction>) -> Result<u64> {
         let live = self.live_or_err()?;
         self.check_batch("events", events.len())?;
+        let sliced = self
+            .sliced
+            .as_ref()
+            .and(crate::layout::GenerationInfo::of(self.index.manifest()).shard);
+        let foreign =
+            |item: &str| sliced.is_some_and(|s| crate::layout::shard_of(item, s.of) != s.index);
         for (k, e) in events.iter().enumerate() {
             if e.user.trim().is_empty() {
                 return Err(Error::invalid(format!(
@@ -93,9 +105,24 @@ impl Engine {
                     e.weight
                 )));
             }
-            self.item_meta(&e.item)?;
+            if e.item.trim().is_empty() {
+                return Err(Error::invalid(format!(
+                    "events[{k}].item_id must not be empty"
+                )));
+            }
+            if !foreign(&e.item) {
+                self.item_meta(&e.item)?;
+            }
         }
         live.record(events)
+    }
+
+    /// The events recorded for `user` since this generation, oldest first
+    /// (none without live updates).
+    pub fn recorded_events(&self, user: &str) -> Vec<crate::live::DeltaEvent> {
+        self.view()
+            .map(|v| v.events(user).cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Checks the size of a request's batch: at least one entry, at most

@@ -6,9 +6,10 @@
 //! presents `authorization: Bearer <token>`; its hash is compared with every
 //! stored hash in constant time (no early exit, so the time does not tell
 //! how much of a hash matched). Roles nest: `read` may call Recommend,
-//! SimilarItems, SearchText, SearchVector, Embed, GetItem, ShardSources and reflection; `write` also
-//! UpsertItems, DeleteItems and RecordEvents; `admin` anything, including
-//! methods added later that name no role. Health is open to all, so load
+//! SimilarItems, SearchText, SearchVector, Embed, GetItem, ShardSources,
+//! UserEvents and reflection; `write` also UpsertItems, DeleteItems and
+//! RecordEvents; `admin` anything, including methods added later that name
+//! no role. Health is open to all, so load
 //! balancers need no token. No token: `UNAUTHENTICATED`; too weak a role:
 //! `PERMISSION_DENIED`. The file is re-read on SIGHUP; a file that does not
 //! parse keeps the tokens in force and logs why.
@@ -34,7 +35,8 @@ use crate::error::{Error, Result};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
-    /// Recommend, SimilarItems, SearchText, SearchVector, Embed, GetItem, ShardSources, reflection.
+    /// Recommend, SimilarItems, SearchText, SearchVector, Embed, GetItem,
+    /// ShardSources, UserEvents, reflection.
     Read,
     /// Also UpsertItems, DeleteItems, RecordEvents.
     Write,
@@ -230,7 +232,7 @@ pub fn required_role(path: &str) -> Option<Role> {
         "vecrec.v1.Recommender" => Some(match method {
             "UpsertItems" | "DeleteItems" | "RecordEvents" => Role::Write,
             "Recommend" | "SimilarItems" | "SearchText" | "SearchVector" | "Embed" | "GetItem"
-            | "ShardSources" => Role::Read,
+            | "ShardSources" | "UserEvents" => Role::Read,
             _ => Role::Admin,
         }),
         _ => Some(Role::Admin),

@@ -25,7 +25,7 @@ mod conn;
 pub(crate) mod convert;
 mod server;
 mod status;
-mod validate;
+pub(crate) mod validate;
 
 pub use conn::{bind_with_backlog, incoming, raise_open_file_limit, Conn, ConnInfo, Tls};
 pub use convert::{code_name, observe};
@@ -635,6 +635,30 @@ impl Recommender for Service {
                 })
                 .collect(),
         }))
+    }
+
+    async fn user_events(
+        &self,
+        req: Request<pb::UserEventsRequest>,
+    ) -> Result<Response<pb::UserEventsResponse>, Status> {
+        let deadline = self.deadline(&req);
+        let user = req.into_inner().user_id;
+        validate::id(&self.limits(), "user_id", &user)?;
+        let events = self
+            .run("UserEvents", Work::Inline, deadline, move |e, _| {
+                Ok(e.recorded_events(&user)
+                    .into_iter()
+                    .map(|ev| pb::Event {
+                        user_id: user.clone(),
+                        item_id: ev.item,
+                        weight: ev.weight,
+                        timestamp: ev.timestamp,
+                        ..Default::default()
+                    })
+                    .collect())
+            })
+            .await?;
+        Ok(Response::new(pb::UserEventsResponse { events }))
     }
 
     async fn get_item(

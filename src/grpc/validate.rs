@@ -174,7 +174,7 @@ pub(super) fn item(limits: &Limits, k: usize, it: &pb::Item) -> Result {
 
 /// An event: ids bounded, the weight finite in `[0, max_event_weight]`
 /// (0 stands for the default 1), the timestamp not negative.
-pub(super) fn event(limits: &Limits, k: usize, e: &pb::Event) -> Result {
+pub(crate) fn event(limits: &Limits, k: usize, e: &pb::Event) -> Result {
     id(limits, &format!("events[{k}].user_id"), &e.user_id)?;
     id(limits, &format!("events[{k}].item_id"), &e.item_id)?;
     let w = e.weight;

@@ -19,8 +19,15 @@
 //!   everywhere; `SearchText`: the query embedded by one shard, then the same.
 //! - `GetItem` goes to the owning shard, `Embed` to any; `UpsertItems` and
 //!   `DeleteItems` to every replica of the owning shard (all must take the
-//!   write). `RecordEvents` is refused: the users' state is not partitioned
-//!   yet.
+//!   write).
+//! - `RecordEvents` (with `route.front` only): each user's events are kept
+//!   by the shard the user id hashes to (as item ids do), on every replica
+//!   (all must take the write), once every item's owner has said it
+//!   exists (`GetItem`).
+//!   `Recommend` for a user id first asks that shard for the user's events
+//!   (`UserEvents`) and gives them to [`Engine::front_query`], which uses
+//!   them as one node does. Without a front, the shards' users' profiles
+//!   are fixed at build time and the call is refused.
 //!
 //! A replica is chosen round-robin among those not marked down; a call
 //! that fails with a transport-level status is retried on the next replica,
@@ -45,7 +52,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
 use crate::admission::{Admission, Permit};
-use crate::config::{Config, MissingShard, RouteConfig, UserConfig};
+use crate::config::{Config, Limits, MissingShard, RouteConfig, UserConfig};
 use crate::deadline::{parse_grpc_timeout, Deadline};
 use crate::engine::{Engine, RecommendOptions, UserRef};
 use crate::grpc::pb;
@@ -120,6 +127,8 @@ struct Inner {
     shards: Vec<Shard>,
     cfg: RouteConfig,
     users: UserConfig,
+    /// Request limits, for the calls the router checks itself (RecordEvents).
+    limits: Limits,
     channels: Mutex<HashMap<SocketAddr, Channel>>,
     next_any: AtomicUsize,
     /// The bound on requests in progress and waiting.
@@ -221,6 +230,7 @@ impl Router {
                 shards,
                 cfg: route,
                 users: cfg.users.clone(),
+                limits: cfg.limits.clone(),
                 channels: Mutex::new(HashMap::new()),
                 next_any: AtomicUsize::new(0),
                 admission,
@@ -524,6 +534,26 @@ impl Router {
             deadline,
         };
         let filter = r.filter.clone();
+        // A stored user's events since the build, from the shard that keeps them.
+        let (recorded, events_missing) = if r.history.is_empty() && !r.user_id.trim().is_empty() {
+            match self.user_events(&r.user_id, limit).await {
+                Ok(events) => (events, false),
+                Err(st)
+                    if retryable(&st) && self.inner.cfg.on_missing_shard != MissingShard::Fail =>
+                {
+                    tracing::debug!(status = %st, "answering without the user's recorded events");
+                    (Vec::new(), true)
+                }
+                Err(st) => {
+                    return Err(Status::new(
+                        st.code(),
+                        format!("the user's recorded events: {}", st.message()),
+                    ))
+                }
+            }
+        } else {
+            (Vec::new(), false)
+        };
         let engine = front.clone();
         let q = tokio::task::spawn_blocking(move || {
             let who = if !r.history.is_empty() {
@@ -535,10 +565,19 @@ impl Router {
                     "give a user_id or a non-empty history",
                 ));
             };
-            engine.front_query(who, &opts)
+            engine.front_query(who, &recorded, &opts)
         })
         .await
-        .map_err(|e| Status::internal(e.to_string()))??;
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| match e {
+            // The user may exist only through events the router could not read.
+            crate::error::Error::NotFound { kind: "user", id } if events_missing => {
+                Status::unavailable(format!(
+                    "user {id:?} is not in the build, and the shard that keeps its recorded                      events has no live replica"
+                ))
+            }
+            e => Status::from(e),
+        })?;
         let msg = Arc::new(pb::ShardSourcesRequest {
             history: q.shard.history.clone(),
             inputs: q
@@ -568,7 +607,11 @@ impl Router {
                 async move { c.shard_sources(m).await }
             })
             .await;
-        let partial = self.check_missing("Recommend", &answers)?;
+        let mut partial = self.check_missing("Recommend", &answers)?;
+        if events_missing && !partial {
+            metrics::counter!(ROUTE_PARTIAL, "rpc" => "Recommend").increment(1);
+            partial = true;
+        }
         let mut lists: Vec<Vec<(u32, f32)>> = vec![Vec::new(); q.sources.len()];
         for a in answers.into_iter().flatten() {
             for l in a.lists {
@@ -592,9 +635,120 @@ impl Router {
         })
     }
 
-    /// The shard that owns item `id`.
+    /// The shard that owns item `id`, and keeps the events of user `id`.
     fn owner(&self, id: &str) -> usize {
         shard_of(id, self.shards())
+    }
+
+    /// The events recorded for `user` since the build (item id and weight,
+    /// oldest first), from the shard that keeps them.
+    async fn user_events(
+        &self,
+        user: &str,
+        limit: Option<Duration>,
+    ) -> Result<Vec<(String, f32)>, Status> {
+        let user = user.to_owned();
+        let r = self
+            .call(self.owner(&user), limit, move |mut c: Client, left| {
+                let q = due(
+                    pb::UserEventsRequest {
+                        user_id: user.clone(),
+                    },
+                    left,
+                );
+                async move { c.user_events(q).await }
+            })
+            .await?;
+        Ok(r.events
+            .into_iter()
+            .map(|e| (e.item_id, e.weight))
+            .collect())
+    }
+
+    /// `RecordEvents` over a partitioned hybrid build: the events checked
+    /// (each item asked of its owner), then written to every replica of the
+    /// shards that keep their users.
+    async fn record_routed(
+        &self,
+        mut events: Vec<pb::Event>,
+        limit: Option<Duration>,
+    ) -> Result<pb::RecordEventsResponse, Status> {
+        let limits = &self.inner.limits;
+        if events.is_empty() {
+            return Err(Status::invalid_argument("events must not be empty"));
+        }
+        if events.len() > limits.max_batch {
+            return Err(Status::invalid_argument(format!(
+                "{} events, over the limit of {} per request",
+                events.len(),
+                limits.max_batch
+            )));
+        }
+        for (k, e) in events.iter().enumerate() {
+            crate::grpc::validate::event(limits, k, e)?;
+        }
+        // Each item must exist now, as on one node: its owner knows (it may
+        // have been upserted or deleted since the build).
+        let mut distinct: Vec<(usize, String)> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (k, e) in events.iter().enumerate() {
+            if seen.insert(e.item_id.as_str()) {
+                distinct.push((k, e.item_id.clone()));
+            }
+        }
+        let mut checks = JoinSet::new();
+        for (k, id) in distinct {
+            let me = self.clone();
+            checks.spawn(async move {
+                let owner = me.owner(&id);
+                let r = me
+                    .call(owner, limit, move |mut c: Client, left| {
+                        let q = due(
+                            pb::GetItemRequest {
+                                id: id.clone(),
+                                with_vector: false,
+                            },
+                            left,
+                        );
+                        async move { c.get_item(q).await }
+                    })
+                    .await;
+                (k, r)
+            });
+        }
+        while let Some(done) = checks.join_next().await {
+            let (k, r) = done.map_err(|e| Status::internal(e.to_string()))?;
+            if let Err(st) = r {
+                return Err(Status::new(
+                    st.code(),
+                    format!("events[{k}].item_id: {}", st.message()),
+                ));
+            }
+        }
+        // Every replica must store the same event: defaults are filled here.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        for e in &mut events {
+            if e.timestamp == 0 {
+                e.timestamp = now;
+            }
+            if e.weight == 0.0 {
+                e.weight = 1.0;
+            }
+        }
+        let (recorded, sequence) = self
+            .write_everywhere(
+                events,
+                |e: &pb::Event| e.user_id.as_str(),
+                |mut c: Client, events| async move {
+                    c.record_events(pb::RecordEventsRequest { events }).await
+                },
+                "events are not idempotent: a retry records them again on the replicas that \
+                 took them",
+            )
+            .await?;
+        Ok(pb::RecordEventsResponse { recorded, sequence })
     }
 
     /// `SearchVector` on every shard, merged.
@@ -634,14 +788,17 @@ impl Router {
         Ok(r.vector)
     }
 
-    /// A write of `items` (ids first) sent to every replica of the shards
-    /// that own them; `send` makes one shard's request. Returns the sum of
-    /// the shards' counts and the largest sequence.
+    /// A write of `items` sent to every replica of the shards that own
+    /// them (by the id `id` reads: an item's, or for events the user's);
+    /// `send` makes one shard's request, and `on_retry` tells the caller
+    /// what retrying a write some replicas did not take does. Returns the
+    /// sum of the shards' counts and the largest sequence.
     async fn write_everywhere<I, T, F, Fut>(
         &self,
         items: Vec<I>,
         id: fn(&I) -> &str,
         send: F,
+        on_retry: &str,
     ) -> Result<(u32, u64), Status>
     where
         I: Clone + Send + 'static,
@@ -690,7 +847,7 @@ impl Router {
                         st.code(),
                         format!(
                             "replica {addr} of shard {s} did not take the write ({}); other \
-                             replicas may have: retry the whole call (writes are idempotent)",
+                             replicas may have: {on_retry}",
                             st.message()
                         ),
                     ));
@@ -720,6 +877,15 @@ impl WriteAnswer for pb::DeleteItemsResponse {
         (self.deleted, self.sequence)
     }
 }
+
+impl WriteAnswer for pb::RecordEventsResponse {
+    fn counts(&self) -> (u32, u64) {
+        (self.recorded, self.sequence)
+    }
+}
+
+/// What retrying an item write does.
+const ITEM_WRITES_RETRY: &str = "retry the whole call (item writes are idempotent)";
 
 /// Counts and times one routed call, as the server does for its own.
 fn observed<T>(rpc: &'static str, started: Instant, r: Result<T, Status>) -> Result<T, Status> {
@@ -967,6 +1133,7 @@ impl Recommender for Router {
                     |mut c: Client, items| async move {
                         c.upsert_items(pb::UpsertItemsRequest { items }).await
                     },
+                    ITEM_WRITES_RETRY,
                 )
                 .await
                 .map(|(upserted, sequence)| pb::UpsertItemsResponse { upserted, sequence }),
@@ -991,6 +1158,7 @@ impl Recommender for Router {
                     |mut c: Client, ids| async move {
                         c.delete_items(pb::DeleteItemsRequest { ids }).await
                     },
+                    ITEM_WRITES_RETRY,
                 )
                 .await
                 .map(|(deleted, sequence)| pb::DeleteItemsResponse { deleted, sequence }),
@@ -1009,17 +1177,34 @@ impl Recommender for Router {
 
     async fn record_events(
         &self,
-        _req: Request<pb::RecordEventsRequest>,
+        req: Request<pb::RecordEventsRequest>,
     ) -> Result<Response<pb::RecordEventsResponse>, Status> {
-        observed(
-            "RecordEvents",
-            Instant::now(),
-            Err(Status::unimplemented(
-                "RecordEvents is not routed: the users' profiles are made at build time over \
-                 every shard, and the shards cannot update them from events yet; send events to \
-                 the interactions file of the next `vecrec-build --shards` run",
-            )),
-        )
+        let started = Instant::now();
+        let limit = client_deadline(&req);
+        let events = req.into_inner().events;
+        let result = async {
+            if self.inner.front.is_none() {
+                return Err(Status::unimplemented(
+                    "RecordEvents is routed only over a partitioned build with training (`vecrec \
+                     route --front`): the shards of a --content-only build hold users' profiles \
+                     made at build time; send events to the interactions file of the next \
+                     `vecrec-build --shards` run",
+                ));
+            }
+            let _place = self.admit("RecordEvents", limit).await?;
+            self.record_routed(events, limit).await
+        }
+        .await;
+        observed("RecordEvents", started, result).map(Response::new)
+    }
+
+    async fn user_events(
+        &self,
+        _req: Request<pb::UserEventsRequest>,
+    ) -> Result<Response<pb::UserEventsResponse>, Status> {
+        Err(Status::unimplemented(
+            "UserEvents is a shard's call; a router does not answer it",
+        ))
     }
 }
 

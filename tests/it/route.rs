@@ -707,6 +707,131 @@ async fn a_sliced_hybrid_build_recommends_through_the_router_as_one_node() {
         assert_same(&format!("Recommend {u} after deletes"), &a.items, &b.items);
     }
 
+    // Events recorded through the router (kept by the shard each user id
+    // hashes to) shape the next answers as the same events do on one node:
+    // for a stored user, and for an id only events know.
+    let fresh_user = (0..)
+        .map(|i| format!("routed-new-user-{i}"))
+        .find(|u| shard_of(u, SHARDS) == 2)
+        .unwrap();
+    let picked: Vec<String> = items
+        .iter()
+        .skip(5)
+        .step_by(41)
+        .filter(|i| !gone.contains(&i.id))
+        .take(4)
+        .map(|i| i.id.clone())
+        .collect();
+    let stored_user = users[2].to_string();
+    let before = rc
+        .recommend(for_user(&stored_user, 10))
+        .await
+        .unwrap()
+        .into_inner();
+    let events: Vec<pb::Event> = [&stored_user, &fresh_user]
+        .iter()
+        .flat_map(|u| {
+            picked.iter().enumerate().map(|(n, item)| pb::Event {
+                user_id: u.to_string(),
+                item_id: item.clone(),
+                weight: if n == 0 { 0.0 } else { 2.5 },
+                timestamp: 1_700_000_000 + n as i64,
+                ..Default::default()
+            })
+        })
+        .collect();
+    let rec = pb::RecordEventsRequest {
+        events: events.clone(),
+    };
+    let routed_rec = rc.record_events(rec.clone()).await.unwrap().into_inner();
+    assert_eq!(routed_rec.recorded, events.len() as u32);
+    one_c.record_events(rec).await.unwrap();
+    for u in [&stored_user, &fresh_user] {
+        let req = for_user(u, 10);
+        let a = one_c.recommend(req.clone()).await.unwrap().into_inner();
+        let b = rc.recommend(req).await.unwrap().into_inner();
+        assert!(!b.partial);
+        assert_eq!(a.items.len(), 10, "Recommend {u} after events");
+        assert!(
+            b.items.iter().all(|i| !picked.contains(&i.item_id)),
+            "{b:?}"
+        );
+        assert_same(&format!("Recommend {u} after events"), &a.items, &b.items);
+    }
+    let after = rc
+        .recommend(for_user(&stored_user, 10))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(
+        ids(&before.items),
+        ids(&after.items),
+        "the events changed nothing"
+    );
+    // The owner shard keeps them, with the defaults filled in by the router.
+    let mut keeper = shards[2].client().await;
+    let kept = keeper
+        .user_events(pb::UserEventsRequest {
+            user_id: fresh_user.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let kept: Vec<(String, f32, i64)> = kept
+        .into_iter()
+        .map(|e| (e.item_id, e.weight, e.timestamp))
+        .collect();
+    let sent: Vec<(String, f32, i64)> = picked
+        .iter()
+        .enumerate()
+        .map(|(n, item)| {
+            let w = if n == 0 { 1.0 } else { 2.5 };
+            (item.clone(), w, 1_700_000_000 + n as i64)
+        })
+        .collect();
+    assert_eq!(kept, sent);
+    // Items that do not exist now (deleted, or never) are refused, and
+    // nothing of the call is recorded.
+    for item in [gone[0].clone(), "no-such-item".to_string()] {
+        let bad = pb::RecordEventsRequest {
+            events: vec![
+                events[0].clone(),
+                pb::Event {
+                    item_id: item.clone(),
+                    ..events[1].clone()
+                },
+            ],
+        };
+        let e = rc.record_events(bad.clone()).await.unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "{item}: {e:?}");
+        assert!(e.message().contains("events[1]"), "{e:?}");
+        assert_eq!(
+            one_c.record_events(bad).await.unwrap_err().code(),
+            Code::NotFound
+        );
+    }
+    let bad_weight = rc
+        .record_events(pb::RecordEventsRequest {
+            events: vec![pb::Event {
+                weight: f32::NAN,
+                ..events[0].clone()
+            }],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_weight.code(), Code::InvalidArgument, "{bad_weight:?}");
+    let again = rc
+        .recommend(for_user(&fresh_user, 10))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_same(
+        "after refused events",
+        &a_fresh(&mut one_c, &fresh_user).await,
+        &again.items,
+    );
+
     // A shard refuses what it cannot answer; other servers refuse the call.
     let mut shard_c = shards[0].client().await;
     let ask = |source: &str, vector: Vec<f32>, history: Vec<u32>| pb::ShardSourcesRequest {
@@ -824,6 +949,18 @@ async fn a_sliced_hybrid_build_recommends_through_the_router_as_one_node() {
     assert!(b.partial);
     assert_eq!(b.items.len(), 10);
     assert!(b.items.iter().all(|i| shard_of(&i.item_id, SHARDS) != 2));
+    // A user known only from the events shard 2 kept cannot be answered.
+    let e = rc.recommend(for_user(&fresh_user, 10)).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+}
+
+/// One node's answer for `user`, its items.
+async fn a_fresh(c: &mut Client, user: &str) -> Vec<pb::ScoredItem> {
+    c.recommend(for_user(user, 10))
+        .await
+        .unwrap()
+        .into_inner()
+        .items
 }
 
 /// `--embed-only`: each shard's pod embeds only its own texts into its
