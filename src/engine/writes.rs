@@ -117,12 +117,15 @@ impl Engine {
         live.record(events)
     }
 
-    /// The events recorded for `user` since this generation, oldest first
-    /// (none without live updates).
-    pub fn recorded_events(&self, user: &str) -> Vec<crate::live::DeltaEvent> {
-        self.view()
+    /// The events recorded for `user` since this generation, oldest first;
+    /// `FAILED_PRECONDITION` without live updates (a router then knows this
+    /// server keeps none).
+    pub fn recorded_events(&self, user: &str) -> Result<Vec<crate::live::DeltaEvent>> {
+        self.live_or_err()?;
+        Ok(self
+            .view()
             .map(|v| v.events(user).cloned().collect())
-            .unwrap_or_default()
+            .unwrap_or_default())
     }
 
     /// Checks the size of a request's batch: at least one entry, at most

@@ -646,7 +646,7 @@ impl Recommender for Service {
         validate::id(&self.limits(), "user_id", &user)?;
         let events = self
             .run("UserEvents", Work::Inline, deadline, move |e, _| {
-                Ok(e.recorded_events(&user)
+                Ok(e.recorded_events(&user)?
                     .into_iter()
                     .map(|ev| pb::Event {
                         user_id: user.clone(),

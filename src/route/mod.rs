@@ -90,6 +90,9 @@ struct Shard {
     replicas: RwLock<Vec<Replica>>,
     down_until: Mutex<HashMap<SocketAddr, Instant>>,
     next: AtomicUsize,
+    /// Until when this shard is known to keep no events (its servers take
+    /// no writes), so Recommend skips asking it.
+    no_events_until: Mutex<Option<Instant>>,
 }
 
 impl Shard {
@@ -196,6 +199,7 @@ impl Router {
                 replicas: RwLock::new(Vec::new()),
                 down_until: Mutex::new(HashMap::new()),
                 next: AtomicUsize::new(0),
+                no_events_until: Mutex::new(None),
             })
             .collect();
         let admission = Admission::new(
@@ -641,15 +645,27 @@ impl Router {
     }
 
     /// The events recorded for `user` since the build (item id and weight,
-    /// oldest first), from the shard that keeps them.
+    /// oldest first), from the shard that keeps them. A shard whose servers
+    /// take no writes (`[live] enabled = false`, as in deploy/k8s) answers
+    /// `FAILED_PRECONDITION`, and is not asked again for
+    /// `route.resolve_interval_ms`: it keeps no events, so the hop is saved.
     async fn user_events(
         &self,
         user: &str,
         limit: Option<Duration>,
     ) -> Result<Vec<(String, f32)>, Status> {
+        let s = self.owner(user);
+        let shard = &self.inner.shards[s];
+        if shard
+            .no_events_until
+            .lock()
+            .is_some_and(|t| Instant::now() < t)
+        {
+            return Ok(Vec::new());
+        }
         let user = user.to_owned();
         let r = self
-            .call(self.owner(&user), limit, move |mut c: Client, left| {
+            .call(s, limit, move |mut c: Client, left| {
                 let q = due(
                     pb::UserEventsRequest {
                         user_id: user.clone(),
@@ -658,11 +674,21 @@ impl Router {
                 );
                 async move { c.user_events(q).await }
             })
-            .await?;
-        Ok(r.events
-            .into_iter()
-            .map(|e| (e.item_id, e.weight))
-            .collect())
+            .await;
+        match r {
+            Ok(r) => Ok(r
+                .events
+                .into_iter()
+                .map(|e| (e.item_id, e.weight))
+                .collect()),
+            Err(st) if st.code() == Code::FailedPrecondition => {
+                let every = Duration::from_millis(self.inner.cfg.resolve_interval_ms.max(100));
+                *shard.no_events_until.lock() = Some(Instant::now() + every);
+                tracing::debug!(shard = s, status = %st, "the shard keeps no events");
+                Ok(Vec::new())
+            }
+            Err(st) => Err(st),
+        }
     }
 
     /// `RecordEvents` over a partitioned hybrid build: the events checked

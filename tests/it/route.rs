@@ -952,6 +952,51 @@ async fn a_sliced_hybrid_build_recommends_through_the_router_as_one_node() {
     // A user known only from the events shard 2 kept cannot be answered.
     let e = rc.recommend(for_user(&fresh_user, 10)).await.unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+
+    // Shard 2 back, on its address, taking no writes: it keeps no events
+    // (its log is not read), so its users are answered from the build
+    // alone, and their events are refused.
+    let readonly = dir.path().join("readonly.toml");
+    std::fs::write(
+        &readonly,
+        "[search]\nexact = true\n[live]\nenabled = false\n",
+    )
+    .unwrap();
+    let addr = shards[2].addr.clone();
+    shards[2] = start(&[
+        "serve",
+        "--index",
+        vecrec::layout::shard_root(&parts, 2).to_str().unwrap(),
+        "--addr",
+        &addr,
+        "--config",
+        readonly.to_str().unwrap(),
+    ]);
+    let stored_of_2 = users
+        .iter()
+        .find(|u| shard_of(u, SHARDS) == 2)
+        .expect("a stored user of shard 2");
+    for _ in 0..2 {
+        let b = rc
+            .recommend(for_user(stored_of_2, 10))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!b.partial, "{b:?}");
+        assert_eq!(b.items.len(), 10);
+        let e = rc.recommend(for_user(&fresh_user, 10)).await.unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    }
+    let e = rc
+        .record_events(pb::RecordEventsRequest {
+            events: vec![pb::Event {
+                user_id: fresh_user.clone(),
+                ..events[0].clone()
+            }],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
 }
 
 /// One node's answer for `user`, its items.
