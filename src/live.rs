@@ -237,6 +237,55 @@ impl View<'_> {
     }
 }
 
+/// The delta of `records` read from the log at `path`, on top of a
+/// generation that folded records up to `applied`.
+fn replay(path: &Path, records: Vec<vecrec_index::wal::Record>, applied: u64) -> Result<Delta> {
+    let mut delta = Delta {
+        last_seq: applied,
+        ..Default::default()
+    };
+    for (seq, payload) in records {
+        let r = decode(&payload).map_err(|e| vecrec_index::IndexError::Corrupt {
+            path: path.to_owned(),
+            reason: format!("log record {seq}: {e}"),
+        })?;
+        delta.apply(seq, r);
+    }
+    delta.last_seq = delta.last_seq.max(applied);
+    Ok(delta)
+}
+
+/// The log under a root as read without opening it for writing, which a
+/// running server may hold ([`vecrec_index::wal::WriterLock`]): what a
+/// restart would replay now, less the torn frame of an append in progress.
+#[derive(Debug)]
+pub struct Snapshot {
+    delta: RwLock<Delta>,
+}
+
+impl Snapshot {
+    /// Reads the log under `root` (no log: nothing changed).
+    pub fn read(root: &Path, applied: u64) -> Result<Self> {
+        let path = root.join(WAL_FILE);
+        let records = match std::fs::read(&path) {
+            Ok(bytes) => vecrec_index::wal::read_records(&path, &bytes)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        Ok(Self {
+            delta: RwLock::new(replay(&path, records, applied)?),
+        })
+    }
+
+    /// The delta as a generation that folded records up to `applied` sees it.
+    pub fn view(&self, applied: u64) -> View<'_> {
+        View {
+            delta: self.delta.read(),
+            applied,
+        }
+    }
+}
+
 /// The log and its replayed delta.
 #[derive(Debug)]
 pub struct Live {
@@ -261,18 +310,7 @@ impl Live {
             );
         }
         wal.advance_to(applied + 1);
-        let mut delta = Delta {
-            last_seq: applied,
-            ..Default::default()
-        };
-        for (seq, payload) in records {
-            let r = decode(&payload).map_err(|e| vecrec_index::IndexError::Corrupt {
-                path: path.clone(),
-                reason: format!("log record {seq}: {e}"),
-            })?;
-            delta.apply(seq, r);
-        }
-        delta.last_seq = delta.last_seq.max(applied);
+        let delta = replay(&path, records, applied)?;
         Ok(Self {
             path,
             wal: Mutex::new(wal),

@@ -25,7 +25,9 @@ use vecrec_index::wal;
         a crash interrupted (never acknowledged); any other damage stops the start, naming the \
         byte offset, so that no acknowledged write is dropped without someone deciding to. \
         `wal check` shows what is intact; `wal repair --salvage` keeps every intact record \
-        and saves the damaged file as wal.log.damaged-<unix seconds>."
+        and saves the damaged file as wal.log.damaged-<unix seconds>. A server that takes \
+        writes holds the log's lock (INDEX/wal/LOCK) while it runs: a second server on the \
+        same index, and a repair, are refused until it stops."
 )]
 struct Args {
     #[command(subcommand)]

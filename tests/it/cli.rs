@@ -344,3 +344,53 @@ fn the_readme_configuration_block_loads() {
         .unwrap_or_else(|e| panic!("README's configuration block does not load: {e}"));
     cfg.validate().unwrap();
 }
+
+#[test]
+fn a_second_writer_of_an_index_roots_log_is_refused() {
+    // This process holds the log's lock, as a running `vecrec serve` with
+    // live updates does: another server on the same root, and a repair of
+    // the log, are refused instead of interleaving their writes with it.
+    let root = crate::common::copy_sample();
+    let log = root.path().join(vecrec::layout::WAL_FILE);
+    let lock = vecrec_index::wal::WriterLock::acquire(&log).unwrap();
+    let out = bin("vecrec")
+        .args(["serve", "--addr", "127.0.0.1:0", "--index"])
+        .arg(root.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("another process is writing") && err.contains("index root of its own"),
+        "{err}"
+    );
+    std::fs::write(&log, b"").unwrap();
+    let out = bin("vecrec-admin")
+        .args(["wal", "repair", "--salvage", "--index"])
+        .arg(root.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("another process is writing"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(&log).unwrap(),
+        b"",
+        "the refused repair wrote"
+    );
+    // Once the holder is gone, the repair goes ahead.
+    drop(lock);
+    let out = bin("vecrec-admin")
+        .args(["wal", "repair", "--salvage", "--index"])
+        .arg(root.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -29,6 +29,12 @@
 //!
 //! [`Wal::retain_after`] rewrites the log without the records a compaction
 //! has folded into a generation (temp file, fsync, rename).
+//!
+//! One process writes a directory's logs: [`Wal::open`] (and [`repair`])
+//! first take an exclusive lock on `LOCK` beside the log ([`WriterLock`]),
+//! held while the log is open, and a second writer is refused. Two writers
+//! would number records independently and interleave their frames, which
+//! the next open reads as damage.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
@@ -55,9 +61,56 @@ const MAX_FRAME: usize = 256 << 20;
 /// One replayed record: its sequence number and payload.
 pub type Record = (u64, Vec<u8>);
 
+/// The lock that makes one process the only writer of the logs in a
+/// directory: an exclusive `flock` on `LOCK` in it, held while this lives
+/// (the kernel drops it when the process ends, however it ends). It is a
+/// file of its own because the logs themselves are replaced by renames.
+#[derive(Debug)]
+pub struct WriterLock {
+    _file: File,
+}
+
+impl WriterLock {
+    /// Takes the lock of the directory holding `log`, or refuses at once
+    /// when another writer holds it.
+    pub fn acquire(log: &Path) -> Result<Self> {
+        let dir = match log.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        let path = dir.join("LOCK");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| io(&path, e))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Self { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(io(
+                &path,
+                std::io::Error::new(
+                    std::io::ErrorKind::WouldBlock,
+                    format!(
+                        "another process is writing {} (a second `vecrec serve` on the same \
+                         index root?); each server that takes writes needs an index root of \
+                         its own",
+                        log.display()
+                    ),
+                ),
+            )),
+            Err(std::fs::TryLockError::Error(e)) => Err(io(&path, e)),
+        }
+    }
+}
+
 /// An open write-ahead log.
 #[derive(Debug)]
 pub struct Wal {
+    /// Held while the log is open: no other process writes it.
+    _lock: WriterLock,
     path: PathBuf,
     file: File,
     next_seq: u64,
@@ -214,6 +267,7 @@ pub struct Repaired {
 /// damage, and saves the damaged file as `<path>.damaged-<unix seconds>`.
 /// A log shorter than its header is rewritten empty.
 pub fn repair(path: &Path) -> Result<Repaired> {
+    let _lock = WriterLock::acquire(path)?;
     let bytes = read_all(path)?;
     let (prefix, after) = match scan(path, &bytes) {
         Ok(s) => {
@@ -241,9 +295,9 @@ impl Wal {
     /// tail; any other damage is an error naming the offset and the last
     /// intact record. Returns the log and every intact record `(seq, payload)`.
     pub fn open(path: &Path) -> Result<(Self, Vec<Record>)> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-        }
+        // Before anything is read or rewritten: another writer's append in
+        // progress would otherwise look like a torn tail and be cut.
+        let lock = WriterLock::acquire(path)?;
         if !path.exists() {
             // Created whole (temp file, rename), so a crash cannot leave a
             // log shorter than its header behind.
@@ -284,6 +338,7 @@ impl Wal {
             (s.end, bytes.len())
         };
         let wal = Self {
+            _lock: lock,
             path: path.to_owned(),
             file: OpenOptions::new()
                 .read(true)
@@ -433,6 +488,28 @@ mod tests {
         assert_eq!(seqs(&r), [1, 2, 3, 4, 5]);
         assert_eq!(r[4].1, big);
         assert_eq!(w.next_seq(), 6);
+    }
+
+    #[test]
+    fn a_second_writer_is_refused_while_the_first_holds_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("wal.log");
+        let (mut w, _) = Wal::open(&p).unwrap();
+        assert_eq!(w.append(&[b"a".to_vec()]).unwrap(), [1]);
+        let err = Wal::open(&p).unwrap_err().to_string();
+        assert!(err.contains("another process is writing"), "{err}");
+        assert!(err.contains("LOCK"), "{err}");
+        let err = repair(&p).unwrap_err().to_string();
+        assert!(err.contains("another process is writing"), "{err}");
+        // Refused without touching the log: the first writer goes on.
+        assert_eq!(w.append(&[b"b".to_vec()]).unwrap(), [2]);
+        // A compaction's rewrite keeps the lock (it is not on the log's file).
+        assert_eq!(w.retain_after(1).unwrap(), 1);
+        assert!(Wal::open(&p).is_err());
+        drop(w);
+        let (w, r) = Wal::open(&p).unwrap();
+        assert_eq!(seqs(&r), [2]);
+        assert_eq!(w.next_seq(), 3);
     }
 
     #[test]
