@@ -32,10 +32,10 @@ pub struct HybridConfig {
     pub popularity_weight: f32,
     /// Weight of the ALS source. Default 0.25.
     pub als_weight: f32,
-    /// Weight of the two-tower source. Default 1.
+    /// Weight of the two-tower source. Default 0.5.
     pub two_tower_weight: f32,
     /// Weight of the self-attentive sequence source (trained when
-    /// `train.sequence.enabled`). Default 0.
+    /// `train.sequence.enabled`). Default 0.25.
     pub sequence_weight: f32,
     /// Recency decay of the history for EASE, in (0, 1]. Default 0.8.
     pub ease_decay: f32,
@@ -55,8 +55,8 @@ impl Default for HybridConfig {
             content_weight: 0.2,
             popularity_weight: 0.0,
             als_weight: 0.25,
-            two_tower_weight: 1.0,
-            sequence_weight: 0.0,
+            two_tower_weight: 0.5,
+            sequence_weight: 0.25,
             ease_decay: 0.8,
             transitions_decay: 0.7,
         }

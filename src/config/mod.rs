@@ -291,7 +291,7 @@ pub struct UserConfig {
 impl Default for UserConfig {
     fn default() -> Self {
         Self {
-            decay: 0.7,
+            decay: 1.0,
             max_items: 2,
         }
     }

@@ -54,9 +54,14 @@ impl Drop for Scratch {
 }
 
 /// The held-out heads of `users` (histories oldest first, items numbered as
-/// in `items`), with the source names their features follow. Builds and
-/// removes a scratch generation under `scratch`. Returns the heads with at
-/// least one held-out item, the sources, and a description of the work.
+/// in `items`), with the source names their features follow, over
+/// `reranker.head_folds` folds: fold `f` holds out each user's `f+1`-th
+/// newest fifth (the newest for fold 0), with only what came before it as
+/// history, and trains the sources on what every user did before their cut
+/// (one scratch generation per fold, built and removed under `scratch`).
+/// So later folds add examples from earlier in each history, still never
+/// scored by a model that saw their labels. Returns the heads with at least
+/// one held-out item, the sources, and a description of the work.
 pub(super) fn heads(
     scratch: &Path,
     items: &[CatalogItem],
@@ -65,14 +70,49 @@ pub(super) fn heads(
     opts: &super::BuildOptions,
     train: &TrainOptions,
 ) -> Result<(Vec<HeadExample>, Vec<String>, String)> {
+    let sources: Vec<String> = Source::ALL.iter().map(|s| s.name().to_owned()).collect();
+    let mut all = Vec::new();
+    let mut works = Vec::new();
+    for fold in 0..train.reranker.head_folds.max(1) {
+        let (heads, work) =
+            fold_heads(scratch, items, vectors, users, opts, train, &sources, fold)?;
+        if heads.is_empty() && fold > 0 {
+            break;
+        }
+        all.extend(heads);
+        works.push(work);
+    }
+    Ok((all, sources, works.join("; ")))
+}
+
+/// The heads of one fold of [`heads`].
+#[allow(clippy::too_many_arguments)]
+fn fold_heads(
+    scratch: &Path,
+    items: &[CatalogItem],
+    vectors: &[Vec<f32>],
+    users: &[(String, History)],
+    opts: &super::BuildOptions,
+    train: &TrainOptions,
+    sources: &[String],
+    fold: usize,
+) -> Result<(Vec<HeadExample>, String)> {
+    // The cut of fold `fold`: before the `fold+1`-th newest fifth (EVAL.md's
+    // holdout of ceil(n/5) for fold 0), leaving at least one item of history.
+    let cut = |n: usize| {
+        n.checked_sub((fold + 1) * n.div_ceil(5))
+            .filter(|&c| c >= 1)
+    };
     let mut held: Vec<(&str, &History, usize)> = users
         .iter()
         .filter(|(_, h)| h.len() >= 2)
-        .map(|(u, h)| (u.as_str(), h, h.len() - h.len().div_ceil(5)))
+        .filter_map(|(u, h)| cut(h.len()).map(|c| (u.as_str(), h, c)))
         .collect();
-    let sources: Vec<String> = Source::ALL.iter().map(|s| s.name().to_owned()).collect();
     if held.is_empty() {
-        return Ok((Vec::new(), sources, "no user with two interactions".into()));
+        return Ok((
+            Vec::new(),
+            format!("fold {fold}: no user with a long enough history"),
+        ));
     }
     let all = held.len();
     if held.len() > train.reranker.head_users {
@@ -155,7 +195,9 @@ pub(super) fn heads(
         .map(|&(_, h, cut)| {
             let hist = &h[..cut];
             let seen: HashSet<u32> = hist.iter().map(|e| e.0).collect();
-            let truth: HashSet<u32> = h[cut..].iter().map(|e| e.0).collect();
+            // The fifth after the cut (for fold 0, everything after it).
+            let until = (cut + h.len().div_ceil(5)).min(h.len());
+            let truth: HashSet<u32> = h[cut..until].iter().map(|e| e.0).collect();
             let lists = engine.candidate_lists(hist, None, &|i| !seen.contains(&i), method)?;
             let head: Vec<(u32, f32)> =
                 fuse(method, &lists, rrf_k).into_iter().take(take).collect();
@@ -170,7 +212,7 @@ pub(super) fn heads(
             Ok(Some(HeadExample {
                 history: hist.iter().map(|e| e.0).collect(),
                 candidates: head.iter().map(|e| e.0).collect(),
-                features: din::head_features(&sources, &lists, &head, &popularity, hist.len()),
+                features: din::head_features(sources, &lists, &head, &popularity, hist.len()),
                 labels,
             }))
         })
@@ -185,10 +227,95 @@ pub(super) fn heads(
         .map(|h| h.labels.iter().filter(|&&y| y > 0.0).count())
         .sum();
     let work = format!(
-        "{} of {all} users held out, sources trained on {} interactions; {} heads with a positive ({positives} positives)",
+        "fold {fold}: {} of {all} users held out, sources trained on {} interactions; {} heads with a positive ({positives} positives)",
         held.len(),
         older.len(),
         heads.len()
     );
-    Ok((heads, sources, work))
+    Ok((heads, work))
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::seq::SliceRandom;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+    use vecrec_index::ItemMeta;
+
+    use super::*;
+
+    #[test]
+    fn a_later_fold_holds_out_an_earlier_fifth_with_only_what_came_before() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let n_items = 80;
+        let items: Vec<CatalogItem> = (0..n_items)
+            .map(|i| CatalogItem {
+                id: format!("i{i}"),
+                meta: ItemMeta {
+                    title: format!("item {i}"),
+                    ..Default::default()
+                },
+            })
+            .collect();
+        let vectors: Vec<Vec<f32>> = (0..n_items)
+            .map(|_| {
+                let v: Vec<f32> = (0..8).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+                let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                v.into_iter().map(|x| x / norm).collect()
+            })
+            .collect();
+        let users: Vec<(String, History)> = (0..40)
+            .map(|u| {
+                let mut all: Vec<u32> = (0..n_items as u32).collect();
+                all.shuffle(&mut rng);
+                let n = rng.gen_range(10..=20);
+                let h = all[..n].iter().map(|&i| (i, 1.0)).collect();
+                (format!("u{u}"), h)
+            })
+            .collect();
+        let mut train = TrainOptions::default();
+        train.reranker.head_folds = 2;
+        let opts = super::super::BuildOptions {
+            progress: false,
+            ..Default::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (heads, sources, work) =
+            heads(dir.path(), &items, &vectors, &users, &opts, &train).unwrap();
+        assert_eq!(sources.len(), Source::ALL.len());
+        assert!(work.contains("fold 0") && work.contains("fold 1"), "{work}");
+        let mut per_fold = [0usize; 2];
+        for head in &heads {
+            // Every history is the start of one user's (their items are
+            // distinct), cut before the newest fifth or the one before it.
+            let (_, h) = users
+                .iter()
+                .find(|(_, h)| {
+                    h.len() > head.history.len()
+                        && h[..head.history.len()]
+                            .iter()
+                            .map(|e| e.0)
+                            .eq(head.history.iter().copied())
+                })
+                .expect("a head's history is a user's first items");
+            let fifth = h.len().div_ceil(5);
+            let fold = (0..2)
+                .find(|f| head.history.len() == h.len() - (f + 1) * fifth)
+                .expect("cut at a fold's fifth");
+            per_fold[fold] += 1;
+            let held: Vec<u32> = h[head.history.len()..head.history.len() + fifth]
+                .iter()
+                .map(|e| e.0)
+                .collect();
+            for (c, y) in head.candidates.iter().zip(&head.labels) {
+                assert_eq!(*y > 0.0, held.contains(c), "fold {fold} label of {c}");
+                assert!(!head.history.contains(c), "a seen item in the head");
+            }
+            assert!(head.labels.iter().any(|&y| y > 0.0));
+        }
+        // With 80 items every head holds every unseen item: each user gives one per fold.
+        assert_eq!(per_fold, [users.len(), users.len()]);
+        // The scratch generations are gone.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
 }
