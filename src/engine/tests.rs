@@ -160,13 +160,21 @@ fn the_fusion_sees_one_list_per_weighted_source_and_no_reranker_without_one() {
     // Popularity has weight 0 by default; no reranker was trained.
     assert_eq!(
         names,
-        ["ease", "transitions", "content", "als", "two_tower"],
+        [
+            "ease",
+            "transitions",
+            "content",
+            "als",
+            "two_tower",
+            "sequence"
+        ],
         "{names:?}"
     );
     assert!(e.reranker().is_none());
-    // No two-tower model in this generation: its list is empty, the rest rank.
+    // No neural model in this generation: their lists are empty, the rest rank.
     for l in &lists {
-        assert_eq!(l.items.is_empty(), l.name == "two_tower", "{}", l.name);
+        let neural = l.name == "two_tower" || l.name == "sequence";
+        assert_eq!(l.items.is_empty(), neural, "{}", l.name);
         assert!(l.items.len() <= e.config().hybrid.candidates);
     }
     // The content list ranks the user's own category first.

@@ -109,10 +109,12 @@ fn fold_heads(
         .filter_map(|(u, h)| cut(h.len()).map(|c| (u.as_str(), h, c)))
         .collect();
     if held.is_empty() {
-        return Ok((
-            Vec::new(),
-            format!("fold {fold}: no user with a long enough history"),
-        ));
+        let why = if users.iter().all(|(_, h)| h.len() < 2) {
+            "no user with two interactions"
+        } else {
+            "no user with a long enough history"
+        };
+        return Ok((Vec::new(), format!("fold {fold}: {why}")));
     }
     let all = held.len();
     if held.len() > train.reranker.head_users {
