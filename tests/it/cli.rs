@@ -75,6 +75,17 @@ fn a_malformed_catalogue_names_the_row_and_leaves_nothing() {
     );
 }
 
+/// `vecrec serve` on `root`, which must fail; its error output.
+fn serve_fails(root: &std::path::Path) -> String {
+    let out = bin("vecrec")
+        .args(["serve", "--addr", "127.0.0.1:0", "--index"])
+        .arg(root)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn serving_a_damaged_index_fails_clearly() {
     let s = sample_index();
@@ -88,13 +99,7 @@ fn serving_a_damaged_index_fails_clearly() {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
     std::fs::write(&victim, &bytes).unwrap();
-    let out = bin("vecrec")
-        .args(["serve", "--addr", "127.0.0.1:0", "--index"])
-        .arg(copy.path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = serve_fails(copy.path());
     assert!(
         err.contains("hnsw.bin") && err.contains("checksum mismatch"),
         "{err}"
@@ -353,13 +358,7 @@ fn a_second_writer_of_an_index_roots_log_is_refused() {
     let root = crate::common::copy_sample();
     let log = root.path().join(vecrec::layout::WAL_FILE);
     let lock = vecrec_index::wal::WriterLock::acquire(&log).unwrap();
-    let out = bin("vecrec")
-        .args(["serve", "--addr", "127.0.0.1:0", "--index"])
-        .arg(root.path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = serve_fails(root.path());
     assert!(
         err.contains("another process is writing") && err.contains("index root of its own"),
         "{err}"
