@@ -117,14 +117,21 @@ impl Engine {
         live.record(events)
     }
 
-    /// The events recorded for `user` since this generation, oldest first;
+    /// The events recorded for `user` since this generation, oldest first,
+    /// less those whose item was deleted here since (as one node's
+    /// Recommend skips them; a shard knows only its own items' deletes);
     /// `FAILED_PRECONDITION` without live updates (a router then knows this
     /// server keeps none).
     pub fn recorded_events(&self, user: &str) -> Result<Vec<crate::live::DeltaEvent>> {
         self.live_or_err()?;
         Ok(self
             .view()
-            .map(|v| v.events(user).cloned().collect())
+            .map(|v| {
+                v.events(user)
+                    .filter(|e| !v.is_deleted(&e.item))
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default())
     }
 

@@ -6,10 +6,10 @@
 //! presents `authorization: Bearer <token>`; its hash is compared with every
 //! stored hash in constant time (no early exit, so the time does not tell
 //! how much of a hash matched). Roles nest: `read` may call Recommend,
-//! SimilarItems, SearchText, SearchVector, Embed, GetItem, ShardSources,
-//! UserEvents and reflection; `write` also UpsertItems, DeleteItems and
-//! RecordEvents; `admin` anything, including methods added later that name
-//! no role. Health is open to all, so load
+//! SimilarItems, SearchText, SearchVector, Embed, GetItem, ShardSources and
+//! reflection; `write` also UpsertItems, DeleteItems, RecordEvents and
+//! UserEvents (a user's recorded behaviour); `admin` anything, including
+//! methods added later that name no role. Health is open to all, so load
 //! balancers need no token. No token: `UNAUTHENTICATED`; too weak a role:
 //! `PERMISSION_DENIED`. The file is re-read on SIGHUP; a file that does not
 //! parse keeps the tokens in force and logs why.
@@ -36,9 +36,9 @@ use crate::error::{Error, Result};
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Recommend, SimilarItems, SearchText, SearchVector, Embed, GetItem,
-    /// ShardSources, UserEvents, reflection.
+    /// ShardSources, reflection.
     Read,
-    /// Also UpsertItems, DeleteItems, RecordEvents.
+    /// Also UpsertItems, DeleteItems, RecordEvents, UserEvents.
     Write,
     /// Everything.
     Admin,
@@ -230,9 +230,10 @@ pub fn required_role(path: &str) -> Option<Role> {
             Some(Role::Read)
         }
         "vecrec.v1.Recommender" => Some(match method {
-            "UpsertItems" | "DeleteItems" | "RecordEvents" => Role::Write,
+            // UserEvents lists a user's behaviour, which no read call shows.
+            "UpsertItems" | "DeleteItems" | "RecordEvents" | "UserEvents" => Role::Write,
             "Recommend" | "SimilarItems" | "SearchText" | "SearchVector" | "Embed" | "GetItem"
-            | "ShardSources" | "UserEvents" => Role::Read,
+            | "ShardSources" => Role::Read,
             _ => Role::Admin,
         }),
         _ => Some(Role::Admin),
@@ -490,6 +491,14 @@ mod tests {
         assert_eq!(&*call(upsert, Some(&writer)).unwrap().name, "ingest");
         assert_eq!(&*call(search, Some(&reader)).unwrap().name, "dashboard");
         assert!(call("/grpc.health.v1.Health/Check", None).is_ok());
+        // A user's recorded events are not for every reader.
+        let events = "/vecrec.v1.Recommender/UserEvents";
+        assert_eq!(
+            call(events, Some(&reader)).unwrap_err(),
+            Code::PermissionDenied
+        );
+        assert!(call(events, Some(&writer)).is_ok());
+        assert!(call("/vecrec.v1.Recommender/ShardSources", Some(&reader)).is_ok());
         assert_eq!(
             call("/vecrec.v1.Recommender/Compact", Some(&writer)).unwrap_err(),
             Code::PermissionDenied,

@@ -197,7 +197,10 @@ fn fold_heads(
         .map(|&(_, h, cut)| {
             let hist = &h[..cut];
             let seen: HashSet<u32> = hist.iter().map(|e| e.0).collect();
-            // The fifth after the cut (for fold 0, everything after it).
+            // The fifth after the cut (for fold 0, everything after it). In a
+            // later fold, items the user took after that fifth are not labels
+            // and may stay in the head as negatives; labelling them, or
+            // leaving them out, has not been tried.
             let until = (cut + h.len().div_ceil(5)).min(h.len());
             let truth: HashSet<u32> = h[cut..until].iter().map(|e| e.0).collect();
             let lists = engine.candidate_lists(hist, None, &|i| !seen.contains(&i), method)?;

@@ -577,7 +577,8 @@ impl Router {
             // The user may exist only through events the router could not read.
             crate::error::Error::NotFound { kind: "user", id } if events_missing => {
                 Status::unavailable(format!(
-                    "user {id:?} is not in the build, and the shard that keeps its recorded                      events has no live replica"
+                    "user {id:?} is not in the build, and the shard that keeps its recorded \
+                     events has no live replica"
                 ))
             }
             e => Status::from(e),
@@ -681,7 +682,8 @@ impl Router {
                 .into_iter()
                 .map(|e| (e.item_id, e.weight))
                 .collect()),
-            Err(st) if st.code() == Code::FailedPrecondition => {
+            // An older shard without the call keeps no events either.
+            Err(st) if matches!(st.code(), Code::FailedPrecondition | Code::Unimplemented) => {
                 let every = Duration::from_millis(self.inner.cfg.resolve_interval_ms.max(100));
                 *shard.no_events_until.lock() = Some(Instant::now() + every);
                 tracing::debug!(shard = s, status = %st, "the shard keeps no events");
@@ -767,8 +769,10 @@ impl Router {
             .write_everywhere(
                 events,
                 |e: &pb::Event| e.user_id.as_str(),
-                |mut c: Client, events| async move {
-                    c.record_events(pb::RecordEventsRequest { events }).await
+                limit,
+                |mut c: Client, events: Request<Vec<pb::Event>>| async move {
+                    c.record_events(events.map(|events| pb::RecordEventsRequest { events }))
+                        .await
                 },
                 "events are not idempotent: a retry records them again on the replicas that \
                  took them",
@@ -815,21 +819,23 @@ impl Router {
     }
 
     /// A write of `items` sent to every replica of the shards that own
-    /// them (by the id `id` reads: an item's, or for events the user's);
-    /// `send` makes one shard's request, and `on_retry` tells the caller
-    /// what retrying a write some replicas did not take does. Returns the
-    /// sum of the shards' counts and the largest sequence.
+    /// them (by the id `id` reads: an item's, or for events the user's),
+    /// each due within `route.shard_timeout_ms` or the caller's shorter
+    /// `limit`; `send` makes one shard's request, and `on_retry` tells the
+    /// caller what retrying a write some replicas did not take does.
+    /// Returns the sum of the shards' counts and the largest sequence.
     async fn write_everywhere<I, T, F, Fut>(
         &self,
         items: Vec<I>,
         id: fn(&I) -> &str,
+        limit: Option<Duration>,
         send: F,
         on_retry: &str,
     ) -> Result<(u32, u64), Status>
     where
         I: Clone + Send + 'static,
         T: Send + 'static,
-        F: Fn(Client, Vec<I>) -> Fut,
+        F: Fn(Client, Request<Vec<I>>) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>> + Send + 'static,
         T: WriteAnswer,
     {
@@ -850,8 +856,10 @@ impl Router {
                     "shard {s} has no replica to write to"
                 )));
             }
+            let budget = Duration::from_millis(self.inner.cfg.shard_timeout_ms)
+                .min(limit.unwrap_or(Duration::MAX));
             for r in replicas {
-                let fut = send(r.client.clone(), part.clone());
+                let fut = send(r.client.clone(), due(part.clone(), budget));
                 set.spawn(async move { (s, r.addr, fut.await) });
             }
         }
@@ -1156,8 +1164,10 @@ impl Recommender for Router {
                 .write_everywhere(
                     items,
                     |i: &pb::Item| i.id.as_str(),
-                    |mut c: Client, items| async move {
-                        c.upsert_items(pb::UpsertItemsRequest { items }).await
+                    limit,
+                    |mut c: Client, items: Request<Vec<pb::Item>>| async move {
+                        c.upsert_items(items.map(|items| pb::UpsertItemsRequest { items }))
+                            .await
                     },
                     ITEM_WRITES_RETRY,
                 )
@@ -1181,8 +1191,10 @@ impl Recommender for Router {
                 .write_everywhere(
                     ids,
                     |i: &String| i.as_str(),
-                    |mut c: Client, ids| async move {
-                        c.delete_items(pb::DeleteItemsRequest { ids }).await
+                    limit,
+                    |mut c: Client, ids: Request<Vec<String>>| async move {
+                        c.delete_items(ids.map(|ids| pb::DeleteItemsRequest { ids }))
+                            .await
                     },
                     ITEM_WRITES_RETRY,
                 )

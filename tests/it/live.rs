@@ -92,8 +92,25 @@ fn changes_are_visible_at_once_survive_a_restart_and_are_compacted() {
         event: None,
         weight: 1.0,
     };
-    e.record_events(vec![ev(&user, &a), ev(&user, &b), ev("brand-new", &a)])
-        .unwrap();
+    let c = before[2].clone();
+    e.record_events(vec![
+        ev(&user, &a),
+        ev(&user, &b),
+        ev("brand-new", &a),
+        ev(&user, &c),
+    ])
+    .unwrap();
+    // What a router is told (UserEvents): an item deleted since is left out.
+    let kept = |e: &Engine| -> Vec<String> {
+        e.recorded_events(&user)
+            .unwrap()
+            .into_iter()
+            .map(|x| x.item)
+            .collect()
+    };
+    assert_eq!(kept(&e), [a.clone(), b.clone(), c.clone()]);
+    e.delete_items(vec![c.clone()]).unwrap();
+    assert_eq!(kept(&e), [a.clone(), b.clone()]);
     let after = ids(&e.recommend(UserRef::Id(&user), &opts).unwrap());
     assert!(!after.contains(&a) && !after.contains(&b));
     assert_eq!(
