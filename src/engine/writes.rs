@@ -87,10 +87,11 @@ impl Engine {
     pub fn record_events(&self, events: Vec<Interaction>) -> Result<u64> {
         let live = self.live_or_err()?;
         self.check_batch("events", events.len())?;
+        // Read from the manifest only on a sliced shard.
         let sliced = self
             .sliced
             .as_ref()
-            .and(crate::layout::GenerationInfo::of(self.index.manifest()).shard);
+            .and_then(|_| crate::layout::GenerationInfo::of(self.index.manifest()).shard);
         let foreign =
             |item: &str| sliced.is_some_and(|s| crate::layout::shard_of(item, s.of) != s.index);
         for (k, e) in events.iter().enumerate() {
@@ -137,7 +138,7 @@ impl Engine {
 
     /// Checks the size of a request's batch: at least one entry, at most
     /// `limits.max_batch`.
-    pub(super) fn check_batch(&self, what: &str, len: usize) -> Result<()> {
+    pub(crate) fn check_batch(&self, what: &str, len: usize) -> Result<()> {
         if len == 0 {
             return Err(Error::invalid(format!("{what} must not be empty")));
         }

@@ -52,7 +52,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
 use crate::admission::{Admission, Permit};
-use crate::config::{Config, Limits, MissingShard, RouteConfig, UserConfig};
+use crate::config::{Config, MissingShard, RouteConfig, UserConfig};
 use crate::deadline::{parse_grpc_timeout, Deadline};
 use crate::engine::{Engine, RecommendOptions, UserRef};
 use crate::grpc::pb;
@@ -130,8 +130,6 @@ struct Inner {
     shards: Vec<Shard>,
     cfg: RouteConfig,
     users: UserConfig,
-    /// Request limits, for the calls the router checks itself (RecordEvents).
-    limits: Limits,
     channels: Mutex<HashMap<SocketAddr, Channel>>,
     next_any: AtomicUsize,
     /// The bound on requests in progress and waiting.
@@ -234,7 +232,6 @@ impl Router {
                 shards,
                 cfg: route,
                 users: cfg.users.clone(),
-                limits: cfg.limits.clone(),
                 channels: Mutex::new(HashMap::new()),
                 next_any: AtomicUsize::new(0),
                 admission,
@@ -694,24 +691,18 @@ impl Router {
     }
 
     /// `RecordEvents` over a partitioned hybrid build: the events checked
-    /// (each item asked of its owner), then written to every replica of the
-    /// shards that keep their users.
+    /// (as one node checks them, under `front`'s limits, and each item
+    /// asked of its owner), then written to every replica of the shards
+    /// that keep their users.
     async fn record_routed(
         &self,
+        front: Arc<Engine>,
         mut events: Vec<pb::Event>,
         limit: Option<Duration>,
     ) -> Result<pb::RecordEventsResponse, Status> {
-        let limits = &self.inner.limits;
-        if events.is_empty() {
-            return Err(Status::invalid_argument("events must not be empty"));
-        }
-        if events.len() > limits.max_batch {
-            return Err(Status::invalid_argument(format!(
-                "{} events, over the limit of {} per request",
-                events.len(),
-                limits.max_batch
-            )));
-        }
+        // The checks one node makes, under the front's limits.
+        front.check_batch("events", events.len())?;
+        let limits = &front.config().limits;
         for (k, e) in events.iter().enumerate() {
             crate::grpc::validate::event(limits, k, e)?;
         }
@@ -728,19 +719,7 @@ impl Router {
         for (k, id) in distinct {
             let me = self.clone();
             checks.spawn(async move {
-                let owner = me.owner(&id);
-                let r = me
-                    .call(owner, limit, move |mut c: Client, left| {
-                        let q = due(
-                            pb::GetItemRequest {
-                                id: id.clone(),
-                                with_vector: false,
-                            },
-                            left,
-                        );
-                        async move { c.get_item(q).await }
-                    })
-                    .await;
+                let r = me.owned_item(&id, false, limit).await;
                 (k, r)
             });
         }
@@ -802,20 +781,29 @@ impl Router {
 
     /// The stored vector of item `id`, from the shard that owns it.
     async fn item_vector(&self, id: &str, limit: Option<Duration>) -> Result<Vec<f32>, Status> {
+        Ok(self.owned_item(id, true, limit).await?.vector)
+    }
+
+    /// Item `id` as the shard that owns it holds it now (`NOT_FOUND` once
+    /// deleted), with its vector if `with_vector`.
+    async fn owned_item(
+        &self,
+        id: &str,
+        with_vector: bool,
+        limit: Option<Duration>,
+    ) -> Result<pb::GetItemResponse, Status> {
         let id = id.to_owned();
-        let r = self
-            .call(self.owner(&id), limit, move |mut c: Client, left| {
-                let r = due(
-                    pb::GetItemRequest {
-                        id: id.clone(),
-                        with_vector: true,
-                    },
-                    left,
-                );
-                async move { c.get_item(r).await }
-            })
-            .await?;
-        Ok(r.vector)
+        self.call(self.owner(&id), limit, move |mut c: Client, left| {
+            let r = due(
+                pb::GetItemRequest {
+                    id: id.clone(),
+                    with_vector,
+                },
+                left,
+            );
+            async move { c.get_item(r).await }
+        })
+        .await
     }
 
     /// A write of `items` sent to every replica of the shards that own
@@ -1221,16 +1209,16 @@ impl Recommender for Router {
         let limit = client_deadline(&req);
         let events = req.into_inner().events;
         let result = async {
-            if self.inner.front.is_none() {
+            let Some(front) = &self.inner.front else {
                 return Err(Status::unimplemented(
                     "RecordEvents is routed only over a partitioned build with training (`vecrec \
                      route --front`): the shards of a --content-only build hold users' profiles \
                      made at build time; send events to the interactions file of the next \
                      `vecrec-build --shards` run",
                 ));
-            }
+            };
             let _place = self.admit("RecordEvents", limit).await?;
-            self.record_routed(events, limit).await
+            self.record_routed(front.get(), events, limit).await
         }
         .await;
         observed("RecordEvents", started, result).map(Response::new)

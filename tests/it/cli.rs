@@ -352,6 +352,13 @@ fn the_readme_configuration_block_loads() {
 
 #[test]
 fn a_second_writer_of_an_index_roots_log_is_refused() {
+    let repair = |root: &std::path::Path| {
+        bin("vecrec-admin")
+            .args(["wal", "repair", "--salvage", "--index"])
+            .arg(root)
+            .output()
+            .unwrap()
+    };
     // This process holds the log's lock, as a running `vecrec serve` with
     // live updates does: another server on the same root, and a repair of
     // the log, are refused instead of interleaving their writes with it.
@@ -364,11 +371,7 @@ fn a_second_writer_of_an_index_roots_log_is_refused() {
         "{err}"
     );
     std::fs::write(&log, b"").unwrap();
-    let out = bin("vecrec-admin")
-        .args(["wal", "repair", "--salvage", "--index"])
-        .arg(root.path())
-        .output()
-        .unwrap();
+    let out = repair(root.path());
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("another process is writing"),
@@ -382,11 +385,7 @@ fn a_second_writer_of_an_index_roots_log_is_refused() {
     );
     // Once the holder is gone, the repair goes ahead.
     drop(lock);
-    let out = bin("vecrec-admin")
-        .args(["wal", "repair", "--salvage", "--index"])
-        .arg(root.path())
-        .output()
-        .unwrap();
+    let out = repair(root.path());
     assert!(
         out.status.success(),
         "{}",
