@@ -74,6 +74,34 @@ pub struct SlicedMeta {
     pub front_ids: String,
 }
 
+/// File under a partitioned build's front root naming the front generation
+/// written by `vecrec-build --shards N --front-only` for shard builds
+/// (`--shard i`) to cut from ([`PendingFront`]); removed once the front and
+/// every shard cut from it are published.
+pub const PENDING_FRONT_FILE: &str = "PENDING.json";
+
+/// Directory under a partitioned build's front root where each shard build
+/// cut from a pending front leaves a file `<front generation>/shard-<i>`
+/// naming the shard's new generation; the build that finds every shard
+/// there publishes them all and the front.
+pub const CUT_DIR: &str = "cut";
+
+/// A front generation written but not yet published, waiting for its
+/// shards to be cut from it (see [`PENDING_FRONT_FILE`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PendingFront {
+    /// The front generation's directory name.
+    pub generation: String,
+    /// Shards it is to be cut into.
+    pub shards: usize,
+    /// Digest of the catalogue and interactions it was built from
+    /// (`pipeline::inputs_digest`): a shard build with other inputs does
+    /// not cut from it.
+    pub inputs: String,
+    /// Interactions it read, and those skipped for unknown items.
+    pub interactions: (usize, usize),
+}
+
 /// A digest of a generation's item numbering: SHA-256 (first 16 bytes,
 /// hex) of its id table, so two generations that number their items alike
 /// (and only those) agree.

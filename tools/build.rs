@@ -10,7 +10,7 @@ use vecrec::catalog::{read_catalog, read_interactions};
 use vecrec::config::Config;
 use vecrec::encoder::Encoder;
 use vecrec::movielens::MovieLens;
-use vecrec::pipeline::{build, build_shards, BuildOptions};
+use vecrec::pipeline::{build, build_shards, BuildOptions, ShardWork};
 use vecrec_index::HnswParams;
 
 /// Build a new vecrec index generation from a catalogue and an interaction log.
@@ -78,10 +78,23 @@ struct Args {
     shards: Option<usize>,
     /// With --shards: build only this shard (0-based), e.g. one pod of an
     /// indexed Job; the whole catalogue is still embedded (through the
-    /// embedding cache under --out) for the users' profiles. Not with
-    /// training: every shard is cut from the one front generation.
+    /// embedding cache under --out) for the users' profiles. With
+    /// training, the shard is cut from the front that `--front-only` left
+    /// pending for the same catalogue and interactions, and the build that
+    /// cuts the last shard publishes the front and every shard together.
     #[arg(long, requires = "shards")]
     shard: Option<usize>,
+    /// With --shards and training: only train and write the front tier's
+    /// generation (OUT/front/), left pending, unpublished, for the
+    /// `--shard i` builds to cut their shards from (one pod's work; the
+    /// shard builds may run anywhere that sees OUT).
+    #[arg(long, requires = "shards", conflicts_with_all = ["shard", "content_only", "embed_only"])]
+    front_only: bool,
+    /// With --shard and training: wait up to this many seconds for a
+    /// `--front-only` build of the same inputs to leave its front pending
+    /// (checked every second), instead of failing at once.
+    #[arg(long, requires = "shard", default_value_t = 0)]
+    wait_front: u64,
     /// With --shards and --shard: only embed that shard's texts into its
     /// part of the embedding cache (OUT/embedding-parts/), then stop. Run
     /// by every pod of a rebuild Job first, it spreads the embedding over
@@ -162,7 +175,14 @@ fn run() -> anyhow::Result<()> {
             &interactions,
             &opts,
             shards,
-            a.shard,
+            match (a.front_only, a.shard) {
+                (true, _) => ShardWork::Front,
+                (false, Some(index)) => ShardWork::One {
+                    index,
+                    wait_front: std::time::Duration::from_secs(a.wait_front),
+                },
+                (false, None) => ShardWork::All,
+            },
         )
         .context("building the shards")?;
         if !a.quiet {
@@ -183,11 +203,19 @@ fn run() -> anyhow::Result<()> {
                 r.users
             );
         }
-        println!(
-            "{} of {shards} shards built in {:.1}s",
-            reports.len(),
-            start.elapsed().as_secs_f64()
-        );
+        if a.front_only {
+            println!(
+                "front trained in {:.1}s, pending (not published) until every one of the \
+                 {shards} shards is cut from it by `vecrec-build --shards {shards} --shard i`",
+                start.elapsed().as_secs_f64()
+            );
+        } else {
+            println!(
+                "{} of {shards} shards built in {:.1}s",
+                reports.len(),
+                start.elapsed().as_secs_f64()
+            );
+        }
         return Ok(());
     }
     let report =

@@ -29,7 +29,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         _ => Path::new("."),
     };
     let name = path.file_name().and_then(|s| s.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    // Unique beyond the process id: processes in containers on one shared
+    // volume often have the same one.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let tmp = dir.join(format!(
+        ".{name}.tmp-{}-{nanos}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
     let written = (|| {
         let mut f = fs::File::create(&tmp).map_err(|e| IndexError::io(&tmp, e))?;
         f.write_all(bytes).map_err(|e| IndexError::io(&tmp, e))?;

@@ -32,7 +32,7 @@ use crate::layout::{
 };
 use crate::retrieve::sparse::SparseRows;
 use crate::users::write_profiles;
-pub use shards::{build_shards, embed_part, EmbedPartReport};
+pub use shards::{build_shards, embed_part, inputs_digest, EmbedPartReport, ShardWork};
 pub use stages::{bar, spinner, stage_table, StageReport, Stages};
 
 /// Options of a build.

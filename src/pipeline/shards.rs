@@ -19,9 +19,9 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use vecrec_index::generation::{prune, publish, GenerationWriter};
+use vecrec_index::generation::{prune, publish, write_atomic, GenerationWriter};
 use vecrec_index::{write_index, Index, Metric, StoreBuilder};
 
 use super::{bar, embed_stage, histories_by, BuildOptions, BuildReport, Stages};
@@ -29,17 +29,41 @@ use crate::catalog::{CatalogItem, Interaction};
 use crate::encoder::Encoder;
 use crate::error::{Error, Result};
 use crate::layout::{
-    front_root, shard_of, shard_root, GenerationInfo, ShardInfo, SlicedMeta, ALS_DIR, EASE_ROWS,
-    FRONT_ROWS_FILE, SEQUENCE_DIR, SLICED_FILE, TRANSITIONS_ROWS, TWO_TOWER_DIR,
+    front_root, shard_of, shard_root, GenerationInfo, PendingFront, ShardInfo, SlicedMeta, ALS_DIR,
+    CUT_DIR, EASE_ROWS, FRONT_ROWS_FILE, PENDING_FRONT_FILE, SEQUENCE_DIR, SLICED_FILE,
+    TRANSITIONS_ROWS, TWO_TOWER_DIR,
 };
 use crate::retrieve::sparse::SparseRows;
 use crate::users::{profile_of, write_users, UserProfiles};
 
-/// Builds shard `only` of `shards` (or every shard) under `root`: embeds
-/// the whole catalogue once (through the embedding cache under `root`,
-/// which every shard's build shares), makes every user's profile over all
-/// of it, and writes each shard's generation. Returns one report per shard
-/// built, in shard order.
+/// Which part of a partitioned build one process does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShardWork {
+    /// Every shard, and with training the front first; all published
+    /// together at the end.
+    All,
+    /// Shard `index` only (one pod of an indexed Job). Without training it
+    /// is published at once. With training it is cut from the front that a
+    /// [`ShardWork::Front`] build left pending for the same inputs (waiting
+    /// up to `wait_front` for one to appear), and the build that cuts the
+    /// last of its shards publishes the front and every shard together.
+    One {
+        /// The shard (0-based).
+        index: usize,
+        /// Longest wait for a pending front of these inputs.
+        wait_front: Duration,
+    },
+    /// With training only: the front generation, trained over the whole
+    /// catalogue and left pending (unpublished) for the `One` builds.
+    Front,
+}
+
+/// Builds the part `work` of a partitioned build of `shards` under `root`:
+/// embeds the whole catalogue once (through the embedding cache under
+/// `root`, which every shard's build shares), makes every user's profile
+/// over all of it, and writes each shard's generation. Returns one report
+/// per generation written, in shard order (the front's alone for
+/// [`ShardWork::Front`]).
 pub fn build_shards(
     root: &Path,
     encoder: &Encoder,
@@ -47,23 +71,33 @@ pub fn build_shards(
     interactions: &[Interaction],
     opts: &BuildOptions,
     shards: usize,
-    only: Option<usize>,
+    work: ShardWork,
 ) -> Result<Vec<BuildReport>> {
     if shards == 0 {
         return Err(Error::invalid("--shards must be at least 1"));
     }
-    if let Some(i) = only.filter(|&i| i >= shards) {
-        return Err(Error::invalid(format!(
-            "--shard {i} is out of range: shards are numbered 0..{shards}"
-        )));
-    }
+    let only = match work {
+        ShardWork::One { index, .. } if index >= shards => {
+            return Err(Error::invalid(format!(
+                "--shard {index} is out of range: shards are numbered 0..{shards}"
+            )))
+        }
+        ShardWork::One { index, .. } => Some(index),
+        ShardWork::All | ShardWork::Front => None,
+    };
     // The shards' cache parts (`embed_part`) spare the build their texts.
     let opts = &BuildOptions {
         embedding_parts: Some(root.to_owned()),
         ..opts.clone()
     };
     if opts.train.is_some() || opts.learn_fusion.is_some() {
-        return build_sliced(root, encoder, items, interactions, opts, shards, only);
+        return build_sliced(root, encoder, items, interactions, opts, shards, work);
+    }
+    if work == ShardWork::Front {
+        return Err(Error::invalid(
+            "--front-only writes the front tier's trained generation: a --content-only \
+             build has none",
+        ));
     }
     let mut stages = Stages::new();
     let (vectors, embedded) = embed_stage(root, encoder, items, opts, &mut stages)?;
@@ -274,8 +308,9 @@ fn write_shard(
 }
 
 /// A partitioned build with training: one node's generation over the whole
-/// catalogue under `<root>/front/`, then shard `only` (or every shard) cut
-/// from it.
+/// catalogue under `<root>/front/`, then the shards cut from it, as `work`
+/// says: everything in this process, the front only, or one shard cut
+/// from a pending front.
 fn build_sliced(
     root: &Path,
     encoder: &Encoder,
@@ -283,15 +318,46 @@ fn build_sliced(
     interactions: &[Interaction],
     opts: &BuildOptions,
     shards: usize,
-    only: Option<usize>,
+    work: ShardWork,
 ) -> Result<Vec<BuildReport>> {
-    if only.is_some() {
-        return Err(Error::invalid(
-            "a build with training writes the front and every shard together (each shard is cut \
-             from the one front): drop --shard, or add --content-only",
-        ));
-    }
     let front_root = front_root(root);
+    let inputs = inputs_digest(items, interactions);
+    if let ShardWork::One { index, wait_front } = work {
+        let pending = wait_for_front(&front_root, shards, &inputs, wait_front)?;
+        let front_dir = front_root.join(&pending.generation);
+        // The vectors the front was built from, from the caches it wrote.
+        let raw = {
+            let fp = super::cache::fingerprint(encoder)?;
+            let mut caches = vec![super::cache::EmbeddingCache::open(
+                &front_root.join(super::cache::CACHE_DIR),
+                &fp,
+                encoder.dim(),
+            )];
+            caches.extend(super::cache::open_parts(root, &fp, encoder.dim()));
+            super::embed_cached_with(&caches, &fp, encoder, items, opts.progress)?.0
+        };
+        let mut stages = Stages::new();
+        let mut reports = cut_shards(
+            root,
+            encoder,
+            &front_dir,
+            items,
+            raw,
+            pending.interactions,
+            opts,
+            (&[index], shards),
+            &mut stages,
+        )?;
+        let cut = front_root.join(CUT_DIR).join(&pending.generation);
+        std::fs::create_dir_all(&cut).map_err(|e| Error::io(&cut, e))?;
+        let name = generation_name(&reports[0].generation);
+        write_atomic(&cut.join(format!("shard-{index}")), name.as_bytes())?;
+        publish_if_cut(root, &pending, shards)?;
+        if let Some(last) = reports.last_mut() {
+            last.stages = stages.into_list();
+        }
+        return Ok(reports);
+    }
     // Nothing goes live until every shard is cut: the front and the shards
     // are published together at the end, so a router and its shards see a
     // mismatch only for the moments their reloads take.
@@ -303,11 +369,189 @@ fn build_sliced(
     // normalised them, so each shard normalises exactly the same numbers.
     let (front_report, raw) =
         super::build_with_vectors(&front_root, encoder, items, interactions, &front_opts)?;
-    let front = Index::open(&front_report.generation)?;
+    let counts = (
+        front_report.interactions,
+        front_report.skipped_unknown_items,
+    );
+    if work == ShardWork::Front {
+        let pending = PendingFront {
+            generation: generation_name(&front_report.generation),
+            shards,
+            inputs,
+            interactions: counts,
+        };
+        let json = serde_json::to_vec_pretty(&pending).expect("serialisable");
+        write_atomic(&front_root.join(PENDING_FRONT_FILE), &json)?;
+        return Ok(vec![front_report]);
+    }
+    let mut stages = Stages::new();
+    let all: Vec<usize> = (0..shards).collect();
+    let mut reports = cut_shards(
+        root,
+        encoder,
+        &front_report.generation,
+        items,
+        raw,
+        counts,
+        opts,
+        (&all, shards),
+        &mut stages,
+    )?;
+    for (s, r) in reports.iter().enumerate() {
+        publish(&shard_root(root, s), &r.generation)?;
+    }
+    publish(&front_root, &front_report.generation)?;
+    if let Some(last) = reports.last_mut() {
+        last.stages = stages.into_list();
+    }
+    Ok(reports)
+}
+
+/// A generation directory's name.
+fn generation_name(dir: &Path) -> String {
+    dir.file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// A digest (SHA-256, first 16 bytes, hex) of a build's inputs: every
+/// item's id and embedded text, and every interaction, in order. Shard
+/// builds cut only from a front built from the same.
+pub fn inputs_digest(items: &[CatalogItem], interactions: &[Interaction]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update((items.len() as u64).to_le_bytes());
+    for it in items {
+        for part in [it.id.as_str(), &it.embedding_text()] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+    }
+    h.update((interactions.len() as u64).to_le_bytes());
+    for x in interactions {
+        for part in [x.user.as_str(), &x.item, x.event.as_deref().unwrap_or("\0")] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+        h.update(x.timestamp.to_le_bytes());
+        h.update(x.weight.to_bits().to_le_bytes());
+    }
+    h.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The front left pending under `front_root` for `shards` shards of the
+/// inputs `inputs`, waiting up to `wait` (checking every second) for one.
+fn wait_for_front(
+    front_root: &Path,
+    shards: usize,
+    inputs: &str,
+    wait: Duration,
+) -> Result<PendingFront> {
+    let path = front_root.join(PENDING_FRONT_FILE);
+    let until = Instant::now() + wait;
+    let mut told = false;
+    loop {
+        let found = read_pending(&path)?;
+        let other = match &found {
+            Some(p)
+                if p.shards == shards
+                    && p.inputs == inputs
+                    && front_root.join(&p.generation).is_dir() =>
+            {
+                return Ok(found.expect("matched"))
+            }
+            Some(p) => format!(
+                "the front pending there ({}) is for {} shards of other inputs or gone",
+                p.generation, p.shards
+            ),
+            None => "none is pending there".to_owned(),
+        };
+        if Instant::now() >= until {
+            return Err(Error::invalid(format!(
+                "no front to cut this shard from under {} ({other}): run `vecrec-build \
+                 --shards {shards} --front-only` with the same catalogue and interactions \
+                 first, or give --wait-front SECONDS to wait for it",
+                front_root.display()
+            )));
+        }
+        if !told {
+            tracing::info!(front = %front_root.display(), "waiting for the front to cut this shard from ({other})");
+            told = true;
+        }
+        std::thread::sleep(Duration::from_secs(1).min(until - Instant::now()));
+    }
+}
+
+/// The pending front recorded in `path` (written whole by one rename), if any.
+fn read_pending(path: &Path) -> Result<Option<PendingFront>> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::invalid(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+/// Publishes the pending front and every shard cut from it once every
+/// shard's build has left its generation's name under `cut/`; until then
+/// does nothing. Two builds finishing together may both publish: the same
+/// names, each written atomically.
+fn publish_if_cut(root: &Path, pending: &PendingFront, shards: usize) -> Result<()> {
+    let front_root = front_root(root);
+    let cut = front_root.join(CUT_DIR).join(&pending.generation);
+    let mut names = Vec::with_capacity(shards);
+    for s in 0..shards {
+        match std::fs::read_to_string(cut.join(format!("shard-{s}"))) {
+            Ok(name) => names.push(name),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io(&cut, e)),
+        }
+    }
+    for (s, name) in names.iter().enumerate() {
+        let r = shard_root(root, s);
+        publish(&r, &r.join(name.trim()))?;
+    }
+    publish(&front_root, &front_root.join(&pending.generation))?;
+    tracing::info!(front = %pending.generation, shards, "published the front and every shard cut from it");
+    let done = |r: std::io::Result<()>, p: &Path| match r {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(p, e)),
+        _ => Ok(()),
+    };
+    let file = front_root.join(PENDING_FRONT_FILE);
+    // Only if it still names this front (a newer one may be pending).
+    if read_pending(&file)?.is_some_and(|p| p == *pending) {
+        done(std::fs::remove_file(&file), &file)?;
+    }
+    done(std::fs::remove_dir_all(&cut), &cut)?;
+    // Empty unless another front is being cut.
+    let _ = std::fs::remove_dir(front_root.join(CUT_DIR));
+    Ok(())
+}
+
+/// Cuts shards `which` of `shards` from the front generation `front_dir`
+/// (built from `items`, whose vectors before normalising are `raw`, in
+/// catalogue order): each gets its items' content index and users and its
+/// slice of every trained source, committed unpublished.
+#[allow(clippy::too_many_arguments)]
+fn cut_shards(
+    root: &Path,
+    encoder: &Encoder,
+    front_dir: &Path,
+    items: &[CatalogItem],
+    raw: Vec<Vec<f32>>,
+    interactions: (usize, usize),
+    opts: &BuildOptions,
+    (which, shards): (&[usize], usize),
+    stages: &mut Stages,
+) -> Result<Vec<BuildReport>> {
+    let front = Index::open(front_dir)?;
     let store = front.store();
     let n = store.len();
     let dim = store.dim();
-    let mut stages = Stages::new();
     let row: HashMap<&str, usize> = items
         .iter()
         .enumerate()
@@ -341,10 +585,7 @@ fn build_sliced(
         vectors: &vectors,
         users: &users,
         profiles: &profiles,
-        interactions: (
-            front_report.interactions,
-            front_report.skipped_unknown_items,
-        ),
+        interactions,
     };
     let dir = front.dir();
     let ease = SparseRows::open(dir, EASE_ROWS, n)?;
@@ -357,10 +598,7 @@ fn build_sliced(
     let meta = SlicedMeta {
         front_items: n,
         front_ids: crate::layout::ids_digest(front.dir())?,
-        front_generation: dir
-            .file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_default(),
+        front_generation: generation_name(dir),
     };
     let slice = |out: &Path, local: &[Option<u32>]| -> Result<()> {
         // The front's rows of the shard's items, in the shard's order.
@@ -402,24 +640,76 @@ fn build_sliced(
         Ok(())
     };
     let mut reports = Vec::new();
-    for s in 0..shards {
+    for &s in which {
         let report = write_shard(
             root,
             encoder,
             &whole,
             opts,
             (s, shards),
-            &mut stages,
+            stages,
             Some(&slice),
         )?;
         reports.push(report);
     }
-    for (s, r) in reports.iter().enumerate() {
-        publish(&shard_root(root, s), &r.generation)?;
-    }
-    publish(&front_root, &front_report.generation)?;
-    if let Some(last) = reports.last_mut() {
-        last.stages = stages.into_list();
-    }
     Ok(reports)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A shard cuts only from a front of the same inputs: the digest moves
+    /// with any item's text or id and any interaction's field or order.
+    #[test]
+    fn the_inputs_digest_moves_with_every_input() {
+        let item = |id: &str, title: &str| {
+            let mut it = CatalogItem {
+                id: id.into(),
+                meta: Default::default(),
+            };
+            it.meta.title = title.into();
+            it
+        };
+        let event = |user: &str, item: &str, weight: f32| Interaction {
+            user: user.into(),
+            item: item.into(),
+            timestamp: 7,
+            event: None,
+            weight,
+        };
+        let items = vec![item("a", "Alpha"), item("b", "Beta")];
+        let inter = vec![event("u", "a", 1.0), event("v", "b", 1.0)];
+        let base = inputs_digest(&items, &inter);
+        assert_eq!(base.len(), 32);
+        let mut texts = items.clone();
+        texts[1].meta.title = "Gamma".into();
+        let mut weights = inter.clone();
+        weights[0].weight = 2.0;
+        let mut times = inter.clone();
+        times[1].timestamp = 8;
+        let mut kinds = inter.clone();
+        kinds[0].event = Some("view".into());
+        let swapped: Vec<Interaction> = inter.iter().rev().cloned().collect();
+        // "ab" + "" and "a" + "b" must not collide.
+        let joined = vec![event("ua", "", 1.0)];
+        let split = vec![event("u", "a", 1.0)];
+        let others = [
+            inputs_digest(&texts, &inter),
+            inputs_digest(&items[..1], &inter),
+            inputs_digest(&items, &weights),
+            inputs_digest(&items, &times),
+            inputs_digest(&items, &kinds),
+            inputs_digest(&items, &swapped),
+            inputs_digest(&items, &inter[..1]),
+        ];
+        for (i, d) in others.iter().enumerate() {
+            assert_ne!(d, &base, "change {i} kept the digest");
+        }
+        assert_ne!(
+            inputs_digest(&items, &joined),
+            inputs_digest(&items, &split)
+        );
+        assert_eq!(inputs_digest(&items.clone(), &inter.clone()), base);
+    }
 }

@@ -17,7 +17,7 @@ use vecrec::encoder::Encoder;
 use vecrec::grpc::pb;
 use vecrec::grpc::pb::recommender_client::RecommenderClient;
 use vecrec::layout::shard_of;
-use vecrec::pipeline::{build, build_shards, BuildOptions};
+use vecrec::pipeline::{build, build_shards, BuildOptions, ShardWork};
 use vecrec::sample::{generate, write_sample, SampleConfig};
 
 use crate::cli::copy_dir;
@@ -131,6 +131,14 @@ fn sample_data(
 }
 
 /// Recommend `k` items for the stored user `user`.
+/// One pod's part of a partitioned build: shard `index`, not waiting for a front.
+fn pod(index: usize) -> ShardWork {
+    ShardWork::One {
+        index,
+        wait_front: Duration::ZERO,
+    }
+}
+
 fn for_user(user: &str, k: u32) -> pb::RecommendRequest {
     pb::RecommendRequest {
         user_id: user.to_owned(),
@@ -188,7 +196,8 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
     let one_root = dir.path().join("one");
     build(&one_root, &enc, &items, &inter, &opts).unwrap();
     let parts = dir.path().join("parts");
-    let reports = build_shards(&parts, &enc, &items, &inter, &opts, SHARDS, None).unwrap();
+    let reports =
+        build_shards(&parts, &enc, &items, &inter, &opts, SHARDS, ShardWork::All).unwrap();
     assert_eq!(reports.len(), SHARDS);
     for (s, r) in reports.iter().enumerate() {
         let owned = items
@@ -199,7 +208,7 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
         assert_eq!(r.items, owned, "shard {s}");
     }
     // A shard out of range is refused.
-    let e = build_shards(&parts, &enc, &items, &inter, &opts, SHARDS, Some(3)).unwrap_err();
+    let e = build_shards(&parts, &enc, &items, &inter, &opts, SHARDS, pod(3)).unwrap_err();
     assert!(e.to_string().contains("out of range"), "{e}");
 
     let config = dir.path().join("exact.toml");
@@ -573,7 +582,8 @@ async fn a_sliced_hybrid_build_recommends_through_the_router_as_one_node() {
     };
     let enc = Encoder::load(&vecrec::config::Config::default().encoder, 1).unwrap();
     let parts = dir.path().join("parts");
-    let reports = build_shards(&parts, &enc, &items, &inter, &opts, SHARDS, None).unwrap();
+    let reports =
+        build_shards(&parts, &enc, &items, &inter, &opts, SHARDS, ShardWork::All).unwrap();
     assert_eq!(reports.len(), SHARDS);
     let front = vecrec::layout::front_root(&parts);
     for (s, r) in reports.iter().enumerate() {
@@ -884,13 +894,63 @@ async fn a_sliced_hybrid_build_recommends_through_the_router_as_one_node() {
         .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
     assert!(e.message().contains("gen-999"), "{e:?}");
-    // A build with training cuts every shard from one front: one shard alone is refused.
-    let e = build_shards(&parts, &enc, &items, &inter, &opts, SHARDS, Some(0)).unwrap_err();
-    assert!(e.to_string().contains("drop --shard"), "{e}");
-
-    // A rebuild: the shards and the router's front follow their CURRENT
-    // (every 2 s by default), and the router answers again.
-    build_shards(&parts, &enc, &items, &inter, &opts, SHARDS, None).unwrap();
+    // A rebuild as an indexed Job runs it: one pod trains the front and
+    // leaves it pending, each pod cuts its shard from it, and the last cut
+    // publishes the front and every shard together. The shards and the
+    // router's front follow their CURRENT (every 2 s by default), and the
+    // router answers again.
+    let e = build_shards(&parts, &enc, &items, &inter, &opts, SHARDS, pod(0)).unwrap_err();
+    assert!(e.to_string().contains("--front-only"), "{e}");
+    let currents = || -> Vec<String> {
+        (0..SHARDS)
+            .map(|s| vecrec::layout::shard_root(&parts, s))
+            .chain([front.clone()])
+            .map(|r| std::fs::read_to_string(r.join("CURRENT")).unwrap())
+            .collect()
+    };
+    let before = currents();
+    // Shard 2's pod starts first and waits for the front.
+    let pending = std::thread::scope(|scope| {
+        let waiting = scope.spawn(|| {
+            let wait = ShardWork::One {
+                index: 2,
+                wait_front: Duration::from_secs(600),
+            };
+            build_shards(&parts, &enc, &items, &inter, &opts, SHARDS, wait)
+        });
+        let pending = build_shards(
+            &parts,
+            &enc,
+            &items,
+            &inter,
+            &opts,
+            SHARDS,
+            ShardWork::Front,
+        )
+        .unwrap();
+        assert_eq!(waiting.join().unwrap().unwrap().len(), 1);
+        pending
+    });
+    assert_eq!(pending.len(), 1);
+    assert!(pending[0].generation.starts_with(&front));
+    assert_eq!(currents(), before, "published before every shard was cut");
+    // A shard of other inputs does not cut from it.
+    let e = build_shards(&parts, &enc, &items, &inter[1..], &opts, SHARDS, pod(1)).unwrap_err();
+    assert!(e.to_string().contains("other inputs"), "{e}");
+    build_shards(&parts, &enc, &items, &inter, &opts, SHARDS, pod(0)).unwrap();
+    assert_eq!(currents(), before, "published before every shard was cut");
+    let last = build_shards(&parts, &enc, &items, &inter, &opts, SHARDS, pod(1)).unwrap();
+    let after = currents();
+    assert_eq!(
+        after[1].trim(),
+        last[0].generation.file_name().unwrap().to_string_lossy()
+    );
+    assert_eq!(
+        after[SHARDS].trim(),
+        pending[0].generation.file_name().unwrap().to_string_lossy()
+    );
+    assert!((0..=SHARDS).all(|i| after[i] != before[i]), "{after:?}");
+    assert!(!front.join(vecrec::layout::PENDING_FRONT_FILE).exists());
     let new_front = vecrec_index::generation::current_generation(&front)
         .unwrap()
         .file_name()
@@ -1044,7 +1104,7 @@ async fn shard_pods_embed_only_their_own_texts_and_the_build_reuses_them() {
     let e = vecrec::pipeline::embed_part(&parts, &enc, &items, SHARDS, SHARDS, false).unwrap_err();
     assert!(e.to_string().contains("out of range"), "{e}");
 
-    let reports = build_shards(&parts, &enc, &items, &inter, &opts, SHARDS, Some(2)).unwrap();
+    let reports = build_shards(&parts, &enc, &items, &inter, &opts, SHARDS, pod(2)).unwrap();
     assert_eq!(reports[0].embedded, 0, "every text came from the parts");
     assert_eq!(reports[0].reused_embeddings, items.len());
     // The same vectors as a build that embeds everything itself.
@@ -1054,7 +1114,7 @@ async fn shard_pods_embed_only_their_own_texts_and_the_build_reuses_them() {
         ..opts.clone()
     };
     let plain_reports =
-        build_shards(&plain, &enc, &items, &inter, &plain_opts, SHARDS, Some(2)).unwrap();
+        build_shards(&plain, &enc, &items, &inter, &plain_opts, SHARDS, pod(2)).unwrap();
     assert_eq!(plain_reports[0].embedded, items.len());
     let a = vecrec_index::Index::open(&reports[0].generation).unwrap();
     let b = vecrec_index::Index::open(&plain_reports[0].generation).unwrap();
@@ -1112,4 +1172,17 @@ fn the_kubernetes_config_map_holds_configs_vecrec_accepts() {
             );
         }
     }
+    // The rebuild Job writes as many shards as there are shard manifests,
+    // and the front the router serves.
+    let job = std::fs::read_to_string(k8s.join("rebuild-job.yaml")).unwrap();
+    for needle in [
+        format!("completions: {shard_files}\n"),
+        format!("--shards {shard_files}\""),
+        "--front-only".into(),
+        "--wait-front".into(),
+    ] {
+        assert!(job.contains(&needle), "rebuild-job.yaml lacks {needle:?}");
+    }
+    let router = std::fs::read_to_string(k8s.join("router.yaml")).unwrap();
+    assert!(router.contains("--front=/data/index/front"));
 }
