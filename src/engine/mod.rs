@@ -30,6 +30,7 @@ pub use shard::{FrontQuery, ShardQuery};
 pub(crate) use sources::open_cross_encoder;
 pub use sources::Source;
 use sources::{timed, Trained};
+pub use writes::ItemState;
 
 /// One ranked item.
 #[derive(Clone, Debug, PartialEq)]
@@ -225,7 +226,7 @@ impl Engine {
 
     /// An explicit history must name at least one item and at most
     /// `limits.max_history`.
-    fn check_history(&self, items: &[String]) -> Result<()> {
+    pub(crate) fn check_history(&self, items: &[String]) -> Result<()> {
         if items.is_empty() {
             return Err(Error::invalid("give a user_id or a non-empty history"));
         }

@@ -260,10 +260,15 @@ impl Engine {
     /// vectors from being used. Items the front does not number (upserted to
     /// a shard since the build) cannot shape the answer and are left out of
     /// the history; they are never in it anyway (see `SourceItems`).
+    ///
+    /// An explicit history's ids that `new` holds (upserted to their shard
+    /// since the build, as its `ItemStates` said) are left out in the same
+    /// way, where one the front does not number otherwise is `NOT_FOUND`.
     pub fn front_query(
         &self,
         who: UserRef<'_>,
         recorded: &[(String, f32)],
+        new: &std::collections::HashSet<String>,
         opts: &RecommendOptions,
     ) -> Result<FrontQuery> {
         if !self.is_hybrid() {
@@ -299,10 +304,20 @@ impl Engine {
             }
             UserRef::History(items) => {
                 self.check_history(items)?;
-                let h = items
-                    .iter()
-                    .map(|id| self.item(id).map(|i| (i, 1.0)))
-                    .collect::<Result<Vec<_>>>()?;
+                let store = self.index.store();
+                let mut h = Vec::with_capacity(items.len());
+                for id in items {
+                    match store.internal_id(id) {
+                        Some(i) => h.push((i, 1.0)),
+                        None if new.contains(id) => {}
+                        None => {
+                            return Err(Error::NotFound {
+                                kind: "item",
+                                id: id.clone(),
+                            })
+                        }
+                    }
+                }
                 (h, None)
             }
         };

@@ -136,6 +136,26 @@ impl Engine {
             .unwrap_or_default())
     }
 
+    /// What each item of `ids` has become since the served generation
+    /// (`ItemStates`, asked by the front tier of a partitioned build);
+    /// `FAILED_PRECONDITION` when live updates are off, since then nothing
+    /// changes.
+    pub fn item_states(&self, ids: &[String]) -> Result<Vec<ItemState>> {
+        self.live_or_err()?;
+        self.check_batch("item_ids", ids.len())?;
+        let store = self.index.store();
+        let view = self.view();
+        Ok(ids
+            .iter()
+            .map(|id| match &view {
+                Some(v) if v.is_deleted(id) => ItemState::Deleted,
+                _ if store.internal_id(id).is_some() => ItemState::Built,
+                Some(v) if v.item(id).is_some() => ItemState::New,
+                _ => ItemState::Unknown,
+            })
+            .collect())
+    }
+
     /// Checks the size of a request's batch: at least one entry, at most
     /// `limits.max_batch`.
     pub(crate) fn check_batch(&self, what: &str, len: usize) -> Result<()> {
@@ -150,4 +170,17 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// What an item has become since the served generation ([`Engine::item_states`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ItemState {
+    /// Neither in the generation nor upserted since.
+    Unknown,
+    /// In the generation and not deleted since (perhaps replaced).
+    Built,
+    /// Deleted since the generation.
+    Deleted,
+    /// Upserted since, and not in the generation.
+    New,
 }

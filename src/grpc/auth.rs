@@ -233,7 +233,7 @@ pub fn required_role(path: &str) -> Option<Role> {
             // UserEvents lists a user's behaviour, which no read call shows.
             "UpsertItems" | "DeleteItems" | "RecordEvents" | "UserEvents" => Role::Write,
             "Recommend" | "SimilarItems" | "SearchText" | "SearchVector" | "Embed" | "GetItem"
-            | "ShardSources" => Role::Read,
+            | "ShardSources" | "ItemStates" => Role::Read,
             _ => Role::Admin,
         }),
         _ => Some(Role::Admin),

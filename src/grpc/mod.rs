@@ -661,6 +661,36 @@ impl Recommender for Service {
         Ok(Response::new(pb::UserEventsResponse { events }))
     }
 
+    async fn item_states(
+        &self,
+        req: Request<pb::ItemStatesRequest>,
+    ) -> Result<Response<pb::ItemStatesResponse>, Status> {
+        let deadline = self.deadline(&req);
+        let ids = req.into_inner().item_ids;
+        for id in &ids {
+            validate::id(&self.limits(), "item_ids", id)?;
+        }
+        let states = self
+            .run("ItemStates", Work::Inline, deadline, move |e, _| {
+                Ok(e.item_states(&ids)?
+                    .into_iter()
+                    .map(|s| {
+                        use crate::engine::ItemState as S;
+                        use pb::ItemState as P;
+                        match s {
+                            S::Unknown => P::Unknown,
+                            S::Built => P::Built,
+                            S::Deleted => P::Deleted,
+                            S::New => P::New,
+                        }
+                        .into()
+                    })
+                    .collect())
+            })
+            .await?;
+        Ok(Response::new(pb::ItemStatesResponse { states }))
+    }
+
     async fn get_item(
         &self,
         req: Request<pb::GetItemRequest>,

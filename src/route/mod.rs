@@ -92,7 +92,7 @@ struct Shard {
     next: AtomicUsize,
     /// Until when this shard is known to keep no events (its servers take
     /// no writes), so Recommend skips asking it.
-    no_events_until: Mutex<Option<Instant>>,
+    no_writes_until: Mutex<Option<Instant>>,
 }
 
 impl Shard {
@@ -197,7 +197,7 @@ impl Router {
                 replicas: RwLock::new(Vec::new()),
                 down_until: Mutex::new(HashMap::new()),
                 next: AtomicUsize::new(0),
-                no_events_until: Mutex::new(None),
+                no_writes_until: Mutex::new(None),
             })
             .collect();
         let admission = Admission::new(
@@ -536,7 +536,8 @@ impl Router {
         };
         let filter = r.filter.clone();
         // A stored user's events since the build, from the shard that keeps them.
-        let (recorded, events_missing) = if r.history.is_empty() && !r.user_id.trim().is_empty() {
+        let (mut recorded, events_missing) = if r.history.is_empty() && !r.user_id.trim().is_empty()
+        {
             match self.user_events(&r.user_id, limit).await {
                 Ok(events) => (events, false),
                 Err(st)
@@ -555,6 +556,39 @@ impl Router {
         } else {
             (Vec::new(), false)
         };
+        // What the history's items (or the events') have become on their
+        // shards since the build, so they count as on one node: an explicit
+        // history naming an item deleted since is NOT_FOUND, one upserted
+        // since is left out; an event on an item deleted since is dropped.
+        let mut new = std::collections::HashSet::new();
+        let batch = front.config().limits.max_batch;
+        if !r.history.is_empty() {
+            front.check_history(&r.history).map_err(Status::from)?;
+            let states = self.item_states(&r.history, batch, limit).await;
+            for id in &r.history {
+                match states.get(id) {
+                    Some(pb::ItemState::Deleted | pb::ItemState::Unknown) => {
+                        return Err(Status::from(crate::error::Error::NotFound {
+                            kind: "item",
+                            id: id.clone(),
+                        }))
+                    }
+                    Some(pb::ItemState::New) => {
+                        new.insert(id.clone());
+                    }
+                    Some(pb::ItemState::Built) | None => {}
+                }
+            }
+        } else if !recorded.is_empty() {
+            let ids: Vec<String> = recorded.iter().map(|e| e.0.clone()).collect();
+            let states = self.item_states(&ids, batch, limit).await;
+            recorded.retain(|(id, _)| {
+                !matches!(
+                    states.get(id),
+                    Some(pb::ItemState::Deleted | pb::ItemState::Unknown)
+                )
+            });
+        }
         let engine = front.clone();
         let q = tokio::task::spawn_blocking(move || {
             let who = if !r.history.is_empty() {
@@ -566,7 +600,7 @@ impl Router {
                     "give a user_id or a non-empty history",
                 ));
             };
-            engine.front_query(who, &recorded, &opts)
+            engine.front_query(who, &recorded, &new, &opts)
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?
@@ -653,12 +687,7 @@ impl Router {
         limit: Option<Duration>,
     ) -> Result<Vec<(String, f32)>, Status> {
         let s = self.owner(user);
-        let shard = &self.inner.shards[s];
-        if shard
-            .no_events_until
-            .lock()
-            .is_some_and(|t| Instant::now() < t)
-        {
+        if self.takes_no_writes(s) {
             return Ok(Vec::new());
         }
         let user = user.to_owned();
@@ -681,13 +710,91 @@ impl Router {
                 .collect()),
             // An older shard without the call keeps no events either.
             Err(st) if matches!(st.code(), Code::FailedPrecondition | Code::Unimplemented) => {
-                let every = Duration::from_millis(self.inner.cfg.resolve_interval_ms.max(100));
-                *shard.no_events_until.lock() = Some(Instant::now() + every);
-                tracing::debug!(shard = s, status = %st, "the shard keeps no events");
+                self.no_writes(s, &st);
                 Ok(Vec::new())
             }
             Err(st) => Err(st),
         }
+    }
+
+    /// Whether shard `s` answered lately that it takes no writes (its
+    /// servers run with `[live] enabled = false`): nothing changes there
+    /// since the build, so it keeps no events and its items are as built.
+    fn takes_no_writes(&self, s: usize) -> bool {
+        self.inner.shards[s]
+            .no_writes_until
+            .lock()
+            .is_some_and(|t| Instant::now() < t)
+    }
+
+    /// Records that shard `s` answered `st` (`FAILED_PRECONDITION`, or
+    /// `UNIMPLEMENTED` from an older version) to a call about what changed
+    /// since the build: it is not asked again for `route.resolve_interval_ms`.
+    fn no_writes(&self, s: usize, st: &Status) {
+        let every = Duration::from_millis(self.inner.cfg.resolve_interval_ms.max(100));
+        *self.inner.shards[s].no_writes_until.lock() = Some(Instant::now() + every);
+        tracing::debug!(shard = s, status = %st, "the shard takes no writes");
+    }
+
+    /// What each of `ids` has become since the build (`ItemStates`), asked
+    /// of their owners at once, in batches of `batch`. A shard that takes
+    /// no writes is not asked (its items are as built), and the items of a
+    /// shard that cannot answer are left out: the caller keeps the front's
+    /// view of them, and the answer lacks that shard's items anyway.
+    async fn item_states(
+        &self,
+        ids: &[String],
+        batch: usize,
+        limit: Option<Duration>,
+    ) -> HashMap<String, pb::ItemState> {
+        let mut by_shard: HashMap<usize, Vec<String>> = HashMap::new();
+        let mut asked = std::collections::HashSet::new();
+        for id in ids.iter().filter(|id| asked.insert(id.as_str())) {
+            by_shard.entry(self.owner(id)).or_default().push(id.clone());
+        }
+        let mut set = JoinSet::new();
+        for (s, ids) in by_shard {
+            if self.takes_no_writes(s) {
+                continue;
+            }
+            for part in ids.chunks(batch.max(1)) {
+                let me = self.clone();
+                let part = part.to_vec();
+                set.spawn(async move {
+                    let ask = part.clone();
+                    let r = me
+                        .call(s, limit, move |mut c: Client, left| {
+                            let q = due(
+                                pb::ItemStatesRequest {
+                                    item_ids: ask.clone(),
+                                },
+                                left,
+                            );
+                            async move { c.item_states(q).await }
+                        })
+                        .await;
+                    (s, part, r)
+                });
+            }
+        }
+        let mut out = HashMap::new();
+        while let Some(done) = set.join_next().await {
+            let Ok((s, ids, r)) = done else { continue };
+            match r {
+                Ok(r) => out.extend(
+                    ids.into_iter().zip(
+                        r.states
+                            .into_iter()
+                            .map(|x| pb::ItemState::try_from(x).unwrap_or(pb::ItemState::Unknown)),
+                    ),
+                ),
+                Err(st) if matches!(st.code(), Code::FailedPrecondition | Code::Unimplemented) => {
+                    self.no_writes(s, &st)
+                }
+                Err(st) => tracing::debug!(shard = s, status = %st, "item states unanswered"),
+            }
+        }
+        out
     }
 
     /// `RecordEvents` over a partitioned hybrid build: the events checked
@@ -1230,6 +1337,15 @@ impl Recommender for Router {
     ) -> Result<Response<pb::UserEventsResponse>, Status> {
         Err(Status::unimplemented(
             "UserEvents is a shard's call; a router does not answer it",
+        ))
+    }
+
+    async fn item_states(
+        &self,
+        _req: Request<pb::ItemStatesRequest>,
+    ) -> Result<Response<pb::ItemStatesResponse>, Status> {
+        Err(Status::unimplemented(
+            "ItemStates is a shard's call; a router does not answer it",
         ))
     }
 }

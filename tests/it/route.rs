@@ -842,6 +842,104 @@ async fn a_sliced_hybrid_build_recommends_through_the_router_as_one_node() {
         &again.items,
     );
 
+    // Items changed since the build count as on one node, whichever shard
+    // owns them (`ItemStates`): an event on an item deleted since leaves the
+    // history; an explicit history naming an item deleted since is
+    // NOT_FOUND, and an item upserted since is left out of it.
+    // (Not the first: the last check below records an event on it.)
+    let late = picked
+        .iter()
+        .skip(1)
+        .find(|i| shard_of(i, SHARDS) != 2)
+        .expect("an event item another shard owns")
+        .clone();
+    let del = pb::DeleteItemsRequest {
+        ids: vec![late.clone()],
+    };
+    rc.delete_items(del.clone()).await.unwrap();
+    one_c.delete_items(del).await.unwrap();
+    for u in [&stored_user, &fresh_user] {
+        let req = for_user(u, 10);
+        let a = one_c.recommend(req.clone()).await.unwrap().into_inner();
+        let b = rc.recommend(req).await.unwrap().into_inner();
+        assert_same(
+            &format!("Recommend {u} after an event's item was deleted"),
+            &a.items,
+            &b.items,
+        );
+    }
+    let new_item = pb::Item {
+        id: "routed-late-item".into(),
+        title: "A harbour in the fog".into(),
+        text: "Boats, fog and a harbour town waiting for spring.".into(),
+        ..Default::default()
+    };
+    let up = pb::UpsertItemsRequest {
+        items: vec![new_item.clone()],
+    };
+    rc.upsert_items(up.clone()).await.unwrap();
+    one_c.upsert_items(up).await.unwrap();
+    // What the owners answer the router.
+    let built = items
+        .iter()
+        .map(|i| i.id.clone())
+        .find(|i| shard_of(i, SHARDS) == shard_of(&new_item.id, SHARDS) && !gone.contains(i))
+        .unwrap();
+    for (ask, want) in [
+        (
+            vec![late.clone(), "no-such-item".to_string()],
+            vec![pb::ItemState::Deleted, pb::ItemState::Unknown],
+        ),
+        (
+            vec![new_item.id.clone(), built],
+            vec![pb::ItemState::New, pb::ItemState::Built],
+        ),
+    ] {
+        let got = shards[shard_of(&ask[0], SHARDS)]
+            .client()
+            .await
+            .item_states(pb::ItemStatesRequest {
+                item_ids: ask.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .states;
+        let want: Vec<i32> = want.into_iter().map(i32::from).collect();
+        assert_eq!(got, want, "{ask:?}");
+    }
+    let kept: Vec<String> = picked.iter().filter(|i| **i != late).cloned().collect();
+    let by_history = |history: Vec<String>| pb::RecommendRequest {
+        history,
+        k: 10,
+        ..Default::default()
+    };
+    let with_new = by_history([kept.clone(), vec![new_item.id.clone()]].concat());
+    let a = one_c
+        .recommend(with_new.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let b = rc.recommend(with_new).await.unwrap().into_inner();
+    assert_same("Recommend by a history with a new item", &a.items, &b.items);
+    let alone = rc
+        .recommend(by_history(kept.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_same("the new item leaves the history", &alone.items, &b.items);
+    let with_gone = by_history([kept, vec![late.clone()]].concat());
+    for (who, e) in [
+        (
+            "one node",
+            one_c.recommend(with_gone.clone()).await.unwrap_err(),
+        ),
+        ("router", rc.recommend(with_gone).await.unwrap_err()),
+    ] {
+        assert_eq!(e.code(), Code::NotFound, "{who}: {e:?}");
+        assert!(e.message().contains(&late), "{who}: {e:?}");
+    }
+
     // A shard refuses what it cannot answer; other servers refuse the call.
     let mut shard_c = shards[0].client().await;
     let ask = |source: &str, vector: Vec<f32>, history: Vec<u32>| pb::ShardSourcesRequest {
