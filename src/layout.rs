@@ -94,9 +94,11 @@ pub struct PendingFront {
     pub generation: String,
     /// Shards it is to be cut into.
     pub shards: usize,
-    /// Digest of the catalogue and interactions it was built from
-    /// (`pipeline::inputs_digest`): a shard build with other inputs does
-    /// not cut from it.
+    /// Digest of the catalogue, the interactions and the settings it was
+    /// built with (`pipeline::inputs_digest` and the training, fusion,
+    /// user and HNSW settings): a shard build with others does not cut
+    /// from it, and a second `--front-only` with the same does not train
+    /// again.
     pub inputs: String,
     /// Interactions it read, and those skipped for unknown items.
     pub interactions: (usize, usize),
@@ -109,8 +111,20 @@ pub fn ids_digest(generation: &Path) -> crate::error::Result<String> {
     use sha2::{Digest, Sha256};
     let path = generation.join(vecrec_index::store::IDS_FILE);
     let bytes = std::fs::read(&path).map_err(|e| crate::error::Error::io(&path, e))?;
-    let d = Sha256::digest(&bytes);
-    Ok(d[..16].iter().map(|b| format!("{b:02x}")).collect())
+    Ok(short_hex(&Sha256::digest(&bytes)))
+}
+
+/// The first 16 bytes of a digest, in hex: how the layout's records name
+/// what they were made from.
+pub fn short_hex(digest: &[u8]) -> String {
+    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+/// A generation directory's name (`gen-000007`).
+pub fn generation_name(dir: &Path) -> String {
+    dir.file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// User ids of the stored profiles.

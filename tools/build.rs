@@ -87,7 +87,8 @@ struct Args {
     /// With --shards and training: only train and write the front tier's
     /// generation (OUT/front/), left pending, unpublished, for the
     /// `--shard i` builds to cut their shards from (one pod's work; the
-    /// shard builds may run anywhere that sees OUT).
+    /// shard builds may run anywhere that sees OUT). Nothing is trained
+    /// when a front of the same inputs and settings is pending already.
     #[arg(long, requires = "shards", conflicts_with_all = ["shard", "content_only", "embed_only"])]
     front_only: bool,
     /// With --shard and training: wait up to this many seconds for a
@@ -203,7 +204,12 @@ fn run() -> anyhow::Result<()> {
                 r.users
             );
         }
-        if a.front_only {
+        if a.front_only && reports.is_empty() {
+            println!(
+                "not trained again: a front of the same inputs and settings is pending \
+                 (OUT/front/PENDING.json); the `--shard i` builds cut from it"
+            );
+        } else if a.front_only {
             println!(
                 "front trained in {:.1}s, pending (not published) until every one of the \
                  {shards} shards is cut from it by `vecrec-build --shards {shards} --shard i`",

@@ -343,12 +343,7 @@ impl Engine {
                 inputs,
                 exclude,
                 filter: opts.filter.clone(),
-                front_generation: self
-                    .index
-                    .dir()
-                    .file_name()
-                    .map(|f| f.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
+                front_generation: crate::layout::generation_name(self.index.dir()),
                 front_ids: self.ids_digest()?,
                 candidates: self.cfg.hybrid.candidates,
                 ease_decay: self.cfg.hybrid.ease_decay,

@@ -86,7 +86,7 @@ pub(super) fn filter(limits: &Limits, f: Option<&pb::AttributeFilter>) -> Result
 }
 
 /// A Recommend request's user id or history ids.
-pub(super) fn recommend(limits: &Limits, r: &pb::RecommendRequest) -> Result {
+pub(crate) fn recommend(limits: &Limits, r: &pb::RecommendRequest) -> Result {
     if !r.user_id.is_empty() {
         bounded(limits, "user_id", &r.user_id)?;
     }

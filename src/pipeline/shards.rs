@@ -29,9 +29,9 @@ use crate::catalog::{CatalogItem, Interaction};
 use crate::encoder::Encoder;
 use crate::error::{Error, Result};
 use crate::layout::{
-    front_root, shard_of, shard_root, GenerationInfo, PendingFront, ShardInfo, SlicedMeta, ALS_DIR,
-    CUT_DIR, EASE_ROWS, FRONT_ROWS_FILE, PENDING_FRONT_FILE, SEQUENCE_DIR, SLICED_FILE,
-    TRANSITIONS_ROWS, TWO_TOWER_DIR,
+    front_root, generation_name, shard_of, shard_root, short_hex, GenerationInfo, PendingFront,
+    ShardInfo, SlicedMeta, ALS_DIR, CUT_DIR, EASE_ROWS, FRONT_ROWS_FILE, PENDING_FRONT_FILE,
+    SEQUENCE_DIR, SLICED_FILE, TRANSITIONS_ROWS, TWO_TOWER_DIR,
 };
 use crate::retrieve::sparse::SparseRows;
 use crate::users::{profile_of, write_users, UserProfiles};
@@ -321,7 +321,7 @@ fn build_sliced(
     work: ShardWork,
 ) -> Result<Vec<BuildReport>> {
     let front_root = front_root(root);
-    let inputs = inputs_digest(items, interactions);
+    let inputs = build_digest(encoder, items, interactions, opts)?;
     if let ShardWork::One { index, wait_front } = work {
         let pending = wait_for_front(&front_root, shards, &inputs, wait_front)?;
         let front_dir = front_root.join(&pending.generation);
@@ -358,6 +358,18 @@ fn build_sliced(
         }
         return Ok(reports);
     }
+    if work == ShardWork::Front {
+        let pending = read_pending(&front_root.join(PENDING_FRONT_FILE))?;
+        if let Some(p) = pending.filter(|p| {
+            p.shards == shards && p.inputs == inputs && front_root.join(&p.generation).is_dir()
+        }) {
+            // Shard builds may already be cutting from it (a rebuild that
+            // stopped part way, run again): training again would leave the
+            // shards cut from two fronts, and neither would be published.
+            tracing::info!(front = %p.generation, "a front of these inputs and settings is pending already; not training again");
+            return Ok(Vec::new());
+        }
+    }
     // Nothing goes live until every shard is cut: the front and the shards
     // are published together at the end, so a router and its shards see a
     // mismatch only for the moments their reloads take.
@@ -380,6 +392,12 @@ fn build_sliced(
             inputs,
             interactions: counts,
         };
+        // Markers of fronts no longer pending would never be read again.
+        let cut = front_root.join(CUT_DIR);
+        match std::fs::remove_dir_all(&cut) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&cut, e)),
+            _ => {}
+        }
         let json = serde_json::to_vec_pretty(&pending).expect("serialisable");
         write_atomic(&front_root.join(PENDING_FRONT_FILE), &json)?;
         return Ok(vec![front_report]);
@@ -407,22 +425,16 @@ fn build_sliced(
     Ok(reports)
 }
 
-/// A generation directory's name.
-fn generation_name(dir: &Path) -> String {
-    dir.file_name()
-        .map(|f| f.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
 /// A digest (SHA-256, first 16 bytes, hex) of a build's inputs: every
-/// item's id and embedded text, and every interaction, in order. Shard
-/// builds cut only from a front built from the same.
+/// item's id, embedded text and attributes, and every interaction, in
+/// order. Shard builds cut only from a front built from the same.
 pub fn inputs_digest(items: &[CatalogItem], interactions: &[Interaction]) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     h.update((items.len() as u64).to_le_bytes());
     for it in items {
-        for part in [it.id.as_str(), &it.embedding_text()] {
+        let meta = serde_json::to_string(&it.meta).expect("serialisable");
+        for part in [it.id.as_str(), &it.embedding_text(), &meta] {
             h.update((part.len() as u64).to_le_bytes());
             h.update(part.as_bytes());
         }
@@ -436,10 +448,31 @@ pub fn inputs_digest(items: &[CatalogItem], interactions: &[Interaction]) -> Str
         h.update(x.timestamp.to_le_bytes());
         h.update(x.weight.to_bits().to_le_bytes());
     }
-    h.finalize()[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    short_hex(&h.finalize())
+}
+
+/// [`inputs_digest`] with the encoder's fingerprint and the build's
+/// settings (training, fusion, users, HNSW): what a pending front must
+/// match for a shard build to cut from it.
+fn build_digest(
+    encoder: &Encoder,
+    items: &[CatalogItem],
+    interactions: &[Interaction],
+    opts: &BuildOptions,
+) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let settings = serde_json::json!({
+        "train": opts.train,
+        "learn_fusion": opts.learn_fusion,
+        "head_hybrid": opts.head_hybrid,
+        "users": opts.users,
+        "hnsw": opts.hnsw,
+    });
+    let mut h = Sha256::new();
+    h.update(inputs_digest(items, interactions).as_bytes());
+    h.update(super::cache::fingerprint(encoder)?);
+    h.update(settings.to_string().as_bytes());
+    Ok(short_hex(&h.finalize()))
 }
 
 /// The front left pending under `front_root` for `shards` shards of the
@@ -464,7 +497,7 @@ fn wait_for_front(
                 return Ok(found.expect("matched"))
             }
             Some(p) => format!(
-                "the front pending there ({}) is for {} shards of other inputs or gone",
+                "the front pending there ({}) is for {} shards of other inputs or settings, or gone",
                 p.generation, p.shards
             ),
             None => "none is pending there".to_owned(),
@@ -472,8 +505,8 @@ fn wait_for_front(
         if Instant::now() >= until {
             return Err(Error::invalid(format!(
                 "no front to cut this shard from under {} ({other}): run `vecrec-build \
-                 --shards {shards} --front-only` with the same catalogue and interactions \
-                 first, or give --wait-front SECONDS to wait for it",
+                 --shards {shards} --front-only` with the same catalogue, interactions and \
+                 configuration first, or give --wait-front SECONDS to wait for it",
                 front_root.display()
             )));
         }
@@ -511,9 +544,22 @@ fn publish_if_cut(root: &Path, pending: &PendingFront, shards: usize) -> Result<
             Err(e) => return Err(Error::io(&cut, e)),
         }
     }
-    for (s, name) in names.iter().enumerate() {
-        let r = shard_root(root, s);
-        publish(&r, &r.join(name.trim()))?;
+    // Every generation named must still be there (nothing pruned it)
+    // before anything is published.
+    let dirs: Vec<std::path::PathBuf> = names
+        .iter()
+        .enumerate()
+        .map(|(s, name)| shard_root(root, s).join(name.trim()))
+        .collect();
+    if let Some(missing) = dirs.iter().find(|d| !d.is_dir()) {
+        return Err(Error::invalid(format!(
+            "{} is marked cut from front {} but is gone: build that shard again",
+            missing.display(),
+            pending.generation
+        )));
+    }
+    for (s, dir) in dirs.iter().enumerate() {
+        publish(&shard_root(root, s), dir)?;
     }
     publish(&front_root, &front_root.join(&pending.generation))?;
     tracing::info!(front = %pending.generation, shards, "published the front and every shard cut from it");

@@ -130,7 +130,6 @@ fn sample_data(
     )
 }
 
-/// Recommend `k` items for the stored user `user`.
 /// One pod's part of a partitioned build: shard `index`, not waiting for a front.
 fn pod(index: usize) -> ShardWork {
     ShardWork::One {
@@ -139,6 +138,7 @@ fn pod(index: usize) -> ShardWork {
     }
 }
 
+/// Recommend `k` items for the stored user `user`.
 fn for_user(user: &str, k: u32) -> pb::RecommendRequest {
     pb::RecommendRequest {
         user_id: user.to_owned(),
@@ -1032,6 +1032,33 @@ async fn a_sliced_hybrid_build_recommends_through_the_router_as_one_node() {
     assert_eq!(pending.len(), 1);
     assert!(pending[0].generation.starts_with(&front));
     assert_eq!(currents(), before, "published before every shard was cut");
+    // Run again (a Job's pod restarted), the same front stays pending: the
+    // shard already cut from it still counts.
+    let marker = std::fs::read(front.join(vecrec::layout::PENDING_FRONT_FILE)).unwrap();
+    let again = build_shards(
+        &parts,
+        &enc,
+        &items,
+        &inter,
+        &opts,
+        SHARDS,
+        ShardWork::Front,
+    );
+    assert!(again.unwrap().is_empty(), "trained again");
+    assert_eq!(
+        std::fs::read(front.join(vecrec::layout::PENDING_FRONT_FILE)).unwrap(),
+        marker
+    );
+    // Other settings are other fronts: a shard of those does not cut from it.
+    let other = BuildOptions {
+        users: vecrec::config::UserConfig {
+            decay: 0.5,
+            ..opts.users.clone()
+        },
+        ..opts.clone()
+    };
+    let e = build_shards(&parts, &enc, &items, &inter, &other, SHARDS, pod(1)).unwrap_err();
+    assert!(e.to_string().contains("other inputs"), "{e}");
     // A shard of other inputs does not cut from it.
     let e = build_shards(&parts, &enc, &items, &inter[1..], &opts, SHARDS, pod(1)).unwrap_err();
     assert!(e.to_string().contains("other inputs"), "{e}");
