@@ -6,8 +6,8 @@
 //! presents `authorization: Bearer <token>`; its hash is compared with every
 //! stored hash in constant time (no early exit, so the time does not tell
 //! how much of a hash matched). Roles nest: `read` may call Recommend,
-//! SimilarItems, SearchText, SearchVector, Embed, GetItem, ShardSources and
-//! reflection; `write` also UpsertItems, DeleteItems, RecordEvents and
+//! SimilarItems, SearchText, SearchVector, Embed, GetItem, ShardSources,
+//! ItemStates and reflection; `write` also UpsertItems, DeleteItems, RecordEvents and
 //! UserEvents (a user's recorded behaviour); `admin` anything, including
 //! methods added later that name no role. Health is open to all, so load
 //! balancers need no token. No token: `UNAUTHENTICATED`; too weak a role:
@@ -36,7 +36,7 @@ use crate::error::{Error, Result};
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Recommend, SimilarItems, SearchText, SearchVector, Embed, GetItem,
-    /// ShardSources, reflection.
+    /// ShardSources, ItemStates, reflection.
     Read,
     /// Also UpsertItems, DeleteItems, RecordEvents, UserEvents.
     Write,
@@ -499,6 +499,7 @@ mod tests {
         );
         assert!(call(events, Some(&writer)).is_ok());
         assert!(call("/vecrec.v1.Recommender/ShardSources", Some(&reader)).is_ok());
+        assert!(call("/vecrec.v1.Recommender/ItemStates", Some(&reader)).is_ok());
         assert_eq!(
             call("/vecrec.v1.Recommender/Compact", Some(&writer)).unwrap_err(),
             Code::PermissionDenied,

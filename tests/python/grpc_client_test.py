@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent / "scripts"
 from vecrec_stubs import load_stubs  # noqa: E402
 SERVICE = "vecrec.v1.Recommender"
 METHODS = {"Recommend", "SimilarItems", "SearchText", "SearchVector", "Embed", "GetItem",
-           "UpsertItems", "DeleteItems", "RecordEvents", "ShardSources", "UserEvents"}
+           "UpsertItems", "DeleteItems", "RecordEvents", "ShardSources", "UserEvents",
+           "ItemStates"}
 LIVE_ID = "py-live-item-1"
 UNKNOWN_ID = "vecrec-test-no-such-item-7f3a"
 QUERY = "space adventure"
