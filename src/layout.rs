@@ -80,6 +80,11 @@ pub struct SlicedMeta {
 /// every shard cut from it are published.
 pub const PENDING_FRONT_FILE: &str = "PENDING.json";
 
+/// File under a partitioned build's front root recording the front
+/// published last ([`PendingFront`]'s fields): a split build run again
+/// with the same digest while it is served has nothing to do.
+pub const PUBLISHED_FRONT_FILE: &str = "PUBLISHED.json";
+
 /// Directory under a partitioned build's front root where each shard build
 /// cut from a pending front leaves a file `<front generation>/shard-<i>`
 /// naming the shard's new generation; the build that finds every shard
@@ -94,11 +99,11 @@ pub struct PendingFront {
     pub generation: String,
     /// Shards it is to be cut into.
     pub shards: usize,
-    /// Digest of the catalogue, the interactions and the settings it was
-    /// built with (`pipeline::inputs_digest` and the training, fusion,
-    /// user and HNSW settings): a shard build with others does not cut
-    /// from it, and a second `--front-only` with the same does not train
-    /// again.
+    /// Digest of the catalogue, the interactions, the encoder and the
+    /// settings it was built with (`pipeline::inputs_digest`, the
+    /// encoder's fingerprint and the training, fusion, user and HNSW
+    /// settings): a shard build with others does not cut from it, and a
+    /// second `--front-only` with the same does not train again.
     pub inputs: String,
     /// Interactions it read, and those skipped for unknown items.
     pub interactions: (usize, usize),

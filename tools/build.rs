@@ -80,15 +80,17 @@ struct Args {
     /// indexed Job; the whole catalogue is still embedded (through the
     /// embedding cache under --out) for the users' profiles. With
     /// training, the shard is cut from the front that `--front-only` left
-    /// pending for the same catalogue and interactions, and the build that
-    /// cuts the last shard publishes the front and every shard together.
+    /// pending for the same catalogue, interactions and settings, and the
+    /// build that cuts the last shard publishes the front and every shard
+    /// together (nothing to do when that build is served already).
     #[arg(long, requires = "shards")]
     shard: Option<usize>,
     /// With --shards and training: only train and write the front tier's
     /// generation (OUT/front/), left pending, unpublished, for the
     /// `--shard i` builds to cut their shards from (one pod's work; the
     /// shard builds may run anywhere that sees OUT). Nothing is trained
-    /// when a front of the same inputs and settings is pending already.
+    /// when a front of the same inputs and settings is pending already, or
+    /// is served already with its shards (a rebuild run again).
     #[arg(long, requires = "shards", conflicts_with_all = ["shard", "content_only", "embed_only"])]
     front_only: bool,
     /// With --shard and training: wait up to this many seconds for a
@@ -204,10 +206,11 @@ fn run() -> anyhow::Result<()> {
                 r.users
             );
         }
-        if a.front_only && reports.is_empty() {
+        if reports.is_empty() {
             println!(
-                "not trained again: a front of the same inputs and settings is pending \
-                 (OUT/front/PENDING.json); the `--shard i` builds cut from it"
+                "nothing to do: a front of the same inputs and settings is pending \
+                 (OUT/front/PENDING.json), or it and its shards are served already \
+                 (OUT/front/PUBLISHED.json)"
             );
         } else if a.front_only {
             println!(

@@ -142,7 +142,14 @@ impl Engine {
     /// changes.
     pub fn item_states(&self, ids: &[String]) -> Result<Vec<ItemState>> {
         self.live_or_err()?;
-        self.check_batch("item_ids", ids.len())?;
+        // As many as a history may name, or a write may carry.
+        let most = self.cfg.limits.max_history.max(self.cfg.limits.max_batch);
+        if ids.is_empty() || ids.len() > most {
+            return Err(Error::invalid(format!(
+                "{} item_ids: give 1 to {most}",
+                ids.len()
+            )));
+        }
         let store = self.index.store();
         let view = self.view();
         Ok(ids

@@ -31,7 +31,7 @@ use crate::error::{Error, Result};
 use crate::layout::{
     front_root, generation_name, shard_of, shard_root, short_hex, GenerationInfo, PendingFront,
     ShardInfo, SlicedMeta, ALS_DIR, CUT_DIR, EASE_ROWS, FRONT_ROWS_FILE, PENDING_FRONT_FILE,
-    SEQUENCE_DIR, SLICED_FILE, TRANSITIONS_ROWS, TWO_TOWER_DIR,
+    PUBLISHED_FRONT_FILE, SEQUENCE_DIR, SLICED_FILE, TRANSITIONS_ROWS, TWO_TOWER_DIR,
 };
 use crate::retrieve::sparse::SparseRows;
 use crate::users::{profile_of, write_users, UserProfiles};
@@ -322,6 +322,12 @@ fn build_sliced(
 ) -> Result<Vec<BuildReport>> {
     let front_root = front_root(root);
     let inputs = build_digest(encoder, items, interactions, opts)?;
+    if work != ShardWork::All && published_is(&front_root, shards, &inputs)? {
+        // A rebuild of these inputs and settings finished already (a Job
+        // run again): there is nothing to train or cut.
+        tracing::info!("the front and shards of these inputs and settings are served already");
+        return Ok(Vec::new());
+    }
     if let ShardWork::One { index, wait_front } = work {
         let pending = wait_for_front(&front_root, shards, &inputs, wait_front)?;
         let front_dir = front_root.join(&pending.generation);
@@ -419,6 +425,15 @@ fn build_sliced(
         publish(&shard_root(root, s), &r.generation)?;
     }
     publish(&front_root, &front_report.generation)?;
+    // A front left pending by an earlier split build is older than this
+    // one: nothing may cut from it and publish it over this build.
+    let built = PendingFront {
+        generation: generation_name(&front_report.generation),
+        shards,
+        inputs,
+        interactions: counts,
+    };
+    record_published(&front_root, &built, None)?;
     if let Some(last) = reports.last_mut() {
         last.stages = stages.into_list();
     }
@@ -518,7 +533,8 @@ fn wait_for_front(
     }
 }
 
-/// The pending front recorded in `path` (written whole by one rename), if any.
+/// The front recorded in `path` (`PENDING.json` or `PUBLISHED.json`,
+/// written whole by one rename), if any.
 fn read_pending(path: &Path) -> Result<Option<PendingFront>> {
     match std::fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
@@ -563,19 +579,44 @@ fn publish_if_cut(root: &Path, pending: &PendingFront, shards: usize) -> Result<
     }
     publish(&front_root, &front_root.join(&pending.generation))?;
     tracing::info!(front = %pending.generation, shards, "published the front and every shard cut from it");
+    record_published(&front_root, pending, Some(pending))
+}
+
+/// Records `served` as the front published last (`PUBLISHED.json`, for
+/// [`published_is`]) and removes the pending record and the cut markers:
+/// only if the pending one is `only` when given (a newer front may be
+/// pending), always otherwise.
+fn record_published(
+    front_root: &Path,
+    served: &PendingFront,
+    only: Option<&PendingFront>,
+) -> Result<()> {
+    let json = serde_json::to_vec_pretty(served).expect("serialisable");
+    write_atomic(&front_root.join(PUBLISHED_FRONT_FILE), &json)?;
     let done = |r: std::io::Result<()>, p: &Path| match r {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(p, e)),
         _ => Ok(()),
     };
     let file = front_root.join(PENDING_FRONT_FILE);
-    // Only if it still names this front (a newer one may be pending).
-    if read_pending(&file)?.is_some_and(|p| p == *pending) {
+    let pending = read_pending(&file)?;
+    if pending.is_some() && only.is_none_or(|o| pending.as_ref() == Some(o)) {
         done(std::fs::remove_file(&file), &file)?;
+        let cut = front_root.join(CUT_DIR);
+        done(std::fs::remove_dir_all(&cut), &cut)?;
     }
-    done(std::fs::remove_dir_all(&cut), &cut)?;
-    // Empty unless another front is being cut.
-    let _ = std::fs::remove_dir(front_root.join(CUT_DIR));
     Ok(())
+}
+
+/// Whether the front served now was published for `shards` shards of the
+/// digest `inputs` (its `PUBLISHED.json` names it and `CURRENT` too).
+fn published_is(front_root: &Path, shards: usize, inputs: &str) -> Result<bool> {
+    let Some(p) = read_pending(&front_root.join(PUBLISHED_FRONT_FILE))? else {
+        return Ok(false);
+    };
+    let live = vecrec_index::generation::current_generation(front_root).ok();
+    Ok(p.shards == shards
+        && p.inputs == inputs
+        && live.is_some_and(|l| generation_name(&l) == p.generation))
 }
 
 /// Cuts shards `which` of `shards` from the front generation `front_dir`

@@ -527,6 +527,14 @@ impl Router {
         limit: Option<Duration>,
     ) -> Result<pb::RecommendResponse, Status> {
         let deadline = limit.map_or(Deadline::NONE, Deadline::after);
+        // What is left of the caller's time.
+        let left = || {
+            deadline
+                .instant()
+                .map(|t| t.saturating_duration_since(Instant::now()))
+        };
+        // The checks one node makes, under the front's limits.
+        crate::grpc::validate::recommend(&front.config().limits, &r)?;
         let opts = RecommendOptions {
             fusion: crate::grpc::convert::fusion_method(r.fusion)?,
             k: r.k as usize,
@@ -562,9 +570,11 @@ impl Router {
         // since is left out; an event on an item deleted since is dropped.
         let mut new = std::collections::HashSet::new();
         let batch = front.config().limits.max_batch;
+        let mut states_missing = false;
         if !r.history.is_empty() {
             front.check_history(&r.history).map_err(Status::from)?;
-            let states = self.item_states(&r.history, batch, limit).await;
+            let (states, missing) = self.item_states(&r.history, batch, left()).await;
+            states_missing = missing;
             for id in &r.history {
                 match states.get(id) {
                     Some(pb::ItemState::Deleted | pb::ItemState::Unknown) => {
@@ -581,13 +591,10 @@ impl Router {
             }
         } else if !recorded.is_empty() {
             let ids: Vec<String> = recorded.iter().map(|e| e.0.clone()).collect();
-            let states = self.item_states(&ids, batch, limit).await;
-            recorded.retain(|(id, _)| {
-                !matches!(
-                    states.get(id),
-                    Some(pb::ItemState::Deleted | pb::ItemState::Unknown)
-                )
-            });
+            let (states, missing) = self.item_states(&ids, batch, left()).await;
+            states_missing = missing;
+            // As one node: events on items deleted since are skipped.
+            recorded.retain(|(id, _)| states.get(id) != Some(&pb::ItemState::Deleted));
         }
         let engine = front.clone();
         let q = tokio::task::spawn_blocking(move || {
@@ -634,17 +641,14 @@ impl Router {
             transitions_decay: q.shard.transitions_decay,
         });
         // What is left of the caller's time after the user's side.
-        let left = deadline
-            .instant()
-            .map(|t| t.saturating_duration_since(Instant::now()));
         let answers = self
-            .everywhere(left, move |mut c: Client, left| {
+            .everywhere(left(), move |mut c: Client, left| {
                 let m = due((*msg).clone(), left);
                 async move { c.shard_sources(m).await }
             })
             .await;
         let mut partial = self.check_missing("Recommend", &answers)?;
-        if events_missing && !partial {
+        if (events_missing || states_missing) && !partial {
             metrics::counter!(ROUTE_PARTIAL, "rpc" => "Recommend").increment(1);
             partial = true;
         }
@@ -739,14 +743,16 @@ impl Router {
     /// What each of `ids` has become since the build (`ItemStates`), asked
     /// of their owners at once, in batches of `batch`. A shard that takes
     /// no writes is not asked (its items are as built), and the items of a
-    /// shard that cannot answer are left out: the caller keeps the front's
-    /// view of them, and the answer lacks that shard's items anyway.
+    /// shard that does not answer are left out (the caller keeps the
+    /// front's view of them); `true` beside the states when a shard that
+    /// takes writes did not answer, so the answer may differ from one
+    /// node's (`partial`).
     async fn item_states(
         &self,
         ids: &[String],
         batch: usize,
         limit: Option<Duration>,
-    ) -> HashMap<String, pb::ItemState> {
+    ) -> (HashMap<String, pb::ItemState>, bool) {
         let mut by_shard: HashMap<usize, Vec<String>> = HashMap::new();
         let mut asked = std::collections::HashSet::new();
         for id in ids.iter().filter(|id| asked.insert(id.as_str())) {
@@ -778,23 +784,36 @@ impl Router {
             }
         }
         let mut out = HashMap::new();
+        let mut missing = false;
         while let Some(done) = set.join_next().await {
-            let Ok((s, ids, r)) = done else { continue };
+            let Ok((s, ids, r)) = done else {
+                missing = true;
+                continue;
+            };
             match r {
+                // A state this version does not know counts as no answer.
                 Ok(r) => out.extend(
-                    ids.into_iter().zip(
-                        r.states
-                            .into_iter()
-                            .map(|x| pb::ItemState::try_from(x).unwrap_or(pb::ItemState::Unknown)),
-                    ),
+                    ids.into_iter()
+                        .zip(r.states)
+                        .filter_map(|(id, x)| Some((id, pb::ItemState::try_from(x).ok()?))),
                 ),
-                Err(st) if matches!(st.code(), Code::FailedPrecondition | Code::Unimplemented) => {
-                    self.no_writes(s, &st)
+                Err(st) if st.code() == Code::FailedPrecondition => self.no_writes(s, &st),
+                // An older shard without the call: the front's view stands
+                // (its events, if it keeps any, are still asked for).
+                Err(st) if st.code() == Code::Unimplemented => {
+                    tracing::debug!(shard = s, status = %st, "the shard does not answer ItemStates")
                 }
-                Err(st) => tracing::debug!(shard = s, status = %st, "item states unanswered"),
+                Err(st) => {
+                    missing = true;
+                    if retryable(&st) {
+                        tracing::debug!(shard = s, status = %st, "item states unanswered")
+                    } else {
+                        tracing::warn!(shard = s, status = %st, "item states refused")
+                    }
+                }
             }
         }
-        out
+        (out, missing)
     }
 
     /// `RecordEvents` over a partitioned hybrid build: the events checked

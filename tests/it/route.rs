@@ -856,6 +856,11 @@ async fn a_sliced_hybrid_build_recommends_through_the_router_as_one_node() {
     let del = pb::DeleteItemsRequest {
         ids: vec![late.clone()],
     };
+    let with_late = rc
+        .recommend(for_user(&fresh_user, 10))
+        .await
+        .unwrap()
+        .into_inner();
     rc.delete_items(del.clone()).await.unwrap();
     one_c.delete_items(del).await.unwrap();
     for u in [&stored_user, &fresh_user] {
@@ -867,6 +872,15 @@ async fn a_sliced_hybrid_build_recommends_through_the_router_as_one_node() {
             &a.items,
             &b.items,
         );
+        if u == &fresh_user {
+            let moved = ids(&with_late.items) != ids(&b.items)
+                || with_late
+                    .items
+                    .iter()
+                    .zip(&b.items)
+                    .any(|(x, y)| x.score != y.score);
+            assert!(moved, "the deleted item's event still counts");
+        }
     }
     let new_item = pb::Item {
         id: "routed-late-item".into(),
@@ -992,12 +1006,14 @@ async fn a_sliced_hybrid_build_recommends_through_the_router_as_one_node() {
         .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
     assert!(e.message().contains("gen-999"), "{e:?}");
+    // New interactions (one fewer here) make a rebuild.
+    let re = &inter[..inter.len() - 1];
     // A rebuild as an indexed Job runs it: one pod trains the front and
     // leaves it pending, each pod cuts its shard from it, and the last cut
     // publishes the front and every shard together. The shards and the
     // router's front follow their CURRENT (every 2 s by default), and the
     // router answers again.
-    let e = build_shards(&parts, &enc, &items, &inter, &opts, SHARDS, pod(0)).unwrap_err();
+    let e = build_shards(&parts, &enc, &items, re, &opts, SHARDS, pod(0)).unwrap_err();
     assert!(e.to_string().contains("--front-only"), "{e}");
     let currents = || -> Vec<String> {
         (0..SHARDS)
@@ -1008,42 +1024,26 @@ async fn a_sliced_hybrid_build_recommends_through_the_router_as_one_node() {
     };
     let before = currents();
     // Shard 2's pod starts first and waits for the front.
-    let pending = std::thread::scope(|scope| {
+    let (pending, cut2) = std::thread::scope(|scope| {
         let waiting = scope.spawn(|| {
             let wait = ShardWork::One {
                 index: 2,
                 wait_front: Duration::from_secs(600),
             };
-            build_shards(&parts, &enc, &items, &inter, &opts, SHARDS, wait)
+            build_shards(&parts, &enc, &items, re, &opts, SHARDS, wait)
         });
-        let pending = build_shards(
-            &parts,
-            &enc,
-            &items,
-            &inter,
-            &opts,
-            SHARDS,
-            ShardWork::Front,
-        )
-        .unwrap();
-        assert_eq!(waiting.join().unwrap().unwrap().len(), 1);
-        pending
+        let pending =
+            build_shards(&parts, &enc, &items, re, &opts, SHARDS, ShardWork::Front).unwrap();
+        (pending, waiting.join().unwrap().unwrap())
     });
+    assert_eq!(cut2.len(), 1);
     assert_eq!(pending.len(), 1);
     assert!(pending[0].generation.starts_with(&front));
     assert_eq!(currents(), before, "published before every shard was cut");
     // Run again (a Job's pod restarted), the same front stays pending: the
     // shard already cut from it still counts.
     let marker = std::fs::read(front.join(vecrec::layout::PENDING_FRONT_FILE)).unwrap();
-    let again = build_shards(
-        &parts,
-        &enc,
-        &items,
-        &inter,
-        &opts,
-        SHARDS,
-        ShardWork::Front,
-    );
+    let again = build_shards(&parts, &enc, &items, re, &opts, SHARDS, ShardWork::Front);
     assert!(again.unwrap().is_empty(), "trained again");
     assert_eq!(
         std::fs::read(front.join(vecrec::layout::PENDING_FRONT_FILE)).unwrap(),
@@ -1057,25 +1057,37 @@ async fn a_sliced_hybrid_build_recommends_through_the_router_as_one_node() {
         },
         ..opts.clone()
     };
-    let e = build_shards(&parts, &enc, &items, &inter, &other, SHARDS, pod(1)).unwrap_err();
+    let e = build_shards(&parts, &enc, &items, re, &other, SHARDS, pod(1)).unwrap_err();
     assert!(e.to_string().contains("other inputs"), "{e}");
     // A shard of other inputs does not cut from it.
     let e = build_shards(&parts, &enc, &items, &inter[1..], &opts, SHARDS, pod(1)).unwrap_err();
     assert!(e.to_string().contains("other inputs"), "{e}");
-    build_shards(&parts, &enc, &items, &inter, &opts, SHARDS, pod(0)).unwrap();
+    let cut0 = build_shards(&parts, &enc, &items, re, &opts, SHARDS, pod(0)).unwrap();
     assert_eq!(currents(), before, "published before every shard was cut");
-    let last = build_shards(&parts, &enc, &items, &inter, &opts, SHARDS, pod(1)).unwrap();
+    let cut1 = build_shards(&parts, &enc, &items, re, &opts, SHARDS, pod(1)).unwrap();
     let after = currents();
-    assert_eq!(
-        after[1].trim(),
-        last[0].generation.file_name().unwrap().to_string_lossy()
-    );
-    assert_eq!(
-        after[SHARDS].trim(),
-        pending[0].generation.file_name().unwrap().to_string_lossy()
-    );
+    // Each shard serves the generation its build cut, the front the pending one.
+    let name = |r: &[vecrec::pipeline::BuildReport]| {
+        r[0].generation
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    };
+    let cut: Vec<String> = [&cut0, &cut1, &cut2, &pending]
+        .iter()
+        .map(|r| name(r))
+        .collect();
+    let served: Vec<&str> = after.iter().map(|c| c.trim()).collect();
+    assert_eq!(served, cut);
     assert!((0..=SHARDS).all(|i| after[i] != before[i]), "{after:?}");
     assert!(!front.join(vecrec::layout::PENDING_FRONT_FILE).exists());
+    // The Job run again with the same inputs has nothing to do.
+    for work in [ShardWork::Front, pod(2)] {
+        let r = build_shards(&parts, &enc, &items, re, &opts, SHARDS, work).unwrap();
+        assert!(r.is_empty(), "{work:?} built again");
+    }
+    assert_eq!(currents(), after);
     let new_front = vecrec_index::generation::current_generation(&front)
         .unwrap()
         .file_name()
