@@ -109,6 +109,14 @@ pub struct PendingFront {
     pub interactions: (usize, usize),
 }
 
+impl PendingFront {
+    /// Whether it is a front for `shards` shards of the digest `inputs`
+    /// whose generation is still under `front_root`.
+    pub fn is_for(&self, front_root: &Path, shards: usize, inputs: &str) -> bool {
+        self.shards == shards && self.inputs == inputs && front_root.join(&self.generation).is_dir()
+    }
+}
+
 /// A digest of a generation's item numbering: SHA-256 (first 16 bytes,
 /// hex) of its id table, so two generations that number their items alike
 /// (and only those) agree.

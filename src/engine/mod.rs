@@ -226,7 +226,7 @@ impl Engine {
 
     /// An explicit history must name at least one item and at most
     /// `limits.max_history`.
-    pub(crate) fn check_history(&self, items: &[String]) -> Result<()> {
+    fn check_history(&self, items: &[String]) -> Result<()> {
         if items.is_empty() {
             return Err(Error::invalid("give a user_id or a non-empty history"));
         }

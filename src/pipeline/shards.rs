@@ -321,7 +321,8 @@ fn build_sliced(
     work: ShardWork,
 ) -> Result<Vec<BuildReport>> {
     let front_root = front_root(root);
-    let inputs = build_digest(encoder, items, interactions, opts)?;
+    let fp = super::cache::fingerprint(encoder)?;
+    let inputs = build_digest(&fp, items, interactions, opts);
     if work != ShardWork::All && published_is(&front_root, shards, &inputs)? {
         // A rebuild of these inputs and settings finished already (a Job
         // run again): there is nothing to train or cut.
@@ -333,7 +334,6 @@ fn build_sliced(
         let front_dir = front_root.join(&pending.generation);
         // The vectors the front was built from, from the caches it wrote.
         let raw = {
-            let fp = super::cache::fingerprint(encoder)?;
             let mut caches = vec![super::cache::EmbeddingCache::open(
                 &front_root.join(super::cache::CACHE_DIR),
                 &fp,
@@ -366,9 +366,7 @@ fn build_sliced(
     }
     if work == ShardWork::Front {
         let pending = read_pending(&front_root.join(PENDING_FRONT_FILE))?;
-        if let Some(p) = pending.filter(|p| {
-            p.shards == shards && p.inputs == inputs && front_root.join(&p.generation).is_dir()
-        }) {
+        if let Some(p) = pending.filter(|p| p.is_for(front_root.as_path(), shards, &inputs)) {
             // Shard builds may already be cutting from it (a rebuild that
             // stopped part way, run again): training again would leave the
             // shards cut from two fronts, and neither would be published.
@@ -400,10 +398,7 @@ fn build_sliced(
         };
         // Markers of fronts no longer pending would never be read again.
         let cut = front_root.join(CUT_DIR);
-        match std::fs::remove_dir_all(&cut) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&cut, e)),
-            _ => {}
-        }
+        removed(std::fs::remove_dir_all(&cut), &cut)?;
         let json = serde_json::to_vec_pretty(&pending).expect("serialisable");
         write_atomic(&front_root.join(PENDING_FRONT_FILE), &json)?;
         return Ok(vec![front_report]);
@@ -470,11 +465,11 @@ pub fn inputs_digest(items: &[CatalogItem], interactions: &[Interaction]) -> Str
 /// settings (training, fusion, users, HNSW): what a pending front must
 /// match for a shard build to cut from it.
 fn build_digest(
-    encoder: &Encoder,
+    encoder_fingerprint: &[u8; 32],
     items: &[CatalogItem],
     interactions: &[Interaction],
     opts: &BuildOptions,
-) -> Result<String> {
+) -> String {
     use sha2::{Digest, Sha256};
     let settings = serde_json::json!({
         "train": opts.train,
@@ -485,9 +480,9 @@ fn build_digest(
     });
     let mut h = Sha256::new();
     h.update(inputs_digest(items, interactions).as_bytes());
-    h.update(super::cache::fingerprint(encoder)?);
+    h.update(encoder_fingerprint);
     h.update(settings.to_string().as_bytes());
-    Ok(short_hex(&h.finalize()))
+    short_hex(&h.finalize())
 }
 
 /// The front left pending under `front_root` for `shards` shards of the
@@ -504,13 +499,7 @@ fn wait_for_front(
     loop {
         let found = read_pending(&path)?;
         let other = match &found {
-            Some(p)
-                if p.shards == shards
-                    && p.inputs == inputs
-                    && front_root.join(&p.generation).is_dir() =>
-            {
-                return Ok(found.expect("matched"))
-            }
+            Some(p) if p.is_for(front_root, shards, inputs) => return Ok(found.expect("matched")),
             Some(p) => format!(
                 "the front pending there ({}) is for {} shards of other inputs or settings, or gone",
                 p.generation, p.shards
@@ -593,18 +582,22 @@ fn record_published(
 ) -> Result<()> {
     let json = serde_json::to_vec_pretty(served).expect("serialisable");
     write_atomic(&front_root.join(PUBLISHED_FRONT_FILE), &json)?;
-    let done = |r: std::io::Result<()>, p: &Path| match r {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(p, e)),
-        _ => Ok(()),
-    };
     let file = front_root.join(PENDING_FRONT_FILE);
     let pending = read_pending(&file)?;
     if pending.is_some() && only.is_none_or(|o| pending.as_ref() == Some(o)) {
-        done(std::fs::remove_file(&file), &file)?;
+        removed(std::fs::remove_file(&file), &file)?;
         let cut = front_root.join(CUT_DIR);
-        done(std::fs::remove_dir_all(&cut), &cut)?;
+        removed(std::fs::remove_dir_all(&cut), &cut)?;
     }
     Ok(())
+}
+
+/// The result of removing `path`: fine if it was not there.
+fn removed(r: std::io::Result<()>, path: &Path) -> Result<()> {
+    match r {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(path, e)),
+        _ => Ok(()),
+    }
 }
 
 /// Whether the front served now was published for `shards` shards of the

@@ -572,7 +572,6 @@ impl Router {
         let batch = front.config().limits.max_batch;
         let mut states_missing = false;
         if !r.history.is_empty() {
-            front.check_history(&r.history).map_err(Status::from)?;
             let (states, missing) = self.item_states(&r.history, batch, left()).await;
             states_missing = missing;
             for id in &r.history {
