@@ -130,6 +130,15 @@ impl Entry {
         }
     }
 
+    /// When it was logged, in milliseconds since the Unix epoch.
+    pub fn time_ms(&self) -> u64 {
+        match self {
+            Entry::Exposure { time_ms, .. }
+            | Entry::Definition { time_ms, .. }
+            | Entry::Feedback { time_ms, .. } => *time_ms,
+        }
+    }
+
     /// A click (or other `kind`; empty means click) by `user` on `item` of
     /// the list `request_id` answered.
     pub fn feedback(request_id: &str, time_ms: u64, user: &str, item: &str, kind: &str) -> Self {
@@ -223,6 +232,20 @@ pub fn read_all(root: &Path) -> Result<Vec<Entry>> {
                 .map_err(|e| Error::invalid(format!("{}: record {seq}: {e}", f.display())))?;
             out.push(e);
         }
+    }
+    Ok(out)
+}
+
+/// Every committed entry under each of `roots` (a server's index root,
+/// each router replica's exposure root), merged in time order: a list
+/// served by one router may get its feedback through another.
+pub fn read_roots(roots: &[&Path]) -> Result<Vec<Entry>> {
+    let mut out = Vec::new();
+    for root in roots {
+        out.extend(read_all(root)?);
+    }
+    if roots.len() > 1 {
+        out.sort_by_key(Entry::time_ms);
     }
     Ok(out)
 }

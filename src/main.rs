@@ -55,8 +55,9 @@ enum Command {
     /// that are not IP addresses are looked up in DNS every
     /// route.resolve_interval_ms (one Kubernetes headless Service per
     /// shard). Settings: --config's [route] and [users] sections (the
-    /// latter must match the build's), then these flags. Prints
-    /// `listening on ADDR` on stdout.
+    /// latter must match the build's), then these flags. With --front and
+    /// --exposure-root the config's [[experiments]] run on the router as on
+    /// one node (SIGHUP re-reads them). Prints `listening on ADDR` on stdout.
     Route(RouteArgs),
 }
 
@@ -94,6 +95,13 @@ struct RouteArgs {
     /// (route.front).
     #[arg(long, value_name = "DIR")]
     front: Option<PathBuf>,
+    /// Where this router logs the lists its experiments serve and the
+    /// feedback on them (DIR/experiments/, read by `vecrec-experiment
+    /// report --index DIR`); needed for --config's [[experiments]], which a
+    /// router with --front runs as one node does. One directory per router
+    /// replica (route.exposure_root).
+    #[arg(long, value_name = "DIR")]
+    exposure_root: Option<PathBuf>,
 }
 
 // `vecrec serve`'s flags (the variant's doc comment is its help).
@@ -185,6 +193,9 @@ fn route(args: RouteArgs) -> anyhow::Result<()> {
     if let Some(f) = args.front {
         cfg.route.front = Some(f);
     }
+    if let Some(d) = args.exposure_root {
+        cfg.route.exposure_root = Some(d);
+    }
     if let Some(m) = args.on_missing_shard {
         cfg.route.on_missing_shard = match m.as_str() {
             "partial" => vecrec::config::MissingShard::Partial,
@@ -205,7 +216,7 @@ fn route(args: RouteArgs) -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async move {
         serve_metrics(&cfg).await?;
-        let router = vecrec::route::Router::new(&cfg).await?;
+        let router = vecrec::route::Router::new(&cfg, args.config.clone()).await?;
         let listener =
             vecrec::grpc::bind_with_backlog(&cfg.server.addr, cfg.server.listen_backlog)?;
         let local = listener.local_addr()?;

@@ -36,9 +36,18 @@ enum Command {
     /// Print the report (and write it as JSON with --json, the lift over
     /// time as a PNG with --plot).
     Report {
-        /// The index directory the server writes its exposure log under.
+        /// The index directory the server writes its exposure log under
+        /// (for a router, its --exposure-root; --cuped reads the users from
+        /// the index here, so give the front's index root and the routers'
+        /// roots with --log).
         #[arg(long)]
         index: PathBuf,
+        /// Also read the exposure log under this directory (give it once per
+        /// router replica's --exposure-root); the entries are merged in time
+        /// order, so feedback taken by one router counts for a list another
+        /// served.
+        #[arg(long = "log", value_name = "DIR")]
+        logs: Vec<PathBuf>,
         /// The experiment's name.
         #[arg(long)]
         experiment: String,
@@ -117,11 +126,12 @@ fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
         Command::Report {
             index,
+            logs,
             experiment,
             json,
             plot,
             cuped,
-        } => report(&index, &experiment, json, plot, cuped),
+        } => report(&index, &logs, &experiment, json, plot, cuped),
         Command::Simulate {
             movielens,
             config,
@@ -159,13 +169,18 @@ fn covariates(index: &std::path::Path) -> anyhow::Result<vecrec::analysis::Covar
 
 fn report(
     index: &std::path::Path,
+    logs: &[PathBuf],
     experiment: &str,
     json: Option<PathBuf>,
     plot: Option<PathBuf>,
     cuped: bool,
 ) -> anyhow::Result<()> {
-    let entries = vecrec::exposure::read_all(index)
-        .with_context(|| format!("reading the exposure log under {}", index.display()))?;
+    let mut roots = vec![index];
+    roots.extend(logs.iter().map(PathBuf::as_path));
+    let entries = vecrec::exposure::read_roots(&roots).with_context(|| {
+        let all: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
+        format!("reading the exposure logs under {}", all.join(", "))
+    })?;
     let x = if cuped {
         Some(covariates(index)?)
     } else {
@@ -173,8 +188,12 @@ fn report(
     };
     let r = vecrec::analysis::report_with(&entries, experiment, x.as_ref()).with_context(|| {
         format!(
-            "no experiment {experiment:?} in the exposure log under {} (has it served a list?)",
-            index.display()
+            "no experiment {experiment:?} in the exposure logs under {} (has it served a list?)",
+            roots
+                .iter()
+                .map(|r| r.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         )
     })?;
     println!(

@@ -55,6 +55,13 @@ pub struct RouteConfig {
     /// shard for its sources' lists (`ShardSources`). Default: none (the
     /// content pipeline).
     pub front: Option<std::path::PathBuf>,
+    /// Where the router logs the lists its experiments serve and the
+    /// feedback on them (`<dir>/experiments/exposures-NNNNNN.log`, read by
+    /// `vecrec-experiment report --index <dir>`). Needed for
+    /// `[[experiments]]`, which a router with `front` runs itself, as one
+    /// node does; give each router replica a directory of its own.
+    /// Default: none (no experiments; events' `request_id` is not logged).
+    pub exposure_root: Option<std::path::PathBuf>,
 }
 
 impl Default for RouteConfig {
@@ -69,6 +76,7 @@ impl Default for RouteConfig {
             max_in_flight: 256,
             on_missing_shard: MissingShard::Partial,
             front: None,
+            exposure_root: None,
         }
     }
 }

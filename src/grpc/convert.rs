@@ -105,7 +105,7 @@ pub(crate) fn scored(engine: &Engine, items: Vec<Scored>) -> Vec<pb::ScoredItem>
         .collect()
 }
 
-pub(super) fn served_items(
+pub(crate) fn served_items(
     engine: &Engine,
     items: Vec<experiments::Served>,
 ) -> Vec<pb::ScoredItem> {

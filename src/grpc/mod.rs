@@ -45,7 +45,6 @@ use crate::deadline::{parse_grpc_timeout, Deadline};
 use crate::engine::{Engine, RecommendOptions, ShardQuery, Source, UserRef};
 use crate::error::Error;
 use crate::serving::{experiments, EngineSlot};
-use crate::telemetry;
 
 /// Generated protobuf types and service stubs.
 #[allow(missing_docs, clippy::all)]
@@ -56,9 +55,6 @@ pub mod pb {
 }
 
 use pb::recommender_server::Recommender;
-
-/// Served lists remembered for counting their feedback by arm.
-const RECENT_REQUESTS: usize = 65_536;
 
 /// The service over the engine in a swappable slot.
 #[derive(Clone, Debug)]
@@ -76,13 +72,8 @@ pub struct Service {
     rates: Arc<auth::Rates>,
     /// The experiments in force over Recommend.
     experiments: Arc<experiments::Experiments>,
-    /// Where served lists and their feedback are logged (started on the
-    /// first call that needs it).
-    exposures: Arc<std::sync::OnceLock<Option<crate::exposure::ExposureLog>>>,
-    /// The experiment whose definition this server logged last.
-    defined: Arc<parking_lot::Mutex<Option<Arc<crate::config::ExperimentConfig>>>>,
-    /// Recently served lists' arms, to count feedback by arm.
-    recent: Arc<experiments::Recent>,
+    /// Where served lists and their feedback are logged, under the index root.
+    journal: Arc<experiments::Journal>,
 }
 
 /// Where a call's work runs, which decides whether it needs a CPU place.
@@ -119,6 +110,7 @@ impl Service {
         let max_wait =
             (cfg.max_queue_wait_ms > 0).then(|| Duration::from_millis(cfg.max_queue_wait_ms));
         let rates = Arc::new(auth::Rates::new(&slot.get().config().security));
+        let journal = Arc::new(experiments::Journal::new(slot.root()));
         Self {
             slot,
             admission: Admission::new(
@@ -139,81 +131,8 @@ impl Service {
             default_timeout: Duration::from_millis(cfg.request_timeout_ms),
             rates,
             experiments: Arc::new(experiments),
-            exposures: Arc::new(std::sync::OnceLock::new()),
-            defined: Default::default(),
-            recent: Arc::new(experiments::Recent::new(RECENT_REQUESTS)),
+            journal,
         }
-    }
-
-    /// Hands `entry` to the exposure log, starting it on first use, and
-    /// counts it on /metrics.
-    fn expose(&self, entry: crate::exposure::Entry) {
-        use crate::exposure::Entry;
-        match &entry {
-            Entry::Exposure {
-                request_id,
-                experiment,
-                arm,
-                items,
-                ..
-            } => {
-                let labels = [("experiment", experiment.clone()), ("arm", arm.clone())];
-                metrics::counter!(telemetry::EXPERIMENT_EXPOSURES, &labels)
-                    .increment(items.len() as u64);
-                self.recent.remember(
-                    request_id,
-                    experiment,
-                    arm,
-                    items.iter().map(|s| (s.item.as_str(), s.team.as_str())),
-                );
-            }
-            Entry::Feedback {
-                request_id,
-                item,
-                kind,
-                ..
-            } => {
-                let (experiment, arm) = self
-                    .recent
-                    .credit(request_id, item)
-                    .unwrap_or_else(|| ("unknown".into(), "unknown".into()));
-                let labels = [
-                    ("experiment", experiment),
-                    ("arm", arm),
-                    ("kind", kind.clone()),
-                ];
-                metrics::counter!(telemetry::EXPERIMENT_FEEDBACK, &labels).increment(1);
-            }
-            Entry::Definition { .. } => {}
-        }
-        let log = self.exposures.get_or_init(|| {
-            match crate::exposure::ExposureLog::start(self.slot.root(), Default::default()) {
-                Ok(l) => Some(l),
-                Err(e) => {
-                    tracing::error!(error = %e, "the exposure log cannot start; exposures are lost");
-                    None
-                }
-            }
-        });
-        if let Some(l) = log {
-            l.record(entry);
-        }
-    }
-
-    /// Logs `e`'s definition before its first exposure from this server,
-    /// and again after each reload (a reload makes a new `Arc`).
-    fn define(&self, e: &Arc<crate::config::ExperimentConfig>) {
-        {
-            let mut last = self.defined.lock();
-            if last.as_ref().is_some_and(|l| Arc::ptr_eq(l, e)) {
-                return;
-            }
-            *last = Some(e.clone());
-        }
-        self.expose(crate::exposure::Entry::definition(
-            e,
-            crate::exposure::now_ms(),
-        ));
     }
 
     /// Charges a write call (and its `events`) to the caller's rates.
@@ -326,16 +245,10 @@ impl Recommender for Service {
         let r = req.into_inner();
         let limits = self.limits();
         validate::recommend(&limits, &r)?;
-        validate::id_or_empty(&limits, "force_arm", &r.force_arm)?;
         let filter = to_filter(r.filter)?;
         let plan = self.experiments.plan(&r.user_id, &r.force_arm)?;
         let request_id = crate::experiment::request_id();
-        let (experiment, arm) = plan.as_ref().map_or((String::new(), String::new()), |p| {
-            (
-                p.experiment.name.clone(),
-                p.experiment.arms[p.arm].name.clone(),
-            )
-        });
+        let (experiment, arm) = plan.as_ref().map(|p| p.names()).unwrap_or_default();
         let started = Instant::now();
         let id = request_id.clone();
         let plan_logged = plan.clone();
@@ -361,22 +274,13 @@ impl Recommender for Service {
             })
             .await?;
         if let Some(p) = &plan_logged {
-            self.define(&p.experiment);
-            self.expose(crate::exposure::Entry::served(
+            self.journal.served(
+                p,
                 &request_id,
-                crate::exposure::now_ms(),
                 &user,
-                &p.experiment,
-                p.arm,
-                p.forced,
                 items.iter().map(|s| (s.item_id.as_str(), s.arm.as_str())),
-            ));
-        }
-        if !experiment.is_empty() {
-            let labels = [("experiment", experiment.clone()), ("arm", arm.clone())];
-            metrics::counter!(telemetry::EXPERIMENT_REQUESTS, &labels).increment(1);
-            metrics::histogram!(telemetry::EXPERIMENT_SECONDS, &labels)
-                .record(started.elapsed().as_secs_f64());
+                started,
+            );
         }
         Ok(Response::new(pb::RecommendResponse {
             items,
@@ -587,7 +491,7 @@ impl Recommender for Service {
             .await?;
         // Only acknowledged events become feedback in the exposure log.
         for f in feedback {
-            self.expose(f);
+            self.journal.record(f);
         }
         Ok(Response::new(pb::RecordEventsResponse {
             recorded: n,

@@ -22,7 +22,7 @@ pub(super) fn id(limits: &Limits, what: &str, id: &str) -> Result {
 }
 
 /// An optional id: empty, or at most `max_id_bytes`.
-pub(super) fn id_or_empty(limits: &Limits, what: &str, id: &str) -> Result {
+fn id_or_empty(limits: &Limits, what: &str, id: &str) -> Result {
     bounded(limits, what, id)
 }
 
@@ -85,11 +85,13 @@ pub(super) fn filter(limits: &Limits, f: Option<&pb::AttributeFilter>) -> Result
     Ok(())
 }
 
-/// A Recommend request's user id or history ids.
+/// A Recommend request's user id or history ids, its filter and the arm it
+/// forces.
 pub(crate) fn recommend(limits: &Limits, r: &pb::RecommendRequest) -> Result {
     if !r.user_id.is_empty() {
         bounded(limits, "user_id", &r.user_id)?;
     }
+    id_or_empty(limits, "force_arm", &r.force_arm)?;
     if r.history.len() > limits.max_history {
         return Err(Error::invalid(format!(
             "history has {} items, over the limit of {}",

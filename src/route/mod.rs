@@ -28,6 +28,13 @@
 //!   (`UserEvents`) and gives them to [`Engine::front_query`], which uses
 //!   them as one node does. Without a front, the shards' users' profiles
 //!   are fixed at build time and the call is refused.
+//! - Experiments (`[[experiments]]`, with `route.front` and
+//!   `route.exposure_root`): the router assigns the arm, serves it (in
+//!   interleaving both arms, joined) with the arm's settings on the front,
+//!   and logs the list and the feedback events name
+//!   (`Event.request_id`) under its own exposure root, as one node does.
+//!   The shards are sent the events without their request id, so feedback
+//!   is logged once, by the router that took it.
 //!
 //! A replica is chosen round-robin among those not marked down; a call
 //! that fails with a transport-level status is retried on the next replica,
@@ -59,6 +66,7 @@ use crate::grpc::pb;
 use crate::grpc::pb::recommender_client::RecommenderClient;
 use crate::grpc::pb::recommender_server::{Recommender, RecommenderServer};
 use crate::layout::shard_of;
+use crate::serving::experiments::{self, Experiments, Journal, Plan};
 use crate::serving::EngineSlot;
 
 type Client = RecommenderClient<Channel>;
@@ -139,6 +147,10 @@ struct Inner {
     front: Option<Arc<EngineSlot>>,
     /// How often the front's `CURRENT` is checked (`server.reload_interval_ms`).
     reload: Duration,
+    /// The experiments in force over Recommend (re-read on SIGHUP).
+    experiments: Arc<Experiments>,
+    /// Where served lists and feedback are logged (`route.exposure_root`).
+    journal: Option<Arc<Journal>>,
 }
 
 /// The front tier: a `Recommender` over the shards of a partitioned index.
@@ -170,12 +182,63 @@ fn client_deadline<R>(req: &Request<R>) -> Option<Duration> {
         .and_then(parse_grpc_timeout)
 }
 
+/// A sliced Recommend's request with what the router learnt of it before
+/// the lists: the user's events since the build, the history's items
+/// upserted since, and whether either could not be read.
+struct Asked {
+    r: pb::RecommendRequest,
+    recorded: Vec<(String, f32)>,
+    new: std::collections::HashSet<String>,
+    opts: RecommendOptions,
+    events_missing: bool,
+    states_missing: bool,
+}
+
+/// `items` served outside an experiment's teams.
+fn plain(items: Vec<crate::engine::Scored>) -> Vec<experiments::Served> {
+    items
+        .into_iter()
+        .map(|item| experiments::Served {
+            item,
+            arm: String::new(),
+        })
+        .collect()
+}
+
+/// Refuses experiments the router cannot run: without a front (the
+/// content-only router sends Recommend on to every shard, which would each
+/// serve and log a part of the list) or without an exposure root.
+fn check_experiments(cfg: &Config) -> anyhow::Result<()> {
+    if cfg.experiments.is_empty() {
+        return Ok(());
+    }
+    if cfg.route.front.is_none() {
+        anyhow::bail!(
+            "[[experiments]] through the router need route.front (--front): only the hybrid \
+             Recommend of a partitioned build with training runs them; a --content-only build's \
+             shards each answer a part of the list"
+        );
+    }
+    if cfg.route.exposure_root.is_none() {
+        anyhow::bail!(
+            "[[experiments]] through the router need route.exposure_root (--exposure-root DIR): \
+             a writable directory, one per router replica, for the log of what they serve"
+        );
+    }
+    Ok(())
+}
+
 impl Router {
     /// A router over `cfg.route.shards` (resolved now, and again every
     /// `route.resolve_interval_ms` by [`Router::keep_resolving`]). Replicas
-    /// are connected on first use.
-    pub async fn new(cfg: &Config) -> anyhow::Result<Self> {
+    /// are connected on first use. `config_file` is re-read for the
+    /// experiments on SIGHUP.
+    pub async fn new(
+        cfg: &Config,
+        config_file: Option<std::path::PathBuf>,
+    ) -> anyhow::Result<Self> {
         let route = cfg.route.clone();
+        check_experiments(cfg)?;
         if route.shards.is_empty() {
             anyhow::bail!(
                 "no shards: give --shard host:port[,host:port...] once per shard, shard 0 first"
@@ -225,8 +288,15 @@ impl Router {
                 Some(Arc::new(EngineSlot::new(&root, Arc::new(engine))))
             }
         };
+        let journal = route
+            .exposure_root
+            .as_deref()
+            .map(|d| Arc::new(Journal::new(d)));
+        let experiments = Arc::new(Experiments::new(cfg, config_file)?);
         let router = Router {
             inner: Arc::new(Inner {
+                experiments,
+                journal,
                 front,
                 reload: Duration::from_millis(cfg.server.reload_interval_ms),
                 shards,
@@ -519,13 +589,15 @@ impl Router {
     /// `Recommend` over a partitioned hybrid build: the user's side on the
     /// front generation, each source's lists from every shard
     /// (`ShardSources`), merged, reranked and fused on the front as one
-    /// node does.
+    /// node does; under an experiment with the arm's settings (in
+    /// interleaving, both arms' lists joined), logged in the journal.
     async fn recommend_sliced(
         &self,
         front: Arc<Engine>,
         r: pb::RecommendRequest,
         limit: Option<Duration>,
     ) -> Result<pb::RecommendResponse, Status> {
+        let started = Instant::now();
         let deadline = limit.map_or(Deadline::NONE, Deadline::after);
         // What is left of the caller's time.
         let left = || {
@@ -535,6 +607,7 @@ impl Router {
         };
         // The checks one node makes, under the front's limits.
         crate::grpc::validate::recommend(&front.config().limits, &r)?;
+        let plan = self.inner.experiments.plan(&r.user_id, &r.force_arm)?;
         let opts = RecommendOptions {
             fusion: crate::grpc::convert::fusion_method(r.fusion)?,
             k: r.k as usize,
@@ -542,7 +615,6 @@ impl Router {
             filter: crate::grpc::convert::to_filter(r.filter.clone())?,
             deadline,
         };
-        let filter = r.filter.clone();
         // A stored user's events since the build, from the shard that keeps them.
         let (mut recorded, events_missing) = if r.history.is_empty() && !r.user_id.trim().is_empty()
         {
@@ -595,8 +667,69 @@ impl Router {
             // As one node: events on items deleted since are skipped.
             recorded.retain(|(id, _)| states.get(id) != Some(&pb::ItemState::Deleted));
         }
-        let engine = front.clone();
+        let request_id = crate::experiment::request_id();
+        let user = r.user_id.clone();
+        let asked = Arc::new(Asked {
+            r,
+            recorded,
+            new,
+            opts,
+            events_missing,
+            states_missing,
+        });
+        let list = |engine: Arc<Engine>| self.sliced_list(engine, asked.clone());
+        let arm = |p: &Plan, arm: usize| Arc::new(p.variant(&front, arm));
+        let (served, partial) = match &plan {
+            None => {
+                let (items, partial) = list(front.clone()).await?;
+                (plain(items), partial)
+            }
+            Some(p) if !p.interleaves() => {
+                let (items, partial) = list(arm(p, p.arm)).await?;
+                (plain(items), partial)
+            }
+            Some(p) => {
+                let ((control, a), (treatment, b)) =
+                    tokio::try_join!(list(arm(p, 0)), list(arm(p, 1)))?;
+                let mixed =
+                    experiments::interleave(&p.experiment, &control, &treatment, &request_id);
+                (mixed, a || b)
+            }
+        };
+        let items = crate::grpc::convert::served_items(&front, served);
+        let (experiment, arm) = plan.as_ref().map(Plan::names).unwrap_or_default();
+        if let (Some(p), Some(j)) = (&plan, &self.inner.journal) {
+            j.served(
+                p,
+                &request_id,
+                &user,
+                items.iter().map(|s| (s.item_id.as_str(), s.arm.as_str())),
+                started,
+            );
+        }
+        Ok(pb::RecommendResponse {
+            items,
+            request_id,
+            experiment,
+            arm,
+            partial,
+        })
+    }
+
+    /// One list of a sliced Recommend, as `engine` (the front, or an arm's
+    /// variant of it) serves `asked`: the user's side, every shard's source
+    /// lists, merged, reranked and fused; `true` beside it when a shard (or
+    /// the user's events, or an item's state) was missing.
+    async fn sliced_list(
+        &self,
+        engine: Arc<Engine>,
+        asked: Arc<Asked>,
+    ) -> Result<(Vec<crate::engine::Scored>, bool), Status> {
+        let deadline = asked.opts.deadline;
+        let events_missing = asked.events_missing;
+        let (e, a) = (engine.clone(), asked.clone());
         let q = tokio::task::spawn_blocking(move || {
+            let r = &a.r;
             let who = if !r.history.is_empty() {
                 UserRef::History(&r.history)
             } else if !r.user_id.trim().is_empty() {
@@ -606,7 +739,7 @@ impl Router {
                     "give a user_id or a non-empty history",
                 ));
             };
-            engine.front_query(who, &recorded, &new, &opts)
+            e.front_query(who, &a.recorded, &a.new, &a.opts)
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?
@@ -632,7 +765,7 @@ impl Router {
                 })
                 .collect(),
             exclude: q.shard.exclude.clone(),
-            filter,
+            filter: asked.r.filter.clone(),
             front_generation: q.shard.front_generation.clone(),
             front_ids: q.shard.front_ids.clone(),
             candidates: q.shard.candidates as u32,
@@ -640,14 +773,17 @@ impl Router {
             transitions_decay: q.shard.transitions_decay,
         });
         // What is left of the caller's time after the user's side.
+        let left = deadline
+            .instant()
+            .map(|t| t.saturating_duration_since(Instant::now()));
         let answers = self
-            .everywhere(left(), move |mut c: Client, left| {
+            .everywhere(left, move |mut c: Client, left| {
                 let m = due((*msg).clone(), left);
                 async move { c.shard_sources(m).await }
             })
             .await;
         let mut partial = self.check_missing("Recommend", &answers)?;
-        if (events_missing || states_missing) && !partial {
+        if (events_missing || asked.states_missing) && !partial {
             metrics::counter!(ROUTE_PARTIAL, "rpc" => "Recommend").increment(1);
             partial = true;
         }
@@ -660,18 +796,10 @@ impl Router {
                 lists[at].extend(l.items.into_iter().zip(l.scores));
             }
         }
-        let engine = front;
-        let items = tokio::task::spawn_blocking(move || {
-            let scored = engine.front_answer(&q, lists, deadline)?;
-            Ok::<_, crate::error::Error>(crate::grpc::convert::scored(&engine, scored))
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))??;
-        Ok(pb::RecommendResponse {
-            items,
-            partial,
-            ..Default::default()
-        })
+        let items = tokio::task::spawn_blocking(move || engine.front_answer(&q, lists, deadline))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        Ok((items, partial))
     }
 
     /// The shard that owns item `id`, and keeps the events of user `id`.
@@ -861,12 +989,24 @@ impl Router {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
+        // Feedback (an event naming the list it acts on) is logged here,
+        // once, and the shards get the event without it.
+        let mut feedback = Vec::new();
         for e in &mut events {
             if e.timestamp == 0 {
                 e.timestamp = now;
             }
             if e.weight == 0.0 {
                 e.weight = 1.0;
+            }
+            if !e.request_id.is_empty() {
+                feedback.push(crate::exposure::Entry::feedback(
+                    &std::mem::take(&mut e.request_id),
+                    crate::exposure::now_ms(),
+                    &e.user_id,
+                    &e.item_id,
+                    &e.kind,
+                ));
             }
         }
         let (recorded, sequence) = self
@@ -882,6 +1022,12 @@ impl Router {
                  took them",
             )
             .await?;
+        // Only acknowledged events become feedback, as on one node.
+        if let Some(j) = &self.inner.journal {
+            for f in feedback {
+                j.record(f);
+            }
+        }
         Ok(pb::RecordEventsResponse { recorded, sequence })
     }
 
@@ -1390,6 +1536,7 @@ pub async fn serve(
         )),
         _ => None,
     };
+    let reloader = tokio::spawn(reload_experiments_on_hangup(router.clone()));
     tonic::transport::Server::builder()
         .max_concurrent_streams(cfg.server.max_concurrent_streams)
         .http2_adaptive_window(Some(true))
@@ -1399,10 +1546,41 @@ pub async fn serve(
         .serve_with_incoming_shutdown(crate::grpc::incoming(listener, &cfg.server, tls), shutdown)
         .await?;
     resolver.abort();
+    reloader.abort();
     if let Some(w) = watcher {
         w.abort();
     }
     Ok(())
+}
+
+/// Re-reads the experiments from the config file on every SIGHUP, as a
+/// server does; a file the router could not run keeps the running ones.
+async fn reload_experiments_on_hangup(router: Router) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let inner = router.inner.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            if let Some(file) = inner.experiments.file() {
+                let mut cfg = Config::load(Some(file))?;
+                cfg.route
+                    .front
+                    .clone_from(&inner.front.as_ref().map(|f| f.root().to_owned()));
+                cfg.route.exposure_root = inner.cfg.exposure_root.clone();
+                check_experiments(&cfg)?;
+            }
+            Ok::<_, anyhow::Error>(inner.experiments.reload()?)
+        })
+        .await;
+        match done {
+            Ok(Ok(n)) => tracing::info!(experiments = n, "SIGHUP: experiments reloaded"),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "SIGHUP: experiments refused; the running ones stay")
+            }
+            Err(e) => tracing::error!(error = %e, "SIGHUP: the reload failed"),
+        }
+    }
 }
 
 /// Registers the router's metrics' help texts.

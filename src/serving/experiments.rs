@@ -8,7 +8,7 @@
 //! may rerank with its own cross-encoder, opened when the experiments are
 //! loaded.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -17,7 +17,9 @@ use crate::config::{Config, ExperimentConfig, ExperimentMode, RerankKind};
 use crate::engine::{open_cross_encoder, Engine, RecommendOptions, Scored, UserRef};
 use crate::error::{Clip, Error, Result};
 use crate::experiment::{self, Team};
+use crate::exposure::{self, Entry, ExposureLog};
 use crate::rerank::Reranker;
+use crate::telemetry;
 
 /// The experiments in force, swapped on SIGHUP.
 #[derive(Debug, Default)]
@@ -92,6 +94,11 @@ impl Experiments {
             file,
             list: RwLock::new(Arc::new(load(cfg)?)),
         })
+    }
+
+    /// The config file re-read on reload, if any.
+    pub fn file(&self) -> Option<&Path> {
+        self.file.as_deref()
     }
 
     /// Re-reads the config file's experiments; on refusal the running ones
@@ -169,21 +176,38 @@ pub fn recommend(
     let Some(p) = plan else {
         return Ok(plain(engine.recommend(who, opts)?));
     };
-    let e = &p.experiment;
-    let variant = |arm: usize| {
-        let v = engine.with_config(|c| e.arms[arm].apply(c));
-        match &p.rerankers[arm] {
+    if !p.interleaves() {
+        return Ok(plain(p.variant(engine, p.arm).recommend(who, opts)?));
+    }
+    let control = p.variant(engine, 0).recommend(who, opts)?;
+    let treatment = p.variant(engine, 1).recommend(who, opts)?;
+    Ok(interleave(&p.experiment, &control, &treatment, request_id))
+}
+
+impl Plan {
+    /// `engine` as arm `arm` serves it: its settings, and its own
+    /// cross-encoder if it names one.
+    pub fn variant(&self, engine: &Engine, arm: usize) -> Engine {
+        let v = engine.with_config(|c| self.experiment.arms[arm].apply(c));
+        match &self.rerankers[arm] {
             Some(r) => v.with_reranker(r.clone()),
             None => v,
         }
-    };
-    if e.mode == ExperimentMode::Ab || p.forced {
-        let v = variant(p.arm);
-        return Ok(plain(v.recommend(who, opts)?));
     }
-    let control = variant(0).recommend(who, opts)?;
-    let treatment = variant(1).recommend(who, opts)?;
-    Ok(interleave(e, &control, &treatment, request_id))
+
+    /// Whether the call shows both arms' lists joined (an interleaving
+    /// experiment, arm not forced); otherwise it is served [`Plan::arm`].
+    pub fn interleaves(&self) -> bool {
+        self.experiment.mode == ExperimentMode::Interleave && !self.forced
+    }
+
+    /// The experiment's and the served arm's names.
+    pub fn names(&self) -> (String, String) {
+        (
+            self.experiment.name.clone(),
+            self.experiment.arms[self.arm].name.clone(),
+        )
+    }
 }
 
 /// Team-draft interleaving of the control's and the treatment's lists of
@@ -217,6 +241,130 @@ pub fn interleave(
             })
         })
         .collect()
+}
+
+/// Served lists remembered for counting their feedback by arm.
+const RECENT_REQUESTS: usize = 65_536;
+
+/// Where a server (or a router) puts what its experiments served and the
+/// feedback on it: the exposure log under `root` (started on the first
+/// entry), the experiment metrics, and the recent lists that credit
+/// feedback to its arm on /metrics.
+#[derive(Debug)]
+pub struct Journal {
+    root: PathBuf,
+    log: std::sync::OnceLock<Option<ExposureLog>>,
+    /// The experiment whose definition was logged last.
+    defined: parking_lot::Mutex<Option<Arc<ExperimentConfig>>>,
+    recent: Recent,
+}
+
+impl Journal {
+    /// A journal writing its log under `root/experiments/`.
+    pub fn new(root: &Path) -> Self {
+        Self {
+            root: root.to_owned(),
+            log: Default::default(),
+            defined: Default::default(),
+            recent: Recent::new(RECENT_REQUESTS),
+        }
+    }
+
+    /// Logs the list `items` (item id, team) that `request_id` served to
+    /// `user` under `plan`, after the experiment's definition if it
+    /// changed, and counts the request and its time (`started`).
+    pub fn served<'a>(
+        &self,
+        plan: &Plan,
+        request_id: &str,
+        user: &str,
+        items: impl IntoIterator<Item = (&'a str, &'a str)>,
+        started: std::time::Instant,
+    ) {
+        self.define(&plan.experiment);
+        self.record(Entry::served(
+            request_id,
+            exposure::now_ms(),
+            user,
+            &plan.experiment,
+            plan.arm,
+            plan.forced,
+            items,
+        ));
+        let (experiment, arm) = plan.names();
+        let labels = [("experiment", experiment), ("arm", arm)];
+        metrics::counter!(telemetry::EXPERIMENT_REQUESTS, &labels).increment(1);
+        metrics::histogram!(telemetry::EXPERIMENT_SECONDS, &labels)
+            .record(started.elapsed().as_secs_f64());
+    }
+
+    /// Logs `e`'s definition before its first exposure here, and again
+    /// after each reload (a reload makes a new `Arc`).
+    fn define(&self, e: &Arc<ExperimentConfig>) {
+        {
+            let mut last = self.defined.lock();
+            if last.as_ref().is_some_and(|l| Arc::ptr_eq(l, e)) {
+                return;
+            }
+            *last = Some(e.clone());
+        }
+        self.record(Entry::definition(e, exposure::now_ms()));
+    }
+
+    /// Hands `entry` to the exposure log, starting it on first use, and
+    /// counts it on /metrics (feedback under the arm, or in interleaving
+    /// the team, of the list it names, when that list is still recent).
+    pub fn record(&self, entry: Entry) {
+        match &entry {
+            Entry::Exposure {
+                request_id,
+                experiment,
+                arm,
+                items,
+                ..
+            } => {
+                let labels = [("experiment", experiment.clone()), ("arm", arm.clone())];
+                metrics::counter!(telemetry::EXPERIMENT_EXPOSURES, &labels)
+                    .increment(items.len() as u64);
+                self.recent.remember(
+                    request_id,
+                    experiment,
+                    arm,
+                    items.iter().map(|s| (s.item.as_str(), s.team.as_str())),
+                );
+            }
+            Entry::Feedback {
+                request_id,
+                item,
+                kind,
+                ..
+            } => {
+                let (experiment, arm) = self
+                    .recent
+                    .credit(request_id, item)
+                    .unwrap_or_else(|| ("unknown".into(), "unknown".into()));
+                let labels = [
+                    ("experiment", experiment),
+                    ("arm", arm),
+                    ("kind", kind.clone()),
+                ];
+                metrics::counter!(telemetry::EXPERIMENT_FEEDBACK, &labels).increment(1);
+            }
+            Entry::Definition { .. } => {}
+        }
+        let log = self
+            .log
+            .get_or_init(|| match ExposureLog::start(&self.root, Default::default()) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    tracing::error!(error = %e, "the exposure log cannot start; exposures are lost");
+                    None
+                }
+            });
+        if let Some(l) = log {
+            l.record(entry);
+        }
+    }
 }
 
 /// The arms of recently served lists, so that feedback naming a request id

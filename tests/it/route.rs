@@ -647,6 +647,7 @@ async fn a_sliced_hybrid_build_recommends_through_the_router_as_one_node() {
             assert_same(&format!("Recommend {u} {fusion:?}"), &a.items, &b.items);
         }
     }
+    experiments_run_on_the_router(&dir, &names, &front_arg, &users, &mut one_c).await;
     let category = items[0].meta.categories[0].clone();
     for (h, u) in users.iter().enumerate().step_by(9) {
         let history: Vec<String> = items
@@ -1322,4 +1323,293 @@ fn the_kubernetes_config_map_holds_configs_vecrec_accepts() {
     }
     let router = std::fs::read_to_string(k8s.join("router.yaml")).unwrap();
     assert!(router.contains("--front=/data/index/front"));
+    // Each router pod logs its experiments under a directory of its own.
+    assert!(router.contains("--exposure-root=/data/exposures/$(POD_NAME)"));
+    assert!(router.contains("fieldPath: metadata.name"));
+    assert!(router.contains("claimName: vecrec-exposures"));
+}
+
+/// The experiment section of the sliced hybrid test: `[[experiments]]` run
+/// on a router with a front as on one node. An A/B of the served fusion
+/// against geometric fusion: each user gets the arm `experiment::assign`
+/// gives and that arm's answer (one node asked for the same fusion), a
+/// forced arm likewise; the lists are logged under the router's exposure
+/// root, and feedback through the router is logged there once and by no
+/// shard. An interleaving router joins both arms' lists by team; the report
+/// reads both routers' logs; SIGHUP re-reads the experiments; a router with
+/// experiments but no exposure root, or no front, does not start.
+async fn experiments_run_on_the_router(
+    dir: &tempfile::TempDir,
+    names: &[Vec<String>],
+    front_arg: &str,
+    users: &[&str],
+    one_c: &mut Client,
+) {
+    use vecrec::exposure::{read_all, read_roots, Entry};
+    let experiment = |name: &str, mode: &str| {
+        format!(
+            "[search]\nexact = true\n\n[[experiments]]\nname = \"{name}\"\nsalt = \"s1\"\n\
+             mode = \"{mode}\"\n\n[[experiments.arms]]\nname = \"served\"\nshare = 0.5\n\n\
+             [[experiments.arms]]\nname = \"geometric\"\nshare = 0.5\nfusion = \"geometric\"\n"
+        )
+    };
+    let ab_config = dir.path().join("ab.toml");
+    std::fs::write(&ab_config, experiment("fusion", "ab")).unwrap();
+    let ab_arg = ab_config.to_str().unwrap().to_owned();
+    // Refused without an exposure root, and without a front.
+    for (args, why) in [
+        (
+            vec!["--front", front_arg, "--config", &ab_arg],
+            "exposure_root",
+        ),
+        (
+            vec!["--config", &ab_arg, "--exposure-root", "/tmp/unused"],
+            "route.front",
+        ),
+    ] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vecrec"));
+        cmd.args(["route", "--addr", "127.0.0.1:0"]);
+        for r in names {
+            cmd.args(["--shard", &r.join(",")]);
+        }
+        let out = cmd.args(&args).output().unwrap();
+        assert!(!out.status.success(), "{args:?} started");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(why), "{args:?}: {err}");
+    }
+    let ab_root = dir.path().join("router-a");
+    let ab_root_arg = ab_root.to_str().unwrap().to_owned();
+    let ab = route(
+        names,
+        &[
+            "--front",
+            front_arg,
+            "--config",
+            &ab_arg,
+            "--exposure-root",
+            &ab_root_arg,
+        ],
+    );
+    let mut ab_c = ab.client().await;
+    let cfg = vecrec::config::Config::load(Some(&ab_config)).unwrap();
+    let fusion_of = |arm: &str| match arm {
+        "served" => pb::Fusion::Default,
+        "geometric" => pb::Fusion::Geometric,
+        other => panic!("arm {other:?}"),
+    };
+    let one_as = |u: &str, arm: &str, k: u32| pb::RecommendRequest {
+        fusion: fusion_of(arm) as i32,
+        ..for_user(u, k)
+    };
+    let mut per_arm = [0usize; 2];
+    let mut served = Vec::new();
+    for u in users.iter().take(16) {
+        let got = ab_c.recommend(for_user(u, 10)).await.unwrap().into_inner();
+        assert_eq!(got.experiment, "fusion");
+        let a = vecrec::experiment::assign(&cfg.experiments[0], u);
+        assert_eq!(got.arm, cfg.experiments[0].arms[a].name, "{u}'s arm");
+        per_arm[a] += 1;
+        let want = one_c
+            .recommend(one_as(u, &got.arm, 10))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_same(&format!("{u} in arm {}", got.arm), &want.items, &got.items);
+        assert!(got.items.iter().all(|i| i.arm.is_empty()), "{got:?}");
+        assert!(!got.request_id.is_empty());
+        served.push(got);
+    }
+    assert!(per_arm.iter().all(|&n| n > 0), "arms {per_arm:?}");
+    // The two arms answer differently: the experiment is not a no-op.
+    let mut moved = false;
+    for u in users.iter().take(8) {
+        let a = one_c.recommend(one_as(u, "served", 10)).await.unwrap();
+        let b = one_c.recommend(one_as(u, "geometric", 10)).await.unwrap();
+        moved |= ids(&a.into_inner().items) != ids(&b.into_inner().items);
+    }
+    assert!(moved, "geometric fusion changed no list");
+    let forced = ab_c
+        .recommend(pb::RecommendRequest {
+            force_arm: "geometric".into(),
+            ..for_user(users[0], 10)
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(forced.arm, "geometric");
+    let want = one_c
+        .recommend(one_as(users[0], "geometric", 10))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_same("a forced arm", &want.items, &forced.items);
+    let bad = ab_c
+        .recommend(pb::RecommendRequest {
+            force_arm: "no-such-arm".into(),
+            ..for_user(users[0], 10)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument, "{bad:?}");
+
+    // A click through the router: logged once, by the router. One node
+    // records the same event (without the request id) so the later parity
+    // checks still compare like with like.
+    let clicked = &served[0];
+    let event = pb::Event {
+        user_id: users[0].to_string(),
+        item_id: clicked.items[0].item_id.clone(),
+        request_id: clicked.request_id.clone(),
+        kind: "click".into(),
+        timestamp: 1_700_000_100,
+        ..Default::default()
+    };
+    ab_c.record_events(pb::RecordEventsRequest {
+        events: vec![event.clone()],
+    })
+    .await
+    .unwrap();
+    one_c
+        .record_events(pb::RecordEventsRequest {
+            events: vec![pb::Event {
+                request_id: String::new(),
+                ..event
+            }],
+        })
+        .await
+        .unwrap();
+    let logged = |root: &Path, want: usize| {
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let entries = read_all(root).unwrap();
+            if entries.len() >= want || Instant::now() > until {
+                return entries;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    // A definition, 17 lists (one forced) and one click.
+    let entries = logged(&ab_root, 19);
+    let count = |f: &dyn Fn(&Entry) -> bool| entries.iter().filter(|e| f(e)).count();
+    assert_eq!(count(&|e| matches!(e, Entry::Definition { .. })), 1);
+    assert_eq!(
+        count(&|e| matches!(e, Entry::Exposure { forced: false, .. })),
+        16
+    );
+    assert_eq!(
+        count(&|e| matches!(e, Entry::Exposure { forced: true, .. })),
+        1
+    );
+    let feedback: Vec<&Entry> = entries
+        .iter()
+        .filter(|e| matches!(e, Entry::Feedback { .. }))
+        .collect();
+    assert_eq!(feedback.len(), 1, "{feedback:?}");
+    let Entry::Feedback {
+        request_id, item, ..
+    } = feedback[0]
+    else {
+        unreachable!()
+    };
+    assert_eq!(
+        (request_id, item),
+        (&clicked.request_id, &clicked.items[0].item_id)
+    );
+    for s in 0..names.len() {
+        let shard = Path::new(front_arg)
+            .parent()
+            .map(|p| vecrec::layout::shard_root(p, s))
+            .unwrap();
+        assert!(read_all(&shard).unwrap().is_empty(), "shard {s} logged");
+    }
+
+    // Interleaving on a second router: every item on a team, each from its
+    // arm's list, the first one at the head of one of them.
+    let il_config = dir.path().join("interleave.toml");
+    std::fs::write(&il_config, experiment("fusion-il", "interleave")).unwrap();
+    let il_root = dir.path().join("router-b");
+    let il = route(
+        names,
+        &[
+            "--front",
+            front_arg,
+            "--config",
+            il_config.to_str().unwrap(),
+            "--exposure-root",
+            il_root.to_str().unwrap(),
+        ],
+    );
+    let mut il_c = il.client().await;
+    let mut teams = std::collections::HashSet::new();
+    for u in users.iter().take(6) {
+        let got = il_c.recommend(for_user(u, 10)).await.unwrap().into_inner();
+        assert_eq!(
+            (got.experiment.as_str(), got.arm.as_str()),
+            ("fusion-il", "geometric")
+        );
+        let control = ids(&one_c
+            .recommend(one_as(u, "served", 10))
+            .await
+            .unwrap()
+            .into_inner()
+            .items);
+        let treatment = ids(&one_c
+            .recommend(one_as(u, "geometric", 10))
+            .await
+            .unwrap()
+            .into_inner()
+            .items);
+        assert_eq!(got.items.len(), 10);
+        for i in &got.items {
+            let from = if i.arm == "served" {
+                &control
+            } else {
+                &treatment
+            };
+            assert!(
+                from.contains(&i.item_id),
+                "{u}: {i:?} not in its team's list"
+            );
+            teams.insert(i.arm.clone());
+        }
+        assert!([&control[0], &treatment[0]].contains(&&got.items[0].item_id));
+    }
+    assert_eq!(teams.len(), 2, "{teams:?}");
+    let il_entries = logged(&il_root, 7);
+    // Both routers' logs read together, in time order.
+    let both = read_roots(&[&ab_root, &il_root]).unwrap();
+    assert_eq!(both.len(), entries.len() + il_entries.len());
+    assert!(both.windows(2).all(|w| w[0].time_ms() <= w[1].time_ms()));
+    let report = vecrec::analysis::report(&both, "fusion").unwrap();
+    assert_eq!(report.arms.iter().map(|a| a.users).sum::<usize>(), 16);
+    assert_eq!(report.forced_requests, 1);
+    assert!(vecrec::analysis::report(&both, "fusion-il").is_some());
+
+    // SIGHUP re-reads the experiments: disabled, the router serves plainly.
+    std::fs::write(
+        &ab_config,
+        experiment("fusion", "ab").replace("mode = \"ab\"", "mode = \"ab\"\nenabled = false"),
+    )
+    .unwrap();
+    let hup = Command::new("kill")
+        .args(["-HUP", &ab.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = ab_c
+            .recommend(for_user(users[0], 10))
+            .await
+            .unwrap()
+            .into_inner();
+        if got.experiment.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "SIGHUP did not disable the experiment"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
