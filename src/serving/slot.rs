@@ -9,6 +9,7 @@
 //! in. A generation that fails to open is logged and the old one keeps serving.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,12 +17,15 @@ use parking_lot::RwLock;
 
 use crate::engine::Engine;
 use crate::error::Result;
+use crate::layout::GenerationInfo;
 
 /// The engine currently served, replaceable atomically.
 #[derive(Debug)]
 pub struct EngineSlot {
     root: PathBuf,
     current: RwLock<Arc<Engine>>,
+    /// Whether a shard's uncompacted log was reported (once).
+    shard_log_noted: AtomicBool,
 }
 
 impl EngineSlot {
@@ -30,6 +34,7 @@ impl EngineSlot {
         Self {
             root: root.to_owned(),
             current: RwLock::new(engine),
+            shard_log_noted: AtomicBool::new(false),
         }
     }
 
@@ -68,13 +73,28 @@ impl EngineSlot {
 
     /// Compacts pending live updates into a new generation when at least
     /// `threshold` are pending and no compaction is running; the next reload
-    /// swaps it in. Returns whether a generation was written.
+    /// swaps it in. Returns whether a generation was written. A shard of a
+    /// partitioned build is never compacted (its users' profiles span every
+    /// shard): its log is kept, which is said once, as a warning.
     pub fn compact_if_due(&self, threshold: usize) -> Result<bool> {
         let engine = self.get();
         let Some(live) = engine.live().cloned() else {
             return Ok(false);
         };
-        if (live.view(engine.applied_seq()).pending() as usize) < threshold.max(1) {
+        let pending = live.view(engine.applied_seq()).pending();
+        if (pending as usize) < threshold.max(1) {
+            return Ok(false);
+        }
+        if let Some(s) = GenerationInfo::of(engine.index().manifest()).shard {
+            if !self.shard_log_noted.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    shard = s.index,
+                    of = s.of,
+                    pending,
+                    "a shard's log is not compacted (its users' profiles span every shard): \
+                     its records stay in the log and apply over every later generation"
+                );
+            }
             return Ok(false);
         }
         if !live.begin_compaction() {

@@ -1260,6 +1260,29 @@ async fn shard_pods_embed_only_their_own_texts_and_the_build_reuses_them() {
     for (x, y) in a.store().vectors().iter().zip(b.store().vectors()) {
         assert!((x - y).abs() < 1e-5, "{x} against {y}");
     }
+
+    // A shard's log is kept, never compacted, and a pending log is no
+    // error (the server's compaction loop used to fail every interval).
+    let root = vecrec::layout::shard_root(&parts, 2);
+    let mut cfg = vecrec::config::Config::default();
+    cfg.hybrid.enabled = false;
+    let mut e = vecrec::engine::Engine::open(&root, cfg, Some(crate::common::encoder())).unwrap();
+    let live = vecrec::live::Live::open(&root, e.applied_seq()).unwrap();
+    e.attach_live(Arc::new(live));
+    let own = items
+        .iter()
+        .find(|i| shard_of(&i.id, SHARDS) == 2)
+        .unwrap()
+        .id
+        .clone();
+    e.delete_items(vec![own]).unwrap();
+    let slot = vecrec::serving::EngineSlot::new(&root, Arc::new(e));
+    for _ in 0..2 {
+        assert!(!slot.compact_if_due(1).unwrap(), "a shard was compacted");
+    }
+    let served = slot.get();
+    let pending = served.live().unwrap().view(served.applied_seq()).pending();
+    assert_eq!(pending, 1, "the shard's log lost its record");
 }
 
 /// The block scalar `key: |` of a YAML file, unindented.
