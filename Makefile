@@ -14,7 +14,7 @@ ADDR ?= 127.0.0.1:50051
 MOVIELENS ?= ../shared/datasets/ml-latest-small
 ENV_SH = . "$(VECREC_CACHE)/env.sh"
 
-.PHONY: help setup build run test fixtures eval lint bench-encoder bench-serving bench-experiments bench-build k8s-check
+.PHONY: help setup build run test fixtures eval lint bench-encoder bench-serving bench-experiments bench-build k8s-check image-check
 
 help:
 	@echo "make setup     fetch the ONNX Runtime library, the MiniLM model and the Python venv into $(VECREC_CACHE)"
@@ -28,6 +28,7 @@ help:
 	@echo "make bench-experiments  simulated A/A, A/B and interleaving over MovieLens TEST (~6 min)"
 	@echo "make bench-build    vecrec-build time and peak memory per stage, 3k to 300k items (~75 min; SIZES=\"3000 30000\" for less)"
 	@echo "make k8s-check  validate deploy/k8s offline against the Kubernetes schemas (also run by make test)"
+	@echo "make image-check  build the container image's runtime stage with podman (as root) and check it serves"
 	@echo "make lint      cargo fmt --check and clippy with warnings denied"
 
 setup:
@@ -60,6 +61,9 @@ test: setup
 
 k8s-check: setup
 	$(ENV_SH); scripts/k8s-check.sh
+
+image-check: setup
+	$(ENV_SH); scripts/image-check.sh
 
 bench-encoder: setup
 	$(ENV_SH); $(CARGO) bench --bench encoder
