@@ -22,7 +22,8 @@
 # host mounts cgroup v2 beside v1 with a controller (which crun refuses),
 # the script runs in a private mount namespace without that mount.
 set -euo pipefail
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SELF="$(realpath "${BASH_SOURCE[0]}")"
+REPO="$(cd "$(dirname "$SELF")/.." && pwd)"
 cd "$REPO"
 say() { echo "image-check: $*" >&2; }
 
@@ -30,7 +31,7 @@ say() { echo "image-check: $*" >&2; }
 if [[ -z "${VECREC_IMAGE_CHECK_NS:-}" ]] && grep -qs . /sys/fs/cgroup/unified/cgroup.controllers; then
   # crun: "cgroups in hybrid mode not supported": leave the v2 mount out.
   export VECREC_IMAGE_CHECK_NS=1
-  exec unshare -m bash -c 'umount /sys/fs/cgroup/unified && exec "$0" "$@"' "$0" "$@"
+  exec unshare -m bash -c 'umount /sys/fs/cgroup/unified && exec "$0" "$@"' "$SELF" "$@"
 fi
 
 missing=()
@@ -53,7 +54,10 @@ printf '[containers]\ndefault_ulimits = []\n' > "$conf"
 export CONTAINERS_CONF="$conf"
 server=""
 cleanup() {
-  [[ -n "$server" ]] && kill "$server" 2> /dev/null && wait "$server" 2> /dev/null
+  if [[ -n "$server" ]]; then
+    kill "$server" 2> /dev/null || true
+    wait "$server" 2> /dev/null || true
+  fi
   podman rm -f -i vecrec-image-check > /dev/null 2>&1 || true
   rm -rf "$work"
 }
@@ -80,10 +84,11 @@ strip "$ctx"/src/target/release/* # as the build stage does
 cp -rL "$VECREC_CACHE/onnxruntime" "$ctx/opt/vecrec/onnxruntime"
 cp -r "$VECREC_CACHE/models/minilm" "$ctx/opt/vecrec/models/minilm"
 {
-  grep -E '^ARG RUNTIME_IMAGE' Dockerfile
+  grep -E '^ARG RUNTIME_IMAGE' Dockerfile || true
   sed -n '/^FROM .* AS runtime/,$p' Dockerfile | sed 's#^COPY --from=build #COPY #'
 } > "$ctx/Containerfile"
-grep -q '^FROM .* AS runtime' "$ctx/Containerfile" || { say "no runtime stage in Dockerfile"; exit 1; }
+grep -q '^ARG RUNTIME_IMAGE' "$ctx/Containerfile" && grep -q '^FROM .* AS runtime' "$ctx/Containerfile" \
+  || { say "the Dockerfile has no ARG RUNTIME_IMAGE or no runtime stage (FROM ... AS runtime)"; exit 1; }
 say "building the image's runtime stage on $base"
 podman build --quiet --network host --build-arg "RUNTIME_IMAGE=$base" \
   -t localhost/vecrec:check -f "$ctx/Containerfile" "$ctx" > /dev/null
@@ -92,9 +97,11 @@ user="$(podman image inspect --format '{{.Config.User}}' localhost/vecrec:check)
 [[ "$user" == 10001 ]] || { say "the image runs as ${user:-root}, not 10001"; exit 1; }
 
 say "a sample index to serve"
-target/release/vecrec-sample --seed 42 --out "$work/sample" > /dev/null
-target/release/vecrec-build --catalog "$work/sample/catalog.jsonl" \
-  --interactions "$work/sample/interactions.csv" --out "$work/index" > /dev/null 2>&1
+{
+  target/release/vecrec-sample --seed 42 --out "$work/sample" \
+    && target/release/vecrec-build --catalog "$work/sample/catalog.jsonl" \
+      --interactions "$work/sample/interactions.csv" --out "$work/index"
+} > "$work/build.log" 2>&1 || { tail -5 "$work/build.log" >&2; exit 1; }
 chmod -R a+rX "$work/index"
 
 port="${VECREC_IMAGE_CHECK_PORT:-50071}"
@@ -103,7 +110,7 @@ if (exec 3<> "/dev/tcp/127.0.0.1/$port") 2> /dev/null; then
   say "something already listens on $addr: set VECREC_IMAGE_CHECK_PORT"
   exit 1
 fi
-podman run --rm --name vecrec-image-check --network host --read-only \
+podman run --rm --name vecrec-image-check --network host --read-only --read-only-tmpfs=false \
   -v "$work/index:/data/index:ro" -e VECREC_LIVE__ENABLED=false \
   localhost/vecrec:check serve --index /data/index --addr "$addr" > "$work/server.log" 2>&1 &
 server=$!

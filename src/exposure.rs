@@ -236,9 +236,26 @@ pub fn read_all(root: &Path) -> Result<Vec<Entry>> {
     Ok(out)
 }
 
+/// `dir` when it holds an exposure log (`dir/experiments/`), otherwise
+/// each of its subdirectories that holds one, in name order (the
+/// exposure roots of several router replicas under one directory).
+pub fn roots_under(dir: &Path) -> Result<Vec<PathBuf>> {
+    if dir.join(EXPOSURE_DIR).is_dir() {
+        return Ok(vec![dir.to_owned()]);
+    }
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join(EXPOSURE_DIR).is_dir())
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
 /// Every committed entry under each of `roots` (a server's index root,
-/// each router replica's exposure root), merged in time order: a list
-/// served by one router may get its feedback through another.
+/// each router replica's exposure root), merged in time order (the report
+/// joins feedback to its list by request id in any order; the order gives
+/// the latest definition and the lift over time).
 pub fn read_roots(roots: &[&Path]) -> Result<Vec<Entry>> {
     let mut out = Vec::new();
     for root in roots {

@@ -42,10 +42,10 @@ enum Command {
         /// roots with --log).
         #[arg(long)]
         index: PathBuf,
-        /// Also read the exposure log under this directory (give it once per
-        /// router replica's --exposure-root); the entries are merged in time
-        /// order, so feedback taken by one router counts for a list another
-        /// served.
+        /// Also read the exposure log under this directory: a router
+        /// replica's --exposure-root, or a directory holding several of them
+        /// (each subdirectory with an experiments/ log is read). Feedback
+        /// taken by one router counts for a list another served.
         #[arg(long = "log", value_name = "DIR")]
         logs: Vec<PathBuf>,
         /// The experiment's name.
@@ -175,12 +175,18 @@ fn report(
     plot: Option<PathBuf>,
     cuped: bool,
 ) -> anyhow::Result<()> {
-    let mut roots = vec![index];
-    roots.extend(logs.iter().map(PathBuf::as_path));
-    let entries = vecrec::exposure::read_roots(&roots).with_context(|| {
-        let all: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
-        format!("reading the exposure logs under {}", all.join(", "))
-    })?;
+    let mut roots = vec![index.to_owned()];
+    for dir in logs {
+        roots.extend(vecrec::exposure::roots_under(dir)?);
+    }
+    let named = roots
+        .iter()
+        .map(|r| r.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let paths: Vec<&std::path::Path> = roots.iter().map(PathBuf::as_path).collect();
+    let entries = vecrec::exposure::read_roots(&paths)
+        .with_context(|| format!("reading the exposure logs under {named}"))?;
     let x = if cuped {
         Some(covariates(index)?)
     } else {
@@ -188,12 +194,7 @@ fn report(
     };
     let r = vecrec::analysis::report_with(&entries, experiment, x.as_ref()).with_context(|| {
         format!(
-            "no experiment {experiment:?} in the exposure logs under {} (has it served a list?)",
-            roots
-                .iter()
-                .map(|r| r.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
+            "no experiment {experiment:?} in the exposure logs under {named} (has it served a list?)"
         )
     })?;
     println!(

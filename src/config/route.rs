@@ -57,7 +57,7 @@ pub struct RouteConfig {
     pub front: Option<std::path::PathBuf>,
     /// Where the router logs the lists its experiments serve and the
     /// feedback on them (`<dir>/experiments/exposures-NNNNNN.log`, read by
-    /// `vecrec-experiment report --index <dir>`). Needed for
+    /// `vecrec-experiment report --index <dir>`). Needed for an enabled
     /// `[[experiments]]`, which a router with `front` runs itself, as one
     /// node does; give each router replica a directory of its own.
     /// Default: none (no experiments; events' `request_id` is not logged).

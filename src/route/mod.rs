@@ -194,22 +194,11 @@ struct Asked {
     states_missing: bool,
 }
 
-/// `items` served outside an experiment's teams.
-fn plain(items: Vec<crate::engine::Scored>) -> Vec<experiments::Served> {
-    items
-        .into_iter()
-        .map(|item| experiments::Served {
-            item,
-            arm: String::new(),
-        })
-        .collect()
-}
-
 /// Refuses experiments the router cannot run: without a front (the
 /// content-only router sends Recommend on to every shard, which would each
 /// serve and log a part of the list) or without an exposure root.
 fn check_experiments(cfg: &Config) -> anyhow::Result<()> {
-    if cfg.experiments.is_empty() {
+    if !cfg.experiments.iter().any(|e| e.enabled) {
         return Ok(());
     }
     if cfg.route.front.is_none() {
@@ -558,6 +547,16 @@ impl Router {
         rpc: &'static str,
         answers: &[Result<T, Status>],
     ) -> Result<bool, Status> {
+        let partial = self.shards_missing(answers)?;
+        if partial {
+            metrics::counter!(ROUTE_PARTIAL, "rpc" => rpc).increment(1);
+        }
+        Ok(partial)
+    }
+
+    /// [`Router::check_missing`] without counting the partial answer (for
+    /// a call whose answer is made of several fan-outs).
+    fn shards_missing<T>(&self, answers: &[Result<T, Status>]) -> Result<bool, Status> {
         let mut missing = Vec::new();
         for (s, a) in answers.iter().enumerate() {
             match a {
@@ -582,7 +581,6 @@ impl Router {
                 }
             )));
         }
-        metrics::counter!(ROUTE_PARTIAL, "rpc" => rpc).increment(1);
         Ok(true)
     }
 
@@ -682,11 +680,11 @@ impl Router {
         let (served, partial) = match &plan {
             None => {
                 let (items, partial) = list(front.clone()).await?;
-                (plain(items), partial)
+                (experiments::plain(items), partial)
             }
             Some(p) if !p.interleaves() => {
                 let (items, partial) = list(arm(p, p.arm)).await?;
-                (plain(items), partial)
+                (experiments::plain(items), partial)
             }
             Some(p) => {
                 let ((control, a), (treatment, b)) =
@@ -696,6 +694,10 @@ impl Router {
                 (mixed, a || b)
             }
         };
+        let partial = partial || asked.events_missing || asked.states_missing;
+        if partial {
+            metrics::counter!(ROUTE_PARTIAL, "rpc" => "Recommend").increment(1);
+        }
         let items = crate::grpc::convert::served_items(&front, served);
         let (experiment, arm) = plan.as_ref().map(Plan::names).unwrap_or_default();
         if let (Some(p), Some(j)) = (&plan, &self.inner.journal) {
@@ -718,8 +720,8 @@ impl Router {
 
     /// One list of a sliced Recommend, as `engine` (the front, or an arm's
     /// variant of it) serves `asked`: the user's side, every shard's source
-    /// lists, merged, reranked and fused; `true` beside it when a shard (or
-    /// the user's events, or an item's state) was missing.
+    /// lists, merged, reranked and fused; `true` beside it when a shard had
+    /// no live replica.
     async fn sliced_list(
         &self,
         engine: Arc<Engine>,
@@ -782,11 +784,7 @@ impl Router {
                 async move { c.shard_sources(m).await }
             })
             .await;
-        let mut partial = self.check_missing("Recommend", &answers)?;
-        if (events_missing || asked.states_missing) && !partial {
-            metrics::counter!(ROUTE_PARTIAL, "rpc" => "Recommend").increment(1);
-            partial = true;
-        }
+        let partial = self.shards_missing(&answers)?;
         let mut lists: Vec<Vec<(u32, f32)>> = vec![Vec::new(); q.sources.len()];
         for a in answers.into_iter().flatten() {
             for l in a.lists {
@@ -999,9 +997,10 @@ impl Router {
             if e.weight == 0.0 {
                 e.weight = 1.0;
             }
-            if !e.request_id.is_empty() {
+            let request_id = std::mem::take(&mut e.request_id);
+            if !request_id.is_empty() && self.inner.journal.is_some() {
                 feedback.push(crate::exposure::Entry::feedback(
-                    &std::mem::take(&mut e.request_id),
+                    &request_id,
                     crate::exposure::now_ms(),
                     &e.user_id,
                     &e.item_id,
@@ -1562,15 +1561,13 @@ async fn reload_experiments_on_hangup(router: Router) {
     while hup.recv().await.is_some() {
         let inner = router.inner.clone();
         let done = tokio::task::spawn_blocking(move || {
-            if let Some(file) = inner.experiments.file() {
-                let mut cfg = Config::load(Some(file))?;
-                cfg.route
-                    .front
-                    .clone_from(&inner.front.as_ref().map(|f| f.root().to_owned()));
+            inner.experiments.reload_checked(|cfg| {
+                // What this router runs with, whatever the file says of it.
+                let mut cfg = cfg.clone();
+                cfg.route.front = inner.front.as_ref().map(|f| f.root().to_owned());
                 cfg.route.exposure_root = inner.cfg.exposure_root.clone();
-                check_experiments(&cfg)?;
-            }
-            Ok::<_, anyhow::Error>(inner.experiments.reload()?)
+                check_experiments(&cfg).map_err(|e| crate::error::Error::Config(e.to_string()))
+            })
         })
         .await;
         match done {

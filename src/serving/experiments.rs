@@ -96,18 +96,20 @@ impl Experiments {
         })
     }
 
-    /// The config file re-read on reload, if any.
-    pub fn file(&self) -> Option<&Path> {
-        self.file.as_deref()
-    }
-
     /// Re-reads the config file's experiments; on refusal the running ones
     /// stay and the error says why. Returns how many are defined.
     pub fn reload(&self) -> Result<usize> {
+        self.reload_checked(|_| Ok(()))
+    }
+
+    /// [`Experiments::reload`], refused also when `check` refuses the
+    /// config read (the one whose experiments are then loaded).
+    pub fn reload_checked(&self, check: impl FnOnce(&Config) -> Result<()>) -> Result<usize> {
         let Some(file) = &self.file else {
             return Ok(self.list.read().len());
         };
         let cfg = Config::load(Some(file))?;
+        check(&cfg)?;
         let list = load(&cfg)?;
         let n = list.len();
         *self.list.write() = Arc::new(list);
@@ -156,6 +158,17 @@ impl Experiments {
     }
 }
 
+/// `items` served outside an experiment's teams.
+pub fn plain(items: Vec<Scored>) -> Vec<Served> {
+    items
+        .into_iter()
+        .map(|item| Served {
+            item,
+            arm: String::new(),
+        })
+        .collect()
+}
+
 /// Serves a `Recommend` call under `plan` (none: the engine as configured).
 pub fn recommend(
     engine: &Engine,
@@ -164,15 +177,6 @@ pub fn recommend(
     plan: Option<&Plan>,
     request_id: &str,
 ) -> Result<Vec<Served>> {
-    let plain = |items: Vec<Scored>| {
-        items
-            .into_iter()
-            .map(|item| Served {
-                item,
-                arm: String::new(),
-            })
-            .collect()
-    };
     let Some(p) = plan else {
         return Ok(plain(engine.recommend(who, opts)?));
     };

@@ -1395,9 +1395,26 @@ async fn experiments_run_on_the_router(
         for r in names {
             cmd.args(["--shard", &r.join(",")]);
         }
-        let out = cmd.args(&args).output().unwrap();
-        assert!(!out.status.success(), "{args:?} started");
-        let err = String::from_utf8_lossy(&out.stderr);
+        let mut child = cmd
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let until = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if Instant::now() > until {
+                let _ = child.kill();
+                panic!("{args:?} started and kept running");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        assert!(!status.success(), "{args:?} started");
         assert!(err.contains(why), "{args:?}: {err}");
     }
     let ab_root = dir.path().join("router-a");
@@ -1451,17 +1468,19 @@ async fn experiments_run_on_the_router(
         moved |= ids(&a.into_inner().items) != ids(&b.into_inner().items);
     }
     assert!(moved, "geometric fusion changed no list");
+    // A user assigned the served fusion, forced to the other arm.
+    let assigned = served.iter().position(|a| a.arm == "served").unwrap();
     let forced = ab_c
         .recommend(pb::RecommendRequest {
             force_arm: "geometric".into(),
-            ..for_user(users[0], 10)
+            ..for_user(users[assigned], 10)
         })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(forced.arm, "geometric");
     let want = one_c
-        .recommend(one_as(users[0], "geometric", 10))
+        .recommend(one_as(users[assigned], "geometric", 10))
         .await
         .unwrap()
         .into_inner();
@@ -1598,14 +1617,44 @@ async fn experiments_run_on_the_router(
         assert!([&control[0], &treatment[0]].contains(&&got.items[0].item_id));
     }
     assert_eq!(teams.len(), 2, "{teams:?}");
-    let il_entries = logged(&il_root, 7);
-    // Both routers' logs read together, in time order.
+    // A click taken by the second router on a list the first served:
+    // logged by the second, and counted when both logs are read together.
+    let other = &served[1];
+    let click = pb::Event {
+        user_id: users[1].to_string(),
+        item_id: other.items[0].item_id.clone(),
+        request_id: other.request_id.clone(),
+        kind: "click".into(),
+        timestamp: 1_700_000_200,
+        ..Default::default()
+    };
+    il_c.record_events(pb::RecordEventsRequest {
+        events: vec![click.clone()],
+    })
+    .await
+    .unwrap();
+    one_c
+        .record_events(pb::RecordEventsRequest {
+            events: vec![pb::Event {
+                request_id: String::new(),
+                ..click
+            }],
+        })
+        .await
+        .unwrap();
+    let il_entries = logged(&il_root, 8);
+    let roots = vecrec::exposure::roots_under(dir.path()).unwrap();
+    assert_eq!(roots, vec![ab_root.clone(), il_root.clone()]);
     let both = read_roots(&[&ab_root, &il_root]).unwrap();
     assert_eq!(both.len(), entries.len() + il_entries.len());
-    assert!(both.windows(2).all(|w| w[0].time_ms() <= w[1].time_ms()));
-    let report = vecrec::analysis::report(&both, "fusion").unwrap();
-    assert_eq!(report.arms.iter().map(|a| a.users).sum::<usize>(), 16);
-    assert_eq!(report.forced_requests, 1);
+    let clicks = |entries: &[Entry]| {
+        let r = vecrec::analysis::report(entries, "fusion").unwrap();
+        assert_eq!(r.arms.iter().map(|a| a.users).sum::<usize>(), 16);
+        assert_eq!(r.forced_requests, 1);
+        r.arms.iter().map(|a| a.clicks).sum::<usize>()
+    };
+    assert_eq!(clicks(&entries), 1);
+    assert_eq!(clicks(&both), 2, "the other router's click was not joined");
     assert!(vecrec::analysis::report(&both, "fusion-il").is_some());
 
     // SIGHUP re-reads the experiments: disabled, the router serves plainly.
