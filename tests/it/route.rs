@@ -1498,28 +1498,7 @@ async fn experiments_run_on_the_router(
     // records the same event (without the request id) so the later parity
     // checks still compare like with like.
     let clicked = &served[0];
-    let event = pb::Event {
-        user_id: users[0].to_string(),
-        item_id: clicked.items[0].item_id.clone(),
-        request_id: clicked.request_id.clone(),
-        kind: "click".into(),
-        timestamp: 1_700_000_100,
-        ..Default::default()
-    };
-    ab_c.record_events(pb::RecordEventsRequest {
-        events: vec![event.clone()],
-    })
-    .await
-    .unwrap();
-    one_c
-        .record_events(pb::RecordEventsRequest {
-            events: vec![pb::Event {
-                request_id: String::new(),
-                ..event
-            }],
-        })
-        .await
-        .unwrap();
+    click(&mut ab_c, one_c, users[0], clicked).await;
     let logged = |root: &Path, want: usize| {
         let until = Instant::now() + Duration::from_secs(10);
         loop {
@@ -1619,29 +1598,7 @@ async fn experiments_run_on_the_router(
     assert_eq!(teams.len(), 2, "{teams:?}");
     // A click taken by the second router on a list the first served:
     // logged by the second, and counted when both logs are read together.
-    let other = &served[1];
-    let click = pb::Event {
-        user_id: users[1].to_string(),
-        item_id: other.items[0].item_id.clone(),
-        request_id: other.request_id.clone(),
-        kind: "click".into(),
-        timestamp: 1_700_000_200,
-        ..Default::default()
-    };
-    il_c.record_events(pb::RecordEventsRequest {
-        events: vec![click.clone()],
-    })
-    .await
-    .unwrap();
-    one_c
-        .record_events(pb::RecordEventsRequest {
-            events: vec![pb::Event {
-                request_id: String::new(),
-                ..click
-            }],
-        })
-        .await
-        .unwrap();
+    click(&mut il_c, one_c, users[1], &served[1]).await;
     let il_entries = logged(&il_root, 8);
     let roots = vecrec::exposure::roots_under(dir.path()).unwrap();
     assert_eq!(roots, vec![ab_root.clone(), il_root.clone()]);
@@ -1683,5 +1640,28 @@ async fn experiments_run_on_the_router(
             "SIGHUP did not disable the experiment"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A click by `user` on the first item of `answer`, recorded through
+/// `router` with the answer's request id, and on `one` (one node) without
+/// it, so later comparisons of the two see the same history.
+async fn click(router: &mut Client, one: &mut Client, user: &str, answer: &pb::RecommendResponse) {
+    let event = pb::Event {
+        user_id: user.to_string(),
+        item_id: answer.items[0].item_id.clone(),
+        request_id: answer.request_id.clone(),
+        kind: "click".into(),
+        timestamp: 1_700_000_100,
+        ..Default::default()
+    };
+    let plain = pb::Event {
+        request_id: String::new(),
+        ..event.clone()
+    };
+    for (c, e) in [(router, event), (one, plain)] {
+        c.record_events(pb::RecordEventsRequest { events: vec![e] })
+            .await
+            .unwrap();
     }
 }
