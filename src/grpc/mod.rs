@@ -235,6 +235,20 @@ impl Service {
     }
 }
 
+/// The feedback entry of an event that names the list it acts on
+/// (`request_id`), stamped now; none for a plain event.
+pub(crate) fn feedback(e: &pb::Event) -> Option<crate::exposure::Entry> {
+    (!e.request_id.is_empty()).then(|| {
+        crate::exposure::Entry::feedback(
+            &e.request_id,
+            crate::exposure::now_ms(),
+            &e.user_id,
+            &e.item_id,
+            &e.kind,
+        )
+    })
+}
+
 #[tonic::async_trait]
 impl Recommender for Service {
     async fn recommend(
@@ -460,19 +474,7 @@ impl Recommender for Service {
         for (k, e) in events.iter().enumerate() {
             validate::event(&limits, k, e)?;
         }
-        let feedback: Vec<crate::exposure::Entry> = events
-            .iter()
-            .filter(|e| !e.request_id.is_empty())
-            .map(|e| {
-                crate::exposure::Entry::feedback(
-                    &e.request_id,
-                    crate::exposure::now_ms(),
-                    &e.user_id,
-                    &e.item_id,
-                    &e.kind,
-                )
-            })
-            .collect();
+        let feedback: Vec<crate::exposure::Entry> = events.iter().filter_map(feedback).collect();
         let events: Vec<crate::catalog::Interaction> = events
             .into_iter()
             .map(|e| crate::catalog::Interaction {

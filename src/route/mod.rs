@@ -997,16 +997,10 @@ impl Router {
             if e.weight == 0.0 {
                 e.weight = 1.0;
             }
-            let request_id = std::mem::take(&mut e.request_id);
-            if !request_id.is_empty() && self.inner.journal.is_some() {
-                feedback.push(crate::exposure::Entry::feedback(
-                    &request_id,
-                    crate::exposure::now_ms(),
-                    &e.user_id,
-                    &e.item_id,
-                    &e.kind,
-                ));
+            if self.inner.journal.is_some() {
+                feedback.extend(crate::grpc::feedback(e));
             }
+            e.request_id.clear();
         }
         let (recorded, sequence) = self
             .write_everywhere(
