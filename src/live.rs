@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use serde::{Deserialize, Serialize};
-use vecrec_index::wal::Wal;
+use vecrec_index::wal::{Tail, Wal};
 use vecrec_index::{ItemMeta, VectorStore};
 
 use crate::catalog::{CatalogItem, Interaction};
@@ -286,11 +286,25 @@ impl Snapshot {
     }
 }
 
+/// What a write to a follower answers, first: the router
+/// (`route::Router`) knows by it a replica that takes no writes.
+pub const FOLLOWER: &str = "this replica follows the log that another replica writes";
+
+/// Who appends to the log.
+#[derive(Debug)]
+enum Role {
+    /// This process: it holds the log open for writing.
+    Writer(Mutex<Wal>),
+    /// Another process (a replica sharing this index root): this one
+    /// reads what it appends ([`Live::refresh`]) and takes no writes.
+    Follower(Mutex<Tail>),
+}
+
 /// The log and its replayed delta.
 #[derive(Debug)]
 pub struct Live {
     path: PathBuf,
-    wal: Mutex<Wal>,
+    role: Role,
     delta: RwLock<Delta>,
     compacting: AtomicBool,
 }
@@ -313,10 +327,83 @@ impl Live {
         let delta = replay(&path, records, applied)?;
         Ok(Self {
             path,
-            wal: Mutex::new(wal),
+            role: Role::Writer(Mutex::new(wal)),
             delta: RwLock::new(delta),
             compacting: AtomicBool::new(false),
         })
+    }
+
+    /// Follows the log under `root` that another process writes (replicas
+    /// sharing one index root: one writes, the others follow), replayed
+    /// over a generation that folded records up to `applied`. The log need
+    /// not exist yet. Writes are refused with [`FOLLOWER`]; what the writer
+    /// appends is seen at each [`Live::refresh`].
+    pub fn follow(root: &Path, applied: u64) -> Result<Self> {
+        let path = root.join(WAL_FILE);
+        let mut tail = Tail::new(&path);
+        let records = tail.follow()?.records;
+        let delta = replay(&path, records, applied)?;
+        Ok(Self {
+            path,
+            role: Role::Follower(Mutex::new(tail)),
+            delta: RwLock::new(delta),
+            compacting: AtomicBool::new(false),
+        })
+    }
+
+    /// Refuses a write here if another process writes this log: the
+    /// check to make before any work for a write.
+    pub fn check_writable(&self) -> Result<()> {
+        match self.role {
+            Role::Writer(_) => Ok(()),
+            Role::Follower(_) => Err(self.refusal()),
+        }
+    }
+
+    fn refusal(&self) -> Error {
+        Error::FailedPrecondition(format!(
+            "{FOLLOWER} ({}): send writes to that replica, or through `vecrec route`, which \
+             finds it",
+            self.path.display()
+        ))
+    }
+
+    /// Whether another process writes this log ([`Live::follow`]).
+    pub fn is_follower(&self) -> bool {
+        matches!(self.role, Role::Follower(_))
+    }
+
+    /// A follower reads what the writer appended since the last look and
+    /// applies it; returns how many records it read (a writer: none). When
+    /// the writer rewrote the log (after a compaction), the delta is
+    /// replayed again from the whole file.
+    pub fn refresh(&self) -> Result<usize> {
+        let Role::Follower(tail) = &self.role else {
+            return Ok(0);
+        };
+        let mut tail = tail.lock();
+        let found = tail.follow()?;
+        let n = found.records.len();
+        if found.restarted {
+            let fresh = replay(&self.path, found.records, 0)?;
+            *self.delta.write() = fresh;
+            return Ok(n);
+        }
+        if n > 0 {
+            let mut decoded = Vec::with_capacity(n);
+            for (seq, payload) in found.records {
+                let r = decode(&payload).map_err(|e| vecrec_index::IndexError::Corrupt {
+                    path: self.path.clone(),
+                    reason: format!("log record {seq}: {e}"),
+                })?;
+                decoded.push((seq, r));
+            }
+            let mut delta = self.delta.write();
+            for (seq, r) in decoded {
+                delta.apply(seq, r);
+            }
+        }
+        Ok(n)
     }
 
     /// The log's path.
@@ -336,7 +423,10 @@ impl Live {
         let payloads = records.iter().map(encode).collect::<Result<Vec<_>>>()?;
         // The log lock is held until the delta has the records too, so readers
         // see them in log order.
-        let mut wal = self.wal.lock();
+        let Role::Writer(wal) = &self.role else {
+            return Err(self.refusal());
+        };
+        let mut wal = wal.lock();
         let seqs = wal.append(&payloads)?;
         let mut delta = self.delta.write();
         for (seq, r) in seqs.iter().zip(records) {
@@ -380,11 +470,14 @@ impl Live {
     }
 
     /// Drops the records a served generation folded in (up to `applied`)
-    /// from the log and from memory.
+    /// from the log (a writer; its followers read the rewritten file) and
+    /// from memory.
     pub fn prune(&self, applied: u64) -> Result<()> {
-        let mut wal = self.wal.lock();
-        wal.retain_after(applied)?;
-        wal.advance_to(applied + 1);
+        if let Role::Writer(wal) = &self.role {
+            let mut wal = wal.lock();
+            wal.retain_after(applied)?;
+            wal.advance_to(applied + 1);
+        }
         let mut d = self.delta.write();
         d.items.retain(|_, x| x.seq > applied);
         d.deleted.retain(|_, s| *s > applied);

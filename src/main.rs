@@ -137,6 +137,20 @@ struct ServeArgs {
     /// port could read and change the catalogue (README, "Security").
     #[arg(long)]
     insecure: bool,
+    /// Follow the write-ahead log that another replica writes under the
+    /// same index root instead of writing it: replicas on one shared
+    /// volume, one writer and the others following. A follower reads the
+    /// writer's appends every live.follow_interval_ms (200) and refuses
+    /// writes (FAILED_PRECONDITION); `vecrec route` sends writes to the
+    /// replica that takes them.
+    #[arg(long, conflicts_with = "log_writer")]
+    follow_log: bool,
+    /// The replica, by host name, that writes the log under the index
+    /// root; any other follows it (--follow-log). For a Kubernetes
+    /// StatefulSet, its first pod's name (e.g. vecrec-shard-0-0): each pod's
+    /// host name is its own name.
+    #[arg(long, value_name = "HOST")]
+    log_writer: Option<String>,
 }
 
 // `vecrec embed`'s flags.
@@ -283,6 +297,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         metrics_addr,
         max_concurrent_requests,
         insecure,
+        follow_log,
+        log_writer,
     } = args;
     let mut cfg = Config::load(config.as_deref())?;
     if let Some(a) = addr {
@@ -305,7 +321,23 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let encoder = Arc::new(Encoder::load_serving(&cfg.encoder).context("loading the encoder")?);
     let mut engine = Engine::open(&index, cfg.clone(), Some(encoder))
         .with_context(|| format!("opening index {}", index.display()))?;
-    if cfg.live.enabled {
+    let follow = match &log_writer {
+        Some(writer) => {
+            let me = host_name().context("reading this host's name for --log-writer")?;
+            &me != writer
+        }
+        None => follow_log,
+    };
+    if (follow || log_writer.is_some()) && !cfg.live.enabled {
+        anyhow::bail!("--follow-log and --log-writer need live updates on ([live] enabled = true)");
+    }
+    if follow {
+        let live = vecrec::live::Live::follow(&index, engine.applied_seq())
+            .with_context(|| format!("reading the write-ahead log under {}", index.display()))?;
+        let pending = live.view(engine.applied_seq()).pending();
+        tracing::info!(log = %live.path().display(), pending, "following the log another replica writes");
+        engine.attach_live(Arc::new(live));
+    } else if cfg.live.enabled {
         let live = vecrec::live::Live::open(&index, engine.applied_seq())
             .with_context(|| format!("replaying the write-ahead log under {}", index.display()))?;
         if engine.applied_seq() > 0 {
@@ -344,6 +376,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!("shut down cleanly");
         Ok(())
     })
+}
+
+/// This host's name (a Kubernetes pod's is the pod's name).
+fn host_name() -> anyhow::Result<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .or_else(|_| std::env::var("HOSTNAME"))?;
+    anyhow::ensure!(!name.is_empty(), "the host name is empty");
+    Ok(name)
 }
 
 /// Serves `GET /metrics` on server.metrics_addr, when set, and says where.

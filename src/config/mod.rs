@@ -419,6 +419,12 @@ impl Config {
                 ));
             }
         }
+        if self.live.follow_interval_ms == 0 || self.live.follow_interval_ms > 60_000 {
+            return bad(format!(
+                "live.follow_interval_ms must be in 1..=60000, got {}",
+                self.live.follow_interval_ms
+            ));
+        }
         if self.server.max_concurrent_streams == 0 {
             return bad("server.max_concurrent_streams must be at least 1".into());
         }
@@ -497,6 +503,9 @@ pub struct LiveConfig {
     pub enabled: bool,
     /// Compact into a new generation once this many log records are pending. Default 10000.
     pub compact_after: usize,
+    /// A replica that follows another's log (`vecrec serve --follow-log`)
+    /// reads what was appended this often, in milliseconds. Default 200.
+    pub follow_interval_ms: u64,
 }
 
 impl Default for LiveConfig {
@@ -504,6 +513,7 @@ impl Default for LiveConfig {
         Self {
             enabled: true,
             compact_after: 10_000,
+            follow_interval_ms: 200,
         }
     }
 }

@@ -25,6 +25,7 @@ impl Engine {
         self.live.as_ref().map(|l| l.view(self.applied_seq))
     }
 
+    /// The log, written here or followed; refused when live updates are off.
     fn live_or_err(&self) -> Result<&Arc<Live>> {
         self.live.as_ref().ok_or_else(|| {
             Error::FailedPrecondition(
@@ -33,10 +34,18 @@ impl Engine {
         })
     }
 
+    /// The log to write to; refused as [`Engine::live_or_err`] does, and
+    /// when another replica writes the log this one follows.
+    fn writable_live(&self) -> Result<&Arc<Live>> {
+        let live = self.live_or_err()?;
+        live.check_writable()?;
+        Ok(live)
+    }
+
     /// Embeds and durably upserts items (new ids, or replacing existing ones);
     /// returns the last log record number. Visible to searches at once.
     pub fn upsert_items(&self, items: Vec<CatalogItem>) -> Result<u64> {
-        let live = self.live_or_err()?;
+        let live = self.writable_live()?;
         self.check_batch("items", items.len())?;
         let shard = crate::layout::GenerationInfo::of(self.index.manifest()).shard;
         let mut seen = HashSet::new();
@@ -69,7 +78,7 @@ impl Engine {
 
     /// Durably deletes items; every id must exist. Returns the last log record number.
     pub fn delete_items(&self, ids: Vec<String>) -> Result<u64> {
-        let live = self.live_or_err()?;
+        let live = self.writable_live()?;
         self.check_batch("ids", ids.len())?;
         for id in &ids {
             self.item_meta(id)?;
@@ -85,7 +94,7 @@ impl Engine {
     /// items it owns, and the router checks the others against the front and
     /// their owners before it sends them.
     pub fn record_events(&self, events: Vec<Interaction>) -> Result<u64> {
-        let live = self.live_or_err()?;
+        let live = self.writable_live()?;
         self.check_batch("events", events.len())?;
         // Read from the manifest only on a sliced shard.
         let sliced = self

@@ -51,6 +51,12 @@ pub async fn serve_with_config_file(
             full.live.compact_after,
         ))
     });
+    let follower = slot.get().live().is_some_and(|l| l.is_follower()).then(|| {
+        tokio::spawn(slot::follow_loop(
+            slot.clone(),
+            Duration::from_millis(full.live.follow_interval_ms),
+        ))
+    });
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<RecommenderServer<Service>>()
@@ -105,6 +111,7 @@ pub async fn serve_with_config_file(
     for task in [
         watcher,
         compactor,
+        follower,
         Some(gauges),
         Some(lag_probe),
         Some(reloader),

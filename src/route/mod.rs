@@ -807,7 +807,7 @@ impl Router {
 
     /// The events recorded for `user` since the build (item id and weight,
     /// oldest first), from the shard that keeps them. A shard whose servers
-    /// take no writes (`[live] enabled = false`, as in deploy/k8s) answers
+    /// take no writes (`[live] enabled = false`) answers
     /// `FAILED_PRECONDITION`, and is not asked again for
     /// `route.resolve_interval_ms`: it keeps no events, so the hop is saved.
     async fn user_events(
@@ -1118,6 +1118,7 @@ impl Router {
         let mut count: HashMap<usize, u32> = HashMap::new();
         let mut seq = 0u64;
         let mut failed: Option<Status> = None;
+        let mut followers: HashMap<usize, usize> = HashMap::new();
         while let Some(done) = set.join_next().await {
             let (s, addr, r) =
                 done.map_err(|e| Status::internal(format!("a write panicked: {e}")))?;
@@ -1126,6 +1127,15 @@ impl Router {
                     let (n, q) = r.into_inner().counts();
                     count.insert(s, n);
                     seq = seq.max(q);
+                }
+                // A replica that follows the log its shard's writer keeps
+                // (one root shared by the replicas): it reads the write
+                // from that log.
+                Err(st)
+                    if st.code() == tonic::Code::FailedPrecondition
+                        && st.message().starts_with(crate::live::FOLLOWER) =>
+                {
+                    *followers.entry(s).or_default() += 1;
                 }
                 Err(st) => {
                     tracing::warn!(shard = s, %addr, status = %st, "a replica did not take a write");
@@ -1138,6 +1148,15 @@ impl Router {
                         ),
                     ));
                 }
+            }
+        }
+        if failed.is_none() {
+            // Every replica that answered follows: the writer is down.
+            if let Some((s, n)) = followers.iter().find(|(s, _)| !count.contains_key(s)) {
+                failed = Some(Status::unavailable(format!(
+                    "no replica of shard {s} takes writes: its {n} live replicas follow the log \
+                     of a writer that is down or not ready; nothing was written, retry later"
+                )));
             }
         }
         match failed {

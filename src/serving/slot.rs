@@ -24,8 +24,8 @@ use crate::layout::GenerationInfo;
 pub struct EngineSlot {
     root: PathBuf,
     current: RwLock<Arc<Engine>>,
-    /// Whether a shard's uncompacted log was reported (once).
-    shard_log_noted: AtomicBool,
+    /// Whether a log that is not compacted here was reported (once).
+    kept_log_noted: AtomicBool,
 }
 
 impl EngineSlot {
@@ -34,7 +34,7 @@ impl EngineSlot {
         Self {
             root: root.to_owned(),
             current: RwLock::new(engine),
-            shard_log_noted: AtomicBool::new(false),
+            kept_log_noted: AtomicBool::new(false),
         }
     }
 
@@ -75,7 +75,8 @@ impl EngineSlot {
     /// `threshold` are pending and no compaction is running; the next reload
     /// swaps it in. Returns whether a generation was written. A shard of a
     /// partitioned build is never compacted (its users' profiles span every
-    /// shard): its log is kept, which is said once, as a warning.
+    /// shard): its log is kept, which is said once, as a warning. Nor is a
+    /// log this process follows: its writer compacts, if anyone does.
     pub fn compact_if_due(&self, threshold: usize) -> Result<bool> {
         let engine = self.get();
         let Some(live) = engine.live().cloned() else {
@@ -85,8 +86,11 @@ impl EngineSlot {
         if (pending as usize) < threshold.max(1) {
             return Ok(false);
         }
+        if live.is_follower() {
+            return Ok(false);
+        }
         if let Some(s) = GenerationInfo::of(engine.index().manifest()).shard {
-            if !self.shard_log_noted.swap(true, Ordering::Relaxed) {
+            if !self.kept_log_noted.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
                     shard = s.index,
                     of = s.of,
@@ -140,6 +144,31 @@ pub async fn compact_loop(slot: Arc<EngineSlot>, interval: Duration, threshold: 
             }
             Err(e) => tracing::error!(error = %e, "compaction task failed"),
         }
+    }
+}
+
+/// Reads what the writer of a followed log appended, every `interval`,
+/// until the process ends (a log this process writes: returns at once).
+pub async fn follow_loop(slot: Arc<EngineSlot>, interval: Duration) {
+    let mut failing = false;
+    loop {
+        let Some(live) = slot.get().live().cloned() else {
+            return;
+        };
+        if !live.is_follower() {
+            return;
+        }
+        let result = tokio::task::spawn_blocking(move || live.refresh()).await;
+        match result {
+            Ok(Ok(_)) => failing = false,
+            Ok(Err(e)) if !failing => {
+                failing = true;
+                tracing::error!(error = %e, "cannot read the followed log; serving what was read")
+            }
+            Ok(Err(_)) => {}
+            Err(e) => tracing::error!(error = %e, "follow task failed"),
+        }
+        tokio::time::sleep(interval).await;
     }
 }
 

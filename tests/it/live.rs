@@ -181,6 +181,90 @@ fn changes_are_visible_at_once_survive_a_restart_and_are_compacted() {
     assert_eq!(e3.live().unwrap().view(e3.applied_seq()).pending(), 1);
 }
 
+/// Two replicas on one root: the writer's appends reach the follower at
+/// its next refresh (items, deletes, events, and what a router asks of a
+/// shard), a write sent to the follower is refused before any work, and
+/// the follower starts over when the writer rewrites the log.
+#[test]
+fn a_follower_serves_what_the_writer_appends_and_takes_no_writes() {
+    let root = copy_sample();
+    let root = root.path();
+    let writer = open(root);
+    let mut follower = Engine::open(root, Config::default(), Some(encoder())).unwrap();
+    let live = Live::follow(root, follower.applied_seq()).unwrap();
+    assert!(live.is_follower() && !writer.live().unwrap().is_follower());
+    follower.attach_live(Arc::new(live));
+    let refresh = || follower.live().unwrap().refresh().unwrap();
+    assert_eq!(refresh(), 0, "nothing written yet");
+
+    writer
+        .upsert_items(vec![item("f-1", "Tide Tables", "tides of the north sea")])
+        .unwrap();
+    let victim = ids(&writer
+        .search_text("a dog that learns agility", 1, None)
+        .unwrap())[0]
+        .clone();
+    writer.delete_items(vec![victim.clone()]).unwrap();
+    let user = writer.users().id(0).to_owned();
+    let ev = Interaction {
+        user: user.clone(),
+        item: "f-1".into(),
+        timestamp: 1,
+        event: None,
+        weight: 1.0,
+    };
+    writer.record_events(vec![ev.clone()]).unwrap();
+    assert!(follower.item_meta("f-1").is_err(), "not read yet");
+    assert_eq!(refresh(), 3);
+    assert_eq!(follower.item_meta("f-1").unwrap().title, "Tide Tables");
+    assert!(matches!(
+        follower.item_meta(&victim),
+        Err(Error::NotFound { .. })
+    ));
+    let states = follower
+        .item_states(&["f-1".to_owned(), victim.clone()])
+        .unwrap();
+    assert_eq!(
+        states,
+        [
+            vecrec::engine::ItemState::New,
+            vecrec::engine::ItemState::Deleted
+        ]
+    );
+    let events = follower.recorded_events(&user).unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].item, "f-1");
+    assert_eq!(refresh(), 0, "each record is read once");
+
+    // Writes sent to the follower are refused, naming the reason.
+    for err in [
+        follower
+            .upsert_items(vec![item("f-2", "x", "some text")])
+            .unwrap_err(),
+        follower.delete_items(vec!["f-1".into()]).unwrap_err(),
+        follower.record_events(vec![ev]).unwrap_err(),
+    ] {
+        let Error::FailedPrecondition(m) = &err else {
+            panic!("{err:?}")
+        };
+        assert!(m.starts_with(vecrec::live::FOLLOWER), "{m}");
+    }
+
+    // The writer rewrites its log without what a generation folded (here
+    // the first two records): the follower starts over from the new file.
+    writer.live().unwrap().prune(2).unwrap();
+    writer
+        .upsert_items(vec![item("f-3", "Salt Marsh", "birds of the salt marsh")])
+        .unwrap();
+    assert_eq!(refresh(), 2, "the event, and the new upsert");
+    assert!(follower.item_meta("f-3").is_ok());
+    assert!(
+        follower.item_meta("f-1").is_err(),
+        "pruned with the folded records"
+    );
+    assert_eq!(follower.recorded_events(&user).unwrap().len(), 1);
+}
+
 struct Server {
     child: Child,
     url: String,

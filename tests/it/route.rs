@@ -1,8 +1,9 @@
 //! A partitioned index behind `vecrec route`, as processes on loopback: a
-//! sample catalogue split into 3 shards × 2 replicas (each replica its own
-//! copy of its shard, as each pod has its own volume) against one node over
-//! the whole catalogue, both with exact search. Every load loop is bounded
-//! in count and time.
+//! sample catalogue split into 3 shards × 2 replicas (the two replicas of a
+//! shard on one root, as the pods of a StatefulSet share a volume: the
+//! first writes the shard's log, the second follows it) against one node
+//! over the whole catalogue, both with exact search. Every load loop is
+//! bounded in count and time.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -20,7 +21,6 @@ use vecrec::layout::shard_of;
 use vecrec::pipeline::{build, build_shards, BuildOptions, ShardWork};
 use vecrec::sample::{generate, write_sample, SampleConfig};
 
-use crate::cli::copy_dir;
 use crate::common::first_line;
 
 type Client = RecommenderClient<Channel>;
@@ -81,15 +81,58 @@ fn start(args: &[&str]) -> Proc {
 }
 
 fn serve(root: &Path, config: &Path) -> Proc {
-    start(&[
+    serve_at(root, config, "127.0.0.1:0", &[])
+}
+
+/// `vecrec serve` on `addr` with `extra` flags.
+fn serve_at(root: &Path, config: &Path, addr: &str, extra: &[&str]) -> Proc {
+    let mut args = vec![
         "serve",
         "--index",
         root.to_str().unwrap(),
         "--addr",
-        "127.0.0.1:0",
+        addr,
         "--config",
         config.to_str().unwrap(),
-    ])
+    ];
+    args.extend_from_slice(extra);
+    start(&args)
+}
+
+/// The second replica of shard `s` on a root the first writes: shard 0's
+/// names its writer by host name, as the Kubernetes pods do
+/// (`--log-writer`), the others say `--follow-log`.
+fn follower_flags(s: usize) -> Vec<String> {
+    if s == 0 {
+        vec!["--log-writer".into(), "another-host".into()]
+    } else {
+        vec!["--follow-log".into()]
+    }
+}
+
+/// Polls `get` (every 50 ms, for at most 10 s) until it returns true.
+async fn eventually<F, Fut>(what: &str, mut get: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = Instant::now() + Duration::from_secs(10);
+    while !get().await {
+        assert!(Instant::now() < until, "not within 10 s: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether the server at `p` holds item `id` now.
+async fn holds(p: &Proc, id: &str) -> bool {
+    p.client()
+        .await
+        .get_item(pb::GetItemRequest {
+            id: id.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .is_ok()
 }
 
 fn route(replicas: &[Vec<String>], extra: &[&str]) -> Proc {
@@ -214,17 +257,23 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
     let config = dir.path().join("exact.toml");
     std::fs::write(&config, "[search]\nexact = true\n").unwrap();
     let one = serve(&one_root, &config);
-    // Two replicas per shard, each on its own copy of the shard's root.
+    // Two replicas per shard on one root: the first writes the shard's log
+    // (shard 0's by its host name, as a pod is named), the second follows.
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     let mut replicas: Vec<Vec<Proc>> = Vec::new();
     for s in 0..SHARDS {
         let shard_root = vecrec::layout::shard_root(&parts, s);
-        let mut procs = Vec::new();
-        for r in 0..2 {
-            let copy = dir.path().join(format!("shard-{s}-replica-{r}"));
-            copy_dir(&shard_root, &copy);
-            procs.push(serve(&copy, &config));
-        }
-        replicas.push(procs);
+        let writer: Vec<&str> = if s == 0 {
+            vec!["--log-writer", host.trim()]
+        } else {
+            vec![]
+        };
+        let follower = follower_flags(s);
+        let follower: Vec<&str> = follower.iter().map(String::as_str).collect();
+        replicas.push(vec![
+            serve_at(&shard_root, &config, "127.0.0.1:0", &writer),
+            serve_at(&shard_root, &config, "127.0.0.1:0", &follower),
+        ]);
     }
     let names: Vec<Vec<String>> = replicas
         .iter()
@@ -354,7 +403,8 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
     );
     drop(narrow);
 
-    // Writes go to every replica of the owning shard, and only there.
+    // Writes go to the owning shard's writer, and only there; its follower
+    // reads them from the log they share.
     let fresh = pb::Item {
         id: "routed-new-item".into(),
         title: "A lighthouse keeper's winter".into(),
@@ -370,19 +420,48 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
         .unwrap()
         .into_inner();
     assert_eq!(up.upserted, 1);
-    for (s, procs) in replicas.iter().enumerate() {
+    assert!(holds(&replicas[owner][0], &fresh.id).await, "the writer");
+    eventually("the follower reads the upsert", || {
+        holds(&replicas[owner][1], &fresh.id)
+    })
+    .await;
+    for (s, procs) in replicas.iter().enumerate().filter(|(s, _)| *s != owner) {
         for p in procs {
-            let got = p
-                .client()
-                .await
-                .get_item(pb::GetItemRequest {
-                    id: fresh.id.clone(),
-                    ..Default::default()
-                })
-                .await;
-            assert_eq!(got.is_ok(), s == owner, "shard {s} replica {}", p.addr);
+            assert!(!holds(p, &fresh.id).await, "shard {s} replica {}", p.addr);
         }
     }
+    let log = vecrec::layout::shard_root(&parts, owner).join(vecrec::layout::WAL_FILE);
+    assert!(log.exists(), "the shard's log is under its root");
+    // A follower refuses a write sent to it, before any work.
+    let refused = replicas[owner][1]
+        .client()
+        .await
+        .upsert_items(pb::UpsertItemsRequest {
+            items: vec![fresh.clone()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(
+        refused.message().starts_with(vecrec::live::FOLLOWER),
+        "{refused:?}"
+    );
+    // A follower started again (the same address, as a pod keeps its name)
+    // reads every acknowledged write from the log at once.
+    let addr = replicas[owner][1].addr.clone();
+    replicas[owner][1].kill();
+    let follower = follower_flags(owner);
+    let follower: Vec<&str> = follower.iter().map(String::as_str).collect();
+    replicas[owner][1] = serve_at(
+        &vecrec::layout::shard_root(&parts, owner),
+        &config,
+        &addr,
+        &follower,
+    );
+    assert!(
+        holds(&replicas[owner][1], &fresh.id).await,
+        "after a restart"
+    );
     // A shard refuses an item it does not own (a write that bypassed the router).
     let stranger = &replicas[(owner + 1) % SHARDS][0];
     let refused = stranger
@@ -413,6 +492,10 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
         .unwrap()
         .into_inner();
     assert_eq!(gone.deleted, 1);
+    eventually("the follower reads the delete", || async {
+        !holds(&replicas[owner][1], &fresh.id).await
+    })
+    .await;
     let err = rc
         .get_item(pb::GetItemRequest {
             id: fresh.id.clone(),
@@ -525,6 +608,31 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
     );
     let metrics = router.metrics.clone().unwrap();
     assert!(scrape(&metrics, "vecrec_route_retries_total") >= 1.0);
+    // With the writers gone a write is refused, naming the shard; a
+    // router that finds only followers (as DNS lists only ready pods) says
+    // that none takes writes.
+    let write = pb::UpsertItemsRequest {
+        items: vec![fresh.clone()],
+    };
+    let err = rc.upsert_items(write.clone()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(
+        err.message().contains(&format!("of shard {owner}")),
+        "{err:?}"
+    );
+    let followers: Vec<Vec<String>> = replicas.iter().map(|ps| vec![ps[1].addr.clone()]).collect();
+    let err = route(&followers, &[])
+        .client()
+        .await
+        .upsert_items(write)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(
+        err.message()
+            .contains(&format!("no replica of shard {owner} takes writes")),
+        "{err:?}"
+    );
 
     // Shard 0 with no live replica: partial answers from the others.
     replicas[0][1].kill();
@@ -1327,9 +1435,28 @@ fn the_kubernetes_config_map_holds_configs_vecrec_accepts() {
                 assert_eq!(s, &vec![format!("vecrec-shard-{i}:50051")]);
             }
         } else {
+            assert!(cfg.live.enabled, "the shards take writes");
+        }
+    }
+    // In each shard, the first pod writes the log and the others follow it,
+    // on the shared volume mounted read-write.
+    for i in 0..shard_files {
+        let shard = std::fs::read_to_string(k8s.join(format!("shard-{i}.yaml"))).unwrap();
+        assert!(
+            shard.contains(&format!("name: vecrec-shard-{i}\n"))
+                && shard.contains(&format!("- --log-writer=vecrec-shard-{i}-0\n")),
+            "shard-{i}.yaml: the writer is the StatefulSet's first pod"
+        );
+        let blocks: Vec<&str> = shard
+            .split("- name: index")
+            .skip(1)
+            .filter_map(|m| m.split("- name:").next())
+            .collect();
+        assert_eq!(blocks.len(), 2, "shard-{i}.yaml: the mount and the volume");
+        for b in blocks {
             assert!(
-                !cfg.live.enabled,
-                "shards serve the shared volume read-only"
+                !b.contains("readOnly"),
+                "shard-{i}.yaml has the index read-only: {b}"
             );
         }
     }

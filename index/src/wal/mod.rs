@@ -45,6 +45,8 @@ use crate::error::{IndexError, Result};
 mod scan;
 use scan::scan;
 pub use scan::Damage;
+mod tail;
+pub use tail::{Followed, Tail};
 
 const MAGIC: [u8; 8] = *b"VECRECWL";
 const VERSION: u32 = 2;
@@ -96,7 +98,7 @@ impl WriterLock {
                     format!(
                         "another process is writing {} (a second `vecrec serve` on the same \
                          index root?); each server that takes writes needs an index root of \
-                         its own",
+                         its own, or it follows the writer's log (`vecrec serve --follow-log`)",
                         log.display()
                     ),
                 ),
@@ -468,6 +470,55 @@ mod tests {
 
     fn seqs(r: &[Record]) -> Vec<u64> {
         r.iter().map(|x| x.0).collect()
+    }
+
+    #[test]
+    fn a_tail_reads_each_append_once_and_waits_for_one_in_progress() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("wal.log");
+        let mut t = Tail::new(&p);
+        let f = t.follow().unwrap();
+        assert!(!f.restarted && f.records.is_empty(), "no log yet");
+        let (mut w, _) = Wal::open(&p).unwrap();
+        let f = t.follow().unwrap();
+        assert!(f.restarted && f.records.is_empty(), "{f:?}");
+        w.append(&[b"a".to_vec(), b"bb".to_vec()]).unwrap();
+        let f = t.follow().unwrap();
+        assert!(!f.restarted);
+        assert_eq!(seqs(&f.records), [1, 2]);
+        assert_eq!(f.records[1].1, b"bb");
+        assert!(t.follow().unwrap().records.is_empty(), "read once");
+        // An append in progress: a frame header whose body is not there
+        // yet. The tail stops before it, and reads the frame once written.
+        let end = w.data_len();
+        {
+            use std::io::{Seek, SeekFrom, Write};
+            let mut raw = OpenOptions::new().write(true).open(&p).unwrap();
+            raw.seek(SeekFrom::Start(end)).unwrap();
+            let mut header = Vec::new();
+            header.extend_from_slice(&3u64.to_le_bytes());
+            header.extend_from_slice(&1u32.to_le_bytes());
+            header.extend_from_slice(&64u32.to_le_bytes());
+            header.extend_from_slice(&0u32.to_le_bytes());
+            raw.write_all(&header).unwrap();
+        }
+        assert!(t.follow().unwrap().records.is_empty());
+        w.append(&[b"ccc".to_vec()]).unwrap();
+        w.append(&[b"dddd".to_vec()]).unwrap();
+        let f = t.follow().unwrap();
+        assert_eq!(seqs(&f.records), [3, 4]);
+        // The writer rewrites the log without what a generation folded:
+        // the tail starts over on the new file.
+        w.retain_after(3).unwrap();
+        w.append(&[b"e".to_vec()]).unwrap();
+        let f = t.follow().unwrap();
+        assert!(f.restarted);
+        assert_eq!(seqs(&f.records), [4, 5]);
+        assert_eq!(t.last_seq(), 5);
+        drop(w);
+        std::fs::remove_file(&p).unwrap();
+        let f = t.follow().unwrap();
+        assert!(f.restarted && f.records.is_empty());
     }
 
     #[test]
