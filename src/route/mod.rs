@@ -61,7 +61,7 @@ use tonic::{Code, Request, Response, Status};
 use crate::admission::{Admission, Permit};
 use crate::config::{Config, MissingShard, RouteConfig, UserConfig};
 use crate::deadline::{parse_grpc_timeout, Deadline};
-use crate::engine::{Engine, RecommendOptions, UserRef};
+use crate::engine::{Engine, FrontQuery, RecommendOptions, UserRef};
 use crate::grpc::pb;
 use crate::grpc::pb::recommender_client::RecommenderClient;
 use crate::grpc::pb::recommender_server::{Recommender, RecommenderServer};
@@ -77,6 +77,9 @@ pub const ROUTE_RETRIES: &str = "vecrec_route_retries_total";
 pub const ROUTE_HEDGES: &str = "vecrec_route_hedges_total";
 /// Answers merged without some shard (`partial`), by rpc.
 pub const ROUTE_PARTIAL: &str = "vecrec_route_partial_total";
+/// Interleaved Recommend calls whose two arms sent the shards the same
+/// request, asked once.
+pub const ROUTE_SHARED_FAN_OUTS: &str = "vecrec_route_shared_fan_outs_total";
 /// Shards that failed a call on every replica, by shard.
 pub const ROUTE_SHARD_FAILED: &str = "vecrec_route_shard_failures_total";
 /// Time for a shard's answer (retries and hedges included), by shard.
@@ -687,8 +690,9 @@ impl Router {
                 (experiments::plain(items), partial)
             }
             Some(p) => {
-                let ((control, a), (treatment, b)) =
-                    tokio::try_join!(list(arm(p, 0)), list(arm(p, 1)))?;
+                let ((control, a), (treatment, b)) = self
+                    .sliced_pair(arm(p, 0), arm(p, 1), asked.clone())
+                    .await?;
                 let mixed =
                     experiments::interleave(&p.experiment, &control, &treatment, &request_id);
                 (mixed, a || b)
@@ -727,9 +731,53 @@ impl Router {
         engine: Arc<Engine>,
         asked: Arc<Asked>,
     ) -> Result<(Vec<crate::engine::Scored>, bool), Status> {
+        let (q, msg) = self.sliced_query(engine.clone(), asked.clone()).await?;
+        let (lists, partial) = self.shard_lists(msg, asked.opts.deadline).await?;
+        let items = sliced_answer(engine, q, &lists, asked.opts.deadline).await?;
+        Ok((items, partial))
+    }
+
+    /// The two lists of an interleaved sliced Recommend, as `control` and
+    /// `treatment` serve `asked`. The shards are asked once when both arms
+    /// would send them the same request (arms that differ only in fusion or
+    /// reranking), and once per arm otherwise, concurrently.
+    async fn sliced_pair(
+        &self,
+        control: Arc<Engine>,
+        treatment: Arc<Engine>,
+        asked: Arc<Asked>,
+    ) -> Result<(SlicedList, SlicedList), Status> {
         let deadline = asked.opts.deadline;
+        let ((q0, m0), (q1, m1)) = tokio::try_join!(
+            self.sliced_query(control.clone(), asked.clone()),
+            self.sliced_query(treatment.clone(), asked.clone())
+        )?;
+        let ((l0, a), (l1, b)) = if m0 == m1 {
+            metrics::counter!(ROUTE_SHARED_FAN_OUTS).increment(1);
+            let (lists, partial) = self.shard_lists(m0, deadline).await?;
+            ((lists.clone(), partial), (lists, partial))
+        } else {
+            tokio::try_join!(
+                self.shard_lists(m0, deadline),
+                self.shard_lists(m1, deadline)
+            )?
+        };
+        let (x, y) = tokio::try_join!(
+            sliced_answer(control, q0, &l0, deadline),
+            sliced_answer(treatment, q1, &l1, deadline)
+        )?;
+        Ok(((x, a), (y, b)))
+    }
+
+    /// The user's side of a sliced Recommend on `engine`, and the request
+    /// every shard is sent for it.
+    async fn sliced_query(
+        &self,
+        engine: Arc<Engine>,
+        asked: Arc<Asked>,
+    ) -> Result<(FrontQuery, Arc<pb::ShardSourcesRequest>), Status> {
         let events_missing = asked.events_missing;
-        let (e, a) = (engine.clone(), asked.clone());
+        let a = asked.clone();
         let q = tokio::task::spawn_blocking(move || {
             let r = &a.r;
             let who = if !r.history.is_empty() {
@@ -741,7 +789,7 @@ impl Router {
                     "give a user_id or a non-empty history",
                 ));
             };
-            e.front_query(who, &a.recorded, &a.new, &a.opts)
+            engine.front_query(who, &a.recorded, &a.new, &a.opts)
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?
@@ -774,6 +822,16 @@ impl Router {
             ease_decay: q.shard.ease_decay,
             transitions_decay: q.shard.transitions_decay,
         });
+        Ok((q, msg))
+    }
+
+    /// Every shard's source lists for `msg`, in the order the shards
+    /// answered; `true` beside them when a shard had no live replica.
+    async fn shard_lists(
+        &self,
+        msg: Arc<pb::ShardSourcesRequest>,
+        deadline: Deadline,
+    ) -> Result<(Vec<pb::SourceItems>, bool), Status> {
         // What is left of the caller's time after the user's side.
         let left = deadline
             .instant()
@@ -785,19 +843,12 @@ impl Router {
             })
             .await;
         let partial = self.shards_missing(&answers)?;
-        let mut lists: Vec<Vec<(u32, f32)>> = vec![Vec::new(); q.sources.len()];
-        for a in answers.into_iter().flatten() {
-            for l in a.lists {
-                let Some(at) = q.sources.iter().position(|s| s.name() == l.source) else {
-                    continue;
-                };
-                lists[at].extend(l.items.into_iter().zip(l.scores));
-            }
-        }
-        let items = tokio::task::spawn_blocking(move || engine.front_answer(&q, lists, deadline))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))??;
-        Ok((items, partial))
+        let lists = answers
+            .into_iter()
+            .flatten()
+            .flat_map(|a| a.lists)
+            .collect();
+        Ok((lists, partial))
     }
 
     /// The shard that owns item `id`, and keeps the events of user `id`.
@@ -1164,6 +1215,31 @@ impl Router {
             None => Ok((count.values().sum(), seq)),
         }
     }
+}
+
+/// One list of a sliced Recommend, and whether a shard was missing from it.
+type SlicedList = (Vec<crate::engine::Scored>, bool);
+
+/// The answer of `engine` to its query `q` over the shards' `lists`:
+/// merged per source, reranked and fused on the front.
+async fn sliced_answer(
+    engine: Arc<Engine>,
+    q: FrontQuery,
+    lists: &[pb::SourceItems],
+    deadline: Deadline,
+) -> Result<Vec<crate::engine::Scored>, Status> {
+    let mut merged: Vec<Vec<(u32, f32)>> = vec![Vec::new(); q.sources.len()];
+    for l in lists {
+        let Some(at) = q.sources.iter().position(|s| s.name() == l.source) else {
+            continue;
+        };
+        merged[at].extend(l.items.iter().copied().zip(l.scores.iter().copied()));
+    }
+    Ok(
+        tokio::task::spawn_blocking(move || engine.front_answer(&q, merged, deadline))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??,
+    )
 }
 
 /// What a write call answers: how many it took, and its log sequence.
@@ -1607,6 +1683,10 @@ pub fn describe_metrics() {
     describe_counter!(
         ROUTE_PARTIAL,
         "Answers merged without a shard that had no live replica, by rpc"
+    );
+    describe_counter!(
+        ROUTE_SHARED_FAN_OUTS,
+        "Interleaved Recommend calls whose two arms asked the shards once, the same request"
     );
     describe_counter!(
         ROUTE_SHARD_FAILED,

@@ -1685,6 +1685,8 @@ async fn experiments_run_on_the_router(
             il_config.to_str().unwrap(),
             "--exposure-root",
             il_root.to_str().unwrap(),
+            "--metrics-addr",
+            "127.0.0.1:0",
         ],
     );
     let mut il_c = il.client().await;
@@ -1723,6 +1725,10 @@ async fn experiments_run_on_the_router(
         assert!([&control[0], &treatment[0]].contains(&&got.items[0].item_id));
     }
     assert_eq!(teams.len(), 2, "{teams:?}");
+    // The arms differ only in fusion: each call asked the shards once.
+    let il_metrics = il.metrics.clone().unwrap();
+    let shared = || scrape(&il_metrics, "vecrec_route_shared_fan_outs_total");
+    assert_eq!(shared(), 6.0);
     // A click taken by the second router on a list the first served:
     // logged by the second, and counted when both logs are read together.
     click(&mut il_c, one_c, users[1], &served[1]).await;
@@ -1768,6 +1774,45 @@ async fn experiments_run_on_the_router(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+
+    // Arms whose shards' requests differ (the candidates each source
+    // brings): one fan-out per arm, nothing shared.
+    std::fs::write(
+        &il_config,
+        experiment("fewer-il", "interleave").replace(
+            "fusion = \"geometric\"",
+            "fusion = \"geometric\"\ncandidates = 40",
+        ),
+    )
+    .unwrap();
+    let hup = Command::new("kill")
+        .args(["-HUP", &il.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = il_c
+            .recommend(for_user(users[2], 10))
+            .await
+            .unwrap()
+            .into_inner();
+        if got.experiment == "fewer-il" {
+            assert_eq!(got.items.len(), 10);
+            assert!(got
+                .items
+                .iter()
+                .all(|i| ["served", "geometric"].contains(&i.arm.as_str())));
+            break;
+        }
+        assert!(Instant::now() < until, "SIGHUP did not load the new arms");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        shared(),
+        6.0,
+        "arms with other shard requests shared a fan-out"
+    );
 }
 
 /// A click by `user` on the first item of `answer`, recorded through
