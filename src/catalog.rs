@@ -313,9 +313,108 @@ pub fn read_interactions(path: &Path) -> Result<Vec<Interaction>> {
     Ok(out)
 }
 
+/// Writes `items` as a `.jsonl` catalogue that [`read_catalog`] reads back
+/// as the same items (atomically: a temporary file, then a rename).
+pub fn write_catalog_jsonl(path: &Path, items: &[CatalogItem]) -> Result<()> {
+    let mut out = Vec::new();
+    for it in items {
+        let mut obj = serde_json::Map::new();
+        obj.insert("id".into(), Value::String(it.id.clone()));
+        obj.insert("title".into(), Value::String(it.meta.title.clone()));
+        obj.insert("text".into(), Value::String(it.meta.text.clone()));
+        let list = |l: &[String]| Value::Array(l.iter().cloned().map(Value::String).collect());
+        obj.insert("categories".into(), list(&it.meta.categories));
+        obj.insert("tags".into(), list(&it.meta.tags));
+        for (k, x) in &it.meta.numeric {
+            let number = serde_json::Number::from_f64(*x).ok_or_else(|| {
+                Error::invalid(format!("item {:?}: attribute {k:?} is not finite", it.id))
+            })?;
+            if obj.insert(k.clone(), Value::Number(number)).is_some() {
+                return Err(Error::invalid(format!(
+                    "item {:?}: a numeric attribute named {k:?} cannot be written beside the \
+                     field of that name",
+                    it.id
+                )));
+            }
+        }
+        serde_json::to_writer(&mut out, &obj).map_err(|e| Error::invalid(e.to_string()))?;
+        out.push(b'\n');
+    }
+    vecrec_index::generation::write_atomic(path, &out).map_err(Error::from)
+}
+
+/// Writes `interactions` as a CSV interaction log (`user,item,timestamp,
+/// event,weight`) that [`read_interactions`] reads back as the same rows.
+pub fn write_interactions_csv(path: &Path, interactions: &[Interaction]) -> Result<()> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let bad = |e: csv::Error| Error::invalid(format!("{}: {e}", path.display()));
+    w.write_record(["user", "item", "timestamp", "event", "weight"])
+        .map_err(bad)?;
+    for e in interactions {
+        w.write_record([
+            e.user.as_str(),
+            e.item.as_str(),
+            &e.timestamp.to_string(),
+            e.event.as_deref().unwrap_or(""),
+            &e.weight.to_string(),
+        ])
+        .map_err(bad)?;
+    }
+    let bytes = w
+        .into_inner()
+        .map_err(|e| Error::invalid(format!("{}: {e}", path.display())))?;
+    vecrec_index::generation::write_atomic(path, &bytes).map_err(Error::from)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn written_catalogues_and_interactions_read_back_the_same() {
+        let d = tempfile::tempdir().unwrap();
+        let items = vec![
+            CatalogItem {
+                id: "a,1".into(),
+                meta: ItemMeta {
+                    title: "Quotes \" and, commas".into(),
+                    text: "line one\nline two".into(),
+                    categories: vec!["c1".into(), "c2".into()],
+                    tags: vec!["t".into()],
+                    numeric: [("year".to_string(), 1999.5)].into(),
+                },
+            },
+            CatalogItem {
+                id: "b".into(),
+                meta: ItemMeta {
+                    title: "Only a title".into(),
+                    ..Default::default()
+                },
+            },
+        ];
+        let p = d.path().join("c.jsonl");
+        write_catalog_jsonl(&p, &items).unwrap();
+        assert_eq!(read_catalog(&p).unwrap(), items);
+        let rows = vec![
+            Interaction {
+                user: "u,1".into(),
+                item: "a,1".into(),
+                timestamp: -5,
+                event: Some("click".into()),
+                weight: 0.25,
+            },
+            Interaction {
+                user: "u2".into(),
+                item: "b".into(),
+                timestamp: 1_700_000_000,
+                event: None,
+                weight: 3.0,
+            },
+        ];
+        let p = d.path().join("i.csv");
+        write_interactions_csv(&p, &rows).unwrap();
+        assert_eq!(read_interactions(&p).unwrap(), rows);
+    }
 
     fn write(dir: &tempfile::TempDir, name: &str, body: &str) -> std::path::PathBuf {
         let p = dir.path().join(name);

@@ -221,6 +221,15 @@ impl View<'_> {
         self.delta.events.keys()
     }
 
+    /// Items deleted after the generation (and not upserted again since).
+    pub fn deleted(&self) -> impl Iterator<Item = &String> {
+        self.delta
+            .deleted
+            .iter()
+            .filter(|x| *x.1 > self.applied)
+            .map(|x| x.0)
+    }
+
     /// Whether nothing changed since the generation.
     pub fn is_empty(&self) -> bool {
         self.delta.last_seq <= self.applied
@@ -298,6 +307,122 @@ enum Role {
     /// Another process (a replica sharing this index root): this one
     /// reads what it appends ([`Live::refresh`]) and takes no writes.
     Follower(Mutex<Tail>),
+}
+
+/// The changes a root's log holds beyond the generation its `CURRENT`
+/// names, for a bulk build to fold into its inputs
+/// (`vecrec-build --fold-log`): the build writes `through` as the new
+/// generation's `wal_seq`, so its server applies only later records and
+/// prunes these from the log once it serves it.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// The latest upsert of each item, oldest first.
+    pub upserts: Vec<CatalogItem>,
+    /// Items deleted (and not upserted again since).
+    pub deleted: Vec<String>,
+    /// Events recorded, user by user (users in id order), each user's
+    /// oldest first.
+    pub events: Vec<Interaction>,
+    /// The last record taken in (the generation's own `wal_seq` when the
+    /// log holds nothing beyond it).
+    pub through: u64,
+}
+
+impl Changes {
+    /// Reads the log under `root` (a running server may hold it: the
+    /// torn frame of an append in progress is left out) beyond what the
+    /// root's current generation folded. No generation or no log: none.
+    pub fn pending(root: &Path) -> Result<Self> {
+        let applied = match vecrec_index::generation::current_generation(root) {
+            Ok(dir) => {
+                let m: vecrec_index::Manifest =
+                    vecrec_index::format::read_json(&dir.join(vecrec_index::index::MANIFEST_FILE))?;
+                crate::layout::GenerationInfo::of(&m).wal_seq
+            }
+            Err(vecrec_index::IndexError::NoGeneration { .. }) => 0,
+            Err(e) => return Err(e.into()),
+        };
+        let snapshot = Snapshot::read(root, applied)?;
+        let view = snapshot.view(applied);
+        let mut upserts: Vec<(&String, &DeltaItem)> = view.items().collect();
+        upserts.sort_by_key(|x| x.1.seq);
+        let mut deleted: Vec<String> = view.deleted().cloned().collect();
+        deleted.sort();
+        let mut users: Vec<&String> = view.event_users().collect();
+        users.sort();
+        let events = users
+            .into_iter()
+            .flat_map(|u| {
+                view.events(u).map(move |e| Interaction {
+                    user: u.clone(),
+                    item: e.item.clone(),
+                    timestamp: e.timestamp,
+                    event: None,
+                    weight: e.weight,
+                })
+            })
+            .collect();
+        Ok(Self {
+            upserts: upserts
+                .into_iter()
+                .map(|(id, x)| CatalogItem {
+                    id: id.clone(),
+                    meta: x.meta.clone(),
+                })
+                .collect(),
+            deleted,
+            events,
+            through: view.last_seq().max(applied),
+        })
+    }
+
+    /// Whether the log holds nothing to fold.
+    pub fn is_empty(&self) -> bool {
+        self.upserts.is_empty() && self.deleted.is_empty() && self.events.is_empty()
+    }
+
+    /// `items` and `interactions` with `changes` (of every root built)
+    /// folded in, as one node's compaction folds its log: upserted items
+    /// replace theirs or join the catalogue's end, deleted ones leave it,
+    /// and so do the interactions naming them; recorded events join the
+    /// interactions.
+    pub fn fold(
+        changes: &[Changes],
+        items: &mut Vec<CatalogItem>,
+        interactions: &mut Vec<Interaction>,
+    ) {
+        let deleted: std::collections::HashSet<&str> = changes
+            .iter()
+            .flat_map(|c| c.deleted.iter().map(String::as_str))
+            .collect();
+        let mut upserted: HashMap<&str, &CatalogItem> = HashMap::new();
+        let mut order = Vec::new();
+        for it in changes.iter().flat_map(|c| &c.upserts) {
+            if upserted.insert(it.id.as_str(), it).is_none() {
+                order.push(it.id.as_str());
+            }
+        }
+        items.retain(|it| !deleted.contains(it.id.as_str()));
+        for it in items.iter_mut() {
+            if let Some(new) = upserted.remove(it.id.as_str()) {
+                it.meta = new.meta.clone();
+            }
+        }
+        items.extend(
+            order
+                .into_iter()
+                .filter_map(|id| upserted.get(id))
+                .map(|it| (*it).clone()),
+        );
+        interactions.retain(|e| !deleted.contains(e.item.as_str()));
+        interactions.extend(
+            changes
+                .iter()
+                .flat_map(|c| &c.events)
+                .filter(|e| !deleted.contains(e.item.as_str()))
+                .cloned(),
+        );
+    }
 }
 
 /// The log and its replayed delta.
@@ -513,6 +638,60 @@ mod tests {
             },
             vector: vec![0.5, -0.5],
         }
+    }
+
+    fn it(id: &str, title: &str) -> CatalogItem {
+        CatalogItem {
+            id: id.into(),
+            meta: ItemMeta {
+                title: title.into(),
+                ..Default::default()
+            },
+        }
+    }
+
+    fn row(user: &str, item: &str, timestamp: i64) -> Interaction {
+        Interaction {
+            user: user.into(),
+            item: item.into(),
+            timestamp,
+            event: None,
+            weight: 1.0,
+        }
+    }
+
+    #[test]
+    fn folding_replaces_appends_and_deletes_as_compaction_does() {
+        let mut items = vec![it("a", "A"), it("b", "B"), it("c", "C")];
+        let mut rows = vec![row("u", "a", 1), row("u", "b", 2), row("v", "c", 3)];
+        let changes = [
+            Changes {
+                upserts: vec![it("n1", "N1"), it("a", "A2")],
+                deleted: vec!["b".into()],
+                events: vec![row("u", "n1", 9), row("w", "b", 9)],
+                through: 7,
+            },
+            Changes {
+                upserts: vec![it("n2", "N2")],
+                events: vec![row("v", "a", 10)],
+                ..Default::default()
+            },
+        ];
+        Changes::fold(&changes, &mut items, &mut rows);
+        let got: Vec<(&str, &str)> = items
+            .iter()
+            .map(|i| (i.id.as_str(), i.meta.title.as_str()))
+            .collect();
+        assert_eq!(got, [("a", "A2"), ("c", "C"), ("n1", "N1"), ("n2", "N2")]);
+        assert_eq!(
+            rows,
+            [
+                row("u", "a", 1),
+                row("v", "c", 3),
+                row("u", "n1", 9),
+                row("v", "a", 10)
+            ]
+        );
     }
 
     #[test]

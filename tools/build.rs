@@ -105,6 +105,18 @@ struct Args {
     /// (a text no part holds yet is embedded by the build itself).
     #[arg(long, requires = "shard")]
     embed_only: bool,
+    /// With --shards (one process, no --shard or --front-only): fold the
+    /// changes each shard's log holds beyond its served generation
+    /// (OUT/shard-<i>/wal/wal.log, written by the shard's servers: upserts,
+    /// deletes, events) into this build's catalogue and interactions, as
+    /// one node's compaction does. Each new shard generation records the
+    /// last record it took in, so its servers apply only later writes and
+    /// drop these from the log once they serve it. The inputs as folded
+    /// are written to OUT/folded/catalog.jsonl and interactions.csv: start
+    /// the next build from them (or from a source that has the same
+    /// changes), since the logs no longer hold them.
+    #[arg(long, requires = "shards", conflicts_with_all = ["shard", "front_only", "embed_only"])]
+    fold_log: bool,
     /// Write the build's report (counts, per-stage seconds and peak memory) as JSON to this file.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -121,7 +133,7 @@ fn run() -> anyhow::Result<()> {
     let a = Args::parse();
     let start = Instant::now();
     let cfg = Config::load(a.config.as_deref())?;
-    let (items, interactions) = match (&a.catalog, &a.interactions, &a.movielens) {
+    let (mut items, mut interactions) = match (&a.catalog, &a.interactions, &a.movielens) {
         (Some(c), Some(i), None) => (
             read_catalog(c).context("reading the catalogue")?,
             read_interactions(i).context("reading the interactions")?,
@@ -134,6 +146,10 @@ fn run() -> anyhow::Result<()> {
         }
         _ => bail!("give either --catalog FILE --interactions FILE, or --movielens DIR"),
     };
+    let mut folded_through = Vec::new();
+    if let (true, Some(shards)) = (a.fold_log, a.shards) {
+        folded_through = fold_logs(&a.out, shards, &mut items, &mut interactions)?;
+    }
     let encoder = Encoder::load(&cfg.encoder, 1).context("loading the encoder")?;
     let opts = BuildOptions {
         hnsw: HnswParams {
@@ -150,6 +166,7 @@ fn run() -> anyhow::Result<()> {
         head_hybrid: Some(cfg.hybrid.clone()),
         embedding_parts: None,
         publish: true,
+        folded_through,
     };
     if let (true, Some(shards), Some(i)) = (a.embed_only, a.shards, a.shard) {
         let r = vecrec::pipeline::embed_part(&a.out, &encoder, &items, shards, i, !a.quiet)
@@ -188,6 +205,9 @@ fn run() -> anyhow::Result<()> {
             },
         )
         .context("building the shards")?;
+        if a.fold_log {
+            write_folded(&a.out, &items, &interactions)?;
+        }
         if !a.quiet {
             if let Some(last) = reports.last() {
                 eprint!("{}", vecrec::pipeline::stage_table(&last.stages));
@@ -256,6 +276,58 @@ fn run() -> anyhow::Result<()> {
         report.hnsw_seconds,
         report.train_seconds,
         report.peak_rss_mib
+    );
+    Ok(())
+}
+
+/// Folds the changes in the logs of the `shards` shard roots under `out`
+/// into `items` and `interactions` (`--fold-log`), and returns the last
+/// record taken from each log.
+fn fold_logs(
+    out: &std::path::Path,
+    shards: usize,
+    items: &mut Vec<vecrec::catalog::CatalogItem>,
+    interactions: &mut Vec<vecrec::catalog::Interaction>,
+) -> anyhow::Result<Vec<u64>> {
+    use vecrec::live::Changes;
+    let mut changes = Vec::with_capacity(shards);
+    for s in 0..shards {
+        let root = vecrec::layout::shard_root(out, s);
+        let c = Changes::pending(&root)
+            .with_context(|| format!("reading the log under {}", root.display()))?;
+        if !c.is_empty() {
+            eprintln!(
+                "shard {s}: folding {} upserts, {} deletes and {} events (log records through {})",
+                c.upserts.len(),
+                c.deleted.len(),
+                c.events.len(),
+                c.through
+            );
+        }
+        changes.push(c);
+    }
+    let through = changes.iter().map(|c| c.through).collect();
+    Changes::fold(&changes, items, interactions);
+    Ok(through)
+}
+
+/// Writes the inputs a `--fold-log` build was made from to `out/folded/`,
+/// once the build is published (the logs' servers then drop what it took).
+fn write_folded(
+    out: &std::path::Path,
+    items: &[vecrec::catalog::CatalogItem],
+    interactions: &[vecrec::catalog::Interaction],
+) -> anyhow::Result<()> {
+    let dir = out.join("folded");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    vecrec::catalog::write_catalog_jsonl(&dir.join("catalog.jsonl"), items)?;
+    vecrec::catalog::write_interactions_csv(&dir.join("interactions.csv"), interactions)?;
+    eprintln!(
+        "the inputs as folded ({} items, {} interactions) are in {}: start the next build \
+         from them",
+        items.len(),
+        interactions.len(),
+        dir.display()
     );
     Ok(())
 }

@@ -69,6 +69,11 @@ pub struct BuildOptions {
     /// publishes it ([`vecrec_index::generation::publish`]): a partitioned
     /// build publishes the front and its shards together.
     pub publish: bool,
+    /// The last log record folded into the inputs of each root written
+    /// (`live::Changes`, `vecrec-build --fold-log`): the one root's at 0,
+    /// or shard *i*'s at *i*. Each generation records its own as
+    /// `wal_seq`, so its server applies only later records. Empty: none.
+    pub folded_through: Vec<u64>,
 }
 
 /// How a build trains the reranker.
@@ -96,6 +101,7 @@ impl Default for BuildOptions {
             head_hybrid: None,
             embedding_parts: None,
             publish: true,
+            folded_through: Vec::new(),
         }
     }
 }
@@ -843,6 +849,7 @@ pub(super) fn build_with_vectors(
     let info = GenerationInfo {
         encoder_model: Some(encoder.files().model.display().to_string()),
         encoder_dim: Some(encoder.dim()),
+        wal_seq: opts.folded_through.first().copied().unwrap_or(0),
         ..Default::default()
     };
     let mut report = build_generation_inner(

@@ -249,7 +249,7 @@ fn write_shard(
             index: s,
             of: shards,
         }),
-        ..Default::default()
+        wal_seq: opts.folded_through.get(s).copied().unwrap_or(0),
     };
     // The shard's row of each of the catalogue's rows it owns.
     let mut local: Vec<Option<u32>> = vec![None; items.len()];
@@ -377,8 +377,10 @@ fn build_sliced(
     // Nothing goes live until every shard is cut: the front and the shards
     // are published together at the end, so a router and its shards see a
     // mismatch only for the moments their reloads take.
+    // The front has no log of its own: what was folded is the shards'.
     let front_opts = BuildOptions {
         publish: false,
+        folded_through: Vec::new(),
         ..opts.clone()
     };
     // The shards' content vectors as the front got them, before its store

@@ -392,3 +392,148 @@ fn a_second_writer_of_an_index_roots_log_is_refused() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `vecrec-build --shards N --fold-log`: what the shards' servers logged
+/// (an item upserted, one replaced, one deleted, an event) goes into the
+/// next partitioned build, each shard's new generation records the last
+/// record it took, so the log's records stop applying over it, and the
+/// folded inputs are written for the next build, which folds nothing twice.
+#[test]
+fn a_partitioned_rebuild_folds_the_shards_logs() {
+    use std::sync::Arc;
+    use vecrec::catalog::{read_catalog, read_interactions, CatalogItem, Interaction};
+    use vecrec::layout::{shard_of, shard_root, GenerationInfo};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cfg = vecrec::sample::SampleConfig {
+        seed: 5,
+        items: 120,
+        users: 12,
+        min_history: 5,
+        max_history: 10,
+    };
+    vecrec::sample::write_sample(&vecrec::sample::generate(&cfg).unwrap(), &data).unwrap();
+    let out = dir.path().join("out");
+    let build = |catalog: &std::path::Path, interactions: &std::path::Path, fold: bool| {
+        let mut c = bin("vecrec-build");
+        c.args(["--quiet", "--content-only", "--shards", "2", "--catalog"])
+            .arg(catalog)
+            .arg("--interactions")
+            .arg(interactions)
+            .arg("--out")
+            .arg(&out);
+        if fold {
+            c.arg("--fold-log");
+        }
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let (catalog, interactions) = (data.join("catalog.jsonl"), data.join("interactions.csv"));
+    build(&catalog, &interactions, false);
+    let items = read_catalog(&catalog).unwrap();
+    let rows = read_interactions(&interactions).unwrap();
+
+    // Shard 1's server takes writes of its own items into its log.
+    let root = shard_root(&out, 1);
+    let owned: Vec<&CatalogItem> = items.iter().filter(|i| shard_of(&i.id, 2) == 1).collect();
+    let (replaced, deleted, clicked) = (
+        owned[0].id.clone(),
+        owned[1].id.clone(),
+        owned[2].id.clone(),
+    );
+    let new_id = (0..)
+        .map(|k| format!("logged-{k}"))
+        .find(|id| shard_of(id, 2) == 1)
+        .unwrap();
+    let user = rows[0].user.clone();
+    let through = {
+        let mut e = vecrec::engine::Engine::open(
+            &root,
+            vecrec::config::Config::default(),
+            Some(crate::common::encoder()),
+        )
+        .unwrap();
+        e.attach_live(Arc::new(vecrec::live::Live::open(&root, 0).unwrap()));
+        let item = |id: &str, title: &str| CatalogItem {
+            id: id.to_owned(),
+            meta: vecrec_index::ItemMeta {
+                title: title.into(),
+                text: format!("{title}: a story told again"),
+                ..Default::default()
+            },
+        };
+        e.upsert_items(vec![
+            item(&new_id, "Logged Tides"),
+            item(&replaced, "Renamed"),
+        ])
+        .unwrap();
+        e.delete_items(vec![deleted.clone()]).unwrap();
+        e.record_events(vec![Interaction {
+            user: user.clone(),
+            item: clicked.clone(),
+            timestamp: 1_800_000_000,
+            event: None,
+            weight: 2.0,
+        }])
+        .unwrap()
+    };
+    assert_eq!(through, 4);
+
+    let said = build(&catalog, &interactions, true);
+    assert!(
+        said.contains("shard 1: folding 2 upserts, 1 deletes and 1 events (log records through 4)"),
+        "{said}"
+    );
+    assert!(!said.contains("shard 0: folding"), "{said}");
+    let generation = |s: usize| {
+        vecrec_index::Index::open(
+            &vecrec_index::generation::current_generation(&shard_root(&out, s)).unwrap(),
+        )
+        .unwrap()
+    };
+    let g1 = generation(1);
+    assert_eq!(GenerationInfo::of(g1.manifest()).wal_seq, 4);
+    assert_eq!(GenerationInfo::of(generation(0).manifest()).wal_seq, 0);
+    let store = g1.store();
+    let new_row = store
+        .internal_id(&new_id)
+        .expect("the upserted item is built in");
+    assert_eq!(store.meta(new_row).title, "Logged Tides");
+    assert_eq!(
+        store.meta(store.internal_id(&replaced).unwrap()).title,
+        "Renamed"
+    );
+    assert!(store.internal_id(&deleted).is_none());
+    // Over the new generation the log's records are folded: nothing pending.
+    let live = vecrec::live::Live::open(&root, 4).unwrap();
+    assert_eq!(live.view(4).pending(), 0);
+    drop(live);
+
+    // The inputs as folded, for the next build.
+    let folded = out.join("folded");
+    let f_items = read_catalog(&folded.join("catalog.jsonl")).unwrap();
+    let f_rows = read_interactions(&folded.join("interactions.csv")).unwrap();
+    assert_eq!(f_items.len(), items.len());
+    assert!(f_items.iter().any(|i| i.id == new_id));
+    assert!(!f_items.iter().any(|i| i.id == deleted));
+    let kept = rows.iter().filter(|r| r.item != deleted).count();
+    assert_eq!(f_rows.len(), kept + 1);
+    assert!(f_rows.contains(&Interaction {
+        user,
+        item: clicked,
+        timestamp: 1_800_000_000,
+        event: None,
+        weight: 2.0,
+    }));
+    // Built again from them with --fold-log: nothing is folded twice.
+    let said = build(
+        &folded.join("catalog.jsonl"),
+        &folded.join("interactions.csv"),
+        true,
+    );
+    assert!(!said.contains("folding"), "{said}");
+    assert_eq!(GenerationInfo::of(generation(1).manifest()).wal_seq, 4);
+    let again = read_interactions(&folded.join("interactions.csv")).unwrap();
+    assert_eq!(again.len(), f_rows.len());
+}
