@@ -42,6 +42,10 @@ pub const GENERATION: &str = "vecrec_generation";
 pub const ITEMS: &str = "vecrec_items";
 /// Write-ahead log records not yet folded into a generation.
 pub const PENDING_RECORDS: &str = "vecrec_live_pending_records";
+/// The last write-ahead log record applied here, by role (`writer`, or
+/// `follower` for a replica reading another's log): a follower's lag is
+/// its writer's value less its own.
+pub const LOG_LAST_RECORD: &str = "vecrec_live_last_record";
 /// Compactions that wrote a generation.
 pub const COMPACTIONS: &str = "vecrec_compactions_total";
 /// Calls refused before any service saw them, by reason (unauthenticated,
@@ -224,6 +228,10 @@ fn describe() {
     describe_gauge!(GENERATION, "The served generation's number");
     describe_gauge!(ITEMS, "Items in the served generation");
     describe_gauge!(PENDING_RECORDS, "Write-ahead log records not yet compacted");
+    describe_gauge!(
+        LOG_LAST_RECORD,
+        "The last write-ahead log record applied here, by role (writer, follower)"
+    );
     describe_counter!(COMPACTIONS, "Compactions that wrote a generation");
 }
 

@@ -291,6 +291,15 @@ async fn report_gauges(slot: Arc<EngineSlot>) {
         metrics::gauge!(telemetry::ITEMS).set(e.index().store().len() as f64);
         let pending = e.live().map_or(0, |l| l.view(e.applied_seq()).pending());
         metrics::gauge!(telemetry::PENDING_RECORDS).set(pending as f64);
+        if let Some(l) = e.live() {
+            let role = if l.is_follower() {
+                "follower"
+            } else {
+                "writer"
+            };
+            let last = l.view(e.applied_seq()).last_seq();
+            metrics::gauge!(telemetry::LOG_LAST_RECORD, "role" => role).set(last as f64);
+        }
         drop(e);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }

@@ -451,7 +451,8 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
     let addr = replicas[owner][1].addr.clone();
     replicas[owner][1].kill();
     let follower = follower_flags(owner);
-    let follower: Vec<&str> = follower.iter().map(String::as_str).collect();
+    let mut follower: Vec<&str> = follower.iter().map(String::as_str).collect();
+    follower.extend(["--metrics-addr", "127.0.0.1:0"]);
     replicas[owner][1] = serve_at(
         &vecrec::layout::shard_root(&parts, owner),
         &config,
@@ -462,6 +463,18 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
         holds(&replicas[owner][1], &fresh.id).await,
         "after a restart"
     );
+    // It says how far it has read: the writer's last record.
+    let follower_metrics = replicas[owner][1].metrics.clone().unwrap();
+    eventually(
+        "the follower's gauge shows the writer's last record",
+        || async {
+            scrape(
+                &follower_metrics,
+                "vecrec_live_last_record{role=\"follower\"}",
+            ) == up.sequence as f64
+        },
+    )
+    .await;
     // A shard refuses an item it does not own (a write that bypassed the router).
     let stranger = &replicas[(owner + 1) % SHARDS][0];
     let refused = stranger
