@@ -117,6 +117,21 @@ struct Args {
     /// changes), since the logs no longer hold them.
     #[arg(long, requires = "shards", conflicts_with_all = ["shard", "front_only", "embed_only"])]
     fold_log: bool,
+    /// With --shards, instead of --catalog/--interactions: rebuild the
+    /// partitioned build under OUT from what it serves, as one node's
+    /// compaction does: the front generation's catalogue and users'
+    /// histories (in order; their times are not kept), with each shard's
+    /// log folded in as --fold-log does. Texts come from the embedding
+    /// cache, so only upserted items are embedded. Needs a build with
+    /// training (the front holds the whole catalogue). The inputs it
+    /// rebuilt from are written to OUT/folded/ as --fold-log writes them.
+    #[arg(
+        long,
+        requires = "shards",
+        conflicts_with_all = ["catalog", "interactions", "movielens", "shard", "front_only",
+                              "embed_only", "content_only", "fold_log"]
+    )]
+    compact: bool,
     /// Write the build's report (counts, per-stage seconds and peak memory) as JSON to this file.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -133,7 +148,21 @@ fn run() -> anyhow::Result<()> {
     let a = Args::parse();
     let start = Instant::now();
     let cfg = Config::load(a.config.as_deref())?;
+    let mut folded_through = Vec::new();
     let (mut items, mut interactions) = match (&a.catalog, &a.interactions, &a.movielens) {
+        _ if a.compact => {
+            let shards = a.shards.unwrap_or(0);
+            let (items, interactions, changes) = vecrec::pipeline::served_inputs(&a.out, shards)
+                .context("reading what is served")?;
+            say_folded(&changes);
+            folded_through = changes.iter().map(|c| c.through).collect();
+            eprintln!(
+                "rebuilding {} items and {} interactions from the served front generation",
+                items.len(),
+                interactions.len()
+            );
+            (items, interactions)
+        }
         (Some(c), Some(i), None) => (
             read_catalog(c).context("reading the catalogue")?,
             read_interactions(i).context("reading the interactions")?,
@@ -144,9 +173,11 @@ fn run() -> anyhow::Result<()> {
             let inter = MovieLens::interactions(&ml.positives);
             (ml.items, inter)
         }
-        _ => bail!("give either --catalog FILE --interactions FILE, or --movielens DIR"),
+        _ => bail!(
+            "give either --catalog FILE --interactions FILE, or --movielens DIR (or --shards N \
+             --compact to rebuild from what is served)"
+        ),
     };
-    let mut folded_through = Vec::new();
     if let (true, Some(shards)) = (a.fold_log, a.shards) {
         folded_through = fold_logs(&a.out, shards, &mut items, &mut interactions)?;
     }
@@ -205,7 +236,7 @@ fn run() -> anyhow::Result<()> {
             },
         )
         .context("building the shards")?;
-        if a.fold_log {
+        if a.fold_log || a.compact {
             write_folded(&a.out, &items, &interactions)?;
         }
         if !a.quiet {
@@ -295,17 +326,9 @@ fn fold_logs(
         let root = vecrec::layout::shard_root(out, s);
         let c = Changes::pending(&root)
             .with_context(|| format!("reading the log under {}", root.display()))?;
-        if !c.is_empty() {
-            eprintln!(
-                "shard {s}: folding {} upserts, {} deletes and {} events (log records through {})",
-                c.upserts.len(),
-                c.deleted.len(),
-                c.events.len(),
-                c.through
-            );
-        }
         changes.push(c);
     }
+    say_folded(&changes);
     let through = changes.iter().map(|c| c.through).collect();
     Changes::fold(&changes, items, interactions);
     Ok(through)
@@ -330,4 +353,17 @@ fn write_folded(
         dir.display()
     );
     Ok(())
+}
+
+/// Says what each shard's log gives the build.
+fn say_folded(changes: &[vecrec::live::Changes]) {
+    for (s, c) in changes.iter().enumerate().filter(|(_, c)| !c.is_empty()) {
+        eprintln!(
+            "shard {s}: folding {} upserts, {} deletes and {} events (log records through {})",
+            c.upserts.len(),
+            c.deleted.len(),
+            c.events.len(),
+            c.through
+        );
+    }
 }

@@ -12,6 +12,7 @@
 pub mod cache;
 mod fusion_fit;
 mod rerank_fit;
+mod served;
 mod shards;
 pub mod stages;
 
@@ -32,6 +33,7 @@ use crate::layout::{
 };
 use crate::retrieve::sparse::SparseRows;
 use crate::users::write_profiles;
+pub use served::served_inputs;
 pub use shards::{build_shards, embed_part, inputs_digest, EmbedPartReport, ShardWork};
 pub use stages::{bar, spinner, stage_table, StageReport, Stages};
 

@@ -537,3 +537,156 @@ fn a_partitioned_rebuild_folds_the_shards_logs() {
     let again = read_interactions(&folded.join("interactions.csv")).unwrap();
     assert_eq!(again.len(), f_rows.len());
 }
+
+/// `vecrec-build --shards N --compact`: a partitioned build with training
+/// rebuilt from what it serves (the front generation's catalogue and
+/// histories) with the shards' logs folded in, no input files; run again,
+/// it folds nothing twice. A content-only build has no front to do so.
+#[test]
+fn a_partitioned_build_compacts_from_what_it_serves() {
+    use std::sync::Arc;
+    use vecrec::catalog::{read_catalog, read_interactions, CatalogItem, Interaction};
+    use vecrec::layout::{front_root, shard_of, shard_root, GenerationInfo};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cfg = vecrec::sample::SampleConfig {
+        seed: 9,
+        items: 120,
+        users: 12,
+        min_history: 5,
+        max_history: 10,
+    };
+    vecrec::sample::write_sample(&vecrec::sample::generate(&cfg).unwrap(), &data).unwrap();
+    let out = dir.path().join("out");
+    let build = |args: &[&str]| {
+        let o = bin("vecrec-build")
+            .args(["--quiet", "--shards", "2", "--out"])
+            .arg(&out)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (catalog, interactions) = (data.join("catalog.jsonl"), data.join("interactions.csv"));
+    let (ok, said) = build(&[
+        "--catalog",
+        catalog.to_str().unwrap(),
+        "--interactions",
+        interactions.to_str().unwrap(),
+    ]);
+    assert!(ok, "{said}");
+    let items = read_catalog(&catalog).unwrap();
+    let rows = read_interactions(&interactions).unwrap();
+
+    // Shard 1's server logs an upsert, a delete and an event of a user it keeps.
+    let root = shard_root(&out, 1);
+    let owned: Vec<&CatalogItem> = items.iter().filter(|i| shard_of(&i.id, 2) == 1).collect();
+    let (deleted, clicked) = (owned[0].id.clone(), owned[1].id.clone());
+    let new_id = (0..)
+        .map(|k| format!("logged-{k}"))
+        .find(|id| shard_of(id, 2) == 1)
+        .unwrap();
+    let user = rows
+        .iter()
+        .map(|r| r.user.clone())
+        .find(|u| shard_of(u, 2) == 1)
+        .unwrap();
+    {
+        let mut e = vecrec::engine::Engine::open(
+            &root,
+            vecrec::config::Config::default(),
+            Some(crate::common::encoder()),
+        )
+        .unwrap();
+        e.attach_live(Arc::new(vecrec::live::Live::open(&root, 0).unwrap()));
+        e.upsert_items(vec![CatalogItem {
+            id: new_id.clone(),
+            meta: vecrec_index::ItemMeta {
+                title: "Logged Tides".into(),
+                text: "a lighthouse keeper counts the tides".into(),
+                ..Default::default()
+            },
+        }])
+        .unwrap();
+        e.delete_items(vec![deleted.clone()]).unwrap();
+        e.record_events(vec![Interaction {
+            user: user.clone(),
+            item: clicked.clone(),
+            timestamp: 1_800_000_000,
+            event: None,
+            weight: 1.0,
+        }])
+        .unwrap();
+    }
+
+    let (ok, said) = build(&["--compact"]);
+    assert!(ok, "{said}");
+    assert!(
+        said.contains("shard 1: folding 1 upserts, 1 deletes and 1 events (log records through 3)"),
+        "{said}"
+    );
+    let open = |r: &std::path::Path| {
+        vecrec_index::Index::open(&vecrec_index::generation::current_generation(r).unwrap())
+            .unwrap()
+    };
+    assert_eq!(GenerationInfo::of(open(&root).manifest()).wal_seq, 3);
+    assert_eq!(
+        GenerationInfo::of(open(&shard_root(&out, 0)).manifest()).wal_seq,
+        0
+    );
+    let front = open(&front_root(&out));
+    let store = front.store();
+    assert_eq!(store.len(), items.len());
+    assert!(store.internal_id(&new_id).is_some());
+    assert!(store.internal_id(&deleted).is_none());
+    let users = vecrec::users::UserProfiles::open(front.dir(), store.len(), store.dim()).unwrap();
+    let u = users.lookup(&user).unwrap();
+    let last = users.history(u).last().unwrap().0;
+    assert_eq!(
+        store.external_id(last),
+        clicked,
+        "the event ends the history"
+    );
+    let history_len = users.history(u).len();
+    let written = read_catalog(&out.join("folded/catalog.jsonl")).unwrap();
+    assert!(written.iter().any(|i| i.id == new_id) && !written.iter().any(|i| i.id == deleted));
+
+    // Again: nothing left to fold; the same catalogue and histories.
+    let (ok, said) = build(&["--compact"]);
+    assert!(ok, "{said}");
+    assert!(!said.contains("folding"), "{said}");
+    assert_eq!(GenerationInfo::of(open(&root).manifest()).wal_seq, 3);
+    let front = open(&front_root(&out));
+    let users =
+        vecrec::users::UserProfiles::open(front.dir(), front.store().len(), front.store().dim())
+            .unwrap();
+    assert_eq!(front.store().len(), items.len());
+    assert_eq!(
+        users.history(users.lookup(&user).unwrap()).len(),
+        history_len
+    );
+
+    // A content-only partitioned build has no front to rebuild from.
+    let plain = dir.path().join("plain");
+    let o = bin("vecrec-build")
+        .args(["--quiet", "--content-only", "--shards", "2", "--catalog"])
+        .arg(&catalog)
+        .arg("--interactions")
+        .arg(&interactions)
+        .arg("--out")
+        .arg(&plain)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let o = bin("vecrec-build")
+        .args(["--quiet", "--shards", "2", "--compact", "--out"])
+        .arg(&plain)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("no front generation to rebuild from"), "{err}");
+}

@@ -1484,6 +1484,10 @@ fn the_kubernetes_config_map_holds_configs_vecrec_accepts() {
     ] {
         assert!(job.contains(&needle), "rebuild-job.yaml lacks {needle:?}");
     }
+    // The nightly compaction folds as many shards' logs.
+    let compact = std::fs::read_to_string(k8s.join("compact-cronjob.yaml")).unwrap();
+    assert!(compact.contains(&format!("- --shards={shard_files}\n")));
+    assert!(compact.contains("- --compact\n"));
     let router = std::fs::read_to_string(k8s.join("router.yaml")).unwrap();
     assert!(router.contains("--front=/data/index/front"));
     // Each router pod logs its experiments under a directory of its own.
