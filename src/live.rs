@@ -165,6 +165,31 @@ impl Delta {
     pub fn last_seq(&self) -> u64 {
         self.last_seq
     }
+
+    /// Takes from `old` what it holds of records numbered before `first`
+    /// (the first record this delta was replayed from), under what this
+    /// delta holds: an item this delta names stays as it is here.
+    fn keep_older(&mut self, old: &Delta, first: u64) {
+        for (id, x) in &old.items {
+            if x.seq < first && !self.items.contains_key(id) && !self.deleted.contains_key(id) {
+                self.items.insert(id.clone(), x.clone());
+            }
+        }
+        for (id, seq) in &old.deleted {
+            if *seq < first && !self.items.contains_key(id) && !self.deleted.contains_key(id) {
+                self.deleted.insert(id.clone(), *seq);
+            }
+        }
+        for (user, events) in &old.events {
+            let older: Vec<DeltaEvent> = events.iter().filter(|e| e.seq < first).cloned().collect();
+            if !older.is_empty() {
+                let newer = self.events.remove(user).unwrap_or_default();
+                self.events
+                    .insert(user.clone(), older.into_iter().chain(newer).collect());
+            }
+        }
+        self.last_seq = self.last_seq.max(old.last_seq);
+    }
 }
 
 /// The delta as seen by a generation that folded records up to `applied`.
@@ -304,9 +329,10 @@ pub const FOLLOWER: &str = "this replica follows the log that another replica wr
 enum Role {
     /// This process: it holds the log open for writing.
     Writer(Mutex<Wal>),
-    /// Another process (a replica sharing this index root): this one
-    /// reads what it appends ([`Live::refresh`]) and takes no writes.
-    Follower(Mutex<Tail>),
+    /// Another process (a replica sharing this index root, by host name
+    /// when known): this one reads what it appends ([`Live::refresh`]) and
+    /// takes no writes.
+    Follower(Mutex<Tail>, Option<String>),
 }
 
 /// The changes a root's log holds beyond the generation its `CURRENT`
@@ -462,68 +488,88 @@ impl Live {
     /// sharing one index root: one writes, the others follow), replayed
     /// over a generation that folded records up to `applied`. The log need
     /// not exist yet. Writes are refused with [`FOLLOWER`]; what the writer
-    /// appends is seen at each [`Live::refresh`].
-    pub fn follow(root: &Path, applied: u64) -> Result<Self> {
+    /// appends is seen at each [`Live::refresh`]. `writer`, the writer's
+    /// host name when known, is named in the refusal.
+    pub fn follow(root: &Path, applied: u64, writer: Option<&str>) -> Result<Self> {
         let path = root.join(WAL_FILE);
         let mut tail = Tail::new(&path);
         let records = tail.follow()?.records;
         let delta = replay(&path, records, applied)?;
         Ok(Self {
             path,
-            role: Role::Follower(Mutex::new(tail)),
+            role: Role::Follower(Mutex::new(tail), writer.map(str::to_owned)),
             delta: RwLock::new(delta),
             compacting: AtomicBool::new(false),
         })
     }
 
-    /// Refuses a write here if another process writes this log: the
-    /// check to make before any work for a write.
+    /// Refuses a write here if another process writes this log (the
+    /// server asks before it charges or admits the call).
     pub fn check_writable(&self) -> Result<()> {
         match self.role {
             Role::Writer(_) => Ok(()),
-            Role::Follower(_) => Err(self.refusal()),
+            Role::Follower(..) => Err(self.refusal()),
         }
     }
 
     fn refusal(&self) -> Error {
+        let writer = match &self.role {
+            Role::Follower(_, Some(host)) => format!("the replica on host {host}"),
+            _ => "that replica".to_owned(),
+        };
         Error::FailedPrecondition(format!(
-            "{FOLLOWER} ({}): send writes to that replica, or through `vecrec route`, which \
-             finds it",
+            "{FOLLOWER} ({}): send writes to {writer}, or through `vecrec route`, which finds it",
             self.path.display()
         ))
     }
 
     /// Whether another process writes this log ([`Live::follow`]).
     pub fn is_follower(&self) -> bool {
-        matches!(self.role, Role::Follower(_))
+        matches!(self.role, Role::Follower(..))
     }
 
     /// A follower reads what the writer appended since the last look and
-    /// applies it; returns how many records it read (a writer: none). When
-    /// the writer rewrote the log (after a compaction), the delta is
-    /// replayed again from the whole file.
+    /// applies it; returns how many records it read (a writer: none).
+    ///
+    /// When the writer rewrote the log (without the records a generation
+    /// folded, after a compaction or a `--fold-log` build), the file is
+    /// replayed again, and what this follower holds of records older than
+    /// the file's first is kept: the generation this follower serves may
+    /// not have folded them yet, and its own [`Live::prune`] drops them once
+    /// it serves one that has. A record that does not decode is an error,
+    /// and the next look reads the whole file again.
     pub fn refresh(&self) -> Result<usize> {
-        let Role::Follower(tail) = &self.role else {
+        let Role::Follower(tail, _) = &self.role else {
             return Ok(0);
         };
         let mut tail = tail.lock();
         let found = tail.follow()?;
         let n = found.records.len();
-        if found.restarted {
-            let fresh = replay(&self.path, found.records, 0)?;
-            *self.delta.write() = fresh;
-            return Ok(n);
-        }
-        if n > 0 {
-            let mut decoded = Vec::with_capacity(n);
-            for (seq, payload) in found.records {
-                let r = decode(&payload).map_err(|e| vecrec_index::IndexError::Corrupt {
-                    path: self.path.clone(),
-                    reason: format!("log record {seq}: {e}"),
-                })?;
-                decoded.push((seq, r));
+        let mut decoded = Vec::with_capacity(n);
+        for (seq, payload) in found.records {
+            match decode(&payload) {
+                Ok(r) => decoded.push((seq, r)),
+                Err(e) => {
+                    // Read it again next time rather than pass over it.
+                    *tail = Tail::new(&self.path);
+                    return Err(vecrec_index::IndexError::Corrupt {
+                        path: self.path.clone(),
+                        reason: format!("log record {seq}: {e}"),
+                    }
+                    .into());
+                }
             }
-            let mut delta = self.delta.write();
+        }
+        let mut delta = self.delta.write();
+        if found.restarted {
+            let first = decoded.first().map_or(u64::MAX, |r| r.0);
+            let mut fresh = Delta::default();
+            for (seq, r) in decoded {
+                fresh.apply(seq, r);
+            }
+            fresh.keep_older(&delta, first);
+            *delta = fresh;
+        } else {
             for (seq, r) in decoded {
                 delta.apply(seq, r);
             }

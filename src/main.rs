@@ -332,7 +332,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         anyhow::bail!("--follow-log and --log-writer need live updates on ([live] enabled = true)");
     }
     if follow {
-        let live = vecrec::live::Live::follow(&index, engine.applied_seq())
+        let live = vecrec::live::Live::follow(&index, engine.applied_seq(), log_writer.as_deref())
             .with_context(|| format!("reading the write-ahead log under {}", index.display()))?;
         let pending = live.view(engine.applied_seq()).pending();
         tracing::info!(log = %live.path().display(), pending, "following the log another replica writes");

@@ -112,9 +112,11 @@ struct Args {
     /// one node's compaction does. Each new shard generation records the
     /// last record it took in, so its servers apply only later writes and
     /// drop these from the log once they serve it. The inputs as folded
-    /// are written to OUT/folded/catalog.jsonl and interactions.csv: start
-    /// the next build from them (or from a source that has the same
-    /// changes), since the logs no longer hold them.
+    /// are written to OUT/folded/catalog.jsonl and interactions.csv (before
+    /// anything is published): start the next build from them, again with
+    /// --fold-log (it takes only what the logs hold beyond the served
+    /// build), since the logs will no longer hold these. A plain build over
+    /// the shards replays every record still in their logs.
     #[arg(long, requires = "shards", conflicts_with_all = ["shard", "front_only", "embed_only"])]
     fold_log: bool,
     /// With --shards, instead of --catalog/--interactions: rebuild the
@@ -181,6 +183,9 @@ fn run() -> anyhow::Result<()> {
     if let (true, Some(shards)) = (a.fold_log, a.shards) {
         folded_through = fold_logs(&a.out, shards, &mut items, &mut interactions)?;
     }
+    if a.fold_log || a.compact {
+        write_folded(&a.out, &items, &interactions)?;
+    }
     let encoder = Encoder::load(&cfg.encoder, 1).context("loading the encoder")?;
     let opts = BuildOptions {
         hnsw: HnswParams {
@@ -237,7 +242,14 @@ fn run() -> anyhow::Result<()> {
         )
         .context("building the shards")?;
         if a.fold_log || a.compact {
-            write_folded(&a.out, &items, &interactions)?;
+            eprintln!(
+                "the inputs as folded ({} items, {} interactions) are in {}: start the next \
+                 build from them, with --fold-log (which takes only what the logs hold beyond \
+                 this build)",
+                items.len(),
+                interactions.len(),
+                a.out.join("folded").display()
+            );
         }
         if !a.quiet {
             if let Some(last) = reports.last() {
@@ -334,8 +346,10 @@ fn fold_logs(
     Ok(through)
 }
 
-/// Writes the inputs a `--fold-log` build was made from to `out/folded/`,
-/// once the build is published (the logs' servers then drop what it took).
+/// Writes the inputs a `--fold-log` or `--compact` build is made from to
+/// `out/folded/`, before the build publishes anything: once it does, the
+/// logs' servers drop what it took, and these files (and the build) are
+/// then the only place the folded writes are in.
 fn write_folded(
     out: &std::path::Path,
     items: &[vecrec::catalog::CatalogItem],
@@ -345,13 +359,6 @@ fn write_folded(
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     vecrec::catalog::write_catalog_jsonl(&dir.join("catalog.jsonl"), items)?;
     vecrec::catalog::write_interactions_csv(&dir.join("interactions.csv"), interactions)?;
-    eprintln!(
-        "the inputs as folded ({} items, {} interactions) are in {}: start the next build \
-         from them",
-        items.len(),
-        interactions.len(),
-        dir.display()
-    );
     Ok(())
 }
 

@@ -152,6 +152,16 @@ impl Service {
         self.slot.get().config().limits.clone()
     }
 
+    /// A replica that follows another's log refuses a write at once, before
+    /// the caller is charged or the call waits for a place: the router
+    /// counts on that answer to tell it from a replica that failed.
+    fn refuse_if_follower(&self) -> Result<(), Status> {
+        match self.slot.get().live() {
+            Some(l) => l.check_writable().map_err(Status::from),
+            None => Ok(()),
+        }
+    }
+
     /// The line of SimilarItems and encoder calls.
     pub fn admission(&self) -> &Arc<Admission> {
         &self.admission
@@ -402,6 +412,7 @@ impl Recommender for Service {
         &self,
         req: Request<pb::UpsertItemsRequest>,
     ) -> Result<Response<pb::UpsertItemsResponse>, Status> {
+        self.refuse_if_follower()?;
         let deadline = self.deadline(&req);
         self.charge(&req, 0)?;
         let items = req.into_inner().items;
@@ -438,6 +449,7 @@ impl Recommender for Service {
         &self,
         req: Request<pb::DeleteItemsRequest>,
     ) -> Result<Response<pb::DeleteItemsResponse>, Status> {
+        self.refuse_if_follower()?;
         let deadline = self.deadline(&req);
         self.charge(&req, 0)?;
         let limits = self.limits();
@@ -464,6 +476,7 @@ impl Recommender for Service {
         &self,
         req: Request<pb::RecordEventsRequest>,
     ) -> Result<Response<pb::RecordEventsResponse>, Status> {
+        self.refuse_if_follower()?;
         let deadline = self.deadline(&req);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

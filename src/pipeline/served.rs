@@ -41,8 +41,10 @@ pub fn served_inputs(
     let mut changes = Vec::with_capacity(shards);
     for s in 0..shards {
         let shard = shard_root(root, s);
+        check_shard(&shard, s, shards)?;
         changes.push(Changes::pending(&shard)?);
     }
+
     let deleted: HashSet<&str> = changes
         .iter()
         .flat_map(|c| c.deleted.iter().map(String::as_str))
@@ -101,4 +103,23 @@ pub fn served_inputs(
     let mut no_rows = Vec::new();
     Changes::fold(&changes, &mut items, &mut no_rows);
     Ok((items, interactions, changes))
+}
+
+/// Refuses a root that does not serve shard `s` of `shards`: another
+/// shard count would leave some shard's log unread.
+fn check_shard(shard: &Path, s: usize, shards: usize) -> Result<()> {
+    let dir = vecrec_index::generation::current_generation(shard)?;
+    let m: vecrec_index::Manifest =
+        vecrec_index::format::read_json(&dir.join(vecrec_index::index::MANIFEST_FILE))?;
+    match crate::layout::GenerationInfo::of(&m).shard {
+        Some(i) if i.index == s && i.of == shards => Ok(()),
+        found => Err(Error::Config(format!(
+            "{} serves {}, not shard {s} of {shards} (--shards)",
+            shard.display(),
+            found.map_or("no shard".to_owned(), |i| format!(
+                "shard {} of {}",
+                i.index, i.of
+            ))
+        ))),
+    }
 }

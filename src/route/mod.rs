@@ -18,12 +18,13 @@
 //! - `SimilarItems`: the item's vector from its shard, then `SearchVector`
 //!   everywhere; `SearchText`: the query embedded by one shard, then the same.
 //! - `GetItem` goes to the owning shard, `Embed` to any; `UpsertItems` and
-//!   `DeleteItems` to every replica of the owning shard (all must take the
-//!   write).
+//!   `DeleteItems` to every replica of the owning shard: every replica that
+//!   takes writes must take it, and at least one must; a replica that
+//!   follows another's log (one root shared by the replicas, `vecrec serve
+//!   --follow-log`) declines, and reads the write from that log.
 //! - `RecordEvents` (with `route.front` only): each user's events are kept
-//!   by the shard the user id hashes to (as item ids do), on every replica
-//!   (all must take the write), once every item's owner has said it
-//!   exists (`GetItem`).
+//!   by the shard the user id hashes to (as item ids do), written as above,
+//!   once every item's owner has said it exists (`GetItem`).
 //!   `Recommend` for a user id first asks that shard for the user's events
 //!   (`UserEvents`) and gives them to [`Engine::front_query`], which uses
 //!   them as one node does. Without a front, the shards' users' profiles
@@ -104,6 +105,9 @@ struct Shard {
     /// Until when this shard is known to keep no events (its servers take
     /// no writes), so Recommend skips asking it.
     no_writes_until: Mutex<Option<Instant>>,
+    /// Replicas that answered a write as followers of another's log, until
+    /// one takes a write: their failures do not fail a write the writer took.
+    followers: Mutex<std::collections::HashSet<SocketAddr>>,
 }
 
 impl Shard {
@@ -253,6 +257,7 @@ impl Router {
                 down_until: Mutex::new(HashMap::new()),
                 next: AtomicUsize::new(0),
                 no_writes_until: Mutex::new(None),
+                followers: Mutex::default(),
             })
             .collect();
         let admission = Admission::new(
@@ -752,16 +757,19 @@ impl Router {
             self.sliced_query(control.clone(), asked.clone()),
             self.sliced_query(treatment.clone(), asked.clone())
         )?;
-        let ((l0, a), (l1, b)) = if m0 == m1 {
+        if m0 == m1 {
             metrics::counter!(ROUTE_SHARED_FAN_OUTS).increment(1);
             let (lists, partial) = self.shard_lists(m0, deadline).await?;
-            ((lists.clone(), partial), (lists, partial))
-        } else {
-            tokio::try_join!(
-                self.shard_lists(m0, deadline),
-                self.shard_lists(m1, deadline)
-            )?
-        };
+            let (x, y) = tokio::try_join!(
+                sliced_answer(control, q0, &lists, deadline),
+                sliced_answer(treatment, q1, &lists, deadline)
+            )?;
+            return Ok(((x, partial), (y, partial)));
+        }
+        let ((l0, a), (l1, b)) = tokio::try_join!(
+            self.shard_lists(m0, deadline),
+            self.shard_lists(m1, deadline)
+        )?;
         let (x, y) = tokio::try_join!(
             sliced_answer(control, q0, &l0, deadline),
             sliced_answer(treatment, q1, &l1, deadline)
@@ -1168,16 +1176,18 @@ impl Router {
         }
         let mut count: HashMap<usize, u32> = HashMap::new();
         let mut seq = 0u64;
-        let mut failed: Option<Status> = None;
+        let mut failed: Vec<(usize, SocketAddr, Status)> = Vec::new();
         let mut followers: HashMap<usize, usize> = HashMap::new();
         while let Some(done) = set.join_next().await {
             let (s, addr, r) =
                 done.map_err(|e| Status::internal(format!("a write panicked: {e}")))?;
+            let known = &self.inner.shards[s].followers;
             match r {
                 Ok(r) => {
                     let (n, q) = r.into_inner().counts();
                     count.insert(s, n);
                     seq = seq.max(q);
+                    known.lock().remove(&addr);
                 }
                 // A replica that follows the log its shard's writer keeps
                 // (one root shared by the replicas): it reads the write
@@ -1186,30 +1196,49 @@ impl Router {
                     if st.code() == tonic::Code::FailedPrecondition
                         && st.message().starts_with(crate::live::FOLLOWER) =>
                 {
+                    known.lock().insert(addr);
+                    *followers.entry(s).or_default() += 1;
+                }
+                // One known to follow that failed now (down, overloaded):
+                // it would only have declined.
+                Err(st) if known.lock().contains(&addr) => {
+                    tracing::debug!(shard = s, %addr, status = %st, "a follower did not answer a write");
                     *followers.entry(s).or_default() += 1;
                 }
                 Err(st) => {
                     tracing::warn!(shard = s, %addr, status = %st, "a replica did not take a write");
-                    failed.get_or_insert(Status::new(
-                        st.code(),
-                        format!(
-                            "replica {addr} of shard {s} did not take the write ({}); other \
-                             replicas may have: {on_retry}",
-                            st.message()
-                        ),
-                    ));
+                    failed.push((s, addr, st));
                 }
             }
         }
-        if failed.is_none() {
+        let mut took: Vec<usize> = count.keys().copied().collect();
+        took.sort_unstable();
+        let took = if took.is_empty() {
+            "no shard took its part".to_owned()
+        } else {
+            format!("shards {took:?} took their part")
+        };
+        let failed = match failed.into_iter().next() {
+            Some((s, addr, st)) => Some(Status::new(
+                st.code(),
+                format!(
+                    "replica {addr} of shard {s} did not take the write ({}); other replicas \
+                     that take writes may have, and {took}: {on_retry}",
+                    st.message()
+                ),
+            )),
             // Every replica that answered follows: the writer is down.
-            if let Some((s, n)) = followers.iter().find(|(s, _)| !count.contains_key(s)) {
-                failed = Some(Status::unavailable(format!(
-                    "no replica of shard {s} takes writes: its {n} live replicas follow the log \
-                     of a writer that is down or not ready; nothing was written, retry later"
-                )));
-            }
-        }
+            None => followers
+                .iter()
+                .find(|(s, _)| !count.contains_key(s))
+                .map(|(s, n)| {
+                    Status::unavailable(format!(
+                        "no replica of shard {s} takes writes: its {n} replicas that answered \
+                         follow the log of a writer that is down or not ready, and {took}: \
+                         {on_retry}"
+                    ))
+                }),
+        };
         match failed {
             Some(st) => Err(st),
             None => Ok((count.values().sum(), seq)),

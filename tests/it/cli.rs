@@ -654,6 +654,16 @@ fn a_partitioned_build_compacts_from_what_it_serves() {
     let written = read_catalog(&out.join("folded/catalog.jsonl")).unwrap();
     assert!(written.iter().any(|i| i.id == new_id) && !written.iter().any(|i| i.id == deleted));
 
+    // Another shard count is refused: a log would go unread.
+    for (n, why) in [("3", "not shard 0 of 3"), ("1", "not shard 0 of 1")] {
+        let o = bin("vecrec-build")
+            .args(["--quiet", "--compact", "--shards", n, "--out"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(why), "{err}");
+    }
     // Again: nothing left to fold; the same catalogue and histories.
     let (ok, said) = build(&["--compact"]);
     assert!(ok, "{said}");

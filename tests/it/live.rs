@@ -191,7 +191,7 @@ fn a_follower_serves_what_the_writer_appends_and_takes_no_writes() {
     let root = root.path();
     let writer = open(root);
     let mut follower = Engine::open(root, Config::default(), Some(encoder())).unwrap();
-    let live = Live::follow(root, follower.applied_seq()).unwrap();
+    let live = Live::follow(root, follower.applied_seq(), Some("writer-host")).unwrap();
     assert!(live.is_follower() && !writer.live().unwrap().is_follower());
     follower.attach_live(Arc::new(live));
     let refresh = || follower.live().unwrap().refresh().unwrap();
@@ -248,21 +248,30 @@ fn a_follower_serves_what_the_writer_appends_and_takes_no_writes() {
             panic!("{err:?}")
         };
         assert!(m.starts_with(vecrec::live::FOLLOWER), "{m}");
+        assert!(m.contains("host writer-host"), "{m}");
     }
 
     // The writer rewrites its log without what a generation folded (here
-    // the first two records): the follower starts over from the new file.
+    // the first two records): the follower reads the new file, and keeps
+    // the older records until it serves a generation that folded them.
     writer.live().unwrap().prune(2).unwrap();
     writer
         .upsert_items(vec![item("f-3", "Salt Marsh", "birds of the salt marsh")])
         .unwrap();
     assert_eq!(refresh(), 2, "the event, and the new upsert");
     assert!(follower.item_meta("f-3").is_ok());
-    assert!(
-        follower.item_meta("f-1").is_err(),
-        "pruned with the folded records"
-    );
+    assert!(follower.item_meta("f-1").is_ok(), "kept until folded here");
+    assert!(matches!(
+        follower.item_meta(&victim),
+        Err(Error::NotFound { .. })
+    ));
     assert_eq!(follower.recorded_events(&user).unwrap().len(), 1);
+    let live = follower.live().unwrap();
+    assert_eq!(live.view(0).last_seq(), 4);
+    // Its own prune (on swapping to a generation that folded them) drops them.
+    live.prune(2).unwrap();
+    assert!(follower.item_meta("f-1").is_err());
+    assert!(follower.item_meta("f-3").is_ok());
 }
 
 struct Server {

@@ -504,9 +504,24 @@ mod tests {
         }
         assert!(t.follow().unwrap().records.is_empty());
         w.append(&[b"ccc".to_vec()]).unwrap();
+        let fourth = w.data_len();
         w.append(&[b"dddd".to_vec()]).unwrap();
         let f = t.follow().unwrap();
         assert_eq!(seqs(&f.records), [3, 4]);
+        // A frame read and then written again in place (as a writer whose
+        // sync failed rewrites it): the tail starts over, not stalls.
+        {
+            use std::io::{Seek, SeekFrom, Write};
+            let mut frame = Vec::new();
+            encode_frame(&mut frame, 4, &[b"DDDD"]);
+            let mut raw = OpenOptions::new().write(true).open(&p).unwrap();
+            raw.seek(SeekFrom::Start(fourth)).unwrap();
+            raw.write_all(&frame).unwrap();
+        }
+        let f = t.follow().unwrap();
+        assert!(f.restarted);
+        assert_eq!(seqs(&f.records), [1, 2, 3, 4]);
+        assert_eq!(f.records[3].1, b"DDDD");
         // The writer rewrites the log without what a generation folded:
         // the tail starts over on the new file.
         w.retain_after(3).unwrap();

@@ -37,6 +37,10 @@ pub struct Tail {
     at: u64,
     /// The last record number read.
     last: u64,
+    /// Where the last frame read starts, and its header (which holds its
+    /// checksum): a writer that failed to sync an append rewrites the
+    /// frame in place, so a frame read before may change.
+    last_frame: Option<(u64, [u8; FRAME_HEADER])>,
 }
 
 impl Tail {
@@ -47,6 +51,7 @@ impl Tail {
             file: None,
             at: 0,
             last: 0,
+            last_frame: None,
         }
     }
 
@@ -63,6 +68,7 @@ impl Tail {
                 let restarted = self.file.take().is_some();
                 self.at = 0;
                 self.last = 0;
+                self.last_frame = None;
                 return Ok(Followed {
                     restarted,
                     records: Vec::new(),
@@ -72,13 +78,16 @@ impl Tail {
         };
         let meta = f.metadata().map_err(|e| io(&self.path, e))?;
         let id = (meta.dev(), meta.ino());
-        let restarted = self.file != Some(id) || meta.len() < self.at;
+        let restarted =
+            self.file != Some(id) || meta.len() < self.at || self.frame_changed(&mut f)?;
         if restarted {
             self.file = Some(id);
             self.at = 0;
             self.last = 0;
+            self.last_frame = None;
         }
         if self.at == 0 {
+            f.seek(SeekFrom::Start(0)).map_err(|e| io(&self.path, e))?;
             let mut bytes = Vec::new();
             f.read_to_end(&mut bytes).map_err(|e| io(&self.path, e))?;
             if bytes.len() < HEADER {
@@ -113,6 +122,21 @@ impl Tail {
         })
     }
 
+    /// Whether the last frame read is no longer in the file as it was.
+    fn frame_changed(&self, f: &mut File) -> Result<bool> {
+        let Some((offset, header)) = self.last_frame else {
+            return Ok(false);
+        };
+        let mut now = [0u8; FRAME_HEADER];
+        f.seek(SeekFrom::Start(offset))
+            .map_err(|e| io(&self.path, e))?;
+        match f.read_exact(&mut now) {
+            Ok(()) => Ok(now != header),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(true),
+            Err(e) => Err(io(&self.path, e)),
+        }
+    }
+
     /// The intact frames at the start of `bytes` (which begins at `self.at`),
     /// up to the end marker or the first frame that does not read back yet.
     fn frames(&mut self, bytes: &[u8]) -> Vec<Record> {
@@ -127,6 +151,9 @@ impl Tail {
                 break;
             };
             let len = u32_at(rest, 12) as usize;
+            let mut header = [0u8; FRAME_HEADER];
+            header.copy_from_slice(&rest[..FRAME_HEADER]);
+            self.last_frame = Some((self.at + at as u64, header));
             at += FRAME_HEADER + len;
             self.last = frame.records.last().map_or(self.last, |r| r.0);
             records.extend(frame.records);
