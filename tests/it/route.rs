@@ -450,6 +450,16 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
     // reads every acknowledged write from the log at once.
     let addr = replicas[owner][1].addr.clone();
     replicas[owner][1].kill();
+    // A replica the router knows to follow does not fail a write the
+    // writer takes while it is down.
+    let again = rc
+        .upsert_items(pb::UpsertItemsRequest {
+            items: vec![fresh.clone()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.upserted, 1);
     let follower = follower_flags(owner);
     let mut follower: Vec<&str> = follower.iter().map(String::as_str).collect();
     follower.extend(["--metrics-addr", "127.0.0.1:0"]);
@@ -471,7 +481,7 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
             scrape(
                 &follower_metrics,
                 "vecrec_live_last_record{role=\"follower\"}",
-            ) == up.sequence as f64
+            ) == again.sequence as f64
         },
     )
     .await;
