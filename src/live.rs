@@ -451,6 +451,32 @@ impl Changes {
     }
 }
 
+/// Appends `user`'s interactions to `out` as a compaction rebuilds them
+/// from a generation and a log: `history` (the stored history, then the
+/// events recorded since, oldest first) numbered in order, since stored
+/// histories hold no times, less the items `deleted` says are gone.
+pub fn push_numbered(
+    out: &mut Vec<Interaction>,
+    user: &str,
+    history: impl IntoIterator<Item = (String, f32)>,
+    deleted: impl Fn(&str) -> bool,
+) {
+    let mut t = 0i64;
+    for (item, weight) in history {
+        if deleted(&item) {
+            continue;
+        }
+        out.push(Interaction {
+            user: user.to_owned(),
+            item,
+            timestamp: t,
+            event: None,
+            weight,
+        });
+        t += 1;
+    }
+}
+
 /// The log and its replayed delta.
 #[derive(Debug)]
 pub struct Live {

@@ -73,20 +73,12 @@ pub fn served_inputs(
             .unwrap_or_default()
             .into_iter()
             .map(|e| (e.item.clone(), e.weight));
-        let mut t = 0i64;
-        for (item, weight) in stored.into_iter().chain(logged) {
-            if deleted.contains(item.as_str()) {
-                continue;
-            }
-            interactions.push(Interaction {
-                user: user.to_owned(),
-                item,
-                timestamp: t,
-                event: None,
-                weight,
-            });
-            t += 1;
-        }
+        crate::live::push_numbered(
+            &mut interactions,
+            user,
+            stored.into_iter().chain(logged),
+            |item| deleted.contains(item),
+        );
     };
     for u in 0..users.len() as u32 {
         let stored = users

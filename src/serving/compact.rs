@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use crate::catalog::{CatalogItem, Interaction};
+use crate::catalog::CatalogItem;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::layout::GenerationInfo;
@@ -65,23 +65,13 @@ pub fn compact(root: &Path, engine: &Engine) -> Result<Option<PathBuf>> {
         let mut interactions = Vec::new();
         let mut seen_users = HashSet::new();
         let mut push_user = |user: &str, stored: Vec<(String, f32)>| {
-            let mut t = 0i64;
-            for (item, weight) in stored
-                .into_iter()
-                .chain(view.events(user).map(|e| (e.item.clone(), e.weight)))
-            {
-                if view.is_deleted(&item) {
-                    continue;
-                }
-                interactions.push(Interaction {
-                    user: user.to_owned(),
-                    item,
-                    timestamp: t,
-                    event: None,
-                    weight,
-                });
-                t += 1;
-            }
+            let logged = view.events(user).map(|e| (e.item.clone(), e.weight));
+            crate::live::push_numbered(
+                &mut interactions,
+                user,
+                stored.into_iter().chain(logged),
+                |item| view.is_deleted(item),
+            );
         };
         for u in 0..users.len() as u32 {
             let id = users.id(u).to_owned();

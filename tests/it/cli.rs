@@ -393,6 +393,35 @@ fn a_second_writer_of_an_index_roots_log_is_refused() {
     );
 }
 
+/// A small sample catalogue and interactions (120 items, 12 users) written
+/// under `dir`/data; returns that directory.
+fn small_sample(dir: &std::path::Path, seed: u64) -> std::path::PathBuf {
+    let data = dir.join("data");
+    let cfg = vecrec::sample::SampleConfig {
+        seed,
+        items: 120,
+        users: 12,
+        min_history: 5,
+        max_history: 10,
+    };
+    vecrec::sample::write_sample(&vecrec::sample::generate(&cfg).unwrap(), &data).unwrap();
+    data
+}
+
+/// The engine a shard's server runs over `root`, writing its log.
+fn shard_server(root: &std::path::Path) -> vecrec::engine::Engine {
+    let mut e = vecrec::engine::Engine::open(
+        root,
+        vecrec::config::Config::default(),
+        Some(crate::common::encoder()),
+    )
+    .unwrap();
+    e.attach_live(std::sync::Arc::new(
+        vecrec::live::Live::open(root, 0).unwrap(),
+    ));
+    e
+}
+
 /// `vecrec-build --shards N --fold-log`: what the shards' servers logged
 /// (an item upserted, one replaced, one deleted, an event) goes into the
 /// next partitioned build, each shard's new generation records the last
@@ -400,19 +429,10 @@ fn a_second_writer_of_an_index_roots_log_is_refused() {
 /// folded inputs are written for the next build, which folds nothing twice.
 #[test]
 fn a_partitioned_rebuild_folds_the_shards_logs() {
-    use std::sync::Arc;
     use vecrec::catalog::{read_catalog, read_interactions, CatalogItem, Interaction};
     use vecrec::layout::{shard_of, shard_root, GenerationInfo};
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let cfg = vecrec::sample::SampleConfig {
-        seed: 5,
-        items: 120,
-        users: 12,
-        min_history: 5,
-        max_history: 10,
-    };
-    vecrec::sample::write_sample(&vecrec::sample::generate(&cfg).unwrap(), &data).unwrap();
+    let data = small_sample(dir.path(), 5);
     let out = dir.path().join("out");
     let build = |catalog: &std::path::Path, interactions: &std::path::Path, fold: bool| {
         let mut c = bin("vecrec-build");
@@ -448,13 +468,7 @@ fn a_partitioned_rebuild_folds_the_shards_logs() {
         .unwrap();
     let user = rows[0].user.clone();
     let through = {
-        let mut e = vecrec::engine::Engine::open(
-            &root,
-            vecrec::config::Config::default(),
-            Some(crate::common::encoder()),
-        )
-        .unwrap();
-        e.attach_live(Arc::new(vecrec::live::Live::open(&root, 0).unwrap()));
+        let e = shard_server(&root);
         let item = |id: &str, title: &str| CatalogItem {
             id: id.to_owned(),
             meta: vecrec_index::ItemMeta {
@@ -544,19 +558,10 @@ fn a_partitioned_rebuild_folds_the_shards_logs() {
 /// it folds nothing twice. A content-only build has no front to do so.
 #[test]
 fn a_partitioned_build_compacts_from_what_it_serves() {
-    use std::sync::Arc;
     use vecrec::catalog::{read_catalog, read_interactions, CatalogItem, Interaction};
     use vecrec::layout::{front_root, shard_of, shard_root, GenerationInfo};
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let cfg = vecrec::sample::SampleConfig {
-        seed: 9,
-        items: 120,
-        users: 12,
-        min_history: 5,
-        max_history: 10,
-    };
-    vecrec::sample::write_sample(&vecrec::sample::generate(&cfg).unwrap(), &data).unwrap();
+    let data = small_sample(dir.path(), 9);
     let out = dir.path().join("out");
     let build = |args: &[&str]| {
         let o = bin("vecrec-build")
@@ -595,13 +600,7 @@ fn a_partitioned_build_compacts_from_what_it_serves() {
         .find(|u| shard_of(u, 2) == 1)
         .unwrap();
     {
-        let mut e = vecrec::engine::Engine::open(
-            &root,
-            vecrec::config::Config::default(),
-            Some(crate::common::encoder()),
-        )
-        .unwrap();
-        e.attach_live(Arc::new(vecrec::live::Live::open(&root, 0).unwrap()));
+        let e = shard_server(&root);
         e.upsert_items(vec![CatalogItem {
             id: new_id.clone(),
             meta: vecrec_index::ItemMeta {

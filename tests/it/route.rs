@@ -1780,27 +1780,14 @@ async fn experiments_run_on_the_router(
         experiment("fusion", "ab").replace("mode = \"ab\"", "mode = \"ab\"\nenabled = false"),
     )
     .unwrap();
-    let hup = Command::new("kill")
-        .args(["-HUP", &ab.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(hup.success());
-    let until = Instant::now() + Duration::from_secs(10);
-    loop {
-        let got = ab_c
-            .recommend(for_user(users[0], 10))
-            .await
-            .unwrap()
-            .into_inner();
-        if got.experiment.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < until,
-            "SIGHUP did not disable the experiment"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    hang_up(
+        &ab,
+        &mut ab_c,
+        users[0],
+        "",
+        "SIGHUP did not disable the experiment",
+    )
+    .await;
 
     // Arms whose shards' requests differ (the candidates each source
     // brings): one fan-out per arm, nothing shared.
@@ -1812,24 +1799,14 @@ async fn experiments_run_on_the_router(
         ),
     )
     .unwrap();
-    let hup = Command::new("kill")
-        .args(["-HUP", &il.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(hup.success());
-    let until = Instant::now() + Duration::from_secs(10);
-    loop {
-        let got = il_c
-            .recommend(for_user(users[2], 10))
-            .await
-            .unwrap()
-            .into_inner();
-        if got.experiment == "fewer-il" {
-            break;
-        }
-        assert!(Instant::now() < until, "SIGHUP did not load the new arms");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    hang_up(
+        &il,
+        &mut il_c,
+        users[2],
+        "fewer-il",
+        "SIGHUP did not load the new arms",
+    )
+    .await;
     // Calls answered before the reload shared theirs: count from here.
     let before = shared();
     for u in users.iter().take(3) {
@@ -1846,6 +1823,26 @@ async fn experiments_run_on_the_router(
         before,
         "arms with other shard requests shared a fan-out"
     );
+}
+
+/// Sends the router `p` SIGHUP, then asks it (through `c`) to recommend for
+/// `user` until the answer runs under `experiment` ("" for none), for at
+/// most 10 s.
+async fn hang_up(p: &Proc, c: &mut Client, user: &str, experiment: &str, what: &str) {
+    let hup = Command::new("kill")
+        .args(["-HUP", &p.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = c.recommend(for_user(user, 10)).await.unwrap().into_inner();
+        if got.experiment == experiment {
+            return;
+        }
+        assert!(Instant::now() < until, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A click by `user` on the first item of `answer`, recorded through
