@@ -112,8 +112,9 @@ struct Shard {
 
 impl Shard {
     /// Replicas in the order to try them: round-robin among those not
-    /// marked down, then the ones marked down.
-    fn order(&self) -> Vec<Replica> {
+    /// marked down, then the ones marked down; with `writers_first`, the
+    /// replicas known to follow another's log after the others.
+    fn order(&self, writers_first: bool) -> Vec<Replica> {
         let all = self.replicas.read().clone();
         if all.is_empty() {
             return all;
@@ -127,6 +128,13 @@ impl Shard {
             .cloned()
             .partition(|r| down.get(&r.addr).is_none_or(|t| *t <= now));
         up.append(&mut out);
+        if writers_first {
+            let followers = self.followers.lock();
+            let (mut writers, mut rest): (Vec<Replica>, Vec<Replica>) =
+                up.into_iter().partition(|r| !followers.contains(&r.addr));
+            writers.append(&mut rest);
+            return writers;
+        }
         up
     }
 
@@ -393,9 +401,43 @@ impl Router {
         F: Fn(Client, Duration) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>> + Send + 'static,
     {
+        self.call_in_order(s, limit, call, false).await
+    }
+
+    /// [`Router::call`] for what changed since the build (an item, a
+    /// user's events): replicas known to follow another's log are tried
+    /// after the others, so a write the shard's writer has acknowledged is
+    /// seen at once (a follower reads it up to `live.follow_interval_ms`
+    /// later).
+    async fn call_fresh<T, F, Fut>(
+        &self,
+        s: usize,
+        limit: Option<Duration>,
+        call: F,
+    ) -> Result<T, Status>
+    where
+        T: Send + 'static,
+        F: Fn(Client, Duration) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>> + Send + 'static,
+    {
+        self.call_in_order(s, limit, call, true).await
+    }
+
+    async fn call_in_order<T, F, Fut>(
+        &self,
+        s: usize,
+        limit: Option<Duration>,
+        call: F,
+        writers_first: bool,
+    ) -> Result<T, Status>
+    where
+        T: Send + 'static,
+        F: Fn(Client, Duration) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>> + Send + 'static,
+    {
         let cfg = &self.inner.cfg;
         let shard = &self.inner.shards[s];
-        let order = shard.order();
+        let order = shard.order(writers_first);
         if order.is_empty() {
             return Err(Status::unavailable(format!(
                 "shard {s} has no replica (none of {:?} resolved)",
@@ -880,7 +922,7 @@ impl Router {
         }
         let user = user.to_owned();
         let r = self
-            .call(s, limit, move |mut c: Client, left| {
+            .call_fresh(s, limit, move |mut c: Client, left| {
                 let q = due(
                     pb::UserEventsRequest {
                         user_id: user.clone(),
@@ -953,7 +995,7 @@ impl Router {
                 set.spawn(async move {
                     let ask = part.clone();
                     let r = me
-                        .call(s, limit, move |mut c: Client, left| {
+                        .call_fresh(s, limit, move |mut c: Client, left| {
                             let q = due(
                                 pb::ItemStatesRequest {
                                     item_ids: ask.clone(),
@@ -1116,7 +1158,7 @@ impl Router {
         limit: Option<Duration>,
     ) -> Result<pb::GetItemResponse, Status> {
         let id = id.to_owned();
-        self.call(self.owner(&id), limit, move |mut c: Client, left| {
+        self.call_fresh(self.owner(&id), limit, move |mut c: Client, left| {
             let r = due(
                 pb::GetItemRequest {
                     id: id.clone(),
@@ -1516,7 +1558,7 @@ impl Recommender for Router {
         let owner = self.owner(&r.id);
         let result = async {
             let _place = self.admit("GetItem", limit).await?;
-            self.call(owner, limit, move |mut c: Client, left| {
+            self.call_fresh(owner, limit, move |mut c: Client, left| {
                 let q = due((*r).clone(), left);
                 async move { c.get_item(q).await }
             })

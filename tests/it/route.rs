@@ -420,6 +420,17 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
         .unwrap()
         .into_inner();
     assert_eq!(up.upserted, 1);
+    // Read through the router at once: the owner's writer answers what
+    // changed since the build (its follower reads the write a moment later).
+    for _ in 0..20 {
+        let got = rc
+            .get_item(pb::GetItemRequest {
+                id: fresh.id.clone(),
+                ..Default::default()
+            })
+            .await;
+        assert!(got.is_ok(), "{got:?}");
+    }
     assert!(holds(&replicas[owner][0], &fresh.id).await, "the writer");
     eventually("the follower reads the upsert", || {
         holds(&replicas[owner][1], &fresh.id)
