@@ -201,6 +201,19 @@ impl GenerationInfo {
         })
     }
 
+    /// The record of the generation the index root `root`'s `CURRENT`
+    /// names, read from its manifest; `None` when none is published there.
+    pub fn served(root: &Path) -> crate::error::Result<Option<Self>> {
+        let dir = match vecrec_index::generation::current_generation(root) {
+            Ok(dir) => dir,
+            Err(vecrec_index::IndexError::NoGeneration { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let m: vecrec_index::Manifest =
+            vecrec_index::format::read_json(&dir.join(vecrec_index::index::MANIFEST_FILE))?;
+        Ok(Some(Self::of(&m)))
+    }
+
     /// As the manifest stores it.
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(self).expect("plain data serialises")

@@ -359,15 +359,7 @@ impl Changes {
     /// torn frame of an append in progress is left out) beyond what the
     /// root's current generation folded. No generation or no log: none.
     pub fn pending(root: &Path) -> Result<Self> {
-        let applied = match vecrec_index::generation::current_generation(root) {
-            Ok(dir) => {
-                let m: vecrec_index::Manifest =
-                    vecrec_index::format::read_json(&dir.join(vecrec_index::index::MANIFEST_FILE))?;
-                crate::layout::GenerationInfo::of(&m).wal_seq
-            }
-            Err(vecrec_index::IndexError::NoGeneration { .. }) => 0,
-            Err(e) => return Err(e.into()),
-        };
+        let applied = crate::layout::GenerationInfo::served(root)?.map_or(0, |g| g.wal_seq);
         let snapshot = Snapshot::read(root, applied)?;
         let view = snapshot.view(applied);
         let mut upserts: Vec<(&String, &DeltaItem)> = view.items().collect();
@@ -400,6 +392,14 @@ impl Changes {
             events,
             through: view.last_seq().max(applied),
         })
+    }
+
+    /// [`Changes::pending`] of each of the `shards` shard roots of the
+    /// partitioned build under `root`, in shard order.
+    pub fn pending_shards(root: &Path, shards: usize) -> Result<Vec<Self>> {
+        (0..shards)
+            .map(|s| Self::pending(&crate::layout::shard_root(root, s)))
+            .collect()
     }
 
     /// Whether the log holds nothing to fold.

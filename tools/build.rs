@@ -333,13 +333,7 @@ fn fold_logs(
     interactions: &mut Vec<vecrec::catalog::Interaction>,
 ) -> anyhow::Result<Vec<u64>> {
     use vecrec::live::Changes;
-    let mut changes = Vec::with_capacity(shards);
-    for s in 0..shards {
-        let root = vecrec::layout::shard_root(out, s);
-        let c = Changes::pending(&root)
-            .with_context(|| format!("reading the log under {}", root.display()))?;
-        changes.push(c);
-    }
+    let changes = Changes::pending_shards(out, shards).context("reading the shards' logs")?;
     say_folded(&changes);
     let through = changes.iter().map(|c| c.through).collect();
     Changes::fold(&changes, items, interactions);

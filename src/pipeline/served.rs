@@ -38,12 +38,10 @@ pub fn served_inputs(
     let index = vecrec_index::Index::open(&dir)?;
     let store = index.store();
     let users = UserProfiles::open(&dir, store.len(), store.dim())?;
-    let mut changes = Vec::with_capacity(shards);
     for s in 0..shards {
-        let shard = shard_root(root, s);
-        check_shard(&shard, s, shards)?;
-        changes.push(Changes::pending(&shard)?);
+        check_shard(&shard_root(root, s), s, shards)?;
     }
+    let changes = Changes::pending_shards(root, shards)?;
 
     let deleted: HashSet<&str> = changes
         .iter()
@@ -100,10 +98,13 @@ pub fn served_inputs(
 /// Refuses a root that does not serve shard `s` of `shards`: another
 /// shard count would leave some shard's log unread.
 fn check_shard(shard: &Path, s: usize, shards: usize) -> Result<()> {
-    let dir = vecrec_index::generation::current_generation(shard)?;
-    let m: vecrec_index::Manifest =
-        vecrec_index::format::read_json(&dir.join(vecrec_index::index::MANIFEST_FILE))?;
-    match crate::layout::GenerationInfo::of(&m).shard {
+    let served = crate::layout::GenerationInfo::served(shard)?.ok_or_else(|| {
+        Error::Config(format!(
+            "{} serves no generation, not shard {s} of {shards} (--shards)",
+            shard.display()
+        ))
+    })?;
+    match served.shard {
         Some(i) if i.index == s && i.of == shards => Ok(()),
         found => Err(Error::Config(format!(
             "{} serves {}, not shard {s} of {shards} (--shards)",

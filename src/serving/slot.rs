@@ -24,8 +24,8 @@ use crate::layout::GenerationInfo;
 pub struct EngineSlot {
     root: PathBuf,
     current: RwLock<Arc<Engine>>,
-    /// Whether a log that is not compacted here was reported (once).
-    kept_log_noted: AtomicBool,
+    /// Whether a shard's uncompacted log was reported (once).
+    shard_log_noted: AtomicBool,
 }
 
 impl EngineSlot {
@@ -34,7 +34,7 @@ impl EngineSlot {
         Self {
             root: root.to_owned(),
             current: RwLock::new(engine),
-            kept_log_noted: AtomicBool::new(false),
+            shard_log_noted: AtomicBool::new(false),
         }
     }
 
@@ -90,7 +90,7 @@ impl EngineSlot {
             return Ok(false);
         }
         if let Some(s) = GenerationInfo::of(engine.index().manifest()).shard {
-            if !self.kept_log_noted.swap(true, Ordering::Relaxed) {
+            if !self.shard_log_noted.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
                     shard = s.index,
                     of = s.of,

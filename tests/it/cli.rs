@@ -408,6 +408,11 @@ fn small_sample(dir: &std::path::Path, seed: u64) -> std::path::PathBuf {
     data
 }
 
+/// The generation the index root `root` serves, opened.
+fn served_index(root: &std::path::Path) -> vecrec_index::Index {
+    vecrec_index::Index::open(&vecrec_index::generation::current_generation(root).unwrap()).unwrap()
+}
+
 /// The engine a shard's server runs over `root`, writing its log.
 fn shard_server(root: &std::path::Path) -> vecrec::engine::Engine {
     let mut e = vecrec::engine::Engine::open(
@@ -500,12 +505,7 @@ fn a_partitioned_rebuild_folds_the_shards_logs() {
         "{said}"
     );
     assert!(!said.contains("shard 0: folding"), "{said}");
-    let generation = |s: usize| {
-        vecrec_index::Index::open(
-            &vecrec_index::generation::current_generation(&shard_root(&out, s)).unwrap(),
-        )
-        .unwrap()
-    };
+    let generation = |s: usize| served_index(&shard_root(&out, s));
     let g1 = generation(1);
     assert_eq!(GenerationInfo::of(g1.manifest()).wal_seq, 4);
     assert_eq!(GenerationInfo::of(generation(0).manifest()).wal_seq, 0);
@@ -627,10 +627,7 @@ fn a_partitioned_build_compacts_from_what_it_serves() {
         said.contains("shard 1: folding 1 upserts, 1 deletes and 1 events (log records through 3)"),
         "{said}"
     );
-    let open = |r: &std::path::Path| {
-        vecrec_index::Index::open(&vecrec_index::generation::current_generation(r).unwrap())
-            .unwrap()
-    };
+    let open = served_index;
     assert_eq!(GenerationInfo::of(open(&root).manifest()).wal_seq, 3);
     assert_eq!(
         GenerationInfo::of(open(&shard_root(&out, 0)).manifest()).wal_seq,

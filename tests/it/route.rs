@@ -412,13 +412,10 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
         ..Default::default()
     };
     let owner = shard_of(&fresh.id, SHARDS);
-    let up = rc
-        .upsert_items(pb::UpsertItemsRequest {
-            items: vec![fresh.clone()],
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let write = pb::UpsertItemsRequest {
+        items: vec![fresh.clone()],
+    };
+    let up = rc.upsert_items(write.clone()).await.unwrap().into_inner();
     assert_eq!(up.upserted, 1);
     // Read through the router at once: the owner's writer answers what
     // changed since the build (its follower reads the write a moment later).
@@ -447,9 +444,7 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
     let refused = replicas[owner][1]
         .client()
         .await
-        .upsert_items(pb::UpsertItemsRequest {
-            items: vec![fresh.clone()],
-        })
+        .upsert_items(write.clone())
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
@@ -463,13 +458,7 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
     replicas[owner][1].kill();
     // A replica the router knows to follow does not fail a write the
     // writer takes while it is down.
-    let again = rc
-        .upsert_items(pb::UpsertItemsRequest {
-            items: vec![fresh.clone()],
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let again = rc.upsert_items(write.clone()).await.unwrap().into_inner();
     assert_eq!(again.upserted, 1);
     let follower = follower_flags(owner);
     let mut follower: Vec<&str> = follower.iter().map(String::as_str).collect();
@@ -501,9 +490,7 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
     let refused = stranger
         .client()
         .await
-        .upsert_items(pb::UpsertItemsRequest {
-            items: vec![fresh.clone()],
-        })
+        .upsert_items(write.clone())
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
@@ -645,9 +632,6 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
     // With the writers gone a write is refused, naming the shard; a
     // router that finds only followers (as DNS lists only ready pods) says
     // that none takes writes.
-    let write = pb::UpsertItemsRequest {
-        items: vec![fresh.clone()],
-    };
     let err = rc.upsert_items(write.clone()).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert!(

@@ -86,40 +86,35 @@ impl Tail {
             self.last = 0;
             self.last_frame = None;
         }
-        if self.at == 0 {
-            f.seek(SeekFrom::Start(0)).map_err(|e| io(&self.path, e))?;
-            let mut bytes = Vec::new();
-            f.read_to_end(&mut bytes).map_err(|e| io(&self.path, e))?;
-            if bytes.len() < HEADER {
-                // Created, its header not written yet.
-                self.file = None;
-                return Ok(Followed {
-                    restarted,
-                    records: Vec::new(),
-                });
-            }
-            if bytes[..8] != MAGIC || u32_at(&bytes, 8) != VERSION {
-                // Not (yet) a version-2 log: the writer rewrites an older
-                // one on open. Read it whole and look again from the start.
-                let records = read_records(&self.path, &bytes)?;
-                self.file = None;
-                return Ok(Followed {
-                    restarted: true,
-                    records,
-                });
-            }
-            self.at = HEADER as u64;
-            let records = self.frames(&bytes[HEADER..]);
-            return Ok(Followed { restarted, records });
-        }
         f.seek(SeekFrom::Start(self.at))
             .map_err(|e| io(&self.path, e))?;
         let mut bytes = Vec::new();
         f.read_to_end(&mut bytes).map_err(|e| io(&self.path, e))?;
-        Ok(Followed {
-            restarted,
-            records: self.frames(&bytes),
-        })
+        if self.at > 0 {
+            let records = self.frames(&bytes);
+            return Ok(Followed { restarted, records });
+        }
+        if bytes.len() < HEADER {
+            // Created, its header not written yet.
+            self.file = None;
+            return Ok(Followed {
+                restarted,
+                records: Vec::new(),
+            });
+        }
+        if bytes[..8] != MAGIC || u32_at(&bytes, 8) != VERSION {
+            // Not (yet) a version-2 log: the writer rewrites an older one
+            // on open. Read it whole and look again from the start.
+            let records = read_records(&self.path, &bytes)?;
+            self.file = None;
+            return Ok(Followed {
+                restarted: true,
+                records,
+            });
+        }
+        self.at = HEADER as u64;
+        let records = self.frames(&bytes[HEADER..]);
+        Ok(Followed { restarted, records })
     }
 
     /// Whether the last frame read is no longer in the file as it was.
