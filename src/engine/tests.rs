@@ -61,6 +61,15 @@ fn interactions() -> Vec<Interaction> {
 /// Builds the test catalogue into `root` with small, fast models (no
 /// neural ones).
 fn build_small(root: &std::path::Path, learn_fusion: Option<HybridConfig>) -> BuildReport {
+    build_small_from(root, learn_fusion, &interactions())
+}
+
+/// [`build_small`] from the interactions given.
+fn build_small_from(
+    root: &std::path::Path,
+    learn_fusion: Option<HybridConfig>,
+    interactions: &[Interaction],
+) -> BuildReport {
     let (items, vectors) = catalogue();
     let opts = BuildOptions {
         progress: false,
@@ -80,7 +89,7 @@ fn build_small(root: &std::path::Path, learn_fusion: Option<HybridConfig>) -> Bu
         root,
         &items,
         &vectors,
-        &interactions(),
+        interactions,
         &opts,
         Default::default(),
     )
@@ -105,6 +114,44 @@ fn history_of(e: &Engine, user: &str) -> HashSet<String> {
 
 fn category(e: &Engine, id: &str) -> String {
     e.item_meta(id).unwrap().categories[0].clone()
+}
+
+/// ALS gives an item without interactions a zero factor row, so it scores
+/// every such item 0: its list must not name them (in the search's order,
+/// which fusion would count as evidence), as EASE's and popularity's lists
+/// leave out what they score 0. Content still ranks them.
+#[test]
+fn a_source_lists_no_item_it_scores_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let new: HashSet<String> = (ITEMS - 6..ITEMS).map(|i| format!("item{i}")).collect();
+    let kept: Vec<Interaction> = interactions()
+        .into_iter()
+        .filter(|x| !new.contains(&x.item))
+        .collect();
+    build_small_from(dir.path(), None, &kept);
+    let e = Engine::open(dir.path(), Config::default(), None).unwrap();
+    let store = e.index().store();
+    let new_rows: HashSet<u32> = new.iter().map(|i| store.internal_id(i).unwrap()).collect();
+    let u = e.users().lookup("user4").unwrap();
+    let history = e.users().history(u);
+    let seen: HashSet<u32> = history.iter().map(|h| h.0).collect();
+    let which = [Source::Als, Source::Ease, Source::Content];
+    let list = |accept: &(dyn Fn(u32) -> bool + Sync)| {
+        let lists = e.source_lists(&history, Some(u), &which, accept).unwrap();
+        lists
+            .into_iter()
+            .map(|l| (l.name, l.items.len()))
+            .collect::<Vec<_>>()
+    };
+    // Among every unseen item, ALS has a list.
+    let all = list(&|i| !seen.contains(&i));
+    assert!(all.iter().all(|&(_, n)| n > 0), "{all:?}");
+    // Among the items without interactions, only content has one.
+    let fresh = list(&|i| new_rows.contains(&i));
+    assert_eq!(
+        fresh,
+        vec![("als", 0), ("ease", 0), ("content", new_rows.len())],
+    );
 }
 
 #[test]

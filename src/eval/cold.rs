@@ -135,33 +135,42 @@ impl Run<'_> {
             m => m,
         };
         let mut rows = Vec::new();
-        let runs: [(String, Option<Source>); 4] = [
+        // The first two rows give the protocol's ratio; the others show
+        // where the full pipeline's figure comes from.
+        let runs: [(String, Option<Source>, f32); 7] = [
             (
                 format!(
                     "vecrec full pipeline ({} fusion, reranker weight {rerank_weight})",
                     method.name()
                 ),
                 None,
+                rerank_weight,
             ),
             (
                 "content source alone (content-only pipeline)".into(),
                 Some(Source::Content),
+                0.0,
             ),
-            ("two-tower source alone".into(), Some(Source::TwoTower)),
-            ("popularity".into(), Some(Source::Popularity)),
+            ("two-tower source alone".into(), Some(Source::TwoTower), 0.0),
+            ("popularity".into(), Some(Source::Popularity), 0.0),
+            (
+                format!("the same fusion ({}) without the reranker", method.name()),
+                None,
+                0.0,
+            ),
+            ("sequence source alone".into(), Some(Source::Sequence), 0.0),
+            ("ALS source alone".into(), Some(Source::Als), 0.0),
         ];
-        for (name, single) in runs {
+        for (name, single, reranker) in runs {
             engine.configure(|c| {
-                if let Some(s) = single {
-                    c.hybrid = only(s, hybrid);
-                    c.rerank.weight = 0.0;
-                } else {
-                    c.hybrid = HybridConfig {
+                c.hybrid = match single {
+                    Some(s) => only(s, hybrid),
+                    None => HybridConfig {
                         fusion: method,
                         ..hybrid.clone()
-                    };
-                    c.rerank.weight = rerank_weight;
-                }
+                    },
+                };
+                c.rerank.weight = reranker;
             });
             let per_user: Vec<(f64, f64)> = truth
                 .par_iter()
