@@ -463,3 +463,28 @@ fn without_held_out_heads_the_reranker_is_trained_on_sequences() {
     assert_eq!(meta.features, ["log_popularity"]);
     assert!(report.generation.join(crate::layout::DIN_FILE).is_file());
 }
+
+/// The cross-attention reranker reorders the items it knows among their
+/// places; an item without interactions keeps its place, and every place
+/// gets the score of its rank, so the list stays sorted.
+#[test]
+fn the_reranker_reorders_known_items_and_leaves_new_ones_in_place() {
+    // The fused order 10, 11, 12, 13, 14; 11 and 13 are new.
+    let candidates = [10, 11, 12, 13, 14];
+    let scores = vec![0.1, 0.9, 0.5, 0.7, 0.3];
+    let known = |i: u32| i != 11 && i != 13;
+    let got = rerank_known(&candidates, scores, known);
+    // Known by score: 12 (0.5), 14 (0.3), 10 (0.1), into places 0, 2, 4.
+    let order: Vec<u32> = got.iter().map(|e| e.0).collect();
+    assert_eq!(order, [12, 11, 14, 13, 10]);
+    let s: Vec<f32> = got.iter().map(|e| e.1).collect();
+    assert_eq!(s, [0.9, 0.7, 0.5, 0.3, 0.1]);
+    // All new: the fused order; all known: the reranker's.
+    let none = rerank_known(&candidates, vec![0.1, 0.9, 0.5, 0.7, 0.3], |_| false);
+    assert_eq!(none.iter().map(|e| e.0).collect::<Vec<_>>(), candidates);
+    let all = rerank_known(&candidates, vec![0.1, 0.9, 0.5, 0.7, 0.3], |_| true);
+    assert_eq!(
+        all.iter().map(|e| e.0).collect::<Vec<_>>(),
+        [11, 13, 12, 14, 10]
+    );
+}

@@ -194,6 +194,14 @@ impl Reranker {
         }
     }
 
+    /// Whether the reranker learned its items from interactions only (the
+    /// cross-attention reranker, whose candidate rows and popularity
+    /// feature come from them), so that it knows nothing of an item
+    /// without any; the cross-encoder reads every item's text.
+    pub fn learned_from_interactions(&self) -> bool {
+        matches!(self, Reranker::Din { .. })
+    }
+
     /// One score per candidate, larger is better.
     pub fn score(&self, input: &RerankInput<'_>) -> Result<Vec<f32>> {
         if input.candidates.is_empty() {
