@@ -651,6 +651,7 @@ fn rerank_known(
     scores: Vec<f32>,
     known: impl Fn(u32) -> bool,
 ) -> Vec<(u32, f32)> {
+    debug_assert_eq!(candidates.len(), scores.len());
     let mut ranked: Vec<(u32, f32)> = candidates
         .iter()
         .copied()

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::fusion::SourceList;
 use crate::rerank::Reranker;
 use crate::retrieve::sparse::SparseRows;
-use crate::retrieve::{is_candidate, popularity, recency_weights, top_n};
+use crate::retrieve::{popularity, recency_weights, top_n};
 use crate::runtime::{Device, Input, ModelSource, OnnxModel};
 use crate::telemetry;
 use crate::users::{profile, UserProfiles};
@@ -561,18 +561,19 @@ impl Engine {
             }
             top_n(&acc, n, accept)
         };
-        // An inner-product index's best items for a vector, by score. An
-        // item scoring exactly zero is left out, as `top_n` leaves it out of
-        // the other lists: its row is zero (ALS's factors of an item without
-        // interactions), so its place in the list would be an accident of
-        // the search order, and fusion would count it as evidence.
+        // An inner-product index's best items for a vector, by score, among
+        // those `accept` lets through whose row is not zero. A zero row
+        // (ALS's factors of an item without interactions) scores 0 against
+        // every user, so its place in the list would be an accident of the
+        // search order, which fusion would count as evidence; `top_n`
+        // leaves out what it scores 0 in the same way. Left out in the
+        // search (not after it), a list still holds `n` items where more
+        // are there, so a shard's lists merge into one node's.
         let by_vector = |index: &Index, v: &[f32]| -> Result<Vec<(u32, f32)>> {
-            let (found, _) = index.search(v, &self.search_params(n), Some(accept))?;
-            Ok(found
-                .into_iter()
-                .map(|f| (f.id, -f.distance))
-                .filter(|e| is_candidate(e.1))
-                .collect())
+            let store = index.store();
+            let known = |i: u32| accept(i) && store.vector(i).iter().any(|&x| x != 0.0);
+            let (found, _) = index.search(v, &self.search_params(n), Some(&known))?;
+            Ok(found.into_iter().map(|f| (f.id, -f.distance)).collect())
         };
         Ok(match s {
             Source::Ease => dense(tables.ease, h.ease_decay),

@@ -152,6 +152,41 @@ fn a_source_lists_no_item_it_scores_zero() {
         fresh,
         vec![("als", 0), ("ease", 0), ("content", new_rows.len())],
     );
+    // With lists of 2, among the new items and the known items ALS scores
+    // below 0, its list is 2 known items: the zero rows are left out in the
+    // search, so they do not take the places (and a shard without them
+    // lists what one node lists).
+    let x = e
+        .user_input(Source::Als, &history, Some(u))
+        .unwrap()
+        .unwrap();
+    let als = &e.trained.as_ref().unwrap().als;
+    let below: HashSet<u32> = (0..ITEMS as u32)
+        .filter(|i| !seen.contains(i) && !new_rows.contains(i))
+        .filter(|&i| {
+            als.store()
+                .vector(i)
+                .iter()
+                .zip(&x)
+                .map(|(a, b)| a * b)
+                .sum::<f32>()
+                < 0.0
+        })
+        .collect();
+    assert!(below.len() >= 2, "{below:?}");
+    let mut cfg = Config::default();
+    cfg.hybrid.candidates = 2;
+    let two = Engine::open(dir.path(), cfg, None).unwrap();
+    let lists = two
+        .source_lists(&history, Some(u), &[Source::Als], &|i| {
+            new_rows.contains(&i) || below.contains(&i)
+        })
+        .unwrap();
+    assert_eq!(lists[0].items.len(), 2, "{:?}", lists[0].items);
+    assert!(lists[0]
+        .items
+        .iter()
+        .all(|e| below.contains(&e.0) && e.1 < 0.0));
 }
 
 #[test]

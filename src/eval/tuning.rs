@@ -99,7 +99,10 @@ pub(super) fn fused_ndcg10(
 }
 
 /// AUC of the reranker and of the fusion score it reranks, pooled over every
-/// (user, head item) pair labelled by the user's held-out items.
+/// (user, head item) pair labelled by the user's held-out items. The
+/// reranker's is that of its list as it is fused: an item without
+/// interactions at its fused place, with the score of that place
+/// (`engine::rerank_known`).
 pub(super) fn head_auc(
     cached: &[(Vec<crate::fusion::SourceList>, &HashSet<u32>)],
     reranked: &[crate::fusion::SourceList],

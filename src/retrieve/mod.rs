@@ -169,11 +169,10 @@ pub fn top_n(scores: &[f32], n: usize, accept: &dyn Fn(u32) -> bool) -> Vec<(u32
     out
 }
 
-/// Whether a score makes its entry a candidate of [`top_n`], and of a
-/// source's list: a score of exactly zero is no evidence (an item with no
-/// weight in EASE's columns, no popularity, or a zero factor row, as ALS
-/// gives an item without interactions).
-pub(crate) fn is_candidate(s: f32) -> bool {
+/// Whether a score makes its entry a candidate of [`top_n`]: a score of
+/// exactly zero is no evidence (an item with no weight in EASE's columns,
+/// no popularity).
+fn is_candidate(s: f32) -> bool {
     s.is_finite() && s != 0.0
 }
 

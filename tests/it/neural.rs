@@ -353,6 +353,36 @@ fn the_build_stores_both_models_and_the_engine_serves_them() {
     let rr = engine.rerank_list(&hist, &cands).unwrap();
     assert_eq!(rr.items.len(), 50);
     assert!(rr.items.iter().all(|(_, s)| s.is_finite()));
+    // It learned only from interactions: an item nobody took keeps its
+    // place, and the others are reordered among theirs.
+    let taken: std::collections::HashSet<u32> = engine
+        .users()
+        .item_histories()
+        .into_iter()
+        .flatten()
+        .collect();
+    let new: Vec<u32> = (0..engine.index().store().len() as u32)
+        .filter(|i| !taken.contains(i))
+        .take(3)
+        .collect();
+    assert!(!new.is_empty(), "the sample has items without interactions");
+    let mut mixed: Vec<u32> = cands
+        .iter()
+        .copied()
+        .filter(|i| taken.contains(i))
+        .collect();
+    mixed.truncate(20);
+    let places: Vec<usize> = (0..new.len()).map(|k| 1 + 6 * k).collect();
+    for (&p, &i) in places.iter().zip(&new) {
+        mixed.insert(p, i);
+    }
+    let rr = engine.rerank_list(&hist, &mixed).unwrap();
+    for (&p, &i) in places.iter().zip(&new) {
+        assert_eq!(rr.items[p].0, i, "{:?}", rr.items);
+    }
+    let order: Vec<u32> = rr.items.iter().map(|e| e.0).collect();
+    assert_ne!(order, mixed, "the known items are reordered");
+    assert!(rr.items.windows(2).all(|w| w[0].1 >= w[1].1));
     // Over the sources' lists it sees their scores: the same items score
     // otherwise than with their order alone.
     let head = engine

@@ -129,7 +129,8 @@ impl Tail {
     }
 
     /// Bytes read by every look so far.
-    pub fn bytes_read(&self) -> u64 {
+    #[cfg(test)]
+    fn bytes_read(&self) -> u64 {
         self.read
     }
 
