@@ -644,7 +644,7 @@ impl Engine {
 /// interactions. Training it also on heads of items made new for the
 /// purpose (a tenth of the held-out items losing their interactions in the
 /// scratch sources) gave 0.1035 (one run), and the whole validation split
-/// 0.1586 and 0.1550 (0.1573–0.1591 in five runs without), so it does not
+/// 0.1586 and 0.1550 (0.1563–0.1591 in six runs without), so it does not
 /// reorder them instead.
 fn rerank_known(
     candidates: &[u32],

@@ -201,8 +201,8 @@ fn fold_heads(
             // later fold, items the user took after that fifth are not labels
             // and may stay in the head as negatives. Labelling them gave
             // validation NDCG@10 0.1562 and leaving them out of the head
-            // 0.1597 (one run each, 2026-12-07), against 0.1573–0.1591 in
-            // five runs as it is: neither was kept on one run's margin.
+            // 0.1597 (one run each, 2026-12-07), against 0.1563–0.1591 in
+            // six runs as it is: neither was kept on one run's margin.
             let until = (cut + h.len().div_ceil(5)).min(h.len());
             let truth: HashSet<u32> = h[cut..until].iter().map(|e| e.0).collect();
             let lists = engine.candidate_lists(hist, None, &|i| !seen.contains(&i), method)?;
