@@ -463,16 +463,12 @@ impl Engine {
             popularity: trained.map_or(empty, |t| &t.popularity),
             store: self.index.store(),
         })?;
-        let items = if reranker.learned_from_interactions() {
-            let popularity = trained.map_or(empty, |t| &t.popularity);
-            rerank_known(candidates, scores, |i| {
-                popularity.get(i as usize).is_some_and(|&p| p > 0.0)
-            })
-        } else {
-            let mut items: Vec<(u32, f32)> = candidates.iter().copied().zip(scores).collect();
-            items.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-            items
-        };
+        // A reranker that reads text knows every item.
+        let everything = !reranker.learned_from_interactions();
+        let popularity = trained.map_or(empty, |t| &t.popularity);
+        let items = rerank_known(candidates, scores, |i| {
+            everything || popularity.get(i as usize).is_some_and(|&p| p > 0.0)
+        });
         Ok(SourceList {
             name: RERANKER,
             weight: self.cfg.rerank.weight,
@@ -630,12 +626,14 @@ impl Engine {
 }
 
 /// The reranker's list of `candidates` (best first as they came, with the
-/// reranker's `scores`) when the reranker learned only from interactions
-/// (the cross-attention reranker: its candidate rows and its popularity
-/// feature come from them): the items `known` (with an interaction in the
-/// generation) are reordered by score among the places known items hold,
-/// and an item without interactions keeps its place. Each place gets the
-/// score of its rank among all the scores, so the list stays sorted.
+/// reranker's `scores`): the items `known` are reordered by score
+/// (ties towards the lower id) among the places they hold, and any other
+/// item keeps its place. Each place gets the score of its rank among all
+/// the scores, so the list stays sorted; with every item known it is the
+/// candidates sorted by score. A reranker that learned only from
+/// interactions (the cross-attention reranker: its candidate rows and its
+/// popularity feature come from them) knows only the items with an
+/// interaction in the generation.
 ///
 /// On the evaluation's new items (`vecrec-eval --validation-only`,
 /// 2026-12-07) the reranker's own order scored NDCG@10 0.0914 on
