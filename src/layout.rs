@@ -91,6 +91,17 @@ pub const PUBLISHED_FRONT_FILE: &str = "PUBLISHED.json";
 /// there publishes them all and the front.
 pub const CUT_DIR: &str = "cut";
 
+/// Directory under a partitioned build's root holding the catalogue and
+/// interactions the last folding build (`--fold-log`, `--compact`) was
+/// made from, and a record of which log records they hold
+/// ([`FOLDED_RECORD_FILE`]).
+pub const FOLDED_DIR: &str = "folded";
+
+/// File under [`FOLDED_DIR`] recording, for the inputs each recent
+/// folding build wrote there (by their digest), the last record of each
+/// shard's log they hold: a build from those inputs folds only later ones.
+pub const FOLDED_RECORD_FILE: &str = "FOLDED.json";
+
 /// A front generation written but not yet published, waiting for its
 /// shards to be cut from it (see [`PENDING_FRONT_FILE`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -107,6 +118,17 @@ pub struct PendingFront {
     pub inputs: String,
     /// Interactions it read, and those skipped for unknown items.
     pub interactions: (usize, usize),
+    /// The last record of each shard's log its inputs folded in
+    /// (`vecrec-build --front-only --fold-log`), in shard order: the
+    /// shards cut from it record these as their `wal_seq`. Empty when its
+    /// inputs folded no log.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub folded_through: Vec<u64>,
+    /// The rebuild it belongs to (`--run`, shared by the pods of one Job):
+    /// the pods of that rebuild cut from it, or, when it names the front
+    /// published already, have nothing to do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
 }
 
 impl PendingFront {

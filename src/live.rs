@@ -359,7 +359,16 @@ impl Changes {
     /// torn frame of an append in progress is left out) beyond what the
     /// root's current generation folded. No generation or no log: none.
     pub fn pending(root: &Path) -> Result<Self> {
-        let applied = crate::layout::GenerationInfo::served(root)?.map_or(0, |g| g.wal_seq);
+        Self::pending_beyond(root, 0)
+    }
+
+    /// [`Changes::pending`] beyond record `start` too, when that is later
+    /// than what the served generation folded: the records up to it are
+    /// in the inputs already (an earlier fold wrote them, and its build
+    /// was not published).
+    pub fn pending_beyond(root: &Path, start: u64) -> Result<Self> {
+        let served = crate::layout::GenerationInfo::served(root)?.map_or(0, |g| g.wal_seq);
+        let applied = served.max(start);
         let snapshot = Snapshot::read(root, applied)?;
         let view = snapshot.view(applied);
         let mut upserts: Vec<(&String, &DeltaItem)> = view.items().collect();
@@ -397,8 +406,16 @@ impl Changes {
     /// [`Changes::pending`] of each of the `shards` shard roots of the
     /// partitioned build under `root`, in shard order.
     pub fn pending_shards(root: &Path, shards: usize) -> Result<Vec<Self>> {
-        (0..shards)
-            .map(|s| Self::pending(&crate::layout::shard_root(root, s)))
+        Self::pending_shards_beyond(root, &vec![0; shards])
+    }
+
+    /// [`Changes::pending_beyond`] of each shard root under `root`, shard
+    /// `s` beyond record `starts[s]`.
+    pub fn pending_shards_beyond(root: &Path, starts: &[u64]) -> Result<Vec<Self>> {
+        starts
+            .iter()
+            .enumerate()
+            .map(|(s, &start)| Self::pending_beyond(&crate::layout::shard_root(root, s), start))
             .collect()
     }
 

@@ -105,20 +105,33 @@ struct Args {
     /// (a text no part holds yet is embedded by the build itself).
     #[arg(long, requires = "shard")]
     embed_only: bool,
-    /// With --shards (one process, no --shard or --front-only): fold the
-    /// changes each shard's log holds beyond its served generation
-    /// (OUT/shard-<i>/wal/wal.log, written by the shard's servers: upserts,
-    /// deletes, events) into this build's catalogue and interactions, as
-    /// one node's compaction does. Each new shard generation records the
-    /// last record it took in, so its servers apply only later writes and
-    /// drop these from the log once they serve it. The inputs as folded
-    /// are written to OUT/folded/catalog.jsonl and interactions.csv (before
-    /// anything is published): start the next build from them, again with
-    /// --fold-log (it takes only what the logs hold beyond the served
-    /// build), since the logs will no longer hold these. A plain build over
+    /// With --shards: fold the changes each shard's log holds beyond its
+    /// served generation (OUT/shard-<i>/wal/wal.log, written by the
+    /// shard's servers: upserts, deletes, events) into this build's
+    /// catalogue and interactions, as one node's compaction does. Each new
+    /// shard generation records the last record it took in, so its servers
+    /// apply only later writes and drop these from the log once they serve
+    /// it. The inputs as folded are written to OUT/folded/catalog.jsonl and
+    /// interactions.csv (before anything is published), with a record of
+    /// the log records they hold (OUT/folded/FOLDED.json): start the next
+    /// build from them, again with --fold-log, since the logs will no
+    /// longer hold these; it folds only the records they do not hold, even
+    /// when the build that wrote them never published. A plain build over
     /// the shards replays every record still in their logs.
-    #[arg(long, requires = "shards", conflicts_with_all = ["shard", "front_only", "embed_only"])]
+    ///
+    /// In a split rebuild (all with the same --run): --embed-only folds
+    /// before embedding (nothing written); --front-only folds, writes
+    /// OUT/folded/ and trains; --shard i (no input files) cuts from the
+    /// inputs that front folded.
+    #[arg(long, requires = "shards")]
     fold_log: bool,
+    /// With --front-only or --shard i: the split rebuild this build belongs
+    /// to, shared by its pods (e.g. the Job's uid). A --front-only whose
+    /// rebuild's front is pending already trains nothing (a restarted pod);
+    /// with --fold-log it is needed, and each shard cuts from its rebuild's
+    /// front.
+    #[arg(long, value_name = "ID")]
+    run: Option<String>,
     /// With --shards, instead of --catalog/--interactions: rebuild the
     /// partitioned build under OUT from what it serves, as one node's
     /// compaction does: the front generation's catalogue and users'
@@ -150,7 +163,49 @@ fn run() -> anyhow::Result<()> {
     let a = Args::parse();
     let start = Instant::now();
     let cfg = Config::load(a.config.as_deref())?;
+    check_split(&a)?;
     let mut folded_through = Vec::new();
+    // A shard of a folding split rebuild: cut with what its front folded.
+    if let (true, Some(shards), Some(index), false) = (a.fold_log, a.shards, a.shard, a.embed_only)
+    {
+        let encoder = Encoder::load(&cfg.encoder, 1).context("loading the encoder")?;
+        let mut opts = build_options(&a, &cfg, Vec::new());
+        let wait = std::time::Duration::from_secs(a.wait_front);
+        let Some(cut) = vecrec::pipeline::folded_cut(&a.out, &encoder, &opts, shards, wait)
+            .context("finding the front to cut this shard from")?
+        else {
+            println!(
+                "nothing to do: rebuild {} found its front and shards served already, or                  published them",
+                a.run.as_deref().unwrap_or_default()
+            );
+            return Ok(());
+        };
+        opts.folded_through = cut.folded_through;
+        let work = ShardWork::One {
+            index,
+            wait_front: std::time::Duration::ZERO,
+        };
+        let reports = build_shards(
+            &a.out,
+            &encoder,
+            &cut.items,
+            &cut.interactions,
+            &opts,
+            shards,
+            work,
+        )
+        .context("building the shard")?;
+        return report_shards(&a, &reports, shards, start);
+    }
+    if let (true, Some(shards), Some(run)) = (a.front_only, a.shards, &a.run) {
+        if let Some(p) = vecrec::pipeline::pending_of_run(&a.out, shards, run)? {
+            println!(
+                "nothing to do: the front of rebuild {run} ({}) is written already",
+                p.generation
+            );
+            return Ok(());
+        }
+    }
     let (mut items, mut interactions) = match (&a.catalog, &a.interactions, &a.movielens) {
         _ if a.compact => {
             let shards = a.shards.unwrap_or(0);
@@ -181,29 +236,28 @@ fn run() -> anyhow::Result<()> {
         ),
     };
     if let (true, Some(shards)) = (a.fold_log, a.shards) {
-        folded_through = fold_logs(&a.out, shards, &mut items, &mut interactions)?;
+        // An --embed-only pod only embeds, so inputs it reads while the
+        // front's pod rewrites them need not be refused.
+        let files: Vec<&std::path::Path> = [&a.catalog, &a.interactions]
+            .into_iter()
+            .flatten()
+            .filter(|_| !a.embed_only)
+            .map(|p| p.as_path())
+            .collect();
+        let changes =
+            vecrec::pipeline::fold_logs(&a.out, shards, &mut items, &mut interactions, &files)
+                .context("folding the shards' logs")?;
+        say_folded(&changes);
+        folded_through = changes.iter().map(|c| c.through).collect();
     }
-    if a.fold_log || a.compact {
-        write_folded(&a.out, &items, &interactions)?;
+    // An --embed-only pod only embeds: the front's pod writes the inputs.
+    if (a.fold_log && !a.embed_only) || a.compact {
+        (items, interactions) =
+            vecrec::pipeline::write_folded(&a.out, &items, &interactions, &folded_through)
+                .context("writing the folded inputs")?;
     }
     let encoder = Encoder::load(&cfg.encoder, 1).context("loading the encoder")?;
-    let opts = BuildOptions {
-        hnsw: HnswParams {
-            m: a.m,
-            ef_construction: a.ef_construction,
-            ..BuildOptions::default().hnsw
-        },
-        users: cfg.users.clone(),
-        keep_generations: a.keep,
-        progress: !a.quiet,
-        train: (!a.content_only).then(|| cfg.train.clone()),
-        learn_fusion: (!a.content_only).then(|| cfg.hybrid.clone()),
-        embedding_cache: !a.no_embedding_cache,
-        head_hybrid: Some(cfg.hybrid.clone()),
-        embedding_parts: None,
-        publish: true,
-        folded_through,
-    };
+    let opts = build_options(&a, &cfg, folded_through);
     if let (true, Some(shards), Some(i)) = (a.embed_only, a.shards, a.shard) {
         let r = vecrec::pipeline::embed_part(&a.out, &encoder, &items, shards, i, !a.quiet)
             .context("embedding the shard's texts")?;
@@ -244,51 +298,14 @@ fn run() -> anyhow::Result<()> {
         if a.fold_log || a.compact {
             eprintln!(
                 "the inputs as folded ({} items, {} interactions) are in {}: start the next \
-                 build from them, with --fold-log (which takes only what the logs hold beyond \
-                 this build)",
+                 build from them, with --fold-log (it folds only the log records they do not \
+                 hold)",
                 items.len(),
                 interactions.len(),
                 a.out.join("folded").display()
             );
         }
-        if !a.quiet {
-            if let Some(last) = reports.last() {
-                eprint!("{}", vecrec::pipeline::stage_table(&last.stages));
-            }
-        }
-        if let Some(path) = &a.report {
-            let json = serde_json::to_string_pretty(&reports)?;
-            std::fs::write(path, json + "\n")
-                .with_context(|| format!("writing the report to {}", path.display()))?;
-        }
-        for r in &reports {
-            println!(
-                "built {} ({} items, {} users with a profile)",
-                r.generation.display(),
-                r.items,
-                r.users
-            );
-        }
-        if reports.is_empty() {
-            println!(
-                "nothing to do: a front of the same inputs and settings is pending \
-                 (OUT/front/PENDING.json), or it and its shards are served already \
-                 (OUT/front/PUBLISHED.json)"
-            );
-        } else if a.front_only {
-            println!(
-                "front trained in {:.1}s, pending (not published) until every one of the \
-                 {shards} shards is cut from it by `vecrec-build --shards {shards} --shard i`",
-                start.elapsed().as_secs_f64()
-            );
-        } else {
-            println!(
-                "{} of {shards} shards built in {:.1}s",
-                reports.len(),
-                start.elapsed().as_secs_f64()
-            );
-        }
-        return Ok(());
+        return report_shards(&a, &reports, shards, start);
     }
     let report =
         build(&a.out, &encoder, &items, &interactions, &opts).context("building the index")?;
@@ -323,36 +340,101 @@ fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Folds the changes in the logs of the `shards` shard roots under `out`
-/// into `items` and `interactions` (`--fold-log`), and returns the last
-/// record taken from each log.
-fn fold_logs(
-    out: &std::path::Path,
-    shards: usize,
-    items: &mut Vec<vecrec::catalog::CatalogItem>,
-    interactions: &mut Vec<vecrec::catalog::Interaction>,
-) -> anyhow::Result<Vec<u64>> {
-    use vecrec::live::Changes;
-    let changes = Changes::pending_shards(out, shards).context("reading the shards' logs")?;
-    say_folded(&changes);
-    let through = changes.iter().map(|c| c.through).collect();
-    Changes::fold(&changes, items, interactions);
-    Ok(through)
+/// Refuses flags a split rebuild cannot run with.
+fn check_split(a: &Args) -> anyhow::Result<()> {
+    let cut = a.shard.is_some() && !a.embed_only;
+    if a.fold_log && (a.front_only || cut) && a.run.is_none() {
+        bail!(
+            "--fold-log in a split rebuild (--front-only, --shard i) needs --run ID, the same for \
+             every pod of the rebuild, so that each shard is cut from the inputs its front folded"
+        );
+    }
+    if a.fold_log && cut {
+        if a.content_only {
+            bail!(
+                "a --content-only partitioned build has no front to fold for its shards: fold \
+                 in one process (--shards N --fold-log, without --shard)"
+            );
+        }
+        if a.catalog.is_some() || a.movielens.is_some() {
+            bail!(
+                "a shard of a folding split rebuild is cut with the inputs its front folded \
+                 (OUT/folded/): give it no --catalog, --interactions or --movielens"
+            );
+        }
+    }
+    if a.run.is_some() && !(a.front_only || cut) {
+        bail!("--run names the split rebuild of a --front-only or --shard i build");
+    }
+    Ok(())
 }
 
-/// Writes the inputs a `--fold-log` or `--compact` build is made from to
-/// `out/folded/`, before the build publishes anything: once it does, the
-/// logs' servers drop what it took, and these files (and the build) are
-/// then the only place the folded writes are in.
-fn write_folded(
-    out: &std::path::Path,
-    items: &[vecrec::catalog::CatalogItem],
-    interactions: &[vecrec::catalog::Interaction],
+/// The build's options from the flags and configuration.
+fn build_options(a: &Args, cfg: &Config, folded_through: Vec<u64>) -> BuildOptions {
+    BuildOptions {
+        hnsw: HnswParams {
+            m: a.m,
+            ef_construction: a.ef_construction,
+            ..BuildOptions::default().hnsw
+        },
+        users: cfg.users.clone(),
+        keep_generations: a.keep,
+        progress: !a.quiet,
+        train: (!a.content_only).then(|| cfg.train.clone()),
+        learn_fusion: (!a.content_only).then(|| cfg.hybrid.clone()),
+        embedding_cache: !a.no_embedding_cache,
+        head_hybrid: Some(cfg.hybrid.clone()),
+        embedding_parts: None,
+        publish: true,
+        folded_through,
+        run: a.run.clone(),
+    }
+}
+
+/// Reports what a partitioned build wrote.
+fn report_shards(
+    a: &Args,
+    reports: &[vecrec::pipeline::BuildReport],
+    shards: usize,
+    start: Instant,
 ) -> anyhow::Result<()> {
-    let dir = out.join("folded");
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    vecrec::catalog::write_catalog_jsonl(&dir.join("catalog.jsonl"), items)?;
-    vecrec::catalog::write_interactions_csv(&dir.join("interactions.csv"), interactions)?;
+    if !a.quiet {
+        if let Some(last) = reports.last() {
+            eprint!("{}", vecrec::pipeline::stage_table(&last.stages));
+        }
+    }
+    if let Some(path) = &a.report {
+        let json = serde_json::to_string_pretty(reports)?;
+        std::fs::write(path, json + "\n")
+            .with_context(|| format!("writing the report to {}", path.display()))?;
+    }
+    for r in reports {
+        println!(
+            "built {} ({} items, {} users with a profile)",
+            r.generation.display(),
+            r.items,
+            r.users
+        );
+    }
+    if reports.is_empty() {
+        println!(
+            "nothing to do: a front of the same inputs and settings is pending \
+             (OUT/front/PENDING.json), or it and its shards are served already \
+             (OUT/front/PUBLISHED.json)"
+        );
+    } else if a.front_only {
+        println!(
+            "front trained in {:.1}s, pending (not published) until every one of the \
+             {shards} shards is cut from it by `vecrec-build --shards {shards} --shard i`",
+            start.elapsed().as_secs_f64()
+        );
+    } else {
+        println!(
+            "{} of {shards} shards built in {:.1}s",
+            reports.len(),
+            start.elapsed().as_secs_f64()
+        );
+    }
     Ok(())
 }
 

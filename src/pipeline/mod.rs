@@ -10,6 +10,7 @@
 //! ([`stages`]).
 
 pub mod cache;
+mod folded;
 mod fusion_fit;
 mod rerank_fit;
 mod served;
@@ -33,8 +34,15 @@ use crate::layout::{
 };
 use crate::retrieve::sparse::SparseRows;
 use crate::users::write_profiles;
+pub use folded::{
+    fold_logs, folded_already, folded_dir, read_folded, write_folded, FOLDED_CATALOG,
+    FOLDED_INTERACTIONS,
+};
 pub use served::served_inputs;
-pub use shards::{build_shards, embed_part, inputs_digest, EmbedPartReport, ShardWork};
+pub use shards::{
+    build_shards, embed_part, folded_cut, inputs_digest, pending_of_run, EmbedPartReport,
+    FoldedCut, ShardWork,
+};
 pub use stages::{bar, spinner, stage_table, StageReport, Stages};
 
 /// Options of a build.
@@ -76,6 +84,11 @@ pub struct BuildOptions {
     /// or shard *i*'s at *i*. Each generation records its own as
     /// `wal_seq`, so its server applies only later records. Empty: none.
     pub folded_through: Vec<u64>,
+    /// The split rebuild a `--front-only` or `--shard i` build of a
+    /// partitioned build belongs to (`--run`, shared by the pods of one
+    /// Job): its shards cut from the front it left pending, whatever
+    /// inputs it folded. `None`: fronts are matched by their inputs only.
+    pub run: Option<String>,
 }
 
 /// How a build trains the reranker.
@@ -104,6 +117,7 @@ impl Default for BuildOptions {
             embedding_parts: None,
             publish: true,
             folded_through: Vec::new(),
+            run: None,
         }
     }
 }

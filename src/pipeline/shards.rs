@@ -180,13 +180,15 @@ pub fn embed_part(
         .collect();
     let fp = super::cache::fingerprint(encoder)?;
     let path = super::cache::part_path(root, &fp, i, shards);
+    // The caches of a build without training (under the root) and with
+    // (the front's), and the part an earlier rebuild wrote.
+    let cache = |dir: &Path| {
+        super::cache::EmbeddingCache::open(&dir.join(super::cache::CACHE_DIR), &fp, encoder.dim())
+    };
     let (vectors, keys, done) = super::embed_cached_with(
         &[
-            super::cache::EmbeddingCache::open(
-                &root.join(super::cache::CACHE_DIR),
-                &fp,
-                encoder.dim(),
-            ),
+            cache(root),
+            cache(&front_root(root)),
             super::cache::EmbeddingCache::open_file(&path, encoder.dim()),
         ],
         &fp,
@@ -325,8 +327,20 @@ fn build_sliced(
     let inputs = build_digest(&fp, items, interactions, opts);
     if work != ShardWork::All && published_is(&front_root, shards, &inputs)? {
         // A rebuild of these inputs and settings finished already (a Job
-        // run again): there is nothing to train or cut.
+        // run again): there is nothing to train or cut. The shards of a
+        // run learn so from the front's record of it.
         tracing::info!("the front and shards of these inputs and settings are served already");
+        if let (ShardWork::Front, Some(run)) = (work, &opts.run) {
+            let served = read_pending(&front_root.join(PUBLISHED_FRONT_FILE))?
+                .expect("published_is read it");
+            write_pending(
+                &front_root,
+                &PendingFront {
+                    run: Some(run.clone()),
+                    ..served
+                },
+            )?;
+        }
         return Ok(Vec::new());
     }
     if let ShardWork::One { index, wait_front } = work {
@@ -371,6 +385,17 @@ fn build_sliced(
             // stopped part way, run again): training again would leave the
             // shards cut from two fronts, and neither would be published.
             tracing::info!(front = %p.generation, "a front of these inputs and settings is pending already; not training again");
+            if opts.run.is_some() && p.run != opts.run {
+                // This run's shards cut from it.
+                write_pending(
+                    &front_root,
+                    &PendingFront {
+                        run: opts.run.clone(),
+                        folded_through: opts.folded_through.clone(),
+                        ..p
+                    },
+                )?;
+            }
             return Ok(Vec::new());
         }
     }
@@ -397,12 +422,13 @@ fn build_sliced(
             shards,
             inputs,
             interactions: counts,
+            folded_through: opts.folded_through.clone(),
+            run: opts.run.clone(),
         };
         // Markers of fronts no longer pending would never be read again.
         let cut = front_root.join(CUT_DIR);
         removed(std::fs::remove_dir_all(&cut), &cut)?;
-        let json = serde_json::to_vec_pretty(&pending).expect("serialisable");
-        write_atomic(&front_root.join(PENDING_FRONT_FILE), &json)?;
+        write_pending(&front_root, &pending)?;
         return Ok(vec![front_report]);
     }
     let mut stages = Stages::new();
@@ -429,6 +455,8 @@ fn build_sliced(
         shards,
         inputs,
         interactions: counts,
+        folded_through: opts.folded_through.clone(),
+        run: None,
     };
     record_published(&front_root, &built, None)?;
     if let Some(last) = reports.last_mut() {
@@ -518,6 +546,102 @@ fn wait_for_front(
         }
         if !told {
             tracing::info!(front = %front_root.display(), "waiting for the front to cut this shard from ({other})");
+            told = true;
+        }
+        std::thread::sleep(Duration::from_secs(1).min(until - Instant::now()));
+    }
+}
+
+/// Records `pending` as the front pending under `front_root`.
+fn write_pending(front_root: &Path, pending: &PendingFront) -> Result<()> {
+    let json = serde_json::to_vec_pretty(pending).expect("serialisable");
+    write_atomic(&front_root.join(PENDING_FRONT_FILE), &json)?;
+    Ok(())
+}
+
+/// The front of the split rebuild `run` of `shards` shards under `root`:
+/// pending (or, when it names the front served now, found served already
+/// by that rebuild's `--front-only`), or published by it. `None`: that
+/// rebuild's front is not written yet.
+pub fn pending_of_run(root: &Path, shards: usize, run: &str) -> Result<Option<PendingFront>> {
+    let front_root = front_root(root);
+    for file in [PENDING_FRONT_FILE, PUBLISHED_FRONT_FILE] {
+        if let Some(p) = read_pending(&front_root.join(file))? {
+            if p.run.as_deref() == Some(run) && p.shards == shards {
+                return Ok(Some(p));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The inputs a shard of a folding split rebuild is cut with
+/// ([`folded_cut`]).
+#[derive(Debug)]
+pub struct FoldedCut {
+    /// The catalogue the front was trained on (`OUT/folded/`).
+    pub items: Vec<CatalogItem>,
+    /// Its interactions.
+    pub interactions: Vec<Interaction>,
+    /// The last record of each shard's log they hold.
+    pub folded_through: Vec<u64>,
+}
+
+/// What shard builds of the folding split rebuild `opts.run` (`--shard i
+/// --fold-log`) cut from: the inputs its `--front-only` folded and wrote
+/// to `OUT/folded/` under `root`, once its front is pending (waiting up
+/// to `wait`, checking every second). `None` when that rebuild has
+/// nothing to cut: its front found the same build served already, or it
+/// was published.
+pub fn folded_cut(
+    root: &Path,
+    encoder: &Encoder,
+    opts: &BuildOptions,
+    shards: usize,
+    wait: Duration,
+) -> Result<Option<FoldedCut>> {
+    let run = opts.run.as_deref().ok_or_else(|| {
+        Error::invalid("a shard of a folding split rebuild needs the rebuild's --run")
+    })?;
+    let front_root = front_root(root);
+    let until = Instant::now() + wait;
+    let mut told = false;
+    loop {
+        if let Some(p) = pending_of_run(root, shards, run)? {
+            let published = read_pending(&front_root.join(PUBLISHED_FRONT_FILE))?;
+            if published.is_some_and(|s| s.generation == p.generation) {
+                return Ok(None);
+            }
+            if p.folded_through.len() != shards {
+                return Err(Error::invalid(format!(
+                    "the front of rebuild {run} folded no logs: cut its shards with the inputs                      it was given, without --fold-log"
+                )));
+            }
+            let (items, interactions) = super::read_folded(root)?;
+            let fp = super::cache::fingerprint(encoder)?;
+            if build_digest(&fp, &items, &interactions, opts) != p.inputs {
+                return Err(Error::invalid(format!(
+                    "{} no longer holds the inputs the front of rebuild {run} was trained on                      (another folding build wrote it since), or this build's configuration                      differs from the front's: run the rebuild again",
+                    super::folded_dir(root).display()
+                )));
+            }
+            return Ok(Some(FoldedCut {
+                items,
+                interactions,
+                folded_through: p.folded_through,
+            }));
+        }
+        if Instant::now() >= until {
+            return Err(Error::invalid(format!(
+                "no front of rebuild {run} under {}: run `vecrec-build --shards {shards}                  --front-only --fold-log --run {run}` first, or give --wait-front SECONDS to                  wait for it",
+                front_root.display()
+            )));
+        }
+        if !told {
+            tracing::info!(
+                run,
+                "waiting for the front of this rebuild to cut the shard from"
+            );
             told = true;
         }
         std::thread::sleep(Duration::from_secs(1).min(until - Instant::now()));

@@ -552,6 +552,177 @@ fn a_partitioned_rebuild_folds_the_shards_logs() {
     assert_eq!(again.len(), f_rows.len());
 }
 
+/// A split rebuild that folds the shards' logs (`--fold-log` on each pod
+/// of one `--run`): the embedding pods fold before embedding, the front's
+/// pod folds and writes `OUT/folded/`, and each shard is cut from what it
+/// folded, recording the log records it took. A restarted pod does
+/// nothing twice; a new rebuild from `OUT/folded/` after one that never
+/// published counts no record twice; and one with nothing new finds its
+/// build served.
+#[test]
+fn a_split_rebuild_folds_the_shards_logs() {
+    use vecrec::catalog::{read_catalog, read_interactions, CatalogItem, Interaction};
+    use vecrec::layout::{front_root, shard_of, shard_root, GenerationInfo};
+    let dir = tempfile::tempdir().unwrap();
+    let data = small_sample(dir.path(), 11);
+    let out = dir.path().join("out");
+    let build = |args: &[&str]| {
+        let o = bin("vecrec-build")
+            .args(["--quiet", "--shards", "2", "--out"])
+            .arg(&out)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        )
+    };
+    let (catalog, interactions) = (data.join("catalog.jsonl"), data.join("interactions.csv"));
+    let given = [
+        "--catalog",
+        catalog.to_str().unwrap(),
+        "--interactions",
+        interactions.to_str().unwrap(),
+    ];
+    let (ok, said) = build(&given);
+    assert!(ok, "{said}");
+    let items = read_catalog(&catalog).unwrap();
+    let rows = read_interactions(&interactions).unwrap();
+
+    // Shard 1's server logs an upsert, a delete and an event.
+    let root = shard_root(&out, 1);
+    let owned: Vec<&CatalogItem> = items.iter().filter(|i| shard_of(&i.id, 2) == 1).collect();
+    let (deleted, clicked) = (owned[0].id.clone(), owned[1].id.clone());
+    let new_id = (0..)
+        .map(|k| format!("logged-{k}"))
+        .find(|id| shard_of(id, 2) == 1)
+        .unwrap();
+    let user = rows
+        .iter()
+        .map(|r| r.user.clone())
+        .find(|u| shard_of(u, 2) == 1)
+        .unwrap();
+    {
+        let e = shard_server(&root);
+        e.upsert_items(vec![CatalogItem {
+            id: new_id.clone(),
+            meta: vecrec_index::ItemMeta {
+                title: "Logged Tides".into(),
+                text: "a lighthouse keeper counts the tides".into(),
+                ..Default::default()
+            },
+        }])
+        .unwrap();
+        e.delete_items(vec![deleted.clone()]).unwrap();
+        e.record_events(vec![Interaction {
+            user: user.clone(),
+            item: clicked.clone(),
+            timestamp: 1_800_000_000,
+            event: None,
+            weight: 1.0,
+        }])
+        .unwrap();
+    }
+    let folding = "shard 1: folding 1 upserts, 1 deletes and 1 events (log records through 3)";
+    let with =
+        |extra: &[&'static str]| -> Vec<&str> { given.iter().chain(extra).copied().collect() };
+
+    // Every pod embeds its shard's texts with the logs folded in: the
+    // upserted text is the one shard 1's pod embeds (the front's cache has
+    // the rest).
+    for (s, embedded) in [("0", " 0 embedded"), ("1", " 1 embedded")] {
+        let (ok, said) = build(&with(&["--embed-only", "--fold-log", "--shard", s]));
+        assert!(ok && said.contains(folding), "{said}");
+        assert!(said.contains(embedded), "{said}");
+    }
+    // The front's pod folds, writes the folded inputs and trains.
+    let (ok, said) = build(&with(&["--front-only", "--fold-log", "--run", "r1"]));
+    assert!(ok && said.contains(folding), "{said}");
+    // Restarted, it trains nothing.
+    let (ok, said) = build(&with(&["--front-only", "--fold-log", "--run", "r1"]));
+    assert!(
+        ok && said.contains("nothing to do: the front of rebuild r1"),
+        "{said}"
+    );
+    // A shard is cut from what its front folded: no input files, a run.
+    let (ok, said) = build(&with(&["--shard", "0", "--fold-log", "--run", "r1"]));
+    assert!(!ok && said.contains("give it no --catalog"), "{said}");
+    let (ok, said) = build(&["--shard", "0", "--fold-log"]);
+    assert!(!ok && said.contains("needs --run"), "{said}");
+
+    // That rebuild stops here, unpublished, with the logs whole. The next
+    // starts from the folded inputs, which hold the logs' records already.
+    let folded = out.join("folded");
+    let (f_catalog, f_interactions) = (
+        folded.join("catalog.jsonl"),
+        folded.join("interactions.csv"),
+    );
+    let from_folded = [
+        "--catalog",
+        f_catalog.to_str().unwrap(),
+        "--interactions",
+        f_interactions.to_str().unwrap(),
+    ];
+    let again = |extra: &[&str]| {
+        let args: Vec<&str> = from_folded.iter().chain(extra).copied().collect();
+        build(&args)
+    };
+    let (ok, said) = again(&["--front-only", "--fold-log", "--run", "r2"]);
+    assert!(ok && !said.contains("folding"), "{said}");
+    let served_front = vecrec_index::generation::current_generation(&front_root(&out)).unwrap();
+    let (ok, said) = build(&["--shard", "0", "--fold-log", "--run", "r2"]);
+    assert!(ok, "{said}");
+    assert_eq!(
+        vecrec_index::generation::current_generation(&front_root(&out)).unwrap(),
+        served_front,
+        "published before every shard was cut"
+    );
+    let (ok, said) = build(&["--shard", "1", "--fold-log", "--run", "r2"]);
+    assert!(ok && said.contains("1 of 2 shards built"), "{said}");
+
+    // Published: shard 1 records the log's last record, holds the upsert
+    // and not the deleted item; the front has the event once.
+    let open = served_index;
+    assert_eq!(GenerationInfo::of(open(&root).manifest()).wal_seq, 3);
+    assert_eq!(
+        GenerationInfo::of(open(&shard_root(&out, 0)).manifest()).wal_seq,
+        0
+    );
+    let shard = open(&root);
+    assert!(shard.store().internal_id(&new_id).is_some());
+    assert!(shard.store().internal_id(&deleted).is_none());
+    let front = open(&front_root(&out));
+    assert_ne!(front.dir(), served_front.as_path());
+    let store = front.store();
+    let users = vecrec::users::UserProfiles::open(front.dir(), store.len(), store.dim()).unwrap();
+    let u = users.lookup(&user).unwrap();
+    assert_eq!(
+        store.external_id(users.history(u).last().unwrap().0),
+        clicked
+    );
+    let written = read_interactions(&f_interactions).unwrap();
+    let kept = rows.iter().filter(|r| r.item != deleted).count();
+    assert_eq!(written.len(), kept + 1, "the event is in the inputs once");
+
+    // A restarted shard pod of that rebuild has nothing to do; nor has a
+    // new rebuild with nothing new in the logs.
+    let (ok, said) = build(&["--shard", "1", "--fold-log", "--run", "r2"]);
+    assert!(ok && said.contains("nothing to do"), "{said}");
+    let (ok, said) = again(&["--front-only", "--fold-log", "--run", "r3"]);
+    assert!(
+        ok && said.contains("nothing to do") && !said.contains("folding"),
+        "{said}"
+    );
+    let (ok, said) = build(&["--shard", "0", "--fold-log", "--run", "r3"]);
+    assert!(ok && said.contains("nothing to do"), "{said}");
+    assert_eq!(open(&front_root(&out)).dir(), front.dir());
+}
+
 /// `vecrec-build --shards N --compact`: a partitioned build with training
 /// rebuilt from what it serves (the front generation's catalogue and
 /// histories) with the shards' logs folded in, no input files; run again,

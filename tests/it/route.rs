@@ -1483,9 +1483,11 @@ fn the_kubernetes_config_map_holds_configs_vecrec_accepts() {
     let job = std::fs::read_to_string(k8s.join("rebuild-job.yaml")).unwrap();
     for needle in [
         format!("completions: {shard_files}\n"),
-        format!("--shards {shard_files}\""),
+        format!("--shards {shard_files} --fold-log\""),
         "--front-only".into(),
         "--wait-front".into(),
+        "--run \"$REBUILD_RUN\"".into(),
+        "batch.kubernetes.io/controller-uid".into(),
     ] {
         assert!(job.contains(&needle), "rebuild-job.yaml lacks {needle:?}");
     }
