@@ -324,6 +324,11 @@ impl Snapshot {
 /// (`route::Router`) knows by it a replica that takes no writes.
 pub const FOLLOWER: &str = "this replica follows the log that another replica writes";
 
+/// What a follower asked to answer from a record it has not read yet
+/// answers, first ([`crate::engine::Engine::check_read_through`]): the
+/// router then asks another replica, the writer last.
+pub const BEHIND: &str = "this replica has not read its log that far yet";
+
 /// Who appends to the log.
 #[derive(Debug)]
 enum Role {
@@ -564,6 +569,11 @@ impl Live {
             "{FOLLOWER} ({}): send writes to {writer}, or through `vecrec route`, which finds it",
             self.path.display()
         ))
+    }
+
+    /// The number of the last record applied (read, for a follower).
+    pub fn last_seq(&self) -> u64 {
+        self.delta.read().last_seq
     }
 
     /// Whether another process writes this log ([`Live::follow`]).

@@ -25,6 +25,31 @@ impl Engine {
         self.live.as_ref().map(|l| l.view(self.applied_seq))
     }
 
+    /// Refuses to answer from a follower that has not read its log
+    /// through record `n` (a write its writer acknowledged to the caller),
+    /// once it has read what the writer appended since its last look, so a
+    /// caller that sends the sequence its write got back reads that write
+    /// on any replica that answers. A writer, or an engine without live
+    /// updates, always answers.
+    pub fn check_read_through(&self, n: u64) -> Result<()> {
+        let Some(live) = self.live.as_ref().filter(|l| l.is_follower()) else {
+            return Ok(());
+        };
+        let have = || self.applied_seq.max(live.last_seq());
+        if have() >= n {
+            return Ok(());
+        }
+        live.refresh()?;
+        if have() >= n {
+            return Ok(());
+        }
+        Err(Error::FailedPrecondition(format!(
+            "{}: it has read through record {}, the call needs record {n}",
+            crate::live::BEHIND,
+            have()
+        )))
+    }
+
     /// The log, written here or followed; refused when live updates are off.
     fn live_or_err(&self) -> Result<&Arc<Live>> {
         self.live.as_ref().ok_or_else(|| {

@@ -77,6 +77,7 @@ pub async fn serve_with_config_file(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
     let gauges = tokio::spawn(report_gauges(slot.clone()));
+    let fresh_slot = slot.clone();
     let service = Service::new(slot, &cfg, experiments);
     let lag_probe = tokio::spawn(service.runtime_lag().clone().probe());
     let reloader = tokio::spawn(reload_on_hangup(Reload {
@@ -105,7 +106,10 @@ pub async fn serve_with_config_file(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(RecommenderServer::with_interceptor(service, stamp_arrival))
+        .add_service(RecommenderServer::with_interceptor(
+            service,
+            arrive(fresh_slot),
+        ))
         .serve_with_incoming_shutdown(incoming(listener, &cfg, tls), shutdown)
         .await?;
     for task in [
@@ -258,11 +262,35 @@ pub fn check_exposure(
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Arrived(pub(super) Instant);
 
-/// The interceptor that stamps every call's arrival.
-fn stamp_arrival(mut req: Request<()>) -> Result<Request<()>, Status> {
-    req.extensions_mut().insert(Arrived(Instant::now()));
-    Ok(req)
+/// The interceptor every call passes: it stamps the call's arrival, and
+/// refuses a call whose [`MIN_SEQUENCE_HEADER`] names a log record this
+/// replica (a follower) has not read, after reading what its writer
+/// appended since its last look (a small read of the log's tail, done
+/// here, on the runtime thread, only for such calls):
+/// `FAILED_PRECONDITION` starting with [`crate::live::BEHIND`].
+fn arrive(slot: Arc<EngineSlot>) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+    move |mut req: Request<()>| {
+        req.extensions_mut().insert(Arrived(Instant::now()));
+        if let Some(v) = req.metadata().get(MIN_SEQUENCE_HEADER) {
+            let n = v.to_str().ok().and_then(|v| v.parse::<u64>().ok());
+            let n = n.ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "{MIN_SEQUENCE_HEADER} must be a log record number (the `sequence` a write \
+                     answered)"
+                ))
+            })?;
+            slot.get().check_read_through(n)?;
+        }
+        Ok(req)
+    }
 }
+
+/// Request header naming a log record the answer must include: the
+/// `sequence` a write to the same shard answered (UpsertItems,
+/// DeleteItems, RecordEvents). A replica that follows another's log and
+/// has not read that far answers `FAILED_PRECONDITION`; `vecrec route`
+/// sends it, per shard, for the writes it made.
+pub const MIN_SEQUENCE_HEADER: &str = "x-vecrec-min-sequence";
 
 /// How much sooner than the client's deadline the server gives up: 10 ms
 /// (a tenth of timeouts under 100 ms). tonic's transport also times the

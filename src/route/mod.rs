@@ -50,12 +50,13 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 use tokio::task::JoinSet;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
@@ -70,7 +71,28 @@ use crate::layout::shard_of;
 use crate::serving::experiments::{self, Experiments, Journal, Plan};
 use crate::serving::EngineSlot;
 
-type Client = RecommenderClient<Channel>;
+type Client = RecommenderClient<InterceptedService<Channel, ReadThrough>>;
+
+/// Sends every call to a shard's replica with the last log record a write
+/// of this router to that shard was answered with
+/// ([`crate::grpc::MIN_SEQUENCE_HEADER`]), so a follower that has not read
+/// it yet declines and another replica answers: the router reads its own
+/// writes on every replica, not only on the writer.
+#[derive(Clone, Debug)]
+struct ReadThrough(Arc<AtomicU64>);
+
+impl tonic::service::Interceptor for ReadThrough {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        let n = self.0.load(Ordering::Acquire);
+        if n > 0 {
+            req.metadata_mut().insert(
+                crate::grpc::MIN_SEQUENCE_HEADER,
+                tonic::metadata::MetadataValue::from(n),
+            );
+        }
+        Ok(req)
+    }
+}
 
 /// Calls retried on another replica of the same shard.
 pub const ROUTE_RETRIES: &str = "vecrec_route_retries_total";
@@ -108,6 +130,9 @@ struct Shard {
     /// Replicas that answered a write as followers of another's log, until
     /// one takes a write: their failures do not fail a write the writer took.
     followers: Mutex<std::collections::HashSet<SocketAddr>>,
+    /// The last log record a write of this router to the shard was
+    /// answered with: every call to the shard asks for it ([`ReadThrough`]).
+    written: Arc<AtomicU64>,
 }
 
 impl Shard {
@@ -175,7 +200,8 @@ pub struct Router {
 }
 
 /// Whether a failed call may succeed on another replica: the replica (or
-/// the way to it) failed, not the request.
+/// the way to it) failed, not the request, or it has not read this
+/// router's last write to the shard yet.
 fn retryable(s: &Status) -> bool {
     matches!(
         s.code(),
@@ -186,7 +212,13 @@ fn retryable(s: &Status) -> bool {
             | Code::ResourceExhausted
             | Code::Internal
             | Code::DataLoss
-    )
+    ) || behind(s)
+}
+
+/// Whether a replica declined a call because it follows its shard's log
+/// and has not read this router's last write to the shard yet.
+fn behind(s: &Status) -> bool {
+    s.code() == Code::FailedPrecondition && s.message().starts_with(crate::live::BEHIND)
 }
 
 /// The time left before the caller's `grpc-timeout`, if it sent one.
@@ -266,6 +298,7 @@ impl Router {
                 next: AtomicUsize::new(0),
                 no_writes_until: Mutex::new(None),
                 followers: Mutex::default(),
+                written: Arc::default(),
             })
             .collect();
         let admission = Admission::new(
@@ -353,8 +386,11 @@ impl Router {
                 .map(|addr| {
                     Ok(Replica {
                         addr,
-                        client: RecommenderClient::new(self.channel(addr)?)
-                            .max_decoding_message_size(64 << 20),
+                        client: RecommenderClient::with_interceptor(
+                            self.channel(addr)?,
+                            ReadThrough(shard.written.clone()),
+                        )
+                        .max_decoding_message_size(64 << 20),
                     })
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
@@ -1230,13 +1266,15 @@ impl Router {
                     count.insert(s, n);
                     seq = seq.max(q);
                     known.lock().remove(&addr);
+                    self.inner.shards[s].written.fetch_max(q, Ordering::AcqRel);
                 }
                 // A replica that follows the log its shard's writer keeps
                 // (one root shared by the replicas): it reads the write
-                // from that log.
+                // from that log. (One behind this router's last write
+                // declines before it sees the call is a write.)
                 Err(st)
                     if st.code() == tonic::Code::FailedPrecondition
-                        && st.message().starts_with(crate::live::FOLLOWER) =>
+                        && (st.message().starts_with(crate::live::FOLLOWER) || behind(&st)) =>
                 {
                     known.lock().insert(addr);
                     *followers.entry(s).or_default() += 1;
