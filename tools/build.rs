@@ -116,8 +116,9 @@ struct Args {
     /// the log records they hold (OUT/folded/FOLDED.json): start the next
     /// build from them, again with --fold-log, since the logs will no
     /// longer hold these; it folds only the records they do not hold, even
-    /// when the build that wrote them never published. A plain build over
-    /// the shards replays every record still in their logs.
+    /// when the build that wrote them never published, and refuses inputs
+    /// older than what the shards serve. A plain build over the shards
+    /// replays every record still in their logs.
     ///
     /// In a split rebuild (all with the same --run): --embed-only folds
     /// before embedding (nothing written); --front-only folds, writes
@@ -126,9 +127,10 @@ struct Args {
     #[arg(long, requires = "shards")]
     fold_log: bool,
     /// With --front-only or --shard i: the split rebuild this build belongs
-    /// to, shared by its pods (e.g. the Job's uid). A --front-only whose
-    /// rebuild's front is pending already trains nothing (a restarted pod);
-    /// with --fold-log it is needed, and each shard cuts from its rebuild's
+    /// to, shared by its pods and new for each rebuild (e.g. the Job's uid:
+    /// letters, digits, '.', '_', '-'). A --front-only whose rebuild's
+    /// front is pending already trains nothing (a restarted pod); with
+    /// --fold-log it is needed, and each shard cuts from its rebuild's
     /// front.
     #[arg(long, value_name = "ID")]
     run: Option<String>,
@@ -175,7 +177,8 @@ fn run() -> anyhow::Result<()> {
             .context("finding the front to cut this shard from")?
         else {
             println!(
-                "nothing to do: rebuild {} found its front and shards served already, or                  published them",
+                "nothing to do: rebuild {} found its front and shards served already, or \
+                 published them",
                 a.run.as_deref().unwrap_or_default()
             );
             return Ok(());
@@ -363,8 +366,11 @@ fn check_split(a: &Args) -> anyhow::Result<()> {
             );
         }
     }
-    if a.run.is_some() && !(a.front_only || cut) {
-        bail!("--run names the split rebuild of a --front-only or --shard i build");
+    if let Some(run) = &a.run {
+        if !(a.front_only || cut) {
+            bail!("--run names the split rebuild of a --front-only or --shard i build");
+        }
+        vecrec::pipeline::check_run(run)?;
     }
     Ok(())
 }

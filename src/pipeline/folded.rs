@@ -85,6 +85,22 @@ pub fn folded_already(
         .rev()
         .find(|r| r.inputs == digest && r.through.len() == shards)
     {
+        // Inputs older than what a shard serves: the records in between
+        // are in neither these inputs nor (pruned once served) its log.
+        for (s, &through) in r.through.iter().enumerate() {
+            let shard = crate::layout::shard_root(root, s);
+            let served = crate::layout::GenerationInfo::served(&shard)?.map_or(0, |g| g.wal_seq);
+            if through < served {
+                return Err(Error::Config(format!(
+                    "these inputs hold shard {s}'s log through record {through}, but it serves \
+                     a build that folded it through {served}: they are older than what is \
+                     served, and would drop the records in between. Start from {} (the \
+                     newest folded inputs), or rebuild with `vecrec-build --shards {shards} \
+                     --compact`",
+                    folded_dir(root).display()
+                )));
+            }
+        }
         return Ok(r.through.clone());
     }
     let dir = folded_dir(root).canonicalize().ok();
@@ -95,6 +111,11 @@ pub fn folded_already(
             .and_then(|f| f.parent().map(Path::to_owned));
         dir.is_some() && parent == dir
     };
+    // Written before folds were recorded: they hold what the served
+    // generations folded, as the builds of then assumed.
+    if records.written.is_empty() {
+        return Ok(vec![0; shards]);
+    }
     if let Some(f) = files.iter().find(|f| inside(f)) {
         return Err(Error::Config(format!(
             "{} holds inputs no folding build recorded writing for {shards} shards (a build \
@@ -203,21 +224,31 @@ mod tests {
     /// Inputs written by a fold are known by their digest, wherever they
     /// are read from; a record survives later writes (up to the kept
     /// number); inputs read from `folded/` that no record knows are
-    /// refused, others fold from the served generations.
+    /// refused once records are kept, others fold from the served
+    /// generations.
     #[test]
     fn written_inputs_say_which_records_they_hold() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         let items = vec![item("a"), item("b")];
         let events = vec![event("u1", "a", 10), event("u1", "b", 11)];
-        let (read_items, read_events) = write_folded(root, &items, &events, &[3, 0]).unwrap();
-        assert_eq!(read_items.len(), 2);
-        assert_eq!(read_events, events);
         let files = [
             folded_dir(root).join(FOLDED_CATALOG),
             folded_dir(root).join(FOLDED_INTERACTIONS),
         ];
         let files: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+        // Written by a build from before folds were recorded: they hold
+        // what the served generations folded.
+        std::fs::create_dir_all(folded_dir(root)).unwrap();
+        write_catalog_jsonl(files[0], &items).unwrap();
+        write_interactions_csv(files[1], &events).unwrap();
+        assert_eq!(
+            folded_already(root, 2, &items, &events, &files).unwrap(),
+            vec![0, 0]
+        );
+        let (read_items, read_events) = write_folded(root, &items, &events, &[3, 0]).unwrap();
+        assert_eq!(read_items.len(), 2);
+        assert_eq!(read_events, events);
         let (f_items, f_events) = read_folded(root).unwrap();
         assert_eq!(
             folded_already(root, 2, &f_items, &f_events, &files).unwrap(),

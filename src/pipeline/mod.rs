@@ -40,8 +40,8 @@ pub use folded::{
 };
 pub use served::served_inputs;
 pub use shards::{
-    build_shards, embed_part, folded_cut, inputs_digest, pending_of_run, EmbedPartReport,
-    FoldedCut, ShardWork,
+    build_shards, check_run, embed_part, folded_cut, inputs_digest, pending_of_run,
+    EmbedPartReport, FoldedCut, ShardWork,
 };
 pub use stages::{bar, spinner, stage_table, StageReport, Stages};
 

@@ -38,8 +38,9 @@ pub fn served_inputs(
     let index = vecrec_index::Index::open(&dir)?;
     let store = index.store();
     let users = UserProfiles::open(&dir, store.len(), store.dim())?;
+    let front_name = crate::layout::generation_name(&dir);
     for s in 0..shards {
-        check_shard(&shard_root(root, s), s, shards)?;
+        check_shard(&shard_root(root, s), s, shards, &front_name)?;
     }
     let changes = Changes::pending_shards(root, shards)?;
 
@@ -95,9 +96,28 @@ pub fn served_inputs(
     Ok((items, interactions, changes))
 }
 
-/// Refuses a root that does not serve shard `s` of `shards`: another
-/// shard count would leave some shard's log unread.
-fn check_shard(shard: &Path, s: usize, shards: usize) -> Result<()> {
+/// Refuses a root that does not serve shard `s` of `shards` (another
+/// shard count would leave some shard's log unread), or serves one cut
+/// from another front than `front` (a publish that stopped between the
+/// shards and the front: the front's catalogue and histories lack what
+/// the shard's generation folded, and its log no longer holds).
+fn check_shard(shard: &Path, s: usize, shards: usize, front: &str) -> Result<()> {
+    if let Ok(dir) = vecrec_index::generation::current_generation(shard) {
+        let sliced = dir.join(crate::layout::SLICED_FILE);
+        if sliced.is_file() {
+            let meta: crate::layout::SlicedMeta = vecrec_index::format::read_json(&sliced)?;
+            if meta.front_generation != front {
+                return Err(Error::Config(format!(
+                    "{} serves a generation cut from front {}, but the front serves {front}: a \
+                     rebuild's publish stopped part way. Run that rebuild again (for a split \
+                     one, any of its `vecrec-build --shards {shards} --shard i` builds) to \
+                     finish it, then compact",
+                    shard.display(),
+                    meta.front_generation
+                )));
+            }
+        }
+    }
     let served = crate::layout::GenerationInfo::served(shard)?.ok_or_else(|| {
         Error::Config(format!(
             "{} serves no generation, not shard {s} of {shards} (--shards)",

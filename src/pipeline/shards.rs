@@ -333,19 +333,34 @@ fn build_sliced(
         if let (ShardWork::Front, Some(run)) = (work, &opts.run) {
             let served = read_pending(&front_root.join(PUBLISHED_FRONT_FILE))?
                 .expect("published_is read it");
-            write_pending(
-                &front_root,
-                &PendingFront {
-                    run: Some(run.clone()),
-                    ..served
-                },
-            )?;
+            let json = serde_json::to_vec_pretty(&PendingFront {
+                run: Some(run.clone()),
+                ..served
+            })
+            .expect("serialisable");
+            let marker = run_marker(&front_root, run)?;
+            let dir = marker.parent().expect("under the front root");
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            write_atomic(&marker, &json)?;
+            prune_markers(dir, KEPT_RUN_MARKERS)?;
         }
         return Ok(Vec::new());
     }
     if let ShardWork::One { index, wait_front } = work {
         let pending = wait_for_front(&front_root, shards, &inputs, wait_front)?;
         let front_dir = front_root.join(&pending.generation);
+        // The front's inputs hold the log records it folded, whether or
+        // not this build was told to fold: its shard records them, or its
+        // servers would apply them again.
+        let folded = BuildOptions {
+            folded_through: if pending.folded_through.is_empty() {
+                opts.folded_through.clone()
+            } else {
+                pending.folded_through.clone()
+            },
+            ..opts.clone()
+        };
+        let opts = &folded;
         // The vectors the front was built from, from the caches it wrote.
         let raw = {
             let mut caches = vec![super::cache::EmbeddingCache::open(
@@ -387,11 +402,17 @@ fn build_sliced(
             tracing::info!(front = %p.generation, "a front of these inputs and settings is pending already; not training again");
             if opts.run.is_some() && p.run != opts.run {
                 // This run's shards cut from it.
+                // Its inputs hold what it folded, whatever this build folded.
+                let folded_through = if opts.folded_through.is_empty() {
+                    p.folded_through.clone()
+                } else {
+                    opts.folded_through.clone()
+                };
                 write_pending(
                     &front_root,
                     &PendingFront {
                         run: opts.run.clone(),
-                        folded_through: opts.folded_through.clone(),
+                        folded_through,
                         ..p
                     },
                 )?;
@@ -559,14 +580,64 @@ fn write_pending(front_root: &Path, pending: &PendingFront) -> Result<()> {
     Ok(())
 }
 
+/// Directory under a partitioned build's front root where a split
+/// rebuild's `--front-only` that found its build served already leaves a
+/// file named after the rebuild (`--run`) saying so, for its shards.
+const SERVED_RUNS_DIR: &str = "served-runs";
+
+/// The file under `front_root` that says rebuild `run` found its build
+/// served already; a run id is a file name of letters, digits, `.`, `_`
+/// and `-` (a Job's uid is one), at most 128 long.
+fn run_marker(front_root: &Path, run: &str) -> Result<std::path::PathBuf> {
+    check_run(run)?;
+    Ok(front_root.join(SERVED_RUNS_DIR).join(format!("{run}.json")))
+}
+
+/// Markers of rebuilds that found their build served kept, the newest.
+const KEPT_RUN_MARKERS: usize = 16;
+
+/// Removes all but the `keep` newest files of `dir`.
+fn prune_markers(dir: &Path, keep: usize) -> Result<()> {
+    let mut files: Vec<(std::time::SystemTime, std::path::PathBuf)> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    files.sort();
+    let extra = files.len().saturating_sub(keep);
+    for (_, f) in files.drain(..extra) {
+        removed(std::fs::remove_file(&f), &f)?;
+    }
+    Ok(())
+}
+
+/// Refuses a rebuild id (`--run`) that is empty, too long, or not a plain
+/// file name: an empty one (an unset variable) would make every rebuild
+/// the same one.
+pub fn check_run(run: &str) -> Result<()> {
+    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if run.is_empty() || run.len() > 128 || run.starts_with('.') || !run.chars().all(plain) {
+        return Err(Error::invalid(format!(
+            "--run {run:?}: a rebuild id is 1 to 128 letters, digits, '.', '_' or '-' (not \
+             starting with '.'), the same for every pod of one rebuild and new for the next"
+        )));
+    }
+    Ok(())
+}
+
 /// The front of the split rebuild `run` of `shards` shards under `root`:
-/// pending (or, when it names the front served now, found served already
-/// by that rebuild's `--front-only`), or published by it. `None`: that
-/// rebuild's front is not written yet.
+/// pending, published by it, or (when its `--front-only` found the same
+/// build served already) the one served. `None`: that rebuild's front is
+/// not written yet.
 pub fn pending_of_run(root: &Path, shards: usize, run: &str) -> Result<Option<PendingFront>> {
     let front_root = front_root(root);
-    for file in [PENDING_FRONT_FILE, PUBLISHED_FRONT_FILE] {
-        if let Some(p) = read_pending(&front_root.join(file))? {
+    let marker = run_marker(&front_root, run)?;
+    for file in [
+        front_root.join(PENDING_FRONT_FILE),
+        front_root.join(PUBLISHED_FRONT_FILE),
+        marker,
+    ] {
+        if let Some(p) = read_pending(&file)? {
             if p.run.as_deref() == Some(run) && p.shards == shards {
                 return Ok(Some(p));
             }
@@ -609,19 +680,24 @@ pub fn folded_cut(
     loop {
         if let Some(p) = pending_of_run(root, shards, run)? {
             let published = read_pending(&front_root.join(PUBLISHED_FRONT_FILE))?;
-            if published.is_some_and(|s| s.generation == p.generation) {
+            if published.is_some_and(|s| s.generation == p.generation)
+                || run_marker(&front_root, run)?.is_file()
+            {
                 return Ok(None);
             }
             if p.folded_through.len() != shards {
                 return Err(Error::invalid(format!(
-                    "the front of rebuild {run} folded no logs: cut its shards with the inputs                      it was given, without --fold-log"
+                    "the front of rebuild {run} folded no logs: cut its shards with the inputs \
+                     it was given, without --fold-log"
                 )));
             }
             let (items, interactions) = super::read_folded(root)?;
             let fp = super::cache::fingerprint(encoder)?;
             if build_digest(&fp, &items, &interactions, opts) != p.inputs {
                 return Err(Error::invalid(format!(
-                    "{} no longer holds the inputs the front of rebuild {run} was trained on                      (another folding build wrote it since), or this build's configuration                      differs from the front's: run the rebuild again",
+                    "{} no longer holds the inputs the front of rebuild {run} was trained on \
+                     (another folding build wrote it since), or this build's configuration \
+                     differs from the front's: run the rebuild again",
                     super::folded_dir(root).display()
                 )));
             }
@@ -633,7 +709,9 @@ pub fn folded_cut(
         }
         if Instant::now() >= until {
             return Err(Error::invalid(format!(
-                "no front of rebuild {run} under {}: run `vecrec-build --shards {shards}                  --front-only --fold-log --run {run}` first, or give --wait-front SECONDS to                  wait for it",
+                "no front of rebuild {run} under {}: run `vecrec-build --shards {shards} \
+                 --front-only --fold-log --run {run}` first, or give --wait-front SECONDS to \
+                 wait for it",
                 front_root.display()
             )));
         }

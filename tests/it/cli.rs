@@ -672,23 +672,52 @@ fn a_split_rebuild_folds_the_shards_logs() {
         let args: Vec<&str> = from_folded.iter().chain(extra).copied().collect();
         build(&args)
     };
+    let kept_copy = dir.path().join("r1-inputs");
+    std::fs::create_dir_all(&kept_copy).unwrap();
+    for f in [&f_catalog, &f_interactions] {
+        std::fs::copy(f, kept_copy.join(f.file_name().unwrap())).unwrap();
+    }
+    // With nothing new in the logs, it takes the pending front as its own.
     let (ok, said) = again(&["--front-only", "--fold-log", "--run", "r2"]);
     assert!(ok && !said.contains("folding"), "{said}");
+    assert!(said.contains("nothing to do"), "{said}");
+    // That one stops too; the shard's server takes another event, which
+    // the next rebuild folds, alone.
+    let later = owned[2].id.clone();
+    shard_server(&root)
+        .record_events(vec![Interaction {
+            user: user.clone(),
+            item: later.clone(),
+            timestamp: 1_800_000_100,
+            event: None,
+            weight: 1.0,
+        }])
+        .unwrap();
+    let (ok, said) = again(&["--front-only", "--fold-log", "--run", "r3"]);
+    assert!(ok, "{said}");
+    assert!(
+        said.contains("shard 1: folding 0 upserts, 0 deletes and 1 events (log records through 4)"),
+        "{said}"
+    );
+    let (ok, said) = build(&["--run", "", "--shard", "0", "--fold-log"]);
+    assert!(!ok && said.contains("a rebuild id is"), "{said}");
     let served_front = vecrec_index::generation::current_generation(&front_root(&out)).unwrap();
-    let (ok, said) = build(&["--shard", "0", "--fold-log", "--run", "r2"]);
+    let (ok, said) = build(&["--shard", "0", "--fold-log", "--run", "r3"]);
     assert!(ok, "{said}");
     assert_eq!(
         vecrec_index::generation::current_generation(&front_root(&out)).unwrap(),
         served_front,
         "published before every shard was cut"
     );
-    let (ok, said) = build(&["--shard", "1", "--fold-log", "--run", "r2"]);
+    // A shard cut with the folded inputs but without --fold-log still
+    // records what its front folded.
+    let (ok, said) = again(&["--shard", "1"]);
     assert!(ok && said.contains("1 of 2 shards built"), "{said}");
 
     // Published: shard 1 records the log's last record, holds the upsert
-    // and not the deleted item; the front has the event once.
+    // and not the deleted item; the front has each event once.
     let open = served_index;
-    assert_eq!(GenerationInfo::of(open(&root).manifest()).wal_seq, 3);
+    assert_eq!(GenerationInfo::of(open(&root).manifest()).wal_seq, 4);
     assert_eq!(
         GenerationInfo::of(open(&shard_root(&out, 0)).manifest()).wal_seq,
         0
@@ -701,25 +730,43 @@ fn a_split_rebuild_folds_the_shards_logs() {
     let store = front.store();
     let users = vecrec::users::UserProfiles::open(front.dir(), store.len(), store.dim()).unwrap();
     let u = users.lookup(&user).unwrap();
-    assert_eq!(
-        store.external_id(users.history(u).last().unwrap().0),
-        clicked
-    );
+    let history = users.history(u);
+    let last_two: Vec<&str> = history[history.len() - 2..]
+        .iter()
+        .map(|&(i, _)| store.external_id(i))
+        .collect();
+    assert_eq!(last_two, [clicked.as_str(), later.as_str()]);
     let written = read_interactions(&f_interactions).unwrap();
     let kept = rows.iter().filter(|r| r.item != deleted).count();
-    assert_eq!(written.len(), kept + 1, "the event is in the inputs once");
+    assert_eq!(written.len(), kept + 2, "each event is in the inputs once");
 
     // A restarted shard pod of that rebuild has nothing to do; nor has a
     // new rebuild with nothing new in the logs.
-    let (ok, said) = build(&["--shard", "1", "--fold-log", "--run", "r2"]);
+    let (ok, said) = build(&["--shard", "1", "--fold-log", "--run", "r3"]);
     assert!(ok && said.contains("nothing to do"), "{said}");
-    let (ok, said) = again(&["--front-only", "--fold-log", "--run", "r3"]);
+    let (ok, said) = again(&["--front-only", "--fold-log", "--run", "r4"]);
     assert!(
         ok && said.contains("nothing to do") && !said.contains("folding"),
         "{said}"
     );
-    let (ok, said) = build(&["--shard", "0", "--fold-log", "--run", "r3"]);
+    let (ok, said) = build(&["--shard", "0", "--fold-log", "--run", "r4"]);
     assert!(ok && said.contains("nothing to do"), "{said}");
+    // Inputs folded before what is served now would drop record 4.
+    let (c, i) = (
+        kept_copy.join("catalog.jsonl"),
+        kept_copy.join("interactions.csv"),
+    );
+    let (ok, said) = build(&[
+        "--catalog",
+        c.to_str().unwrap(),
+        "--interactions",
+        i.to_str().unwrap(),
+        "--front-only",
+        "--fold-log",
+        "--run",
+        "r5",
+    ]);
+    assert!(!ok && said.contains("older than what is served"), "{said}");
     assert_eq!(open(&front_root(&out)).dir(), front.dir());
 }
 
