@@ -126,6 +126,14 @@ pub struct ServerConfig {
     /// generation to swap in, in milliseconds; 0 turns it off (SIGHUP still
     /// does nothing then). Default 2000.
     pub reload_interval_ms: u64,
+    /// How long the generation served before a swap stays open beside the
+    /// new one, in seconds, for calls that name it: a shard of a
+    /// partitioned hybrid build answers `ShardSources` from it while the
+    /// router still serves the front the old generation was cut from, and
+    /// the router falls back to its previous front while a shard has not
+    /// swapped yet, so a rebuild fails no Recommend. Its log records are
+    /// pruned when it closes. 0 closes it at once. Default 60.
+    pub previous_generation_s: u64,
 }
 
 impl Default for ServerConfig {
@@ -147,6 +155,7 @@ impl Default for ServerConfig {
             scrub_interval_s: 3600,
             metrics_addr: None,
             reload_interval_ms: 2000,
+            previous_generation_s: 60,
         }
     }
 }

@@ -26,7 +26,7 @@ mod tests;
 mod writes;
 
 use shard::Sliced;
-pub use shard::{FrontQuery, ShardQuery};
+pub use shard::{FrontQuery, ShardQuery, OTHER_FRONT};
 pub(crate) use sources::open_cross_encoder;
 pub use sources::Source;
 use sources::{timed, Trained};
@@ -248,6 +248,12 @@ impl Engine {
         }
         let d = crate::layout::ids_digest(self.index.dir())?;
         Ok(self.ids_digest.get_or_init(|| d).clone())
+    }
+
+    /// Whether this generation is a shard of a partitioned hybrid build
+    /// (it holds a slice of the front's trained sources).
+    pub fn is_sliced_shard(&self) -> bool {
+        self.sliced.is_some()
     }
 
     /// Whether the generation holds trained sources.

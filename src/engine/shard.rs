@@ -151,7 +151,22 @@ pub struct ShardQuery {
     pub transitions_decay: f32,
 }
 
+/// What a shard asked for the lists of a front it was not sliced from
+/// answers, first: the router then serves the call from its previous front
+/// (a rebuild that the router and the shards swap in at different times).
+pub const OTHER_FRONT: &str = "this shard was sliced from another front generation";
+
 impl Engine {
+    /// Whether this generation is a shard sliced from the front whose
+    /// numbering has the digest `front_ids` (empty: any).
+    pub fn slices_front(&self, front_ids: &str) -> bool {
+        front_ids.is_empty()
+            || self
+                .sliced
+                .as_ref()
+                .is_some_and(|s| s.meta.front_ids == front_ids)
+    }
+
     /// A shard's lists for the front tier: for each source of `q`, its
     /// `hybrid.candidates` best own items (as the front numbers them, with
     /// the score one node gives them) among those not excluded, deleted or
@@ -164,11 +179,10 @@ impl Engine {
                     .into(),
             )
         })?;
-        if !q.front_ids.is_empty() && q.front_ids != sliced.meta.front_ids {
+        if !self.slices_front(&q.front_ids) {
             return Err(Error::FailedPrecondition(format!(
-                "this shard was sliced from the front generation {}, the router serves {}, \
-                 which numbers the items otherwise: point the router and every shard at the \
-                 same build",
+                "{OTHER_FRONT} ({}); the router serves {}, which numbers the items otherwise: \
+                 point the router and every shard at the same build",
                 sliced.meta.front_generation, q.front_generation
             )));
         }

@@ -536,8 +536,16 @@ impl Recommender for Service {
             ease_decay: r.ease_decay,
             transitions_decay: r.transitions_decay,
         };
+        // Until the router swaps its front in too, it asks for the slices
+        // of the front this shard's previous generation was cut from.
+        let slot = self.slot.clone();
         let lists = self
             .run("ShardSources", Work::Cpu, deadline, move |e, _| {
+                if !e.slices_front(&q.front_ids) {
+                    if let Some(p) = slot.previous().filter(|p| p.slices_front(&q.front_ids)) {
+                        return p.shard_lists(&q);
+                    }
+                }
                 e.shard_lists(&q)
             })
             .await?;

@@ -105,6 +105,9 @@ pub const ROUTE_PARTIAL: &str = "vecrec_route_partial_total";
 pub const ROUTE_SHARED_FAN_OUTS: &str = "vecrec_route_shared_fan_outs_total";
 /// Shards that failed a call on every replica, by shard.
 pub const ROUTE_SHARD_FAILED: &str = "vecrec_route_shard_failures_total";
+/// Sliced Recommend calls answered from the router's previous front, a
+/// shard not having swapped in the build its current front belongs to.
+pub const ROUTE_PREVIOUS_FRONT: &str = "vecrec_route_previous_front_total";
 /// Time for a shard's answer (retries and hedges included), by shard.
 pub const ROUTE_SHARD_SECONDS: &str = "vecrec_route_shard_call_seconds";
 
@@ -215,6 +218,11 @@ fn retryable(s: &Status) -> bool {
     ) || behind(s)
 }
 
+/// Whether a shard declined a sliced call for a front it was not cut from.
+fn other_front(s: &Status) -> bool {
+    s.code() == Code::FailedPrecondition && s.message().contains(crate::engine::OTHER_FRONT)
+}
+
 /// Whether a replica declined a call because it follows its shard's log
 /// and has not read this router's last write to the shard yet.
 fn behind(s: &Status) -> bool {
@@ -323,7 +331,9 @@ impl Router {
                         engine.index().dir().display()
                     );
                 }
-                Some(Arc::new(EngineSlot::new(&root, Arc::new(engine))))
+                Some(Arc::new(
+                    EngineSlot::new(&root, Arc::new(engine)).keeping_previous(),
+                ))
             }
         };
         let journal = route
@@ -1402,7 +1412,20 @@ impl Recommender for Router {
         let result = async {
             let _place = self.admit("Recommend", limit).await?;
             if let Some(front) = &self.inner.front {
-                return self.recommend_sliced(front.get(), r, limit).await;
+                return match self.recommend_sliced(front.get(), r.clone(), limit).await {
+                    // A shard has not swapped in the build the front has:
+                    // the front it replaced answers, as every shard still
+                    // serves its slices for a while.
+                    Err(st) if other_front(&st) => match front.previous() {
+                        Some(before) => {
+                            metrics::counter!(ROUTE_PREVIOUS_FRONT).increment(1);
+                            let left = limit.map(|l| l.saturating_sub(started.elapsed()));
+                            self.recommend_sliced(before, r, left).await
+                        }
+                        None => Err(st),
+                    },
+                    answer => answer,
+                };
             }
             if r.history.is_empty() {
                 if r.user_id.trim().is_empty() {
@@ -1800,6 +1823,11 @@ pub fn describe_metrics() {
     describe_counter!(
         ROUTE_SHARD_FAILED,
         "Shard calls that failed on every replica, by shard"
+    );
+    describe_counter!(
+        ROUTE_PREVIOUS_FRONT,
+        "Sliced Recommend calls answered from the previous front, a shard not having swapped in \
+         the current one's build yet"
     );
     metrics::describe_histogram!(
         ROUTE_SHARD_SECONDS,

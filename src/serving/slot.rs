@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 
@@ -24,8 +24,26 @@ use crate::layout::GenerationInfo;
 pub struct EngineSlot {
     root: PathBuf,
     current: RwLock<Arc<Engine>>,
+    /// The engine served before the last swap, kept open for
+    /// `server.previous_generation_s` ([`EngineSlot::previous`]).
+    previous: RwLock<Option<Previous>>,
     /// Whether a shard's uncompacted log was reported (once).
     shard_log_noted: AtomicBool,
+    /// Keep the engine swapped out open ([`EngineSlot::keeping_previous`]);
+    /// a shard of a partitioned hybrid build always does.
+    keep_previous: bool,
+}
+
+/// A generation swapped out, still open for calls that name it.
+#[derive(Debug)]
+struct Previous {
+    engine: Arc<Engine>,
+    /// When it closes.
+    until: Instant,
+    /// The log record the generation swapped in folded: its log prunes
+    /// through it once this closes, since this one reads the records the
+    /// new generation folded from the log.
+    prune: u64,
 }
 
 impl EngineSlot {
@@ -34,7 +52,9 @@ impl EngineSlot {
         Self {
             root: root.to_owned(),
             current: RwLock::new(engine),
+            previous: RwLock::new(None),
             shard_log_noted: AtomicBool::new(false),
+            keep_previous: false,
         }
     }
 
@@ -48,9 +68,42 @@ impl EngineSlot {
         self.current.read().clone()
     }
 
+    /// This slot, keeping the engine it swaps out open for
+    /// `server.previous_generation_s` (the router's front: a shard may
+    /// still serve the slices of the front it replaced).
+    pub fn keeping_previous(mut self) -> Self {
+        self.keep_previous = true;
+        self
+    }
+
+    /// The engine served before the last swap, while it is kept open
+    /// (`server.previous_generation_s` after the swap).
+    pub fn previous(&self) -> Option<Arc<Engine>> {
+        let p = self.previous.read();
+        p.as_ref()
+            .filter(|p| Instant::now() < p.until)
+            .map(|p| p.engine.clone())
+    }
+
+    /// Closes the previous engine once its time is up, and prunes the log
+    /// records the generation that replaced it folded.
+    fn close_previous(&self, now: bool) -> Result<()> {
+        let mut p = self.previous.write();
+        if p.as_ref().is_some_and(|p| now || Instant::now() >= p.until) {
+            let closed = p.take().expect("checked");
+            drop(p);
+            if let (Some(l), true) = (closed.engine.live(), closed.prune > 0) {
+                l.prune(closed.prune)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Opens the live generation if it differs from the served one and swaps it
-    /// in; returns whether a swap happened.
+    /// in; returns whether a swap happened. The one served before stays
+    /// open for `server.previous_generation_s` ([`EngineSlot::previous`]).
     pub fn reload_if_changed(&self) -> Result<bool> {
+        self.close_previous(false)?;
         let served = self.get();
         let live = vecrec_index::generation::current_generation(&self.root)?;
         if live == served.index().dir() {
@@ -63,7 +116,20 @@ impl EngineSlot {
         }
         let applied = next.applied_seq();
         tracing::info!(from = %served.index().dir().display(), to = %next.index().dir().display(), "generation swapped in");
+        // An older previous one closes now: one is kept at a time.
+        self.close_previous(true)?;
         *self.current.write() = Arc::new(next);
+        let keep = Duration::from_secs(served.config().server.previous_generation_s);
+        if !keep.is_zero() && (self.keep_previous || served.is_sliced_shard()) {
+            // Its log prunes when it closes: it reads from the log what the
+            // new generation folded.
+            *self.previous.write() = Some(Previous {
+                engine: served,
+                until: Instant::now() + keep,
+                prune: applied,
+            });
+            return Ok(true);
+        }
         // The log may now forget what the served generation folded in.
         if let (Some(l), true) = (live, applied > 0) {
             l.prune(applied)?;

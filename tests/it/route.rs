@@ -142,6 +142,11 @@ async fn holds(p: &Proc, id: &str) -> bool {
 }
 
 fn route(replicas: &[Vec<String>], extra: &[&str]) -> Proc {
+    route_with(replicas, extra, &[])
+}
+
+/// [`route`] with environment variables `env` (configuration overrides).
+fn route_with(replicas: &[Vec<String>], extra: &[&str], env: &[(&str, &str)]) -> Proc {
     let mut args = vec!["route".to_owned(), "--addr".into(), "127.0.0.1:0".into()];
     for r in replicas {
         args.push("--shard".into());
@@ -149,7 +154,7 @@ fn route(replicas: &[Vec<String>], extra: &[&str]) -> Proc {
     }
     args.extend(extra.iter().map(|s| s.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    start(&args)
+    start_with(&args, env)
 }
 
 /// A sample catalogue and its interactions, written under `dir`: `items`
@@ -805,15 +810,47 @@ async fn a_sliced_hybrid_build_recommends_through_the_router_as_one_node() {
     }
 
     let config = dir.path().join("exact.toml");
-    std::fs::write(&config, "[search]\nexact = true\n").unwrap();
+    // Generations swapped out stay open 5 s (60 by default), so the
+    // rebuild below is known to be served everywhere within the test.
+    std::fs::write(
+        &config,
+        "[search]\nexact = true\n[server]\nprevious_generation_s = 5\n",
+    )
+    .unwrap();
     let one = serve(&front, &config);
+    // Each swaps a new build in when told (SIGHUP), not on its own (every
+    // ten minutes), so the rebuild below is swapped in in a chosen order.
+    let reload = |_: usize| [("VECREC_SERVER__RELOAD_INTERVAL_MS", "600000")];
     let mut shards: Vec<Proc> = (0..SHARDS)
-        .map(|s| serve(&vecrec::layout::shard_root(&parts, s), &config))
+        .map(|s| {
+            let root = vecrec::layout::shard_root(&parts, s).display().to_string();
+            let args = [
+                "serve",
+                "--index",
+                &root,
+                "--addr",
+                "127.0.0.1:0",
+                "--config",
+                config.to_str().unwrap(),
+            ];
+            start_with(&args, &reload(s))
+        })
         .collect();
     let names: Vec<Vec<String>> = shards.iter().map(|p| vec![p.addr.clone()]).collect();
     let front_arg = front.to_str().unwrap().to_owned();
     let config_arg = config.to_str().unwrap().to_owned();
-    let router = route(&names, &["--front", &front_arg, "--config", &config_arg]);
+    let router = route_with(
+        &names,
+        &[
+            "--front",
+            &front_arg,
+            "--config",
+            &config_arg,
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ],
+        &reload(SHARDS),
+    );
     let mut one_c = one.client().await;
     let mut rc = router.client().await;
 
@@ -1214,14 +1251,21 @@ async fn a_sliced_hybrid_build_recommends_through_the_router_as_one_node() {
         .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
     assert!(e.message().contains("gen-999"), "{e:?}");
-    // New interactions (one fewer here) make a rebuild.
+    // New interactions (one fewer here) and the catalogue in another order
+    // (the first two items swapped, so the new build numbers the items
+    // otherwise) make a rebuild.
     let re = &inter[..inter.len() - 1];
+    let reordered = {
+        let mut v = items.clone();
+        v.swap(0, 1);
+        v
+    };
     // A rebuild as an indexed Job runs it: one pod trains the front and
     // leaves it pending, each pod cuts its shard from it, and the last cut
     // publishes the front and every shard together. The shards and the
-    // router's front follow their CURRENT (every 2 s by default), and the
-    // router answers again.
-    let e = build_shards(&parts, &enc, &items, re, &opts, SHARDS, pod(0)).unwrap_err();
+    // router's front follow their CURRENT, each at its own time, and no
+    // Recommend fails meanwhile.
+    let e = build_shards(&parts, &enc, &reordered, re, &opts, SHARDS, pod(0)).unwrap_err();
     assert!(e.to_string().contains("--front-only"), "{e}");
     let currents = || -> Vec<String> {
         (0..SHARDS)
@@ -1238,10 +1282,18 @@ async fn a_sliced_hybrid_build_recommends_through_the_router_as_one_node() {
                 index: 2,
                 wait_front: Duration::from_secs(600),
             };
-            build_shards(&parts, &enc, &items, re, &opts, SHARDS, wait)
+            build_shards(&parts, &enc, &reordered, re, &opts, SHARDS, wait)
         });
-        let pending =
-            build_shards(&parts, &enc, &items, re, &opts, SHARDS, ShardWork::Front).unwrap();
+        let pending = build_shards(
+            &parts,
+            &enc,
+            &reordered,
+            re,
+            &opts,
+            SHARDS,
+            ShardWork::Front,
+        )
+        .unwrap();
         (pending, waiting.join().unwrap().unwrap())
     });
     assert_eq!(cut2.len(), 1);
@@ -1251,7 +1303,15 @@ async fn a_sliced_hybrid_build_recommends_through_the_router_as_one_node() {
     // Run again (a Job's pod restarted), the same front stays pending: the
     // shard already cut from it still counts.
     let marker = std::fs::read(front.join(vecrec::layout::PENDING_FRONT_FILE)).unwrap();
-    let again = build_shards(&parts, &enc, &items, re, &opts, SHARDS, ShardWork::Front);
+    let again = build_shards(
+        &parts,
+        &enc,
+        &reordered,
+        re,
+        &opts,
+        SHARDS,
+        ShardWork::Front,
+    );
     assert!(again.unwrap().is_empty(), "trained again");
     assert_eq!(
         std::fs::read(front.join(vecrec::layout::PENDING_FRONT_FILE)).unwrap(),
@@ -1265,14 +1325,14 @@ async fn a_sliced_hybrid_build_recommends_through_the_router_as_one_node() {
         },
         ..opts.clone()
     };
-    let e = build_shards(&parts, &enc, &items, re, &other, SHARDS, pod(1)).unwrap_err();
+    let e = build_shards(&parts, &enc, &reordered, re, &other, SHARDS, pod(1)).unwrap_err();
     assert!(e.to_string().contains("other inputs"), "{e}");
     // A shard of other inputs does not cut from it.
     let e = build_shards(&parts, &enc, &items, &inter[1..], &opts, SHARDS, pod(1)).unwrap_err();
     assert!(e.to_string().contains("other inputs"), "{e}");
-    let cut0 = build_shards(&parts, &enc, &items, re, &opts, SHARDS, pod(0)).unwrap();
+    let cut0 = build_shards(&parts, &enc, &reordered, re, &opts, SHARDS, pod(0)).unwrap();
     assert_eq!(currents(), before, "published before every shard was cut");
-    let cut1 = build_shards(&parts, &enc, &items, re, &opts, SHARDS, pod(1)).unwrap();
+    let cut1 = build_shards(&parts, &enc, &reordered, re, &opts, SHARDS, pod(1)).unwrap();
     let after = currents();
     // Each shard serves the generation its build cut, the front the pending one.
     let name = |r: &[vecrec::pipeline::BuildReport]| {
@@ -1292,7 +1352,7 @@ async fn a_sliced_hybrid_build_recommends_through_the_router_as_one_node() {
     assert!(!front.join(vecrec::layout::PENDING_FRONT_FILE).exists());
     // The Job run again with the same inputs has nothing to do.
     for work in [ShardWork::Front, pod(2)] {
-        let r = build_shards(&parts, &enc, &items, re, &opts, SHARDS, work).unwrap();
+        let r = build_shards(&parts, &enc, &reordered, re, &opts, SHARDS, work).unwrap();
         assert!(r.is_empty(), "{work:?} built again");
     }
     assert_eq!(currents(), after);
@@ -1319,24 +1379,91 @@ async fn a_sliced_hybrid_build_recommends_through_the_router_as_one_node() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    let req = for_user(users[3], 10);
-    let routed = loop {
-        match rc.recommend(req.clone()).await {
-            Ok(r) => break r.into_inner(),
-            Err(e) => {
-                assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
-                assert!(
-                    Instant::now() < until,
-                    "the router kept its old front: {e:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
+    // The shards and the router swap the build in each at its own time
+    // (here: shards 0 and 2, then the router, then shard 1), and every
+    // Recommend answers meanwhile: a shard that swapped still serves the
+    // slices of the front it replaced, and a router that swapped before a
+    // shard answers from its previous front.
+    let hup = |p: &Proc| {
+        let pid = p.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success());
+    };
+    let new_ids =
+        vecrec::layout::ids_digest(&vecrec_index::generation::current_generation(&front).unwrap())
+            .unwrap();
+    let swapped = |s: usize| {
+        let new_ids = new_ids.clone();
+        let addr = shards[s].addr.clone();
+        async move {
+            let mut c = RecommenderClient::connect(format!("http://{addr}"))
+                .await
+                .unwrap();
+            let until = Instant::now() + Duration::from_secs(30);
+            while c
+                .shard_sources(pb::ShardSourcesRequest {
+                    front_ids: new_ids.clone(),
+                    ..ask("ease", vec![], vec![0])
+                })
+                .await
+                .is_err()
+            {
+                assert!(Instant::now() < until, "shard {s} did not swap");
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     };
-    // The shards refuse the old front's numbers, so an answer means the
-    // router swapped its front in.
-    assert!(!routed.partial);
-    assert_eq!(routed.items.len(), 10);
+    let metrics = router.metrics.clone().unwrap();
+    let mut calls = 0usize;
+    let mut answer = |rc: &mut Client| {
+        calls += 1;
+        let req = for_user(users[calls % users.len()], 10);
+        let mut rc = rc.clone();
+        async move {
+            let routed = rc
+                .recommend(req)
+                .await
+                .unwrap_or_else(|e| panic!("a Recommend failed during the swap: {e:?}"))
+                .into_inner();
+            assert!(!routed.partial);
+            assert_eq!(routed.items.len(), 10);
+        }
+    };
+    for s in [0, 2] {
+        hup(&shards[s]);
+        swapped(s).await;
+    }
+    for _ in 0..5 {
+        answer(&mut rc).await;
+    }
+    hup(&router);
+    let until = Instant::now() + Duration::from_secs(30);
+    while scrape(&metrics, "vecrec_route_previous_front_total") < 1.0 {
+        assert!(Instant::now() < until, "the router did not swap its front");
+        answer(&mut rc).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..5 {
+        answer(&mut rc).await;
+    }
+    hup(&shards[1]);
+    swapped(1).await;
+    for _ in 0..5 {
+        answer(&mut rc).await;
+    }
+    // Once the old generations close (5 s here, at the next reload), only
+    // the new build answers anywhere.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    for p in shards.iter().chain([&router]) {
+        hup(p);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..5 {
+        answer(&mut rc).await;
+    }
 
     let e = rc
         .shard_sources(ask("ease", vec![], vec![0]))
