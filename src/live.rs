@@ -506,6 +506,12 @@ pub struct Live {
     role: Role,
     delta: RwLock<Delta>,
     compacting: AtomicBool,
+    /// Records a follower may lack, `(after, through]`: those its writer
+    /// pruned (folded into a generation) before the follower read them,
+    /// until the follower serves a generation that folded them
+    /// ([`Live::read_through`]); `through` is `u64::MAX` while the
+    /// rewritten log holds no record to tell where they end.
+    hole: Mutex<Option<(u64, u64)>>,
 }
 
 impl Live {
@@ -529,6 +535,7 @@ impl Live {
             role: Role::Writer(Mutex::new(wal)),
             delta: RwLock::new(delta),
             compacting: AtomicBool::new(false),
+            hole: Mutex::new(None),
         })
     }
 
@@ -548,6 +555,7 @@ impl Live {
             role: Role::Follower(Mutex::new(tail), writer.map(str::to_owned)),
             delta: RwLock::new(delta),
             compacting: AtomicBool::new(false),
+            hole: Mutex::new(None),
         })
     }
 
@@ -595,7 +603,34 @@ impl Live {
         let Role::Follower(tail, _) = &self.role else {
             return Ok(0);
         };
-        let mut tail = tail.lock();
+        self.refresh_locked(&mut tail.lock())
+    }
+
+    /// [`Live::refresh`] unless another refresh is under way (`None`):
+    /// for a caller that must not wait.
+    pub fn try_refresh(&self) -> Result<Option<usize>> {
+        let Role::Follower(tail, _) = &self.role else {
+            return Ok(Some(0));
+        };
+        match tail.try_lock() {
+            Some(mut t) => self.refresh_locked(&mut t).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The last record a follower serving a generation that folded
+    /// records up to `applied` holds with every record before it: what it
+    /// has read, less what it may lack ([`Live`]'s `hole`). A writer holds
+    /// every record.
+    pub fn read_through(&self, applied: u64) -> u64 {
+        let last = self.last_seq();
+        match *self.hole.lock() {
+            Some((after, through)) if applied < through => applied.max(after),
+            _ => applied.max(last),
+        }
+    }
+
+    fn refresh_locked(&self, tail: &mut Tail) -> Result<usize> {
         let found = tail.follow()?;
         let n = found.records.len();
         let mut decoded = Vec::with_capacity(n);
@@ -614,15 +649,31 @@ impl Live {
             }
         }
         let mut delta = self.delta.write();
+        let read = delta.last_seq;
+        let first = decoded.first().map(|r| r.0);
+        let mut hole = self.hole.lock();
         if found.restarted {
-            let first = decoded.first().map_or(u64::MAX, |r| r.0);
+            // What the writer pruned before this follower read it: from
+            // what it had read up to the rewritten log's first record.
+            let through = first.map_or(u64::MAX, |f| f - 1);
+            if through > read {
+                *hole = Some(match *hole {
+                    Some((a, t)) => (a.min(read), t.max(through)),
+                    None => (read, through),
+                });
+            }
             let mut fresh = Delta::default();
             for (seq, r) in decoded {
                 fresh.apply(seq, r);
             }
-            fresh.keep_older(&delta, first);
+            fresh.keep_older(&delta, first.unwrap_or(u64::MAX));
             *delta = fresh;
         } else {
+            // A rewritten log that held nothing now shows where the
+            // pruned records ended.
+            if let (Some(f), Some((a, u64::MAX))) = (first, *hole) {
+                *hole = Some((a, f - 1));
+            }
             for (seq, r) in decoded {
                 delta.apply(seq, r);
             }
@@ -791,6 +842,44 @@ mod tests {
                 row("v", "a", 10)
             ]
         );
+    }
+
+    /// A follower that read the log only up to some record, while its
+    /// writer pruned beyond it (what a new generation folded), holds
+    /// every record only up to where it had read, until it serves a
+    /// generation that folded the rest; one that read everything holds
+    /// all it read.
+    #[test]
+    fn a_follower_reads_through_only_what_it_holds_without_a_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = Live::open(dir.path(), 0).unwrap();
+        let follower = Live::follow(dir.path(), 0, None).unwrap();
+        let events = |t: i64| vec![row("u", "a", t)];
+        for t in 1..=2 {
+            writer.record(events(t)).unwrap();
+        }
+        follower.refresh().unwrap();
+        assert_eq!(follower.read_through(0), 2);
+        for t in 3..=5 {
+            writer.record(events(t)).unwrap();
+        }
+        // A generation folded through 5 is served; the log forgets 1..=5.
+        writer.prune(5).unwrap();
+        // Nothing after the pruned records yet: where they end is unknown.
+        follower.refresh().unwrap();
+        assert_eq!(follower.read_through(0), 2);
+        assert_eq!(follower.read_through(5), 5);
+        let sixth = writer.record(events(6)).unwrap();
+        assert_eq!(sixth, 6);
+        follower.refresh().unwrap();
+        assert_eq!(follower.last_seq(), 6);
+        // It lacks 3 to 5 until it serves the generation that folded them.
+        assert_eq!(follower.read_through(0), 2);
+        assert_eq!(follower.read_through(4), 4);
+        assert_eq!(follower.read_through(5), 6);
+        // The writer holds every record it wrote.
+        assert_eq!(writer.read_through(0), 6);
+        assert_eq!(follower.try_refresh().unwrap(), Some(0));
     }
 
     #[test]

@@ -35,11 +35,13 @@ impl Engine {
         let Some(live) = self.live.as_ref().filter(|l| l.is_follower()) else {
             return Ok(());
         };
-        let have = || self.applied_seq.max(live.last_seq());
+        let have = || live.read_through(self.applied_seq);
         if have() >= n {
             return Ok(());
         }
-        live.refresh()?;
+        // Not behind another refresh: declining costs the caller one more
+        // replica, waiting would hold a runtime thread.
+        live.try_refresh()?;
         if have() >= n {
             return Ok(());
         }

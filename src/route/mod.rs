@@ -555,8 +555,15 @@ impl Router {
         tries.abort_all();
         metrics::counter!(ROUTE_SHARD_FAILED, "shard" => s.to_string()).increment(1);
         let last = last.unwrap_or_else(|| Status::unavailable("no replica answered"));
+        // No replica has read the router's last write to the shard (its
+        // writer down): the shard is unavailable, not the request wrong.
+        let code = if behind(&last) {
+            Code::Unavailable
+        } else {
+            last.code()
+        };
         Err(Status::new(
-            last.code(),
+            code,
             format!(
                 "shard {s}: every replica failed; the last said: {}",
                 last.message()

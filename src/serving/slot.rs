@@ -85,25 +85,36 @@ impl EngineSlot {
             .map(|p| p.engine.clone())
     }
 
-    /// Closes the previous engine once its time is up, and prunes the log
-    /// records the generation that replaced it folded.
-    fn close_previous(&self, now: bool) -> Result<()> {
+    /// Closes the previous engine once its time is up and no call holds
+    /// it any more (at once with `now`), and prunes the log records the
+    /// generation that replaced it folded. A prune that fails is logged
+    /// and tried again at the next check.
+    fn close_previous(&self, now: bool) {
         let mut p = self.previous.write();
-        if p.as_ref().is_some_and(|p| now || Instant::now() >= p.until) {
-            let closed = p.take().expect("checked");
-            drop(p);
-            if let (Some(l), true) = (closed.engine.live(), closed.prune > 0) {
-                l.prune(closed.prune)?;
+        let due = p.as_ref().is_some_and(|p| {
+            now || (Instant::now() >= p.until && Arc::strong_count(&p.engine) == 1)
+        });
+        if !due {
+            return;
+        }
+        let closed = p.take().expect("checked");
+        if let (Some(l), true) = (closed.engine.live(), closed.prune > 0) {
+            if let Err(e) = l.prune(closed.prune) {
+                tracing::error!(error = %e, "the log could not drop the records the served generation folded; trying again at the next check");
+                // Closed to calls: only the prune is pending.
+                *p = Some(Previous {
+                    until: Instant::now(),
+                    ..closed
+                });
             }
         }
-        Ok(())
     }
 
     /// Opens the live generation if it differs from the served one and swaps it
     /// in; returns whether a swap happened. The one served before stays
     /// open for `server.previous_generation_s` ([`EngineSlot::previous`]).
     pub fn reload_if_changed(&self) -> Result<bool> {
-        self.close_previous(false)?;
+        self.close_previous(false);
         let served = self.get();
         let live = vecrec_index::generation::current_generation(&self.root)?;
         if live == served.index().dir() {
@@ -117,19 +128,21 @@ impl EngineSlot {
         let applied = next.applied_seq();
         tracing::info!(from = %served.index().dir().display(), to = %next.index().dir().display(), "generation swapped in");
         // An older previous one closes now: one is kept at a time.
-        self.close_previous(true)?;
-        *self.current.write() = Arc::new(next);
+        self.close_previous(true);
         let keep = Duration::from_secs(served.config().server.previous_generation_s);
         if !keep.is_zero() && (self.keep_previous || served.is_sliced_shard()) {
-            // Its log prunes when it closes: it reads from the log what the
-            // new generation folded.
+            // Kept before the swap, so a call that finds the new engine
+            // finds the old one too. Its log prunes when it closes: it reads
+            // from the log what the new generation folded.
             *self.previous.write() = Some(Previous {
                 engine: served,
                 until: Instant::now() + keep,
                 prune: applied,
             });
+            *self.current.write() = Arc::new(next);
             return Ok(true);
         }
+        *self.current.write() = Arc::new(next);
         // The log may now forget what the served generation folded in.
         if let (Some(l), true) = (live, applied > 0) {
             l.prune(applied)?;

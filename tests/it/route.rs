@@ -810,11 +810,11 @@ async fn a_sliced_hybrid_build_recommends_through_the_router_as_one_node() {
     }
 
     let config = dir.path().join("exact.toml");
-    // Generations swapped out stay open 5 s (60 by default), so the
+    // Generations swapped out stay open 12 s (60 by default), so the
     // rebuild below is known to be served everywhere within the test.
     std::fs::write(
         &config,
-        "[search]\nexact = true\n[server]\nprevious_generation_s = 5\n",
+        "[search]\nexact = true\n[server]\nprevious_generation_s = 12\n",
     )
     .unwrap();
     let one = serve(&front, &config);
@@ -1275,6 +1275,9 @@ async fn a_sliced_hybrid_build_recommends_through_the_router_as_one_node() {
             .collect()
     };
     let before = currents();
+    let old_ids =
+        vecrec::layout::ids_digest(&vecrec_index::generation::current_generation(&front).unwrap())
+            .unwrap();
     // Shard 2's pod starts first and waits for the front.
     let (pending, cut2) = std::thread::scope(|scope| {
         let waiting = scope.spawn(|| {
@@ -1454,13 +1457,32 @@ async fn a_sliced_hybrid_build_recommends_through_the_router_as_one_node() {
     for _ in 0..5 {
         answer(&mut rc).await;
     }
-    // Once the old generations close (5 s here, at the next reload), only
-    // the new build answers anywhere.
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // Once the old generations close (12 s here, at the next reload), only
+    // the new build answers anywhere: the shards refuse the old front's.
+    tokio::time::sleep(Duration::from_secs(13)).await;
     for p in shards.iter().chain([&router]) {
         hup(p);
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (s, shard) in shards.iter().enumerate() {
+        let mut c = shard.client().await;
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            let old = c
+                .shard_sources(pb::ShardSourcesRequest {
+                    front_ids: old_ids.clone(),
+                    ..ask("ease", vec![], vec![0])
+                })
+                .await;
+            match old {
+                Err(e) if e.message().contains(vecrec::engine::OTHER_FRONT) => break,
+                other => assert!(
+                    Instant::now() < until,
+                    "shard {s} kept the old generation open: {other:?}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     for _ in 0..5 {
         answer(&mut rc).await;
     }
