@@ -427,6 +427,87 @@ fn shard_server(root: &std::path::Path) -> vecrec::engine::Engine {
     e
 }
 
+/// `vecrec-build --quiet --shards 2 --out OUT ARGS`: whether it
+/// succeeded, and what it wrote (stdout, then stderr).
+fn build_in_two(out: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let o = bin("vecrec-build")
+        .args(["--quiet", "--shards", "2", "--out"])
+        .arg(out)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        o.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
+}
+
+/// What [`log_writes`] logged.
+struct Logged {
+    deleted: String,
+    clicked: String,
+    new_id: String,
+    user: String,
+    /// The items of shard 1, in catalogue order.
+    owned: Vec<String>,
+}
+
+/// Has the server of shard 1 of 2 under `root` log an upsert of a new
+/// item, a delete of the first of its `items`, and an event on its second
+/// by a user shard 1 keeps (records 1 to 3).
+fn log_writes(
+    root: &std::path::Path,
+    items: &[vecrec::catalog::CatalogItem],
+    rows: &[vecrec::catalog::Interaction],
+) -> Logged {
+    use vecrec::layout::shard_of;
+    let owned: Vec<String> = items
+        .iter()
+        .filter(|i| shard_of(&i.id, 2) == 1)
+        .map(|i| i.id.clone())
+        .collect();
+    let (deleted, clicked) = (owned[0].clone(), owned[1].clone());
+    let new_id = (0..)
+        .map(|k| format!("logged-{k}"))
+        .find(|id| shard_of(id, 2) == 1)
+        .unwrap();
+    let user = rows
+        .iter()
+        .map(|r| r.user.clone())
+        .find(|u| shard_of(u, 2) == 1)
+        .unwrap();
+    let e = shard_server(root);
+    e.upsert_items(vec![vecrec::catalog::CatalogItem {
+        id: new_id.clone(),
+        meta: vecrec_index::ItemMeta {
+            title: "Logged Tides".into(),
+            text: "a lighthouse keeper counts the tides".into(),
+            ..Default::default()
+        },
+    }])
+    .unwrap();
+    e.delete_items(vec![deleted.clone()]).unwrap();
+    e.record_events(vec![vecrec::catalog::Interaction {
+        user: user.clone(),
+        item: clicked.clone(),
+        timestamp: 1_800_000_000,
+        event: None,
+        weight: 1.0,
+    }])
+    .unwrap();
+    Logged {
+        deleted,
+        clicked,
+        new_id,
+        user,
+        owned,
+    }
+}
+
 /// `vecrec-build --shards N --fold-log`: what the shards' servers logged
 /// (an item upserted, one replaced, one deleted, an event) goes into the
 /// next partitioned build, each shard's new generation records the last
@@ -561,27 +642,12 @@ fn a_partitioned_rebuild_folds_the_shards_logs() {
 /// build served.
 #[test]
 fn a_split_rebuild_folds_the_shards_logs() {
-    use vecrec::catalog::{read_catalog, read_interactions, CatalogItem, Interaction};
-    use vecrec::layout::{front_root, shard_of, shard_root, GenerationInfo};
+    use vecrec::catalog::{read_catalog, read_interactions, Interaction};
+    use vecrec::layout::{front_root, shard_root, GenerationInfo};
     let dir = tempfile::tempdir().unwrap();
     let data = small_sample(dir.path(), 11);
     let out = dir.path().join("out");
-    let build = |args: &[&str]| {
-        let o = bin("vecrec-build")
-            .args(["--quiet", "--shards", "2", "--out"])
-            .arg(&out)
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            o.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            ),
-        )
-    };
+    let build = |args: &[&str]| build_in_two(&out, args);
     let (catalog, interactions) = (data.join("catalog.jsonl"), data.join("interactions.csv"));
     let given = [
         "--catalog",
@@ -596,38 +662,13 @@ fn a_split_rebuild_folds_the_shards_logs() {
 
     // Shard 1's server logs an upsert, a delete and an event.
     let root = shard_root(&out, 1);
-    let owned: Vec<&CatalogItem> = items.iter().filter(|i| shard_of(&i.id, 2) == 1).collect();
-    let (deleted, clicked) = (owned[0].id.clone(), owned[1].id.clone());
-    let new_id = (0..)
-        .map(|k| format!("logged-{k}"))
-        .find(|id| shard_of(id, 2) == 1)
-        .unwrap();
-    let user = rows
-        .iter()
-        .map(|r| r.user.clone())
-        .find(|u| shard_of(u, 2) == 1)
-        .unwrap();
-    {
-        let e = shard_server(&root);
-        e.upsert_items(vec![CatalogItem {
-            id: new_id.clone(),
-            meta: vecrec_index::ItemMeta {
-                title: "Logged Tides".into(),
-                text: "a lighthouse keeper counts the tides".into(),
-                ..Default::default()
-            },
-        }])
-        .unwrap();
-        e.delete_items(vec![deleted.clone()]).unwrap();
-        e.record_events(vec![Interaction {
-            user: user.clone(),
-            item: clicked.clone(),
-            timestamp: 1_800_000_000,
-            event: None,
-            weight: 1.0,
-        }])
-        .unwrap();
-    }
+    let Logged {
+        deleted,
+        clicked,
+        new_id,
+        user,
+        owned,
+    } = log_writes(&root, &items, &rows);
     let folding = "shard 1: folding 1 upserts, 1 deletes and 1 events (log records through 3)";
     let with =
         |extra: &[&'static str]| -> Vec<&str> { given.iter().chain(extra).copied().collect() };
@@ -683,7 +724,7 @@ fn a_split_rebuild_folds_the_shards_logs() {
     assert!(said.contains("nothing to do"), "{said}");
     // That one stops too; the shard's server takes another event, which
     // the next rebuild folds, alone.
-    let later = owned[2].id.clone();
+    let later = owned[2].clone();
     shard_server(&root)
         .record_events(vec![Interaction {
             user: user.clone(),
@@ -776,23 +817,12 @@ fn a_split_rebuild_folds_the_shards_logs() {
 /// it folds nothing twice. A content-only build has no front to do so.
 #[test]
 fn a_partitioned_build_compacts_from_what_it_serves() {
-    use vecrec::catalog::{read_catalog, read_interactions, CatalogItem, Interaction};
-    use vecrec::layout::{front_root, shard_of, shard_root, GenerationInfo};
+    use vecrec::catalog::{read_catalog, read_interactions};
+    use vecrec::layout::{front_root, shard_root, GenerationInfo};
     let dir = tempfile::tempdir().unwrap();
     let data = small_sample(dir.path(), 9);
     let out = dir.path().join("out");
-    let build = |args: &[&str]| {
-        let o = bin("vecrec-build")
-            .args(["--quiet", "--shards", "2", "--out"])
-            .arg(&out)
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            o.status.success(),
-            String::from_utf8_lossy(&o.stderr).into_owned(),
-        )
-    };
+    let build = |args: &[&str]| build_in_two(&out, args);
     let (catalog, interactions) = (data.join("catalog.jsonl"), data.join("interactions.csv"));
     let (ok, said) = build(&[
         "--catalog",
@@ -806,38 +836,13 @@ fn a_partitioned_build_compacts_from_what_it_serves() {
 
     // Shard 1's server logs an upsert, a delete and an event of a user it keeps.
     let root = shard_root(&out, 1);
-    let owned: Vec<&CatalogItem> = items.iter().filter(|i| shard_of(&i.id, 2) == 1).collect();
-    let (deleted, clicked) = (owned[0].id.clone(), owned[1].id.clone());
-    let new_id = (0..)
-        .map(|k| format!("logged-{k}"))
-        .find(|id| shard_of(id, 2) == 1)
-        .unwrap();
-    let user = rows
-        .iter()
-        .map(|r| r.user.clone())
-        .find(|u| shard_of(u, 2) == 1)
-        .unwrap();
-    {
-        let e = shard_server(&root);
-        e.upsert_items(vec![CatalogItem {
-            id: new_id.clone(),
-            meta: vecrec_index::ItemMeta {
-                title: "Logged Tides".into(),
-                text: "a lighthouse keeper counts the tides".into(),
-                ..Default::default()
-            },
-        }])
-        .unwrap();
-        e.delete_items(vec![deleted.clone()]).unwrap();
-        e.record_events(vec![Interaction {
-            user: user.clone(),
-            item: clicked.clone(),
-            timestamp: 1_800_000_000,
-            event: None,
-            weight: 1.0,
-        }])
-        .unwrap();
-    }
+    let Logged {
+        deleted,
+        clicked,
+        new_id,
+        user,
+        ..
+    } = log_writes(&root, &items, &rows);
 
     let (ok, said) = build(&["--compact"]);
     assert!(ok, "{said}");

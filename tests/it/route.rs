@@ -129,6 +129,20 @@ where
     }
 }
 
+/// The first item SearchText through `c` answers `text` with.
+async fn top_text(c: &mut Client, text: &str) -> String {
+    let found = c
+        .search_text(pb::SearchTextRequest {
+            query: text.to_owned(),
+            k: 3,
+            filter: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    found.items[0].item_id.clone()
+}
+
 /// Whether the server at `p` holds item `id` now.
 async fn holds(p: &Proc, id: &str) -> bool {
     p.client()
@@ -506,16 +520,7 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
         .unwrap_err();
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
     assert!(refused.message().contains("vecrec route"), "{refused:?}");
-    let found = rc
-        .search_text(pb::SearchTextRequest {
-            query: fresh.text.clone(),
-            k: 3,
-            filter: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(found.items[0].item_id, fresh.id);
+    assert_eq!(top_text(&mut rc, &fresh.text).await, fresh.id);
     let gone = rc
         .delete_items(pb::DeleteItemsRequest {
             ids: vec![fresh.id.clone()],
@@ -580,16 +585,11 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
         .into_inner();
     for round in 0..6 {
         // Replicas are taken in turn: half of these start on the follower.
-        let found = rc
-            .search_text(pb::SearchTextRequest {
-                query: later.text.clone(),
-                k: 3,
-                filter: None,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(found.items[0].item_id, later.id, "round {round}");
+        assert_eq!(
+            top_text(&mut rc, &later.text).await,
+            later.id,
+            "round {round}"
+        );
     }
     // Asked directly: a record it cannot have read is declined, a bad
     // number refused.
