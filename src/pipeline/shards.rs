@@ -333,15 +333,14 @@ fn build_sliced(
         if let (ShardWork::Front, Some(run)) = (work, &opts.run) {
             let served = read_pending(&front_root.join(PUBLISHED_FRONT_FILE))?
                 .expect("published_is read it");
-            let json = serde_json::to_vec_pretty(&PendingFront {
-                run: Some(run.clone()),
-                ..served
-            })
-            .expect("serialisable");
             let marker = run_marker(&front_root, run)?;
             let dir = marker.parent().expect("under the front root");
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-            write_atomic(&marker, &json)?;
+            let record = PendingFront {
+                run: Some(run.clone()),
+                ..served
+            };
+            write_front_record(&marker, &record)?;
             prune_markers(dir, KEPT_RUN_MARKERS)?;
         }
         return Ok(Vec::new());
@@ -575,8 +574,14 @@ fn wait_for_front(
 
 /// Records `pending` as the front pending under `front_root`.
 fn write_pending(front_root: &Path, pending: &PendingFront) -> Result<()> {
-    let json = serde_json::to_vec_pretty(pending).expect("serialisable");
-    write_atomic(&front_root.join(PENDING_FRONT_FILE), &json)?;
+    write_front_record(&front_root.join(PENDING_FRONT_FILE), pending)
+}
+
+/// Writes a front's record (`PENDING.json`, `PUBLISHED.json`, a run's
+/// marker) to `path` whole, by one rename.
+fn write_front_record(path: &Path, record: &PendingFront) -> Result<()> {
+    let json = serde_json::to_vec_pretty(record).expect("serialisable");
+    write_atomic(path, &json)?;
     Ok(())
 }
 
@@ -784,8 +789,7 @@ fn record_published(
     served: &PendingFront,
     only: Option<&PendingFront>,
 ) -> Result<()> {
-    let json = serde_json::to_vec_pretty(served).expect("serialisable");
-    write_atomic(&front_root.join(PUBLISHED_FRONT_FILE), &json)?;
+    write_front_record(&front_root.join(PUBLISHED_FRONT_FILE), served)?;
     let file = front_root.join(PENDING_FRONT_FILE);
     let pending = read_pending(&file)?;
     if pending.is_some() && only.is_none_or(|o| pending.as_ref() == Some(o)) {

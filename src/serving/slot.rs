@@ -98,11 +98,14 @@ impl EngineSlot {
             return;
         }
         let closed = p.take().expect("checked");
+        // The log's rewrite is done without the lock (only this reload
+        // path sets or closes the previous engine).
+        drop(p);
         if let (Some(l), true) = (closed.engine.live(), closed.prune > 0) {
             if let Err(e) = l.prune(closed.prune) {
                 tracing::error!(error = %e, "the log could not drop the records the served generation folded; trying again at the next check");
                 // Closed to calls: only the prune is pending.
-                *p = Some(Previous {
+                *self.previous.write() = Some(Previous {
                     until: Instant::now(),
                     ..closed
                 });
