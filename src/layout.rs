@@ -91,6 +91,10 @@ pub const PUBLISHED_FRONT_FILE: &str = "PUBLISHED.json";
 /// there publishes them all and the front.
 pub const CUT_DIR: &str = "cut";
 
+/// File under a partitioned build's root naming the build that holds it
+/// now (`pipeline::lock`): one build at a time writes a partitioned build.
+pub const BUILD_LOCK_FILE: &str = "BUILD.lock";
+
 /// Directory under a partitioned build's root holding the catalogue and
 /// interactions the last folding build (`--fold-log`, `--compact`) was
 /// made from, and a record of which log records they hold

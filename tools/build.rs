@@ -132,8 +132,20 @@ struct Args {
     /// front is pending already trains nothing (a restarted pod); with
     /// --fold-log it is needed, and each shard cuts from its rebuild's
     /// front.
+    ///
+    /// Every build with --shards holds OUT's build lease (OUT/BUILD.lock)
+    /// while it works, so a compaction, a one-process build and a split
+    /// rebuild never interleave; the pods of one --run share it until the
+    /// build that cuts the last shard publishes. A split pod without --run
+    /// holds none.
     #[arg(long, value_name = "ID")]
     run: Option<String>,
+    /// With --shards: wait up to this many seconds while another build of
+    /// OUT (a compaction, another rebuild) holds its build lease, instead
+    /// of failing at once. A lease its rebuild stopped renewing (every
+    /// process of it gone) is taken over 120 s after its last renewal.
+    #[arg(long, requires = "shards", default_value_t = 0, value_name = "SECONDS")]
+    wait_lock: u64,
     /// With --shards, instead of --catalog/--interactions: rebuild the
     /// partitioned build under OUT from what it serves, as one node's
     /// compaction does: the front generation's catalogue and users'
@@ -166,6 +178,7 @@ fn run() -> anyhow::Result<()> {
     let start = Instant::now();
     let cfg = Config::load(a.config.as_deref())?;
     check_split(&a)?;
+    let _lease = take_lease(&a).context("taking the build lease")?;
     let mut folded_through = Vec::new();
     // A shard of a folding split rebuild: cut with what its front folded.
     if let (true, Some(shards), Some(index), false) = (a.fold_log, a.shards, a.shard, a.embed_only)
@@ -176,10 +189,12 @@ fn run() -> anyhow::Result<()> {
         let Some(cut) = vecrec::pipeline::folded_cut(&a.out, &encoder, &opts, shards, wait)
             .context("finding the front to cut this shard from")?
         else {
+            let run = a.run.as_deref().unwrap_or_default();
+            // Its build is served: the rebuild is over.
+            vecrec::pipeline::release_run(&a.out, run)?;
             println!(
-                "nothing to do: rebuild {} found its front and shards served already, or \
-                 published them",
-                a.run.as_deref().unwrap_or_default()
+                "nothing to do: rebuild {run} found its front and shards served already, or \
+                 published them"
             );
             return Ok(());
         };
@@ -367,12 +382,44 @@ fn check_split(a: &Args) -> anyhow::Result<()> {
         }
     }
     if let Some(run) = &a.run {
-        if !(a.front_only || cut) {
-            bail!("--run names the split rebuild of a --front-only or --shard i build");
+        if !(a.front_only || a.shard.is_some()) {
+            bail!(
+                "--run names the split rebuild of a --front-only, --shard i or --embed-only build"
+            );
         }
         vecrec::pipeline::check_run(run)?;
     }
     Ok(())
+}
+
+/// OUT's build lease for a partitioned build (none without --shards):
+/// shared with the pods of its --run, or this process's own (released
+/// when it ends); a split pod without --run takes none.
+fn take_lease(a: &Args) -> anyhow::Result<Option<vecrec::pipeline::BuildLock>> {
+    if a.shards.is_none() {
+        return Ok(None);
+    }
+    let what = if a.compact {
+        "compact"
+    } else if a.embed_only {
+        "embed-only"
+    } else if a.front_only {
+        "front-only"
+    } else if a.shard.is_some() {
+        "shard"
+    } else {
+        "build"
+    };
+    let split = a.front_only || a.shard.is_some();
+    let (run, own) = match &a.run {
+        Some(run) => (run.clone(), false),
+        None if split => return Ok(None),
+        None => (vecrec::pipeline::own_run(what), true),
+    };
+    let wait = std::time::Duration::from_secs(a.wait_lock);
+    Ok(Some(vecrec::pipeline::lock_build(
+        &a.out, &run, what, wait, own,
+    )?))
 }
 
 /// The build's options from the flags and configuration.

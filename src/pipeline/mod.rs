@@ -12,6 +12,7 @@
 pub mod cache;
 mod folded;
 mod fusion_fit;
+pub mod lock;
 mod rerank_fit;
 mod served;
 mod shards;
@@ -38,6 +39,7 @@ pub use folded::{
     fold_logs, folded_already, folded_dir, read_folded, write_folded, FOLDED_CATALOG,
     FOLDED_INTERACTIONS,
 };
+pub use lock::{lock_build, own_run, read_lease, release_run, BuildLock, Lease};
 pub use served::served_inputs;
 pub use shards::{
     build_shards, check_run, embed_part, folded_cut, inputs_digest, pending_of_run,

@@ -777,7 +777,12 @@ fn publish_if_cut(root: &Path, pending: &PendingFront, shards: usize) -> Result<
     }
     publish(&front_root, &front_root.join(&pending.generation))?;
     tracing::info!(front = %pending.generation, shards, "published the front and every shard cut from it");
-    record_published(&front_root, pending, Some(pending))
+    record_published(&front_root, pending, Some(pending))?;
+    // The rebuild is over: its pods' lease goes with it.
+    match &pending.run {
+        Some(run) => super::lock::release_run(root, run),
+        None => Ok(()),
+    }
 }
 
 /// Records `served` as the front published last (`PUBLISHED.json`, for

@@ -446,6 +446,23 @@ fn build_in_two(out: &std::path::Path, args: &[&str]) -> (bool, String) {
     )
 }
 
+/// Writes `lease` as the build lease of the partitioned build `out`.
+fn write_lease(out: &std::path::Path, lease: &vecrec::pipeline::Lease) {
+    let path = out.join(vecrec::layout::BUILD_LOCK_FILE);
+    std::fs::write(path, serde_json::to_vec(lease).unwrap()).unwrap();
+}
+
+/// Makes the build lease under `out` look as if every process of its
+/// rebuild stopped an hour ago (its pods gone, the Job deleted), so the
+/// next build takes it over.
+fn abandon_lease(out: &std::path::Path) {
+    let mut lease = vecrec::pipeline::read_lease(out)
+        .unwrap()
+        .expect("a rebuild holds the lease");
+    lease.renewed_ms -= 3_600_000;
+    write_lease(out, &lease);
+}
+
 /// What [`log_writes`] logged.
 struct Logged {
     deleted: String,
@@ -696,8 +713,10 @@ fn a_split_rebuild_folds_the_shards_logs() {
     let (ok, said) = build(&["--shard", "0", "--fold-log"]);
     assert!(!ok && said.contains("needs --run"), "{said}");
 
-    // That rebuild stops here, unpublished, with the logs whole. The next
-    // starts from the folded inputs, which hold the logs' records already.
+    // That rebuild stops here, unpublished, with the logs whole. While
+    // its lease is renewed no other rebuild starts; its pods gone, the
+    // next takes it over. It starts from the folded inputs, which hold the
+    // logs' records already.
     let folded = out.join("folded");
     let (f_catalog, f_interactions) = (
         folded.join("catalog.jsonl"),
@@ -718,6 +737,9 @@ fn a_split_rebuild_folds_the_shards_logs() {
     for f in [&f_catalog, &f_interactions] {
         std::fs::copy(f, kept_copy.join(f.file_name().unwrap())).unwrap();
     }
+    let (ok, said) = again(&["--front-only", "--fold-log", "--run", "r2"]);
+    assert!(!ok && said.contains("rebuild r1 (front-only on "), "{said}");
+    abandon_lease(&out);
     // With nothing new in the logs, it takes the pending front as its own.
     let (ok, said) = again(&["--front-only", "--fold-log", "--run", "r2"]);
     assert!(ok && !said.contains("folding"), "{said}");
@@ -734,6 +756,7 @@ fn a_split_rebuild_folds_the_shards_logs() {
             weight: 1.0,
         }])
         .unwrap();
+    abandon_lease(&out);
     let (ok, said) = again(&["--front-only", "--fold-log", "--run", "r3"]);
     assert!(ok, "{said}");
     assert!(
@@ -754,6 +777,8 @@ fn a_split_rebuild_folds_the_shards_logs() {
     // records what its front folded.
     let (ok, said) = again(&["--shard", "1"]);
     assert!(ok && said.contains("1 of 2 shards built"), "{said}");
+    // That cut published rebuild r3, which so no longer holds the lease.
+    assert_eq!(vecrec::pipeline::read_lease(&out).unwrap(), None);
 
     // Published: shard 1 records the log's last record, holds the upsert
     // and not the deleted item; the front has each event once.
@@ -844,12 +869,42 @@ fn a_partitioned_build_compacts_from_what_it_serves() {
         ..
     } = log_writes(&root, &items, &rows);
 
+    // While a rebuild holds the build lease, the compaction does not
+    // start: at once, or after waiting --wait-lock seconds; once nobody
+    // renews the lease, it takes it over and releases it when done.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    write_lease(
+        &out,
+        &vecrec::pipeline::Lease {
+            run: "job-1".into(),
+            what: "front-only".into(),
+            host: "pod-0".into(),
+            pid: 7,
+            since_ms: now,
+            renewed_ms: now,
+        },
+    );
+    let (ok, said) = build(&["--compact"]);
+    assert!(
+        !ok && said.contains("rebuild job-1 (front-only on pod-0, pid 7"),
+        "{said}"
+    );
+    assert!(said.contains("--wait-lock"), "{said}");
+    let started = std::time::Instant::now();
+    let (ok, said) = build(&["--compact", "--wait-lock", "2"]);
+    assert!(!ok && said.contains("waiting for rebuild job-1"), "{said}");
+    assert!(started.elapsed() >= std::time::Duration::from_secs(2));
+    abandon_lease(&out);
     let (ok, said) = build(&["--compact"]);
     assert!(ok, "{said}");
     assert!(
         said.contains("shard 1: folding 1 upserts, 1 deletes and 1 events (log records through 3)"),
         "{said}"
     );
+    assert_eq!(vecrec::pipeline::read_lease(&out).unwrap(), None);
     let open = served_index;
     assert_eq!(GenerationInfo::of(open(&root).manifest()).wal_seq, 3);
     assert_eq!(

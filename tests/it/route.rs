@@ -1713,7 +1713,8 @@ fn the_kubernetes_config_map_holds_configs_vecrec_accepts() {
     let job = std::fs::read_to_string(k8s.join("rebuild-job.yaml")).unwrap();
     for needle in [
         format!("completions: {shard_files}\n"),
-        format!("--shards {shard_files} --fold-log\""),
+        format!("--shards {shard_files} --fold-log --wait-lock "),
+        "--embed-only --shard \"$JOB_COMPLETION_INDEX\" --run \"$REBUILD_RUN\"".into(),
         "--front-only".into(),
         "--wait-front".into(),
         "--run \"$REBUILD_RUN\"".into(),
@@ -1725,6 +1726,7 @@ fn the_kubernetes_config_map_holds_configs_vecrec_accepts() {
     let compact = std::fs::read_to_string(k8s.join("compact-cronjob.yaml")).unwrap();
     assert!(compact.contains(&format!("- --shards={shard_files}\n")));
     assert!(compact.contains("- --compact\n"));
+    assert!(compact.contains("- --wait-lock="));
     let router = std::fs::read_to_string(k8s.join("router.yaml")).unwrap();
     assert!(router.contains("--front=/data/index/front"));
     // Each router pod logs its experiments under a directory of its own.
