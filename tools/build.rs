@@ -133,17 +133,23 @@ struct Args {
     /// --fold-log it is needed, and each shard cuts from its rebuild's
     /// front.
     ///
+    /// Needed by --front-only and by --shard i with training.
+    ///
     /// Every build with --shards holds OUT's build lease (OUT/BUILD.lock)
     /// while it works, so a compaction, a one-process build and a split
     /// rebuild never interleave; the pods of one --run share it until the
-    /// build that cuts the last shard publishes. A split pod without --run
-    /// holds none.
+    /// build that cuts the last shard publishes. A lease none of whose
+    /// processes renewed it for 10 minutes is taken over, and its
+    /// rebuild's later pods stop at once (start it again with a new
+    /// --run). A --content-only pod, and an --embed-only pod without
+    /// --run, hold none.
     #[arg(long, value_name = "ID")]
     run: Option<String>,
     /// With --shards: wait up to this many seconds while another build of
     /// OUT (a compaction, another rebuild) holds its build lease, instead
     /// of failing at once. A lease its rebuild stopped renewing (every
-    /// process of it gone) is taken over 120 s after its last renewal.
+    /// process of it gone) is taken over 10 minutes after its last
+    /// renewal.
     #[arg(long, requires = "shards", default_value_t = 0, value_name = "SECONDS")]
     wait_lock: u64,
     /// With --shards, instead of --catalog/--interactions: rebuild the
@@ -191,7 +197,7 @@ fn run() -> anyhow::Result<()> {
         else {
             let run = a.run.as_deref().unwrap_or_default();
             // Its build is served: the rebuild is over.
-            vecrec::pipeline::release_run(&a.out, run)?;
+            vecrec::pipeline::release_run(&a.out, run);
             println!(
                 "nothing to do: rebuild {run} found its front and shards served already, or \
                  published them"
@@ -361,10 +367,12 @@ fn run() -> anyhow::Result<()> {
 /// Refuses flags a split rebuild cannot run with.
 fn check_split(a: &Args) -> anyhow::Result<()> {
     let cut = a.shard.is_some() && !a.embed_only;
-    if a.fold_log && (a.front_only || cut) && a.run.is_none() {
+    if (a.front_only || (cut && !a.content_only)) && a.run.is_none() {
         bail!(
-            "--fold-log in a split rebuild (--front-only, --shard i) needs --run ID, the same for \
-             every pod of the rebuild, so that each shard is cut from the inputs its front folded"
+            "a split rebuild's --front-only and --shard i builds each need --run ID, the same \
+             for every pod of the rebuild and new for the next: the pods share OUT's build lease \
+             under it (so no compaction or other build runs until they publish), and each \
+             shard is cut from its rebuild's front (with --fold-log, from the inputs it folded)"
         );
     }
     if a.fold_log && cut {
@@ -394,9 +402,11 @@ fn check_split(a: &Args) -> anyhow::Result<()> {
 
 /// OUT's build lease for a partitioned build (none without --shards):
 /// shared with the pods of its --run, or this process's own (released
-/// when it ends); a split pod without --run takes none.
+/// when it ends). A --content-only pod (it has no front, folds nothing
+/// and publishes only its shard) and an --embed-only pod without --run
+/// (it writes only its cache part) take none.
 fn take_lease(a: &Args) -> anyhow::Result<Option<vecrec::pipeline::BuildLock>> {
-    if a.shards.is_none() {
+    if a.shards.is_none() || (a.content_only && a.shard.is_some()) {
         return Ok(None);
     }
     let what = if a.compact {

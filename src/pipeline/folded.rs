@@ -169,6 +169,8 @@ pub fn write_folded(
         read_catalog(&next(FOLDED_CATALOG))?,
         read_interactions(&next(FOLDED_INTERACTIONS))?,
     );
+    // Written only by a build that still holds the root's lease.
+    super::lock::check_held(root)?;
     // The record first: until both files are in place, the old files
     // still match the old record and the new ones the new.
     let mut records = read_records(root)?;

@@ -10,15 +10,25 @@
 //! second waits for it (`--wait-lock`) or stops with the holder's name.
 //!
 //! A lease, not an OS lock: the pods of a split rebuild run on other
-//! machines over shared storage, where `flock` may not reach. The file
-//! names the rebuild (`--run`) that holds it and is renewed every
-//! [`RENEW_EVERY`] by every process of that rebuild while it runs; the
-//! pods of one rebuild share it, and it is theirs from the first pod's
-//! start until the build that cuts the last shard publishes (or finds
-//! the build served). A lease nobody renewed for [`STALE_AFTER`] belongs
-//! to a rebuild whose processes all stopped, and the next build takes it
-//! over. Taking it is a hard link of a fully written file, so a reader
-//! never sees it half written.
+//! machines over shared storage, where `flock` may not reach.
+//! - The file names the rebuild (`--run`) holding it; every process of
+//!   that rebuild touches its modification time every [`RENEW_EVERY`]
+//!   while it runs (a touch never rewrites a lease another build holds).
+//!   The pods of one rebuild share it; it is theirs until the build that
+//!   cuts the last shard publishes, or a pod finds the build served.
+//! - A lease whose rebuild is published or found served is free.
+//! - A lease nobody touched for [`STALE_AFTER`] belongs to a rebuild none
+//!   of whose processes runs, and the next build takes it over. That
+//!   rebuild is then marked abandoned (`OUT/abandoned-runs/<run>`): the
+//!   other build may have cleared its pending front, so its late pods
+//!   stop at once instead of building on what is gone.
+//! - Before it publishes or writes `OUT/folded/`, a build checks that it
+//!   still holds its lease ([`check_held`]), so one that lost it (paused
+//!   past the stale time) publishes nothing.
+//!
+//! Taking a lease is a hard link of a fully written file (it fails if one
+//! is there), so a reader never sees one half written, and taking over a
+//! stale one moves it aside first and checks it is the one judged stale.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -27,13 +37,19 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::layout::BUILD_LOCK_FILE;
+use crate::layout::{front_root, PendingFront, BUILD_LOCK_FILE, PUBLISHED_FRONT_FILE};
 
-/// How often a holder renews its lease.
-pub const RENEW_EVERY: Duration = Duration::from_secs(10);
-/// A lease not renewed for this long is taken over: every process of its
-/// rebuild stopped (clocks of the pods may differ by less than this).
-pub const STALE_AFTER: Duration = Duration::from_secs(120);
+/// How often a holder touches its lease.
+pub const RENEW_EVERY: Duration = Duration::from_secs(15);
+/// A lease not touched for this long is taken over: every process of its
+/// rebuild stopped (long enough for a pod to be rescheduled or retried;
+/// the pods' clocks may differ by much less).
+pub const STALE_AFTER: Duration = Duration::from_secs(600);
+/// Directory under the root naming the rebuilds whose lease was taken
+/// over.
+pub const ABANDONED_DIR: &str = "abandoned-runs";
+/// Abandoned rebuilds remembered.
+const KEPT_ABANDONED: usize = 32;
 
 /// What the lease file says.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,18 +60,16 @@ pub struct Lease {
     /// What the process that took it does (`compact`, `build`,
     /// `front-only`, ...).
     pub what: String,
-    /// The host and process that took it.
+    /// The host that took it.
     pub host: String,
-    /// Its process id.
+    /// The process that took it.
     pub pid: u32,
     /// When it was taken, in ms since the Unix epoch.
     pub since_ms: u64,
-    /// When a process of the rebuild last renewed it.
-    pub renewed_ms: u64,
 }
 
 impl Lease {
-    fn describe(&self, now: u64) -> String {
+    fn describe(&self, renewed_ms: u64, now: u64) -> String {
         format!(
             "rebuild {} ({} on {}, pid {}, for {} s, renewed {} s ago)",
             self.run,
@@ -63,12 +77,25 @@ impl Lease {
             self.host,
             self.pid,
             now.saturating_sub(self.since_ms) / 1000,
-            now.saturating_sub(self.renewed_ms) / 1000
+            now.saturating_sub(renewed_ms) / 1000
         )
     }
 }
 
-/// The lease held by this process; renewed by a thread of its own until
+/// The leases this process holds ([`lock_path`], run), while their
+/// guards live.
+static HELD: std::sync::Mutex<Vec<(PathBuf, String)>> = std::sync::Mutex::new(Vec::new());
+
+fn held() -> std::sync::MutexGuard<'static, Vec<(PathBuf, String)>> {
+    HELD.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Forgets the guard of `run`'s lease at `path`.
+fn forget(path: &Path, run: &str) {
+    held().retain(|(p, r)| !(p == path && r == run));
+}
+
+/// The lease held by this process; touched by a thread of its own until
 /// it is dropped or released.
 #[derive(Debug)]
 pub struct BuildLock {
@@ -83,8 +110,11 @@ pub struct BuildLock {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
+    ms(SystemTime::now())
+}
+
+fn ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
 
@@ -125,28 +155,41 @@ fn beside(path: &Path, tag: &str) -> PathBuf {
     path.with_extension(format!("lock.{tag}.{}.{nanos}", std::process::id()))
 }
 
-/// The lease under `root`, if any.
-pub fn read_lease(root: &Path) -> Result<Option<Lease>> {
+/// The lease under `root`, if any, with when it was last renewed (ms
+/// since the Unix epoch).
+pub fn read_lease(root: &Path) -> Result<Option<(Lease, u64)>> {
     read_at(&lock_path(root))
 }
 
-fn read_at(path: &Path) -> Result<Option<Lease>> {
-    match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-            Error::Config(format!(
-                "{}: not a build lease ({e}); remove it if no build runs under {}",
-                path.display(),
-                path.parent().map_or(Path::new("."), |p| p).display()
-            ))
-        }),
+fn read_at(path: &Path) -> Result<Option<(Lease, u64)>> {
+    use std::io::Read;
+    let read = || -> std::io::Result<(Vec<u8>, SystemTime)> {
+        let mut f = std::fs::File::open(path)?;
+        let modified = f.metadata()?.modified()?;
+        let mut bytes = Vec::new();
+        f.read_to_end(&mut bytes)?;
+        Ok((bytes, modified))
+    };
+    match read() {
+        Ok((bytes, modified)) => {
+            let lease: Lease = serde_json::from_slice(&bytes).map_err(|e| {
+                Error::Config(format!(
+                    "{}: not a build lease ({e}); remove it if no build runs under {}",
+                    path.display(),
+                    path.parent().map_or(Path::new("."), |p| p).display()
+                ))
+            })?;
+            Ok(Some((lease, ms(modified))))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::io(path, e)),
     }
 }
 
-/// Writes `lease` to a new file beside `path` and returns that file.
-fn write_beside(path: &Path, lease: &Lease, tag: &str) -> Result<PathBuf> {
-    let tmp = beside(path, tag);
+/// Takes the lease `lease` at `path` if there is none: false if another
+/// process made one first.
+fn create(path: &Path, lease: &Lease) -> Result<bool> {
+    let tmp = beside(path, "new");
     let json = serde_json::to_vec_pretty(lease).map_err(|e| Error::invalid(e.to_string()))?;
     let write = || -> std::io::Result<()> {
         use std::io::Write;
@@ -154,87 +197,163 @@ fn write_beside(path: &Path, lease: &Lease, tag: &str) -> Result<PathBuf> {
         f.write_all(&json)?;
         f.sync_all()
     };
-    write().map_err(|e| Error::io(&tmp, e))?;
-    Ok(tmp)
+    let written = write().map_err(|e| Error::io(&tmp, e));
+    let linked = written.and_then(|()| match std::fs::hard_link(&tmp, path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(Error::io(path, e)),
+    });
+    let _ = std::fs::remove_file(&tmp);
+    linked
+}
+
+/// Touches the lease at `path` if the rebuild `run` holds it; whether it
+/// did. A lease another build took meanwhile is only touched, never
+/// rewritten.
+fn renew(path: &Path, run: &str, now: u64) -> Result<bool> {
+    match read_at(path)? {
+        Some((l, _)) if l.run == run => {}
+        _ => return Ok(false),
+    }
+    let touch = || -> std::io::Result<()> {
+        let f = std::fs::OpenOptions::new().write(true).open(path)?;
+        f.set_modified(UNIX_EPOCH + Duration::from_millis(now))
+    };
+    match touch() {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+/// Removes the lease `seen`, last renewed at `renewed`: moved aside
+/// first, and put back if it is not that one (another build's, renewed
+/// meanwhile). Whether it was removed.
+fn take_over(path: &Path, seen: &Lease, renewed: u64) -> Result<bool> {
+    let aside = beside(path, "old");
+    match std::fs::rename(path, &aside) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(Error::io(path, e)),
+    }
+    let moved = read_at(&aside);
+    let same = matches!(&moved, Ok(Some((l, r))) if l == seen && *r == renewed);
+    if !same {
+        // Another's lease: back in place unless a newer one is there
+        // (whose holder then finds its own gone: `check_held`).
+        let _ = std::fs::hard_link(&aside, path);
+    }
+    std::fs::remove_file(&aside).map_err(|e| Error::io(&aside, e))?;
+    Ok(same)
+}
+
+/// Whether the rebuild `run`'s build under `root` is published or was
+/// found served: its lease, if left, is free.
+fn run_finished(root: &Path, run: &str) -> bool {
+    let front = front_root(root);
+    if front
+        .join(super::shards::SERVED_RUNS_DIR)
+        .join(format!("{run}.json"))
+        .is_file()
+    {
+        return true;
+    }
+    std::fs::read(front.join(PUBLISHED_FRONT_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<PendingFront>(&b).ok())
+        .is_some_and(|p| p.run.as_deref() == Some(run))
+}
+
+fn abandoned_marker(root: &Path, run: &str) -> PathBuf {
+    root.join(ABANDONED_DIR).join(run)
+}
+
+/// Records that `run`'s lease was taken over, keeping the newest
+/// [`KEPT_ABANDONED`] records.
+fn mark_abandoned(root: &Path, run: &str, by: &str) -> Result<()> {
+    let dir = root.join(ABANDONED_DIR);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let path = abandoned_marker(root, run);
+    std::fs::write(
+        &path,
+        format!("taken over by rebuild {by} at {} ms\n", now_ms()),
+    )
+    .map_err(|e| Error::io(&path, e))?;
+    let mut all: Vec<(SystemTime, PathBuf)> = std::fs::read_dir(&dir)
+        .map_err(|e| Error::io(&dir, e))?
+        .filter_map(|e| {
+            let e = e.ok()?;
+            Some((e.metadata().ok()?.modified().ok()?, e.path()))
+        })
+        .collect();
+    all.sort();
+    for (_, old) in all.iter().rev().skip(KEPT_ABANDONED) {
+        let _ = std::fs::remove_file(old);
+    }
+    Ok(())
 }
 
 /// What one attempt to take the lease found.
 enum Attempt {
     Taken,
-    Held(Lease),
+    Held(Lease, u64),
     /// Another process changed the file meanwhile: look again.
     Again,
 }
 
-fn attempt(path: &Path, run: &str, what: &str, now: u64, stale: Duration) -> Result<Attempt> {
-    match read_at(path)? {
-        None => {
-            let mine = Lease {
-                run: run.to_owned(),
-                what: what.to_owned(),
-                host: host(),
-                pid: std::process::id(),
-                since_ms: now,
-                renewed_ms: now,
-            };
-            let tmp = write_beside(path, &mine, "new")?;
-            let linked = std::fs::hard_link(&tmp, path);
-            let _ = std::fs::remove_file(&tmp);
-            match linked {
-                Ok(()) => Ok(Attempt::Taken),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(Attempt::Again),
-                Err(e) => Err(Error::io(path, e)),
+fn attempt(root: &Path, run: &str, what: &str, now: u64, stale: Duration) -> Result<Attempt> {
+    let marker = abandoned_marker(root, run);
+    if marker.is_file() {
+        return Err(Error::FailedPrecondition(format!(
+            "rebuild {run} stopped renewing its build lease for {} s and another build took {} \
+             over ({}), which may have cleared its pending front: start the rebuild again \
+             with a new --run",
+            stale.as_secs(),
+            root.display(),
+            std::fs::read_to_string(&marker).unwrap_or_default().trim()
+        )));
+    }
+    let path = lock_path(root);
+    let is_stale = |renewed: u64| now.saturating_sub(renewed) > stale.as_millis() as u64;
+    let mine = || Lease {
+        run: run.to_owned(),
+        what: what.to_owned(),
+        host: host(),
+        pid: std::process::id(),
+        since_ms: now,
+    };
+    Ok(match read_at(&path)? {
+        None if create(&path, &mine())? => Attempt::Taken,
+        None => Attempt::Again,
+        // A process of the same rebuild holds it: share it.
+        Some((l, renewed)) if l.run == run && !is_stale(renewed) => {
+            if renew(&path, run, now)? {
+                Attempt::Taken
+            } else {
+                Attempt::Again
             }
         }
-        // A process of the same rebuild holds it: share it.
-        Some(l) if l.run == run => {
-            renew(path, run, now)?;
-            Ok(Attempt::Taken)
+        // This rebuild's, lapsed, and nobody took it over: no other build
+        // ran meanwhile, so it goes on.
+        Some((l, renewed)) if l.run == run => {
+            take_over(&path, &l, renewed)?;
+            Attempt::Again
         }
-        Some(l) if now.saturating_sub(l.renewed_ms) > stale.as_millis() as u64 => {
-            take_over(path, &l)?;
-            Ok(Attempt::Again)
+        Some((l, renewed)) if run_finished(root, &l.run) => {
+            take_over(&path, &l, renewed)?;
+            Attempt::Again
         }
-        Some(l) => Ok(Attempt::Held(l)),
-    }
-}
-
-/// Removes the stale lease `seen`: moved aside first, so that a lease
-/// another process wrote meanwhile is put back, not removed.
-fn take_over(path: &Path, seen: &Lease) -> Result<()> {
-    let aside = beside(path, "stale");
-    match std::fs::rename(path, &aside) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::io(path, e)),
-    }
-    let moved = read_at(&aside);
-    if !matches!(&moved, Ok(Some(l)) if l == seen) {
-        // Not the lease judged stale: put it back unless another is there.
-        let _ = std::fs::hard_link(&aside, path);
-    } else {
-        tracing::warn!(
-            lease = %seen.describe(now_ms()),
-            "took over a build lease nobody renewed"
-        );
-    }
-    std::fs::remove_file(&aside).map_err(|e| Error::io(&aside, e))
-}
-
-/// Renews the lease at `path` if `run` holds it; leaves it alone (or
-/// absent) otherwise.
-fn renew(path: &Path, run: &str, now: u64) -> Result<()> {
-    let Some(mut l) = read_at(path)? else {
-        return Ok(());
-    };
-    if l.run != run {
-        return Ok(());
-    }
-    l.renewed_ms = now;
-    let tmp = write_beside(path, &l, "renew")?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io(path, e)
+        Some((l, renewed)) if is_stale(renewed) => {
+            if take_over(&path, &l, renewed)? {
+                tracing::warn!(
+                    lease = %l.describe(renewed, now),
+                    "took over a build lease nobody renewed; that rebuild is abandoned"
+                );
+                mark_abandoned(root, &l.run, run)?;
+            }
+            Attempt::Again
+        }
+        Some((l, renewed)) => Attempt::Held(l, renewed),
     })
 }
 
@@ -267,13 +386,23 @@ fn lock_with(
     let path = lock_path(root);
     let until = Instant::now() + wait;
     let mut told = false;
+    let mut races = 0;
     loop {
-        match attempt(&path, run, what, now_ms(), stale)? {
+        match attempt(root, run, what, now_ms(), stale)? {
             Attempt::Taken => break,
-            Attempt::Again => continue,
-            Attempt::Held(other) => {
+            Attempt::Again => {
+                races += 1;
+                if races > 100 {
+                    return Err(Error::Runtime(format!(
+                        "{}: the build lease kept changing under this build; try again",
+                        path.display()
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Attempt::Held(other, renewed) => {
                 let left = until.saturating_duration_since(Instant::now());
-                let holder = other.describe(now_ms());
+                let holder = other.describe(renewed, now_ms());
                 if left.is_zero() {
                     return Err(Error::FailedPrecondition(format!(
                         "{} holds {}: one build at a time writes a partitioned build \
@@ -296,15 +425,23 @@ fn lock_with(
             }
         }
     }
+    held().push((path.clone(), run.to_owned()));
     let (tx, rx) = mpsc::channel::<()>();
     let renewer = {
         let (path, run) = (path.clone(), run.to_owned());
         std::thread::Builder::new()
             .name("build-lease".into())
             .spawn(move || {
+                let mut lost = false;
                 while let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(every) {
-                    if let Err(e) = renew(&path, &run, now_ms()) {
-                        tracing::warn!(error = %e, "renewing the build lease");
+                    match renew(&path, &run, now_ms()) {
+                        Ok(true) => lost = false,
+                        Ok(false) if !lost => {
+                            lost = true;
+                            tracing::warn!(path = %path.display(), run, "the build lease is no longer this rebuild's");
+                        }
+                        Ok(false) => {}
+                        Err(e) => tracing::warn!(error = %e, "renewing the build lease"),
                     }
                 }
             })
@@ -321,9 +458,9 @@ fn lock_with(
 
 impl BuildLock {
     /// Stops renewing and removes the lease: the rebuild is over.
-    pub fn release(mut self) -> Result<()> {
+    pub fn release(mut self) {
         self.stop_renewing();
-        release_at(&self.path, &self.run)
+        release_at(&self.path, &self.run);
     }
 
     fn stop_renewing(&mut self) {
@@ -331,6 +468,7 @@ impl BuildLock {
         if let Some(t) = self.renewer.take() {
             let _ = t.join();
         }
+        forget(&self.path, &self.run);
     }
 }
 
@@ -338,27 +476,68 @@ impl Drop for BuildLock {
     fn drop(&mut self) {
         self.stop_renewing();
         if self.release_on_drop {
-            if let Err(e) = release_at(&self.path, &self.run) {
-                tracing::warn!(error = %e, "releasing the build lease");
-            }
+            release_at(&self.path, &self.run);
         }
     }
 }
 
-/// Removes the lease under `root` if the rebuild `run` holds it (its
-/// build is published or found served, whichever process finds so).
-pub fn release_run(root: &Path, run: &str) -> Result<()> {
-    release_at(&lock_path(root), run)
+/// Fails unless this process still holds the lease it took of the
+/// partitioned build under `root` (a build that took none passes): run
+/// before a build publishes or writes its folded inputs, so one whose
+/// lease was taken over writes nothing more.
+pub fn check_held(root: &Path) -> Result<()> {
+    let path = lock_path(root);
+    let runs: Vec<String> = held()
+        .iter()
+        .filter(|(p, _)| *p == path)
+        .map(|(_, r)| r.clone())
+        .collect();
+    for run in runs {
+        check_one(&path, &run)?;
+    }
+    Ok(())
 }
 
-fn release_at(path: &Path, run: &str) -> Result<()> {
+fn check_one(path: &Path, run: &str) -> Result<()> {
+    let now = now_ms();
     match read_at(path)? {
-        Some(l) if l.run == run => match std::fs::remove_file(path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io(path, e)),
+        Some((l, renewed))
+            if l.run == run && now.saturating_sub(renewed) <= STALE_AFTER.as_millis() as u64 =>
+        {
+            Ok(())
+        }
+        other => Err(Error::FailedPrecondition(format!(
+            "rebuild {run} no longer holds {} ({}), so it stops here without publishing: \
+             start it again",
+            path.display(),
+            match other {
+                Some((l, renewed)) => format!("now {}", l.describe(renewed, now)),
+                None => "it is gone".into(),
+            }
+        ))),
+    }
+}
+
+/// Removes the lease under `root` if the rebuild `run` holds it (its
+/// build is published or found served, whichever process finds so). A
+/// failure is logged, not returned: the build is done, and a lease left
+/// behind is free once its run is found published.
+pub fn release_run(root: &Path, run: &str) {
+    release_at(&lock_path(root), run);
+}
+
+fn release_at(path: &Path, run: &str) {
+    forget(path, run);
+    let removed = match read_at(path) {
+        Ok(Some((l, _))) if l.run == run => match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(path, e)),
+            _ => Ok(()),
         },
-        _ => Ok(()),
+        Ok(_) => Ok(()),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = removed {
+        tracing::warn!(error = %e, run, "releasing the build lease");
     }
 }
 
@@ -370,6 +549,19 @@ mod tests {
 
     fn take(root: &Path, run: &str, wait: Duration) -> Result<BuildLock> {
         lock_with(root, run, "test", wait, false, LONG, LONG)
+    }
+
+    fn run_of(root: &Path) -> Option<String> {
+        read_lease(root).unwrap().map(|(l, _)| l.run)
+    }
+
+    /// Moves the lease's last renewal `ago` into the past.
+    fn age(root: &Path, ago: Duration) {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(lock_path(root))
+            .unwrap();
+        f.set_modified(SystemTime::now() - ago).unwrap();
     }
 
     #[test]
@@ -387,19 +579,22 @@ mod tests {
             "{e}"
         );
         let started = Instant::now();
-        assert!(take(dir.path(), "b", Duration::from_millis(1500)).is_err());
+        let e = take(dir.path(), "b", Duration::from_millis(1500))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rebuild a (test on"), "{e}");
         assert!(started.elapsed() >= Duration::from_millis(1500));
         // Dropping a process's guard keeps a shared lease; releasing it
         // (the rebuild published) frees it for b.
         drop(a2);
-        assert_eq!(read_lease(dir.path()).unwrap().unwrap().run, "a");
+        assert_eq!(run_of(dir.path()).as_deref(), Some("a"));
         // b's release does not remove a's lease.
-        release_run(dir.path(), "b").unwrap();
-        assert!(read_lease(dir.path()).unwrap().is_some());
-        a.release().unwrap();
-        assert!(read_lease(dir.path()).unwrap().is_none());
+        release_run(dir.path(), "b");
+        assert_eq!(run_of(dir.path()).as_deref(), Some("a"));
+        a.release();
+        assert_eq!(run_of(dir.path()), None);
         let b = take(dir.path(), "b", Duration::ZERO).unwrap();
-        assert_eq!(read_lease(dir.path()).unwrap().unwrap().run, "b");
+        assert_eq!(run_of(dir.path()).as_deref(), Some("b"));
         drop(b);
         // Only the lease file is left: no temporary files beside it.
         let names: Vec<String> = std::fs::read_dir(dir.path())
@@ -419,37 +614,96 @@ mod tests {
             std::thread::spawn(move || take(&root, "next", Duration::from_secs(30)).map(|_| ()))
         };
         std::thread::sleep(Duration::from_millis(300));
-        assert_eq!(read_lease(&root).unwrap().unwrap().run, "one");
+        assert_eq!(run_of(&root).as_deref(), Some("one"));
         drop(own);
         waiter.join().unwrap().unwrap();
-        assert_eq!(read_lease(&root).unwrap().unwrap().run, "next");
+        assert_eq!(run_of(&root).as_deref(), Some("next"));
     }
 
     #[test]
-    fn a_lease_nobody_renews_is_taken_over_and_a_held_one_is_renewed() {
+    fn a_held_lease_is_renewed_and_a_stale_one_taken_over_and_its_rebuild_stopped() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
-        let stale = Duration::from_millis(400);
+        let stale = Duration::from_secs(60);
         let every = Duration::from_millis(50);
-        // Renewed by its holder, the lease outlives the stale time.
+        // Renewed by its holder, the lease stays fresh.
         let held = lock_with(root, "a", "test", Duration::ZERO, false, stale, every).unwrap();
-        let first = read_lease(root).unwrap().unwrap();
-        std::thread::sleep(Duration::from_millis(900));
-        let later = read_lease(root).unwrap().unwrap();
-        assert!(later.renewed_ms > first.renewed_ms, "{first:?} {later:?}");
-        assert_eq!(later.since_ms, first.since_ms);
+        age(root, Duration::from_secs(50));
+        std::thread::sleep(Duration::from_millis(300));
+        let (lease, renewed) = read_lease(root).unwrap().unwrap();
+        assert!(now_ms() - renewed < 1000, "not renewed");
+        assert_eq!(lease.run, "a");
         assert!(lock_with(root, "b", "test", Duration::ZERO, false, stale, every).is_err());
-        // Its process gone (the guard dropped without a release), the
+        check_held(root).unwrap();
+        // Its processes gone (the guard dropped without a release), the
         // lease goes stale and b takes it over.
         drop(held);
-        std::thread::sleep(Duration::from_millis(600));
+        age(root, Duration::from_secs(61));
         let b = lock_with(root, "b", "test", Duration::ZERO, false, stale, every).unwrap();
-        assert_eq!(read_lease(root).unwrap().unwrap().run, "b");
+        assert_eq!(run_of(root).as_deref(), Some("b"));
+        // A late pod of a stops at once: b may have cleared its front.
+        let e = lock_with(root, "a", "test", Duration::ZERO, false, stale, every)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("rebuild a stopped renewing") && e.contains("taken over by rebuild b"),
+            "{e}"
+        );
+        drop(b);
+        // b's own lease, lapsed with nobody taking it: b goes on.
+        age(root, Duration::from_secs(61));
+        let b = lock_with(root, "b", "test", Duration::ZERO, false, stale, every).unwrap();
+        assert!(!abandoned_marker(root, "b").exists());
         drop(b);
         // A file that is no lease is an error that names it.
         std::fs::write(lock_path(root), b"{").unwrap();
         let e = take(root, "c", Duration::ZERO).unwrap_err().to_string();
         assert!(e.contains("not a build lease"), "{e}");
+    }
+
+    #[test]
+    fn a_build_that_lost_its_lease_is_told_and_a_finished_rebuild_leaves_it_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let a = take(root, "a", Duration::ZERO).unwrap();
+        check_held(root).unwrap();
+        // Taken over behind its back (it was paused past the stale time).
+        std::fs::remove_file(lock_path(root)).unwrap();
+        let e = check_held(root).unwrap_err().to_string();
+        assert!(
+            e.contains("rebuild a no longer holds") && e.contains("it is gone"),
+            "{e}"
+        );
+        let b = take(root, "b", Duration::ZERO).unwrap();
+        let e = check_held(root).unwrap_err().to_string();
+        assert!(
+            e.contains("rebuild a no longer holds") && e.contains("now rebuild b"),
+            "{e}"
+        );
+        drop(a);
+        check_held(root).unwrap();
+        drop(b);
+        // Rebuild b published: its lease, left behind, is free at once.
+        let front = front_root(root);
+        std::fs::create_dir_all(&front).unwrap();
+        let published = PendingFront {
+            generation: "gen-000002".into(),
+            shards: 2,
+            inputs: "d".into(),
+            interactions: (0, 0),
+            folded_through: Vec::new(),
+            run: Some("b".into()),
+        };
+        std::fs::write(
+            front.join(PUBLISHED_FRONT_FILE),
+            serde_json::to_vec(&published).unwrap(),
+        )
+        .unwrap();
+        let c = take(root, "c", Duration::ZERO).unwrap();
+        assert_eq!(run_of(root).as_deref(), Some("c"));
+        assert!(!abandoned_marker(root, "b").exists());
+        c.release();
+        assert!(!held().iter().any(|(p, _)| *p == lock_path(root)));
     }
 
     #[test]

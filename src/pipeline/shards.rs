@@ -400,7 +400,17 @@ fn build_sliced(
             // shards cut from two fronts, and neither would be published.
             tracing::info!(front = %p.generation, "a front of these inputs and settings is pending already; not training again");
             if opts.run.is_some() && p.run != opts.run {
-                // This run's shards cut from it.
+                // This run's shards cut from it, and only they: the
+                // markers of the rebuild it took over (which stopped, its
+                // lease abandoned) are dropped, so this one publishes only
+                // once each of its own pods has cut its shard.
+                let cut = front_root.join(CUT_DIR).join(&p.generation);
+                match std::fs::remove_dir_all(&cut) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(Error::io(&cut, e))
+                    }
+                    _ => {}
+                }
                 // Its inputs hold what it folded, whatever this build folded.
                 let folded_through = if opts.folded_through.is_empty() {
                     p.folded_through.clone()
@@ -464,6 +474,7 @@ fn build_sliced(
         (&all, shards),
         &mut stages,
     )?;
+    super::lock::check_held(root)?;
     for (s, r) in reports.iter().enumerate() {
         publish(&shard_root(root, s), &r.generation)?;
     }
@@ -588,7 +599,7 @@ fn write_front_record(path: &Path, record: &PendingFront) -> Result<()> {
 /// Directory under a partitioned build's front root where a split
 /// rebuild's `--front-only` that found its build served already leaves a
 /// file named after the rebuild (`--run`) saying so, for its shards.
-const SERVED_RUNS_DIR: &str = "served-runs";
+pub(super) const SERVED_RUNS_DIR: &str = "served-runs";
 
 /// The file under `front_root` that says rebuild `run` found its build
 /// served already; a run id is a file name of letters, digits, `.`, `_`
@@ -772,6 +783,7 @@ fn publish_if_cut(root: &Path, pending: &PendingFront, shards: usize) -> Result<
             pending.generation
         )));
     }
+    super::lock::check_held(root)?;
     for (s, dir) in dirs.iter().enumerate() {
         publish(&shard_root(root, s), dir)?;
     }
@@ -779,10 +791,10 @@ fn publish_if_cut(root: &Path, pending: &PendingFront, shards: usize) -> Result<
     tracing::info!(front = %pending.generation, shards, "published the front and every shard cut from it");
     record_published(&front_root, pending, Some(pending))?;
     // The rebuild is over: its pods' lease goes with it.
-    match &pending.run {
-        Some(run) => super::lock::release_run(root, run),
-        None => Ok(()),
+    if let Some(run) = &pending.run {
+        super::lock::release_run(root, run);
     }
+    Ok(())
 }
 
 /// Records `served` as the front published last (`PUBLISHED.json`, for
