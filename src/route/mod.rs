@@ -74,16 +74,26 @@ use crate::serving::EngineSlot;
 type Client = RecommenderClient<InterceptedService<Channel, ReadThrough>>;
 
 /// Sends every call to a shard's replica with the last log record a write
-/// of this router to that shard was answered with
+/// of this router to that shard was answered with, or the caller's
+/// session names ([`WRITTEN_HEADER`]), whichever is later
 /// ([`crate::grpc::MIN_SEQUENCE_HEADER`]), so a follower that has not read
 /// it yet declines and another replica answers: the router reads its own
-/// writes on every replica, not only on the writer.
+/// writes, and a caller the writes it made through any router, on every
+/// replica, not only on the writer.
 #[derive(Clone, Debug)]
-struct ReadThrough(Arc<AtomicU64>);
+struct ReadThrough {
+    /// The shard's [`Shard::written`].
+    written: Arc<AtomicU64>,
+    /// The shard's number.
+    shard: usize,
+}
 
 impl tonic::service::Interceptor for ReadThrough {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        let n = self.0.load(Ordering::Acquire);
+        let seen = SEEN
+            .try_with(|seen| seen.get(self.shard).copied().unwrap_or(0))
+            .unwrap_or(0);
+        let n = self.written.load(Ordering::Acquire).max(seen);
         if n > 0 {
             req.metadata_mut().insert(
                 crate::grpc::MIN_SEQUENCE_HEADER,
@@ -92,6 +102,65 @@ impl tonic::service::Interceptor for ReadThrough {
         }
         Ok(req)
     }
+}
+
+/// A routed write's answer carries, in this header, the last log record
+/// each shard's part of the caller's writes got ("s0,s1,...", one number
+/// per shard, 0 for none): the caller's session. Sent back with a later
+/// call to any router of the deployment, every shard call of it asks for
+/// at least those records, so the caller reads its own writes even on a
+/// follower that has not read them by itself, whichever router wrote them.
+/// A write sent with it answers with it, its own records included.
+pub const WRITTEN_HEADER: &str = "x-vecrec-written";
+
+tokio::task_local! {
+    /// The caller's session ([`WRITTEN_HEADER`]) while a call is served:
+    /// read by [`ReadThrough`], carried into the tasks a call spawns
+    /// ([`carried`]).
+    static SEEN: Arc<[u64]>;
+}
+
+/// `f`, run with the session `seen` (when the caller sent one), or the
+/// caller's error for a session this router cannot read.
+async fn in_session<T, F>(seen: Result<Option<Arc<[u64]>>, Status>, f: F) -> Result<T, Status>
+where
+    F: Future<Output = Result<T, Status>>,
+{
+    match seen? {
+        Some(seen) => SEEN.scope(seen, f).await,
+        None => f.await,
+    }
+}
+
+/// `f` with the calling task's session, for a task the call spawns.
+fn carried<F: Future>(f: F) -> impl Future<Output = F::Output> {
+    let seen = SEEN.try_with(Arc::clone).ok();
+    async move {
+        match seen {
+            Some(seen) => SEEN.scope(seen, f).await,
+            None => f.await,
+        }
+    }
+}
+
+/// The session to answer a write with: `seen`, the one the caller sent,
+/// with the records this write got (`wrote`, per shard).
+fn written_after(seen: Option<&[u64]>, wrote: &[u64]) -> String {
+    wrote
+        .iter()
+        .enumerate()
+        .map(|(s, &q)| q.max(seen.map_or(0, |v| v[s])).to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `msg` answered with the session `session` ([`WRITTEN_HEADER`]).
+fn with_session<T>((msg, session): (T, String)) -> Response<T> {
+    let mut r = Response::new(msg);
+    if let Ok(v) = session.parse() {
+        r.metadata_mut().insert(WRITTEN_HEADER, v);
+    }
+    r
 }
 
 /// Calls retried on another replica of the same shard.
@@ -398,7 +467,10 @@ impl Router {
                         addr,
                         client: RecommenderClient::with_interceptor(
                             self.channel(addr)?,
-                            ReadThrough(shard.written.clone()),
+                            ReadThrough {
+                                written: shard.written.clone(),
+                                shard: shard.index,
+                            },
                         )
                         .max_decoding_message_size(64 << 20),
                     })
@@ -503,7 +575,7 @@ impl Router {
             let left = until.saturating_duration_since(Instant::now());
             let fut = call(r.client.clone(), left);
             let addr = r.addr;
-            tries.spawn(async move { (addr, fut.await) });
+            tries.spawn(carried(async move { (addr, fut.await) }));
         };
         launch(&mut tries, &mut next);
         let mut last: Option<Status> = None;
@@ -587,7 +659,7 @@ impl Router {
         for s in 0..self.shards() {
             let me = self.clone();
             let call = call.clone();
-            set.spawn(async move { (s, me.call(s, limit, call).await) });
+            set.spawn(carried(async move { (s, me.call(s, limit, call).await) }));
         }
         let mut out: Vec<Option<Result<T, Status>>> = (0..self.shards()).map(|_| None).collect();
         while let Some(done) = set.join_next().await {
@@ -1045,7 +1117,7 @@ impl Router {
             for part in ids.chunks(batch.max(1)) {
                 let me = self.clone();
                 let part = part.to_vec();
-                set.spawn(async move {
+                set.spawn(carried(async move {
                     let ask = part.clone();
                     let r = me
                         .call_fresh(s, limit, move |mut c: Client, left| {
@@ -1059,7 +1131,7 @@ impl Router {
                         })
                         .await;
                     (s, part, r)
-                });
+                }));
             }
         }
         let mut out = HashMap::new();
@@ -1104,7 +1176,7 @@ impl Router {
         front: Arc<Engine>,
         mut events: Vec<pb::Event>,
         limit: Option<Duration>,
-    ) -> Result<pb::RecordEventsResponse, Status> {
+    ) -> Result<(pb::RecordEventsResponse, Vec<u64>), Status> {
         // The checks one node makes, under the front's limits.
         front.check_batch("events", events.len())?;
         let limits = &front.config().limits;
@@ -1123,10 +1195,10 @@ impl Router {
         let mut checks = JoinSet::new();
         for (k, id) in distinct {
             let me = self.clone();
-            checks.spawn(async move {
+            checks.spawn(carried(async move {
                 let r = me.owned_item(&id, false, limit).await;
                 (k, r)
-            });
+            }));
         }
         while let Some(done) = checks.join_next().await {
             let (k, r) = done.map_err(|e| Status::internal(e.to_string()))?;
@@ -1156,7 +1228,7 @@ impl Router {
             }
             e.request_id.clear();
         }
-        let (recorded, sequence) = self
+        let (recorded, sequence, wrote) = self
             .write_everywhere(
                 events,
                 |e: &pb::Event| e.user_id.as_str(),
@@ -1175,7 +1247,35 @@ impl Router {
                 j.record(f);
             }
         }
-        Ok(pb::RecordEventsResponse { recorded, sequence })
+        Ok((pb::RecordEventsResponse { recorded, sequence }, wrote))
+    }
+
+    /// The caller's session ([`WRITTEN_HEADER`]), if it sent one; refused
+    /// when it is not one number per shard of this router.
+    fn seen<R>(&self, req: &Request<R>) -> Result<Option<Arc<[u64]>>, Status> {
+        let Some(v) = req.metadata().get(WRITTEN_HEADER) else {
+            return Ok(None);
+        };
+        let bad = |why: String| {
+            Status::invalid_argument(format!(
+                "{WRITTEN_HEADER}: {why}; send back the value a write through a router of this \
+                 deployment answered with"
+            ))
+        };
+        let text = v.to_str().map_err(|_| bad("not text".into()))?;
+        let seen = text
+            .split(',')
+            .map(|n| n.trim().parse::<u64>())
+            .collect::<Result<Vec<u64>, _>>()
+            .map_err(|_| bad(format!("{text:?} is not log record numbers joined by ','")))?;
+        if seen.len() != self.shards() {
+            return Err(bad(format!(
+                "it names {} shards; this router routes {}",
+                seen.len(),
+                self.shards()
+            )));
+        }
+        Ok(Some(seen.into()))
     }
 
     /// `SearchVector` on every shard, merged.
@@ -1229,7 +1329,8 @@ impl Router {
     /// each due within `route.shard_timeout_ms` or the caller's shorter
     /// `limit`; `send` makes one shard's request, and `on_retry` tells the
     /// caller what retrying a write some replicas did not take does.
-    /// Returns the sum of the shards' counts and the largest sequence.
+    /// Returns the sum of the shards' counts, the largest sequence, and
+    /// each shard's (0 for a shard not written).
     async fn write_everywhere<I, T, F, Fut>(
         &self,
         items: Vec<I>,
@@ -1237,7 +1338,7 @@ impl Router {
         limit: Option<Duration>,
         send: F,
         on_retry: &str,
-    ) -> Result<(u32, u64), Status>
+    ) -> Result<(u32, u64, Vec<u64>), Status>
     where
         I: Clone + Send + 'static,
         T: Send + 'static,
@@ -1271,6 +1372,7 @@ impl Router {
         }
         let mut count: HashMap<usize, u32> = HashMap::new();
         let mut seq = 0u64;
+        let mut wrote = vec![0u64; self.shards()];
         let mut failed: Vec<(usize, SocketAddr, Status)> = Vec::new();
         let mut followers: HashMap<usize, usize> = HashMap::new();
         while let Some(done) = set.join_next().await {
@@ -1282,6 +1384,7 @@ impl Router {
                     let (n, q) = r.into_inner().counts();
                     count.insert(s, n);
                     seq = seq.max(q);
+                    wrote[s] = wrote[s].max(q);
                     known.lock().remove(&addr);
                     self.inner.shards[s].written.fetch_max(q, Ordering::AcqRel);
                 }
@@ -1338,7 +1441,7 @@ impl Router {
         };
         match failed {
             Some(st) => Err(st),
-            None => Ok((count.values().sum(), seq)),
+            None => Ok((count.values().sum(), seq, wrote)),
         }
     }
 }
@@ -1415,8 +1518,9 @@ impl Recommender for Router {
     ) -> Result<Response<pb::RecommendResponse>, Status> {
         let started = Instant::now();
         let limit = client_deadline(&req);
+        let seen = self.seen(&req);
         let r = req.into_inner();
-        let result = async {
+        let result = in_session(seen, async {
             let _place = self.admit("Recommend", limit).await?;
             if let Some(front) = &self.inner.front {
                 return match self.recommend_sliced(front.get(), r.clone(), limit).await {
@@ -1468,7 +1572,9 @@ impl Recommender for Router {
             for (i, id) in r.history.iter().enumerate() {
                 let me = self.clone();
                 let id = id.clone();
-                set.spawn(async move { (i, me.item_vector(&id, limit).await) });
+                set.spawn(carried(
+                    async move { (i, me.item_vector(&id, limit).await) },
+                ));
             }
             let mut rows: Vec<Vec<f32>> = vec![Vec::new(); r.history.len()];
             while let Some(done) = set.join_next().await {
@@ -1503,7 +1609,7 @@ impl Recommender for Router {
                 partial,
                 ..Default::default()
             })
-        }
+        })
         .await;
         observed("Recommend", started, result).map(Response::new)
     }
@@ -1514,8 +1620,9 @@ impl Recommender for Router {
     ) -> Result<Response<pb::SimilarItemsResponse>, Status> {
         let started = Instant::now();
         let limit = client_deadline(&req);
+        let seen = self.seen(&req);
         let r = req.into_inner();
-        let result = async {
+        let result = in_session(seen, async {
             let _place = self.admit("SimilarItems", limit).await?;
             let vector = self.item_vector(&r.item_id, limit).await?;
             let (items, partial) = self
@@ -1531,7 +1638,7 @@ impl Recommender for Router {
                 )
                 .await?;
             Ok(pb::SimilarItemsResponse { items, partial })
-        }
+        })
         .await;
         observed("SimilarItems", started, result).map(Response::new)
     }
@@ -1542,8 +1649,9 @@ impl Recommender for Router {
     ) -> Result<Response<pb::SearchTextResponse>, Status> {
         let started = Instant::now();
         let limit = client_deadline(&req);
+        let seen = self.seen(&req);
         let r = req.into_inner();
-        let result = async {
+        let result = in_session(seen, async {
             let _place = self.admit("SearchText", limit).await?;
             let query = r.query.clone();
             let embedded = self
@@ -1576,7 +1684,7 @@ impl Recommender for Router {
                 )
                 .await?;
             Ok(pb::SearchTextResponse { items, partial })
-        }
+        })
         .await;
         observed("SearchText", started, result).map(Response::new)
     }
@@ -1587,12 +1695,13 @@ impl Recommender for Router {
     ) -> Result<Response<pb::SearchVectorResponse>, Status> {
         let started = Instant::now();
         let limit = client_deadline(&req);
-        let result = async {
+        let seen = self.seen(&req);
+        let result = in_session(seen, async {
             let _place = self.admit("SearchVector", limit).await?;
             self.search_everywhere("SearchVector", req.into_inner(), limit)
                 .await
                 .map(|(items, partial)| pb::SearchVectorResponse { items, partial })
-        }
+        })
         .await;
         observed("SearchVector", started, result).map(Response::new)
     }
@@ -1622,16 +1731,17 @@ impl Recommender for Router {
     ) -> Result<Response<pb::GetItemResponse>, Status> {
         let started = Instant::now();
         let limit = client_deadline(&req);
+        let seen = self.seen(&req);
         let r = Arc::new(req.into_inner());
         let owner = self.owner(&r.id);
-        let result = async {
+        let result = in_session(seen, async {
             let _place = self.admit("GetItem", limit).await?;
             self.call_fresh(owner, limit, move |mut c: Client, left| {
                 let q = due((*r).clone(), left);
                 async move { c.get_item(q).await }
             })
             .await
-        }
+        })
         .await;
         observed("GetItem", started, result).map(Response::new)
     }
@@ -1642,11 +1752,12 @@ impl Recommender for Router {
     ) -> Result<Response<pb::UpsertItemsResponse>, Status> {
         let started = Instant::now();
         let limit = client_deadline(&req);
+        let seen = self.seen(&req);
         let items = req.into_inner().items;
         let place = self.admit("UpsertItems", limit).await;
-        let result = match place {
-            Err(st) => Err(st),
-            Ok(_place) => self
+        let result = match (place, seen) {
+            (Err(st), _) | (_, Err(st)) => Err(st),
+            (Ok(_place), Ok(seen)) => self
                 .write_everywhere(
                     items,
                     |i: &pb::Item| i.id.as_str(),
@@ -1658,9 +1769,14 @@ impl Recommender for Router {
                     ITEM_WRITES_RETRY,
                 )
                 .await
-                .map(|(upserted, sequence)| pb::UpsertItemsResponse { upserted, sequence }),
+                .map(|(upserted, sequence, wrote)| {
+                    (
+                        pb::UpsertItemsResponse { upserted, sequence },
+                        written_after(seen.as_deref(), &wrote),
+                    )
+                }),
         };
-        observed("UpsertItems", started, result).map(Response::new)
+        observed("UpsertItems", started, result).map(with_session)
     }
 
     async fn delete_items(
@@ -1669,11 +1785,12 @@ impl Recommender for Router {
     ) -> Result<Response<pb::DeleteItemsResponse>, Status> {
         let started = Instant::now();
         let limit = client_deadline(&req);
+        let seen = self.seen(&req);
         let ids = req.into_inner().ids;
         let place = self.admit("DeleteItems", limit).await;
-        let result = match place {
-            Err(st) => Err(st),
-            Ok(_place) => self
+        let result = match (place, seen) {
+            (Err(st), _) | (_, Err(st)) => Err(st),
+            (Ok(_place), Ok(seen)) => self
                 .write_everywhere(
                     ids,
                     |i: &String| i.as_str(),
@@ -1685,9 +1802,14 @@ impl Recommender for Router {
                     ITEM_WRITES_RETRY,
                 )
                 .await
-                .map(|(deleted, sequence)| pb::DeleteItemsResponse { deleted, sequence }),
+                .map(|(deleted, sequence, wrote)| {
+                    (
+                        pb::DeleteItemsResponse { deleted, sequence },
+                        written_after(seen.as_deref(), &wrote),
+                    )
+                }),
         };
-        observed("DeleteItems", started, result).map(Response::new)
+        observed("DeleteItems", started, result).map(with_session)
     }
 
     async fn shard_sources(
@@ -1705,8 +1827,10 @@ impl Recommender for Router {
     ) -> Result<Response<pb::RecordEventsResponse>, Status> {
         let started = Instant::now();
         let limit = client_deadline(&req);
+        let seen = self.seen(&req);
         let events = req.into_inner().events;
-        let result = async {
+        let sent = seen.as_ref().ok().cloned().flatten();
+        let result = in_session(seen, async {
             let Some(front) = &self.inner.front else {
                 return Err(Status::unimplemented(
                     "RecordEvents is routed only over a partitioned build with training (`vecrec \
@@ -1716,10 +1840,11 @@ impl Recommender for Router {
                 ));
             };
             let _place = self.admit("RecordEvents", limit).await?;
-            self.record_routed(front.get(), events, limit).await
-        }
+            let (answer, wrote) = self.record_routed(front.get(), events, limit).await?;
+            Ok((answer, written_after(sent.as_deref(), &wrote)))
+        })
         .await;
-        observed("RecordEvents", started, result).map(Response::new)
+        observed("RecordEvents", started, result).map(with_session)
     }
 
     async fn user_events(

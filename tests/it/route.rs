@@ -617,6 +617,106 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
     let bad = slow.get_item(ask("soon")).await.unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument, "{bad:?}");
 
+    // Another router reads a caller's writes too, when the caller sends
+    // back the session a write answered with (x-vecrec-written: the last
+    // record each shard's part got); a write sent with one answers with
+    // both.
+    use vecrec::route::WRITTEN_HEADER;
+    let other = route(&names, &[]);
+    let mut oc = other.client().await;
+    let third = pb::Item {
+        id: (0..)
+            .map(|k| format!("session-{k}"))
+            .find(|id| shard_of(id, SHARDS) == owner)
+            .unwrap(),
+        title: "Lantern Ferry".into(),
+        text: "a lantern ferry crosses the black lake to the island chapel".into(),
+        ..Default::default()
+    };
+    let answer = rc
+        .upsert_items(pb::UpsertItemsRequest {
+            items: vec![third.clone()],
+        })
+        .await
+        .unwrap();
+    let session_of = |md: &tonic::metadata::MetadataMap| -> Vec<u64> {
+        let v = md
+            .get(WRITTEN_HEADER)
+            .expect("a routed write answers with a session");
+        v.to_str()
+            .unwrap()
+            .split(',')
+            .map(|n| n.parse().unwrap())
+            .collect()
+    };
+    let session = session_of(answer.metadata());
+    assert_eq!(session.len(), SHARDS);
+    assert_eq!(session[owner], answer.get_ref().sequence);
+    assert!(
+        (0..SHARDS).all(|s| s == owner || session[s] == 0),
+        "{session:?}"
+    );
+    // The follower has not read it on its own (it reads its log each minute).
+    assert!(!holds(&replicas[owner][1], &third.id).await);
+    fn sent<Q>(q: Q, session: &[u64]) -> tonic::Request<Q> {
+        let mut r = tonic::Request::new(q);
+        let text: Vec<String> = session.iter().map(u64::to_string).collect();
+        r.metadata_mut()
+            .insert(WRITTEN_HEADER, text.join(",").parse().unwrap());
+        r
+    }
+    for round in 0..6 {
+        let q = pb::SearchTextRequest {
+            query: third.text.clone(),
+            k: 3,
+            filter: None,
+        };
+        let found = oc
+            .search_text(sent(q, &session))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(found.items[0].item_id, third.id, "round {round}");
+    }
+    // Deleted through the other router with the session: the answer's
+    // session holds both writes, and the first router, sent it, reads the
+    // delete on every replica (the follower read the upsert, not this).
+    let gone = oc
+        .delete_items(sent(
+            pb::DeleteItemsRequest {
+                ids: vec![third.id.clone()],
+            },
+            &session,
+        ))
+        .await
+        .unwrap();
+    let after = session_of(gone.metadata());
+    assert_eq!(after[owner], gone.get_ref().sequence);
+    assert!(after[owner] > session[owner], "{after:?} {session:?}");
+    for round in 0..6 {
+        let q = pb::GetItemRequest {
+            id: third.id.clone(),
+            ..Default::default()
+        };
+        let err = rc.get_item(sent(q, &after)).await.unwrap_err();
+        assert_eq!(err.code(), Code::NotFound, "round {round}: {err:?}");
+    }
+    // A session that is not one number per shard is refused.
+    for bad in [vec![1, 2], vec![1; SHARDS + 1]] {
+        let q = pb::GetItemRequest {
+            id: third.id.clone(),
+            ..Default::default()
+        };
+        let err = oc.get_item(sent(q, &bad)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(
+            err.message().contains("shards; this router routes"),
+            "{err:?}"
+        );
+    }
+    drop(oc);
+    drop(other);
+
     // A replica that hangs (SIGSTOP) is hedged around: every call answers.
     let stopped = replicas[1][0].child.id().to_string();
     assert!(Command::new("kill")
