@@ -941,10 +941,36 @@ fn a_partitioned_build_compacts_from_what_it_serves() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success() && err.contains(why), "{err}");
     }
-    // Again: nothing left to fold; the same catalogue and histories.
-    let (ok, said) = build(&["--compact"]);
+    // Again, twice at once (two processes): the second waits for the
+    // first's lease, then runs; nothing left to fold either time, the
+    // same catalogue and histories.
+    let first = bin("vecrec-build")
+        .args(["--quiet", "--shards", "2", "--compact", "--out"])
+        .arg(&out)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lease = out.join(vecrec::layout::BUILD_LOCK_FILE);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !lease.is_file() {
+        assert!(
+            std::time::Instant::now() < until,
+            "the first compaction took no lease"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let (ok, said) = build(&["--compact", "--wait-lock", "600"]);
+    let first = first.wait_with_output().unwrap();
+    let first_said = String::from_utf8_lossy(&first.stderr);
+    assert!(first.status.success(), "{first_said}");
     assert!(ok, "{said}");
-    assert!(!said.contains("folding"), "{said}");
+    assert!(said.contains("waiting for rebuild compact-"), "{said}");
+    assert!(
+        !said.contains("folding") && !first_said.contains("folding"),
+        "{said}"
+    );
+    assert_eq!(vecrec::pipeline::read_lease(&out).unwrap(), None);
     assert_eq!(GenerationInfo::of(open(&root).manifest()).wal_seq, 3);
     let front = open(&front_root(&out));
     let users =
