@@ -184,7 +184,14 @@ fn run() -> anyhow::Result<()> {
     let start = Instant::now();
     let cfg = Config::load(a.config.as_deref())?;
     check_split(&a)?;
-    let _lease = take_lease(&a).context("taking the build lease")?;
+    let _lease = match take_lease(&a).context("taking the build lease")? {
+        Lease::Finished(run) => {
+            println!("nothing to do: rebuild {run} is published or found served already");
+            return Ok(());
+        }
+        Lease::Held(lease) => Some(lease),
+        Lease::None => None,
+    };
     let mut folded_through = Vec::new();
     // A shard of a folding split rebuild: cut with what its front folded.
     if let (true, Some(shards), Some(index), false) = (a.fold_log, a.shards, a.shard, a.embed_only)
@@ -405,9 +412,9 @@ fn check_split(a: &Args) -> anyhow::Result<()> {
 /// when it ends). A --content-only pod (it has no front, folds nothing
 /// and publishes only its shard) and an --embed-only pod without --run
 /// (it writes only its cache part) take none.
-fn take_lease(a: &Args) -> anyhow::Result<Option<vecrec::pipeline::BuildLock>> {
+fn take_lease(a: &Args) -> anyhow::Result<Lease> {
     if a.shards.is_none() || (a.content_only && a.shard.is_some()) {
-        return Ok(None);
+        return Ok(Lease::None);
     }
     let what = if a.compact {
         "compact"
@@ -423,13 +430,26 @@ fn take_lease(a: &Args) -> anyhow::Result<Option<vecrec::pipeline::BuildLock>> {
     let split = a.front_only || a.shard.is_some();
     let (run, own) = match &a.run {
         Some(run) => (run.clone(), false),
-        None if split => return Ok(None),
+        None if split => return Ok(Lease::None),
         None => (vecrec::pipeline::own_run(what), true),
     };
     let wait = std::time::Duration::from_secs(a.wait_lock);
-    Ok(Some(vecrec::pipeline::lock_build(
-        &a.out, &run, what, wait, own,
-    )?))
+    Ok(
+        match vecrec::pipeline::lock_build(&a.out, &run, what, wait, own)? {
+            Some(lease) => Lease::Held(lease),
+            None => Lease::Finished(run),
+        },
+    )
+}
+
+/// What [`take_lease`] found.
+enum Lease {
+    /// This build takes no lease.
+    None,
+    /// The lease, held.
+    Held(vecrec::pipeline::BuildLock),
+    /// The rebuild (`--run`) is published or found served already.
+    Finished(String),
 }
 
 /// The build's options from the flags and configuration.

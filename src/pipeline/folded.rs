@@ -160,6 +160,8 @@ pub fn write_folded(
     interactions: &[Interaction],
     through: &[u64],
 ) -> Result<(Vec<CatalogItem>, Vec<Interaction>)> {
+    // Written only by a build that still holds the root's lease.
+    super::lock::check_held(root)?;
     let dir = folded_dir(root);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let next = |name: &str| dir.join(format!("next-{name}"));
@@ -169,8 +171,6 @@ pub fn write_folded(
         read_catalog(&next(FOLDED_CATALOG))?,
         read_interactions(&next(FOLDED_INTERACTIONS))?,
     );
-    // Written only by a build that still holds the root's lease.
-    super::lock::check_held(root)?;
     // The record first: until both files are in place, the old files
     // still match the old record and the new ones the new.
     let mut records = read_records(root)?;

@@ -48,8 +48,12 @@ pub const STALE_AFTER: Duration = Duration::from_secs(600);
 /// Directory under the root naming the rebuilds whose lease was taken
 /// over.
 pub const ABANDONED_DIR: &str = "abandoned-runs";
-/// Abandoned rebuilds remembered.
-const KEPT_ABANDONED: usize = 32;
+/// Directory under the root naming the rebuilds whose build is
+/// published or found served: a lease they leave is free, and a late pod
+/// of one takes none.
+pub const FINISHED_DIR: &str = "finished-runs";
+/// Abandoned and finished rebuilds remembered, each.
+const KEPT_RUNS: usize = 32;
 
 /// What the lease file says.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,23 +86,29 @@ impl Lease {
     }
 }
 
-/// The leases this process holds ([`lock_path`], run), while their
-/// guards live.
-static HELD: std::sync::Mutex<Vec<(PathBuf, String)>> = std::sync::Mutex::new(Vec::new());
-
-fn held() -> std::sync::MutexGuard<'static, Vec<(PathBuf, String)>> {
-    HELD.lock().unwrap_or_else(|e| e.into_inner())
+/// A lease this process holds while its guard lives.
+#[derive(Clone, Debug)]
+struct Holding {
+    /// The guard's own number.
+    id: u64,
+    path: PathBuf,
+    run: String,
+    stale: Duration,
 }
 
-/// Forgets the guard of `run`'s lease at `path`.
-fn forget(path: &Path, run: &str) {
-    held().retain(|(p, r)| !(p == path && r == run));
+/// The leases this process holds.
+static HELD: std::sync::Mutex<Vec<Holding>> = std::sync::Mutex::new(Vec::new());
+static NEXT_GUARD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn held() -> std::sync::MutexGuard<'static, Vec<Holding>> {
+    HELD.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The lease held by this process; touched by a thread of its own until
 /// it is dropped or released.
 #[derive(Debug)]
 pub struct BuildLock {
+    id: u64,
     path: PathBuf,
     run: String,
     /// Dropping it stops the renewing thread.
@@ -215,12 +225,21 @@ fn renew(path: &Path, run: &str, now: u64) -> Result<bool> {
         Some((l, _)) if l.run == run => {}
         _ => return Ok(false),
     }
-    let touch = || -> std::io::Result<()> {
+    // Setting the time needs the file's owner: every build of one root
+    // runs as one user (the manifests' 10001).
+    let touch = || -> std::io::Result<u64> {
         let f = std::fs::OpenOptions::new().write(true).open(path)?;
-        f.set_modified(UNIX_EPOCH + Duration::from_millis(now))
+        f.set_modified(UNIX_EPOCH + Duration::from_millis(now))?;
+        Ok(ms(f.metadata()?.modified()?))
     };
     match touch() {
-        Ok(()) => Ok(true),
+        Ok(kept) if kept.abs_diff(now) <= 2000 => Ok(true),
+        Ok(kept) => Err(Error::io(
+            path,
+            std::io::Error::other(format!(
+                "the file system kept the time {kept} ms for {now} ms: it cannot hold a lease"
+            )),
+        )),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(Error::io(path, e)),
     }
@@ -228,8 +247,15 @@ fn renew(path: &Path, run: &str, now: u64) -> Result<bool> {
 
 /// Removes the lease `seen`, last renewed at `renewed`: moved aside
 /// first, and put back if it is not that one (another build's, renewed
-/// meanwhile). Whether it was removed.
-fn take_over(path: &Path, seen: &Lease, renewed: u64) -> Result<bool> {
+/// meanwhile). With `abandon` (the root, the rebuild taking over), its
+/// rebuild is marked abandoned before the lease is gone, so no late pod
+/// of it can take a lease meanwhile unmarked. Whether it was removed.
+fn take_over(
+    path: &Path,
+    seen: &Lease,
+    renewed: u64,
+    abandon: Option<(&Path, &str)>,
+) -> Result<bool> {
     let aside = beside(path, "old");
     match std::fs::rename(path, &aside) {
         Ok(()) => {}
@@ -241,7 +267,20 @@ fn take_over(path: &Path, seen: &Lease, renewed: u64) -> Result<bool> {
     if !same {
         // Another's lease: back in place unless a newer one is there
         // (whose holder then finds its own gone: `check_held`).
-        let _ = std::fs::hard_link(&aside, path);
+        if let Err(e) = std::fs::hard_link(&aside, path) {
+            tracing::warn!(error = %e, "could not put back a build lease moved aside; its holder will find it lost");
+        }
+    } else if let Some((root, by)) = abandon {
+        if let Err(e) = mark_run(
+            root,
+            ABANDONED_DIR,
+            &seen.run,
+            &format!("taken over by rebuild {by}"),
+        ) {
+            let _ = std::fs::hard_link(&aside, path);
+            let _ = std::fs::remove_file(&aside);
+            return Err(e);
+        }
     }
     std::fs::remove_file(&aside).map_err(|e| Error::io(&aside, e))?;
     Ok(same)
@@ -250,6 +289,9 @@ fn take_over(path: &Path, seen: &Lease, renewed: u64) -> Result<bool> {
 /// Whether the rebuild `run`'s build under `root` is published or was
 /// found served: its lease, if left, is free.
 fn run_finished(root: &Path, run: &str) -> bool {
+    if root.join(FINISHED_DIR).join(run).is_file() {
+        return true;
+    }
     let front = front_root(root);
     if front
         .join(super::shards::SERVED_RUNS_DIR)
@@ -268,17 +310,14 @@ fn abandoned_marker(root: &Path, run: &str) -> PathBuf {
     root.join(ABANDONED_DIR).join(run)
 }
 
-/// Records that `run`'s lease was taken over, keeping the newest
-/// [`KEPT_ABANDONED`] records.
-fn mark_abandoned(root: &Path, run: &str, by: &str) -> Result<()> {
-    let dir = root.join(ABANDONED_DIR);
+/// Records `run` under `dir` ([`ABANDONED_DIR`], [`FINISHED_DIR`]) with
+/// `what`, keeping the newest [`KEPT_RUNS`] records.
+fn mark_run(root: &Path, dir: &str, run: &str, what: &str) -> Result<()> {
+    let dir = root.join(dir);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let path = abandoned_marker(root, run);
-    std::fs::write(
-        &path,
-        format!("taken over by rebuild {by} at {} ms\n", now_ms()),
-    )
-    .map_err(|e| Error::io(&path, e))?;
+    let path = dir.join(run);
+    std::fs::write(&path, format!("{what} at {} ms\n", now_ms()))
+        .map_err(|e| Error::io(&path, e))?;
     let mut all: Vec<(SystemTime, PathBuf)> = std::fs::read_dir(&dir)
         .map_err(|e| Error::io(&dir, e))?
         .filter_map(|e| {
@@ -287,7 +326,7 @@ fn mark_abandoned(root: &Path, run: &str, by: &str) -> Result<()> {
         })
         .collect();
     all.sort();
-    for (_, old) in all.iter().rev().skip(KEPT_ABANDONED) {
+    for (_, old) in all.iter().rev().skip(KEPT_RUNS) {
         let _ = std::fs::remove_file(old);
     }
     Ok(())
@@ -296,6 +335,8 @@ fn mark_abandoned(root: &Path, run: &str, by: &str) -> Result<()> {
 /// What one attempt to take the lease found.
 enum Attempt {
     Taken,
+    /// The rebuild's build is published or served: nothing to hold.
+    Finished,
     Held(Lease, u64),
     /// Another process changed the file meanwhile: look again.
     Again,
@@ -312,6 +353,9 @@ fn attempt(root: &Path, run: &str, what: &str, now: u64, stale: Duration) -> Res
             root.display(),
             std::fs::read_to_string(&marker).unwrap_or_default().trim()
         )));
+    }
+    if run_finished(root, run) {
+        return Ok(Attempt::Finished);
     }
     let path = lock_path(root);
     let is_stale = |renewed: u64| now.saturating_sub(renewed) > stale.as_millis() as u64;
@@ -336,20 +380,19 @@ fn attempt(root: &Path, run: &str, what: &str, now: u64, stale: Duration) -> Res
         // This rebuild's, lapsed, and nobody took it over: no other build
         // ran meanwhile, so it goes on.
         Some((l, renewed)) if l.run == run => {
-            take_over(&path, &l, renewed)?;
+            take_over(&path, &l, renewed, None)?;
             Attempt::Again
         }
         Some((l, renewed)) if run_finished(root, &l.run) => {
-            take_over(&path, &l, renewed)?;
+            take_over(&path, &l, renewed, None)?;
             Attempt::Again
         }
         Some((l, renewed)) if is_stale(renewed) => {
-            if take_over(&path, &l, renewed)? {
+            if take_over(&path, &l, renewed, Some((root, run)))? {
                 tracing::warn!(
                     lease = %l.describe(renewed, now),
                     "took over a build lease nobody renewed; that rebuild is abandoned"
                 );
-                mark_abandoned(root, &l.run, run)?;
             }
             Attempt::Again
         }
@@ -362,14 +405,16 @@ fn attempt(root: &Path, run: &str, what: &str, now: u64, stale: Duration) -> Res
 /// waiting up to `wait` while another rebuild holds it. `what` says what
 /// this process does, for the messages of the builds it keeps waiting.
 /// `own`: the lease is this process's alone and is released when the
-/// returned guard is dropped, even on an error.
+/// returned guard is dropped, even on an error. `None`: the rebuild's
+/// build is published or found served already, so this process has
+/// nothing to do.
 pub fn lock_build(
     root: &Path,
     run: &str,
     what: &str,
     wait: Duration,
     own: bool,
-) -> Result<BuildLock> {
+) -> Result<Option<BuildLock>> {
     lock_with(root, run, what, wait, own, STALE_AFTER, RENEW_EVERY)
 }
 
@@ -381,7 +426,7 @@ fn lock_with(
     own: bool,
     stale: Duration,
     every: Duration,
-) -> Result<BuildLock> {
+) -> Result<Option<BuildLock>> {
     std::fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
     let path = lock_path(root);
     let until = Instant::now() + wait;
@@ -390,6 +435,7 @@ fn lock_with(
     loop {
         match attempt(root, run, what, now_ms(), stale)? {
             Attempt::Taken => break,
+            Attempt::Finished => return Ok(None),
             Attempt::Again => {
                 races += 1;
                 if races > 100 {
@@ -401,6 +447,7 @@ fn lock_with(
                 std::thread::sleep(Duration::from_millis(20));
             }
             Attempt::Held(other, renewed) => {
+                races = 0;
                 let left = until.saturating_duration_since(Instant::now());
                 let holder = other.describe(renewed, now_ms());
                 if left.is_zero() {
@@ -425,7 +472,19 @@ fn lock_with(
             }
         }
     }
-    held().push((path.clone(), run.to_owned()));
+    // Marked abandoned while this took the lease (a taker removed the old
+    // one just before): the rebuild is over, whatever this one holds.
+    if abandoned_marker(root, run).is_file() {
+        release_at(&path, run);
+        return attempt(root, run, what, now_ms(), stale).map(|_| None);
+    }
+    let id = NEXT_GUARD.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    held().push(Holding {
+        id,
+        path: path.clone(),
+        run: run.to_owned(),
+        stale,
+    });
     let (tx, rx) = mpsc::channel::<()>();
     let renewer = {
         let (path, run) = (path.clone(), run.to_owned());
@@ -447,13 +506,14 @@ fn lock_with(
             })
             .map_err(|e| Error::Runtime(format!("starting the lease's renewer: {e}")))?
     };
-    Ok(BuildLock {
+    Ok(Some(BuildLock {
+        id,
         path,
         run: run.to_owned(),
         stop: Some(tx),
         renewer: Some(renewer),
         release_on_drop: own,
-    })
+    }))
 }
 
 impl BuildLock {
@@ -468,7 +528,8 @@ impl BuildLock {
         if let Some(t) = self.renewer.take() {
             let _ = t.join();
         }
-        forget(&self.path, &self.run);
+        let id = self.id;
+        held().retain(|h| h.id != id);
     }
 }
 
@@ -487,22 +548,18 @@ impl Drop for BuildLock {
 /// lease was taken over writes nothing more.
 pub fn check_held(root: &Path) -> Result<()> {
     let path = lock_path(root);
-    let runs: Vec<String> = held()
-        .iter()
-        .filter(|(p, _)| *p == path)
-        .map(|(_, r)| r.clone())
-        .collect();
-    for run in runs {
-        check_one(&path, &run)?;
+    let holding: Vec<Holding> = held().iter().filter(|h| h.path == path).cloned().collect();
+    for h in holding {
+        check_one(&path, &h.run, h.stale)?;
     }
     Ok(())
 }
 
-fn check_one(path: &Path, run: &str) -> Result<()> {
+fn check_one(path: &Path, run: &str, stale: Duration) -> Result<()> {
     let now = now_ms();
     match read_at(path)? {
         Some((l, renewed))
-            if l.run == run && now.saturating_sub(renewed) <= STALE_AFTER.as_millis() as u64 =>
+            if l.run == run && now.saturating_sub(renewed) <= stale.as_millis() as u64 =>
         {
             Ok(())
         }
@@ -523,11 +580,14 @@ fn check_one(path: &Path, run: &str) -> Result<()> {
 /// failure is logged, not returned: the build is done, and a lease left
 /// behind is free once its run is found published.
 pub fn release_run(root: &Path, run: &str) {
+    if let Err(e) = mark_run(root, FINISHED_DIR, run, "published or found served") {
+        tracing::warn!(error = %e, run, "recording a finished rebuild");
+    }
     release_at(&lock_path(root), run);
 }
 
 fn release_at(path: &Path, run: &str) {
-    forget(path, run);
+    held().retain(|h| !(h.path == path && h.run == run));
     let removed = match read_at(path) {
         Ok(Some((l, _))) if l.run == run => match std::fs::remove_file(path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(path, e)),
@@ -547,8 +607,21 @@ mod tests {
 
     const LONG: Duration = Duration::from_secs(3600);
 
+    /// [`lock_with`] for a rebuild not finished.
+    fn lock_some(
+        root: &Path,
+        run: &str,
+        what: &str,
+        wait: Duration,
+        own: bool,
+        stale: Duration,
+        every: Duration,
+    ) -> Result<BuildLock> {
+        lock_with(root, run, what, wait, own, stale, every).map(|l| l.expect("not finished"))
+    }
+
     fn take(root: &Path, run: &str, wait: Duration) -> Result<BuildLock> {
-        lock_with(root, run, "test", wait, false, LONG, LONG)
+        lock_some(root, run, "test", wait, false, LONG, LONG)
     }
 
     fn run_of(root: &Path) -> Option<String> {
@@ -588,8 +661,8 @@ mod tests {
         // (the rebuild published) frees it for b.
         drop(a2);
         assert_eq!(run_of(dir.path()).as_deref(), Some("a"));
-        // b's release does not remove a's lease.
-        release_run(dir.path(), "b");
+        // Another rebuild's release does not remove a's lease.
+        release_run(dir.path(), "x");
         assert_eq!(run_of(dir.path()).as_deref(), Some("a"));
         a.release();
         assert_eq!(run_of(dir.path()), None);
@@ -597,18 +670,19 @@ mod tests {
         assert_eq!(run_of(dir.path()).as_deref(), Some("b"));
         drop(b);
         // Only the lease file is left: no temporary files beside it.
-        let names: Vec<String> = std::fs::read_dir(dir.path())
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
-        assert_eq!(names, vec![BUILD_LOCK_FILE.to_owned()]);
+        names.sort();
+        assert_eq!(names, [BUILD_LOCK_FILE, FINISHED_DIR]);
     }
 
     #[test]
     fn a_waiting_build_takes_the_lease_once_released_and_an_own_lease_goes_with_its_guard() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_owned();
-        let own = lock_with(&root, "one", "compact", Duration::ZERO, true, LONG, LONG).unwrap();
+        let own = lock_some(&root, "one", "compact", Duration::ZERO, true, LONG, LONG).unwrap();
         let waiter = {
             let root = root.clone();
             std::thread::spawn(move || take(&root, "next", Duration::from_secs(30)).map(|_| ()))
@@ -627,22 +701,22 @@ mod tests {
         let stale = Duration::from_secs(60);
         let every = Duration::from_millis(50);
         // Renewed by its holder, the lease stays fresh.
-        let held = lock_with(root, "a", "test", Duration::ZERO, false, stale, every).unwrap();
+        let held = lock_some(root, "a", "test", Duration::ZERO, false, stale, every).unwrap();
         age(root, Duration::from_secs(50));
         std::thread::sleep(Duration::from_millis(300));
         let (lease, renewed) = read_lease(root).unwrap().unwrap();
         assert!(now_ms() - renewed < 1000, "not renewed");
         assert_eq!(lease.run, "a");
-        assert!(lock_with(root, "b", "test", Duration::ZERO, false, stale, every).is_err());
+        assert!(lock_some(root, "b", "test", Duration::ZERO, false, stale, every).is_err());
         check_held(root).unwrap();
         // Its processes gone (the guard dropped without a release), the
         // lease goes stale and b takes it over.
         drop(held);
         age(root, Duration::from_secs(61));
-        let b = lock_with(root, "b", "test", Duration::ZERO, false, stale, every).unwrap();
+        let b = lock_some(root, "b", "test", Duration::ZERO, false, stale, every).unwrap();
         assert_eq!(run_of(root).as_deref(), Some("b"));
         // A late pod of a stops at once: b may have cleared its front.
-        let e = lock_with(root, "a", "test", Duration::ZERO, false, stale, every)
+        let e = lock_some(root, "a", "test", Duration::ZERO, false, stale, every)
             .unwrap_err()
             .to_string();
         assert!(
@@ -652,7 +726,7 @@ mod tests {
         drop(b);
         // b's own lease, lapsed with nobody taking it: b goes on.
         age(root, Duration::from_secs(61));
-        let b = lock_with(root, "b", "test", Duration::ZERO, false, stale, every).unwrap();
+        let b = lock_some(root, "b", "test", Duration::ZERO, false, stale, every).unwrap();
         assert!(!abandoned_marker(root, "b").exists());
         drop(b);
         // A file that is no lease is an error that names it.
@@ -703,7 +777,21 @@ mod tests {
         assert_eq!(run_of(root).as_deref(), Some("c"));
         assert!(!abandoned_marker(root, "b").exists());
         c.release();
-        assert!(!held().iter().any(|(p, _)| *p == lock_path(root)));
+        assert!(!held().iter().any(|h| h.path == lock_path(root)));
+        // A late process of the published rebuild b takes no lease.
+        assert!(
+            lock_with(root, "b", "test", Duration::ZERO, false, LONG, LONG)
+                .unwrap()
+                .is_none()
+        );
+        // Nor of one released as done (published by a pod of its own).
+        release_run(root, "d");
+        assert!(
+            lock_with(root, "d", "test", Duration::ZERO, false, LONG, LONG)
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(run_of(root), None);
     }
 
     #[test]

@@ -385,8 +385,12 @@ fn build_sliced(
         let cut = front_root.join(CUT_DIR).join(&pending.generation);
         std::fs::create_dir_all(&cut).map_err(|e| Error::io(&cut, e))?;
         let name = generation_name(&reports[0].generation);
-        write_atomic(&cut.join(format!("shard-{index}")), name.as_bytes())?;
-        publish_if_cut(root, &pending, shards)?;
+        super::lock::check_held(root)?;
+        write_atomic(
+            &cut.join(format!("shard-{index}")),
+            cut_marker(&name, opts.run.as_deref()).as_bytes(),
+        )?;
+        publish_if_cut(root, shards)?;
         if let Some(last) = reports.last_mut() {
             last.stages = stages.into_list();
         }
@@ -400,17 +404,10 @@ fn build_sliced(
             // shards cut from two fronts, and neither would be published.
             tracing::info!(front = %p.generation, "a front of these inputs and settings is pending already; not training again");
             if opts.run.is_some() && p.run != opts.run {
-                // This run's shards cut from it, and only they: the
-                // markers of the rebuild it took over (which stopped, its
-                // lease abandoned) are dropped, so this one publishes only
-                // once each of its own pods has cut its shard.
-                let cut = front_root.join(CUT_DIR).join(&p.generation);
-                match std::fs::remove_dir_all(&cut) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                        return Err(Error::io(&cut, e))
-                    }
-                    _ => {}
-                }
+                // This run's shards cut from it, and only they count (each
+                // marker names its run): the rebuild it took over stopped,
+                // and its pods' markers could publish before this one's
+                // pods are done.
                 // Its inputs hold what it folded, whatever this build folded.
                 let folded_through = if opts.folded_through.is_empty() {
                     p.folded_through.clone()
@@ -425,6 +422,9 @@ fn build_sliced(
                         ..p
                     },
                 )?;
+                // Its pods may have cut every shard already (from the front
+                // pending under the other run's name).
+                publish_if_cut(root, shards)?;
             }
             return Ok(Vec::new());
         }
@@ -456,6 +456,7 @@ fn build_sliced(
             run: opts.run.clone(),
         };
         // Markers of fronts no longer pending would never be read again.
+        super::lock::check_held(root)?;
         let cut = front_root.join(CUT_DIR);
         removed(std::fs::remove_dir_all(&cut), &cut)?;
         write_pending(&front_root, &pending)?;
@@ -585,6 +586,10 @@ fn wait_for_front(
 
 /// Records `pending` as the front pending under `front_root`.
 fn write_pending(front_root: &Path, pending: &PendingFront) -> Result<()> {
+    // Written only by a build that still holds the root's lease.
+    if let Some(root) = front_root.parent() {
+        super::lock::check_held(root)?;
+    }
     write_front_record(&front_root.join(PENDING_FRONT_FILE), pending)
 }
 
@@ -754,17 +759,42 @@ fn read_pending(path: &Path) -> Result<Option<PendingFront>> {
     }
 }
 
-/// Publishes the pending front and every shard cut from it once every
-/// shard's build has left its generation's name under `cut/`; until then
-/// does nothing. Two builds finishing together may both publish: the same
-/// names, each written atomically.
-fn publish_if_cut(root: &Path, pending: &PendingFront, shards: usize) -> Result<()> {
+/// What a shard's build leaves under `cut/<front>/shard-i`: its new
+/// generation's name, and on a second line the rebuild (`--run`) it
+/// belongs to.
+fn cut_marker(generation: &str, run: Option<&str>) -> String {
+    match run {
+        Some(run) => format!("{generation}\n{run}\n"),
+        None => generation.to_owned(),
+    }
+}
+
+/// The generation a cut marker names, if it belongs to `run`.
+fn marked_for<'a>(marker: &'a str, run: Option<&str>) -> Option<&'a str> {
+    let mut lines = marker.lines();
+    let generation = lines.next()?.trim();
+    let by = lines.next().map(str::trim).filter(|r| !r.is_empty());
+    (by == run).then_some(generation)
+}
+
+/// Publishes the front pending now and every shard cut from it once each
+/// shard's build of its rebuild (`run`) has left its generation's name
+/// under `cut/`; until then does nothing. Two builds finishing together
+/// may both publish: the same names, each written atomically.
+fn publish_if_cut(root: &Path, shards: usize) -> Result<()> {
     let front_root = front_root(root);
+    let Some(pending) = read_pending(&front_root.join(PENDING_FRONT_FILE))? else {
+        return Ok(());
+    };
+    let pending = &pending;
     let cut = front_root.join(CUT_DIR).join(&pending.generation);
     let mut names = Vec::with_capacity(shards);
     for s in 0..shards {
         match std::fs::read_to_string(cut.join(format!("shard-{s}"))) {
-            Ok(name) => names.push(name),
+            Ok(marker) => match marked_for(&marker, pending.run.as_deref()) {
+                Some(name) => names.push(name.to_owned()),
+                None => return Ok(()),
+            },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(Error::io(&cut, e)),
         }
@@ -966,6 +996,17 @@ mod tests {
 
     /// A shard cuts only from a front of the same inputs: the digest moves
     /// with any item's text or id and any interaction's field or order.
+    #[test]
+    fn a_cut_marker_counts_for_its_own_rebuild_only() {
+        let marker = cut_marker("gen-000004", Some("r2"));
+        assert_eq!(marked_for(&marker, Some("r2")), Some("gen-000004"));
+        assert_eq!(marked_for(&marker, Some("r1")), None);
+        assert_eq!(marked_for(&marker, None), None);
+        let plain = cut_marker("gen-000004", None);
+        assert_eq!(marked_for(&plain, None), Some("gen-000004"));
+        assert_eq!(marked_for(&plain, Some("r2")), None);
+    }
+
     #[test]
     fn the_inputs_digest_moves_with_every_input() {
         let item = |id: &str, title: &str| {

@@ -665,22 +665,54 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
             .insert(WRITTEN_HEADER, text.join(",").parse().unwrap());
         r
     }
+    // SearchVector: no Embed call goes first (one carrying the session
+    // could make the follower read its log before the search reaches it).
+    let vector = replicas[0][0]
+        .client()
+        .await
+        .embed(pb::EmbedRequest {
+            texts: vec![third.text.clone()],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .embeddings
+        .remove(0)
+        .values;
+    let near = |session: &[u64]| {
+        sent(
+            pb::SearchVectorRequest {
+                vector: vector.clone(),
+                k: 3,
+                ..Default::default()
+            },
+            session,
+        )
+    };
+    // Replicas are taken in turn, so the first round that reaches the
+    // follower finds the write only by the session.
     for round in 0..6 {
-        let q = pb::SearchTextRequest {
-            query: third.text.clone(),
-            k: 3,
-            filter: None,
-        };
-        let found = oc
-            .search_text(sent(q, &session))
-            .await
-            .unwrap()
-            .into_inner();
+        let found = oc.search_vector(near(&session)).await.unwrap().into_inner();
         assert_eq!(found.items[0].item_id, third.id, "round {round}");
     }
     // Deleted through the other router with the session: the answer's
-    // session holds both writes, and the first router, sent it, reads the
-    // delete on every replica (the follower read the upsert, not this).
+    // session holds both writes. The follower holds the upsert (read now
+    // if it has not yet), not the delete, and the first router's own
+    // writes ask no more than the upsert of it: sent the session, it reads
+    // the delete on every replica.
+    let mut slow = replicas[owner][1].client().await;
+    let mut floor = tonic::Request::new(pb::GetItemRequest {
+        id: third.id.clone(),
+        ..Default::default()
+    });
+    floor.metadata_mut().insert(
+        "x-vecrec-min-sequence",
+        session[owner].to_string().parse().unwrap(),
+    );
+    assert!(
+        slow.get_item(floor).await.is_ok(),
+        "the follower did not read the upsert"
+    );
     let gone = oc
         .delete_items(sent(
             pb::DeleteItemsRequest {
@@ -693,13 +725,17 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
     let after = session_of(gone.metadata());
     assert_eq!(after[owner], gone.get_ref().sequence);
     assert!(after[owner] > session[owner], "{after:?} {session:?}");
+    assert!(
+        holds(&replicas[owner][1], &third.id).await,
+        "the follower read the delete early"
+    );
     for round in 0..6 {
-        let q = pb::GetItemRequest {
-            id: third.id.clone(),
-            ..Default::default()
-        };
-        let err = rc.get_item(sent(q, &after)).await.unwrap_err();
-        assert_eq!(err.code(), Code::NotFound, "round {round}: {err:?}");
+        let found = rc.search_vector(near(&after)).await.unwrap().into_inner();
+        assert!(
+            found.items.iter().all(|i| i.item_id != third.id),
+            "round {round}: {:?}",
+            found.items
+        );
     }
     // A session that is not one number per shard is refused.
     for bad in [vec![1, 2], vec![1; SHARDS + 1]] {
