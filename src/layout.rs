@@ -91,6 +91,11 @@ pub const PUBLISHED_FRONT_FILE: &str = "PUBLISHED.json";
 /// there publishes them all and the front.
 pub const CUT_DIR: &str = "cut";
 
+/// Directory under a partitioned build's front root with a marker per
+/// rebuild (`--run`) whose `--front-only` found its build served already:
+/// that rebuild's shard pods have nothing to do.
+pub const SERVED_RUNS_DIR: &str = "served-runs";
+
 /// File under a partitioned build's root naming the build that holds it
 /// now (`pipeline::lock`): one build at a time writes a partitioned build.
 pub const BUILD_LOCK_FILE: &str = "BUILD.lock";

@@ -37,7 +37,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::layout::{front_root, PendingFront, BUILD_LOCK_FILE, PUBLISHED_FRONT_FILE};
+use crate::layout::{
+    front_root, PendingFront, BUILD_LOCK_FILE, PUBLISHED_FRONT_FILE, SERVED_RUNS_DIR,
+};
 
 /// How often a holder touches its lease.
 pub const RENEW_EVERY: Duration = Duration::from_secs(15);
@@ -294,7 +296,7 @@ fn run_finished(root: &Path, run: &str) -> bool {
     }
     let front = front_root(root);
     if front
-        .join(super::shards::SERVED_RUNS_DIR)
+        .join(SERVED_RUNS_DIR)
         .join(format!("{run}.json"))
         .is_file()
     {
@@ -607,21 +609,13 @@ mod tests {
 
     const LONG: Duration = Duration::from_secs(3600);
 
-    /// [`lock_with`] for a rebuild not finished.
-    fn lock_some(
-        root: &Path,
-        run: &str,
-        what: &str,
-        wait: Duration,
-        own: bool,
-        stale: Duration,
-        every: Duration,
-    ) -> Result<BuildLock> {
-        lock_with(root, run, what, wait, own, stale, every).map(|l| l.expect("not finished"))
+    /// The guard of a lease taken for a rebuild not finished.
+    fn some(taken: Result<Option<BuildLock>>) -> Result<BuildLock> {
+        taken.map(|l| l.expect("not finished"))
     }
 
     fn take(root: &Path, run: &str, wait: Duration) -> Result<BuildLock> {
-        lock_some(root, run, "test", wait, false, LONG, LONG)
+        some(lock_with(root, run, "test", wait, false, LONG, LONG))
     }
 
     fn run_of(root: &Path) -> Option<String> {
@@ -682,7 +676,16 @@ mod tests {
     fn a_waiting_build_takes_the_lease_once_released_and_an_own_lease_goes_with_its_guard() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_owned();
-        let own = lock_some(&root, "one", "compact", Duration::ZERO, true, LONG, LONG).unwrap();
+        let own = some(lock_with(
+            &root,
+            "one",
+            "compact",
+            Duration::ZERO,
+            true,
+            LONG,
+            LONG,
+        ))
+        .unwrap();
         let waiter = {
             let root = root.clone();
             std::thread::spawn(move || take(&root, "next", Duration::from_secs(30)).map(|_| ()))
@@ -700,25 +703,34 @@ mod tests {
         let root = dir.path();
         let stale = Duration::from_secs(60);
         let every = Duration::from_millis(50);
+        let quick = |run: &str| {
+            some(lock_with(
+                root,
+                run,
+                "test",
+                Duration::ZERO,
+                false,
+                stale,
+                every,
+            ))
+        };
         // Renewed by its holder, the lease stays fresh.
-        let held = lock_some(root, "a", "test", Duration::ZERO, false, stale, every).unwrap();
+        let held = quick("a").unwrap();
         age(root, Duration::from_secs(50));
         std::thread::sleep(Duration::from_millis(300));
         let (lease, renewed) = read_lease(root).unwrap().unwrap();
         assert!(now_ms() - renewed < 1000, "not renewed");
         assert_eq!(lease.run, "a");
-        assert!(lock_some(root, "b", "test", Duration::ZERO, false, stale, every).is_err());
+        assert!(quick("b").is_err());
         check_held(root).unwrap();
         // Its processes gone (the guard dropped without a release), the
         // lease goes stale and b takes it over.
         drop(held);
         age(root, Duration::from_secs(61));
-        let b = lock_some(root, "b", "test", Duration::ZERO, false, stale, every).unwrap();
+        let b = quick("b").unwrap();
         assert_eq!(run_of(root).as_deref(), Some("b"));
         // A late pod of a stops at once: b may have cleared its front.
-        let e = lock_some(root, "a", "test", Duration::ZERO, false, stale, every)
-            .unwrap_err()
-            .to_string();
+        let e = quick("a").unwrap_err().to_string();
         assert!(
             e.contains("rebuild a stopped renewing") && e.contains("taken over by rebuild b"),
             "{e}"
@@ -726,7 +738,7 @@ mod tests {
         drop(b);
         // b's own lease, lapsed with nobody taking it: b goes on.
         age(root, Duration::from_secs(61));
-        let b = lock_some(root, "b", "test", Duration::ZERO, false, stale, every).unwrap();
+        let b = quick("b").unwrap();
         assert!(!abandoned_marker(root, "b").exists());
         drop(b);
         // A file that is no lease is an error that names it.

@@ -31,7 +31,8 @@ use crate::error::{Error, Result};
 use crate::layout::{
     front_root, generation_name, shard_of, shard_root, short_hex, GenerationInfo, PendingFront,
     ShardInfo, SlicedMeta, ALS_DIR, CUT_DIR, EASE_ROWS, FRONT_ROWS_FILE, PENDING_FRONT_FILE,
-    PUBLISHED_FRONT_FILE, SEQUENCE_DIR, SLICED_FILE, TRANSITIONS_ROWS, TWO_TOWER_DIR,
+    PUBLISHED_FRONT_FILE, SEQUENCE_DIR, SERVED_RUNS_DIR, SLICED_FILE, TRANSITIONS_ROWS,
+    TWO_TOWER_DIR,
 };
 use crate::retrieve::sparse::SparseRows;
 use crate::users::{profile_of, write_users, UserProfiles};
@@ -600,11 +601,6 @@ fn write_front_record(path: &Path, record: &PendingFront) -> Result<()> {
     write_atomic(path, &json)?;
     Ok(())
 }
-
-/// Directory under a partitioned build's front root where a split
-/// rebuild's `--front-only` that found its build served already leaves a
-/// file named after the rebuild (`--run`) saying so, for its shards.
-pub(super) const SERVED_RUNS_DIR: &str = "served-runs";
 
 /// The file under `front_root` that says rebuild `run` found its build
 /// served already; a run id is a file name of letters, digits, `.`, `_`
