@@ -480,6 +480,14 @@ fn lock_with(
         release_at(&path, run);
         return attempt(root, run, what, now_ms(), stale).map(|_| None);
     }
+    // Renewed once now: a file system or a user that cannot keep the
+    // lease fails here, not after the work.
+    if !renew(&path, run, now_ms())? {
+        return Err(Error::FailedPrecondition(format!(
+            "{}: another build took the lease as rebuild {run} took it; try again",
+            path.display()
+        )));
+    }
     let id = NEXT_GUARD.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     held().push(Holding {
         id,

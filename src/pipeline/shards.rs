@@ -809,7 +809,15 @@ fn publish_if_cut(root: &Path, shards: usize) -> Result<()> {
             pending.generation
         )));
     }
-    super::lock::check_held(root)?;
+    if let Err(e) = super::lock::check_held(root) {
+        // Another pod of this rebuild, finishing at the same time,
+        // published these cuts and released the lease just now.
+        let published = read_pending(&front_root.join(PUBLISHED_FRONT_FILE))?;
+        if published.is_some_and(|p| p.generation == pending.generation) {
+            return Ok(());
+        }
+        return Err(e);
+    }
     for (s, dir) in dirs.iter().enumerate() {
         publish(&shard_root(root, s), dir)?;
     }
@@ -990,8 +998,7 @@ fn cut_shards(
 mod tests {
     use super::*;
 
-    /// A shard cuts only from a front of the same inputs: the digest moves
-    /// with any item's text or id and any interaction's field or order.
+    /// A cut marker counts only for the rebuild that wrote it.
     #[test]
     fn a_cut_marker_counts_for_its_own_rebuild_only() {
         let marker = cut_marker("gen-000004", Some("r2"));
@@ -1003,6 +1010,8 @@ mod tests {
         assert_eq!(marked_for(&plain, Some("r2")), None);
     }
 
+    /// A shard cuts only from a front of the same inputs: the digest moves
+    /// with any item's text or id and any interaction's field or order.
     #[test]
     fn the_inputs_digest_moves_with_every_input() {
         let item = |id: &str, title: &str| {

@@ -126,20 +126,19 @@ async fn in_session<T, F>(seen: Result<Option<Arc<[u64]>>, Status>, f: F) -> Res
 where
     F: Future<Output = Result<T, Status>>,
 {
-    match seen? {
-        Some(seen) => SEEN.scope(seen, f).await,
-        None => f.await,
-    }
+    scoped(seen?, f).await
 }
 
 /// `f` with the calling task's session, for a task the call spawns.
 fn carried<F: Future>(f: F) -> impl Future<Output = F::Output> {
-    let seen = SEEN.try_with(Arc::clone).ok();
-    async move {
-        match seen {
-            Some(seen) => SEEN.scope(seen, f).await,
-            None => f.await,
-        }
+    scoped(SEEN.try_with(Arc::clone).ok(), f)
+}
+
+/// `f`, in the session `seen` when there is one.
+async fn scoped<F: Future>(seen: Option<Arc<[u64]>>, f: F) -> F::Output {
+    match seen {
+        Some(seen) => SEEN.scope(seen, f).await,
+        None => f.await,
     }
 }
 

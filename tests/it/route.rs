@@ -551,7 +551,7 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
     // shard names the last log record a write to it got back
     // (x-vecrec-min-sequence), and a follower that has not read that far
     // reads its log's tail first. This one would read it only after a
-    // minute on its own.
+    // minute on its own (the longest interval allowed).
     replicas[owner][1].kill();
     let mut args = vec![
         "serve".to_owned(),
