@@ -334,6 +334,23 @@ fn mark_run(root: &Path, dir: &str, run: &str, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// Fails if the rebuild `run` was marked abandoned (its lease taken over
+/// after `stale` without renewal).
+fn check_not_abandoned(root: &Path, run: &str, stale: Duration) -> Result<()> {
+    let marker = abandoned_marker(root, run);
+    if !marker.is_file() {
+        return Ok(());
+    }
+    Err(Error::FailedPrecondition(format!(
+        "rebuild {run} stopped renewing its build lease for {} s and another build took {} \
+         over ({}), which may have cleared its pending front: start the rebuild again \
+         with a new --run",
+        stale.as_secs(),
+        root.display(),
+        std::fs::read_to_string(&marker).unwrap_or_default().trim()
+    )))
+}
+
 /// What one attempt to take the lease found.
 enum Attempt {
     Taken,
@@ -345,17 +362,7 @@ enum Attempt {
 }
 
 fn attempt(root: &Path, run: &str, what: &str, now: u64, stale: Duration) -> Result<Attempt> {
-    let marker = abandoned_marker(root, run);
-    if marker.is_file() {
-        return Err(Error::FailedPrecondition(format!(
-            "rebuild {run} stopped renewing its build lease for {} s and another build took {} \
-             over ({}), which may have cleared its pending front: start the rebuild again \
-             with a new --run",
-            stale.as_secs(),
-            root.display(),
-            std::fs::read_to_string(&marker).unwrap_or_default().trim()
-        )));
-    }
+    check_not_abandoned(root, run, stale)?;
     if run_finished(root, run) {
         return Ok(Attempt::Finished);
     }
@@ -476,9 +483,9 @@ fn lock_with(
     }
     // Marked abandoned while this took the lease (a taker removed the old
     // one just before): the rebuild is over, whatever this one holds.
-    if abandoned_marker(root, run).is_file() {
+    if let Err(e) = check_not_abandoned(root, run, stale) {
         release_at(&path, run);
-        return attempt(root, run, what, now_ms(), stale).map(|_| None);
+        return Err(e);
     }
     // Renewed once now: a file system or a user that cannot keep the
     // lease fails here, not after the work.
