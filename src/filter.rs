@@ -1,6 +1,6 @@
 //! Attribute predicates over item metadata: categories, tags, numeric ranges.
 
-use vecrec_index::ItemMeta;
+use vecrec_index::FilterAttributes;
 
 /// An inclusive range on a numeric attribute.
 #[derive(Clone, Debug, PartialEq)]
@@ -30,16 +30,13 @@ impl Filter {
         self.categories_any.is_empty() && self.tags_all.is_empty() && self.ranges.is_empty()
     }
 
-    /// Whether `meta` passes.
-    pub fn matches(&self, meta: &ItemMeta) -> bool {
-        (self.categories_any.is_empty()
-            || self
-                .categories_any
-                .iter()
-                .any(|c| meta.categories.contains(c)))
-            && self.tags_all.iter().all(|t| meta.tags.contains(t))
+    /// Whether an item with attributes `meta` (a stored row's or a live
+    /// item's record) passes.
+    pub fn matches(&self, meta: &impl FilterAttributes) -> bool {
+        (self.categories_any.is_empty() || self.categories_any.iter().any(|c| meta.has_category(c)))
+            && self.tags_all.iter().all(|t| meta.has_tag(t))
             && self.ranges.iter().all(|r| {
-                meta.numeric.get(&r.field).is_some_and(|&x| {
+                meta.number(&r.field).is_some_and(|x| {
                     r.min.is_none_or(|lo| x >= lo) && r.max.is_none_or(|hi| x <= hi)
                 })
             })
@@ -49,6 +46,7 @@ impl Filter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vecrec_index::ItemMeta;
 
     #[test]
     fn conditions_combine() {
@@ -58,7 +56,22 @@ mod tests {
             ..Default::default()
         };
         m.numeric.insert("year".into(), 2000.0);
-        assert!(Filter::default().matches(&m));
+        // The same record as a stored row: every filter below agrees on both.
+        let mut rows = vecrec_index::attrs::AttrTableBuilder::default();
+        rows.push(vecrec_index::attrs::RowAttributes {
+            categories: m.categories.clone(),
+            tags: m.tags.clone(),
+            numeric: m.numeric.clone().into_iter().collect(),
+        })
+        .unwrap();
+        let rows = rows.finish();
+        let row = rows.get(0);
+        let both = |f: &Filter| {
+            let on_record = f.matches(&m);
+            assert_eq!(f.matches(&row), on_record, "{f:?}");
+            on_record
+        };
+        assert!(both(&Filter::default()));
         let f = |c: &[&str], t: &[&str], r: Option<(f64, f64)>| Filter {
             categories_any: c.iter().map(|s| s.to_string()).collect(),
             tags_all: t.iter().map(|s| s.to_string()).collect(),
@@ -71,12 +84,12 @@ mod tests {
                 .into_iter()
                 .collect(),
         };
-        assert!(f(&["z", "b"], &[], None).matches(&m));
-        assert!(!f(&["z"], &[], None).matches(&m));
-        assert!(f(&[], &["x", "y"], None).matches(&m));
-        assert!(!f(&[], &["x", "q"], None).matches(&m));
-        assert!(f(&[], &[], Some((2000.0, 2000.0))).matches(&m));
-        assert!(!f(&[], &[], Some((2001.0, 3000.0))).matches(&m));
+        assert!(both(&f(&["z", "b"], &[], None)));
+        assert!(!both(&f(&["z"], &[], None)));
+        assert!(both(&f(&[], &["x", "y"], None)));
+        assert!(!both(&f(&[], &["x", "q"], None)));
+        assert!(both(&f(&[], &[], Some((2000.0, 2000.0)))));
+        assert!(!both(&f(&[], &[], Some((2001.0, 3000.0)))));
         let missing = Filter {
             ranges: vec![Range {
                 field: "price".into(),
@@ -85,6 +98,6 @@ mod tests {
             }],
             ..Default::default()
         };
-        assert!(!missing.matches(&m));
+        assert!(!both(&missing));
     }
 }

@@ -11,7 +11,6 @@
 //! f32 bit patterns, parallel to the history) and `user_vectors.bin` (one
 //! unit-length row per user).
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use vecrec_index::format::{CheckedFile, FileWriter, Kind, ListTable, StringTable};
@@ -118,7 +117,7 @@ pub fn write_users(
 #[derive(Debug)]
 pub struct UserProfiles {
     ids: StringTable,
-    index: HashMap<String, u32>,
+    index: vecrec_index::IdTable,
     history: ListTable,
     weights: ListTable,
     vectors: CheckedFile,
@@ -150,11 +149,14 @@ impl UserProfiles {
             }
             .into());
         }
-        let index = ids
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.to_owned(), i as u32))
-            .collect();
+        let (index, repeat) = vecrec_index::IdTable::build(n, |u| ids.get(u as usize));
+        if let Some((_, u)) = repeat {
+            return Err(IndexError::Corrupt {
+                path: dir.join(IDS),
+                reason: format!("user {:?} is stored twice", ids.get(u as usize)),
+            }
+            .into());
+        }
         Ok(Self {
             ids,
             index,
@@ -177,7 +179,7 @@ impl UserProfiles {
 
     /// Internal number of a user id.
     pub fn lookup(&self, user: &str) -> Option<u32> {
-        self.index.get(user).copied()
+        self.index.get(user, |u| self.ids.get(u as usize))
     }
 
     /// The user's id.
@@ -190,6 +192,21 @@ impl UserProfiles {
         (0..self.len() as u32)
             .map(|u| self.history(u).iter().map(|h| h.0).collect())
             .collect()
+    }
+
+    /// Each of `n` items' popularity, `retrieve::popularity` of
+    /// [`UserProfiles::item_histories`], counted from the mapped histories
+    /// without copying them.
+    pub fn popularity(&self, n: usize) -> Vec<f32> {
+        let mut c = vec![0f32; n];
+        for u in 0..self.len() {
+            for &i in self.history.get(u) {
+                if let Some(x) = c.get_mut(i as usize) {
+                    *x += 1.0;
+                }
+            }
+        }
+        c
     }
 
     /// History with weights, oldest first.
@@ -207,5 +224,39 @@ impl UserProfiles {
         let all: &[f32] = self.vectors.payload_as().ok()?;
         let v = &all[u as usize * self.dim..(u as usize + 1) * self.dim];
         v.iter().any(|x| *x != 0.0).then_some(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_are_found_by_id_and_popularity_counts_the_mapped_histories() {
+        let dir = tempfile::tempdir().unwrap();
+        let users: Vec<(String, Vec<(u32, f32)>)> = vec![
+            ("u1".into(), vec![(0, 1.0), (2, 1.0), (2, 0.5)]),
+            ("u2".into(), vec![(2, 1.0), (3, 1.0)]),
+            ("u3".into(), vec![]),
+        ];
+        write_users(dir.path(), 2, &users, &|_| None).unwrap();
+        let p = UserProfiles::open(dir.path(), 4, 2).unwrap();
+        for (u, (id, h)) in users.iter().enumerate() {
+            assert_eq!(p.lookup(id), Some(u as u32));
+            assert_eq!(&p.history(u as u32), h);
+        }
+        assert_eq!(p.lookup("u4"), None);
+        assert_eq!(p.lookup(""), None);
+        assert_eq!(p.popularity(4), [1.0, 0.0, 3.0, 1.0]);
+        assert_eq!(
+            p.popularity(4),
+            crate::retrieve::popularity(&p.item_histories(), 4)
+        );
+        let twice = [users[0].clone(), users[1].clone(), users[0].clone()];
+        write_users(dir.path(), 2, &twice, &|_| None).unwrap();
+        let err = UserProfiles::open(dir.path(), 4, 2)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("user \"u1\" is stored twice"), "{err}");
     }
 }

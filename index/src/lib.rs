@@ -10,6 +10,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+pub mod attrs;
 #[cfg(feature = "backends")]
 pub mod backends;
 pub mod distance;
@@ -18,6 +19,7 @@ pub mod exact;
 pub mod format;
 pub mod generation;
 pub mod hnsw;
+pub mod idtable;
 pub mod index;
 mod mmap;
 pub mod quant;
@@ -27,9 +29,11 @@ pub mod store;
 pub mod texmex;
 pub mod wal;
 
+pub use attrs::{Attributes, FilterAttributes};
 pub use distance::Metric;
 pub use error::{IndexError, Result};
 pub use hnsw::{HnswParams, Neighbor};
+pub use idtable::IdTable;
 pub use index::{exact_is_cheaper, write_index, Index, Manifest, Plan, SearchParams};
 pub use scorer::Scorer;
 pub use store::{ItemMeta, StoreBuilder, VectorStore};

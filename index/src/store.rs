@@ -5,11 +5,12 @@
 //! - `ids.bin` — string table of external ids, row `i` ↔ internal id `i`.
 //! - `items.bin` — string table of JSON [`ItemMeta`] records, one per row.
 //!
-//! The vectors are searched straight from the memory map. The id map and the
-//! attributes are parsed into memory (the lookups and filters need them as a
-//! hash map and structs): on open when the store is verified, else on first
-//! use, so a lazily opened store answers its first search without reading
-//! them.
+//! The vectors are searched straight from the memory map. Two compact
+//! tables are made in memory, on open when the store is verified, else on
+//! first use (so a lazily opened store answers its first search without
+//! reading them): row numbers by id ([`IdTable`], over the mapped ids) and
+//! every row's filter attributes ([`AttrTable`]). A row's title and text are
+//! parsed from the map when a call answers with it ([`VectorStore::item`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -17,9 +18,11 @@ use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 
+use crate::attrs::{AttrTable, AttrTableBuilder, Attributes, FilterAttributes, RowAttributes};
 use crate::distance::{normalize, Metric};
 use crate::error::{IndexError, Result};
 use crate::format::{CheckedFile, FileWriter, Kind, StringTable};
+use crate::idtable::IdTable;
 
 /// File name of the vector matrix.
 pub const VECTORS_FILE: &str = "vectors.bin";
@@ -46,6 +49,20 @@ pub struct ItemMeta {
     /// Numeric attributes by name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub numeric: BTreeMap<String, f64>,
+}
+
+impl FilterAttributes for ItemMeta {
+    fn has_category(&self, c: &str) -> bool {
+        self.categories.iter().any(|x| x == c)
+    }
+
+    fn has_tag(&self, t: &str) -> bool {
+        self.tags.iter().any(|x| x == t)
+    }
+
+    fn number(&self, field: &str) -> Option<f64> {
+        self.numeric.get(field).copied()
+    }
 }
 
 /// Collects vectors in memory and writes them as a store.
@@ -172,8 +189,29 @@ pub struct VectorStore {
     metric: Metric,
     ids: StringTable,
     items: StringTable,
-    index: OnceLock<HashMap<String, u32>>,
-    metas: OnceLock<Vec<ItemMeta>>,
+    index: OnceLock<IdTable>,
+    /// Every row's filter attributes, parsed once; titles and texts stay
+    /// in the map (`VectorStore::item`).
+    attrs: OnceLock<AttrTable>,
+}
+
+/// An item record's filter attributes, parsed as an [`ItemMeta`] is (the
+/// same fields and types, so a record one refuses the other refuses), with
+/// the title and text borrowed from the record rather than copied.
+#[derive(Deserialize)]
+struct RecordAttributes<'a> {
+    #[serde(default, borrow)]
+    #[allow(dead_code)]
+    title: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    #[allow(dead_code)]
+    text: std::borrow::Cow<'a, str>,
+    #[serde(default)]
+    categories: Vec<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    numeric: BTreeMap<String, f64>,
 }
 
 impl VectorStore {
@@ -218,55 +256,67 @@ impl VectorStore {
             ids,
             items,
             index: OnceLock::new(),
-            metas: OnceLock::new(),
+            attrs: OnceLock::new(),
         };
         if verify {
             let _ = store.index.set(store.parse_ids(true)?);
-            let _ = store.metas.set(store.parse_metas(true)?);
+            let _ = store.attrs.set(store.parse_attrs(true)?);
         }
         Ok(store)
     }
 
-    fn parse_ids(&self, strict: bool) -> Result<HashMap<String, u32>> {
-        let mut index = HashMap::with_capacity(self.count);
-        for (i, id) in self.ids.iter().enumerate() {
-            if index.contains_key(id) {
-                if strict {
-                    return Err(IndexError::Corrupt {
-                        path: self.dir.join(IDS_FILE),
-                        reason: format!("duplicate id {id:?}"),
-                    });
-                }
-                continue;
-            }
-            index.insert(id.to_owned(), i as u32);
+    fn parse_ids(&self, strict: bool) -> Result<IdTable> {
+        let (table, repeat) = IdTable::build(self.count, |i| self.ids.get(i as usize));
+        match repeat {
+            Some((_, row)) if strict => Err(IndexError::Corrupt {
+                path: self.dir.join(IDS_FILE),
+                reason: format!("duplicate id {:?}", self.ids.get(row as usize)),
+            }),
+            _ => Ok(table),
         }
-        Ok(index)
     }
 
-    fn parse_metas(&self, strict: bool) -> Result<Vec<ItemMeta>> {
-        self.items
-            .iter()
-            .enumerate()
-            .map(|(i, s)| match serde_json::from_str(s) {
-                Ok(m) => Ok(m),
-                Err(e) if strict => Err(IndexError::Corrupt {
-                    path: self.dir.join(ITEMS_FILE),
-                    reason: format!("record {i}: {e}"),
-                }),
-                Err(_) => Ok(ItemMeta::default()),
-            })
-            .collect()
+    fn parse_attrs(&self, strict: bool) -> Result<AttrTable> {
+        let mut table = AttrTableBuilder::default();
+        for (i, s) in self.items.iter().enumerate() {
+            match serde_json::from_str::<RecordAttributes>(s) {
+                Ok(a) => table
+                    .push(RowAttributes {
+                        categories: a.categories,
+                        tags: a.tags,
+                        numeric: a.numeric.into_iter().collect(),
+                    })
+                    .map_err(|reason| IndexError::Corrupt {
+                        path: self.dir.join(ITEMS_FILE),
+                        reason,
+                    })?,
+                Err(e) if strict => {
+                    return Err(IndexError::Corrupt {
+                        path: self.dir.join(ITEMS_FILE),
+                        reason: format!("record {i}: {e}"),
+                    })
+                }
+                Err(_) => {
+                    table
+                        .push(RowAttributes::default())
+                        .map_err(|reason| IndexError::Corrupt {
+                            path: self.dir.join(ITEMS_FILE),
+                            reason,
+                        })?
+                }
+            }
+        }
+        Ok(table.finish())
     }
 
-    fn id_map(&self) -> &HashMap<String, u32> {
+    fn id_table(&self) -> &IdTable {
         self.index
             .get_or_init(|| self.parse_ids(false).unwrap_or_default())
     }
 
-    fn metas(&self) -> &[ItemMeta] {
-        self.metas
-            .get_or_init(|| self.parse_metas(false).unwrap_or_default())
+    fn attrs(&self) -> &AttrTable {
+        self.attrs
+            .get_or_init(|| self.parse_attrs(false).unwrap_or_default())
     }
 
     /// Dimension of the vectors.
@@ -308,16 +358,102 @@ impl VectorStore {
 
     /// Internal id of an external id.
     pub fn internal_id(&self, id: &str) -> Option<u32> {
-        self.id_map().get(id).copied()
+        self.id_table().get(id, |r| self.ids.get(r as usize))
     }
 
-    /// Attributes of row `i`.
-    pub fn meta(&self, i: u32) -> &ItemMeta {
-        &self.metas()[i as usize]
+    /// Row `i`'s filter attributes (categories, tags, numeric), kept parsed
+    /// in one table (none for a row past the end); [`VectorStore::item`]
+    /// reads the whole record.
+    pub fn attributes(&self, i: u32) -> Attributes<'_> {
+        self.attrs().get(i)
+    }
+
+    /// Row `i`'s whole record (title and text too), parsed from the map on
+    /// each call: one per answered item, so no copy of every text is kept.
+    /// A record that does not parse (an unchecked open) reads as empty.
+    pub fn item(&self, i: u32) -> ItemMeta {
+        serde_json::from_str(self.items.get(i as usize)).unwrap_or_default()
+    }
+
+    /// Row `i`'s title (see [`VectorStore::item`]).
+    pub fn title(&self, i: u32) -> String {
+        #[derive(Deserialize)]
+        struct Title {
+            #[serde(default)]
+            title: String,
+        }
+        serde_json::from_str::<Title>(self.items.get(i as usize))
+            .map(|t| t.title)
+            .unwrap_or_default()
     }
 
     /// Bytes of the vector payload.
     pub fn vector_bytes(&self) -> usize {
         self.vectors.payload().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store keeps parsed only what a filter reads, and only for items
+    /// that have it; titles and texts are read from the map per call.
+    #[test]
+    fn attributes_are_kept_parsed_and_records_read_on_demand() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = StoreBuilder::new(2, Metric::Cosine).unwrap();
+        let mut with = ItemMeta {
+            title: "Tides".into(),
+            text: "a long text about tides".into(),
+            categories: vec!["sea".into()],
+            tags: vec!["blue".into()],
+            ..Default::default()
+        };
+        with.numeric.insert("year".into(), 1999.0);
+        let bare = ItemMeta {
+            title: "Bare".into(),
+            text: "nothing to filter on".into(),
+            ..Default::default()
+        };
+        b.add("a", &[1.0, 0.0], with.clone()).unwrap();
+        b.add("b", &[0.0, 1.0], bare.clone()).unwrap();
+        b.write(dir.path()).unwrap();
+        for verify in [true, false] {
+            let s = VectorStore::open(dir.path(), verify).unwrap();
+            assert_eq!(s.internal_id("a"), Some(0));
+            assert_eq!(s.internal_id("b"), Some(1));
+            assert_eq!(s.internal_id("c"), None);
+            assert_eq!(s.item(0), with);
+            assert_eq!(s.item(1), bare);
+            assert_eq!(s.title(0), "Tides");
+            let a = s.attributes(0);
+            assert_eq!(a.categories().collect::<Vec<_>>(), with.categories);
+            assert_eq!(a.tags().collect::<Vec<_>>(), with.tags);
+            let numeric: BTreeMap<String, f64> =
+                a.numeric().map(|(k, x)| (k.to_owned(), x)).collect();
+            assert_eq!(numeric, with.numeric);
+            for f in [&a as &dyn FilterAttributes, &with] {
+                assert!(f.has_category("sea") && f.has_tag("blue") && !f.has_tag("sea"));
+                assert_eq!(f.number("year"), Some(1999.0));
+            }
+            assert!(s.attributes(1).is_empty() && s.attributes(7).is_empty());
+            // Row 0's words only: 1 + 1 categories, 1 + 1 tags, one number's 3.
+            assert_eq!(s.attrs().heap_bytes(), (3 + 7) * 4);
+        }
+        // A repeated id: a checked open refuses it, an unchecked one finds
+        // its first row.
+        StringTable::write(&dir.path().join(IDS_FILE), &["a", "a"]).unwrap();
+        let err = VectorStore::open(dir.path(), true).unwrap_err().to_string();
+        assert!(err.contains("duplicate id \"a\""), "{err}");
+        let s = VectorStore::open(dir.path(), false).unwrap();
+        assert_eq!(s.internal_id("a"), Some(0));
+        assert_eq!(s.internal_id("b"), None);
+        // A record whose title is not a string is refused as before.
+        let bad = r#"{"title":5,"categories":["sea"]}"#;
+        StringTable::write(&dir.path().join(ITEMS_FILE), &[bad, "{}"]).unwrap();
+        StringTable::write(&dir.path().join(IDS_FILE), &["a", "b"]).unwrap();
+        let err = VectorStore::open(dir.path(), true).unwrap_err().to_string();
+        assert!(err.contains("record 0"), "{err}");
     }
 }

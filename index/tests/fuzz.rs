@@ -121,7 +121,7 @@ fn exercise(index: &Index) {
     }
     for i in 0..n.min(20) {
         let _ = index.store().external_id(i);
-        let _ = index.store().meta(i);
+        let _ = (index.store().attributes(i), index.store().item(i));
         let _ = index.store().internal_id(index.store().external_id(i));
     }
 }

@@ -135,7 +135,7 @@ fn filters_are_honoured_by_both_plans() {
     let store = idx.store();
     let q = &data[..dim];
     for (wanted, want_plan) in [("rare", Plan::Exact), ("odd", Plan::Hnsw)] {
-        let accept = |i: u32| store.meta(i).categories[0] == wanted;
+        let accept = |i: u32| store.attributes(i).categories().next() == Some(wanted);
         let (res, plan) = idx
             .search(
                 q,
@@ -192,7 +192,7 @@ fn reload_gives_identical_answers_and_ids() {
     assert_eq!(a[0].id, 0);
     assert_eq!(idx.store().external_id(7), "id7");
     assert_eq!(idx.store().internal_id("id7"), Some(7));
-    assert_eq!(idx.store().meta(7).title, "t7");
+    assert_eq!(idx.store().item(7).title, "t7");
     assert!(matches!(
         idx.search(&[0.0; 3], &SearchParams::default(), None),
         Err(IndexError::DimensionMismatch {

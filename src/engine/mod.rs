@@ -79,7 +79,7 @@ fn admissible(
     filter: Option<&Filter>,
     i: u32,
 ) -> bool {
-    !exclude.contains(&i) && filter.is_none_or(|f| f.matches(store.meta(i)))
+    !exclude.contains(&i) && filter.is_none_or(|f| f.matches(&store.attributes(i)))
 }
 
 /// Name of the reranker's list in the fusion and in the learned model's features.

@@ -32,7 +32,7 @@ impl Engine {
         if let Some(x) = self.view().as_ref().and_then(|v| v.item(id)) {
             return Ok(x.meta.clone());
         }
-        Ok(self.index.store().meta(self.item(id)?).clone())
+        Ok(self.index.store().item(self.item(id)?))
     }
 
     /// The vector of an item, live updates included.

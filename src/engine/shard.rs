@@ -18,7 +18,6 @@ use crate::ids::IdSet;
 use crate::layout::{
     SlicedMeta, ALS_DIR, EASE_ROWS, FRONT_ROWS_FILE, SEQUENCE_DIR, SLICED_FILE, TRANSITIONS_ROWS,
 };
-use crate::retrieve::popularity;
 use crate::retrieve::sparse::SparseRows;
 use crate::users::UserProfiles;
 
@@ -83,12 +82,11 @@ impl Sliced {
             ))
         })?;
         // A user's history in the shard holds its own items only, so the
-        // counts are the catalogue's counts of those items.
-        let histories = users.item_histories();
+        // counts (`popularity`) are the catalogue's counts of those items.
         Ok(Some(Self {
             ease: SparseRows::open_shape(dir, EASE_ROWS, meta.front_items, n)?,
             transitions: SparseRows::open_shape(dir, TRANSITIONS_ROWS, meta.front_items, n)?,
-            popularity: popularity(&histories, n),
+            popularity: users.popularity(n),
             als,
             two_tower: sub(crate::layout::TWO_TOWER_DIR)?,
             sequence: sub(SEQUENCE_DIR)?,

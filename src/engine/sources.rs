@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::fusion::SourceList;
 use crate::rerank::Reranker;
 use crate::retrieve::sparse::SparseRows;
-use crate::retrieve::{popularity, recency_weights, top_n};
+use crate::retrieve::{recency_weights, top_n};
 use crate::runtime::{Device, Input, ModelSource, OnnxModel};
 use crate::telemetry;
 use crate::users::{profile, UserProfiles};
@@ -113,8 +113,9 @@ pub(super) struct Trained {
     pub(super) transitions: SparseRows,
     pub(super) popularity: Vec<f32>,
     pub(super) als: Index,
-    /// User factors, users × factors.
-    pub(super) als_users: Vec<f32>,
+    /// User factors, users × factors, read through the map
+    /// (`Trained::als_user`).
+    pub(super) als_users: vecrec_index::format::CheckedFile,
     /// `YᵀY` of the item factors, for folding in new histories.
     pub(super) als_gram: Vec<f64>,
     /// The learned fusion model, when the build fitted one.
@@ -158,6 +159,14 @@ fn open_learned<M: serde::de::DeserializeOwned>(
     Ok((index, meta, model))
 }
 
+/// The item rows a two-tower user vector is made from: each history item's
+/// content vector and ALS factors.
+#[derive(Clone, Copy)]
+pub(super) struct ItemRows<'a> {
+    pub(super) content: &'a vecrec_index::VectorStore,
+    pub(super) als: &'a vecrec_index::VectorStore,
+}
+
 /// The served two-tower model.
 #[derive(Debug)]
 pub(super) struct TwoTowerServing {
@@ -166,8 +175,6 @@ pub(super) struct TwoTowerServing {
     /// The user tower through ONNX Runtime.
     pub(super) user: OnnxModel,
     pub(super) meta: crate::layout::TwoTowerMeta,
-    /// Item features, items × `meta.input`.
-    pub(super) features: Vec<f32>,
     /// The user tower's output for each stored user's stored history, once
     /// computed: it depends on nothing else, so a user's calls after the
     /// first skip the model run. Lives as long as the generation is served.
@@ -195,13 +202,14 @@ impl TwoTowerServing {
             ort,
             pool,
         )?;
-        let features = crate::retrieve::two_tower::item_features(
-            content.vectors(),
-            content.dim(),
-            als.store().vectors(),
-            als.store().dim(),
-        );
-        if features.len() != content.len() * meta.input || index.store().len() != content.len() {
+        // Each item's features are its content vector and ALS factors
+        // (`two_tower::push_item_features`), made for a history's items
+        // when a call needs them: kept for every item, they were
+        // (384 + 64) × 4 bytes an item of memory.
+        if meta.input != content.dim() + als.store().dim()
+            || index.store().len() != content.len()
+            || als.store().len() != content.len()
+        {
             return Err(Error::Config(format!(
                 "{}: the two-tower model was trained for {}-wide item features of {} items; this generation has {} items",
                 dir.display(),
@@ -214,26 +222,35 @@ impl TwoTowerServing {
             index,
             user,
             meta,
-            features,
             stored: (0..users).map(|_| std::sync::OnceLock::new()).collect(),
         }))
     }
 
     /// [`TwoTowerServing::user_vector`] of stored user `u`'s stored
     /// `history`, computed on the user's first call only.
-    pub(super) fn stored_user_vector(&self, u: u32, history: &[u32]) -> Result<Option<Vec<f32>>> {
+    pub(super) fn stored_user_vector(
+        &self,
+        items: ItemRows<'_>,
+        u: u32,
+        history: &[u32],
+    ) -> Result<Option<Vec<f32>>> {
         let Some(slot) = self.stored.get(u as usize) else {
-            return self.user_vector(history);
+            return self.user_vector(items, history);
         };
         if let Some(v) = slot.get() {
             return Ok(v.clone());
         }
-        let v = self.user_vector(history)?;
+        let v = self.user_vector(items, history)?;
         Ok(slot.get_or_init(|| v).clone())
     }
 
-    /// The user tower's vector for a history (oldest first); `None` when empty.
-    pub(super) fn user_vector(&self, history: &[u32]) -> Result<Option<Vec<f32>>> {
+    /// The user tower's vector for a history (oldest first) of the items
+    /// `items` holds; `None` when empty.
+    pub(super) fn user_vector(
+        &self,
+        items: ItemRows<'_>,
+        history: &[u32],
+    ) -> Result<Option<Vec<f32>>> {
         if history.is_empty() {
             return Ok(None);
         }
@@ -242,7 +259,11 @@ impl TwoTowerServing {
         let d = self.meta.input;
         let mut x = Vec::with_capacity(w.len() * d);
         for &i in &history[start..] {
-            x.extend_from_slice(&self.features[i as usize * d..(i as usize + 1) * d]);
+            crate::retrieve::two_tower::push_item_features(
+                items.content.vector(i),
+                items.als.vector(i),
+                &mut x,
+            );
         }
         let (_, u) = self.user.run(vec![
             ("history", Input::F32(vec![1, w.len(), d], &x)),
@@ -312,6 +333,12 @@ impl SequenceServing {
 }
 
 impl Trained {
+    /// Stored user `u`'s ALS factors (`f` of them).
+    fn als_user(&self, u: u32, f: usize) -> Result<&[f32]> {
+        let all: &[f32] = self.als_users.payload_as()?;
+        Ok(&all[u as usize * f..(u as usize + 1) * f])
+    }
+
     /// Opens the trained sources of the generation `index`; `None` for a
     /// content-only generation.
     pub(super) fn open(index: &Index, users: &UserProfiles, cfg: &Config) -> Result<Option<Self>> {
@@ -323,7 +350,6 @@ impl Trained {
         let store = index.store();
         {
             let n = store.len();
-            let histories = users.item_histories();
             let als = Index::open(&index.dir().join(crate::layout::ALS_DIR))?;
             let f = als.store().dim();
             let uf = vecrec_index::format::CheckedFile::open(
@@ -331,11 +357,11 @@ impl Trained {
                 vecrec_index::format::Kind::VECTORS,
                 true,
             )?;
-            let als_users: Vec<f32> = uf.payload_as::<f32>()?.to_vec();
-            if als.store().len() != n || als_users.len() != users.len() * f {
+            let user_values = uf.payload_as::<f32>()?.len();
+            if als.store().len() != n || user_values != users.len() * f {
                 return Err(vecrec_index::IndexError::Corrupt {
                     path: index.dir().to_owned(),
-                    reason: format!("ALS factors for {} items and {} user values disagree with {n} items and {} users", als.store().len(), als_users.len(), users.len()),
+                    reason: format!("ALS factors for {} items and {} user values disagree with {n} items and {} users", als.store().len(), user_values, users.len()),
                 }
                 .into());
             }
@@ -388,9 +414,9 @@ impl Trained {
             Ok(Some(Trained {
                 ease: SparseRows::open(index.dir(), crate::layout::EASE_ROWS, n)?,
                 transitions: SparseRows::open(index.dir(), crate::layout::TRANSITIONS_ROWS, n)?,
-                popularity: popularity(&histories, n),
+                popularity: users.popularity(n),
                 als,
-                als_users,
+                als_users: uf,
                 als_gram,
                 learned: {
                     let p = index.dir().join(crate::layout::FUSION_FILE);
@@ -474,6 +500,14 @@ impl Engine {
         })
     }
 
+    /// The rows the two-tower user vector reads, from this generation.
+    fn item_rows<'a>(&'a self, trained: &'a Trained) -> ItemRows<'a> {
+        ItemRows {
+            content: self.index.store(),
+            als: trained.als.store(),
+        }
+    }
+
     /// What source `s` needs from the user's side for a history (internal
     /// ids with weights, oldest first): the vector it searches with (the
     /// profile, the ALS factors, the user tower's or the sequence model's
@@ -495,7 +529,7 @@ impl Engine {
             Source::Als => {
                 let f = trained.als.store().dim();
                 let x = match user {
-                    Some(u) => trained.als_users[u as usize * f..(u as usize + 1) * f].to_vec(),
+                    Some(u) => trained.als_user(u, f)?.to_vec(),
                     None => {
                         let mut obs = ids();
                         obs.sort_unstable();
@@ -516,8 +550,8 @@ impl Engine {
             }
             Source::TwoTower => match (&trained.two_tower, user) {
                 (None, _) => None,
-                (Some(tt), Some(u)) => tt.stored_user_vector(u, &ids())?,
-                (Some(tt), None) => tt.user_vector(&ids())?,
+                (Some(tt), Some(u)) => tt.stored_user_vector(self.item_rows(trained), u, &ids())?,
+                (Some(tt), None) => tt.user_vector(self.item_rows(trained), &ids())?,
             },
             Source::Sequence => match &trained.sequence {
                 None => None,

@@ -120,7 +120,7 @@ pub(super) fn scored_item(engine: &Engine, s: Scored, arm: String) -> pb::Scored
         title: if s.internal == crate::engine::LIVE_ITEM {
             engine.item_meta(&s.id).map(|m| m.title).unwrap_or_default()
         } else {
-            engine.index().store().meta(s.internal).title.clone()
+            engine.index().store().title(s.internal)
         },
         item_id: s.id,
         score: s.score,

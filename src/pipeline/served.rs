@@ -51,7 +51,7 @@ pub fn served_inputs(
     let mut items: Vec<CatalogItem> = (0..store.len() as u32)
         .map(|i| CatalogItem {
             id: store.external_id(i).to_owned(),
-            meta: store.meta(i).clone(),
+            meta: store.item(i),
         })
         .collect();
     let mut interactions = Vec::new();

@@ -900,7 +900,7 @@ fn cut_shards(
     let front_items: Vec<CatalogItem> = (0..n as u32)
         .map(|i| CatalogItem {
             id: store.external_id(i).to_owned(),
-            meta: store.meta(i).clone(),
+            meta: store.item(i),
         })
         .collect();
     let vectors: Vec<Vec<f32>> = (0..n as u32)

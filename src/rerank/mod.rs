@@ -273,11 +273,11 @@ impl Reranker {
                     .rev()
                     .take(*context_items)
                     .map(|&i| {
-                        let m = input.store.meta(i);
-                        if m.title.is_empty() {
+                        let title = input.store.title(i);
+                        if title.is_empty() {
                             input.store.external_id(i).to_owned()
                         } else {
-                            m.title.clone()
+                            title
                         }
                     })
                     .collect::<Vec<_>>()
@@ -286,9 +286,9 @@ impl Reranker {
                     .candidates
                     .iter()
                     .map(|&i| {
-                        let m = input.store.meta(i);
-                        let text = if m.text.is_empty() { &m.title } else { &m.text };
-                        (context.clone(), text.clone())
+                        let m = input.store.item(i);
+                        let text = if m.text.is_empty() { m.title } else { m.text };
+                        (context.clone(), text)
                     })
                     .collect();
                 let enc = tokenizer

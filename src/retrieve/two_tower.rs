@@ -470,16 +470,27 @@ pub fn item_features(content: &[f32], dc: usize, als: &[f32], df: usize) -> Vec<
     let n = content.len() / dc.max(1);
     let mut out = Vec::with_capacity(n * (dc + df));
     for i in 0..n {
-        for part in [&content[i * dc..(i + 1) * dc], &als[i * df..(i + 1) * df]] {
-            let norm = part.iter().map(|v| v * v).sum::<f32>().sqrt();
-            if norm > 0.0 {
-                out.extend(part.iter().map(|v| v / norm));
-            } else {
-                out.extend(part.iter().map(|_| 0.0));
-            }
-        }
+        push_item_features(
+            &content[i * dc..(i + 1) * dc],
+            &als[i * df..(i + 1) * df],
+            &mut out,
+        );
     }
     out
+}
+
+/// One item's row of [`item_features`] from its content vector and ALS
+/// factors, appended to `out` (the same bits: a server makes the rows of a
+/// history's items when it needs them rather than keep every item's).
+pub fn push_item_features(content: &[f32], als: &[f32], out: &mut Vec<f32>) {
+    for part in [content, als] {
+        let norm = part.iter().map(|v| v * v).sum::<f32>().sqrt();
+        if norm > 0.0 {
+            out.extend(part.iter().map(|v| v / norm));
+        } else {
+            out.extend(part.iter().map(|_| 0.0));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -48,7 +48,7 @@ pub fn compact(root: &Path, engine: &Engine) -> Result<Option<PathBuf>> {
             }
             items.push(CatalogItem {
                 id: store.external_id(i).to_owned(),
-                meta: store.meta(i).clone(),
+                meta: store.item(i),
             });
             vectors.push(store.vector(i).to_vec());
         }

@@ -613,9 +613,9 @@ fn a_partitioned_rebuild_folds_the_shards_logs() {
     let new_row = store
         .internal_id(&new_id)
         .expect("the upserted item is built in");
-    assert_eq!(store.meta(new_row).title, "Logged Tides");
+    assert_eq!(store.title(new_row), "Logged Tides");
     assert_eq!(
-        store.meta(store.internal_id(&replaced).unwrap()).title,
+        store.title(store.internal_id(&replaced).unwrap()),
         "Renamed"
     );
     assert!(store.internal_id(&deleted).is_none());

@@ -460,7 +460,12 @@ fn a_simulated_aa_test_stays_quiet_and_a_real_difference_is_found() {
                 engine.users().history(u).iter().map(|h| h.0).collect();
             let truth = (0..store.len() as u32)
                 .filter(|i| !seen.contains(i))
-                .filter(|&i| store.meta(i).categories.iter().any(|c| cats.contains(c)))
+                .filter(|&i| {
+                    store
+                        .attributes(i)
+                        .categories()
+                        .any(|c| cats.iter().any(|x| x == c))
+                })
                 .map(|i| store.external_id(i).to_owned())
                 .collect();
             SimUser {

@@ -72,7 +72,14 @@ async fn every_rpc_answers_and_bad_input_gets_the_right_code() {
         .into_inner();
     assert!(r.items.iter().all(|i| i.item_id != item));
 
-    let cat = e.index().store().meta(5).categories[0].clone();
+    let cat = e
+        .index()
+        .store()
+        .attributes(5)
+        .categories()
+        .next()
+        .unwrap()
+        .to_owned();
     let r = c
         .similar_items(pb::SimilarItemsRequest {
             item_id: item.clone(),

@@ -326,6 +326,46 @@ fn the_build_stores_both_models_and_the_engine_serves_them() {
     }
     assert!(fresh_u.is_some());
     assert_ne!(tower(&hist_v, Some(v)), fresh_u);
+    // The engine makes a history's item features when it needs them; the
+    // user tower in the generation, run over the rows of the whole feature
+    // matrix the build trained with, gives the same vector.
+    {
+        let dir = engine.index().dir();
+        let meta: vecrec::layout::TwoTowerMeta =
+            vecrec_index::format::read_json(&dir.join(vecrec::layout::TWO_TOWER_META_FILE))
+                .unwrap();
+        let als = vecrec_index::Index::open(&dir.join(vecrec::layout::ALS_DIR)).unwrap();
+        let content = engine.index().store();
+        let features = vecrec::retrieve::two_tower::item_features(
+            content.vectors(),
+            content.dim(),
+            als.store().vectors(),
+            als.store().dim(),
+        );
+        let d = meta.input;
+        assert_eq!(features.len(), content.len() * d);
+        let file = vecrec_index::format::CheckedFile::open(
+            &dir.join(vecrec::layout::USER_TOWER_FILE),
+            vecrec_index::format::Kind::MODEL,
+            true,
+        )
+        .unwrap();
+        let user_tower = served(file.payload());
+        let ids: Vec<u32> = hist.iter().map(|h| h.0).collect();
+        let (start, w) = pooling_weights(ids.len(), &meta.options);
+        let x: Vec<f32> = ids[start..]
+            .iter()
+            .flat_map(|&i| features[i as usize * d..(i as usize + 1) * d].to_vec())
+            .collect();
+        let (_, want) = user_tower
+            .run(vec![
+                ("history", Input::F32(vec![1, w.len(), d], &x)),
+                ("weights", Input::F32(vec![1, w.len()], &w)),
+            ])
+            .unwrap();
+        let diff = max_diff(fresh_u.as_ref().unwrap(), &want);
+        assert!(diff <= 1e-6, "largest difference {diff}");
+    }
     // The sequence model is stored and served the same way, and it answers
     // with another list than the two-tower model.
     let seq = engine
@@ -468,13 +508,13 @@ fn a_user_supplied_cross_encoder_scores_context_and_item_pairs() {
         .iter()
         .rev()
         .take(cfg.rerank.context_items)
-        .map(|h| store.meta(h.0).title.clone())
+        .map(|h| store.title(h.0))
         .collect::<Vec<_>>()
         .join("; ");
     let mut positives = 0;
     for &(i, score) in &rr.items {
         let e = tok
-            .encode((context.clone(), store.meta(i).text.clone()), true)
+            .encode((context.clone(), store.item(i).text), true)
             .unwrap();
         let want = e
             .get_ids()

@@ -101,11 +101,7 @@ fn explicit_history_and_options() {
         "the only history item is its own nearest neighbour"
     );
 
-    let cat = e.index().store().meta(0).categories[0].clone();
-    let filter = Filter {
-        categories_any: vec![cat.clone()],
-        ..Default::default()
-    };
+    let (cat, filter) = first_category(&e);
     let user = e.users().id(0).to_owned();
     let recs = e
         .recommend(
@@ -267,11 +263,7 @@ fn hybrid_pipeline_fuses_every_source() {
             m.name()
         );
     }
-    let cat = e.index().store().meta(0).categories[0].clone();
-    let filter = Filter {
-        categories_any: vec![cat.clone()],
-        ..Default::default()
-    };
+    let (cat, filter) = first_category(&e);
     let recs = e
         .recommend(
             UserRef::Id(&user),
@@ -286,4 +278,15 @@ fn hybrid_pipeline_fuses_every_source() {
     assert!(recs
         .iter()
         .all(|r| e.item_meta(&r.id).unwrap().categories.contains(&cat)));
+}
+
+/// The first item's first category, and a filter that keeps that category.
+fn first_category(e: &vecrec::engine::Engine) -> (String, Filter) {
+    let store = e.index().store();
+    let cat = store.attributes(0).categories().next().unwrap().to_owned();
+    let filter = Filter {
+        categories_any: vec![cat.clone()],
+        ..Default::default()
+    };
+    (cat, filter)
 }
