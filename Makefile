@@ -27,7 +27,7 @@ help:
 	@echo "make bench-serving  gRPC over loopback: vecrec vs a Python grpcio+onnxruntime+faiss peer (~25 min)"
 	@echo "make bench-experiments  simulated A/A, A/B and interleaving over MovieLens TEST (~6 min)"
 	@echo "make bench-build    vecrec-build time and peak memory per stage, 3k to 300k items (~75 min; SIZES=\"3000 30000\" for less)"
-	@echo "make bench-memory   own memory of a served hybrid generation (one node, front tier, shard) at 10k and 40k items (~8 min)"
+	@echo "make bench-memory   own memory of a served hybrid generation (one node, front tier, shard) at 10k and 40k items (~30 min the first time, ~3 min after)"
 	@echo "make k8s-check  validate deploy/k8s offline against the Kubernetes schemas (also run by make test)"
 	@echo "make image-check  build the container image's runtime stage with podman (as root) and check it serves"
 	@echo "make lint      cargo fmt --check and clippy with warnings denied"

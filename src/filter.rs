@@ -62,8 +62,7 @@ mod tests {
             categories: m.categories.clone(),
             tags: m.tags.clone(),
             numeric: m.numeric.clone().into_iter().collect(),
-        })
-        .unwrap();
+        });
         let rows = rows.finish();
         let row = rows.get(0);
         let both = |f: &Filter| {

@@ -253,6 +253,7 @@ mod tests {
             crate::retrieve::popularity(&p.item_histories(), 4)
         );
         let twice = [users[0].clone(), users[1].clone(), users[0].clone()];
+        drop(p);
         write_users(dir.path(), 2, &twice, &|_| None).unwrap();
         let err = UserProfiles::open(dir.path(), 4, 2)
             .unwrap_err()

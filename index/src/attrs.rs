@@ -1,9 +1,9 @@
 //! Every item's filter attributes (categories, tags, numeric fields) in
 //! two flat arrays of `u32`, their names kept once. A parsed record per item
 //! (strings, vectors and a map) cost about 700 bytes an item on a catalogue
-//! with a category, two tags and two numbers; here it is 4 bytes an item,
+//! with a category, two tags and two numbers; here it is 8 bytes an item,
 //! plus, for an item with any attributes, 8 for the two counts, 4 a
-//! category or tag and 12 a number (48 bytes for that item).
+//! category or tag and 12 a number (52 bytes for that item).
 
 use std::collections::HashMap;
 
@@ -19,13 +19,14 @@ pub trait FilterAttributes {
 }
 
 /// The attributes of every row: row `i`'s words are
-/// `words[starts[i]..starts[i + 1]]`, laid out as the count of categories,
+/// `words[starts[i]..starts[i + 1]]` (64-bit starts: a catalogue of 100M
+/// items passes 2³² words at 43 words an item), laid out as the count of categories,
 /// their name numbers, the count of tags, theirs, then a (name, low bits,
 /// high bits) triple for each numeric field.
 #[derive(Debug, Default)]
 pub struct AttrTable {
     names: Vec<String>,
-    starts: Vec<u32>,
+    starts: Vec<u64>,
     words: Vec<u32>,
 }
 
@@ -58,8 +59,8 @@ impl AttrTableBuilder {
         })
     }
 
-    /// Appends the next row; an error once the table would pass 2³² words.
-    pub fn push(&mut self, row: RowAttributes) -> Result<(), String> {
+    /// Appends the next row.
+    pub fn push(&mut self, row: RowAttributes) {
         if self.table.starts.is_empty() {
             self.table.starts.push(0);
         }
@@ -80,14 +81,7 @@ impl AttrTableBuilder {
                     .extend([n, bits as u32, (bits >> 32) as u32]);
             }
         }
-        let end = u32::try_from(self.table.words.len()).map_err(|_| {
-            format!(
-                "the filter attributes of {} items pass 2^32 words",
-                self.table.starts.len()
-            )
-        })?;
-        self.table.starts.push(end);
-        Ok(())
+        self.table.starts.push(self.table.words.len() as u64);
     }
 
     /// The table, its arrays trimmed to their length.
@@ -118,7 +112,7 @@ impl AttrTable {
 
     /// Bytes the table holds (not counting the names).
     pub fn heap_bytes(&self) -> usize {
-        (self.starts.capacity() + self.words.capacity()) * 4
+        self.starts.capacity() * 8 + self.words.capacity() * 4
     }
 }
 
@@ -224,8 +218,7 @@ mod tests {
                 categories: r.categories.clone(),
                 tags: r.tags.clone(),
                 numeric: r.numeric.clone(),
-            })
-            .unwrap();
+            });
         }
         let t = b.finish();
         for (i, r) in rows.iter().enumerate() {
@@ -244,7 +237,7 @@ mod tests {
         assert_eq!(t.names, ["sea", "travel", "blue", "year", "price", "green"]);
         // 4 rows: 5 starts; row 0: 1 + 2 + 1 + 1 + 2·3 words, row 2: 1 + 1 + 2,
         // row 3: 1 + 1 + 1 + 3.
-        assert_eq!(t.heap_bytes(), (5 + 11 + 4 + 6) * 4);
+        assert_eq!(t.heap_bytes(), 5 * 8 + (11 + 4 + 6) * 4);
         assert!(AttrTableBuilder::default().finish().get(0).is_empty());
     }
 }

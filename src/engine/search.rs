@@ -27,6 +27,15 @@ impl Engine {
         self.index.store().internal_id(id).ok_or_else(not_found)
     }
 
+    /// `NOT_FOUND` unless the item exists, live updates included: what
+    /// [`Engine::item_meta`] checks, without parsing the item's record.
+    pub fn check_item(&self, id: &str) -> Result<()> {
+        if self.view().as_ref().is_some_and(|v| v.item(id).is_some()) {
+            return Ok(());
+        }
+        self.item(id).map(|_| ())
+    }
+
     /// Attributes of an item, live updates included.
     pub fn item_meta(&self, id: &str) -> Result<ItemMeta> {
         if let Some(x) = self.view().as_ref().and_then(|v| v.item(id)) {

@@ -108,7 +108,7 @@ impl Engine {
         let live = self.writable_live()?;
         self.check_batch("ids", ids.len())?;
         for id in &ids {
-            self.item_meta(id)?;
+            self.check_item(id)?;
         }
         live.delete(ids)
     }
@@ -148,7 +148,7 @@ impl Engine {
                 )));
             }
             if !foreign(&e.item) {
-                self.item_meta(&e.item)?;
+                self.check_item(&e.item)?;
             }
         }
         live.record(events)
