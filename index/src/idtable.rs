@@ -31,27 +31,28 @@ impl IdTable {
         };
         let mut repeat = None;
         for row in 0..n as u32 {
-            let key = id(row);
-            let mut s = t.start(key);
-            loop {
-                match t.slots[s] {
-                    EMPTY => {
-                        t.slots[s] = row;
-                        break;
-                    }
-                    r if id(r) == key => {
-                        repeat.get_or_insert((r, row));
-                        break;
-                    }
-                    _ => s = (s + 1) & (t.slots.len() - 1),
+            match t.probe(id(row), &id) {
+                Ok(first) => {
+                    repeat.get_or_insert((first, row));
                 }
+                Err(slot) => t.slots[slot] = row,
             }
         }
         (t, repeat)
     }
 
-    fn start(&self, key: &str) -> usize {
-        (self.hasher.hash_one(key) as usize) & (self.slots.len() - 1)
+    /// Where `key` is: `Ok(row)` of its slot, or `Err(slot)`, the empty
+    /// slot its probe ended at (the table always has one).
+    fn probe<'a>(&self, key: &str, id: &impl Fn(u32) -> &'a str) -> Result<u32, usize> {
+        let mask = self.slots.len() - 1;
+        let mut s = (self.hasher.hash_one(key) as usize) & mask;
+        loop {
+            match self.slots[s] {
+                EMPTY => return Err(s),
+                r if id(r) == key => return Ok(r),
+                _ => s = (s + 1) & mask,
+            }
+        }
     }
 
     /// The row whose id is `key`, with `id(i)` row `i`'s id as at build.
@@ -59,14 +60,7 @@ impl IdTable {
         if self.slots.is_empty() {
             return None;
         }
-        let mut s = self.start(key);
-        loop {
-            match self.slots[s] {
-                EMPTY => return None,
-                r if id(r) == key => return Some(r),
-                _ => s = (s + 1) & (self.slots.len() - 1),
-            }
-        }
+        self.probe(key, &id).ok()
     }
 
     /// Bytes the table holds.
