@@ -111,6 +111,18 @@ pub fn write_index(
     Ok(manifest)
 }
 
+/// What an open checks, and keeps of its checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Check {
+    /// Every file whole, keeping the id and attribute tables built.
+    Keep,
+    /// Every file whole, keeping no table (a check in the background, an
+    /// index read by row number).
+    Only,
+    /// Headers and sizes now; the rest is checked by another open.
+    Later,
+}
+
 /// An opened, read-only generation.
 #[derive(Debug)]
 pub struct Index {
@@ -122,6 +134,8 @@ pub struct Index {
     /// What the background verification of a lazy open found wrong.
     damage: Arc<OnceLock<String>>,
     verifier: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Whether the open checked every file (no background check to run).
+    verified_at_open: bool,
 }
 
 impl Index {
@@ -133,7 +147,15 @@ impl Index {
     /// Opens a generation directory, checking every file's envelope and
     /// checksum, every graph link and every attribute record (a full read).
     pub fn open(dir: &Path) -> Result<Self> {
-        Self::open_with(dir, true)
+        Self::open_with(dir, Check::Keep)
+    }
+
+    /// [`Index::open`] for an index read by row number only (a learned
+    /// source's item table, which nobody looks up by id or filters): every
+    /// file is checked as by `open`, but no id or attribute table is kept
+    /// ([`VectorStore::open_checked_rows`]).
+    pub fn open_rows(dir: &Path) -> Result<Self> {
+        Self::open_with(dir, Check::Only)
     }
 
     /// Opens a generation for serving without reading it whole: headers,
@@ -144,25 +166,54 @@ impl Index {
     /// later search of this index fails with the error it found
     /// ([`IndexError::is_data_loss`]). Searches stay in bounds meanwhile.
     pub fn open_lazy(dir: &Path) -> Result<Self> {
-        let index = Self::open_with(dir, false)?;
-        let (damage, dir) = (index.damage.clone(), dir.to_owned());
+        let index = Self::open_unverified(dir)?;
+        index.start_verification()?;
+        Ok(index)
+    }
+
+    /// The first half of [`Index::open_lazy`]: headers, sizes and the
+    /// manifest checked, nothing more until [`Index::start_verification`]
+    /// (so a caller that opens several indexes starts no check before all
+    /// of them opened, and none is left running for an open that failed).
+    pub fn open_unverified(dir: &Path) -> Result<Self> {
+        Self::open_with(dir, Check::Later)
+    }
+
+    /// Starts the background check of an index opened by
+    /// [`Index::open_unverified`] (nothing while one is running, or if the
+    /// open checked everything). A check that panics counts as damage.
+    pub fn start_verification(&self) -> Result<()> {
+        let mut slot = self.verifier.lock();
+        if slot.is_some() || self.verified_at_open {
+            return Ok(());
+        }
+        let (damage, dir) = (self.damage.clone(), self.dir.clone());
         let handle = std::thread::Builder::new()
             .name("vecrec-verify".into())
             .spawn(move || {
-                if let Err(e) = Self::open_with(&dir, true) {
-                    let _ = damage.set(e.to_string());
+                let found = std::panic::catch_unwind(|| Self::open_with(&dir, Check::Only));
+                match found {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        let _ = damage.set(e.to_string());
+                    }
+                    Err(_) => {
+                        let _ = damage.set("the check stopped on a panic".into());
+                    }
                 }
             })
-            .map_err(|e| IndexError::io(index.dir.clone(), e))?;
-        *index.verifier.lock() = Some(handle);
-        Ok(index)
+            .map_err(|e| IndexError::io(self.dir.clone(), e))?;
+        *slot = Some(handle);
+        Ok(())
     }
 
     /// Waits for the background check of [`Index::open_lazy`] (at once after
     /// [`Index::open`]) and returns what it found.
     pub fn wait_verified(&self) -> Result<()> {
         if let Some(h) = self.verifier.lock().take() {
-            let _ = h.join();
+            if h.join().is_err() {
+                let _ = self.damage.set("the check stopped on a panic".into());
+            }
         }
         self.check_damage()
     }
@@ -194,9 +245,13 @@ impl Index {
         }
     }
 
-    fn open_with(dir: &Path, verify: bool) -> Result<Self> {
+    fn open_with(dir: &Path, check: Check) -> Result<Self> {
         let manifest: Manifest = read_json(&dir.join(MANIFEST_FILE))?;
-        let store = VectorStore::open(dir, verify)?;
+        let verify = check != Check::Later;
+        let store = match check {
+            Check::Only => VectorStore::open_checked_rows(dir)?,
+            _ => VectorStore::open(dir, verify)?,
+        };
         if store.dim() != manifest.dim
             || store.len() != manifest.count
             || store.metric() != manifest.metric
@@ -224,6 +279,7 @@ impl Index {
             codes,
             damage: Arc::new(OnceLock::new()),
             verifier: Mutex::new(None),
+            verified_at_open: verify,
         })
     }
 

@@ -221,6 +221,19 @@ impl VectorStore {
     /// attributes, a repeated id as its first row: [`VectorStore::open`] with
     /// `verify` is the check that refuses them).
     pub fn open(dir: &Path, verify: bool) -> Result<Self> {
+        Self::open_with(dir, verify, verify)
+    }
+
+    /// Checks the store as [`VectorStore::open`] with `verify` does, but
+    /// keeps no id or attribute table: for a store read by row number only
+    /// (a learned source's item table), or a check whose store is dropped.
+    /// [`VectorStore::internal_id`] and [`VectorStore::attributes`] build
+    /// them, unchecked, if ever called.
+    pub fn open_checked_rows(dir: &Path) -> Result<Self> {
+        Self::open_with(dir, true, false)
+    }
+
+    fn open_with(dir: &Path, verify: bool, keep: bool) -> Result<Self> {
         let vectors = CheckedFile::open(&dir.join(VECTORS_FILE), Kind::VECTORS, verify)?;
         let [dim, count, metric, ..] = vectors.fields();
         let metric = Metric::from_code(metric)
@@ -259,8 +272,15 @@ impl VectorStore {
             attrs: OnceLock::new(),
         };
         if verify {
-            let _ = store.index.set(store.parse_ids(true)?);
-            let _ = store.attrs.set(store.parse_attrs(true)?);
+            // A repeated id is found through the table, kept or not.
+            let ids = store.parse_ids(true)?;
+            if keep {
+                let _ = store.index.set(ids);
+                let _ = store.attrs.set(store.parse_attrs(true)?);
+            } else {
+                drop(ids);
+                store.check_attrs()?;
+            }
         }
         Ok(store)
     }
@@ -276,25 +296,50 @@ impl VectorStore {
         }
     }
 
+    /// Parses every record as a strict [`VectorStore::parse_attrs`] does,
+    /// keeping nothing.
+    fn check_attrs(&self) -> Result<()> {
+        for (i, s) in self.items.iter().enumerate() {
+            self.record_attributes(i, s)?;
+        }
+        Ok(())
+    }
+
+    /// Record `i` (text `s`) parsed, or the error that makes a strict open
+    /// refuse it.
+    fn record_attributes<'a>(&self, i: usize, s: &'a str) -> Result<RecordAttributes<'a>> {
+        serde_json::from_str(s).map_err(|e| IndexError::Corrupt {
+            path: self.dir.join(ITEMS_FILE),
+            reason: format!("record {i}: {e}"),
+        })
+    }
+
     fn parse_attrs(&self, strict: bool) -> Result<AttrTable> {
         let mut table = AttrTableBuilder::default();
         for (i, s) in self.items.iter().enumerate() {
-            match serde_json::from_str::<RecordAttributes>(s) {
+            match self.record_attributes(i, s) {
                 Ok(a) => table.push(RowAttributes {
                     categories: a.categories,
                     tags: a.tags,
                     numeric: a.numeric.into_iter().collect(),
                 }),
-                Err(e) if strict => {
-                    return Err(IndexError::Corrupt {
-                        path: self.dir.join(ITEMS_FILE),
-                        reason: format!("record {i}: {e}"),
-                    })
-                }
+                Err(e) if strict => return Err(e),
                 Err(_) => table.push(RowAttributes::default()),
             }
         }
         Ok(table.finish())
+    }
+
+    /// Builds the id table now if it is not built ([`VectorStore::internal_id`]
+    /// builds it on first use after an unchecked open): one pass over the
+    /// ids, done at open rather than in a first call.
+    pub fn prepare_ids(&self) {
+        self.id_table();
+    }
+
+    /// Whether the id table and the attribute table are built, in that order.
+    pub fn tables_built(&self) -> (bool, bool) {
+        (self.index.get().is_some(), self.attrs.get().is_some())
     }
 
     fn id_table(&self) -> &IdTable {
@@ -432,11 +477,25 @@ mod tests {
             // tags, one number's 3.
             assert_eq!(s.attrs().heap_bytes(), 3 * 8 + 7 * 4);
         }
+        // Checked for rows only: no table kept, each built on first use.
+        let s = VectorStore::open_checked_rows(dir.path()).unwrap();
+        assert_eq!(s.tables_built(), (false, false));
+        assert_eq!(s.internal_id("b"), Some(1));
+        assert_eq!(s.tables_built(), (true, false));
+        assert_eq!(
+            VectorStore::open(dir.path(), true).unwrap().tables_built(),
+            (true, true)
+        );
+        drop(s);
         // A repeated id: a checked open refuses it, an unchecked one finds
         // its first row.
         StringTable::write(&dir.path().join(IDS_FILE), &["a", "a"]).unwrap();
-        let err = VectorStore::open(dir.path(), true).unwrap_err().to_string();
-        assert!(err.contains("duplicate id \"a\""), "{err}");
+        for err in [
+            VectorStore::open(dir.path(), true).unwrap_err(),
+            VectorStore::open_checked_rows(dir.path()).unwrap_err(),
+        ] {
+            assert!(err.to_string().contains("duplicate id \"a\""), "{err}");
+        }
         let s = VectorStore::open(dir.path(), false).unwrap();
         assert_eq!(s.internal_id("a"), Some(0));
         assert_eq!(s.internal_id("b"), None);
@@ -445,7 +504,11 @@ mod tests {
         let bad = r#"{"title":5,"categories":["sea"]}"#;
         StringTable::write(&dir.path().join(ITEMS_FILE), &[bad, "{}"]).unwrap();
         StringTable::write(&dir.path().join(IDS_FILE), &["a", "b"]).unwrap();
-        let err = VectorStore::open(dir.path(), true).unwrap_err().to_string();
-        assert!(err.contains("record 0"), "{err}");
+        for err in [
+            VectorStore::open(dir.path(), true).unwrap_err(),
+            VectorStore::open_checked_rows(dir.path()).unwrap_err(),
+        ] {
+            assert!(err.to_string().contains("record 0"), "{err}");
+        }
     }
 }

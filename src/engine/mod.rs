@@ -82,6 +82,37 @@ fn admissible(
     !exclude.contains(&i) && filter.is_none_or(|f| f.matches(&store.attributes(i)))
 }
 
+/// How much of a generation an engine opens, and checks, before it serves.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Opening {
+    /// Everything, every file read whole and checked first (one node, a
+    /// shard). The learned sources' item tables, read by row number only,
+    /// keep no id or attribute tables ([`Index::open_rows`]).
+    #[default]
+    Whole,
+    /// The front generation of a partitioned build, on the router
+    /// (`vecrec route --front`), which reads items' rows only for a call's
+    /// history and candidates: the users and the models are read and
+    /// checked now; the item tables (content vectors, ALS, two-tower and
+    /// sequence tables) are mapped with their headers and sizes checked and
+    /// read whole by a background check ([`Index::open_lazy`]), which fails
+    /// every later call if it finds damage; the EASE and transitions rows,
+    /// scored on the shards only, are not opened. The open then no longer
+    /// reads the whole catalogue.
+    Front,
+}
+
+impl Opening {
+    /// Opens the learned item table (ALS, two-tower, sequence) in `dir`.
+    fn item_table(self, dir: &Path) -> Result<Index> {
+        Ok(match self {
+            Opening::Whole => Index::open_rows(dir)?,
+            // Checked in the background once the whole engine opened.
+            Opening::Front => Index::open_unverified(dir)?,
+        })
+    }
+}
+
 /// Name of the reranker's list in the fusion and in the learned model's features.
 pub const RERANKER: &str = "reranker";
 
@@ -104,6 +135,8 @@ pub struct Engine {
     sliced: Option<Arc<Sliced>>,
     /// The digest of the generation's numbering, once asked for.
     ids_digest: Arc<std::sync::OnceLock<String>>,
+    /// How the generation was opened.
+    opening: Opening,
 }
 
 /// The `internal` id of an item upserted since the generation was built (it
@@ -113,16 +146,67 @@ pub const LIVE_ITEM: u32 = u32::MAX;
 impl Engine {
     /// Opens the live generation under `root`.
     pub fn open(root: &Path, cfg: Config, encoder: Option<Arc<Encoder>>) -> Result<Self> {
-        Self::with_index(Index::open_current(root)?, cfg, encoder)
+        Self::with_index(Index::open_current(root)?, cfg, encoder, Opening::Whole)
+    }
+
+    /// Opens the live generation under `root` as `opening` says
+    /// ([`Opening::Front`]: a router's front, which gets no encoder).
+    pub fn open_as(
+        root: &Path,
+        cfg: Config,
+        encoder: Option<Arc<Encoder>>,
+        opening: Opening,
+    ) -> Result<Self> {
+        match opening {
+            Opening::Whole => Self::open(root, cfg, encoder),
+            Opening::Front => {
+                let dir = vecrec_index::generation::current_generation(root)?;
+                let index = Index::open_unverified(&dir)?;
+                // Ids are looked up from the first call on.
+                index.store().prepare_ids();
+                Self::with_index(index, cfg, None, Opening::Front)
+            }
+        }
+    }
+
+    /// How this engine's generation was opened.
+    pub fn opening(&self) -> Opening {
+        self.opening
+    }
+
+    /// Waits for the background checks an [`Opening::Front`] open left
+    /// running (none after [`Opening::Whole`]) and returns what they found.
+    pub fn wait_verified(&self) -> Result<()> {
+        // Every check is waited for, and the first damage returned.
+        let found = [
+            self.index.wait_verified().map_err(Error::from),
+            self.trained.as_ref().map_or(Ok(()), |t| t.wait_verified()),
+        ];
+        found.into_iter().collect()
+    }
+
+    /// The damage the background checks of an [`Opening::Front`] open have
+    /// found so far, as the error every call then returns.
+    pub fn check_damage(&self) -> Result<()> {
+        self.index.check_damage()?;
+        match &self.trained {
+            Some(t) => t.check_damage(),
+            None => Ok(()),
+        }
     }
 
     /// Opens the generation directory `dir`, live or not (the build fits
     /// fusion on the generation it is writing).
     pub fn open_generation(dir: &Path, cfg: Config, encoder: Option<Arc<Encoder>>) -> Result<Self> {
-        Self::with_index(Index::open(dir)?, cfg, encoder)
+        Self::with_index(Index::open(dir)?, cfg, encoder, Opening::Whole)
     }
 
-    fn with_index(index: Index, cfg: Config, encoder: Option<Arc<Encoder>>) -> Result<Self> {
+    fn with_index(
+        index: Index,
+        cfg: Config,
+        encoder: Option<Arc<Encoder>>,
+        opening: Opening,
+    ) -> Result<Self> {
         let store = index.store();
         let users = UserProfiles::open(index.dir(), store.len(), store.dim())?;
         if let Some(enc) = &encoder {
@@ -140,7 +224,7 @@ impl Engine {
                 "user settings differ from the build's; user vectors are computed per request"
             );
         }
-        let trained = Trained::open(&index, &users, &cfg)?;
+        let trained = Trained::open(&index, &users, &cfg, opening)?;
         let sliced = Sliced::open(&index, &users)?;
         tracing::info!(
             hybrid = trained.is_some(),
@@ -150,6 +234,14 @@ impl Engine {
             dim = store.dim(),
             "index opened"
         );
+        if opening == Opening::Front {
+            // Opened whole: the background checks start now, so an open
+            // that failed part way leaves none running.
+            index.start_verification()?;
+            if let Some(t) = &trained {
+                t.start_verification()?;
+            }
+        }
         let applied_seq = GenerationInfo::of(index.manifest()).wal_seq;
         Ok(Self {
             index: Arc::new(index),
@@ -163,6 +255,7 @@ impl Engine {
             arm_reranker: None,
             sliced: sliced.map(Arc::new),
             ids_digest: Arc::default(),
+            opening,
         })
     }
 

@@ -51,7 +51,7 @@ impl Sliced {
             if !p.is_dir() {
                 return Ok(None);
             }
-            let sub = Index::open(&p)?;
+            let sub = Index::open_rows(&p)?;
             if sub.store().len() != n {
                 return Err(Error::Config(format!(
                     "{}: {} rows for a shard of {n} items",
@@ -290,6 +290,8 @@ impl Engine {
                     .into(),
             ));
         }
+        // What the background check of a front opened lazily has found.
+        self.check_damage()?;
         let k = self.check_k(opts.k)?;
         let (history, user) = match who {
             UserRef::Id(id) => {
@@ -380,6 +382,7 @@ impl Engine {
         lists: Vec<Vec<(u32, f32)>>,
         deadline: Deadline,
     ) -> Result<Vec<Scored>> {
+        self.check_damage()?;
         let store = self.index.store();
         let n = self.cfg.hybrid.candidates;
         let mut lists: Vec<SourceList> = q

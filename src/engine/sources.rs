@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use vecrec_index::{Index, SearchParams};
 
-use super::Engine;
+use super::{Engine, Opening};
 use crate::config::{Config, RerankKind, SourceWeights};
 use crate::error::{Error, Result};
 use crate::fusion::SourceList;
@@ -109,8 +109,9 @@ pub(super) fn timed<T>(stage: &'static str, f: impl FnOnce() -> T) -> T {
 /// Trained interaction-based sources of a generation.
 #[derive(Debug)]
 pub(super) struct Trained {
-    pub(super) ease: SparseRows,
-    pub(super) transitions: SparseRows,
+    /// EASE and transitions rows, scored where items are (one node, a
+    /// shard); `None` on a router's front ([`Opening::Front`]).
+    pub(super) item_rows: Option<(SparseRows, SparseRows)>,
     pub(super) popularity: Vec<f32>,
     pub(super) als: Index,
     /// User factors, users × factors, read through the map
@@ -141,8 +142,9 @@ fn open_learned<M: serde::de::DeserializeOwned>(
     model_file: &'static str,
     ort: &Path,
     pool: usize,
+    opening: Opening,
 ) -> Result<(Index, M, OnnxModel)> {
-    let index = Index::open(sub)?;
+    let index = opening.item_table(sub)?;
     let meta: M = vecrec_index::format::read_json(&dir.join(meta_file))?;
     let file = vecrec_index::format::CheckedFile::open(
         &dir.join(model_file),
@@ -187,7 +189,7 @@ impl TwoTowerServing {
         content: &vecrec_index::VectorStore,
         als: &Index,
         ort: &Path,
-        pool: usize,
+        (pool, opening): (usize, Opening),
         users: usize,
     ) -> Result<Option<Self>> {
         let sub = dir.join(crate::layout::TWO_TOWER_DIR);
@@ -201,6 +203,7 @@ impl TwoTowerServing {
             crate::layout::USER_TOWER_FILE,
             ort,
             pool,
+            opening,
         )?;
         // Each item's features are its content vector and ALS factors
         // (`two_tower::push_item_features`), made for a history's items
@@ -284,7 +287,12 @@ pub(super) struct SequenceServing {
 }
 
 impl SequenceServing {
-    fn open(dir: &Path, items: usize, ort: &Path, pool: usize) -> Result<Option<Self>> {
+    fn open(
+        dir: &Path,
+        items: usize,
+        ort: &Path,
+        (pool, opening): (usize, Opening),
+    ) -> Result<Option<Self>> {
         let sub = dir.join(crate::layout::SEQUENCE_DIR);
         if !sub.is_dir() {
             return Ok(None);
@@ -296,6 +304,7 @@ impl SequenceServing {
             crate::layout::SEQUENCE_MODEL_FILE,
             ort,
             pool,
+            opening,
         )?;
         if index.store().len() != items || index.store().dim() != meta.options.dim {
             return Err(Error::Config(format!(
@@ -341,7 +350,12 @@ impl Trained {
 
     /// Opens the trained sources of the generation `index`; `None` for a
     /// content-only generation.
-    pub(super) fn open(index: &Index, users: &UserProfiles, cfg: &Config) -> Result<Option<Self>> {
+    pub(super) fn open(
+        index: &Index,
+        users: &UserProfiles,
+        cfg: &Config,
+        opening: Opening,
+    ) -> Result<Option<Self>> {
         if !SparseRows::exists(index.dir(), crate::layout::EASE_ROWS)
             || index.dir().join(crate::layout::SLICED_FILE).is_file()
         {
@@ -350,7 +364,7 @@ impl Trained {
         let store = index.store();
         {
             let n = store.len();
-            let als = Index::open(&index.dir().join(crate::layout::ALS_DIR))?;
+            let als = opening.item_table(&index.dir().join(crate::layout::ALS_DIR))?;
             let f = als.store().dim();
             let uf = vecrec_index::format::CheckedFile::open(
                 &index.dir().join(crate::layout::ALS_USERS_FILE),
@@ -365,7 +379,7 @@ impl Trained {
                 }
                 .into());
             }
-            let als_gram = crate::retrieve::als::gram(als.store().vectors(), f);
+            let als_gram = als_gram(index.dir(), &als)?;
             let has_neural = index.dir().join(crate::layout::TWO_TOWER_DIR).is_dir()
                 || index.dir().join(crate::layout::SEQUENCE_DIR).is_dir();
             let has_din = index.dir().join(crate::layout::DIN_FILE).is_file();
@@ -381,11 +395,18 @@ impl Trained {
             // none waits for another's model run.
             let pool = cfg.server.cpu_limit();
             let two_tower = match &ort {
-                Some(o) => TwoTowerServing::open(index.dir(), store, &als, o, pool, users.len())?,
+                Some(o) => TwoTowerServing::open(
+                    index.dir(),
+                    store,
+                    &als,
+                    o,
+                    (pool, opening),
+                    users.len(),
+                )?,
                 None => None,
             };
             let sequence = match &ort {
-                Some(o) => SequenceServing::open(index.dir(), n, o, pool)?,
+                Some(o) => SequenceServing::open(index.dir(), n, o, (pool, opening))?,
                 None => None,
             };
             if sequence.is_none() && cfg.hybrid.sequence_weight > 0.0 {
@@ -411,9 +432,16 @@ impl Trained {
                 )?)),
                 _ => None,
             };
+            // The front never scores items, so never reads these rows.
+            let item_rows = match opening {
+                Opening::Front => None,
+                Opening::Whole => Some((
+                    SparseRows::open(index.dir(), crate::layout::EASE_ROWS, n)?,
+                    SparseRows::open(index.dir(), crate::layout::TRANSITIONS_ROWS, n)?,
+                )),
+            };
             Ok(Some(Trained {
-                ease: SparseRows::open(index.dir(), crate::layout::EASE_ROWS, n)?,
-                transitions: SparseRows::open(index.dir(), crate::layout::TRANSITIONS_ROWS, n)?,
+                item_rows,
                 popularity: users.popularity(n),
                 als,
                 als_users: uf,
@@ -475,7 +503,7 @@ impl Engine {
     ) -> Result<Vec<SourceList>> {
         let trained = self.trained()?;
         let ids: Vec<u32> = history.iter().map(|e| e.0).collect();
-        let tables = trained.tables();
+        let tables = trained.tables()?;
         let one = |&s: &Source| -> Result<SourceList> {
             let started = std::time::Instant::now();
             let list = match self.user_input(s, history, user)? {
@@ -646,16 +674,79 @@ pub(super) struct ItemTables<'a> {
 }
 
 impl Trained {
-    pub(super) fn tables(&self) -> ItemTables<'_> {
-        ItemTables {
-            ease: &self.ease,
-            transitions: &self.transitions,
+    pub(super) fn tables(&self) -> Result<ItemTables<'_>> {
+        let (ease, transitions) = self.item_rows.as_ref().ok_or_else(|| {
+            Error::FailedPrecondition(
+                "this engine holds a router's front, which scores no items: the shards do".into(),
+            )
+        })?;
+        Ok(ItemTables {
+            ease,
+            transitions,
             popularity: &self.popularity,
             als: &self.als,
             two_tower: self.two_tower.as_ref().map(|t| &t.index),
             sequence: self.sequence.as_ref().map(|t| &t.index),
-        }
+        })
     }
+
+    /// The learned item tables, as the indexes they are stored in.
+    fn item_indexes(&self) -> impl Iterator<Item = &Index> {
+        std::iter::once(&self.als)
+            .chain(self.two_tower.as_ref().map(|t| &t.index))
+            .chain(self.sequence.as_ref().map(|t| &t.index))
+    }
+
+    /// Waits for the background checks of the item tables an
+    /// [`Opening::Front`] open left running, and returns what they found.
+    pub(super) fn wait_verified(&self) -> Result<()> {
+        // Every check is waited for, and the first damage returned.
+        let found: Vec<_> = self.item_indexes().map(|i| i.wait_verified()).collect();
+        Ok(found.into_iter().collect::<vecrec_index::Result<()>>()?)
+    }
+
+    /// Starts the background checks of item tables opened unverified.
+    pub(super) fn start_verification(&self) -> Result<()> {
+        for i in self.item_indexes() {
+            i.start_verification()?;
+        }
+        Ok(())
+    }
+
+    /// The damage the background checks have found so far, if any.
+    pub(super) fn check_damage(&self) -> Result<()> {
+        for i in self.item_indexes() {
+            i.check_damage()?;
+        }
+        Ok(())
+    }
+}
+
+/// `YᵀY` of the ALS item factors `als` (`f` wide): read from the
+/// generation's [`crate::layout::ALS_GRAM_FILE`] where the build wrote it,
+/// computed over every item otherwise (a generation written before it was).
+pub(super) fn als_gram(dir: &Path, als: &Index) -> Result<Vec<f64>> {
+    let f = als.store().dim();
+    let path = dir.join(crate::layout::ALS_GRAM_FILE);
+    if !path.is_file() {
+        tracing::info!(generation = %dir.display(), "no stored ALS Gram matrix: computing it over every item");
+        return Ok(crate::retrieve::als::gram(als.store().vectors(), f));
+    }
+    let file =
+        vecrec_index::format::CheckedFile::open(&path, vecrec_index::format::Kind::VECTORS, true)?;
+    let g = file.payload_as::<f64>()?;
+    if g.len() != f * f || file.fields()[..2] != [f as u64, f as u64] {
+        return Err(vecrec_index::IndexError::Corrupt {
+            path,
+            reason: format!(
+                "{} values for the Gram matrix of {f} ALS factors ({} wanted)",
+                g.len(),
+                f * f
+            ),
+        }
+        .into());
+    }
+    Ok(g.to_vec())
 }
 
 /// `one` over every source of a request: in parallel when no other request

@@ -523,3 +523,162 @@ fn the_reranker_reorders_known_items_and_leaves_new_ones_in_place() {
         [11, 13, 12, 14, 10]
     );
 }
+
+/// Flips one byte in the middle of `path`'s payload, so its checksum fails.
+fn damage(path: &std::path::Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x5a;
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn the_build_stores_the_als_gram_an_open_would_compute() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = build_small(dir.path(), None);
+    let file = report.generation.join(crate::layout::ALS_GRAM_FILE);
+    assert!(file.is_file(), "the build writes {}", file.display());
+    let stored = Engine::open(dir.path(), Config::default(), None).unwrap();
+    let t = stored.trained.as_ref().unwrap();
+    let computed = crate::retrieve::als::gram(t.als.store().vectors(), t.als.store().dim());
+    assert_eq!(t.als_gram.len(), 8 * 8);
+    assert!(t.als_gram.iter().any(|&g| g != 0.0));
+    let bits = |g: &[f64]| g.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&t.als_gram), bits(&computed));
+    // A generation written before the file existed computes it, and folds
+    // a new history in to the same factors.
+    let history: Vec<(u32, f32)> = [3u32, 6, 9].iter().map(|&i| (i, 1.0)).collect();
+    let folded = stored.user_input(Source::Als, &history, None).unwrap();
+    assert!(folded.is_some());
+    std::fs::remove_file(&file).unwrap();
+    let older = Engine::open(dir.path(), Config::default(), None).unwrap();
+    assert_eq!(
+        bits(&older.trained.as_ref().unwrap().als_gram),
+        bits(&computed)
+    );
+    assert_eq!(
+        older.user_input(Source::Als, &history, None).unwrap(),
+        folded
+    );
+    // A file of the wrong shape is refused, naming it.
+    vecrec_index::format::write_file(
+        &file,
+        vecrec_index::format::Kind::VECTORS,
+        [8, 4, 0, 0, 0],
+        &[0u8; 8 * 4 * 8],
+    )
+    .unwrap();
+    let err = Engine::open(dir.path(), Config::default(), None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(crate::layout::ALS_GRAM_FILE) && err.contains("Gram"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_learned_item_tables_keep_no_id_or_attribute_tables() {
+    let (_dir, e) = engine();
+    // The catalogue's store is looked up by id and filtered: both built.
+    assert_eq!(e.index().store().tables_built(), (true, true));
+    let t = e.trained.as_ref().unwrap();
+    assert_eq!(t.als.store().tables_built(), (false, false));
+    // A lookup still works, building the table it needs then.
+    assert_eq!(t.als.store().internal_id("item7"), Some(7));
+    assert_eq!(t.als.store().tables_built(), (true, false));
+}
+
+#[test]
+fn a_front_opens_lazily_scores_no_items_and_answers_as_a_whole_open() {
+    let (dir, whole) = engine();
+    let front = Engine::open_as(dir.path(), Config::default(), None, Opening::Front).unwrap();
+    assert_eq!(front.opening(), Opening::Front);
+    // Ids are ready for the first call; the attributes, which only the
+    // shards filter by, are never built; EASE and transitions not opened.
+    assert_eq!(front.index().store().tables_built(), (true, false));
+    let t = front.trained.as_ref().unwrap();
+    assert!(t.item_rows.is_none());
+    assert_eq!(t.als.store().tables_built(), (false, false));
+    match front.recommend(
+        UserRef::Id("user2"),
+        &RecommendOptions {
+            k: 5,
+            ..Default::default()
+        },
+    ) {
+        Err(Error::FailedPrecondition(m)) => assert!(m.contains("front"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    front.wait_verified().unwrap();
+    let history = ["item1".to_owned(), "item4".to_owned(), "item10".to_owned()];
+    for who in [UserRef::Id("user2"), UserRef::History(&history)] {
+        let opts = RecommendOptions {
+            k: 10,
+            ..Default::default()
+        };
+        let none = HashSet::new();
+        let qf = front.front_query(who, &[], &none, &opts).unwrap();
+        let qw = whole.front_query(who, &[], &none, &opts).unwrap();
+        assert_eq!(qf.history, qw.history);
+        assert_eq!(qf.shard.inputs, qw.shard.inputs);
+        assert_eq!(qf.shard.exclude, qw.shard.exclude);
+        assert_eq!(qf.shard.front_ids, qw.shard.front_ids);
+        assert!(!qf.shard.inputs.is_empty());
+        // Every source's list from the whole generation, as the shards
+        // would send them: the front fuses them as one node does.
+        let user = match who {
+            UserRef::Id(id) => whole.users().lookup(id),
+            UserRef::History(_) => None,
+        };
+        let lists = whole
+            .source_lists(&qw.history, user, &qw.sources, &|_| true)
+            .unwrap()
+            .into_iter()
+            .map(|l| l.items)
+            .collect::<Vec<_>>();
+        let af = front
+            .front_answer(&qf, lists.clone(), Deadline::default())
+            .unwrap();
+        let aw = whole.front_answer(&qw, lists, Deadline::default()).unwrap();
+        assert_eq!(af.len(), 10);
+        assert_eq!(af, aw);
+    }
+}
+
+#[test]
+fn damage_found_after_a_front_opened_fails_its_calls_and_a_reload_keeps_the_served_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = build_small(dir.path(), None).generation;
+    let served =
+        Arc::new(Engine::open_as(dir.path(), Config::default(), None, Opening::Front).unwrap());
+    let slot = crate::serving::EngineSlot::new(dir.path(), served.clone());
+    // A new generation whose ALS table is damaged: a whole open refuses it,
+    // a front's lazy open takes it, and its background check finds it.
+    let second = build_small(dir.path(), None).generation;
+    assert_ne!(first, second);
+    damage(&second.join(crate::layout::ALS_DIR).join("vectors.bin"));
+    let err = Engine::open(dir.path(), Config::default(), None).unwrap_err();
+    assert!(err.to_string().contains("checksum"), "{err}");
+    let lazy = Engine::open_as(dir.path(), Config::default(), None, Opening::Front).unwrap();
+    assert!(lazy.wait_verified().is_err());
+    let opts = RecommendOptions {
+        k: 5,
+        ..Default::default()
+    };
+    let err = lazy
+        .front_query(UserRef::Id("user2"), &[], &HashSet::new(), &opts)
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Index(e) if e.is_data_loss()),
+        "{err:?}"
+    );
+    // The served front's reload waits for the check and keeps serving
+    // the generation it has.
+    assert!(slot.reload_if_changed().is_err());
+    assert_eq!(slot.get().index().dir(), first.as_path());
+    assert_eq!(slot.get().opening(), Opening::Front);
+    assert!(served
+        .front_query(UserRef::Id("user2"), &[], &HashSet::new(), &opts)
+        .is_ok());
+}

@@ -30,8 +30,8 @@ use crate::config::UserConfig;
 use crate::encoder::Encoder;
 use crate::error::Result;
 use crate::layout::{
-    GenerationInfo, TwoTowerMeta, ALS_DIR, ALS_USERS_FILE, FUSION_FILE, TWO_TOWER_DIR,
-    TWO_TOWER_META_FILE, USER_TOWER_FILE,
+    GenerationInfo, TwoTowerMeta, ALS_DIR, ALS_GRAM_FILE, ALS_USERS_FILE, FUSION_FILE,
+    TWO_TOWER_DIR, TWO_TOWER_META_FILE, USER_TOWER_FILE,
 };
 use crate::retrieve::sparse::SparseRows;
 use crate::users::write_profiles;
@@ -560,6 +560,16 @@ fn write_als(
         [f as u64, users as u64, Metric::InnerProduct.code(), 0, 0],
     )?;
     w.write_pod(&model.users)?;
+    w.finish()?;
+    // What folding in a new history needs of every item, computed once
+    // here rather than at every open.
+    let gram = crate::retrieve::als::gram(&model.items, f);
+    let mut w = vecrec_index::format::FileWriter::create(
+        &dir.join(ALS_GRAM_FILE),
+        vecrec_index::format::Kind::VECTORS,
+        [f as u64, f as u64, 0, 0, 0],
+    )?;
+    w.write_pod(&gram)?;
     w.finish()?;
     Ok(())
 }

@@ -932,7 +932,7 @@ fn cut_shards(
     let tables: Vec<(&str, Index)> = [ALS_DIR, TWO_TOWER_DIR, SEQUENCE_DIR]
         .into_iter()
         .filter(|sub| dir.join(sub).is_dir())
-        .map(|sub| Ok((sub, Index::open(&dir.join(sub))?)))
+        .map(|sub| Ok((sub, Index::open_rows(&dir.join(sub))?)))
         .collect::<Result<_>>()?;
     let meta = SlicedMeta {
         front_items: n,

@@ -390,8 +390,12 @@ impl Router {
             Some(root) => {
                 let c = cfg.clone();
                 let at = root.clone();
-                let engine =
-                    tokio::task::spawn_blocking(move || Engine::open(&at, c, None)).await??;
+                // The front reads items' rows for a call's history and
+                // candidates only: it is not read whole before serving.
+                let engine = tokio::task::spawn_blocking(move || {
+                    Engine::open_as(&at, c, None, crate::engine::Opening::Front)
+                })
+                .await??;
                 if !engine.is_hybrid() {
                     anyhow::bail!(
                         "route.front {} holds no trained sources (or hybrid.enabled is false): \
@@ -1174,6 +1178,7 @@ impl Router {
         &self,
         front: Arc<Engine>,
         mut events: Vec<pb::Event>,
+        session: Option<&[u64]>,
         limit: Option<Duration>,
     ) -> Result<(pb::RecordEventsResponse, Vec<u64>), Status> {
         // The checks one node makes, under the front's limits.
@@ -1231,6 +1236,7 @@ impl Router {
             .write_everywhere(
                 events,
                 |e: &pb::Event| e.user_id.as_str(),
+                session,
                 limit,
                 |mut c: Client, events: Request<Vec<pb::Event>>| async move {
                     c.record_events(events.map(|events| pb::RecordEventsRequest { events }))
@@ -1329,11 +1335,15 @@ impl Router {
     /// `limit`; `send` makes one shard's request, and `on_retry` tells the
     /// caller what retrying a write some replicas did not take does.
     /// Returns the sum of the shards' counts, the largest sequence, and
-    /// each shard's (0 for a shard not written).
+    /// each shard's (0 for a shard not written). An error after some
+    /// shards took their part carries the session (`seen`, the caller's,
+    /// with those parts) as [`WRITTEN_HEADER`], as a whole write's answer
+    /// does.
     async fn write_everywhere<I, T, F, Fut>(
         &self,
         items: Vec<I>,
         id: fn(&I) -> &str,
+        seen: Option<&[u64]>,
         limit: Option<Duration>,
         send: F,
         on_retry: &str,
@@ -1350,7 +1360,9 @@ impl Router {
             let s = self.owner(id(&it));
             by_shard[s].push(it);
         }
-        let mut set = JoinSet::new();
+        // Every shard written must have replicas before any part is sent,
+        // so this refusal leaves nothing written.
+        let mut targets = Vec::new();
         for (s, part) in by_shard
             .into_iter()
             .enumerate()
@@ -1359,9 +1371,13 @@ impl Router {
             let replicas = self.inner.shards[s].replicas.read().clone();
             if replicas.is_empty() {
                 return Err(Status::unavailable(format!(
-                    "shard {s} has no replica to write to"
+                    "shard {s} has no replica to write to; nothing was written"
                 )));
             }
+            targets.push((s, part, replicas));
+        }
+        let mut set = JoinSet::new();
+        for (s, part, replicas) in targets {
             let budget = Duration::from_millis(self.inner.cfg.shard_timeout_ms)
                 .min(limit.unwrap_or(Duration::MAX));
             for r in replicas {
@@ -1439,7 +1455,17 @@ impl Router {
                 }),
         };
         match failed {
-            Some(st) => Err(st),
+            // The parts that were taken are acknowledged to nobody but
+            // stay: the caller's session names them, so it reads them
+            // through any router as it would a whole write.
+            Some(mut st) => {
+                if wrote.iter().any(|&q| q > 0) {
+                    if let Ok(v) = written_after(seen, &wrote).parse() {
+                        st.metadata_mut().insert(WRITTEN_HEADER, v);
+                    }
+                }
+                Err(st)
+            }
             None => Ok((count.values().sum(), seq, wrote)),
         }
     }
@@ -1760,6 +1786,7 @@ impl Recommender for Router {
                 .write_everywhere(
                     items,
                     |i: &pb::Item| i.id.as_str(),
+                    seen.as_deref(),
                     limit,
                     |mut c: Client, items: Request<Vec<pb::Item>>| async move {
                         c.upsert_items(items.map(|items| pb::UpsertItemsRequest { items }))
@@ -1793,6 +1820,7 @@ impl Recommender for Router {
                 .write_everywhere(
                     ids,
                     |i: &String| i.as_str(),
+                    seen.as_deref(),
                     limit,
                     |mut c: Client, ids: Request<Vec<String>>| async move {
                         c.delete_items(ids.map(|ids| pb::DeleteItemsRequest { ids }))
@@ -1839,7 +1867,9 @@ impl Recommender for Router {
                 ));
             };
             let _place = self.admit("RecordEvents", limit).await?;
-            let (answer, wrote) = self.record_routed(front.get(), events, limit).await?;
+            let (answer, wrote) = self
+                .record_routed(front.get(), events, sent.as_deref(), limit)
+                .await?;
             Ok((answer, written_after(sent.as_deref(), &wrote)))
         })
         .await;
@@ -1888,6 +1918,11 @@ pub async fn serve(
         _ => None,
     };
     let reloader = tokio::spawn(reload_experiments_on_hangup(router.clone()));
+    let checker = router
+        .inner
+        .front
+        .clone()
+        .map(|slot| tokio::spawn(front_health(slot, health_reporter.clone())));
     tonic::transport::Server::builder()
         .max_concurrent_streams(cfg.server.max_concurrent_streams)
         .http2_adaptive_window(Some(true))
@@ -1898,10 +1933,52 @@ pub async fn serve(
         .await?;
     resolver.abort();
     reloader.abort();
-    if let Some(w) = watcher {
-        w.abort();
+    for task in [watcher, checker].into_iter().flatten() {
+        task.abort();
     }
     Ok(())
+}
+
+/// Waits for the background check of each front the router serves (the
+/// front is opened lazily, `engine::Opening::Front`), logs what it found,
+/// and keeps health NOT_SERVING while the served front is damaged (every
+/// Recommend then answers `DATA_LOSS`), SERVING again once an intact front
+/// is swapped in.
+async fn front_health(slot: Arc<EngineSlot>, health: tonic_health::server::HealthReporter) {
+    use tonic::server::NamedService;
+    let mut checked = std::sync::Weak::new();
+    let mut serving = true;
+    loop {
+        let engine = slot.get();
+        if !std::sync::Weak::ptr_eq(&checked, &Arc::downgrade(&engine)) {
+            checked = Arc::downgrade(&engine);
+            let e = engine.clone();
+            let dir = e.index().dir().display().to_string();
+            match tokio::task::spawn_blocking(move || e.wait_verified()).await {
+                Ok(Ok(())) => tracing::info!(front = %dir, "the front generation is intact"),
+                Ok(Err(err)) => tracing::error!(
+                    front = %dir, error = %err,
+                    "the front generation is damaged: Recommend answers DATA_LOSS until an \
+                     intact build is published"
+                ),
+                Err(err) => tracing::error!(error = %err, "the front's check failed to run"),
+            }
+        }
+        let intact = engine.check_damage().is_ok();
+        if intact != serving {
+            let status = if intact {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            health.set_service_status("", status).await;
+            health
+                .set_service_status(<RecommenderServer<Router> as NamedService>::NAME, status)
+                .await;
+            serving = intact;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// Re-reads the experiments from the config file on every SIGHUP, as a

@@ -123,7 +123,15 @@ impl EngineSlot {
         if live == served.index().dir() {
             return Ok(false);
         }
-        let mut next = Engine::open(&self.root, served.config().clone(), served.encoder_arc())?;
+        let mut next = Engine::open_as(
+            &self.root,
+            served.config().clone(),
+            served.encoder_arc(),
+            served.opening(),
+        )?;
+        // A front opened lazily is swapped in once checked whole, as an
+        // eager open would have been: damage found keeps the served one.
+        next.wait_verified()?;
         let live = served.live().cloned();
         if let Some(l) = &live {
             next.attach_live(l.clone());

@@ -750,6 +750,72 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
             "{err:?}"
         );
     }
+    // A write some shards take while another cannot: the error carries
+    // the session with the parts taken, so the caller reads them through
+    // any router as it would a whole write.
+    let dead = (owner + 1) % SHARDS;
+    let mut half = names.clone();
+    half[dead] = vec!["127.0.0.1:1".to_owned()];
+    let halfway = route(&half, &[]);
+    let on = |s: usize| pb::Item {
+        id: (0..)
+            .map(|k| format!("halfway-{k}"))
+            .find(|id| shard_of(id, SHARDS) == s)
+            .unwrap(),
+        title: "Salt Road".into(),
+        text: "a salt road runs along the dunes to the lighthouse".into(),
+        ..Default::default()
+    };
+    let (kept, lost) = (on(owner), on(dead));
+    let err = halfway
+        .client()
+        .await
+        .upsert_items(sent(
+            pb::UpsertItemsRequest {
+                items: vec![kept.clone(), lost.clone()],
+            },
+            &after,
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().contains(&format!("of shard {dead}")),
+        "{err:?}"
+    );
+    let partial = session_of(err.metadata());
+    assert!(partial[owner] > after[owner], "{partial:?} {after:?}");
+    assert_eq!(partial[dead], after[dead]);
+    // Searches take the replicas in turn, so a round reaches the follower,
+    // which has not read the write on its own: it finds it by the session.
+    let vector = replicas[0][0]
+        .client()
+        .await
+        .embed(pb::EmbedRequest {
+            texts: vec![kept.text.clone()],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .embeddings
+        .remove(0)
+        .values;
+    for round in 0..6 {
+        let q = pb::SearchVectorRequest {
+            vector: vector.clone(),
+            k: 3,
+            ..Default::default()
+        };
+        let found = oc
+            .search_vector(sent(q, &partial))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(found.items[0].item_id, kept.id, "round {round}");
+    }
+    drop(halfway);
+    rc.delete_items(pb::DeleteItemsRequest { ids: vec![kept.id] })
+        .await
+        .unwrap();
     drop(oc);
     drop(other);
 
@@ -1687,6 +1753,50 @@ async fn a_sliced_hybrid_build_recommends_through_the_router_as_one_node() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+
+    // A damaged front: the router opens it without reading it whole, so it
+    // starts; the background check finds the damage, health turns
+    // NOT_SERVING and Recommend answers DATA_LOSS. (Damaged by a file
+    // renamed over the old one, so the processes mapping it keep theirs.)
+    let file = vecrec_index::generation::current_generation(&front)
+        .unwrap()
+        .join(vecrec::layout::ALS_DIR)
+        .join("vectors.bin");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x5a;
+    let tmp = file.with_extension("damaged");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, &file).unwrap();
+    let damaged = route(&names, &["--front", &front_arg, "--config", &config_arg]);
+    let channel = Channel::from_shared(format!("http://{}", damaged.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let health = tonic_health::pb::health_client::HealthClient::new(channel);
+    eventually("the damaged front's router reports NOT_SERVING", || {
+        let mut h = health.clone();
+        async move {
+            let st = h
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: "vecrec.v1.Recommender".into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .status;
+            st == tonic_health::pb::health_check_response::ServingStatus::NotServing as i32
+        }
+    })
+    .await;
+    let e = damaged
+        .client()
+        .await
+        .recommend(for_user(stored_of_2, 10))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::DataLoss, "{e:?}");
 }
 
 /// One node's answer for `user`, its items.
