@@ -32,8 +32,7 @@ pub const ALS_USERS_FILE: &str = "als_users.bin";
 /// File of `YᵀY` of the ALS item factors (`f × f` f64 values, row-major),
 /// which folding in a new history needs: written by the build, so an open
 /// does not compute it over every item (generations without it compute it).
-/// A `vectors` envelope whose fields are `[f, f, 0, 0, 0]` and whose values
-/// are f64, not the f32 of a vector store.
+/// An `f64 matrix` envelope (`Kind::MATRIX_F64`, fields `[f, f, 0, 0, 0]`).
 pub const ALS_GRAM_FILE: &str = "als_gram.bin";
 
 /// Sub-directory of a generation holding the two-tower item-embedding index.

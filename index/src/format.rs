@@ -54,6 +54,8 @@ impl Kind {
     pub const LISTS: Kind = Kind(*b"lists\0\0\0");
     /// A serialised model (ONNX bytes) the service runs.
     pub const MODEL: Kind = Kind(*b"model\0\0\0");
+    /// Dense f64 row-major matrix; fields: rows, columns.
+    pub const MATRIX_F64: Kind = Kind(*b"f64mat\0\0");
 
     /// Human-readable name.
     pub fn name(&self) -> &'static str {
@@ -64,6 +66,7 @@ impl Kind {
             Kind::JSON => "json",
             Kind::LISTS => "lists",
             Kind::MODEL => "model",
+            Kind::MATRIX_F64 => "f64 matrix",
             _ => "unknown",
         }
     }

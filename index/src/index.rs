@@ -133,9 +133,18 @@ pub struct Index {
     codes: Option<crate::quant::Codes>,
     /// What the background verification of a lazy open found wrong.
     damage: Arc<OnceLock<String>>,
-    verifier: Mutex<Option<std::thread::JoinHandle<()>>>,
-    /// Whether the open checked every file (no background check to run).
-    verified_at_open: bool,
+    verification: Mutex<Verification>,
+}
+
+/// Where an index's full check stands.
+#[derive(Debug)]
+enum Verification {
+    /// Not started ([`Index::open_unverified`]).
+    Pending,
+    /// Running in the background.
+    Running(std::thread::JoinHandle<()>),
+    /// Done: at open, or waited for.
+    Done,
 }
 
 impl Index {
@@ -180,41 +189,53 @@ impl Index {
     }
 
     /// Starts the background check of an index opened by
-    /// [`Index::open_unverified`] (nothing while one is running, or if the
-    /// open checked everything). A check that panics counts as damage.
+    /// [`Index::open_unverified`] (nothing once one was started or run, or
+    /// if the open checked everything). A check that panics counts as
+    /// damage.
     pub fn start_verification(&self) -> Result<()> {
-        let mut slot = self.verifier.lock();
-        if slot.is_some() || self.verified_at_open {
+        let mut state = self.verification.lock();
+        if !matches!(*state, Verification::Pending) {
             return Ok(());
         }
         let (damage, dir) = (self.damage.clone(), self.dir.clone());
         let handle = std::thread::Builder::new()
             .name("vecrec-verify".into())
-            .spawn(move || {
-                let found = std::panic::catch_unwind(|| Self::open_with(&dir, Check::Only));
-                match found {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => {
-                        let _ = damage.set(e.to_string());
-                    }
-                    Err(_) => {
-                        let _ = damage.set("the check stopped on a panic".into());
-                    }
-                }
-            })
+            .spawn(move || Self::run_check(&dir, &damage))
             .map_err(|e| IndexError::io(self.dir.clone(), e))?;
-        *slot = Some(handle);
+        *state = Verification::Running(handle);
         Ok(())
     }
 
-    /// Waits for the background check of [`Index::open_lazy`] (at once after
-    /// [`Index::open`]) and returns what it found.
-    pub fn wait_verified(&self) -> Result<()> {
-        if let Some(h) = self.verifier.lock().take() {
-            if h.join().is_err() {
-                let _ = self.damage.set("the check stopped on a panic".into());
+    /// The full check of the generation in `dir`, its damage kept in
+    /// `damage` (a panic counts as damage).
+    fn run_check(dir: &Path, damage: &OnceLock<String>) {
+        match std::panic::catch_unwind(|| Self::open_with(dir, Check::Only)) {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                let _ = damage.set(e.to_string());
+            }
+            Err(_) => {
+                let _ = damage.set("the check stopped on a panic".into());
             }
         }
+    }
+
+    /// Waits for the full check of this index and returns what it found:
+    /// the background check [`Index::open_lazy`] started, or, for an index
+    /// opened by [`Index::open_unverified`] whose check was not started,
+    /// the check run here; at once after [`Index::open`].
+    pub fn wait_verified(&self) -> Result<()> {
+        let mut state = self.verification.lock();
+        match std::mem::replace(&mut *state, Verification::Done) {
+            Verification::Pending => Self::run_check(&self.dir, &self.damage),
+            Verification::Running(h) => {
+                if h.join().is_err() {
+                    let _ = self.damage.set("the check stopped on a panic".into());
+                }
+            }
+            Verification::Done => {}
+        }
+        drop(state);
         self.check_damage()
     }
 
@@ -278,8 +299,11 @@ impl Index {
             hnsw,
             codes,
             damage: Arc::new(OnceLock::new()),
-            verifier: Mutex::new(None),
-            verified_at_open: verify,
+            verification: Mutex::new(if verify {
+                Verification::Done
+            } else {
+                Verification::Pending
+            }),
         })
     }
 

@@ -137,6 +137,8 @@ pub struct Engine {
     ids_digest: Arc<std::sync::OnceLock<String>>,
     /// How the generation was opened.
     opening: Opening,
+    /// The thread checking an [`Opening::Front`] open's item tables.
+    checks: Arc<parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
 /// The `internal` id of an item upserted since the generation was built (it
@@ -177,12 +179,24 @@ impl Engine {
     /// Waits for the background checks an [`Opening::Front`] open left
     /// running (none after [`Opening::Whole`]) and returns what they found.
     pub fn wait_verified(&self) -> Result<()> {
+        if let Some(h) = self.checks.lock().take() {
+            if h.join().is_err() {
+                return Err(Error::Config("the front's check stopped on a panic".into()));
+            }
+        }
         // Every check is waited for, and the first damage returned.
         let found = [
             self.index.wait_verified().map_err(Error::from),
             self.trained.as_ref().map_or(Ok(()), |t| t.wait_verified()),
         ];
         found.into_iter().collect()
+    }
+
+    /// Whether the background checks of an [`Opening::Front`] open have
+    /// ended (true after [`Opening::Whole`]); [`Engine::wait_verified`]
+    /// then returns at once.
+    pub fn verification_done(&self) -> bool {
+        self.checks.lock().as_ref().is_none_or(|h| h.is_finished())
     }
 
     /// The damage the background checks of an [`Opening::Front`] open have
@@ -234,28 +248,43 @@ impl Engine {
             dim = store.dim(),
             "index opened"
         );
-        if opening == Opening::Front {
-            // Opened whole: the background checks start now, so an open
-            // that failed part way leaves none running.
-            index.start_verification()?;
-            if let Some(t) = &trained {
-                t.start_verification()?;
-            }
-        }
         let applied_seq = GenerationInfo::of(index.manifest()).wal_seq;
+        let index = Arc::new(index);
+        let trained = trained.map(Arc::new);
+        // Opened whole: the check starts now, so an open that failed part
+        // way leaves none running. One thread checks the tables one after
+        // another, so one table's transient id table is held at a time.
+        let checks = match opening {
+            Opening::Whole => None,
+            Opening::Front => {
+                let (index, trained) = (index.clone(), trained.clone());
+                let handle = std::thread::Builder::new()
+                    .name("vecrec-verify".into())
+                    .spawn(move || {
+                        // Each index keeps what it found; read by check_damage.
+                        let _ = index.wait_verified();
+                        if let Some(t) = trained {
+                            let _ = t.wait_verified();
+                        }
+                    })
+                    .map_err(|e| Error::Config(format!("starting the front's check: {e}")))?;
+                Some(handle)
+            }
+        };
         Ok(Self {
-            index: Arc::new(index),
+            index,
             users: Arc::new(users),
             encoder,
             cfg,
             use_precomputed,
-            trained: trained.map(Arc::new),
+            trained,
             live: None,
             applied_seq,
             arm_reranker: None,
             sliced: sliced.map(Arc::new),
             ids_digest: Arc::default(),
             opening,
+            checks: Arc::new(parking_lot::Mutex::new(checks)),
         })
     }
 

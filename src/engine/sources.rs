@@ -189,7 +189,8 @@ impl TwoTowerServing {
         content: &vecrec_index::VectorStore,
         als: &Index,
         ort: &Path,
-        (pool, opening): (usize, Opening),
+        pool: usize,
+        opening: Opening,
         users: usize,
     ) -> Result<Option<Self>> {
         let sub = dir.join(crate::layout::TWO_TOWER_DIR);
@@ -291,7 +292,8 @@ impl SequenceServing {
         dir: &Path,
         items: usize,
         ort: &Path,
-        (pool, opening): (usize, Opening),
+        pool: usize,
+        opening: Opening,
     ) -> Result<Option<Self>> {
         let sub = dir.join(crate::layout::SEQUENCE_DIR);
         if !sub.is_dir() {
@@ -395,18 +397,13 @@ impl Trained {
             // none waits for another's model run.
             let pool = cfg.server.cpu_limit();
             let two_tower = match &ort {
-                Some(o) => TwoTowerServing::open(
-                    index.dir(),
-                    store,
-                    &als,
-                    o,
-                    (pool, opening),
-                    users.len(),
-                )?,
+                Some(o) => {
+                    TwoTowerServing::open(index.dir(), store, &als, o, pool, opening, users.len())?
+                }
                 None => None,
             };
             let sequence = match &ort {
-                Some(o) => SequenceServing::open(index.dir(), n, o, (pool, opening))?,
+                Some(o) => SequenceServing::open(index.dir(), n, o, pool, opening)?,
                 None => None,
             };
             if sequence.is_none() && cfg.hybrid.sequence_weight > 0.0 {
@@ -697,20 +694,13 @@ impl Trained {
             .chain(self.sequence.as_ref().map(|t| &t.index))
     }
 
-    /// Waits for the background checks of the item tables an
-    /// [`Opening::Front`] open left running, and returns what they found.
+    /// Waits for the checks of the item tables an [`Opening::Front`] open
+    /// left (running them here, one after another, where none was
+    /// started), and returns what they found.
     pub(super) fn wait_verified(&self) -> Result<()> {
         // Every check is waited for, and the first damage returned.
         let found: Vec<_> = self.item_indexes().map(|i| i.wait_verified()).collect();
         Ok(found.into_iter().collect::<vecrec_index::Result<()>>()?)
-    }
-
-    /// Starts the background checks of item tables opened unverified.
-    pub(super) fn start_verification(&self) -> Result<()> {
-        for i in self.item_indexes() {
-            i.start_verification()?;
-        }
-        Ok(())
     }
 
     /// The damage the background checks have found so far, if any.
@@ -732,16 +722,20 @@ pub(super) fn als_gram(dir: &Path, als: &Index) -> Result<Vec<f64>> {
         tracing::info!(generation = %dir.display(), "no stored ALS Gram matrix: computing it over every item");
         return Ok(crate::retrieve::als::gram(als.store().vectors(), f));
     }
-    let file =
-        vecrec_index::format::CheckedFile::open(&path, vecrec_index::format::Kind::VECTORS, true)?;
+    let file = vecrec_index::format::CheckedFile::open(
+        &path,
+        vecrec_index::format::Kind::MATRIX_F64,
+        true,
+    )?;
     let g = file.payload_as::<f64>()?;
-    if g.len() != f * f || file.fields()[..2] != [f as u64, f as u64] {
+    let [rows, cols, ..] = file.fields();
+    if g.len() != f * f || [rows, cols] != [f as u64, f as u64] {
         return Err(vecrec_index::IndexError::Corrupt {
             path,
             reason: format!(
-                "{} values for the Gram matrix of {f} ALS factors ({} wanted)",
-                g.len(),
-                f * f
+                "a {rows} × {cols} matrix of {} values for the Gram matrix of {f} ALS \
+                 factors ({f} × {f} wanted)",
+                g.len()
             ),
         }
         .into());

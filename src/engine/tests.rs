@@ -563,7 +563,7 @@ fn the_build_stores_the_als_gram_an_open_would_compute() {
     // A file of the wrong shape is refused, naming it.
     vecrec_index::format::write_file(
         &file,
-        vecrec_index::format::Kind::VECTORS,
+        vecrec_index::format::Kind::MATRIX_F64,
         [8, 4, 0, 0, 0],
         &[0u8; 8 * 4 * 8],
     )
@@ -611,6 +611,7 @@ fn a_front_opens_lazily_scores_no_items_and_answers_as_a_whole_open() {
         other => panic!("{other:?}"),
     }
     front.wait_verified().unwrap();
+    assert!(front.verification_done() && whole.verification_done());
     let history = ["item1".to_owned(), "item4".to_owned(), "item10".to_owned()];
     for who in [UserRef::Id("user2"), UserRef::History(&history)] {
         let opts = RecommendOptions {

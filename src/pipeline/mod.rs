@@ -566,7 +566,7 @@ fn write_als(
     let gram = crate::retrieve::als::gram(&model.items, f);
     let mut w = vecrec_index::format::FileWriter::create(
         &dir.join(ALS_GRAM_FILE),
-        vecrec_index::format::Kind::VECTORS,
+        vecrec_index::format::Kind::MATRIX_F64,
         [f as u64, f as u64, 0, 0, 0],
     )?;
     w.write_pod(&gram)?;

@@ -110,7 +110,8 @@ impl tonic::service::Interceptor for ReadThrough {
 /// call to any router of the deployment, every shard call of it asks for
 /// at least those records, so the caller reads its own writes even on a
 /// follower that has not read them by itself, whichever router wrote them.
-/// A write sent with it answers with it, its own records included.
+/// A write sent with it answers with it, its own records included; a write
+/// that fails after some shards took their part carries it in its error.
 pub const WRITTEN_HEADER: &str = "x-vecrec-written";
 
 tokio::task_local! {
@@ -1896,7 +1897,8 @@ impl Recommender for Router {
 }
 
 /// Serves the router on `listener` until `shutdown` completes, with the
-/// standard health service (SERVING while it runs).
+/// standard health service: SERVING while it runs, the Recommender service
+/// NOT_SERVING while its front is damaged ([`front_health`]).
 pub async fn serve(
     router: Router,
     listener: tokio::net::TcpListener,
@@ -1939,29 +1941,31 @@ pub async fn serve(
     Ok(())
 }
 
-/// Waits for the background check of each front the router serves (the
+/// Follows the background check of each front the router serves (the
 /// front is opened lazily, `engine::Opening::Front`), logs what it found,
-/// and keeps health NOT_SERVING while the served front is damaged (every
-/// Recommend then answers `DATA_LOSS`), SERVING again once an intact front
-/// is swapped in.
+/// and keeps the `vecrec.v1.Recommender` service's health NOT_SERVING while
+/// the served front is damaged (every Recommend then answers `DATA_LOSS`),
+/// SERVING again once an intact front is swapped in. The server's own
+/// health ("", which a liveness probe asks) stays SERVING: a restart would
+/// open the same files. The check is polled, never joined, so a shutdown
+/// does not wait for it.
 async fn front_health(slot: Arc<EngineSlot>, health: tonic_health::server::HealthReporter) {
     use tonic::server::NamedService;
-    let mut checked = std::sync::Weak::new();
+    let mut logged = std::sync::Weak::new();
     let mut serving = true;
     loop {
         let engine = slot.get();
-        if !std::sync::Weak::ptr_eq(&checked, &Arc::downgrade(&engine)) {
-            checked = Arc::downgrade(&engine);
-            let e = engine.clone();
-            let dir = e.index().dir().display().to_string();
-            match tokio::task::spawn_blocking(move || e.wait_verified()).await {
-                Ok(Ok(())) => tracing::info!(front = %dir, "the front generation is intact"),
-                Ok(Err(err)) => tracing::error!(
-                    front = %dir, error = %err,
+        if !std::sync::Weak::ptr_eq(&logged, &Arc::downgrade(&engine)) && engine.verification_done()
+        {
+            logged = Arc::downgrade(&engine);
+            let front = engine.index().dir().display().to_string();
+            match engine.wait_verified() {
+                Ok(()) => tracing::info!(%front, "the front generation is intact"),
+                Err(err) => tracing::error!(
+                    %front, error = %err,
                     "the front generation is damaged: Recommend answers DATA_LOSS until an \
                      intact build is published"
                 ),
-                Err(err) => tracing::error!(error = %err, "the front's check failed to run"),
             }
         }
         let intact = engine.check_damage().is_ok();
@@ -1971,7 +1975,6 @@ async fn front_health(slot: Arc<EngineSlot>, health: tonic_health::server::Healt
             } else {
                 tonic_health::ServingStatus::NotServing
             };
-            health.set_service_status("", status).await;
             health
                 .set_service_status(<RecommenderServer<Router> as NamedService>::NAME, status)
                 .await;

@@ -1775,21 +1775,25 @@ async fn a_sliced_hybrid_build_recommends_through_the_router_as_one_node() {
         .await
         .unwrap();
     let health = tonic_health::pb::health_client::HealthClient::new(channel);
-    eventually("the damaged front's router reports NOT_SERVING", || {
+    let status = |service: &'static str| {
         let mut h = health.clone();
         async move {
-            let st = h
-                .check(tonic_health::pb::HealthCheckRequest {
-                    service: "vecrec.v1.Recommender".into(),
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .status;
-            st == tonic_health::pb::health_check_response::ServingStatus::NotServing as i32
+            h.check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
         }
+    };
+    use tonic_health::pb::health_check_response::ServingStatus;
+    eventually("the damaged front's router reports NOT_SERVING", || async {
+        status("vecrec.v1.Recommender").await == ServingStatus::NotServing as i32
     })
     .await;
+    // The server as a whole (a liveness probe's question) is up.
+    assert_eq!(status("").await, ServingStatus::Serving as i32);
     let e = damaged
         .client()
         .await
