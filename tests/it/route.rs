@@ -129,6 +129,21 @@ where
     }
 }
 
+/// `text` embedded by the server `p`.
+async fn embedded(p: &Proc, text: &str) -> Vec<f32> {
+    p.client()
+        .await
+        .embed(pb::EmbedRequest {
+            texts: vec![text.to_owned()],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .embeddings
+        .remove(0)
+        .values
+}
+
 /// The first item SearchText through `c` answers `text` with.
 async fn top_text(c: &mut Client, text: &str) -> String {
     let found = c
@@ -667,18 +682,7 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
     }
     // SearchVector: no Embed call goes first (one carrying the session
     // could make the follower read its log before the search reaches it).
-    let vector = replicas[0][0]
-        .client()
-        .await
-        .embed(pb::EmbedRequest {
-            texts: vec![third.text.clone()],
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .embeddings
-        .remove(0)
-        .values;
+    let vector = embedded(&replicas[0][0], &third.text).await;
     let near = |session: &[u64]| {
         sent(
             pb::SearchVectorRequest {
@@ -787,18 +791,7 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
     assert_eq!(partial[dead], after[dead]);
     // Searches take the replicas in turn, so a round reaches the follower,
     // which has not read the write on its own: it finds it by the session.
-    let vector = replicas[0][0]
-        .client()
-        .await
-        .embed(pb::EmbedRequest {
-            texts: vec![kept.text.clone()],
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .embeddings
-        .remove(0)
-        .values;
+    let vector = embedded(&replicas[0][0], &kept.text).await;
     for round in 0..6 {
         let q = pb::SearchVectorRequest {
             vector: vector.clone(),
