@@ -94,9 +94,10 @@ pub enum Opening {
     /// (`vecrec route --front`), which reads items' rows only for a call's
     /// history and candidates: the users and the models are read and
     /// checked now; the item tables (content vectors, ALS, two-tower and
-    /// sequence tables) are mapped with their headers and sizes checked and
-    /// read whole by a background check ([`Index::open_lazy`]), which fails
-    /// every later call if it finds damage; the EASE and transitions rows,
+    /// sequence tables) are mapped with their headers and sizes checked
+    /// ([`Index::open_unverified`]) and read whole by one background thread
+    /// started once the engine opened ([`Engine::wait_verified`]), whose
+    /// damage found fails every later call; the EASE and transitions rows,
     /// scored on the shards only, are not opened. The open then no longer
     /// reads the whole catalogue.
     Front,
