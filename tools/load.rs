@@ -42,9 +42,11 @@ use vecrec::grpc::pb::{self, recommender_client::RecommenderClient};
         draws from them with a seeded random stream.\n\n\
         The run lasts --warmup + --duration seconds; only requests started after the warmup \
         count. Output (stdout, one line): label, rpc, mode, concurrency, rate, connections, \
-        duration_s, requests, ok, achieved_rps (OK answers per second), p50/p90/p99/p999/max/mean \
+        duration_s, warmup_s, requests, ok, achieved_rps (OK answers per second), p50/p90/p99/p999/max/mean \
         in ms over OK answers, errors by gRPC status code name (CLIENT_BACKLOG: open-loop \
-        requests not sent because --max-outstanding were already waiting). Progress goes to stderr.\n\n\
+        requests not sent because --max-outstanding were already waiting), and partial: OK answers \
+        to Recommend, SimilarItems or SearchText that said a shard was missing (a router's \
+        `partial` flag). Progress goes to stderr.\n\n\
         Example: vecrec-load --addr 127.0.0.1:50051 --rpc search --queries benches/serving/queries.txt --concurrency 8"
 )]
 struct Args {
@@ -187,12 +189,13 @@ impl Workload {
         })
     }
 
-    /// Sends one request on `client`; the status code's name on failure.
+    /// Sends one request on `client`: whether the answer was partial (a
+    /// router that answered without a shard) or the status on failure.
     async fn call(
         &self,
         client: &mut RecommenderClient<Channel>,
         rng: &mut ChaCha8Rng,
-    ) -> Result<(), tonic::Status> {
+    ) -> Result<bool, tonic::Status> {
         fn pick<'a>(rng: &mut ChaCha8Rng, v: &'a [String]) -> &'a str {
             &v[rng.gen_range(0..v.len())]
         }
@@ -213,7 +216,7 @@ impl Workload {
                     t,
                 ))
                 .await
-                .map(drop),
+                .map(|r| r.into_inner().partial),
             Rpc::Similar => client
                 .similar_items(req(
                     pb::SimilarItemsRequest {
@@ -224,7 +227,7 @@ impl Workload {
                     t,
                 ))
                 .await
-                .map(drop),
+                .map(|r| r.into_inner().partial),
             Rpc::Search => client
                 .search_text(req(
                     pb::SearchTextRequest {
@@ -235,7 +238,7 @@ impl Workload {
                     t,
                 ))
                 .await
-                .map(drop),
+                .map(|r| r.into_inner().partial),
             Rpc::Embed => client
                 .embed(req(
                     pb::EmbedRequest {
@@ -246,7 +249,7 @@ impl Workload {
                     t,
                 ))
                 .await
-                .map(drop),
+                .map(|_| false),
             Rpc::Upsert => {
                 let items = (0..self.batch)
                     .map(|_| {
@@ -263,7 +266,7 @@ impl Workload {
                 client
                     .upsert_items(req(pb::UpsertItemsRequest { items }, t))
                     .await
-                    .map(drop)
+                    .map(|_| false)
             }
             Rpc::Events => {
                 let events = (0..self.batch)
@@ -278,7 +281,7 @@ impl Workload {
                 client
                     .record_events(req(pb::RecordEventsRequest { events }, t))
                     .await
-                    .map(drop)
+                    .map(|_| false)
             }
         };
         r
@@ -341,6 +344,8 @@ fn read_interactions(
 struct Tally {
     latency_us: Mutex<Histogram<u64>>,
     errors: Mutex<BTreeMap<String, u64>>,
+    /// OK answers that said they were partial (a router missing a shard).
+    partial: AtomicU64,
     /// The first message seen for each status code.
     examples: Mutex<BTreeMap<String, String>>,
     requests: AtomicU64,
@@ -351,15 +356,19 @@ impl Tally {
         Ok(Self {
             latency_us: Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3)?),
             errors: Mutex::new(BTreeMap::new()),
+            partial: AtomicU64::new(0),
             examples: Mutex::new(BTreeMap::new()),
             requests: AtomicU64::new(0),
         })
     }
 
-    fn record(&self, result: Result<(), tonic::Status>, latency: Duration) {
+    fn record(&self, result: Result<bool, tonic::Status>, latency: Duration) {
         self.requests.fetch_add(1, Ordering::Relaxed);
         match result {
-            Ok(()) => {
+            Ok(partial) => {
+                if partial {
+                    self.partial.fetch_add(1, Ordering::Relaxed);
+                }
                 let us = (latency.as_micros() as u64).clamp(1, 600_000_000);
                 self.latency_us.lock().saturating_record(us);
             }
@@ -534,6 +543,7 @@ async fn drive(a: Args, work: Arc<Workload>) -> anyhow::Result<()> {
         "rate": a.rate,
         "connections": a.connections,
         "duration_s": a.duration,
+        "warmup_s": a.warmup,
         "requests": tally.requests.load(Ordering::Relaxed),
         "ok": ok,
         "achieved_rps": ok as f64 / a.duration,
@@ -544,11 +554,14 @@ async fn drive(a: Args, work: Arc<Workload>) -> anyhow::Result<()> {
         "max_ms": (ok > 0).then(|| h.max() as f64 / 1000.0),
         "mean_ms": (ok > 0).then(|| h.mean() / 1000.0),
         "errors": errors,
+        "partial": tally.partial.load(Ordering::Relaxed),
     });
     println!("{line}");
     eprintln!(
-        "vecrec-load: {} OK in {:.1} s ({:.0}/s), p50 {:.2} ms, p99 {:.2} ms, errors {:?}",
+        "vecrec-load: {} OK ({} partial) in {:.1} s ({:.0}/s), p50 {:.2} ms, p99 {:.2} ms, \
+         errors {:?}",
         ok,
+        tally.partial.load(Ordering::Relaxed),
         a.duration,
         ok as f64 / a.duration,
         ms(0.5).unwrap_or(f64::NAN),

@@ -139,11 +139,36 @@ servers "$DATA/exact.toml"
 
 RAW="$OUT/raw.jsonl"
 : >"$RAW"
+# cpu_ticks PID...: user + system CPU time of the processes, in clock ticks
+# (fields 14 and 15 of /proc/PID/stat; a process gone counts 0).
+cpu_ticks() {
+    local t=0 p f
+    for p in "$@"; do
+        f=$(cut -d')' -f2- "/proc/$p/stat" 2>/dev/null) || continue
+        t=$((t + $(awk '{print $12 + $13}' <<<"$f")))
+    done
+    echo "$t"
+}
+TICK=$(getconf CLK_TCK)
 load() { # ROUND KIND LABEL ADDR RPC DURATION
-    local line
+    # The CPU the serving side spent over the whole run (warm-up included):
+    # the one node, or the router and, apart, the six replicas.
+    local line own=() shards=() s r
+    if [[ $3 == one ]]; then own=("$PID_one"); else
+        own=("$PID_router")
+        for s in $(seq 0 $((SHARDS - 1))); do for r in 0 1; do
+            local p="PID_r${s}_$r"; shards+=("${!p}")
+        done; done
+    fi
+    local own0 shards0
+    own0=$(cpu_ticks "${own[@]}"); shards0=$(cpu_ticks "${shards[@]}")
     line=$("$LOAD" --addr "$4" --rpc "$5" --label "$3" --interactions "$SPLIT/train.csv" \
         --concurrency 8 --duration "$6" --warmup "$WARM" 2>/dev/null)
-    echo "{\"round\":$1,\"kind\":\"$2\",${line#\{}" >>"$RAW"
+    local cpu
+    cpu=$(awk -v a="$own0" -v b="$(cpu_ticks "${own[@]}")" -v c="$shards0" \
+        -v d="$(cpu_ticks "${shards[@]}")" -v t="$TICK" \
+        'BEGIN { printf "\"cpu_s_server\":%.2f,\"cpu_s_shards\":%.2f,", (b - a) / t, (d - c) / t }')
+    echo "{\"round\":$1,\"kind\":\"$2\",$cpu${line#\{}" >>"$RAW"
     echo "  $line"
 }
 

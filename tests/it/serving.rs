@@ -499,6 +499,7 @@ async fn the_load_generator_reports_a_run_against_a_server() {
     assert_eq!(closed["label"], "test");
     assert_eq!(closed["mode"], "closed");
     assert_eq!(closed["errors"], serde_json::json!({}), "{closed}");
+    assert_eq!(closed["partial"], 0, "one node answered partial: {closed}");
     let ok = closed["ok"].as_u64().unwrap();
     assert!(
         ok > 10 && ok == closed["requests"].as_u64().unwrap(),
