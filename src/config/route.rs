@@ -46,7 +46,8 @@ pub struct RouteConfig {
     /// `RESOURCE_EXHAUSTED` at once, as on one node. Default 256.
     pub max_in_flight: usize,
     /// `partial` (answer from the other shards and say so) or `fail`
-    /// (`UNAVAILABLE`) when a shard has no live replica. Default `partial`.
+    /// (`UNAVAILABLE`, as soon as one shard has failed, without waiting
+    /// for the others) when a shard has no live replica. Default `partial`.
     pub on_missing_shard: MissingShard,
     /// The front generation's index root of a partitioned hybrid build
     /// (`<out>/front`, written by `vecrec-build --shards N` with training):

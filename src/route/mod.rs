@@ -287,6 +287,10 @@ fn retryable(s: &Status) -> bool {
     ) || behind(s)
 }
 
+/// What a fan-out cut short by a failed shard (`route.on_missing_shard =
+/// "fail"`) says of the shards it did not wait for.
+const NOT_AWAITED: &str = "not awaited: another shard failed first";
+
 /// Whether a shard declined a sliced call for a front it was not cut from.
 fn other_front(s: &Status) -> bool {
     s.code() == Code::FailedPrecondition && s.message().contains(crate::engine::OTHER_FRONT)
@@ -648,7 +652,10 @@ impl Router {
     }
 
     /// `call` on every shard at once; each shard's answer or failure, in
-    /// shard order.
+    /// shard order. Under `route.on_missing_shard = "fail"` the first shard
+    /// that fails ends the fan-out, since the answer will be `UNAVAILABLE`
+    /// whatever the others say: the shards not awaited then read
+    /// [`NOT_AWAITED`].
     async fn everywhere<T, F, Fut>(
         &self,
         limit: Option<Duration>,
@@ -665,15 +672,32 @@ impl Router {
             let call = call.clone();
             set.spawn(carried(async move { (s, me.call(s, limit, call).await) }));
         }
+        let fail_fast = self.inner.cfg.on_missing_shard == MissingShard::Fail;
         let mut out: Vec<Option<Result<T, Status>>> = (0..self.shards()).map(|_| None).collect();
+        let mut cut_short = false;
         while let Some(done) = set.join_next().await {
             match done {
-                Ok((s, r)) => out[s] = Some(r),
+                Ok((s, r)) => {
+                    cut_short = fail_fast && matches!(&r, Err(st) if retryable(st));
+                    out[s] = Some(r);
+                    if cut_short {
+                        set.abort_all();
+                        break;
+                    }
+                }
                 Err(e) => tracing::error!(error = %e, "a shard call panicked"),
             }
         }
         out.into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(Status::internal("a shard call panicked"))))
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(if cut_short {
+                        Status::cancelled(NOT_AWAITED)
+                    } else {
+                        Status::internal("a shard call panicked")
+                    })
+                })
+            })
             .collect()
     }
 
@@ -749,7 +773,13 @@ impl Router {
         }
         let all = missing.len() == self.shards();
         if all || self.inner.cfg.on_missing_shard == MissingShard::Fail {
-            let (s, st) = missing.swap_remove(0);
+            // Name a shard that failed, not one left when it did.
+            let failed = missing
+                .iter()
+                .position(|(_, st)| st.message() != NOT_AWAITED)
+                .unwrap_or(0);
+            let all = all && missing.iter().all(|(_, st)| st.message() != NOT_AWAITED);
+            let (s, st) = missing.swap_remove(failed);
             return Err(Status::unavailable(format!(
                 "shard {s} has no live replica ({}){}",
                 st.message(),
@@ -1970,14 +2000,8 @@ async fn front_health(slot: Arc<EngineSlot>, health: tonic_health::server::Healt
         }
         let intact = engine.check_damage().is_ok();
         if intact != serving {
-            let status = if intact {
-                tonic_health::ServingStatus::Serving
-            } else {
-                tonic_health::ServingStatus::NotServing
-            };
-            health
-                .set_service_status(<RecommenderServer<Router> as NamedService>::NAME, status)
-                .await;
+            let service = <RecommenderServer<Router> as NamedService>::NAME;
+            crate::grpc::set_health(&health, &[service], intact).await;
             serving = intact;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;

@@ -7,7 +7,6 @@
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -357,8 +356,40 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
         };
         let a = one_c.search_text(req.clone()).await.unwrap().into_inner();
         let b = rc.search_text(req).await.unwrap().into_inner();
+        assert!(!b.partial);
         assert_same(&format!("SearchText {q}"), &a.items, &b.items);
     }
+    // Replicas given by host name, as a Kubernetes headless Service lists
+    // them, are looked up (`localhost` may give ::1 too, where nothing
+    // listens: that address fails and another is tried).
+    let by_name: Vec<Vec<String>> = names
+        .iter()
+        .map(|ps| {
+            ps.iter()
+                .map(|a| a.replace("127.0.0.1:", "localhost:"))
+                .collect()
+        })
+        .collect();
+    assert!(by_name[0][0].starts_with("localhost:"), "{by_name:?}");
+    let named = route(&by_name, &[]);
+    let mut nc = named.client().await;
+    for id in some_items.iter().take(5) {
+        let req = pb::SimilarItemsRequest {
+            item_id: id.clone(),
+            k: 10,
+            filter: None,
+        };
+        let a = one_c.similar_items(req.clone()).await.unwrap().into_inner();
+        let b = nc.similar_items(req).await.unwrap().into_inner();
+        assert!(!b.partial);
+        assert_same(
+            &format!("SimilarItems {id} by host name"),
+            &a.items,
+            &b.items,
+        );
+    }
+    drop(nc);
+    drop(named);
     let mut users: Vec<&str> = inter.iter().map(|i| i.user.as_str()).collect();
     users.sort_unstable();
     users.dedup();
@@ -849,65 +880,43 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
         "no call was hedged around the stopped replica"
     );
 
-    // Load through the router while one replica of every shard is killed.
-    let done = Arc::new(AtomicUsize::new(0));
-    let failed = Arc::new(AtomicUsize::new(0));
-    const CALLS: usize = 1000;
-    let started = Instant::now();
-    let mut workers = Vec::new();
-    for w in 0..4 {
-        let mut c = router.client().await;
-        let (done, failed) = (done.clone(), failed.clone());
-        let users: Vec<String> = users.iter().map(|u| u.to_string()).collect();
-        let some_items = some_items.clone();
-        workers.push(tokio::spawn(async move {
-            let mut i = w;
-            while done.load(Ordering::Relaxed) < CALLS
-                && started.elapsed() < Duration::from_secs(90)
-            {
-                let ok = if i % 2 == 0 {
-                    c.recommend(pb::RecommendRequest {
-                        user_id: users[i % users.len()].clone(),
-                        k: 10,
-                        ..Default::default()
-                    })
-                    .await
-                    .map(|r| !r.into_inner().partial)
-                } else {
-                    c.similar_items(pb::SimilarItemsRequest {
-                        item_id: some_items[i % some_items.len()].clone(),
-                        k: 10,
-                        filter: None,
-                    })
-                    .await
-                    .map(|r| !r.into_inner().partial)
-                };
-                if !matches!(ok, Ok(true)) {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                }
-                done.fetch_add(1, Ordering::Relaxed);
-                i += 4;
-            }
-        }));
-    }
-    while done.load(Ordering::Relaxed) < 200 && started.elapsed() < Duration::from_secs(60) {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    // `vecrec-load` through the router, Recommend and SimilarItems at
+    // once, while one replica of every shard is killed 2 s into its 6 s.
+    let csv = dir.path().join("sample/interactions.csv");
+    let load = |rpc: &str| {
+        Command::new(env!("CARGO_BIN_EXE_vecrec-load"))
+            .args(["--addr", &router.addr, "--rpc", rpc, "--label", rpc])
+            .args(["--concurrency", "4", "--duration", "6", "--warmup", "0"])
+            .arg("--interactions")
+            .arg(&csv)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let loads = [load("recommend"), load("similar")];
+    tokio::time::sleep(Duration::from_secs(2)).await;
     for procs in &mut replicas {
         procs[0].kill();
     }
-    for w in workers {
-        w.await.unwrap();
+    for l in loads {
+        let out = tokio::task::spawn_blocking(move || l.wait_with_output().unwrap())
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let run: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(run["ok"].as_u64().unwrap() >= 100, "{run}");
+        assert_eq!(
+            run["errors"],
+            serde_json::json!({}),
+            "calls failed while one replica of each shard was killed: {run}"
+        );
+        assert_eq!(run["partial"], 0, "answers without a shard: {run}");
     }
-    assert!(
-        done.load(Ordering::Relaxed) >= CALLS,
-        "the load did not finish in time"
-    );
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "calls failed or came back partial while one replica of each shard was killed"
-    );
     let metrics = router.metrics.clone().unwrap();
     assert!(scrape(&metrics, "vecrec_route_retries_total") >= 1.0);
     // With the writers gone a write is refused, naming the shard; a
@@ -932,6 +941,52 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
             .contains(&format!("no replica of shard {owner} takes writes")),
         "{err:?}"
     );
+
+    // Shard 1 hangs (its last replica stopped): a router waits for it only
+    // as long as `route.shard_timeout_ms`, then answers partial from the
+    // other shards, or fails naming the deadline.
+    let hung = replicas[1][1].child.id().to_string();
+    let signal = |sig: &str| {
+        assert!(Command::new("kill")
+            .args([sig, &hung])
+            .status()
+            .unwrap()
+            .success())
+    };
+    let near = some_items
+        .iter()
+        .find(|id| shard_of(id, SHARDS) == 2)
+        .unwrap()
+        .clone();
+    let similar = |id: &str| pb::SimilarItemsRequest {
+        item_id: id.to_owned(),
+        k: 10,
+        filter: None,
+    };
+    let timeout = [("VECREC_ROUTE__SHARD_TIMEOUT_MS", "300")];
+    let quick = route_with(&names, &[], &timeout);
+    let quick_strict = route_with(&names, &["--on-missing-shard", "fail"], &timeout);
+    let (mut qc, mut qsc) = (quick.client().await, quick_strict.client().await);
+    signal("-STOP");
+    let started = Instant::now();
+    let b = qc.similar_items(similar(&near)).await.unwrap().into_inner();
+    let waited = started.elapsed();
+    let err = qsc.similar_items(similar(&near)).await.unwrap_err();
+    signal("-CONT");
+    assert!(b.partial);
+    assert_eq!(b.items.len(), 10);
+    assert!(b.items.iter().all(|i| shard_of(&i.item_id, SHARDS) != 1));
+    assert!(
+        waited >= Duration::from_millis(300),
+        "answered in {waited:?}, before the hung shard's deadline"
+    );
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(
+        err.message()
+            .contains("shard 1 did not answer within 300 ms"),
+        "{err:?}"
+    );
+    drop((qc, qsc, quick, quick_strict));
 
     // Shard 0 with no live replica: partial answers from the others.
     replicas[0][1].kill();
@@ -967,6 +1022,146 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert!(err.message().contains("shard 0"), "{err:?}");
+
+    // Shard 0 is refused at once, so a `fail` router answers without
+    // waiting for shard 1, hung: here its deadline is a minute.
+    signal("-STOP");
+    let patient_strict = route_with(
+        &names,
+        &["--on-missing-shard", "fail"],
+        &[("VECREC_ROUTE__SHARD_TIMEOUT_MS", "60000")],
+    );
+    let mut pc = patient_strict.client().await;
+    let started = Instant::now();
+    let err = pc.similar_items(similar(&near)).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("shard 0"), "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "a `fail` router waited {:?} for the hung shard",
+        started.elapsed()
+    );
+    signal("-CONT");
+}
+
+/// NDCG@10 with binary gains, over the first 10 of `ranked`, against
+/// an ideal ranking of `min(10, |relevant|)` (EVAL.md §1).
+fn ndcg10(ranked: &[String], relevant: &std::collections::HashSet<String>) -> f64 {
+    let gain = |r: usize| 1.0 / ((r + 2) as f64).log2();
+    let dcg: f64 = ranked
+        .iter()
+        .take(10)
+        .enumerate()
+        .filter(|(_, i)| relevant.contains(*i))
+        .map(|(r, _)| gain(r))
+        .sum();
+    let ideal: f64 = (0..relevant.len().min(10)).map(gain).sum();
+    dcg / ideal
+}
+
+/// ml-latest-small, split 3 shards × 2 replicas behind one router, as the
+/// partitioned serving is asked to hold: built from the catalogue and the
+/// validation training rows (`val_train`), exact search, every validation
+/// user's Recommend through the router is one node's answer, so NDCG@10 on
+/// the validation rows is the same. (`benches/route/run.sh` measures the
+/// same on TEST, which it reads once a run; tests read validation only.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn movielens_over_three_shards_by_two_replicas_scores_as_one_node() {
+    let _alone = crate::common::heavy().await;
+    let ml = vecrec::movielens::MovieLens::load(
+        &crate::common::shared().join("datasets/ml-latest-small"),
+    )
+    .unwrap();
+    let split = vecrec::movielens::split(&ml.positives);
+    let inter = vecrec::movielens::MovieLens::interactions(&split.val_train);
+    let dir = tempfile::tempdir().unwrap();
+    let opts = BuildOptions {
+        progress: false,
+        train: None,
+        learn_fusion: None,
+        ..Default::default()
+    };
+    let enc = Encoder::load(&vecrec::config::Config::default().encoder, 1).unwrap();
+    let one_root = dir.path().join("one");
+    build(&one_root, &enc, &ml.items, &inter, &opts).unwrap();
+    let parts = dir.path().join("parts");
+    build_shards(
+        &parts,
+        &enc,
+        &ml.items,
+        &inter,
+        &opts,
+        SHARDS,
+        ShardWork::All,
+    )
+    .unwrap();
+    drop(enc);
+
+    // Read-only replicas, two on each shard's root.
+    let config = dir.path().join("exact.toml");
+    std::fs::write(&config, "[search]\nexact = true\n[live]\nenabled = false\n").unwrap();
+    let one = serve(&one_root, &config);
+    let replicas: Vec<Vec<Proc>> = (0..SHARDS)
+        .map(|s| {
+            let root = vecrec::layout::shard_root(&parts, s);
+            vec![serve(&root, &config), serve(&root, &config)]
+        })
+        .collect();
+    let names: Vec<Vec<String>> = replicas
+        .iter()
+        .map(|ps| ps.iter().map(|p| p.addr.clone()).collect())
+        .collect();
+    let router = route(&names, &[]);
+    let (mut one_c, mut rc) = (one.client().await, router.client().await);
+
+    let mut relevant: std::collections::BTreeMap<u32, std::collections::HashSet<String>> =
+        Default::default();
+    for &(u, i, _) in &split.val {
+        relevant.entry(u).or_default().insert(i.to_string());
+    }
+    assert!(relevant.len() > 500, "{} validation users", relevant.len());
+    let (mut one_sum, mut routed_sum, mut same) = (0.0, 0.0, 0);
+    let (mut spans, mut unknown) = (0, 0);
+    for (u, rel) in &relevant {
+        let req = for_user(&u.to_string(), 10);
+        let (a, b) = (one_c.recommend(req.clone()).await, rc.recommend(req).await);
+        let (a, b) = match (a, b) {
+            (Ok(a), Ok(b)) => (a.into_inner(), b.into_inner()),
+            // A user with no training row is unknown to both (the split
+            // keeps every validation user's earlier rows, so none is).
+            (Err(x), Err(y)) if x.code() == Code::NotFound && y.code() == x.code() => {
+                unknown += 1;
+                continue;
+            }
+            (a, b) => panic!("user {u}: one node {a:?}, router {b:?}"),
+        };
+        assert!(!b.partial, "user {u}");
+        assert_eq!(a.items.len(), 10, "user {u}");
+        let (a, b) = (ids(&a.items), ids(&b.items));
+        one_sum += ndcg10(&a, rel);
+        routed_sum += ndcg10(&b, rel);
+        same += usize::from(a == b);
+        let owners: std::collections::HashSet<usize> =
+            b.iter().map(|i| shard_of(i, SHARDS)).collect();
+        spans += usize::from(owners.len() > 1);
+    }
+    assert_eq!(unknown, 0, "validation users unknown to the build");
+    let n = relevant.len() as f64;
+    let (one_ndcg, routed_ndcg) = (one_sum / n, routed_sum / n);
+    assert!(
+        one_ndcg > 0.005,
+        "one node's NDCG@10 {one_ndcg}: nothing was learned"
+    );
+    assert!(
+        (routed_ndcg - one_ndcg).abs() <= 0.002,
+        "NDCG@10 through the router {routed_ndcg:.4} against one node's {one_ndcg:.4}"
+    );
+    assert_eq!(
+        same,
+        relevant.len(),
+        "top-10 lists that differ from one node's"
+    );
+    assert!(spans * 2 > relevant.len(), "{spans} answers span shards");
 }
 
 /// A partitioned build with training: the front generation (one node's,
