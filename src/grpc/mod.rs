@@ -29,6 +29,7 @@ pub(crate) mod validate;
 
 pub use conn::{bind_with_backlog, incoming, raise_open_file_limit, Conn, ConnInfo, Tls};
 pub use convert::{code_name, observe};
+pub(crate) use server::set_health;
 pub use server::{bind, check_exposure, serve, serve_with_config_file, MIN_SEQUENCE_HEADER};
 
 use convert::{fusion_method, observe_refusal, scored, served_items, to_filter};

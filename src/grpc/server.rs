@@ -167,18 +167,28 @@ async fn scrub_loop(
         let intact = engine.index().check_damage().is_ok();
         if intact != serving {
             use tonic::server::NamedService;
-            let status = if intact {
-                tonic_health::ServingStatus::Serving
-            } else {
-                tonic_health::ServingStatus::NotServing
-            };
             // The server as a whole ("") and the service by name.
-            health.set_service_status("", status).await;
-            health
-                .set_service_status(<RecommenderServer<Service> as NamedService>::NAME, status)
-                .await;
+            let services = ["", <RecommenderServer<Service> as NamedService>::NAME];
+            set_health(&health, &services, intact).await;
             serving = intact;
         }
+    }
+}
+
+/// Sets the health of each of `services` ("" is the server as a whole) to
+/// SERVING or NOT_SERVING.
+pub(crate) async fn set_health(
+    health: &tonic_health::server::HealthReporter,
+    services: &[&str],
+    serving: bool,
+) {
+    let status = if serving {
+        tonic_health::ServingStatus::Serving
+    } else {
+        tonic_health::ServingStatus::NotServing
+    };
+    for service in services {
+        health.set_service_status(*service, status).await;
     }
 }
 

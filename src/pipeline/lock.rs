@@ -320,16 +320,27 @@ fn mark_run(root: &Path, dir: &str, run: &str, what: &str) -> Result<()> {
     let path = dir.join(run);
     std::fs::write(&path, format!("{what} at {} ms\n", now_ms()))
         .map_err(|e| Error::io(&path, e))?;
-    let mut all: Vec<(SystemTime, PathBuf)> = std::fs::read_dir(&dir)
-        .map_err(|e| Error::io(&dir, e))?
-        .filter_map(|e| {
-            let e = e.ok()?;
-            Some((e.metadata().ok()?.modified().ok()?, e.path()))
-        })
+    if let Err(e) = prune_markers(&dir, KEPT_RUNS) {
+        tracing::warn!(error = %e, "cannot remove old rebuild records");
+    }
+    Ok(())
+}
+
+/// Removes all but the `keep` newest files of `dir` (by modification
+/// time); one removed meanwhile by another process is no error.
+pub(super) fn prune_markers(dir: &Path, keep: usize) -> Result<()> {
+    let mut files: Vec<(SystemTime, PathBuf)> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
         .collect();
-    all.sort();
-    for (_, old) in all.iter().rev().skip(KEPT_RUNS) {
-        let _ = std::fs::remove_file(old);
+    files.sort();
+    let extra = files.len().saturating_sub(keep);
+    for (_, f) in files.drain(..extra) {
+        match std::fs::remove_file(&f) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&f, e)),
+            _ => {}
+        }
     }
     Ok(())
 }

@@ -342,7 +342,7 @@ fn build_sliced(
                 ..served
             };
             write_front_record(&marker, &record)?;
-            prune_markers(dir, KEPT_RUN_MARKERS)?;
+            super::lock::prune_markers(dir, KEPT_RUN_MARKERS)?;
         }
         return Ok(Vec::new());
     }
@@ -612,21 +612,6 @@ fn run_marker(front_root: &Path, run: &str) -> Result<std::path::PathBuf> {
 
 /// Markers of rebuilds that found their build served kept, the newest.
 const KEPT_RUN_MARKERS: usize = 16;
-
-/// Removes all but the `keep` newest files of `dir`.
-fn prune_markers(dir: &Path, keep: usize) -> Result<()> {
-    let mut files: Vec<(std::time::SystemTime, std::path::PathBuf)> = std::fs::read_dir(dir)
-        .map_err(|e| Error::io(dir, e))?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
-        .collect();
-    files.sort();
-    let extra = files.len().saturating_sub(keep);
-    for (_, f) in files.drain(..extra) {
-        removed(std::fs::remove_file(&f), &f)?;
-    }
-    Ok(())
-}
 
 /// Refuses a rebuild id (`--run`) that is empty, too long, or not a plain
 /// file name: an empty one (an unset variable) would make every rebuild
