@@ -290,7 +290,8 @@ impl Default for SearchConfig {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct UserConfig {
-    /// Recency decay per step back in the history, in (0, 1]; 1 is a plain mean. Default 0.7.
+    /// Recency decay per step back in the history, in (0, 1]; 1 is a plain
+    /// mean. Default 1.
     pub decay: f32,
     /// Newest items used; older ones are ignored. Default 2 (chosen on the
     /// ml-latest-small validation split).
