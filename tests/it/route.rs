@@ -212,6 +212,33 @@ fn sample_data(
     )
 }
 
+/// The content pipeline for one node, built from `items` and `inter`
+/// under `dir/one` with an encoder of its own (the tests then build the
+/// shards too, embedding every text twice, which on the shared test
+/// encoder would hold up the tests that time requests): that encoder, the
+/// options, the root, and `dir/parts` for the shards.
+fn one_node_build(
+    dir: &Path,
+    items: &[vecrec::catalog::CatalogItem],
+    inter: &[vecrec::catalog::Interaction],
+) -> (
+    Encoder,
+    BuildOptions,
+    std::path::PathBuf,
+    std::path::PathBuf,
+) {
+    let opts = BuildOptions {
+        progress: false,
+        train: None,
+        learn_fusion: None,
+        ..Default::default()
+    };
+    let enc = Encoder::load(&vecrec::config::Config::default().encoder, 1).unwrap();
+    let one_root = dir.join("one");
+    build(&one_root, &enc, items, inter, &opts).unwrap();
+    (enc, opts, one_root, dir.join("parts"))
+}
+
 /// One pod's part of a partitioned build: shard `index`, not waiting for a front.
 fn pod(index: usize) -> ShardWork {
     ShardWork::One {
@@ -231,6 +258,35 @@ fn for_user(user: &str, k: u32) -> pb::RecommendRequest {
 
 fn ids(items: &[pb::ScoredItem]) -> Vec<String> {
     items.iter().map(|i| i.item_id.clone()).collect()
+}
+
+/// SimilarItems for `id`: 10, no filter.
+fn similar(id: &str) -> pb::SimilarItemsRequest {
+    pb::SimilarItemsRequest {
+        item_id: id.to_owned(),
+        k: 10,
+        filter: None,
+    }
+}
+
+/// SimilarItems for `id` from one node and through a router: the routed
+/// answer is complete and the same (`what` is added to the message);
+/// returns it.
+async fn similar_same(
+    one: &mut Client,
+    routed: &mut Client,
+    id: &str,
+    what: &str,
+) -> Vec<pb::ScoredItem> {
+    let a = one.similar_items(similar(id)).await.unwrap().into_inner();
+    let b = routed
+        .similar_items(similar(id))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!b.partial, "SimilarItems {id}{what}");
+    assert_same(&format!("SimilarItems {id}{what}"), &a.items, &b.items);
+    b.items
 }
 
 /// The lists are the same items in the same order with the same scores
@@ -266,18 +322,7 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
     // The data and both builds: one node, and 3 shards from the same rows.
     let dir = tempfile::tempdir().unwrap();
     let (items, inter) = sample_data(dir.path(), 11, 600, 60, (10, 30));
-    let opts = BuildOptions {
-        progress: false,
-        train: None,
-        learn_fusion: None,
-        ..Default::default()
-    };
-    // An encoder of its own: the builds below embed 1,200 texts, which on
-    // the shared test encoder would hold up the tests that time requests.
-    let enc = Encoder::load(&vecrec::config::Config::default().encoder, 1).unwrap();
-    let one_root = dir.path().join("one");
-    build(&one_root, &enc, &items, &inter, &opts).unwrap();
-    let parts = dir.path().join("parts");
+    let (enc, opts, one_root, parts) = one_node_build(dir.path(), &items, &inter);
     let reports =
         build_shards(&parts, &enc, &items, &inter, &opts, SHARDS, ShardWork::All).unwrap();
     assert_eq!(reports.len(), SHARDS);
@@ -325,20 +370,9 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
     // The same answers as one node.
     let some_items: Vec<String> = items.iter().step_by(30).map(|i| i.id.clone()).collect();
     for id in &some_items {
-        let req = pb::SimilarItemsRequest {
-            item_id: id.clone(),
-            k: 10,
-            filter: None,
-        };
-        let a = one_c.similar_items(req.clone()).await.unwrap().into_inner();
-        let b = rc.similar_items(req).await.unwrap().into_inner();
-        assert!(!b.partial);
-        assert_same(&format!("SimilarItems {id}"), &a.items, &b.items);
-        let owners: std::collections::HashSet<usize> = b
-            .items
-            .iter()
-            .map(|i| shard_of(&i.item_id, SHARDS))
-            .collect();
+        let b = similar_same(&mut one_c, &mut rc, id, "").await;
+        let owners: std::collections::HashSet<usize> =
+            b.iter().map(|i| shard_of(&i.item_id, SHARDS)).collect();
         assert!(
             owners.len() > 1,
             "the answer should span shards: {owners:?}"
@@ -374,19 +408,7 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
     let named = route(&by_name, &[]);
     let mut nc = named.client().await;
     for id in some_items.iter().take(5) {
-        let req = pb::SimilarItemsRequest {
-            item_id: id.clone(),
-            k: 10,
-            filter: None,
-        };
-        let a = one_c.similar_items(req.clone()).await.unwrap().into_inner();
-        let b = nc.similar_items(req).await.unwrap().into_inner();
-        assert!(!b.partial);
-        assert_same(
-            &format!("SimilarItems {id} by host name"),
-            &a.items,
-            &b.items,
-        );
+        similar_same(&mut one_c, &mut nc, id, " by host name").await;
     }
     drop(nc);
     drop(named);
@@ -450,14 +472,10 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
     for (i, mut c) in clients.into_iter().enumerate() {
         let id = some_items[i % some_items.len()].clone();
         calls.spawn(async move {
-            c.similar_items(pb::SimilarItemsRequest {
-                item_id: id,
-                k: 10,
-                filter: None,
-            })
-            .await
-            .map(|_| ())
-            .map_err(|e| e.code())
+            c.similar_items(similar(&id))
+                .await
+                .map(|_| ())
+                .map_err(|e| e.code())
         });
     }
     let answers: Vec<Result<(), Code>> = calls.join_all().await;
@@ -855,15 +873,7 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
         "vecrec_route_hedges_total",
     );
     for id in some_items.iter().take(12) {
-        let b = rc
-            .similar_items(pb::SimilarItemsRequest {
-                item_id: id.clone(),
-                k: 10,
-                filter: None,
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let b = rc.similar_items(similar(id)).await.unwrap().into_inner();
         assert!(!b.partial && b.items.len() == 10);
     }
     assert!(Command::new("kill")
@@ -958,11 +968,6 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
         .find(|id| shard_of(id, SHARDS) == 2)
         .unwrap()
         .clone();
-    let similar = |id: &str| pb::SimilarItemsRequest {
-        item_id: id.to_owned(),
-        k: 10,
-        filter: None,
-    };
     let timeout = [("VECREC_ROUTE__SHARD_TIMEOUT_MS", "300")];
     let quick = route_with(&names, &[], &timeout);
     let quick_strict = route_with(&names, &["--on-missing-shard", "fail"], &timeout);
@@ -996,11 +1001,7 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
         .unwrap()
         .clone();
     let b = rc
-        .similar_items(pb::SimilarItemsRequest {
-            item_id: other.clone(),
-            k: 10,
-            filter: None,
-        })
+        .similar_items(similar(&other))
         .await
         .unwrap()
         .into_inner();
@@ -1013,11 +1014,7 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
     let err = strict
         .client()
         .await
-        .similar_items(pb::SimilarItemsRequest {
-            item_id: other,
-            k: 10,
-            filter: None,
-        })
+        .similar_items(similar(&other))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
@@ -1075,16 +1072,7 @@ async fn movielens_over_three_shards_by_two_replicas_scores_as_one_node() {
     let split = vecrec::movielens::split(&ml.positives);
     let inter = vecrec::movielens::MovieLens::interactions(&split.val_train);
     let dir = tempfile::tempdir().unwrap();
-    let opts = BuildOptions {
-        progress: false,
-        train: None,
-        learn_fusion: None,
-        ..Default::default()
-    };
-    let enc = Encoder::load(&vecrec::config::Config::default().encoder, 1).unwrap();
-    let one_root = dir.path().join("one");
-    build(&one_root, &enc, &ml.items, &inter, &opts).unwrap();
-    let parts = dir.path().join("parts");
+    let (enc, opts, one_root, parts) = one_node_build(dir.path(), &ml.items, &inter);
     build_shards(
         &parts,
         &enc,
