@@ -33,6 +33,12 @@ pub struct RouteConfig {
     /// milliseconds is sent to a second replica as well, and the first
     /// answer wins (0: no hedging). Default 20.
     pub hedge_after_ms: u64,
+    /// At most this fraction of shard calls is hedged, so that hedging
+    /// cannot add more than this much load when every replica is slow (a
+    /// saturated cluster), where it would only make calls slower: each
+    /// shard call earns the fraction of a hedge, a hedge spends one, and
+    /// at most 10 are saved. In [0, 1]; 0 hedges none. Default 0.1.
+    pub hedge_budget: f64,
     /// A replica that refused a connection or reset one is tried last for
     /// this many milliseconds. Default 1000.
     pub down_for_ms: u64,
@@ -71,6 +77,7 @@ impl Default for RouteConfig {
             shards: Vec::new(),
             shard_timeout_ms: 2000,
             hedge_after_ms: 20,
+            hedge_budget: 0.1,
             down_for_ms: 1000,
             connect_timeout_ms: 500,
             resolve_interval_ms: 5000,

@@ -167,6 +167,8 @@ fn with_session<T>((msg, session): (T, String)) -> Response<T> {
 pub const ROUTE_RETRIES: &str = "vecrec_route_retries_total";
 /// Calls hedged to a second replica.
 pub const ROUTE_HEDGES: &str = "vecrec_route_hedges_total";
+/// Hedges not sent because `route.hedge_budget` was spent.
+pub const ROUTE_HEDGES_DENIED: &str = "vecrec_route_hedges_denied_total";
 /// Answers merged without some shard (`partial`), by rpc.
 pub const ROUTE_PARTIAL: &str = "vecrec_route_partial_total";
 /// Interleaved Recommend calls whose two arms sent the shards the same
@@ -252,6 +254,8 @@ struct Inner {
     users: UserConfig,
     channels: Mutex<HashMap<SocketAddr, Channel>>,
     next_any: AtomicUsize,
+    /// The hedges this router may still send (`route.hedge_budget`).
+    hedges: HedgeBudget,
     /// The bound on requests in progress and waiting.
     admission: Arc<Admission>,
     /// The front generation of a partitioned hybrid build (`route.front`),
@@ -269,6 +273,49 @@ struct Inner {
 #[derive(Clone, Debug)]
 pub struct Router {
     inner: Arc<Inner>,
+}
+
+/// Hedges a router may send: a token bucket where each shard call earns
+/// `route.hedge_budget` of a hedge and a hedge spends one, holding at most
+/// [`HedgeBudget::SAVED`] (full at start). Counted in thousandths of a
+/// hedge, so ten calls at 0.1 earn exactly one.
+#[derive(Debug)]
+struct HedgeBudget {
+    per_call: u32,
+    tokens: Mutex<u32>,
+}
+
+impl HedgeBudget {
+    /// One hedge, in the bucket's units.
+    const ONE: u32 = 1000;
+    /// Hedges saved at most, for a burst of slow calls.
+    const SAVED: u32 = 10 * Self::ONE;
+
+    /// `fraction` in [0, 1] (checked by the caller).
+    fn new(fraction: f64) -> Self {
+        let per_call = (fraction * f64::from(Self::ONE)).round() as u32;
+        Self {
+            per_call,
+            tokens: Mutex::new(if per_call > 0 { Self::SAVED } else { 0 }),
+        }
+    }
+
+    /// A shard call was made.
+    fn earn(&self) {
+        let mut t = self.tokens.lock();
+        *t = (*t + self.per_call).min(Self::SAVED);
+    }
+
+    /// Whether a hedge may be sent now (and if so, it is paid for).
+    fn spend(&self) -> bool {
+        let mut t = self.tokens.lock();
+        if *t >= Self::ONE {
+            *t -= Self::ONE;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// Whether a failed call may succeed on another replica: the replica (or
@@ -364,6 +411,12 @@ impl Router {
         if let Some(i) = route.shards.iter().position(Vec::is_empty) {
             anyhow::bail!("shard {i} has no replica");
         }
+        if !(0.0..=1.0).contains(&route.hedge_budget) {
+            anyhow::bail!(
+                "route.hedge_budget must be in [0, 1], got {}",
+                route.hedge_budget
+            );
+        }
         if route.shard_timeout_ms == 0 {
             anyhow::bail!("route.shard_timeout_ms must be at least 1");
         }
@@ -418,6 +471,7 @@ impl Router {
             .as_deref()
             .map(|d| Arc::new(Journal::new(d)));
         let experiments = Arc::new(Experiments::new(cfg, config_file)?);
+        let hedge_budget = route.hedge_budget;
         let router = Router {
             inner: Arc::new(Inner {
                 experiments,
@@ -429,6 +483,7 @@ impl Router {
                 users: cfg.users.clone(),
                 channels: Mutex::new(HashMap::new()),
                 next_any: AtomicUsize::new(0),
+                hedges: HedgeBudget::new(hedge_budget),
                 admission,
             }),
         };
@@ -575,6 +630,8 @@ impl Router {
         let started = Instant::now();
         let until = started + budget;
         let hedge = Duration::from_millis(cfg.hedge_after_ms);
+        self.inner.hedges.earn();
+        let mut hedge_denied = false;
         let mut tries: JoinSet<(SocketAddr, Result<Response<T>, Status>)> = JoinSet::new();
         let mut next = 0usize;
         let launch = |tries: &mut JoinSet<_>, next: &mut usize| {
@@ -588,7 +645,7 @@ impl Router {
         launch(&mut tries, &mut next);
         let mut last: Option<Status> = None;
         loop {
-            let can_hedge = cfg.hedge_after_ms > 0 && next < order.len();
+            let can_hedge = cfg.hedge_after_ms > 0 && next < order.len() && !hedge_denied;
             tokio::select! {
                 done = tries.join_next() => {
                     let Some(done) = done else {
@@ -623,8 +680,13 @@ impl Router {
                     }
                 }
                 _ = tokio::time::sleep(hedge), if can_hedge => {
-                    metrics::counter!(ROUTE_HEDGES, "shard" => s.to_string()).increment(1);
-                    launch(&mut tries, &mut next);
+                    if self.inner.hedges.spend() {
+                        metrics::counter!(ROUTE_HEDGES, "shard" => s.to_string()).increment(1);
+                        launch(&mut tries, &mut next);
+                    } else {
+                        metrics::counter!(ROUTE_HEDGES_DENIED, "shard" => s.to_string()).increment(1);
+                        hedge_denied = true;
+                    }
                 }
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(until)) => {
                     last = Some(Status::deadline_exceeded(format!("shard {s} did not answer within {} ms", budget.as_millis())));
@@ -652,10 +714,13 @@ impl Router {
     }
 
     /// `call` on every shard at once; each shard's answer or failure, in
-    /// shard order. Under `route.on_missing_shard = "fail"` the first shard
-    /// that fails ends the fan-out, since the answer will be `UNAVAILABLE`
-    /// whatever the others say: the shards not awaited then read
-    /// [`NOT_AWAITED`].
+    /// shard order. The fan-out ends early, the shards not awaited then
+    /// reading [`NOT_AWAITED`], once its answer is known:
+    /// - a shard answered a request error (not [`retryable`]), which every
+    ///   shard would answer, so it is the answer;
+    /// - under `route.on_missing_shard = "fail"`, a shard failed and
+    ///   another answered, so the request was good and the answer is
+    ///   `UNAVAILABLE` whatever the rest say.
     async fn everywhere<T, F, Fut>(
         &self,
         limit: Option<Duration>,
@@ -667,37 +732,39 @@ impl Router {
         Fut: Future<Output = Result<Response<T>, Status>> + Send + 'static,
     {
         let mut set = JoinSet::new();
+        let mut shard_of_task = HashMap::new();
         for s in 0..self.shards() {
             let me = self.clone();
             let call = call.clone();
-            set.spawn(carried(async move { (s, me.call(s, limit, call).await) }));
+            let task = set.spawn(carried(async move { me.call(s, limit, call).await }));
+            shard_of_task.insert(task.id(), s);
         }
         let fail_fast = self.inner.cfg.on_missing_shard == MissingShard::Fail;
         let mut out: Vec<Option<Result<T, Status>>> = (0..self.shards()).map(|_| None).collect();
-        let mut cut_short = false;
-        while let Some(done) = set.join_next().await {
-            match done {
-                Ok((s, r)) => {
-                    cut_short = fail_fast && matches!(&r, Err(st) if retryable(st));
-                    out[s] = Some(r);
-                    if cut_short {
-                        set.abort_all();
-                        break;
-                    }
+        let (mut answered, mut failed) = (false, false);
+        while let Some(done) = set.join_next_with_id().await {
+            let (s, r) = match done {
+                Ok((id, r)) => (shard_of_task[&id], r),
+                Err(e) => {
+                    tracing::error!(error = %e, "a shard call panicked");
+                    let s = shard_of_task[&e.id()];
+                    (
+                        s,
+                        Err(Status::internal(format!("a call to shard {s} panicked"))),
+                    )
                 }
-                Err(e) => tracing::error!(error = %e, "a shard call panicked"),
+            };
+            let request_error = matches!(&r, Err(st) if !retryable(st));
+            answered |= r.is_ok();
+            failed |= matches!(&r, Err(st) if retryable(st));
+            out[s] = Some(r);
+            if request_error || (fail_fast && answered && failed) {
+                set.abort_all();
+                break;
             }
         }
         out.into_iter()
-            .map(|r| {
-                r.unwrap_or_else(|| {
-                    Err(if cut_short {
-                        Status::cancelled(NOT_AWAITED)
-                    } else {
-                        Status::internal("a shard call panicked")
-                    })
-                })
-            })
+            .map(|r| r.unwrap_or_else(|| Err(Status::cancelled(NOT_AWAITED))))
             .collect()
     }
 
@@ -2048,6 +2115,10 @@ pub fn describe_metrics() {
         "Shard calls hedged to a second replica, by shard"
     );
     describe_counter!(
+        ROUTE_HEDGES_DENIED,
+        "Hedges not sent because route.hedge_budget was spent, by shard"
+    );
+    describe_counter!(
         ROUTE_PARTIAL,
         "Answers merged without a shard that had no live replica, by rpc"
     );
@@ -2069,4 +2140,30 @@ pub fn describe_metrics() {
         metrics::Unit::Seconds,
         "Time for a shard's answer, retries and hedges included, by shard"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HedgeBudget;
+
+    #[test]
+    fn the_hedge_budget_saves_ten_and_earns_its_fraction_a_call() {
+        let b = HedgeBudget::new(0.1);
+        // Full at start: a burst of ten hedges, then none.
+        assert!((0..10).all(|_| b.spend()));
+        assert!(!b.spend());
+        // Nine calls earn 0.9 of a hedge, the tenth the whole of one.
+        (0..9).for_each(|_| b.earn());
+        assert!(!b.spend());
+        b.earn();
+        assert!(b.spend());
+        assert!(!b.spend());
+        // No more than ten are saved however many calls pass.
+        (0..1000).for_each(|_| b.earn());
+        assert_eq!((0..20).filter(|_| b.spend()).count(), 10);
+        // A budget of 0 hedges nothing.
+        let none = HedgeBudget::new(0.0);
+        (0..100).for_each(|_| none.earn());
+        assert!(!none.spend());
+    }
 }
