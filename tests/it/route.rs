@@ -904,8 +904,16 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
             .spawn()
             .unwrap()
     };
-    let loads = [load("recommend"), load("similar")];
+    let metrics = router.metrics.clone().unwrap();
+    let retries_before = scrape(&metrics, "vecrec_route_retries_total");
+    let mut loads = [load("recommend"), load("similar")];
     tokio::time::sleep(Duration::from_secs(2)).await;
+    for l in &mut loads {
+        assert!(
+            l.try_wait().unwrap().is_none(),
+            "a load ended before the kill"
+        );
+    }
     for procs in &mut replicas {
         procs[0].kill();
     }
@@ -919,7 +927,7 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
             String::from_utf8_lossy(&out.stderr)
         );
         let run: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert!(run["ok"].as_u64().unwrap() >= 100, "{run}");
+        assert!(run["ok"].as_u64().unwrap() >= 50, "{run}");
         assert_eq!(
             run["errors"],
             serde_json::json!({}),
@@ -927,8 +935,10 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
         );
         assert_eq!(run["partial"], 0, "answers without a shard: {run}");
     }
-    let metrics = router.metrics.clone().unwrap();
-    assert!(scrape(&metrics, "vecrec_route_retries_total") >= 1.0);
+    assert!(
+        scrape(&metrics, "vecrec_route_retries_total") > retries_before,
+        "no call was retried on another replica after the kill"
+    );
     // With the writers gone a write is refused, naming the shard; a
     // router that finds only followers (as DNS lists only ready pods) says
     // that none takes writes.
@@ -968,10 +978,17 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
         .find(|id| shard_of(id, SHARDS) == 2)
         .unwrap()
         .clone();
-    let timeout = [("VECREC_ROUTE__SHARD_TIMEOUT_MS", "300")];
+    let timeout = [("VECREC_ROUTE__SHARD_TIMEOUT_MS", "1000")];
     let quick = route_with(&names, &[], &timeout);
     let quick_strict = route_with(&names, &["--on-missing-shard", "fail"], &timeout);
     let (mut qc, mut qsc) = (quick.client().await, quick_strict.client().await);
+    // Connected to every replica first, so the deadline is spent waiting.
+    for c in [&mut qc, &mut qsc] {
+        for _ in 0..4 {
+            let b = c.similar_items(similar(&near)).await.unwrap().into_inner();
+            assert!(!b.partial);
+        }
+    }
     signal("-STOP");
     let started = Instant::now();
     let b = qc.similar_items(similar(&near)).await.unwrap().into_inner();
@@ -982,13 +999,13 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
     assert_eq!(b.items.len(), 10);
     assert!(b.items.iter().all(|i| shard_of(&i.item_id, SHARDS) != 1));
     assert!(
-        waited >= Duration::from_millis(300),
+        waited >= Duration::from_millis(1000),
         "answered in {waited:?}, before the hung shard's deadline"
     );
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert!(
         err.message()
-            .contains("shard 1 did not answer within 300 ms"),
+            .contains("shard 1 did not answer within 1000 ms"),
         "{err:?}"
     );
     drop((qc, qsc, quick, quick_strict));
