@@ -17,6 +17,7 @@
 #   benches/route/run.sh                  # about 6 minutes on 2 cores
 #   PIPELINE=hybrid benches/route/run.sh  # about 12 minutes
 #   ROUNDS=1 DUR=5 benches/route/run.sh   # a quick look
+#   NDCG=0 ...                            # speed only, keeping the last ndcg.json
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -129,13 +130,21 @@ servers() {
         local a="ADDR_r${s}_0" b="ADDR_r${s}_1"
         shard_args+=(--shard "${!a},${!b}")
     done
-    start router route --addr 127.0.0.1:0 --config "$1" "${FRONT[@]}" "${shard_args[@]}"
+    start router route --addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 --config "$1" \
+        "${FRONT[@]}" "${shard_args[@]}"
 }
 
-echo "== NDCG@10 on TEST, exact search"
-servers "$DATA/exact.toml"
-"$VECREC_PYTHON" "$HERE/ndcg.py" --split "$SPLIT" --one "$ADDR_one" --routed "$ADDR_router" \
-    --out "$OUT/ndcg.json"
+if [[ ${NDCG:-1} == 0 ]]; then
+    # Speed only: TEST is read once per landed change, and ndcg.json is
+    # the last run's that read it.
+    [[ -f "$OUT/ndcg.json" ]] || { echo "error: NDCG=0 needs $OUT/ndcg.json" >&2; exit 1; }
+    echo "== NDCG@10 on TEST: skipped (NDCG=0), keeping $OUT/ndcg.json"
+else
+    echo "== NDCG@10 on TEST, exact search"
+    servers "$DATA/exact.toml"
+    "$VECREC_PYTHON" "$HERE/ndcg.py" --split "$SPLIT" --one "$ADDR_one" --routed "$ADDR_router" \
+        --out "$OUT/ndcg.json"
+fi
 
 RAW="$OUT/raw.jsonl"
 : >"$RAW"
@@ -150,25 +159,41 @@ cpu_ticks() {
     echo "$t"
 }
 TICK=$(getconf CLK_TCK)
+# counter NAME: the router's Prometheus counter NAME, summed over its series.
+counter() {
+    local url
+    url=$(sed -n 's#^metrics on ##p' "$DATA/router.log")
+    curl -s "$url" | awk -v m="$1" 'index($1, m) == 1 && $1 !~ /^#/ { s += $NF } END { printf "%d", s }'
+}
 load() { # ROUND KIND LABEL ADDR RPC DURATION
     # The CPU the serving side spent over the whole run (warm-up included):
-    # the one node, or the router and, apart, the six replicas.
-    local line own=() shards=() s r
+    # the one node, or the router and, apart, the six replicas; and the
+    # router's hedged and retried shard calls. Not for the fault runs,
+    # whose killed replicas leave no count.
+    local line own=() shards=() s r extra=""
     if [[ $3 == one ]]; then own=("$PID_one"); else
         own=("$PID_router")
         for s in $(seq 0 $((SHARDS - 1))); do for r in 0 1; do
             local p="PID_r${s}_$r"; shards+=("${!p}")
         done; done
     fi
-    local own0 shards0
+    local own0 shards0 hedges0=0 retries0=0
     own0=$(cpu_ticks "${own[@]}"); shards0=$(cpu_ticks "${shards[@]}")
+    if [[ $3 == router ]]; then
+        hedges0=$(counter vecrec_route_hedges_total); retries0=$(counter vecrec_route_retries_total)
+    fi
     line=$("$LOAD" --addr "$4" --rpc "$5" --label "$3" --interactions "$SPLIT/train.csv" \
         --concurrency 8 --duration "$6" --warmup "$WARM" 2>/dev/null)
-    local cpu
-    cpu=$(awk -v a="$own0" -v b="$(cpu_ticks "${own[@]}")" -v c="$shards0" \
-        -v d="$(cpu_ticks "${shards[@]}")" -v t="$TICK" \
-        'BEGIN { printf "\"cpu_s_server\":%.2f,\"cpu_s_shards\":%.2f,", (b - a) / t, (d - c) / t }')
-    echo "{\"round\":$1,\"kind\":\"$2\",$cpu${line#\{}" >>"$RAW"
+    if [[ $2 == normal ]]; then
+        extra=$(awk -v a="$own0" -v b="$(cpu_ticks "${own[@]}")" -v c="$shards0" \
+            -v d="$(cpu_ticks "${shards[@]}")" -v t="$TICK" \
+            'BEGIN { printf "\"cpu_s_server\":%.2f,\"cpu_s_shards\":%.2f,", (b - a) / t, (d - c) / t }')
+    fi
+    if [[ $3 == router ]]; then
+        extra+="\"hedges\":$(( $(counter vecrec_route_hedges_total) - hedges0 )),"
+        extra+="\"retries\":$(( $(counter vecrec_route_retries_total) - retries0 )),"
+    fi
+    echo "{\"round\":$1,\"kind\":\"$2\",$extra${line#\{}" >>"$RAW"
     echo "  $line"
 }
 
