@@ -2,6 +2,7 @@
 results/ndcg.json (benches/route/run.sh): medians over the rounds, and every
 fault round."""
 
+import datetime
 import json
 import statistics
 import sys
@@ -12,6 +13,11 @@ hybrid = out.name == "hybrid"
 rows = [json.loads(line) for line in (out / "raw.jsonl").read_text().splitlines() if line.strip()]
 nd = json.loads((out / "ndcg.json").read_text())
 rounds = sorted({r["round"] for r in rows})
+
+
+def written(name):
+    t = datetime.datetime.fromtimestamp((out / name).stat().st_mtime, datetime.timezone.utc)
+    return t.strftime("%Y-%m-%d %H:%M UTC")
 
 
 def med(xs):
@@ -60,6 +66,10 @@ lines = [
     ),
     "",
     "## Quality: TEST NDCG@10 (built on TRAIN, exact search)",
+    "",
+    f"From `ndcg.json`, written {written('ndcg.json')}; the speed and fault rows below from "
+    f"`raw.jsonl`, written {written('raw.jsonl')} (`NDCG=0` runs keep the last `ndcg.json`: "
+    "TEST is read once per landed change).",
     "",
     "| | NDCG@10 | 95% half-width |",
     "|---|---:|---:|",

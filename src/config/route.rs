@@ -37,7 +37,7 @@ pub struct RouteConfig {
     /// cannot add more than this much load when every replica is slow (a
     /// saturated cluster), where it would only make calls slower: each
     /// shard call earns the fraction of a hedge, a hedge spends one, and
-    /// at most 10 are saved. In [0, 1]; 0 hedges none. Default 0.1.
+    /// at most 10 are saved. 0 (no hedges) or in [0.001, 1]. Default 0.1.
     pub hedge_budget: f64,
     /// A replica that refused a connection or reset one is tried last for
     /// this many milliseconds. Default 1000.
@@ -52,8 +52,9 @@ pub struct RouteConfig {
     /// `RESOURCE_EXHAUSTED` at once, as on one node. Default 256.
     pub max_in_flight: usize,
     /// `partial` (answer from the other shards and say so) or `fail`
-    /// (`UNAVAILABLE`, as soon as one shard has failed, without waiting
-    /// for the others) when a shard has no live replica. Default `partial`.
+    /// (`UNAVAILABLE`; once one shard has failed and another answered, the
+    /// router waits for no more) when a shard has no live replica. Default
+    /// `partial`.
     pub on_missing_shard: MissingShard,
     /// The front generation's index root of a partitioned hybrid build
     /// (`<out>/front`, written by `vecrec-build --shards N` with training):

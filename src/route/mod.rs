@@ -291,7 +291,7 @@ impl HedgeBudget {
     /// Hedges saved at most, for a burst of slow calls.
     const SAVED: u32 = 10 * Self::ONE;
 
-    /// `fraction` in [0, 1] (checked by the caller).
+    /// `fraction` 0 or in [0.001, 1] (checked by the caller).
     fn new(fraction: f64) -> Self {
         let per_call = (fraction * f64::from(Self::ONE)).round() as u32;
         Self {
@@ -334,9 +334,9 @@ fn retryable(s: &Status) -> bool {
     ) || behind(s)
 }
 
-/// What a fan-out cut short by a failed shard (`route.on_missing_shard =
-/// "fail"`) says of the shards it did not wait for.
-const NOT_AWAITED: &str = "not awaited: another shard failed first";
+/// What a fan-out that ended once its answer was known
+/// (`Router::everywhere`) says of the shards it did not wait for.
+const NOT_AWAITED: &str = "not awaited: the answer was known without it";
 
 /// Whether a shard declined a sliced call for a front it was not cut from.
 fn other_front(s: &Status) -> bool {
@@ -411,9 +411,9 @@ impl Router {
         if let Some(i) = route.shards.iter().position(Vec::is_empty) {
             anyhow::bail!("shard {i} has no replica");
         }
-        if !(0.0..=1.0).contains(&route.hedge_budget) {
+        if !(route.hedge_budget == 0.0 || (0.001..=1.0).contains(&route.hedge_budget)) {
             anyhow::bail!(
-                "route.hedge_budget must be in [0, 1], got {}",
+                "route.hedge_budget must be 0 (no hedges) or in [0.001, 1], got {}",
                 route.hedge_budget
             );
         }
@@ -634,15 +634,22 @@ impl Router {
         let mut hedge_denied = false;
         let mut tries: JoinSet<(SocketAddr, Result<Response<T>, Status>)> = JoinSet::new();
         let mut next = 0usize;
-        let launch = |tries: &mut JoinSet<_>, next: &mut usize| {
+        let down_for = Duration::from_millis(cfg.down_for_ms);
+        // Replicas asked and not answered yet: one that another replica
+        // beat, or that let the deadline pass, is tried last for
+        // `down_for`, so a hung replica costs one hedge a while, not one
+        // every other call (a hang refuses nothing, so nothing else marks it).
+        let mut pending: Vec<SocketAddr> = Vec::new();
+        let launch = |tries: &mut JoinSet<_>, next: &mut usize, pending: &mut Vec<SocketAddr>| {
             let r = &order[*next];
             *next += 1;
             let left = until.saturating_duration_since(Instant::now());
             let fut = call(r.client.clone(), left);
             let addr = r.addr;
+            pending.push(addr);
             tries.spawn(carried(async move { (addr, fut.await) }));
         };
-        launch(&mut tries, &mut next);
+        launch(&mut tries, &mut next, &mut pending);
         let mut last: Option<Status> = None;
         loop {
             let can_hedge = cfg.hedge_after_ms > 0 && next < order.len() && !hedge_denied;
@@ -656,22 +663,26 @@ impl Router {
                         Ok(x) => x,
                         Err(e) => return Err(Status::internal(format!("a call to shard {s} panicked: {e}"))),
                     };
+                    pending.retain(|a| *a != addr);
                     match result {
                         Ok(r) => {
                             shard.mark_up(addr);
+                            for slow in &pending {
+                                shard.mark_down(*slow, down_for);
+                            }
                             metrics::histogram!(ROUTE_SHARD_SECONDS, "shard" => s.to_string())
                                 .record(started.elapsed().as_secs_f64());
                             return Ok(r.into_inner());
                         }
                         Err(st) if retryable(&st) => {
                             if matches!(st.code(), Code::Unavailable | Code::Unknown | Code::Internal) {
-                                shard.mark_down(addr, Duration::from_millis(cfg.down_for_ms));
+                                shard.mark_down(addr, down_for);
                             }
                             tracing::debug!(shard = s, %addr, status = %st, "a replica failed a call");
                             last = Some(st);
                             if next < order.len() && Instant::now() < until {
                                 metrics::counter!(ROUTE_RETRIES, "shard" => s.to_string()).increment(1);
-                                launch(&mut tries, &mut next);
+                                launch(&mut tries, &mut next, &mut pending);
                             } else if tries.is_empty() {
                                 break;
                             }
@@ -682,7 +693,7 @@ impl Router {
                 _ = tokio::time::sleep(hedge), if can_hedge => {
                     if self.inner.hedges.spend() {
                         metrics::counter!(ROUTE_HEDGES, "shard" => s.to_string()).increment(1);
-                        launch(&mut tries, &mut next);
+                        launch(&mut tries, &mut next, &mut pending);
                     } else {
                         metrics::counter!(ROUTE_HEDGES_DENIED, "shard" => s.to_string()).increment(1);
                         hedge_denied = true;
@@ -690,6 +701,9 @@ impl Router {
                 }
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(until)) => {
                     last = Some(Status::deadline_exceeded(format!("shard {s} did not answer within {} ms", budget.as_millis())));
+                    for slow in &pending {
+                        shard.mark_down(*slow, down_for);
+                    }
                     break;
                 }
             }

@@ -363,7 +363,13 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
         .iter()
         .map(|ps| ps.iter().map(|p| p.addr.clone()).collect())
         .collect();
-    let router = route(&names, &["--metrics-addr", "127.0.0.1:0"]);
+    // Hedges without a budget (`route.hedge_budget` 1: one a call), so
+    // the hedging below does not depend on how slow earlier calls were.
+    let router = route_with(
+        &names,
+        &["--metrics-addr", "127.0.0.1:0"],
+        &[("VECREC_ROUTE__HEDGE_BUDGET", "1")],
+    );
     let mut one_c = one.client().await;
     let mut rc = router.client().await;
 
@@ -861,7 +867,9 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
     drop(oc);
     drop(other);
 
-    // A replica that hangs (SIGSTOP) is hedged around: every call answers.
+    // A replica that hangs (SIGSTOP) is hedged around: every call answers,
+    // and once another replica beat it, it is tried last, so it is not
+    // hedged around again at every other call.
     let stopped = replicas[1][0].child.id().to_string();
     assert!(Command::new("kill")
         .args(["-STOP", &stopped])
@@ -872,6 +880,9 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
         router.metrics.as_ref().unwrap(),
         "vecrec_route_hedges_total",
     );
+    // Past `route.down_for_ms` (1 s), so no earlier call's loss has it
+    // tried last already.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     for id in some_items.iter().take(12) {
         let b = rc.similar_items(similar(id)).await.unwrap().into_inner();
         assert!(!b.partial && b.items.len() == 10);
@@ -888,6 +899,11 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
     assert!(
         hedges > hedges_before,
         "no call was hedged around the stopped replica"
+    );
+    assert!(
+        hedges - hedges_before <= 4.0,
+        "{} hedges in 12 calls: the stopped replica was still tried first",
+        hedges - hedges_before
     );
 
     // `vecrec-load` through the router, Recommend and SimilarItems at
@@ -1058,19 +1074,10 @@ async fn three_shards_by_two_replicas_answer_as_one_node_and_survive_killed_repl
     signal("-CONT");
 }
 
-/// NDCG@10 with binary gains, over the first 10 of `ranked`, against
-/// an ideal ranking of `min(10, |relevant|)` (EVAL.md §1).
-fn ndcg10(ranked: &[String], relevant: &std::collections::HashSet<String>) -> f64 {
-    let gain = |r: usize| 1.0 / ((r + 2) as f64).log2();
-    let dcg: f64 = ranked
-        .iter()
-        .take(10)
-        .enumerate()
-        .filter(|(_, i)| relevant.contains(*i))
-        .map(|(r, _)| gain(r))
-        .sum();
-    let ideal: f64 = (0..relevant.len().min(10)).map(gain).sum();
-    dcg / ideal
+/// NDCG@10 of a list of MovieLens ids (EVAL.md §1, as `vecrec-eval`).
+fn ndcg10(ranked: &[String], relevant: &std::collections::HashSet<u32>) -> f64 {
+    let ranked: Vec<u32> = ranked.iter().map(|i| i.parse().unwrap()).collect();
+    vecrec::eval::user_metrics(&ranked, relevant).ndcg[0]
 }
 
 /// ml-latest-small, split 3 shards × 2 replicas behind one router, as the
@@ -1119,10 +1126,10 @@ async fn movielens_over_three_shards_by_two_replicas_scores_as_one_node() {
     let router = route(&names, &[]);
     let (mut one_c, mut rc) = (one.client().await, router.client().await);
 
-    let mut relevant: std::collections::BTreeMap<u32, std::collections::HashSet<String>> =
+    let mut relevant: std::collections::BTreeMap<u32, std::collections::HashSet<u32>> =
         Default::default();
     for &(u, i, _) in &split.val {
-        relevant.entry(u).or_default().insert(i.to_string());
+        relevant.entry(u).or_default().insert(i);
     }
     assert!(relevant.len() > 500, "{} validation users", relevant.len());
     let (mut one_sum, mut routed_sum, mut same) = (0.0, 0.0, 0);
