@@ -337,12 +337,17 @@ pub(super) fn prune_markers(dir: &Path, keep: usize) -> Result<()> {
     files.sort();
     let extra = files.len().saturating_sub(keep);
     for (_, f) in files.drain(..extra) {
-        match std::fs::remove_file(&f) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&f, e)),
-            _ => {}
-        }
+        removed(std::fs::remove_file(&f), &f)?;
     }
     Ok(())
+}
+
+/// The result of removing `path`: fine if it was not there.
+pub(super) fn removed(r: std::io::Result<()>, path: &Path) -> Result<()> {
+    match r {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(path, e)),
+        _ => Ok(()),
+    }
 }
 
 /// Fails if the rebuild `run` was marked abandoned (its lease taken over

@@ -459,7 +459,7 @@ fn build_sliced(
         // Markers of fronts no longer pending would never be read again.
         super::lock::check_held(root)?;
         let cut = front_root.join(CUT_DIR);
-        removed(std::fs::remove_dir_all(&cut), &cut)?;
+        super::lock::removed(std::fs::remove_dir_all(&cut), &cut)?;
         write_pending(&front_root, &pending)?;
         return Ok(vec![front_report]);
     }
@@ -829,19 +829,11 @@ fn record_published(
     let file = front_root.join(PENDING_FRONT_FILE);
     let pending = read_pending(&file)?;
     if pending.is_some() && only.is_none_or(|o| pending.as_ref() == Some(o)) {
-        removed(std::fs::remove_file(&file), &file)?;
+        super::lock::removed(std::fs::remove_file(&file), &file)?;
         let cut = front_root.join(CUT_DIR);
-        removed(std::fs::remove_dir_all(&cut), &cut)?;
+        super::lock::removed(std::fs::remove_dir_all(&cut), &cut)?;
     }
     Ok(())
-}
-
-/// The result of removing `path`: fine if it was not there.
-fn removed(r: std::io::Result<()>, path: &Path) -> Result<()> {
-    match r {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(path, e)),
-        _ => Ok(()),
-    }
 }
 
 /// Whether the front served now was published for `shards` shards of the
