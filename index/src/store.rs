@@ -193,6 +193,9 @@ pub struct VectorStore {
     /// Every row's filter attributes, parsed once; titles and texts stay
     /// in the map (`VectorStore::item`).
     attrs: OnceLock<AttrTable>,
+    /// One bit a row, set where every value of the row is 0, made on the
+    /// first [`VectorStore::is_zero_row`].
+    zero_rows: OnceLock<Vec<u64>>,
 }
 
 /// An item record's filter attributes, parsed as an [`ItemMeta`] is (the
@@ -270,6 +273,7 @@ impl VectorStore {
             items,
             index: OnceLock::new(),
             attrs: OnceLock::new(),
+            zero_rows: OnceLock::new(),
         };
         if verify {
             // A repeated id is found through the table, kept or not.
@@ -382,6 +386,25 @@ impl VectorStore {
     pub fn vector(&self, i: u32) -> &[f32] {
         let i = i as usize;
         &self.vectors()[i * self.dim..(i + 1) * self.dim]
+    }
+
+    /// Whether every value of row `i` is 0 (a learned table's row for an
+    /// item it never saw). The rows are scanned once, on the first call;
+    /// after that it is one bit's lookup, where scanning the row each time
+    /// had cost a search that asks it of every item it visits about a
+    /// quarter of a Recommend's CPU.
+    pub fn is_zero_row(&self, i: u32) -> bool {
+        let bits = self.zero_rows.get_or_init(|| {
+            let mut bits = vec![0u64; self.count.div_ceil(64)];
+            for (r, row) in self.vectors().chunks_exact(self.dim).enumerate() {
+                if row.iter().all(|&x| x == 0.0) {
+                    bits[r / 64] |= 1 << (r % 64);
+                }
+            }
+            bits
+        });
+        let i = i as usize;
+        bits.get(i / 64).is_some_and(|w| w >> (i % 64) & 1 == 1)
     }
 
     /// External id of row `i`.
@@ -510,5 +533,31 @@ mod tests {
         ] {
             assert!(err.to_string().contains("record 0"), "{err}");
         }
+    }
+
+    /// Rows whose every value is 0 (an inner-product table's row for an
+    /// item without interactions) are found, across word boundaries of the
+    /// bitset, and no other row is, nor a row past the end.
+    #[test]
+    fn zero_rows_are_found_once_and_only_they() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = StoreBuilder::new(3, Metric::InnerProduct).unwrap();
+        let zero = [0, 5, 63, 64, 129];
+        for i in 0..130u32 {
+            let v = if zero.contains(&i) {
+                [0.0, -0.0, 0.0]
+            } else {
+                // Non-zero in one place only, the last for some rows.
+                let mut v = [0.0f32; 3];
+                v[i as usize % 3] = 0.5;
+                v
+            };
+            b.add(&i.to_string(), &v, ItemMeta::default()).unwrap();
+        }
+        b.write(dir.path()).unwrap();
+        let s = VectorStore::open(dir.path(), true).unwrap();
+        let found: Vec<u32> = (0..130).filter(|&i| s.is_zero_row(i)).collect();
+        assert_eq!(found, zero);
+        assert!(!s.is_zero_row(130) && !s.is_zero_row(u32::MAX));
     }
 }

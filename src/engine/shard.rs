@@ -83,7 +83,7 @@ impl Sliced {
         })?;
         // A user's history in the shard holds its own items only, so the
         // counts (`popularity`) are the catalogue's counts of those items.
-        Ok(Some(Self {
+        let sliced = Self {
             ease: SparseRows::open_shape(dir, EASE_ROWS, meta.front_items, n)?,
             transitions: SparseRows::open_shape(dir, TRANSITIONS_ROWS, meta.front_items, n)?,
             popularity: users.popularity(n),
@@ -92,7 +92,9 @@ impl Sliced {
             sequence: sub(SEQUENCE_DIR)?,
             front_rows,
             meta,
-        }))
+        };
+        sliced.tables().find_zero_rows();
+        Ok(Some(sliced))
     }
 
     fn tables(&self) -> ItemTables<'_> {

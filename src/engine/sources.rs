@@ -437,7 +437,7 @@ impl Trained {
                     SparseRows::open(index.dir(), crate::layout::TRANSITIONS_ROWS, n)?,
                 )),
             };
-            Ok(Some(Trained {
+            let trained = Trained {
                 item_rows,
                 popularity: users.popularity(n),
                 als,
@@ -455,7 +455,11 @@ impl Trained {
                 sequence,
                 din,
                 cross_encoder,
-            }))
+            };
+            if let Ok(tables) = trained.tables() {
+                tables.find_zero_rows();
+            }
+            Ok(Some(trained))
         }
     }
 }
@@ -630,7 +634,7 @@ impl Engine {
         // are there, so a shard's lists merge into one node's.
         let by_vector = |index: &Index, v: &[f32]| -> Result<Vec<(u32, f32)>> {
             let store = index.store();
-            let known = |i: u32| accept(i) && store.vector(i).iter().any(|&x| x != 0.0);
+            let known = |i: u32| accept(i) && !store.is_zero_row(i);
             let (found, _) = index.search(v, &self.search_params(n), Some(&known))?;
             Ok(found.into_iter().map(|f| (f.id, -f.distance)).collect())
         };
@@ -668,6 +672,20 @@ pub(super) struct ItemTables<'a> {
     pub(super) als: &'a Index,
     pub(super) two_tower: Option<&'a Index>,
     pub(super) sequence: Option<&'a Index>,
+}
+
+impl ItemTables<'_> {
+    /// Finds the zero rows of the tables searched by vector (what
+    /// `item_list` leaves out) now, while the generation opens, not in the
+    /// first call that asks.
+    pub(super) fn find_zero_rows(&self) {
+        for index in [Some(self.als), self.two_tower, self.sequence]
+            .into_iter()
+            .flatten()
+        {
+            index.store().is_zero_row(0);
+        }
+    }
 }
 
 impl Trained {
