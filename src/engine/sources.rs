@@ -406,11 +406,16 @@ impl Trained {
                 Some(o) => SequenceServing::open(index.dir(), n, o, pool, opening)?,
                 None => None,
             };
-            if sequence.is_none() && cfg.hybrid.sequence_weight > 0.0 {
+            // Only where the config asks for the model: by default none is
+            // trained and the source is skipped (`SequenceOptions::enabled`),
+            // which is no cause for a warning at every open.
+            if sequence.is_none() && cfg.train.sequence.enabled && cfg.hybrid.sequence_weight > 0.0
+            {
                 tracing::warn!(
                     generation = %index.dir().display(),
-                    "hybrid.sequence_weight is {} but this generation has no sequence model: \
-                     the source answers nothing; rebuild with [train.sequence] enabled = true",
+                    "[train.sequence] enabled = true and hybrid.sequence_weight is {}, but this \
+                     generation has no sequence model: the source answers nothing until a \
+                     rebuild trains one",
                     cfg.hybrid.sequence_weight
                 );
             }
