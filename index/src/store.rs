@@ -392,7 +392,8 @@ impl VectorStore {
     /// item it never saw). The rows are scanned once, on the first call;
     /// after that it is one bit's lookup, where scanning the row each time
     /// had cost a search that asks it of every item it visits about a
-    /// quarter of a Recommend's CPU.
+    /// quarter of a Recommend's CPU. A row number past the end is not a
+    /// zero row.
     pub fn is_zero_row(&self, i: u32) -> bool {
         let bits = self.zero_rows.get_or_init(|| {
             let mut bits = vec![0u64; self.count.div_ceil(64)];
@@ -405,6 +406,11 @@ impl VectorStore {
         });
         let i = i as usize;
         bits.get(i / 64).is_some_and(|w| w >> (i % 64) & 1 == 1)
+    }
+
+    /// Whether the bitset of [`VectorStore::is_zero_row`] has been made.
+    pub fn zero_rows_built(&self) -> bool {
+        self.zero_rows.get().is_some()
     }
 
     /// External id of row `i`.
@@ -539,7 +545,7 @@ mod tests {
     /// item without interactions) are found, across word boundaries of the
     /// bitset, and no other row is, nor a row past the end.
     #[test]
-    fn zero_rows_are_found_once_and_only_they() {
+    fn zero_rows_are_found_and_only_they() {
         let dir = tempfile::tempdir().unwrap();
         let mut b = StoreBuilder::new(3, Metric::InnerProduct).unwrap();
         let zero = [0, 5, 63, 64, 129];
@@ -556,7 +562,9 @@ mod tests {
         }
         b.write(dir.path()).unwrap();
         let s = VectorStore::open(dir.path(), true).unwrap();
+        assert!(!s.zero_rows_built(), "made before it was asked for");
         let found: Vec<u32> = (0..130).filter(|&i| s.is_zero_row(i)).collect();
+        assert!(s.zero_rows_built());
         assert_eq!(found, zero);
         assert!(!s.is_zero_row(130) && !s.is_zero_row(u32::MAX));
     }

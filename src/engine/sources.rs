@@ -409,11 +409,15 @@ impl Trained {
             // Only where the config asks for the model: by default none is
             // trained and the source is skipped (`SequenceOptions::enabled`),
             // which is no cause for a warning at every open.
-            if sequence.is_none() && cfg.train.sequence.enabled && cfg.hybrid.sequence_weight > 0.0
+            if sequence.is_none()
+                && cfg.train.neural
+                && cfg.train.sequence.enabled
+                && cfg.hybrid.sequence_weight > 0.0
             {
                 tracing::warn!(
                     generation = %index.dir().display(),
-                    "[train.sequence] enabled = true and hybrid.sequence_weight is {}, but this \
+                    "[train] neural and [train.sequence] enabled are true and \
+                     hybrid.sequence_weight is {}, but this \
                      generation has no sequence model: the source answers nothing until a \
                      rebuild trains one",
                     cfg.hybrid.sequence_weight
@@ -461,6 +465,8 @@ impl Trained {
                 din,
                 cross_encoder,
             };
+            // A router's front has no item tables (`tables` refuses): it
+            // never searches them.
             if let Ok(tables) = trained.tables() {
                 tables.find_zero_rows();
             }

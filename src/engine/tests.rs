@@ -130,6 +130,9 @@ fn a_source_lists_no_item_it_scores_zero() {
         .collect();
     build_small_from(dir.path(), None, &kept);
     let e = Engine::open(dir.path(), Config::default(), None).unwrap();
+    // The zero rows were found as the generation opened, not by a call.
+    let trained = e.trained.as_ref().unwrap();
+    assert!(trained.als.store().zero_rows_built());
     let store = e.index().store();
     let new_rows: HashSet<u32> = new.iter().map(|i| store.internal_id(i).unwrap()).collect();
     let u = e.users().lookup("user4").unwrap();
