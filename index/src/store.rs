@@ -193,8 +193,9 @@ pub struct VectorStore {
     /// Every row's filter attributes, parsed once; titles and texts stay
     /// in the map (`VectorStore::item`).
     attrs: OnceLock<AttrTable>,
-    /// One bit a row, set where every value of the row is 0, made on the
-    /// first [`VectorStore::is_zero_row`].
+    /// One bit a row, set where every value of the row is 0, made by
+    /// [`VectorStore::find_zero_rows`] or the first
+    /// [`VectorStore::is_zero_row`].
     zero_rows: OnceLock<Vec<u64>>,
 }
 
@@ -389,13 +390,22 @@ impl VectorStore {
     }
 
     /// Whether every value of row `i` is 0 (a learned table's row for an
-    /// item it never saw). The rows are scanned once, on the first call;
-    /// after that it is one bit's lookup, where scanning the row each time
-    /// had cost a search that asks it of every item it visits about a
+    /// item it never saw): one bit's lookup. Scanning the row instead, in
+    /// a search that asks it of every item it visits, had cost about a
     /// quarter of a Recommend's CPU. A row number past the end is not a
     /// zero row.
     pub fn is_zero_row(&self, i: u32) -> bool {
-        let bits = self.zero_rows.get_or_init(|| {
+        let i = i as usize;
+        self.find_zero_rows()
+            .get(i / 64)
+            .is_some_and(|w| w >> (i % 64) & 1 == 1)
+    }
+
+    /// The bitset of [`VectorStore::is_zero_row`], made by scanning every
+    /// row on the first call (a generation's open calls it, so no request
+    /// waits for the scan).
+    pub fn find_zero_rows(&self) -> &[u64] {
+        self.zero_rows.get_or_init(|| {
             let mut bits = vec![0u64; self.count.div_ceil(64)];
             for (r, row) in self.vectors().chunks_exact(self.dim).enumerate() {
                 if row.iter().all(|&x| x == 0.0) {
@@ -403,9 +413,7 @@ impl VectorStore {
                 }
             }
             bits
-        });
-        let i = i as usize;
-        bits.get(i / 64).is_some_and(|w| w >> (i % 64) & 1 == 1)
+        })
     }
 
     /// Whether the bitset of [`VectorStore::is_zero_row`] has been made.

@@ -694,7 +694,7 @@ impl ItemTables<'_> {
             .into_iter()
             .flatten()
         {
-            index.store().is_zero_row(0);
+            index.store().find_zero_rows();
         }
     }
 }
