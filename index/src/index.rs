@@ -431,10 +431,13 @@ impl Index {
         let (vectors, dim, metric) = (self.store.vectors(), self.store.dim(), self.store.metric());
         let exact_plan = params.exact || accept.is_some_and(|f| self.exact_is_cheaper(f, params));
         if exact_plan {
-            return Ok((
-                exact::search(vectors, dim, metric, &q, params.k, accept),
-                Plan::Exact,
-            ));
+            let found = match self.store.row_codes() {
+                Some(codes) => {
+                    exact::search_bounded(vectors, codes, metric, &q, params.k, accept).0
+                }
+                None => exact::search(vectors, dim, metric, &q, params.k, accept),
+            };
+            return Ok((found, Plan::Exact));
         }
         let dist = RowScorer::new(&q, vectors, dim, metric);
         Ok((

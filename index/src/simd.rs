@@ -47,10 +47,10 @@ fn fold<T: Copy, A: Copy + Default + std::iter::Sum, const L: usize>(
 /// accumulators, so the four chains of fused multiply-adds overlap instead of
 /// each distance waiting on its own.
 #[inline(always)]
-fn fold4<const L: usize>(
+fn fold4<R: Copy, const L: usize>(
     q: &[f32],
-    rows: [&[f32]; 4],
-    step: impl Fn(f32, f32, f32) -> f32,
+    rows: [&[R]; 4],
+    step: impl Fn(f32, f32, R) -> f32,
 ) -> [f32; 4] {
     let n = q.len();
     let [r0, r1, r2, r3] = rows.map(|r| &r[..n]);
@@ -100,12 +100,19 @@ fn l2_step(fma: bool) -> impl Fn(f32, f32, f32) -> f32 {
 
 #[inline(always)]
 fn dot4_body(q: &[f32], rows: [&[f32]; 4], fma: bool) -> [f32; 4] {
-    fold4::<W>(q, rows, dot_step(fma))
+    fold4::<f32, W>(q, rows, dot_step(fma))
+}
+
+/// [`dot4_body`] against rows of int8 codes, each widened to f32.
+#[inline(always)]
+fn dot_f32_i8_4_body(q: &[f32], rows: [&[i8]; 4], fma: bool) -> [f32; 4] {
+    let step = dot_step(fma);
+    fold4::<i8, W>(q, rows, move |s, x, y| step(s, x, y as f32))
 }
 
 #[inline(always)]
 fn l24_body(q: &[f32], rows: [&[f32]; 4], fma: bool) -> [f32; 4] {
-    fold4::<W>(q, rows, l2_step(fma))
+    fold4::<f32, W>(q, rows, l2_step(fma))
 }
 
 #[inline(always)]
@@ -233,6 +240,11 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     pub(super) fn dot4(q: &[f32], rows: [&[f32]; 4]) -> [f32; 4] {
         super::dot4_body(q, rows, true)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn dot_f32_i8_4(q: &[f32], rows: [&[i8]; 4]) -> [f32; 4] {
+        super::dot_f32_i8_4_body(q, rows, true)
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -546,6 +558,12 @@ dispatch!(
     /// Dot products of `q` with four rows (each at least as long as `q`).
     dot4(&[f32], [&[f32]; 4]) -> [f32; 4]: has_avx2_fma => avx2::dot4,
     else |q, rows| dot4_body(q, rows, false)
+);
+dispatch!(
+    /// `Σ q·c` of an f32 query and four rows of int8 codes (each at least
+    /// as long as `q`), summed in f32.
+    dot_f32_i8_4(&[f32], [&[i8]; 4]) -> [f32; 4]: has_avx2_fma => avx2::dot_f32_i8_4,
+    else |q, rows| dot_f32_i8_4_body(q, rows, false)
 );
 dispatch!(
     /// Squared Euclidean distances of `q` to four rows (each at least as long as `q`).

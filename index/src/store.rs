@@ -23,6 +23,7 @@ use crate::distance::{normalize, Metric};
 use crate::error::{IndexError, Result};
 use crate::format::{CheckedFile, FileWriter, Kind, StringTable};
 use crate::idtable::IdTable;
+use crate::quant::RowCodes;
 
 /// File name of the vector matrix.
 pub const VECTORS_FILE: &str = "vectors.bin";
@@ -197,6 +198,9 @@ pub struct VectorStore {
     /// [`VectorStore::find_zero_rows`] or the first
     /// [`VectorStore::is_zero_row`].
     zero_rows: OnceLock<Vec<u64>>,
+    /// Int8 copies of the rows for the bounded exact scan, made by
+    /// [`VectorStore::build_row_codes`].
+    row_codes: OnceLock<RowCodes>,
 }
 
 /// An item record's filter attributes, parsed as an [`ItemMeta`] is (the
@@ -275,6 +279,7 @@ impl VectorStore {
             index: OnceLock::new(),
             attrs: OnceLock::new(),
             zero_rows: OnceLock::new(),
+            row_codes: OnceLock::new(),
         };
         if verify {
             // A repeated id is found through the table, kept or not.
@@ -419,6 +424,22 @@ impl VectorStore {
     /// Whether the bitset of [`VectorStore::is_zero_row`] has been made.
     pub fn zero_rows_built(&self) -> bool {
         self.zero_rows.get().is_some()
+    }
+
+    /// Makes (on the first call) the int8 copies of the rows that an exact
+    /// search then scans first ([`crate::exact::search_bounded`]): a
+    /// quarter of the f32 rows' bytes and 12 more a row, held in memory.
+    /// Worth it for a table that is searched exactly on most calls (a
+    /// hybrid generation's learned sources, whose filter leaves out the
+    /// zero rows); nothing makes them otherwise.
+    pub fn build_row_codes(&self) -> &RowCodes {
+        self.row_codes
+            .get_or_init(|| RowCodes::new(self.vectors(), self.dim))
+    }
+
+    /// The copies of [`VectorStore::build_row_codes`], if made.
+    pub fn row_codes(&self) -> Option<&RowCodes> {
+        self.row_codes.get()
     }
 
     /// External id of row `i`.

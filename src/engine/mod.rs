@@ -12,7 +12,7 @@ use crate::encoder::Encoder;
 use crate::error::{Error, Result};
 use crate::filter::Filter;
 use crate::fusion::{fuse, FusionMethod, SourceList};
-use crate::ids::IdSet;
+use crate::ids::{IdBits, IdSet};
 use crate::layout::GenerationInfo;
 use crate::live::Live;
 use crate::rerank::{RerankInput, Reranker};
@@ -72,14 +72,14 @@ fn built_users(index: &Index) -> Option<crate::config::UserConfig> {
     GenerationInfo::of(index.manifest()).users
 }
 
-/// Whether item `i` may be answered: not excluded, and passing the filter if any.
+/// Whether item `i` may be answered: not `excluded`, and passing the filter if any.
 fn admissible(
     store: &vecrec_index::VectorStore,
-    exclude: &IdSet,
+    excluded: bool,
     filter: Option<&Filter>,
     i: u32,
 ) -> bool {
-    !exclude.contains(&i) && filter.is_none_or(|f| f.matches(&store.attributes(i)))
+    !excluded && filter.is_none_or(|f| f.matches(&store.attributes(i)))
 }
 
 /// How much of a generation an engine opens, and checks, before it serves.
@@ -705,7 +705,7 @@ impl Engine {
                 (h, None, None)
             }
         };
-        let mut exclude: IdSet = if opts.include_seen {
+        let exclude: IdSet = if opts.include_seen {
             IdSet::default()
         } else {
             history.iter().map(|h| h.0).collect()
@@ -723,9 +723,11 @@ impl Engine {
         if self.is_hybrid() {
             // The content-only path below masks in `search`; here the sources
             // see the mask through `accept`.
-            exclude.extend(masked);
+            // The sources ask of every row they scan: one bit a row.
+            let mut excluded = IdBits::with_rows(store.len());
+            excluded.extend(exclude.iter().copied().chain(masked));
             let filter = opts.filter.as_ref().filter(|f| !f.is_empty());
-            let accept = |i: u32| admissible(store, &exclude, filter, i);
+            let accept = |i: u32| admissible(store, excluded.contains(i), filter, i);
             let method = opts.fusion.unwrap_or(self.cfg.hybrid.fusion);
             let fused =
                 self.fused_candidates(&history, user_number, &accept, method, opts.deadline)?;

@@ -94,7 +94,7 @@ impl Engine {
             }
             _ => exclude,
         };
-        let accept = |i: u32| admissible(store, exclude, filter, i);
+        let accept = |i: u32| admissible(store, exclude.contains(&i), filter, i);
         let need_filter = !exclude.is_empty() || filter.is_some();
         let params = self.search_params(k);
         let (found, _plan) = self.ann(

@@ -14,7 +14,7 @@ use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::filter::Filter;
 use crate::fusion::{FusionMethod, SourceList};
-use crate::ids::IdSet;
+use crate::ids::IdBits;
 use crate::layout::{
     SlicedMeta, ALS_DIR, EASE_ROWS, FRONT_ROWS_FILE, SEQUENCE_DIR, SLICED_FILE, TRANSITIONS_ROWS,
 };
@@ -93,7 +93,7 @@ impl Sliced {
             front_rows,
             meta,
         };
-        sliced.tables().find_zero_rows();
+        sliced.tables().prepare_scans();
         Ok(Some(sliced))
     }
 
@@ -209,16 +209,18 @@ impl Engine {
         let store = self.index.store();
         let front_rows = sliced.front_rows.get(0);
         // Own items' numbers are increasing: a seen item is found by halving.
-        let mut exclude: IdSet = q
-            .exclude
-            .iter()
-            .filter_map(|f| front_rows.binary_search(f).ok().map(|l| l as u32))
-            .collect();
+        // The sources ask of every row they scan: one bit a row.
+        let mut exclude = IdBits::with_rows(store.len());
+        exclude.extend(
+            q.exclude
+                .iter()
+                .filter_map(|f| front_rows.binary_search(f).ok().map(|l| l as u32)),
+        );
         if let Some(v) = self.view().filter(|v| !v.is_empty()) {
-            exclude.extend(v.masked::<IdSet>(store));
+            exclude.extend(v.masked::<Vec<u32>>(store));
         }
         let filter = q.filter.as_ref().filter(|f| !f.is_empty());
-        let accept = |i: u32| admissible(store, &exclude, filter, i);
+        let accept = |i: u32| admissible(store, exclude.contains(i), filter, i);
         let tables = sliced.tables();
         let engine = self.with_config(|c| {
             if q.candidates > 0 {

@@ -468,7 +468,7 @@ impl Trained {
             // A router's front has no item tables (`tables` refuses): it
             // never searches them.
             if let Ok(tables) = trained.tables() {
-                tables.find_zero_rows();
+                tables.prepare_scans();
             }
             Ok(Some(trained))
         }
@@ -645,7 +645,7 @@ impl Engine {
         // are there, so a shard's lists merge into one node's.
         let by_vector = |index: &Index, v: &[f32]| -> Result<Vec<(u32, f32)>> {
             let store = index.store();
-            let known = |i: u32| accept(i) && !store.is_zero_row(i);
+            let known = |i: u32| !store.is_zero_row(i) && accept(i);
             let (found, _) = index.search(v, &self.search_params(n), Some(&known))?;
             Ok(found.into_iter().map(|f| (f.id, -f.distance)).collect())
         };
@@ -686,15 +686,19 @@ pub(super) struct ItemTables<'a> {
 }
 
 impl ItemTables<'_> {
-    /// Finds the zero rows of the tables searched by vector (what
-    /// `item_list` leaves out) now, while the generation opens, not in the
-    /// first call that asks.
-    pub(super) fn find_zero_rows(&self) {
+    /// Readies the tables searched by vector now, while the generation
+    /// opens, not in the first call that asks: finds their zero rows
+    /// (what `item_list` leaves out) and makes the int8 copies of their
+    /// rows that an exact search scans first (`VectorStore::build_row_codes`:
+    /// the planner searches them exactly whenever the zero rows it leaves
+    /// out are many, as ALS's are).
+    pub(super) fn prepare_scans(&self) {
         for index in [Some(self.als), self.two_tower, self.sequence]
             .into_iter()
             .flatten()
         {
             index.store().find_zero_rows();
+            index.store().build_row_codes();
         }
     }
 }

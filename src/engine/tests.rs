@@ -130,9 +130,11 @@ fn a_source_lists_no_item_it_scores_zero() {
         .collect();
     build_small_from(dir.path(), None, &kept);
     let e = Engine::open(dir.path(), Config::default(), None).unwrap();
-    // The zero rows were found as the generation opened, not by a call.
+    // The zero rows were found, and the rows' int8 copies made, as the
+    // generation opened, not by a call.
     let trained = e.trained.as_ref().unwrap();
     assert!(trained.als.store().zero_rows_built());
+    assert!(trained.als.store().row_codes().is_some());
     let store = e.index().store();
     let new_rows: HashSet<u32> = new.iter().map(|i| store.internal_id(i).unwrap()).collect();
     let u = e.users().lookup("user4").unwrap();
