@@ -21,7 +21,7 @@ pub type IdMap<V> = HashMap<u32, V, IdHasher>;
 /// "is this item excluded?" for every row its exact scans and `top_n` pass
 /// (tens of thousands of times), and answering from a hash set took about
 /// 7% of the server's CPU. Here the answer is one shift and one mask.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct IdBits {
     words: Vec<u64>,
 }

@@ -5,7 +5,7 @@ use std::collections::BinaryHeap;
 
 use crate::distance::Metric;
 use crate::hnsw::Neighbor;
-use crate::quant::RowCodes;
+use crate::quant::{f32_at_or_above, RowCodes};
 use crate::scorer::{RowScorer, Scorer};
 
 /// The `k` rows among `candidates` nearest under `scorer`, nearest first,
@@ -101,16 +101,20 @@ pub fn search(
 }
 
 /// [`search`] over `vectors` under an inner-product or cosine metric,
-/// with the same answer (every id and distance), in two passes: every row
-/// `accept` allows is first scored on its int8 `codes`, which bound the
-/// distance the f32 scan would compute to an interval; a row can be among
-/// the `k` nearest only if its interval starts at or below the `k`-th
-/// smallest interval end, and only those rows are scored again on their
-/// f32 values. A scan of a 64-wide table then reads a quarter of the
-/// bytes (it waited on memory: a third of the learned sources' time in a
-/// hybrid Recommend). The interval is `‖q‖·‖row − codes‖` wide, widened
-/// for the rounding of both sums; an L2 metric takes [`search`]. Returns
-/// the answer and how many rows were scored in f32.
+/// with the same answer (every id and every distance's bits), in two
+/// passes: every row `accept` allows is first scored on its int8 `codes`,
+/// which bound the distance the f32 scan would compute to an interval; a
+/// row can be among the `k` nearest only if its interval starts at or
+/// below the `k`-th smallest interval end, and only those rows are scored
+/// again on their f32 values. A scan of a 64-wide table then reads 76
+/// bytes a row instead of 256 (the f32 scan's dot products over ALS's
+/// table were about 7% of a hybrid Recommend's CPU). The interval's
+/// half-width is `‖q‖·‖row − scale·codes‖`, widened for the rounding of
+/// both sums (relative, and absolute where values are subnormal) and of
+/// `1 − dot`. A row whose products
+/// could overflow an f32 sum, or that holds a value that is not finite, is
+/// always scored again. An L2 metric takes [`search`]. Returns the answer
+/// and how many rows were scored in f32 (under L2, every row).
 pub fn search_bounded(
     vectors: &[f32],
     codes: &RowCodes,
@@ -120,6 +124,7 @@ pub fn search_bounded(
     accept: Option<&dyn Fn(u32) -> bool>,
 ) -> (Vec<Neighbor>, usize) {
     let dim = codes.dim();
+    debug_assert_eq!(vectors.len(), codes.len() * dim, "codes of another table");
     let offset = match metric {
         Metric::L2 => {
             let n = vectors.len() / dim.max(1);
@@ -131,36 +136,54 @@ pub fn search_bounded(
     if k == 0 {
         return (Vec::new(), 0);
     }
-    let q_norm = (query
-        .iter()
-        .map(|&x| x as f64 * x as f64)
-        .sum::<f64>()
-        .sqrt()
-        * (1.0 + 1e-6)) as f32;
-    // A sum of `dim` f32 products is within `γ·Σ|products|` of the real
-    // one; this γ is several times the textbook bound.
+    // Rounded up (to the next f32, subnormal ones included).
+    let q_norm = f32_at_or_above(
+        query
+            .iter()
+            .map(|&x| x as f64 * x as f64)
+            .sum::<f64>()
+            .sqrt()
+            * (1.0 + 1e-12),
+    );
+    // A sum of `dim` f32 products (16 lanes, then the lanes summed) is
+    // within `γ·Σ|products|` of the real one, plus 2⁻¹⁵⁰ a rounding where
+    // the values are subnormal; this γ and this floor (`(2·dim + 64)·2⁻¹⁴⁹`)
+    // are several times the textbook bounds, and count both sums. The
+    // interval's own arithmetic (`scale·dot`, `offset − approx`, `dist ±
+    // wide`, and the scan's `1 − dot`) rounds by at most 2⁻²⁴ of its
+    // operands (or 2⁻¹⁵⁰) a step: the `8ε·(offset + |approx|)` term, the
+    // factor `1 + 2⁻¹⁶` on the error term and the floor cover it. In f32:
+    // the same bound in f64 with outward rounding cost about a sixth more
+    // CPU a hybrid Recommend (`benches/serving/ab_alternate.sh`, 10 rounds
+    // at concurrency 8, 2026-12-08).
     let gamma = (dim as f32 + 16.0) * 2.0 * f32::EPSILON;
+    let floor = (2 * dim + 64) as f32 * f32::from_bits(1);
+    // Past this, a partial sum of the f32 scan could overflow (and the
+    // interval's own products).
+    let limit = f32::MAX / 4.0;
     let mut ends = KthSmallest::new(k);
     let mut maybe: Vec<(f32, u32)> = Vec::new();
     let mut offer = |i: u32, dot: f32| {
         let (scale, norm, err) = codes.terms(i);
         let approx = scale * dot;
-        let dist = offset - approx;
-        let wide = q_norm * (err + gamma * (2.0 * norm + err)) * (1.0 + 1.0 / 65536.0)
-            + (offset + approx.abs()) * 4.0 * f32::EPSILON;
-        let (mut lo, mut hi) = (dist - wide, dist + wide);
-        if lo.is_nan() {
-            lo = f32::NEG_INFINITY;
-        }
-        if hi.is_nan() {
-            hi = f32::INFINITY;
-        }
+        // `reach` is NaN or +∞ for a row that is not finite, and bounds
+        // every term of `wide` below.
+        let reach = q_norm * (2.0 * norm + err);
+        let (lo, hi) = if reach < limit && approx.is_finite() {
+            let dist = offset - approx;
+            let wide = q_norm * (err + gamma * (2.0 * norm + err)) * (1.0 + 1.0 / 65536.0)
+                + (offset + approx.abs()) * (8.0 * f32::EPSILON)
+                + floor;
+            (dist - wide, dist + wide)
+        } else {
+            (f32::NEG_INFINITY, f32::INFINITY)
+        };
         ends.offer(hi);
         if lo <= ends.kth() {
             maybe.push((lo, i));
         }
     };
-    let n = (vectors.len() / dim.max(1)).min(codes.len()) as u32;
+    let n = codes.len() as u32;
     let ids = (0..n).filter(|&i| accept.is_none_or(|f| f(i)));
     in_fours(ids, |ids| match <[u32; 4]>::try_from(ids) {
         Ok(four) => {
@@ -193,8 +216,13 @@ struct KthSmallest {
 }
 
 /// An f32 ordered by `total_cmp`.
-#[derive(PartialEq)]
 struct Total(f32);
+
+impl PartialEq for Total {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
 
 impl Eq for Total {}
 
@@ -352,13 +380,114 @@ mod tests {
         let q: Vec<f32> = (0..dim).map(|_| gauss()).collect();
         let codes = RowCodes::new(&vectors, dim);
         let (got, rescored) = search_bounded(&vectors, &codes, Metric::InnerProduct, &q, k, None);
-        assert_eq!(
-            got,
-            search(&vectors, dim, Metric::InnerProduct, &q, k, None)
-        );
+        let want = search(&vectors, dim, Metric::InnerProduct, &q, k, None);
+        assert_eq!(bits(&got), bits(&want));
         assert!(
             rescored >= k && rescored < n / 10,
             "{rescored} of {n} rows scored again"
         );
+    }
+
+    fn bits(found: &[Neighbor]) -> Vec<(u32, u32)> {
+        found.iter().map(|x| (x.distance.to_bits(), x.id)).collect()
+    }
+
+    /// Every k of [`search_bounded`] against [`search`], to the bit.
+    fn same_as_exact(vectors: &[f32], dim: usize, q: &[f32], metric: Metric) {
+        let codes = RowCodes::new(vectors, dim);
+        for k in 1..=vectors.len() / dim {
+            let want = search(vectors, dim, metric, q, k, None);
+            let (got, _) = search_bounded(vectors, &codes, metric, q, k, None);
+            assert_eq!(bits(&got), bits(&want), "k {k}, {metric:?}");
+        }
+    }
+
+    /// Where f32 arithmetic is least exact, the interval still holds the
+    /// distance the f32 scan computes.
+    #[test]
+    fn bounded_matches_exact_at_the_edges() {
+        // A partial sum of the f32 scan overflows although the whole dot
+        // would not: the first row's distance is -inf there.
+        let (a, b) = (2f32.powi(63), 2f32.powi(62));
+        same_as_exact(
+            &[a, a, -a, b, b, b],
+            3,
+            &[2f32.powi(64); 3],
+            Metric::InnerProduct,
+        );
+        // Subnormal rows, where each rounding errs by up to 2^-150 whatever
+        // the sum's size: 0.75 of the smallest subnormal rounds up to it,
+        // 16 times, so the f32 scan finds the first row 143 smallest
+        // subnormals long against the query (139 really), the second 142.
+        let u = f32::from_bits(1);
+        let mut rows = vec![127.0 * u, 0.0];
+        rows.extend([u; 16]);
+        rows.extend([127.0 * u, 15.0 * u]);
+        rows.extend([0.0; 16]);
+        let mut q = vec![1.0, 1.0];
+        q.extend([0.75; 16]);
+        same_as_exact(&rows, 18, &q, Metric::InnerProduct);
+        // Rows near one another (some an ulp away from others), against a
+        // query of fractions: distances that all but tie.
+        let dim = 24usize;
+        let mut rows = Vec::new();
+        for r in 0..40usize {
+            for j in 0..dim {
+                let mut x = ((j * 7 + r / 4) % 255) as f32 - 127.0;
+                if j == r % dim && r % 2 == 1 {
+                    x = if r % 4 == 1 {
+                        x.next_up()
+                    } else {
+                        x.next_down()
+                    };
+                }
+                rows.push(x / 64.0);
+            }
+        }
+        let q: Vec<f32> = (0..dim).map(|j| 0.1 * j as f32 - 1.1).collect();
+        same_as_exact(&rows, dim, &q, Metric::InnerProduct);
+        let mut unit = rows.clone();
+        let mut uq = q.clone();
+        for row in unit.chunks_exact_mut(dim) {
+            crate::distance::normalize(row);
+        }
+        crate::distance::normalize(&mut uq);
+        same_as_exact(&unit, dim, &uq, Metric::Cosine);
+        // A query so long that the int8 sum overflows though the f32 one
+        // would not: the codes' distance is not finite.
+        same_as_exact(
+            &[1.0, 0.5, 0.25, 1.0, -1.0, 0.0],
+            2,
+            &[2f32.powi(122), 0.0],
+            Metric::InnerProduct,
+        );
+        // A query whose norm is subnormal (rounded up, not to nearest), and
+        // the zero query against a row near the largest f32.
+        let q = [0.0, f32::from_bits(1), f32::from_bits(1)];
+        let (a, b) = (2f32.powi(20), 2f32.powi(17));
+        let rows = [
+            127.0 * a,
+            10.484375 * a,
+            10.484375 * a,
+            127.0 * b,
+            83.0 * b,
+            83.0 * b,
+        ];
+        same_as_exact(&rows, 3, &q, Metric::InnerProduct);
+        same_as_exact(&[3e38, 0.0, 1.0, 0.0], 2, &[0.0, 0.0], Metric::InnerProduct);
+        // Rows holding values that are not finite sit among finite ones.
+        let rows = [
+            1.0,
+            2.0,
+            f32::NAN,
+            1.0,
+            f32::INFINITY,
+            0.0,
+            -1.0,
+            3.0,
+            f32::NEG_INFINITY,
+            5.0,
+        ];
+        same_as_exact(&rows, 2, &[0.5, -0.25], Metric::InnerProduct);
     }
 }

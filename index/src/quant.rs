@@ -271,6 +271,16 @@ pub fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
     crate::simd::dot_i8(a, b)
 }
 
+/// The least f32 at or above `x` (+∞ past the largest).
+pub(crate) fn f32_at_or_above(x: f64) -> f32 {
+    let f = x as f32;
+    if (f as f64) < x {
+        f.next_up()
+    } else {
+        f
+    }
+}
+
 /// Int8 copies of f32 rows with one scale a row (`row ≈ scale · codes`),
 /// and what bounds a distance computed on them: each row's norm and the
 /// norm of its rounding error (both rounded up; +∞ for a row holding a
@@ -297,8 +307,8 @@ impl RowCodes {
             norms: Vec::with_capacity(n),
             errors: Vec::with_capacity(n),
         };
-        // Rounded up: the f64 sum is far more precise than the f32 it becomes.
-        let up = |x: f64| (x * (1.0 + 1e-6)) as f32;
+        // Rounded up: the f64 sums are far more precise than the f32 they become.
+        let up = |x: f64| f32_at_or_above(x * (1.0 + 1e-12));
         for row in vectors.chunks_exact(dim.max(1)).take(n) {
             if row.iter().any(|x| !x.is_finite()) {
                 out.codes.extend(std::iter::repeat_n(0, dim));

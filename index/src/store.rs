@@ -428,10 +428,12 @@ impl VectorStore {
 
     /// Makes (on the first call) the int8 copies of the rows that an exact
     /// search then scans first ([`crate::exact::search_bounded`]): a
-    /// quarter of the f32 rows' bytes and 12 more a row, held in memory.
-    /// Worth it for a table that is searched exactly on most calls (a
-    /// hybrid generation's learned sources, whose filter leaves out the
-    /// zero rows); nothing makes them otherwise.
+    /// quarter of the f32 rows' bytes and 12 more a row, held in memory,
+    /// and one pass over the rows. Worth it for a table that is searched
+    /// exactly on most calls; the open of a hybrid generation, or of a
+    /// shard of one, makes them for every learned table (ALS, two-tower,
+    /// sequence), whichever plan the planner then picks for it. Nothing
+    /// else makes them.
     pub fn build_row_codes(&self) -> &RowCodes {
         self.row_codes
             .get_or_init(|| RowCodes::new(self.vectors(), self.dim))

@@ -705,27 +705,23 @@ impl Engine {
                 (h, None, None)
             }
         };
-        let exclude: IdSet = if opts.include_seen {
-            IdSet::default()
-        } else {
-            history.iter().map(|h| h.0).collect()
-        };
+        let seen = history.iter().map(|h| h.0).filter(|_| !opts.include_seen);
         if opts.include_seen {
             live_seen.clear();
         }
-        // Release the delta before anything below reads it again: a second
-        // read lock behind a waiting writer would deadlock (the lock is fair).
-        let masked = match &view {
-            Some(v) if self.is_hybrid() && !v.is_empty() => v.masked(store),
-            _ => IdSet::default(),
-        };
-        drop(view);
         if self.is_hybrid() {
             // The content-only path below masks in `search`; here the sources
-            // see the mask through `accept`.
-            // The sources ask of every row they scan: one bit a row.
+            // see the mask through `accept`, and ask it of every row they
+            // scan: one bit a row.
             let mut excluded = IdBits::with_rows(store.len());
-            excluded.extend(exclude.iter().copied().chain(masked));
+            excluded.extend(seen);
+            if let Some(v) = view.as_ref().filter(|v| !v.is_empty()) {
+                excluded.extend(v.masked::<Vec<u32>>(store));
+            }
+            // Release the delta before anything below reads it again: a
+            // second read lock behind a waiting writer would deadlock (the
+            // lock is fair).
+            drop(view);
             let filter = opts.filter.as_ref().filter(|f| !f.is_empty());
             let accept = |i: u32| admissible(store, excluded.contains(i), filter, i);
             let method = opts.fusion.unwrap_or(self.cfg.hybrid.fusion);
@@ -741,6 +737,8 @@ impl Engine {
                 })
                 .collect());
         }
+        drop(view);
+        let exclude: IdSet = seen.collect();
         let vector = match precomputed {
             Some(v) => v.to_vec(),
             // A history of live items only (upserted since the generation
