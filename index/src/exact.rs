@@ -111,10 +111,10 @@ pub fn search(
 /// table were about 7% of a hybrid Recommend's CPU). The interval's
 /// half-width is `‖q‖·‖row − scale·codes‖`, widened for the rounding of
 /// both sums (relative, and absolute where values are subnormal) and of
-/// `1 − dot`. A row whose products
-/// could overflow an f32 sum, or that holds a value that is not finite, is
-/// always scored again. An L2 metric takes [`search`]. Returns the answer
-/// and how many rows were scored in f32 (under L2, every row).
+/// `1 − dot`. A row whose products could overflow an f32 sum, or that
+/// holds a value that is not finite, is always scored again. An L2 metric
+/// takes [`search`]. Returns the answer and how many rows were scored in
+/// f32 (under L2, every row).
 pub fn search_bounded(
     vectors: &[f32],
     codes: &RowCodes,
