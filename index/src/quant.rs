@@ -309,6 +309,7 @@ impl RowCodes {
         };
         // Rounded up: the f64 sums are far more precise than the f32 they become.
         let up = |x: f64| f32_at_or_above(x * (1.0 + 1e-12));
+        let mut codes = Vec::with_capacity(dim);
         for row in vectors.chunks_exact(dim.max(1)).take(n) {
             if row.iter().any(|x| !x.is_finite()) {
                 out.codes.extend(std::iter::repeat_n(0, dim));
@@ -319,18 +320,19 @@ impl RowCodes {
             }
             let max = row.iter().fold(0f32, |m, x| m.max(x.abs()));
             let scale = max / 127.0;
+            if scale > 0.0 {
+                encode(row, scale, &mut codes);
+            } else {
+                codes.clear();
+                codes.resize(dim, 0);
+            }
             let (mut norm2, mut err2) = (0f64, 0f64);
-            for &x in row {
-                let c = if scale > 0.0 {
-                    (x / scale).round().clamp(-127.0, 127.0) as i8
-                } else {
-                    0
-                };
-                out.codes.push(c);
+            for (&x, &c) in row.iter().zip(&codes) {
                 let d = x as f64 - scale as f64 * c as f64;
                 norm2 += x as f64 * x as f64;
                 err2 += d * d;
             }
+            out.codes.extend_from_slice(&codes);
             out.scales.push(scale);
             out.norms.push(up(norm2.sqrt()));
             out.errors.push(up(err2.sqrt()));
@@ -365,11 +367,6 @@ impl RowCodes {
     pub fn terms(&self, i: u32) -> (f32, f32, f32) {
         let i = i as usize;
         (self.scales[i], self.norms[i], self.errors[i])
-    }
-
-    /// Bytes held.
-    pub fn bytes(&self) -> usize {
-        self.codes.len() + 12 * self.scales.len()
     }
 }
 
