@@ -334,6 +334,26 @@ fn retryable(s: &Status) -> bool {
     ) || behind(s)
 }
 
+/// How a shard that let its time pass fails.
+fn did_not_answer(s: usize, budget: Duration) -> Status {
+    Status::deadline_exceeded(format!(
+        "shard {s} did not answer within {} ms",
+        budget.as_millis()
+    ))
+}
+
+/// A replica's failure as the shard's: a call that ended by its own
+/// timer (the channel enforces the grpc-timeout it sends) once the
+/// shard's time had passed is the shard not answering in time, not a
+/// replica's fault, whichever of the two timers woke the router first.
+fn past_due(st: Status, late: bool, s: usize, budget: Duration) -> Status {
+    if late && matches!(st.code(), Code::Cancelled | Code::DeadlineExceeded) {
+        did_not_answer(s, budget)
+    } else {
+        st
+    }
+}
+
 /// What a fan-out that ended once its answer was known
 /// (`Router::everywhere`) says of the shards it did not wait for.
 const NOT_AWAITED: &str = "not awaited: the answer was known without it";
@@ -679,7 +699,7 @@ impl Router {
                                 shard.mark_down(addr, down_for);
                             }
                             tracing::debug!(shard = s, %addr, status = %st, "a replica failed a call");
-                            last = Some(st);
+                            last = Some(past_due(st, Instant::now() >= until, s, budget));
                             if next < order.len() && Instant::now() < until {
                                 metrics::counter!(ROUTE_RETRIES, "shard" => s.to_string()).increment(1);
                                 launch(&mut tries, &mut next, &mut pending);
@@ -700,7 +720,7 @@ impl Router {
                     }
                 }
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(until)) => {
-                    last = Some(Status::deadline_exceeded(format!("shard {s} did not answer within {} ms", budget.as_millis())));
+                    last = Some(did_not_answer(s, budget));
                     for slow in &pending {
                         shard.mark_down(*slow, down_for);
                     }
@@ -2158,7 +2178,29 @@ pub fn describe_metrics() {
 
 #[cfg(test)]
 mod tests {
-    use super::HedgeBudget;
+    use std::time::Duration;
+
+    use tonic::{Code, Status};
+
+    use super::{past_due, HedgeBudget};
+
+    /// The channel's own timer ("Timeout expired", CANCELLED) can wake the
+    /// router before the shard's deadline timer does: past the deadline it
+    /// reads as the shard not answering in time; before it, or for any
+    /// other failure, the replica's own status is kept.
+    #[test]
+    fn a_call_ended_by_its_own_timer_past_the_deadline_is_the_shard_late() {
+        let budget = Duration::from_millis(1000);
+        let timer = || Status::cancelled("Timeout expired");
+        let late = past_due(timer(), true, 1, budget);
+        assert_eq!(late.code(), Code::DeadlineExceeded);
+        assert_eq!(late.message(), "shard 1 did not answer within 1000 ms");
+        let early = past_due(timer(), false, 1, budget);
+        assert_eq!(early.message(), "Timeout expired");
+        let down = past_due(Status::unavailable("connection refused"), true, 1, budget);
+        assert_eq!(down.code(), Code::Unavailable);
+        assert_eq!(down.message(), "connection refused");
+    }
 
     #[test]
     fn the_hedge_budget_saves_ten_and_earns_its_fraction_a_call() {
