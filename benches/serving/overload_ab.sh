@@ -2,13 +2,15 @@
 # Interleaved A/B of server settings under 4x overload: each round serves
 # the ml-latest-small hybrid index (built by run.sh into
 # .cache/bench-data/serving/hybrid) once per arm, each arm a set of
-# VECREC_* environment settings for `vecrec serve` ("default" for none),
+# VECREC_* environment settings for `vecrec serve` ("default" for none;
+# a word bin=PATH serves that binary instead of target/release/vecrec),
 # and drives it with vecrec-load: closed loop at concurrency 1 (the
 # unloaded reference), then the open loop of run.sh's overload step
 # (--rate, 2 connections, Embed batches of 16, 2 s timeout) for Recommend
 # and SearchText. One JSON line per arm, round and RPC; medians at the end.
 #
 #   benches/serving/overload_ab.sh default VECREC_SERVER__OVERLOAD_IN_FLIGHT=1
+#   benches/serving/overload_ab.sh bin=/tmp/old/vecrec bin=/tmp/new/vecrec
 #   ROUNDS=3 DUR=4 RATES="recommend:6422 search:4180" benches/serving/overload_ab.sh ...
 #
 # RATES are 4x each RPC's concurrency-32 throughput in run.sh's round 1
@@ -34,7 +36,14 @@ for round in $(seq "${ROUNDS:-3}"); do
     for arm in "$@"; do
         settings=()
         [[ $arm != default ]] && read -r -a settings <<<"$arm"
-        env "${settings[@]}" target/release/vecrec serve --index "$INDEX" \
+        bin=target/release/vecrec
+        for i in "${!settings[@]}"; do
+            if [[ ${settings[$i]} == bin=* ]]; then
+                bin=${settings[$i]#bin=}
+                unset 'settings[i]'
+            fi
+        done
+        env "${settings[@]}" "$bin" serve --index "$INDEX" \
             --addr "127.0.0.1:$PORT" >"$LOG" 2>&1 &
         PID=$!
         for _ in $(seq 120); do grep -q "listening on" "$LOG" && break; sleep 0.5; done

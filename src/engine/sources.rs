@@ -4,7 +4,6 @@
 //! source ranks for a history.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use vecrec_index::{Index, SearchParams};
@@ -776,76 +775,89 @@ pub(super) fn als_gram(dir: &Path, als: &Index) -> Result<Vec<f64>> {
     Ok(g.to_vec())
 }
 
-/// `one` over every source of a request: in parallel when no other request
-/// is computing its sources, one after another while others are (see
-/// [`Busy`]).
+/// `one` over every source of a request, each a task on the global thread
+/// pool, and the results in order. Tasks handed in from outside the pool
+/// (a request's blocking thread) join one first-in first-out line, so the
+/// pool's threads finish the sources of the request that came first before
+/// starting on the next one's: the oldest request has the cores, as a lone
+/// request does, while the cores stay busy with the next one's sources
+/// whenever the oldest has none left to start (see
+/// `sources_of_the_first_request_run_first`).
 pub(super) fn each_source<T: Sync, R: Send>(
     items: &[T],
     one: impl Fn(&T) -> Result<R> + Sync + Send,
 ) -> Result<Vec<R>> {
-    use rayon::prelude::*;
-    let busy = Busy::enter(&IN_SOURCES);
-    if busy.alone {
-        items.par_iter().map(one).collect()
-    } else {
-        items.iter().map(one).collect()
-    }
-}
-
-/// Requests computing their source lists at this moment, in this process.
-static IN_SOURCES: AtomicUsize = AtomicUsize::new(0);
-
-/// One request counted in a counter (the engine's: [`IN_SOURCES`]) while it
-/// lives. A request that no other Recommend call is computing its sources
-/// beside runs its sources in parallel (the idle cores cut its latency);
-/// while others are at it too, the cores are busy anyway and it runs them
-/// one after another, which saves handing each to the thread pool and
-/// waiting for it (about 12% more Recommend calls a second at concurrency 8
-/// on 2 cores, measured interleaved with `vecrec-load`).
-struct Busy<'a> {
-    count: &'a AtomicUsize,
-    alone: bool,
-}
-
-impl<'a> Busy<'a> {
-    fn enter(count: &'a AtomicUsize) -> Self {
-        Busy {
-            count,
-            alone: count.fetch_add(1, Ordering::Relaxed) == 0,
+    let mut done: Vec<Option<Result<R>>> = items.iter().map(|_| None).collect();
+    let one = &one;
+    rayon::in_place_scope(|s| {
+        for (item, slot) in items.iter().zip(done.iter_mut()) {
+            s.spawn(move |_| *slot = Some(one(item)));
         }
-    }
-}
-
-impl Drop for Busy<'_> {
-    fn drop(&mut self) {
-        self.count.fetch_sub(1, Ordering::Relaxed);
-    }
+    });
+    done.into_iter()
+        .map(|r| r.expect("a scope ends once each of its tasks has run"))
+        .collect()
 }
 
 #[cfg(test)]
-mod busy_tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+mod each_source_tests {
+    use std::sync::mpsc;
+    use std::sync::Mutex;
+    use std::time::Duration;
 
-    use super::Busy;
+    use super::each_source;
 
-    /// The first request is alone, a second beside it is not; once both
-    /// are done the next is alone again, also after a request panicked.
+    /// Two requests' sources on the pool at once: the first's all start
+    /// before any of the second's, and each gets its own results back in
+    /// order. The second hands its sources in once the first's first wave
+    /// (one a thread) has run, 50 ms after the first handed in all of its,
+    /// four of which still wait then.
     #[test]
-    fn a_request_is_alone_only_without_others() {
-        let count = AtomicUsize::new(0);
-        {
-            let first = Busy::enter(&count);
-            let second = Busy::enter(&count);
-            assert!(first.alone);
-            assert!(!second.alone);
-        }
-        assert!(Busy::enter(&count).alone);
-        let panicked = std::panic::catch_unwind(|| {
-            let _b = Busy::enter(&count);
-            panic!("a source failed");
+    fn sources_of_the_first_request_run_first() {
+        let threads = rayon::current_num_threads();
+        let started: Mutex<Vec<char>> = Mutex::new(Vec::new());
+        let (second_wave, began) = mpsc::channel();
+        let second_wave = Mutex::new(Some(second_wave));
+        let tasks: Vec<usize> = (0..threads + 4).collect();
+        let run = |who: char| {
+            each_source(&tasks, |&i| {
+                started.lock().unwrap().push(who);
+                if who == 'a' && i == threads {
+                    if let Some(tx) = second_wave.lock().unwrap().take() {
+                        tx.send(()).unwrap();
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+                Ok(i * 10)
+            })
+            .unwrap()
+        };
+        let (a, b) = std::thread::scope(|s| {
+            let a = s.spawn(|| run('a'));
+            began.recv().unwrap();
+            let b = s.spawn(|| run('b'));
+            (a.join().unwrap(), b.join().unwrap())
         });
-        assert!(panicked.is_err());
-        assert_eq!(count.load(Ordering::Relaxed), 0);
-        assert!(Busy::enter(&count).alone);
+        let want: Vec<usize> = tasks.iter().map(|i| i * 10).collect();
+        assert_eq!((a, b), (want.clone(), want));
+        let order: String = started.lock().unwrap().iter().collect();
+        let n = tasks.len();
+        assert_eq!(order, format!("{}{}", "a".repeat(n), "b".repeat(n)));
+    }
+
+    /// A failing source fails the request; the others still ran.
+    #[test]
+    fn a_failed_source_fails_the_request() {
+        let ran = Mutex::new(0);
+        let r = each_source(&[0, 1, 2], |&i| {
+            *ran.lock().unwrap() += 1;
+            if i == 1 {
+                Err(crate::error::Error::invalid("source 1 failed"))
+            } else {
+                Ok(i)
+            }
+        });
+        assert!(r.is_err());
+        assert_eq!(*ran.lock().unwrap(), 3);
     }
 }
