@@ -114,7 +114,7 @@ pub fn search(
 /// `1 − dot`. A row whose products could overflow an f32 sum, or that
 /// holds a value that is not finite, is always scored again. An L2 metric
 /// takes [`search`]. Returns the answer and how many rows were scored in
-/// f32 (under L2, every row).
+/// f32 (under L2, every row passed).
 pub fn search_bounded(
     vectors: &[f32],
     codes: &RowCodes,
@@ -123,12 +123,30 @@ pub fn search_bounded(
     k: usize,
     accept: Option<&dyn Fn(u32) -> bool>,
 ) -> (Vec<Neighbor>, usize) {
+    let n = codes.len() as u32;
+    let ids = (0..n).filter(|&i| accept.is_none_or(|f| f(i)));
+    search_bounded_in(vectors, codes, metric, query, k, ids)
+}
+
+/// [`search_bounded`] over the rows `ids` names (increasing, each below
+/// `codes.len()`), as over the rows an `accept` allows that lets exactly
+/// those through.
+pub fn search_bounded_in(
+    vectors: &[f32],
+    codes: &RowCodes,
+    metric: Metric,
+    query: &[f32],
+    k: usize,
+    ids: impl Iterator<Item = u32>,
+) -> (Vec<Neighbor>, usize) {
     let dim = codes.dim();
     debug_assert_eq!(vectors.len(), codes.len() * dim, "codes of another table");
     let offset = match metric {
         Metric::L2 => {
-            let n = vectors.len() / dim.max(1);
-            return (search(vectors, dim, metric, query, k, accept), n);
+            let mut passed = 0;
+            let scorer = RowScorer::new(query, vectors, dim, metric);
+            let found = scan(k, ids.inspect(|_| passed += 1), &scorer);
+            return (found, passed);
         }
         Metric::Cosine => 1.0,
         Metric::InnerProduct => 0.0,
@@ -183,8 +201,6 @@ pub fn search_bounded(
             maybe.push((lo, i));
         }
     };
-    let n = codes.len() as u32;
-    let ids = (0..n).filter(|&i| accept.is_none_or(|f| f(i)));
     in_fours(ids, |ids| match <[u32; 4]>::try_from(ids) {
         Ok(four) => {
             let dots = crate::simd::dot_f32_i8_4(query, four.map(|i| codes.codes(i)));

@@ -13,6 +13,7 @@ use crate::exact;
 use crate::format::{read_json, write_json, FORMAT_VERSION};
 use crate::generation::current_generation;
 use crate::hnsw::{self, Hnsw, HnswParams, Neighbor};
+use crate::rows::RowSet;
 use crate::scorer::{prefetch_lines, RowScorer};
 use crate::store::{StoreBuilder, VectorStore};
 
@@ -442,6 +443,41 @@ impl Index {
         let dist = RowScorer::new(&q, vectors, dim, metric);
         Ok((
             self.hnsw.search(&dist, params.k, params.ef, accept),
+            Plan::Hnsw,
+        ))
+    }
+}
+
+impl Index {
+    /// [`Index::search`] among the rows in `rows` only, with the same
+    /// answer as `search` given an `accept` that allows exactly them (the
+    /// planner asks the set the same sample of rows), but an exact plan
+    /// scans the set's rows without a call a row. Rows at or past the
+    /// store's end are never answered.
+    pub fn search_in(
+        &self,
+        query: &[f32],
+        params: &SearchParams,
+        rows: &RowSet,
+    ) -> Result<(Vec<Neighbor>, Plan)> {
+        self.check_damage()?;
+        let q = self.prepare_query(query)?;
+        let (vectors, dim, metric) = (self.store.vectors(), self.store.dim(), self.store.metric());
+        let n = self.store.len() as u32;
+        let accept = |i: u32| i < n && rows.contains(i);
+        if params.exact || self.exact_is_cheaper(&accept, params) {
+            let ids = rows.iter().take_while(|&i| i < n);
+            let found = match self.store.row_codes() {
+                Some(codes) => {
+                    exact::search_bounded_in(vectors, codes, metric, &q, params.k, ids).0
+                }
+                None => exact::scan(params.k, ids, &RowScorer::new(&q, vectors, dim, metric)),
+            };
+            return Ok((found, Plan::Exact));
+        }
+        let dist = RowScorer::new(&q, vectors, dim, metric);
+        Ok((
+            self.hnsw.search(&dist, params.k, params.ef, Some(&accept)),
             Plan::Hnsw,
         ))
     }

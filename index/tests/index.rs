@@ -113,6 +113,47 @@ fn hnsw_matches_exact_on_random_cosine() {
     assert!(recall >= 0.9, "recall {recall}");
 }
 
+/// `search_in` answers as `search` with the filter its set stands for,
+/// to every id and distance bit and with the same plan: on the graph, on
+/// the f32 exact scan and on the bounded scan over the row codes; a set
+/// with rows past the store's end answers as one without them.
+#[test]
+fn a_row_set_answers_as_its_filter_on_every_plan() {
+    let dim = 16;
+    let n = 12_000;
+    let data = random_vectors(n, dim, 11);
+    let (_root, idx) = build(&data, dim, Metric::Cosine, |_| ItemMeta::default());
+    let bits = |v: &[vecrec_index::Neighbor]| -> Vec<(u32, u32)> {
+        v.iter().map(|x| (x.id, x.distance.to_bits())).collect()
+    };
+    let params = |exact| SearchParams {
+        k: 20,
+        ef: 64,
+        exact,
+    };
+    for codes in [false, true] {
+        if codes {
+            idx.store().build_row_codes();
+        }
+        for (filter, want_plan) in [(100, Plan::Exact), (2, Plan::Hnsw)] {
+            let accept = |i: u32| i % filter == 7 % filter;
+            let rows = vecrec_index::RowSet::from_fn(n, accept);
+            for q in data.chunks_exact(dim).step_by(997).take(6) {
+                let (want, plan) = idx.search(q, &params(false), Some(&accept)).unwrap();
+                let (got, got_plan) = idx.search_in(q, &params(false), &rows).unwrap();
+                assert_eq!((plan, got_plan), (want_plan, want_plan));
+                assert_eq!(bits(&got), bits(&want), "1 in {filter}, codes {codes}");
+            }
+        }
+        let past = vecrec_index::RowSet::full(n + 70);
+        let q = &data[..dim];
+        let (want, _) = idx.search(q, &params(true), None).unwrap();
+        let (got, plan) = idx.search_in(q, &params(true), &past).unwrap();
+        assert_eq!(plan, Plan::Exact);
+        assert_eq!(bits(&got), bits(&want), "codes {codes}");
+    }
+}
+
 #[test]
 fn filters_are_honoured_by_both_plans() {
     // Large enough that a 50% filter is cheaper through the graph

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use vecrec_index::Index;
+use vecrec_index::{Index, RowSet};
 
 use crate::config::Config;
 use crate::deadline::Deadline;
@@ -12,7 +12,7 @@ use crate::encoder::Encoder;
 use crate::error::{Error, Result};
 use crate::filter::Filter;
 use crate::fusion::{fuse, FusionMethod, SourceList};
-use crate::ids::{IdBits, IdSet};
+use crate::ids::IdSet;
 use crate::layout::GenerationInfo;
 use crate::live::Live;
 use crate::rerank::{RerankInput, Reranker};
@@ -469,10 +469,10 @@ impl Engine {
         &self,
         history: &[(u32, f32)],
         user: Option<u32>,
-        accept: &(dyn Fn(u32) -> bool + Sync),
+        admitted: &RowSet,
         method: FusionMethod,
     ) -> Result<Vec<SourceList>> {
-        self.candidate_lists_within(history, user, accept, method, Deadline::NONE)
+        self.candidate_lists_within(history, user, admitted, method, Deadline::NONE)
     }
 
     /// [`Engine::candidate_lists`], checking `deadline` before each stage.
@@ -480,12 +480,12 @@ impl Engine {
         &self,
         history: &[(u32, f32)],
         user: Option<u32>,
-        accept: &(dyn Fn(u32) -> bool + Sync),
+        admitted: &RowSet,
         method: FusionMethod,
         deadline: Deadline,
     ) -> Result<Vec<SourceList>> {
         deadline.check("sources")?;
-        let mut lists = self.source_lists(history, user, &self.wanted_sources(method), accept)?;
+        let mut lists = self.source_lists(history, user, &self.wanted_sources(method), admitted)?;
         self.push_reranked(history, &mut lists, method, deadline)?;
         Ok(lists)
     }
@@ -606,7 +606,7 @@ impl Engine {
     }
 
     /// The hybrid answer for a history before its cut to `k`: every
-    /// candidate the sources propose among the items `accept` lets through,
+    /// candidate the sources propose among the items in `admitted`,
     /// reranked and fused by `method`, best first. `Recommend` is this, cut;
     /// the evaluator calls it to rank among a chosen set of items (the new
     /// items of the cold-start protocol).
@@ -615,11 +615,11 @@ impl Engine {
         &self,
         history: &[(u32, f32)],
         user: Option<u32>,
-        accept: &(dyn Fn(u32) -> bool + Sync),
+        admitted: &RowSet,
         method: FusionMethod,
         deadline: Deadline,
     ) -> Result<Vec<(u32, f32)>> {
-        let lists = self.candidate_lists_within(history, user, accept, method, deadline)?;
+        let lists = self.candidate_lists_within(history, user, admitted, method, deadline)?;
         self.fuse_lists(&lists, method, deadline)
     }
 
@@ -633,6 +633,12 @@ impl Engine {
             n += 1;
         }
         (n > 0).then(|| v.into_iter().map(|x| x / n as f32).collect())
+    }
+
+    /// The set of this generation's items that `accept` allows, as the
+    /// hybrid sources take it ([`Engine::source_lists`]).
+    pub fn admit(&self, accept: impl Fn(u32) -> bool) -> RowSet {
+        RowSet::from_fn(self.index.store().len(), accept)
     }
 
     /// Items for a user known by id or by an explicit history.
@@ -711,22 +717,25 @@ impl Engine {
         }
         if self.is_hybrid() {
             // The content-only path below masks in `search`; here the sources
-            // see the mask through `accept`, and ask it of every row they
-            // scan: one bit a row.
-            let mut excluded = IdBits::with_rows(store.len());
-            excluded.extend(seen);
+            // search among the rows left in a set made once a call, one bit
+            // a row (word by word where no filter asks of each row).
+            let mut admitted = RowSet::full(store.len());
+            seen.for_each(|i| admitted.remove(i));
             if let Some(v) = view.as_ref().filter(|v| !v.is_empty()) {
-                excluded.extend(v.masked::<Vec<u32>>(store));
+                v.masked::<Vec<u32>>(store)
+                    .into_iter()
+                    .for_each(|i| admitted.remove(i));
             }
             // Release the delta before anything below reads it again: a
             // second read lock behind a waiting writer would deadlock (the
             // lock is fair).
             drop(view);
-            let filter = opts.filter.as_ref().filter(|f| !f.is_empty());
-            let accept = |i: u32| admissible(store, excluded.contains(i), filter, i);
+            if let Some(f) = opts.filter.as_ref().filter(|f| !f.is_empty()) {
+                admitted.retain(|i| f.matches(&store.attributes(i)));
+            }
             let method = opts.fusion.unwrap_or(self.cfg.hybrid.fusion);
             let fused =
-                self.fused_candidates(&history, user_number, &accept, method, opts.deadline)?;
+                self.fused_candidates(&history, user_number, &admitted, method, opts.deadline)?;
             return Ok(fused
                 .into_iter()
                 .take(k)

@@ -6,15 +6,14 @@
 //! one node scores it, so the merged lists are one node's.
 
 use vecrec_index::format::ListTable;
-use vecrec_index::Index;
+use vecrec_index::{Index, RowSet};
 
 use super::sources::{each_source, ItemTables, Source};
-use super::{admissible, Engine, RecommendOptions, Scored, UserRef};
+use super::{Engine, RecommendOptions, Scored, UserRef};
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::filter::Filter;
 use crate::fusion::{FusionMethod, SourceList};
-use crate::ids::IdBits;
 use crate::layout::{
     SlicedMeta, ALS_DIR, EASE_ROWS, FRONT_ROWS_FILE, SEQUENCE_DIR, SLICED_FILE, TRANSITIONS_ROWS,
 };
@@ -209,18 +208,20 @@ impl Engine {
         let store = self.index.store();
         let front_rows = sliced.front_rows.get(0);
         // Own items' numbers are increasing: a seen item is found by halving.
-        // The sources ask of every row they scan: one bit a row.
-        let mut exclude = IdBits::with_rows(store.len());
-        exclude.extend(
-            q.exclude
-                .iter()
-                .filter_map(|f| front_rows.binary_search(f).ok().map(|l| l as u32)),
-        );
+        // The sources search among the rows left in this set: one bit a row.
+        let mut admitted = RowSet::full(store.len());
+        q.exclude
+            .iter()
+            .filter_map(|f| front_rows.binary_search(f).ok().map(|l| l as u32))
+            .for_each(|l| admitted.remove(l));
         if let Some(v) = self.view().filter(|v| !v.is_empty()) {
-            exclude.extend(v.masked::<Vec<u32>>(store));
+            v.masked::<Vec<u32>>(store)
+                .into_iter()
+                .for_each(|i| admitted.remove(i));
         }
-        let filter = q.filter.as_ref().filter(|f| !f.is_empty());
-        let accept = |i: u32| admissible(store, exclude.contains(i), filter, i);
+        if let Some(f) = q.filter.as_ref().filter(|f| !f.is_empty()) {
+            admitted.retain(|i| f.matches(&store.attributes(i)));
+        }
         let tables = sliced.tables();
         let engine = self.with_config(|c| {
             if q.candidates > 0 {
@@ -234,7 +235,7 @@ impl Engine {
             }
         });
         let one = |(s, input): &(Source, Vec<f32>)| -> Result<ShardList> {
-            let list = engine.item_list(&tables, *s, &q.history, input, &accept)?;
+            let list = engine.item_list(&tables, *s, &q.history, input, &admitted)?;
             Ok((
                 *s,
                 list.into_iter()

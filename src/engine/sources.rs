@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use vecrec_index::{Index, SearchParams};
+use vecrec_index::{Index, RowSet, SearchParams};
 
 use super::{Engine, Opening};
 use crate::config::{Config, RerankKind, SourceWeights};
@@ -502,7 +502,8 @@ impl Engine {
     }
 
     /// The candidates of each source in `which` for a history (internal ids with
-    /// weights, oldest first), computed in parallel; `accept` filters items.
+    /// weights, oldest first), computed in parallel, among the items in
+    /// `admitted` (see [`Engine::admit`]).
     /// `user` is the user's number when the history is the stored one, so
     /// precomputed vectors can be used.
     pub fn source_lists(
@@ -510,7 +511,7 @@ impl Engine {
         history: &[(u32, f32)],
         user: Option<u32>,
         which: &[Source],
-        accept: &(dyn Fn(u32) -> bool + Sync),
+        admitted: &RowSet,
     ) -> Result<Vec<SourceList>> {
         let trained = self.trained()?;
         let ids: Vec<u32> = history.iter().map(|e| e.0).collect();
@@ -518,7 +519,7 @@ impl Engine {
         let one = |&s: &Source| -> Result<SourceList> {
             let started = std::time::Instant::now();
             let list = match self.user_input(s, history, user)? {
-                Some(input) => self.item_list(&tables, s, &ids, &input, accept)?,
+                Some(input) => self.item_list(&tables, s, &ids, &input, admitted)?,
                 None => Vec::new(),
             };
             telemetry::stage(s.stage(), started.elapsed().as_secs_f64());
@@ -611,7 +612,7 @@ impl Engine {
     }
 
     /// The items' half of source `s`: its `hybrid.candidates` best items
-    /// among this generation's items that `accept` lets through, by score,
+    /// among this generation's items in `admitted`, by score,
     /// for the history `ids` (the catalogue's item numbers, oldest first)
     /// and the user's `input` from [`Engine::user_input`]. One node runs it
     /// over its whole catalogue; a shard over its own items, with the
@@ -622,20 +623,21 @@ impl Engine {
         s: Source,
         ids: &[u32],
         input: &[f32],
-        accept: &(dyn Fn(u32) -> bool + Sync),
+        admitted: &RowSet,
     ) -> Result<Vec<(u32, f32)>> {
         let n = self.cfg.hybrid.candidates;
         let h = &self.cfg.hybrid;
         let items = self.index.store().len();
+        let accept = |i: u32| admitted.contains(i);
         let dense = |rows: &SparseRows, decay: f32| {
             let mut acc = vec![0f32; items];
             for (i, w) in recency_weights(ids, decay) {
                 rows.axpy(i, w, &mut acc);
             }
-            top_n(&acc, n, accept)
+            top_n(&acc, n, &accept)
         };
         // An inner-product index's best items for a vector, by score, among
-        // those `accept` lets through whose row is not zero. A zero row
+        // those `admitted` holds whose row is not zero. A zero row
         // (ALS's factors of an item without interactions) scores 0 against
         // every user, so its place in the list would be an accident of the
         // search order, which fusion would count as evidence; `top_n`
@@ -643,15 +645,14 @@ impl Engine {
         // search (not after it), a list still holds `n` items where more
         // are there, so a shard's lists merge into one node's.
         let by_vector = |index: &Index, v: &[f32]| -> Result<Vec<(u32, f32)>> {
-            let store = index.store();
-            let known = |i: u32| !store.is_zero_row(i) && accept(i);
-            let (found, _) = index.search(v, &self.search_params(n), Some(&known))?;
+            let known = admitted.without(index.store().find_zero_rows());
+            let (found, _) = index.search_in(v, &self.search_params(n), &known)?;
             Ok(found.into_iter().map(|f| (f.id, -f.distance)).collect())
         };
         Ok(match s {
             Source::Ease => dense(tables.ease, h.ease_decay),
             Source::Transitions => dense(tables.transitions, h.transitions_decay),
-            Source::Popularity => top_n(tables.popularity, n, accept),
+            Source::Popularity => top_n(tables.popularity, n, &accept),
             Source::Als => by_vector(tables.als, input)?,
             Source::TwoTower => match tables.two_tower {
                 None => Vec::new(),
@@ -662,7 +663,7 @@ impl Engine {
                 Some(index) => by_vector(index, input)?,
             },
             Source::Content => {
-                let (found, _) = self.ann(input, &self.search_params(n), Some(accept))?;
+                let (found, _) = self.ann(input, &self.search_params(n), Some(&accept))?;
                 let metric = self.index.store().metric();
                 found
                     .into_iter()

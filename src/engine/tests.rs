@@ -141,8 +141,10 @@ fn a_source_lists_no_item_it_scores_zero() {
     let history = e.users().history(u);
     let seen: HashSet<u32> = history.iter().map(|h| h.0).collect();
     let which = [Source::Als, Source::Ease, Source::Content];
-    let list = |accept: &(dyn Fn(u32) -> bool + Sync)| {
-        let lists = e.source_lists(&history, Some(u), &which, accept).unwrap();
+    let list = |accept: &dyn Fn(u32) -> bool| {
+        let lists = e
+            .source_lists(&history, Some(u), &which, &e.admit(accept))
+            .unwrap();
         lists
             .into_iter()
             .map(|l| (l.name, l.items.len()))
@@ -183,9 +185,12 @@ fn a_source_lists_no_item_it_scores_zero() {
     cfg.hybrid.candidates = 2;
     let two = Engine::open(dir.path(), cfg, None).unwrap();
     let lists = two
-        .source_lists(&history, Some(u), &[Source::Als], &|i| {
-            new_rows.contains(&i) || below.contains(&i)
-        })
+        .source_lists(
+            &history,
+            Some(u),
+            &[Source::Als],
+            &two.admit(|i| new_rows.contains(&i) || below.contains(&i)),
+        )
         .unwrap();
     assert_eq!(lists[0].items.len(), 2, "{:?}", lists[0].items);
     assert!(lists[0]
@@ -241,7 +246,12 @@ fn the_fusion_sees_one_list_per_weighted_source_and_no_reranker_without_one() {
     let u = e.users().lookup("user1").unwrap();
     let history = e.users().history(u);
     let lists = e
-        .candidate_lists(&history, Some(u), &|_| true, FusionMethod::Geometric)
+        .candidate_lists(
+            &history,
+            Some(u),
+            &e.admit(|_| true),
+            FusionMethod::Geometric,
+        )
         .unwrap();
     let names: Vec<&str> = lists.iter().map(|l| l.name).collect();
     // Popularity has weight 0 by default; no reranker was trained.
@@ -274,7 +284,12 @@ fn the_fusion_sees_one_list_per_weighted_source_and_no_reranker_without_one() {
     };
     e.configure(|c| c.hybrid = hybrid);
     let lists = e
-        .candidate_lists(&history, Some(u), &|_| true, FusionMethod::Geometric)
+        .candidate_lists(
+            &history,
+            Some(u),
+            &e.admit(|_| true),
+            FusionMethod::Geometric,
+        )
         .unwrap();
     let pop = lists.iter().find(|l| l.name == "popularity").unwrap();
     let mut count = vec![0usize; ITEMS];
@@ -638,7 +653,7 @@ fn a_front_opens_lazily_scores_no_items_and_answers_as_a_whole_open() {
             UserRef::History(_) => None,
         };
         let lists = whole
-            .source_lists(&qw.history, user, &qw.sources, &|_| true)
+            .source_lists(&qw.history, user, &qw.sources, &whole.admit(|_| true))
             .unwrap()
             .into_iter()
             .map(|l| l.items)

@@ -178,12 +178,12 @@ impl Run<'_> {
                     let user = engine.users().lookup(&u.to_string());
                     let hist = user.map(|n| engine.users().history(n)).unwrap_or_default();
                     let seen: HashSet<u32> = hist.iter().map(|h| h.0).collect();
-                    let accept = |i: u32| cold_rows.contains(&i) && !seen.contains(&i);
+                    let admitted = engine.admit(|i| cold_rows.contains(&i) && !seen.contains(&i));
                     let ranked: Vec<u32> = engine
                         .fused_candidates(
                             &hist,
                             user,
-                            &accept,
+                            &admitted,
                             method,
                             crate::deadline::Deadline::NONE,
                         )?

@@ -101,7 +101,8 @@ pub(super) fn cached_source_lists<'a>(
         .zip(histories)
         .map(|((_, t), hist)| {
             let seen: HashSet<u32> = hist.iter().map(|h| h.0).collect();
-            let lists = engine.source_lists(hist, None, &Source::ALL, &|i| !seen.contains(&i))?;
+            let admitted = engine.admit(|i| !seen.contains(&i));
+            let lists = engine.source_lists(hist, None, &Source::ALL, &admitted)?;
             Ok((lists, t))
         })
         .collect()

@@ -74,7 +74,7 @@ pub(super) fn fit(
             let lists = engine.candidate_lists(
                 hist,
                 None,
-                &|i| !seen.contains(&i),
+                &engine.admit(|i| !seen.contains(&i)),
                 FusionMethod::Learned,
             )?;
             let mut rows: Vec<(u32, Vec<f32>)> = features(&names, &lists).into_iter().collect();

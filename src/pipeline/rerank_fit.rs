@@ -205,7 +205,12 @@ fn fold_heads(
             // six runs as it is: neither was kept on one run's margin.
             let until = (cut + h.len().div_ceil(5)).min(h.len());
             let truth: HashSet<u32> = h[cut..until].iter().map(|e| e.0).collect();
-            let lists = engine.candidate_lists(hist, None, &|i| !seen.contains(&i), method)?;
+            let lists = engine.candidate_lists(
+                hist,
+                None,
+                &engine.admit(|i| !seen.contains(&i)),
+                method,
+            )?;
             let head: Vec<(u32, f32)> =
                 fuse(method, &lists, rrf_k).into_iter().take(take).collect();
             pb.inc(1);

@@ -309,7 +309,12 @@ fn the_build_stores_both_models_and_the_engine_serves_them() {
     let hist = engine.users().history(u);
     let seen: std::collections::HashSet<u32> = hist.iter().map(|h| h.0).collect();
     let lists = engine
-        .source_lists(&hist, Some(u), &[Source::TwoTower], &|i| !seen.contains(&i))
+        .source_lists(
+            &hist,
+            Some(u),
+            &[Source::TwoTower],
+            &engine.admit(|i| !seen.contains(&i)),
+        )
         .unwrap();
     assert_eq!(lists[0].items.len(), cfg.hybrid.candidates);
     assert!(lists[0].items.iter().all(|(i, _)| !seen.contains(i)));
@@ -369,7 +374,12 @@ fn the_build_stores_both_models_and_the_engine_serves_them() {
     // The sequence model is stored and served the same way, and it answers
     // with another list than the two-tower model.
     let seq = engine
-        .source_lists(&hist, Some(u), &[Source::Sequence], &|i| !seen.contains(&i))
+        .source_lists(
+            &hist,
+            Some(u),
+            &[Source::Sequence],
+            &engine.admit(|i| !seen.contains(&i)),
+        )
         .unwrap();
     assert_eq!(seq[0].name, "sequence");
     assert_eq!(seq[0].items.len(), cfg.hybrid.candidates);

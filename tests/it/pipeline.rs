@@ -222,9 +222,12 @@ fn hybrid_pipeline_fuses_every_source() {
     let u = e.users().lookup(&user).unwrap();
     let seen: Vec<u32> = e.users().history(u).iter().map(|h| h.0).collect();
     let lists = e
-        .source_lists(&e.users().history(u), None, &Source::ALL, &|i| {
-            !seen.contains(&i)
-        })
+        .source_lists(
+            &e.users().history(u),
+            None,
+            &Source::ALL,
+            &e.admit(|i| !seen.contains(&i)),
+        )
         .unwrap();
     assert_eq!(lists.len(), Source::ALL.len());
     for l in &lists {
