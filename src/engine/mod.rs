@@ -641,6 +641,14 @@ impl Engine {
         RowSet::from_fn(self.index.store().len(), accept)
     }
 
+    /// The set of every item of this generation but `excluded` (one
+    /// removal each, not a test a row).
+    pub fn admit_all_but(&self, excluded: impl IntoIterator<Item = u32>) -> RowSet {
+        let mut set = RowSet::full(self.index.store().len());
+        excluded.into_iter().for_each(|i| set.remove(i));
+        set
+    }
+
     /// Items for a user known by id or by an explicit history.
     pub fn recommend(&self, who: UserRef<'_>, opts: &RecommendOptions) -> Result<Vec<Scored>> {
         let k = self.check_k(opts.k)?;

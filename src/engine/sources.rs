@@ -783,7 +783,8 @@ pub(super) fn als_gram(dir: &Path, als: &Index) -> Result<Vec<f64>> {
 /// starting on the next one's: the oldest request has the cores, as a lone
 /// request does, while the cores stay busy with the next one's sources
 /// whenever the oldest has none left to start (see
-/// `sources_of_the_first_request_run_first`).
+/// `sources_of_the_first_request_run_first`). A caller that is a pool
+/// thread itself (the evaluation's) keeps its tasks on its own queue.
 pub(super) fn each_source<T: Sync, R: Send>(
     items: &[T],
     one: impl Fn(&T) -> Result<R> + Sync + Send,
@@ -802,33 +803,41 @@ pub(super) fn each_source<T: Sync, R: Send>(
 
 #[cfg(test)]
 mod each_source_tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::mpsc;
     use std::sync::Mutex;
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
     use super::each_source;
 
-    /// Two requests' sources on the pool at once: the first's all start
-    /// before any of the second's, and each gets its own results back in
-    /// order. The second hands its sources in once the first's first wave
-    /// (one a thread) has run, 50 ms after the first handed in all of its,
-    /// four of which still wait then.
+    /// Two requests' sources on the pool at once: none of the second's
+    /// starts before the first's last one does, and each gets its own
+    /// results back in order. The first's first wave (one a free pool
+    /// thread) waits at a gate while the second hands its sources in, so
+    /// at least four of the first's wait in the line behind the gate, and
+    /// the second's behind them. A line that served the newest first, or a
+    /// second request running its sources on its own thread, starts one of
+    /// the second's a whole task (30 ms) or more before the first's last;
+    /// 10 ms of slack absorbs a thread preempted between taking a task and
+    /// noting its start.
     #[test]
     fn sources_of_the_first_request_run_first() {
         let threads = rayon::current_num_threads();
-        let started: Mutex<Vec<char>> = Mutex::new(Vec::new());
-        let (second_wave, began) = mpsc::channel();
-        let second_wave = Mutex::new(Some(second_wave));
+        let open = AtomicBool::new(false);
+        let started: Mutex<Vec<(char, Instant)>> = Mutex::new(Vec::new());
+        let (first_began, began) = mpsc::channel();
+        let first_began = Mutex::new(Some(first_began));
         let tasks: Vec<usize> = (0..threads + 4).collect();
         let run = |who: char| {
             each_source(&tasks, |&i| {
-                started.lock().unwrap().push(who);
-                if who == 'a' && i == threads {
-                    if let Some(tx) = second_wave.lock().unwrap().take() {
-                        tx.send(()).unwrap();
-                    }
+                if let Some(tx) = first_began.lock().unwrap().take() {
+                    tx.send(()).unwrap();
                 }
-                std::thread::sleep(Duration::from_millis(50));
+                while !open.load(Ordering::Acquire) {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                started.lock().unwrap().push((who, Instant::now()));
+                std::thread::sleep(Duration::from_millis(30));
                 Ok(i * 10)
             })
             .unwrap()
@@ -836,14 +845,26 @@ mod each_source_tests {
         let (a, b) = std::thread::scope(|s| {
             let a = s.spawn(|| run('a'));
             began.recv().unwrap();
+            // The first has handed in all of its sources well before this
+            // (a loop of spawns), and the second hands in its own while the
+            // gate holds every pool thread the first's first wave took.
+            std::thread::sleep(Duration::from_millis(20));
             let b = s.spawn(|| run('b'));
+            std::thread::sleep(Duration::from_millis(100));
+            open.store(true, Ordering::Release);
             (a.join().unwrap(), b.join().unwrap())
         });
         let want: Vec<usize> = tasks.iter().map(|i| i * 10).collect();
         assert_eq!((a, b), (want.clone(), want));
-        let order: String = started.lock().unwrap().iter().collect();
-        let n = tasks.len();
-        assert_eq!(order, format!("{}{}", "a".repeat(n), "b".repeat(n)));
+        let started = started.into_inner().unwrap();
+        let last_a = started.iter().filter(|e| e.0 == 'a').map(|e| e.1).max();
+        let first_b = started.iter().filter(|e| e.0 == 'b').map(|e| e.1).min();
+        let (last_a, first_b) = (last_a.unwrap(), first_b.unwrap());
+        assert!(
+            first_b + Duration::from_millis(10) >= last_a,
+            "a source of the second request started {:?} before the first's last",
+            last_a - first_b
+        );
     }
 
     /// A failing source fails the request; the others still ran.

@@ -100,8 +100,7 @@ pub(super) fn cached_source_lists<'a>(
         .par_iter()
         .zip(histories)
         .map(|((_, t), hist)| {
-            let seen: HashSet<u32> = hist.iter().map(|h| h.0).collect();
-            let admitted = engine.admit(|i| !seen.contains(&i));
+            let admitted = engine.admit_all_but(hist.iter().map(|h| h.0));
             let lists = engine.source_lists(hist, None, &Source::ALL, &admitted)?;
             Ok((lists, t))
         })

@@ -69,12 +69,11 @@ pub(super) fn fit(
         .par_iter()
         .map(|&(_, h, cut)| {
             let hist = &h[..cut];
-            let seen: HashSet<u32> = hist.iter().map(|e| e.0).collect();
             let truth: HashSet<u32> = h[cut..].iter().map(|e| e.0).collect();
             let lists = engine.candidate_lists(
                 hist,
                 None,
-                &engine.admit(|i| !seen.contains(&i)),
+                &engine.admit_all_but(hist.iter().map(|e| e.0)),
                 FusionMethod::Learned,
             )?;
             let mut rows: Vec<(u32, Vec<f32>)> = features(&names, &lists).into_iter().collect();

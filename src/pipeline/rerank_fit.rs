@@ -196,7 +196,6 @@ fn fold_heads(
         .par_iter()
         .map(|&(_, h, cut)| {
             let hist = &h[..cut];
-            let seen: HashSet<u32> = hist.iter().map(|e| e.0).collect();
             // The fifth after the cut (for fold 0, everything after it). In a
             // later fold, items the user took after that fifth are not labels
             // and may stay in the head as negatives. Labelling them gave
@@ -208,7 +207,7 @@ fn fold_heads(
             let lists = engine.candidate_lists(
                 hist,
                 None,
-                &engine.admit(|i| !seen.contains(&i)),
+                &engine.admit_all_but(hist.iter().map(|e| e.0)),
                 method,
             )?;
             let head: Vec<(u32, f32)> =

@@ -695,11 +695,15 @@ impl Router {
                             return Ok(r.into_inner());
                         }
                         Err(st) if retryable(&st) => {
-                            if matches!(st.code(), Code::Unavailable | Code::Unknown | Code::Internal) {
+                            // Past the deadline, a replica is marked down as
+                            // the deadline's own branch below marks it,
+                            // whichever timer woke the router first.
+                            let late = Instant::now() >= until;
+                            if late || matches!(st.code(), Code::Unavailable | Code::Unknown | Code::Internal) {
                                 shard.mark_down(addr, down_for);
                             }
                             tracing::debug!(shard = s, %addr, status = %st, "a replica failed a call");
-                            last = Some(past_due(st, Instant::now() >= until, s, budget));
+                            last = Some(past_due(st, late, s, budget));
                             if next < order.len() && Instant::now() < until {
                                 metrics::counter!(ROUTE_RETRIES, "shard" => s.to_string()).increment(1);
                                 launch(&mut tries, &mut next, &mut pending);
