@@ -72,6 +72,22 @@ fn built_users(index: &Index) -> Option<crate::config::UserConfig> {
     GenerationInfo::of(index.manifest()).users
 }
 
+/// The rows a hybrid call's sources may answer: every row of `store` but
+/// `excluded`, and of those, the ones passing `filter` (tested once a row
+/// left, an empty filter passing all).
+fn admitted_rows(
+    store: &vecrec_index::VectorStore,
+    excluded: impl IntoIterator<Item = u32>,
+    filter: Option<&Filter>,
+) -> RowSet {
+    let mut set = RowSet::full(store.len());
+    excluded.into_iter().for_each(|i| set.remove(i));
+    if let Some(f) = filter.filter(|f| !f.is_empty()) {
+        set.retain(|i| f.matches(&store.attributes(i)));
+    }
+    set
+}
+
 /// Whether item `i` may be answered: not `excluded`, and passing the filter if any.
 fn admissible(
     store: &vecrec_index::VectorStore,
@@ -644,9 +660,7 @@ impl Engine {
     /// The set of every item of this generation but `excluded` (one
     /// removal each, not a test a row).
     pub fn admit_all_but(&self, excluded: impl IntoIterator<Item = u32>) -> RowSet {
-        let mut set = RowSet::full(self.index.store().len());
-        excluded.into_iter().for_each(|i| set.remove(i));
-        set
+        admitted_rows(self.index.store(), excluded, None)
     }
 
     /// Items for a user known by id or by an explicit history.
@@ -727,20 +741,15 @@ impl Engine {
             // The content-only path below masks in `search`; here the sources
             // search among the rows left in a set made once a call, one bit
             // a row (word by word where no filter asks of each row).
-            let mut admitted = RowSet::full(store.len());
-            seen.for_each(|i| admitted.remove(i));
-            if let Some(v) = view.as_ref().filter(|v| !v.is_empty()) {
-                v.masked::<Vec<u32>>(store)
-                    .into_iter()
-                    .for_each(|i| admitted.remove(i));
-            }
+            let masked: Vec<u32> = match view.as_ref().filter(|v| !v.is_empty()) {
+                Some(v) => v.masked(store),
+                None => Vec::new(),
+            };
             // Release the delta before anything below reads it again: a
             // second read lock behind a waiting writer would deadlock (the
             // lock is fair).
             drop(view);
-            if let Some(f) = opts.filter.as_ref().filter(|f| !f.is_empty()) {
-                admitted.retain(|i| f.matches(&store.attributes(i)));
-            }
+            let admitted = admitted_rows(store, seen.chain(masked), opts.filter.as_ref());
             let method = opts.fusion.unwrap_or(self.cfg.hybrid.fusion);
             let fused =
                 self.fused_candidates(&history, user_number, &admitted, method, opts.deadline)?;

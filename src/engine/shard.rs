@@ -6,10 +6,10 @@
 //! one node scores it, so the merged lists are one node's.
 
 use vecrec_index::format::ListTable;
-use vecrec_index::{Index, RowSet};
+use vecrec_index::Index;
 
 use super::sources::{each_source, ItemTables, Source};
-use super::{Engine, RecommendOptions, Scored, UserRef};
+use super::{admitted_rows, Engine, RecommendOptions, Scored, UserRef};
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::filter::Filter;
@@ -209,19 +209,15 @@ impl Engine {
         let front_rows = sliced.front_rows.get(0);
         // Own items' numbers are increasing: a seen item is found by halving.
         // The sources search among the rows left in this set: one bit a row.
-        let mut admitted = RowSet::full(store.len());
-        q.exclude
+        let masked: Vec<u32> = match self.view().filter(|v| !v.is_empty()) {
+            Some(v) => v.masked(store),
+            None => Vec::new(),
+        };
+        let seen = q
+            .exclude
             .iter()
-            .filter_map(|f| front_rows.binary_search(f).ok().map(|l| l as u32))
-            .for_each(|l| admitted.remove(l));
-        if let Some(v) = self.view().filter(|v| !v.is_empty()) {
-            v.masked::<Vec<u32>>(store)
-                .into_iter()
-                .for_each(|i| admitted.remove(i));
-        }
-        if let Some(f) = q.filter.as_ref().filter(|f| !f.is_empty()) {
-            admitted.retain(|i| f.matches(&store.attributes(i)));
-        }
+            .filter_map(|f| front_rows.binary_search(f).ok().map(|l| l as u32));
+        let admitted = admitted_rows(store, seen.chain(masked), q.filter.as_ref());
         let tables = sliced.tables();
         let engine = self.with_config(|c| {
             if q.candidates > 0 {
